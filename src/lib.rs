@@ -1,3 +1,17 @@
+//! ocs-lifecycle: the account lifecycle engine of a prepaid online charging system.
+//!
+//! - [`lifecycle`]: the pure rules (no I/O).
+//! - [`store`]: persistence behind one trait, SQLite and PostgreSQL.
+//! - [`api`]: the gRPC services on top.
+//! - [`config`]: layered configuration.
+//! - [`clock`]: the injected clock (system or manual).
+
+pub mod lifecycle;
+
 pub mod proto {
+    #![allow(clippy::all)]
     tonic::include_proto!("ocs.lifecycle.v1");
+
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("ocs_lifecycle_descriptor");
 }

@@ -1,0 +1,23 @@
+//! The pure lifecycle core: states, the exact date arithmetic, recharge/charge/unlock rules,
+//! the tariff and the Authorize table (spec sections 1, 2, 4 and 5).
+//!
+//! This module owns the rules and nothing else: no tokio, no sqlx, no tonic, no OS clock.
+//! Every function takes the instant it evaluates at (`now`) and the operator's [`Rules`].
+//! Storage and the API only carry out what these functions decide.
+
+mod account;
+mod authorize;
+mod commands;
+mod error;
+mod rules;
+mod types;
+
+pub use account::{Account, Transition, TransitionReason};
+pub use authorize::{Authorization, authorize};
+pub use commands::{
+    Applied, ChargeOutcome, Command, Outcome, ProvisionParams, RechargeOutcome, Unlock, apply,
+    provision,
+};
+pub use error::{DomainError, ErrorReason};
+pub use rules::{Rules, Tariff, TariffTier};
+pub use types::{AccountState, HistoryKind, Msisdn, RechargeChannel, ServiceType};

@@ -1,0 +1,199 @@
+//! Value types that can only hold valid values (parse, don't validate).
+
+use std::fmt;
+
+use super::error::{DomainError, ErrorReason};
+
+/// An E.164 number: 8 to 15 digits, stored without the optional leading `+`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Msisdn(String);
+
+impl Msisdn {
+    pub fn parse(raw: &str) -> Result<Self, DomainError> {
+        let digits = raw.strip_prefix('+').unwrap_or(raw);
+        let valid_len = (8..=15).contains(&digits.len());
+        if valid_len && digits.bytes().all(|b| b.is_ascii_digit()) {
+            Ok(Self(digits.to_owned()))
+        } else {
+            let shown: String = raw.chars().take(32).collect();
+            Err(DomainError::invalid(
+                ErrorReason::InvalidMsisdn,
+                format!(
+                    "msisdn {shown:?} is not an E.164 number (8 to 15 digits, optional leading '+')"
+                ),
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Msisdn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The five lifecycle states; the numbers are the wire and storage values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AccountState {
+    Unactivated = 1,
+    Valid = 2,
+    Grace = 3,
+    Locked = 4,
+    Recycled = 5,
+}
+
+impl AccountState {
+    pub const ALL: [AccountState; 5] = [
+        AccountState::Unactivated,
+        AccountState::Valid,
+        AccountState::Grace,
+        AccountState::Locked,
+        AccountState::Recycled,
+    ];
+
+    pub fn from_i32(value: i32) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| *s as i32 == value)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AccountState::Unactivated => "UNACTIVATED",
+            AccountState::Valid => "VALID",
+            AccountState::Grace => "GRACE",
+            AccountState::Locked => "LOCKED",
+            AccountState::Recycled => "RECYCLED",
+        }
+    }
+}
+
+impl fmt::Display for AccountState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RechargeChannel {
+    Card10011 = 1,
+    Bank = 2,
+    BusinessHall = 3,
+    Online = 4,
+}
+
+impl RechargeChannel {
+    pub fn from_i32(value: i32) -> Option<Self> {
+        match value {
+            1 => Some(Self::Card10011),
+            2 => Some(Self::Bank),
+            3 => Some(Self::BusinessHall),
+            4 => Some(Self::Online),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ServiceType {
+    VoiceOut = 1,
+    VoiceIn = 2,
+    SmsOut = 3,
+    SmsIn = 4,
+    Data = 5,
+}
+
+impl ServiceType {
+    pub fn from_i32(value: i32) -> Option<Self> {
+        match value {
+            1 => Some(Self::VoiceOut),
+            2 => Some(Self::VoiceIn),
+            3 => Some(Self::SmsOut),
+            4 => Some(Self::SmsIn),
+            5 => Some(Self::Data),
+            _ => None,
+        }
+    }
+
+    /// Incoming services (a call or SMS to the subscriber).
+    pub fn is_incoming(self) -> bool {
+        matches!(self, Self::VoiceIn | Self::SmsIn)
+    }
+}
+
+/// What a history row records; the numbers are the wire and storage values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HistoryKind {
+    Provisioned = 1,
+    Sold = 2,
+    Activated = 3,
+    Recharge = 4,
+    Charge = 5,
+    Unlock = 6,
+    StateChanged = 7,
+}
+
+impl HistoryKind {
+    pub fn from_i32(value: i32) -> Option<Self> {
+        match value {
+            1 => Some(Self::Provisioned),
+            2 => Some(Self::Sold),
+            3 => Some(Self::Activated),
+            4 => Some(Self::Recharge),
+            5 => Some(Self::Charge),
+            6 => Some(Self::Unlock),
+            7 => Some(Self::StateChanged),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msisdn_accepts_e164_digits_and_strips_plus() {
+        assert_eq!(
+            Msisdn::parse("+8613800138000").unwrap().as_str(),
+            "8613800138000"
+        );
+        assert_eq!(Msisdn::parse("12345678").unwrap().as_str(), "12345678");
+        assert_eq!(
+            Msisdn::parse("123456789012345").unwrap().as_str(),
+            "123456789012345"
+        );
+    }
+
+    #[test]
+    fn msisdn_rejects_everything_else() {
+        for bad in [
+            "",
+            "+",
+            "1234567",
+            "1234567890123456",
+            "++12345678",
+            "86138 0013800",
+            "8613800138a00",
+            "٣٣٣٣٣٣٣٣٣",
+            "-12345678",
+            "12345678+",
+        ] {
+            let err = Msisdn::parse(bad).unwrap_err();
+            assert_eq!(err.reason(), ErrorReason::InvalidMsisdn, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn enum_numbers_round_trip() {
+        for s in AccountState::ALL {
+            assert_eq!(AccountState::from_i32(s as i32), Some(s));
+        }
+        assert_eq!(AccountState::from_i32(0), None);
+        assert_eq!(RechargeChannel::from_i32(0), None);
+        assert_eq!(ServiceType::from_i32(6), None);
+        assert_eq!(HistoryKind::from_i32(7), Some(HistoryKind::StateChanged));
+    }
+}
