@@ -7,6 +7,10 @@
 //! - [`clock`]: the injected clock (system or manual).
 
 pub mod lifecycle;
+pub mod store;
+pub mod clock;
+pub mod config;
+pub mod api;
 
 pub mod proto {
     #![allow(clippy::all)]

@@ -15,7 +15,7 @@ mod types;
 pub use account::{Account, Transition, TransitionReason};
 pub use authorize::{Authorization, authorize};
 pub use commands::{
-    Applied, ChargeOutcome, Command, Outcome, ProvisionParams, RechargeOutcome, Unlock, apply,
+    Applied, Change, ChargeOutcome, Command, Outcome, ProvisionParams, RechargeOutcome, Unlock, apply,
     provision,
 };
 pub use error::{DomainError, ErrorReason};

@@ -1,0 +1,496 @@
+//! The `AccountLifecycle` gRPC service: parses requests into domain commands, asks the store to
+//! carry out the pure decision of the lifecycle core, and answers with the effective state.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chrono::{DateTime, Utc};
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, invalid};
+use crate::clock::Clock;
+use crate::lifecycle::{
+    self, Account, AccountState, Applied, Command, DomainError, ErrorReason, HistoryKind, Msisdn,
+    Outcome, ProvisionParams, RechargeChannel, Rules, ServiceType, Transition,
+};
+use crate::proto;
+use crate::proto::account_lifecycle_server::AccountLifecycle;
+use crate::store::{
+    AccountStore, Committed, EventType, HistoryRecord, Mutation, OutboxEvent, RequestKey,
+};
+
+/// The actor recorded for boundary transitions, whoever happened to materialise them: the
+/// history reads the same whether the nightly sweep or a request crossed the boundary first.
+pub const SWEEP_ACTOR: &str = "sweep";
+
+/// Shared by the services: storage, rules, clock and readiness.
+#[derive(Clone)]
+pub struct Context {
+    pub store: Arc<dyn AccountStore>,
+    pub rules: Arc<Rules>,
+    pub clock: Arc<dyn Clock>,
+    /// False until migrations have run; requests before that are UNAVAILABLE.
+    pub ready: Arc<AtomicBool>,
+}
+
+impl Context {
+    fn check_ready(&self) -> Result<(), Status> {
+        if self.ready.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(convert::status(
+                tonic::Code::Unavailable,
+                "NOT_READY",
+                "the service is starting (migrations running); retry shortly",
+            ))
+        }
+    }
+}
+
+pub struct AccountsApi {
+    ctx: Context,
+}
+
+impl AccountsApi {
+    pub fn new(ctx: Context) -> Self {
+        Self { ctx }
+    }
+}
+
+/// Who made a request, as recorded in history. Authentication (bearer tokens mapped to names)
+/// is not configured yet, so every caller is recorded as `anonymous`.
+fn actor<T>(_request: &Request<T>) -> String {
+    "anonymous".to_owned()
+}
+
+/// History rows and outbox events for the transitions an apply produced.
+fn record_transitions(
+    account: &Account,
+    transitions: &[Transition],
+    now: DateTime<Utc>,
+    history: &mut Vec<HistoryRecord>,
+    events: &mut Vec<OutboxEvent>,
+) {
+    for t in transitions {
+        let boundary = !matches!(
+            t.reason,
+            lifecycle::TransitionReason::Activated
+                | lifecycle::TransitionReason::Recharged
+                | lifecycle::TransitionReason::Unlocked
+        );
+        if boundary {
+            history.push(HistoryRecord {
+                id: 0,
+                msisdn: account.msisdn.clone(),
+                account_id: account.account_id.clone(),
+                generation: account.generation,
+                at: t.effective_at,
+                kind: HistoryKind::StateChanged,
+                from_state: Some(t.from),
+                to_state: Some(t.to),
+                amount: 0,
+                actor: SWEEP_ACTOR.to_owned(),
+                request_id: None,
+            });
+        }
+        let event = |event_type| OutboxEvent {
+            sequence: 0,
+            event_id: uuid::Uuid::new_v4().to_string(),
+            event_type,
+            msisdn: account.msisdn.clone(),
+            account_id: account.account_id.clone(),
+            generation: account.generation,
+            from_state: t.from,
+            to_state: t.to,
+            reason: t.reason.as_str().to_owned(),
+            effective_at: t.effective_at,
+            emitted_at: now,
+        };
+        events.push(event(EventType::StateChanged));
+        if t.to == AccountState::Recycled {
+            events.push(event(EventType::NumberRecycled));
+        }
+    }
+}
+
+/// What a mutating RPC needs to say about itself.
+struct Call<'a> {
+    msisdn: Msisdn,
+    request_id: &'a str,
+    fingerprint: String,
+    actor: String,
+    now: DateTime<Utc>,
+}
+
+impl Call<'_> {
+    fn history(&self, account: &Account, kind: HistoryKind, change: &lifecycle::Change) -> HistoryRecord {
+        HistoryRecord {
+            id: 0,
+            msisdn: account.msisdn.clone(),
+            account_id: account.account_id.clone(),
+            generation: account.generation,
+            at: self.now,
+            kind,
+            from_state: Some(change.from),
+            to_state: Some(change.to),
+            amount: change.amount,
+            actor: self.actor.clone(),
+            request_id: Some(self.request_id.to_owned()),
+        }
+    }
+}
+
+impl AccountsApi {
+    fn key<'a>(&self, call: &'a Call<'a>) -> RequestKey<'a> {
+        RequestKey { request_id: call.request_id, fingerprint: &call.fingerprint, now: call.now }
+    }
+
+    /// Applies `command` through the store; `respond` encodes the answer to store and return.
+    async fn execute(
+        &self,
+        call: Call<'_>,
+        command: Command,
+        respond: impl Fn(&Applied, DateTime<Utc>) -> Vec<u8> + Send + Sync,
+    ) -> Result<Committed, Status> {
+        self.ctx.check_ready()?;
+        command.validate()?;
+        let rules = &self.ctx.rules;
+        let decide = |current: Option<&Account>| -> Result<Mutation, DomainError> {
+            let current = current.ok_or_else(|| DomainError::not_found(&call.msisdn))?;
+            let applied = lifecycle::apply(current, &command, call.now, rules)?;
+            let mut history = Vec::new();
+            let mut events = Vec::new();
+            record_transitions(&applied.account, &applied.transitions, call.now, &mut history, &mut events);
+            if let Some(change) = &applied.change {
+                history.push(call.history(&applied.account, change.kind, change));
+            }
+            Ok(Mutation {
+                archive: None,
+                response: respond(&applied, call.now),
+                account: applied.account,
+                history,
+                events,
+            })
+        };
+        Ok(self.ctx.store.mutate(&call.msisdn, self.key(&call), &decide).await?)
+    }
+
+    fn call<'a, T>(&self, request: &Request<T>, msisdn: &str, request_id: &'a str, fingerprint: String) -> Result<Call<'a>, Status> {
+        Ok(Call {
+            msisdn: convert::msisdn(msisdn)?,
+            request_id: convert::request_id(request_id)?,
+            fingerprint,
+            actor: actor(request),
+            now: self.ctx.clock.now(),
+        })
+    }
+
+    fn account_response(&self, committed: Committed) -> Result<Response<proto::Account>, Status> {
+        let (Committed::Applied(bytes) | Committed::Replayed(bytes)) = committed;
+        Ok(Response::new(decode(&bytes)?))
+    }
+}
+
+fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, Status> {
+    M::decode(bytes).map_err(|e| {
+        tracing::error!(error = %e, "stored idempotent response does not decode");
+        Status::internal("stored response is corrupt")
+    })
+}
+
+fn required_enum<T>(value: i32, field: &str, parse: fn(i32) -> Option<T>) -> Result<T, Status> {
+    parse(value).ok_or_else(|| {
+        invalid(
+            ErrorReason::InvalidArgument,
+            format!("{field} {value} is not a known value (UNSPECIFIED is not allowed)"),
+        )
+    })
+}
+
+#[tonic::async_trait]
+impl AccountLifecycle for AccountsApi {
+    async fn provision_account(
+        &self,
+        request: Request<proto::ProvisionAccountRequest>,
+    ) -> Result<Response<proto::Account>, Status> {
+        let r = request.get_ref();
+        let fingerprint = format!(
+            "ProvisionAccount|{}|{}|{}|{}",
+            r.msisdn, r.preset_balance, r.sold, r.initial_validity_days
+        );
+        let call = self.call(&request, &r.msisdn, &r.request_id, fingerprint)?;
+        self.ctx.check_ready()?;
+        let params = ProvisionParams {
+            preset_balance: r.preset_balance,
+            sold: r.sold,
+            initial_validity_days: r.initial_validity_days,
+        };
+        let rules = &self.ctx.rules;
+        // The pure provisioning validates the parameters before any storage is touched.
+        lifecycle::provision(call.msisdn.clone(), String::new(), None, &params, call.now, rules)?;
+        let decide = |current: Option<&Account>| -> Result<Mutation, DomainError> {
+            let mut history = Vec::new();
+            let mut events = Vec::new();
+            let mut archive = None;
+            if let Some(previous) = current {
+                let mut previous = previous.clone();
+                let transitions = previous.catch_up(call.now, rules);
+                if previous.state != AccountState::Recycled {
+                    return Err(DomainError::AlreadyExists {
+                        reason: ErrorReason::AccountExists,
+                        message: format!(
+                            "msisdn {} is in use (account {}, {})",
+                            call.msisdn, previous.account_id, previous.state
+                        ),
+                    });
+                }
+                record_transitions(&previous, &transitions, call.now, &mut history, &mut events);
+                archive = Some(previous);
+            }
+            let account = lifecycle::provision(
+                call.msisdn.clone(),
+                uuid::Uuid::new_v4().to_string(),
+                archive.as_ref().map(|a| a.generation),
+                &params,
+                call.now,
+                rules,
+            )?;
+            let change = lifecycle::Change {
+                kind: HistoryKind::Provisioned,
+                from: AccountState::Unactivated,
+                to: AccountState::Unactivated,
+                amount: account.preset_balance,
+            };
+            let mut entry = call.history(&account, HistoryKind::Provisioned, &change);
+            entry.from_state = None;
+            history.push(entry);
+            let response = convert::account(&account, call.now, rules).encode_to_vec();
+            Ok(Mutation { archive, account, history, events, response })
+        };
+        let committed = self.ctx.store.mutate(&call.msisdn, self.key(&call), &decide).await?;
+        self.account_response(committed)
+    }
+
+    async fn mark_sold(
+        &self,
+        request: Request<proto::MarkSoldRequest>,
+    ) -> Result<Response<proto::Account>, Status> {
+        let r = request.get_ref();
+        let call = self.call(&request, &r.msisdn, &r.request_id, format!("MarkSold|{}", r.msisdn))?;
+        let rules = self.ctx.rules.clone();
+        let committed = self
+            .execute(call, Command::MarkSold, |applied, now| {
+                convert::account(&applied.account, now, &rules).encode_to_vec()
+            })
+            .await?;
+        self.account_response(committed)
+    }
+
+    async fn activate(
+        &self,
+        request: Request<proto::ActivateRequest>,
+    ) -> Result<Response<proto::Account>, Status> {
+        let r = request.get_ref();
+        let call = self.call(&request, &r.msisdn, &r.request_id, format!("Activate|{}", r.msisdn))?;
+        let rules = self.ctx.rules.clone();
+        let committed = self
+            .execute(call, Command::Activate, |applied, now| {
+                convert::account(&applied.account, now, &rules).encode_to_vec()
+            })
+            .await?;
+        self.account_response(committed)
+    }
+
+    async fn recharge(
+        &self,
+        request: Request<proto::RechargeRequest>,
+    ) -> Result<Response<proto::RechargeResult>, Status> {
+        let r = request.get_ref();
+        let fingerprint = format!(
+            "Recharge|{}|{}|{}|{}",
+            r.msisdn, r.amount, r.channel, r.validity_days
+        );
+        let call = self.call(&request, &r.msisdn, &r.request_id, fingerprint)?;
+        let channel = required_enum(r.channel, "channel", RechargeChannel::from_i32)?;
+        let command = Command::Recharge { amount: r.amount, channel, validity_days: r.validity_days };
+        let rules = self.ctx.rules.clone();
+        let committed = self
+            .execute(call, command, |applied, now| {
+                let mut result = proto::RechargeResult {
+                    account: Some(convert::account(&applied.account, now, &rules)),
+                    ..Default::default()
+                };
+                if let Outcome::Recharge(o) = &applied.outcome {
+                    result.valid_until_before = convert::date(o.valid_until_before);
+                    result.valid_until_after = convert::date(o.valid_until_after);
+                    result.days_granted = o.days_granted;
+                    result.capped = o.capped;
+                    result.balance_before = o.balance_before;
+                    result.balance_after = o.balance_after;
+                }
+                result.encode_to_vec()
+            })
+            .await?;
+        let replayed = matches!(committed, Committed::Replayed(_));
+        let (Committed::Applied(bytes) | Committed::Replayed(bytes)) = committed;
+        let mut result: proto::RechargeResult = decode(&bytes)?;
+        result.replayed = replayed;
+        Ok(Response::new(result))
+    }
+
+    async fn charge(
+        &self,
+        request: Request<proto::ChargeRequest>,
+    ) -> Result<Response<proto::ChargeResult>, Status> {
+        let r = request.get_ref();
+        let fingerprint = format!("Charge|{}|{}", r.msisdn, r.amount);
+        let call = self.call(&request, &r.msisdn, &r.request_id, fingerprint)?;
+        let rules = self.ctx.rules.clone();
+        let committed = self
+            .execute(call, Command::Charge { amount: r.amount }, |applied, now| {
+                let mut result = proto::ChargeResult {
+                    account: Some(convert::account(&applied.account, now, &rules)),
+                    ..Default::default()
+                };
+                if let Outcome::Charge(o) = &applied.outcome {
+                    result.charged_preset = o.charged_preset;
+                    result.charged_balance = o.charged_balance;
+                }
+                result.encode_to_vec()
+            })
+            .await?;
+        let replayed = matches!(committed, Committed::Replayed(_));
+        let (Committed::Applied(bytes) | Committed::Replayed(bytes)) = committed;
+        let mut result: proto::ChargeResult = decode(&bytes)?;
+        result.replayed = replayed;
+        Ok(Response::new(result))
+    }
+
+    async fn unlock(
+        &self,
+        request: Request<proto::UnlockRequest>,
+    ) -> Result<Response<proto::Account>, Status> {
+        let r = request.get_ref();
+        let fingerprint = format!(
+            "Unlock|{}|{}|{}|{}",
+            r.msisdn, r.operator_id, r.branch_id, r.recharge_amount
+        );
+        let mut call = self.call(&request, &r.msisdn, &r.request_id, fingerprint)?;
+        // Unlocks are recorded as done by the business hall's operator.
+        call.actor = format!("{}@{}", r.operator_id, r.branch_id);
+        let command = Command::Unlock(lifecycle::Unlock {
+            operator_id: r.operator_id.clone(),
+            branch_id: r.branch_id.clone(),
+            recharge_amount: r.recharge_amount,
+        });
+        let rules = self.ctx.rules.clone();
+        let committed = self
+            .execute(call, command, |applied, now| {
+                convert::account(&applied.account, now, &rules).encode_to_vec()
+            })
+            .await?;
+        self.account_response(committed)
+    }
+
+    async fn get_account(
+        &self,
+        request: Request<proto::GetAccountRequest>,
+    ) -> Result<Response<proto::Account>, Status> {
+        let msisdn = convert::msisdn(&request.get_ref().msisdn)?;
+        self.ctx.check_ready()?;
+        let account = self.ctx.store.get(&msisdn).await?;
+        let account = account.ok_or_else(|| DomainError::not_found(&msisdn))?;
+        Ok(Response::new(convert::account(&account, self.ctx.clock.now(), &self.ctx.rules)))
+    }
+
+    async fn list_accounts(
+        &self,
+        request: Request<proto::ListAccountsRequest>,
+    ) -> Result<Response<proto::ListAccountsResponse>, Status> {
+        let r = request.get_ref();
+        let state = match r.state {
+            0 => None,
+            n => Some(required_enum(n, "state", AccountState::from_i32)?),
+        };
+        let page_size = convert::page_size(r.page_size, 100)?;
+        let after = match r.page_token.as_str() {
+            "" => None,
+            token => Some(
+                Msisdn::parse(token)
+                    .map_err(|_| invalid(ErrorReason::InvalidArgument, "page_token is not valid"))?,
+            ),
+        };
+        self.ctx.check_ready()?;
+        let now = self.ctx.clock.now();
+        let today = self.ctx.rules.local_date(now);
+        let mut accounts = self
+            .ctx
+            .store
+            .list(state, today, after.as_ref().map(Msisdn::as_str), page_size + 1)
+            .await?;
+        let next_page_token = if accounts.len() > page_size as usize {
+            accounts.truncate(page_size as usize);
+            accounts.last().map(|a| a.msisdn.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let accounts = accounts.iter().map(|a| convert::account(a, now, &self.ctx.rules)).collect();
+        Ok(Response::new(proto::ListAccountsResponse { accounts, next_page_token }))
+    }
+
+    async fn get_account_history(
+        &self,
+        request: Request<proto::GetAccountHistoryRequest>,
+    ) -> Result<Response<proto::GetAccountHistoryResponse>, Status> {
+        let r = request.get_ref();
+        let msisdn = convert::msisdn(&r.msisdn)?;
+        let page_size = convert::page_size(r.page_size, 100)?;
+        let after_id = match r.page_token.as_str() {
+            "" => 0,
+            token => token
+                .parse::<i64>()
+                .ok()
+                .filter(|id| *id > 0)
+                .ok_or_else(|| invalid(ErrorReason::InvalidArgument, "page_token is not valid"))?,
+        };
+        self.ctx.check_ready()?;
+        let mut records = self.ctx.store.history(&msisdn, after_id, page_size + 1).await?;
+        if records.is_empty() && after_id == 0 && self.ctx.store.get(&msisdn).await?.is_none() {
+            return Err(DomainError::not_found(&msisdn).into());
+        }
+        let next_page_token = if records.len() > page_size as usize {
+            records.truncate(page_size as usize);
+            records.last().map(|e| e.id.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let entries = records.into_iter().map(convert::history_entry).collect();
+        Ok(Response::new(proto::GetAccountHistoryResponse { entries, next_page_token }))
+    }
+
+    async fn authorize(
+        &self,
+        request: Request<proto::AuthorizeRequest>,
+    ) -> Result<Response<proto::AuthorizeResponse>, Status> {
+        let r = request.get_ref();
+        let msisdn = convert::msisdn(&r.msisdn)?;
+        let service = required_enum(r.service, "service", ServiceType::from_i32)?;
+        let destination = r.destination.strip_prefix('+').unwrap_or(&r.destination);
+        if destination.len() > 32 || !destination.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid(
+                ErrorReason::InvalidArgument,
+                "destination must be up to 32 digits (optional leading '+'), or empty",
+            ));
+        }
+        self.ctx.check_ready()?;
+        let account = self.ctx.store.get(&msisdn).await?;
+        let now = self.ctx.clock.now();
+        let decision = lifecycle::authorize(account.as_ref(), service, destination, now, &self.ctx.rules);
+        Ok(Response::new(proto::AuthorizeResponse {
+            allowed: decision.allowed,
+            reason: decision.reason.to_owned(),
+            state: decision.state.map_or(0, convert::state),
+        }))
+    }
+}

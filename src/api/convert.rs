@@ -1,0 +1,141 @@
+//! Conversions between the wire (proto) and the domain, and the one place where errors become
+//! gRPC statuses with a `google.rpc.ErrorInfo`.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::lifecycle::{Account, AccountState, DomainError, ErrorReason, Msisdn, Rules};
+use crate::proto;
+use crate::store::{HistoryRecord, StoreError};
+
+/// The `ErrorInfo.domain` of every error this service returns.
+pub const ERROR_DOMAIN: &str = "ocs-lifecycle";
+
+pub fn status(code: Code, reason: &str, message: impl Into<String>) -> Status {
+    let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, []);
+    Status::with_error_details(code, message, details)
+}
+
+pub fn invalid(reason: ErrorReason, message: impl Into<String>) -> Status {
+    status(Code::InvalidArgument, reason.as_str(), message)
+}
+
+impl From<DomainError> for Status {
+    fn from(err: DomainError) -> Self {
+        let code = match &err {
+            DomainError::InvalidArgument { .. } => Code::InvalidArgument,
+            DomainError::NotFound { .. } => Code::NotFound,
+            DomainError::FailedPrecondition { .. } => Code::FailedPrecondition,
+            DomainError::AlreadyExists { .. } => Code::AlreadyExists,
+        };
+        status(code, err.reason().as_str(), err.message())
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Domain(e) => e.into(),
+            StoreError::Unavailable(message) => {
+                tracing::warn!(%message, "storage unavailable");
+                status(
+                    Code::Unavailable,
+                    "STORAGE_UNAVAILABLE",
+                    format!("storage unavailable, retry with the same request_id: {message}"),
+                )
+            }
+            StoreError::Internal(message) => {
+                tracing::error!(%message, "storage error");
+                status(Code::Internal, "STORAGE_ERROR", "internal storage error; see the server log")
+            }
+        }
+    }
+}
+
+pub fn msisdn(raw: &str) -> Result<Msisdn, Status> {
+    Msisdn::parse(raw).map_err(Status::from)
+}
+
+/// Longest request_id accepted; keys are stored.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+pub fn request_id(raw: &str) -> Result<&str, Status> {
+    if raw.is_empty() {
+        return Err(invalid(
+            ErrorReason::MissingRequestId,
+            "request_id is required on every mutating request (an idempotency key, e.g. a UUID)",
+        ));
+    }
+    if raw.len() > MAX_REQUEST_ID_LEN || raw.chars().any(char::is_control) {
+        return Err(invalid(
+            ErrorReason::InvalidArgument,
+            format!("request_id must be 1 to {MAX_REQUEST_ID_LEN} printable characters"),
+        ));
+    }
+    Ok(raw)
+}
+
+pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
+}
+
+pub fn from_timestamp(ts: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
+    let nanos = u32::try_from(ts.nanos).ok()?;
+    DateTime::from_timestamp(ts.seconds, nanos)
+}
+
+pub fn date(d: Option<NaiveDate>) -> String {
+    d.map(|d| d.format("%Y-%m-%d").to_string()).unwrap_or_default()
+}
+
+pub fn state(s: AccountState) -> i32 {
+    s as i32
+}
+
+/// The wire form of `account` as it stands at `now`: boundaries crossed since the last write
+/// are applied first, so the state is the effective one.
+pub fn account(account: &Account, now: DateTime<Utc>, rules: &Rules) -> proto::Account {
+    let mut current = account.clone();
+    current.catch_up(now, rules);
+    proto::Account {
+        msisdn: current.msisdn.to_string(),
+        account_id: current.account_id,
+        generation: current.generation,
+        state: state(current.state),
+        balance: current.balance,
+        preset_balance: current.preset_balance,
+        sold: current.sold,
+        provisioned_at: Some(timestamp(current.provisioned_at)),
+        activated_at: current.activated_at.map(timestamp),
+        valid_until: date(current.valid_until),
+        grace_until: date(current.grace_until),
+        lock_until: date(current.lock_until),
+        card_expiry: date(current.card_expiry),
+        recycled_at: current.recycled_at.map(timestamp),
+        updated_at: Some(timestamp(current.updated_at)),
+    }
+}
+
+pub fn history_entry(record: HistoryRecord) -> proto::HistoryEntry {
+    proto::HistoryEntry {
+        at: Some(timestamp(record.at)),
+        kind: record.kind as i32,
+        from_state: record.from_state.map_or(0, state),
+        to_state: record.to_state.map_or(0, state),
+        amount: record.amount,
+        actor: record.actor,
+        request_id: record.request_id.unwrap_or_default(),
+        generation: record.generation,
+        account_id: record.account_id,
+    }
+}
+
+/// Page size: 0 means `default`; more than 1000 is refused.
+pub fn page_size(requested: u32, default: u32) -> Result<u32, Status> {
+    match requested {
+        0 => Ok(default),
+        1..=1000 => Ok(requested),
+        n => Err(invalid(ErrorReason::InvalidArgument, format!("page_size {n} exceeds 1000"))),
+    }
+}

@@ -1,0 +1,148 @@
+//! The gRPC server: `AccountLifecycle`, `TestClock` (manual clock only), health and reflection,
+//! with a graceful, bounded shutdown.
+
+mod accounts;
+pub mod convert;
+mod test_clock;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+
+pub use accounts::{AccountsApi, Context, SWEEP_ACTOR};
+pub use test_clock::TestClockApi;
+
+use crate::clock::{Clock, ManualClock, SystemClock};
+use crate::config::{ClockMode, Config};
+use crate::proto::account_lifecycle_server::AccountLifecycleServer;
+use crate::proto::test_clock_server::TestClockServer;
+use crate::store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("database: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+const SERVICE_NAMES: [&str; 2] = ["ocs.lifecycle.v1.AccountLifecycle", "ocs.lifecycle.v1.TestClock"];
+
+/// Binds `config.listen` and serves until `shutdown` is cancelled.
+pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+    serve_on(config, listener, shutdown).await
+}
+
+/// Serves on an already bound listener (tests bind port 0) until `shutdown` is cancelled.
+pub async fn serve_on(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let rules = Arc::new(config.rules()?);
+    let addr = listener.local_addr().map_err(|e| ServeError::Other(e.to_string()))?;
+    let (manual, clock): (Option<Arc<ManualClock>>, Arc<dyn Clock>) = match config.clock {
+        ClockMode::System => (None, Arc::new(SystemClock::default())),
+        ClockMode::Manual => {
+            let manual = Arc::new(ManualClock::starting_at(chrono::Utc::now()));
+            (Some(manual.clone()), manual)
+        }
+    };
+    let store = store::connect(&config.database_url, config.db_pool_size, rules.clone()).await?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let ctx = Context { store: store.clone(), rules, clock, ready: ready.clone() };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for name in std::iter::once("").chain(SERVICE_NAMES) {
+        health.set_service_status(name, tonic_health::ServingStatus::NotServing).await;
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Other(format!("reflection: {e}")))?;
+
+    let router = Server::builder()
+        .trace_fn(|req| tracing::debug_span!("grpc", path = %req.uri().path()))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(AccountLifecycleServer::new(AccountsApi::new(ctx)));
+    let router = match &manual {
+        Some(clock) => router.add_service(TestClockServer::new(TestClockApi::new(clock.clone()))),
+        None => router,
+    };
+    let stopping = shutdown.clone();
+    let mut server = tokio::spawn(
+        router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            stopping.cancelled().await
+        }),
+    );
+    tracing::info!(%addr, clock = ?config.clock, database = %redact(&config.database_url), "listening");
+
+    // Health says NOT_SERVING until the migrations have run.
+    tokio::select! {
+        migrated = store.migrate() => migrated?,
+        _ = shutdown.cancelled() => {}
+    }
+    ready.store(true, Ordering::Release);
+    let mut serving = vec![""; 1];
+    serving.push(SERVICE_NAMES[0]);
+    if manual.is_some() {
+        serving.push(SERVICE_NAMES[1]);
+    }
+    for name in serving {
+        health.set_service_status(name, tonic_health::ServingStatus::Serving).await;
+    }
+    tracing::info!("migrations done, serving");
+
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => {}
+        finished = &mut server => {
+            return finished.map_err(|e| ServeError::Other(e.to_string()))?.map_err(Into::into);
+        }
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+    for name in std::iter::once("").chain(SERVICE_NAMES) {
+        health.set_service_status(name, tonic_health::ServingStatus::NotServing).await;
+    }
+    let grace = Duration::from_secs(config.shutdown_timeout_secs);
+    match tokio::time::timeout(grace, &mut server).await {
+        Ok(finished) => finished.map_err(|e| ServeError::Other(e.to_string()))??,
+        Err(_) => {
+            tracing::warn!(?grace, "in-flight requests did not finish in time; stopping anyway");
+            server.abort();
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The database URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,314 @@
+//! Layered configuration: defaults < `ocs-lifecycle.toml` (or `--config`) < `OCS_*` environment
+//! < command-line flags. Validated once at start, with errors that name the key.
+//!
+//! Environment variables name a key in upper case, a section with a double underscore:
+//! `OCS_DATABASE_URL`, `OCS_LIFECYCLE__GRACE_DAYS`. Values are read as TOML (`10`, `["110"]`)
+//! and otherwise as a plain string.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::lifecycle::{Rules, Tariff, TariffTier};
+
+pub const DEFAULT_CONFIG_FILE: &str = "ocs-lifecycle.toml";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ClockMode {
+    System,
+    Manual,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The service's configuration after layering.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// `sqlite://PATH` (created if missing) or `postgres://…`.
+    pub database_url: String,
+    /// Connections to the database (SQLite: readers; writes always use one connection).
+    pub db_pool_size: u32,
+    pub clock: ClockMode,
+    /// The operator's time zone (IANA name); lifecycle dates are local dates there.
+    pub timezone: String,
+    pub log_format: LogFormat,
+    /// How long a graceful shutdown waits for in-flight requests.
+    pub shutdown_timeout_secs: u64,
+    pub lifecycle: LifecycleConfig,
+    /// Recharge amount (fen) → validity days; the highest tier whose minimum ≤ amount applies.
+    pub tariff: Vec<TariffTierConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleConfig {
+    pub initial_validity_days: u32,
+    pub grace_days: u32,
+    pub lock_days: u32,
+    pub max_validity_days: u32,
+    pub card_life_days: u32,
+    pub unlock_grace_days: u32,
+    pub special_numbers: Vec<String>,
+    pub recharge_hotline: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TariffTierConfig {
+    pub min_amount: i64,
+    pub days: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let rules = Rules::default();
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            database_url: "sqlite://ocs-lifecycle.db".into(),
+            db_pool_size: 16,
+            clock: ClockMode::System,
+            timezone: rules.timezone.name().into(),
+            log_format: LogFormat::Text,
+            shutdown_timeout_secs: 30,
+            lifecycle: LifecycleConfig::default(),
+            tariff: rules
+                .tariff
+                .tiers()
+                .iter()
+                .map(|t| TariffTierConfig { min_amount: t.min_amount, days: t.days })
+                .collect(),
+        }
+    }
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        let rules = Rules::default();
+        Self {
+            initial_validity_days: rules.initial_validity_days,
+            grace_days: rules.grace_days,
+            lock_days: rules.lock_days,
+            max_validity_days: rules.max_validity_days,
+            card_life_days: rules.card_life_days,
+            unlock_grace_days: rules.unlock_grace_days,
+            special_numbers: rules.special_numbers,
+            recharge_hotline: rules.recharge_hotline,
+        }
+    }
+}
+
+/// Overrides given on the command line (the top layer).
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct Overrides {
+    /// Configuration file [default: ocs-lifecycle.toml when present].
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:50051].
+    #[arg(long, global = true)]
+    pub listen: Option<SocketAddr>,
+    /// sqlite://PATH or postgres://… [default: sqlite://ocs-lifecycle.db].
+    #[arg(long, global = true)]
+    pub database_url: Option<String>,
+    /// system, or manual (adds the TestClock service).
+    #[arg(long, global = true, value_enum)]
+    pub clock: Option<ClockMode>,
+    /// The operator's IANA time zone [default: Asia/Shanghai].
+    #[arg(long, global = true)]
+    pub timezone: Option<String>,
+    /// text or json.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Layers the file, the `OCS_*` variables of `env` and the flags over the defaults.
+    pub fn load(
+        overrides: &Overrides,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let explicit = overrides.config.clone().or_else(|| {
+            env.iter().find(|(k, _)| k == "OCS_CONFIG").map(|(_, v)| PathBuf::from(v))
+        });
+        let mut table = match &explicit {
+            Some(path) => read_file(path)?,
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                read_file(Path::new(DEFAULT_CONFIG_FILE))?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in &env {
+            let Some(key) = name.strip_prefix("OCS_") else { continue };
+            if key == "CONFIG" {
+                continue;
+            }
+            overlay_env(&mut table, name, key, value)?;
+        }
+        let mut config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError(e.message().to_owned()))?;
+        if let Some(v) = overrides.listen {
+            config.listen = v;
+        }
+        if let Some(v) = &overrides.database_url {
+            config.database_url = v.clone();
+        }
+        if let Some(v) = overrides.clock {
+            config.clock = v;
+        }
+        if let Some(v) = &overrides.timezone {
+            config.timezone = v.clone();
+        }
+        if let Some(v) = overrides.log_format {
+            config.log_format = v;
+        }
+        config.rules()?;
+        Ok(config)
+    }
+
+    /// The lifecycle rules this configuration describes, validated.
+    pub fn rules(&self) -> Result<Rules, ConfigError> {
+        let timezone = self.timezone.parse().map_err(|_| {
+            ConfigError(format!("timezone: {:?} is not an IANA time zone name", self.timezone))
+        })?;
+        let tiers = self
+            .tariff
+            .iter()
+            .map(|t| TariffTier { min_amount: t.min_amount, days: t.days })
+            .collect();
+        let tariff = Tariff::new(tiers).map_err(|e| ConfigError(format!("tariff: {e}")))?;
+        if let Some(t) = self.tariff.iter().find(|t| t.days == 0) {
+            return Err(ConfigError(format!(
+                "tariff: the tier from {} grants 0 days",
+                t.min_amount
+            )));
+        }
+        let l = &self.lifecycle;
+        let rules = Rules {
+            timezone,
+            initial_validity_days: l.initial_validity_days,
+            grace_days: l.grace_days,
+            lock_days: l.lock_days,
+            max_validity_days: l.max_validity_days,
+            card_life_days: l.card_life_days,
+            unlock_grace_days: l.unlock_grace_days,
+            special_numbers: l.special_numbers.clone(),
+            recharge_hotline: l.recharge_hotline.clone(),
+            tariff,
+        };
+        rules.validate().map_err(|e| ConfigError(format!("lifecycle.{e}")))?;
+        if self.db_pool_size == 0 {
+            return Err(ConfigError("db_pool_size must be at least 1".into()));
+        }
+        Ok(rules)
+    }
+}
+
+fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+    text.parse()
+        .map_err(|e: toml::de::Error| ConfigError(format!("{}: {}", path.display(), e.message())))
+}
+
+fn overlay_env(
+    table: &mut toml::Table,
+    name: &str,
+    key: &str,
+    value: &str,
+) -> Result<(), ConfigError> {
+    let path: Vec<String> = key.split("__").map(str::to_ascii_lowercase).collect();
+    let parsed = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    let (last, sections) = path.split_last().expect("split yields at least one part");
+    let mut target = table;
+    for section in sections {
+        let entry = target
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        target = entry
+            .as_table_mut()
+            .ok_or_else(|| ConfigError(format!("{name}: {section} is not a section")))?;
+    }
+    target.insert(last.clone(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let config = Config::load(&Overrides::default(), env(&[])).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(config.database_url, "sqlite://ocs-lifecycle.db");
+        assert_eq!(config.clock, ClockMode::System);
+        let rules = config.rules().unwrap();
+        assert_eq!(rules.timezone, chrono_tz::Asia::Shanghai);
+        assert_eq!((rules.grace_days, rules.lock_days, rules.max_validity_days), (90, 30, 540));
+    }
+
+    #[test]
+    fn file_then_env_then_flags_win_in_that_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "timezone = \"Europe/Paris\"\nlisten = \"127.0.0.1:1\"\n[lifecycle]\ngrace_days = 10\n",
+        )
+        .unwrap();
+        let flags = Overrides {
+            config: Some(path),
+            listen: Some("127.0.0.1:3".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let config = Config::load(
+            &flags,
+            env(&[
+                ("OCS_LISTEN", "127.0.0.1:2"),
+                ("OCS_LIFECYCLE__LOCK_DAYS", "5"),
+                ("OCS_TIMEZONE", "America/New_York"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:3");
+        assert_eq!(config.timezone, "America/New_York");
+        assert_eq!(config.lifecycle.grace_days, 10);
+        assert_eq!(config.lifecycle.lock_days, 5);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = Config::load(&Overrides::default(), env(&[("OCS_TIMEZONE", "Mars/Base")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("timezone"), "{err}");
+        let err = Config::load(&Overrides::default(), env(&[("OCS_LIFECYCLE__GRACE_DAYS", "0")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("grace_days"), "{err}");
+        let err =
+            Config::load(&Overrides::default(), env(&[("OCS_NO_SUCH_KEY", "1")])).unwrap_err();
+        assert!(err.to_string().contains("no_such_key"), "{err}");
+    }
+}

@@ -1,0 +1,245 @@
+//! Persistence of accounts, history, idempotency keys and the event outbox, behind one trait
+//! with a SQLite and a PostgreSQL implementation that share their SQL.
+//!
+//! The store owns transactions and durability, never the rules: a mutation loads the account,
+//! hands it to a pure `decide` function (the lifecycle core, called by the API) and writes what
+//! that function returns — account, history rows, outbox events and the idempotency record —
+//! in one transaction, or nothing.
+
+mod postgres;
+mod rows;
+mod sql;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+
+use crate::lifecycle::{Account, AccountState, DomainError, ErrorReason, HistoryKind, Msisdn, Rules};
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// Kinds of outbox events (the wire numbers of `EventType`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventType {
+    NumberRecycled = 1,
+    StateChanged = 2,
+    ValidityExpiring = 3,
+}
+
+impl EventType {
+    pub fn from_i32(value: i32) -> Option<Self> {
+        match value {
+            1 => Some(Self::NumberRecycled),
+            2 => Some(Self::StateChanged),
+            3 => Some(Self::ValidityExpiring),
+            _ => None,
+        }
+    }
+}
+
+/// One row of an account's history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryRecord {
+    /// Assigned by the store; ignored when writing.
+    pub id: i64,
+    pub msisdn: Msisdn,
+    pub account_id: String,
+    pub generation: u32,
+    /// When the change took effect (a boundary transition: its boundary instant).
+    pub at: DateTime<Utc>,
+    pub kind: HistoryKind,
+    pub from_state: Option<AccountState>,
+    pub to_state: Option<AccountState>,
+    pub amount: i64,
+    pub actor: String,
+    pub request_id: Option<String>,
+}
+
+/// One event of the transactional outbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxEvent {
+    /// Assigned by the store, strictly increasing; ignored when writing.
+    pub sequence: i64,
+    pub event_id: String,
+    pub event_type: EventType,
+    pub msisdn: Msisdn,
+    pub account_id: String,
+    pub generation: u32,
+    pub from_state: AccountState,
+    pub to_state: AccountState,
+    pub reason: String,
+    pub effective_at: DateTime<Utc>,
+    pub emitted_at: DateTime<Utc>,
+}
+
+/// Everything one accepted request writes, together.
+#[derive(Clone, Debug)]
+pub struct Mutation {
+    /// A previous generation of the MSISDN retired by this mutation (kept in the archive).
+    pub archive: Option<Account>,
+    /// The account as it is after the request.
+    pub account: Account,
+    pub history: Vec<HistoryRecord>,
+    pub events: Vec<OutboxEvent>,
+    /// The encoded response, returned again to a retry with the same request_id.
+    pub response: Vec<u8>,
+}
+
+/// Identifies a mutating request for idempotency.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestKey<'a> {
+    pub request_id: &'a str,
+    /// The method and its parameters; the same key with another fingerprint is ALREADY_EXISTS.
+    pub fingerprint: &'a str,
+    pub now: DateTime<Utc>,
+}
+
+/// The stored response of a mutation and whether it was applied now or earlier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Committed {
+    Applied(Vec<u8>),
+    Replayed(Vec<u8>),
+}
+
+/// The pure decision a mutation carries out: the current account (if any) in, the writes out.
+pub type Decide<'a> = dyn Fn(Option<&Account>) -> Result<Mutation, DomainError> + Send + Sync + 'a;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// The database cannot be reached or is overloaded; the request may be retried.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    #[error("storage error: {0}")]
+    Internal(String),
+}
+
+/// Row counts, to check that a rejected request wrote nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TableCounts {
+    pub accounts: i64,
+    pub archived: i64,
+    pub history: i64,
+    pub idempotency_keys: i64,
+    pub outbox: i64,
+}
+
+#[async_trait]
+pub trait AccountStore: Send + Sync + 'static {
+    /// Runs the backend's migrations.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// Applies one mutating request exactly once: replays the stored response for a known
+    /// request_id, otherwise locks the MSISDN's row, calls `decide`, and commits its writes.
+    async fn mutate(
+        &self,
+        msisdn: &Msisdn,
+        key: RequestKey<'_>,
+        decide: &Decide<'_>,
+    ) -> Result<Committed, StoreError>;
+
+    async fn get(&self, msisdn: &Msisdn) -> Result<Option<Account>, StoreError>;
+
+    /// Accounts ordered by MSISDN after `after`, optionally only those whose effective state on
+    /// local date `today` is `state`.
+    async fn list(
+        &self,
+        state: Option<AccountState>,
+        today: NaiveDate,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Account>, StoreError>;
+
+    /// History rows of an MSISDN (all generations), oldest first, with id > `after_id`.
+    async fn history(
+        &self,
+        msisdn: &Msisdn,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<HistoryRecord>, StoreError>;
+
+    /// Outbox events with sequence > `after_sequence`, in sequence order.
+    async fn events_after(
+        &self,
+        after_sequence: i64,
+        limit: u32,
+    ) -> Result<Vec<OutboxEvent>, StoreError>;
+
+    async fn counts(&self) -> Result<TableCounts, StoreError>;
+
+    /// A cheap round trip, for health checks.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Opens the store a database URL names (`sqlite://…` or `postgres://…`).
+pub async fn connect(
+    url: &str,
+    pool_size: u32,
+    rules: Arc<Rules>,
+) -> Result<Arc<dyn AccountStore>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url, pool_size, rules).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::connect(url, pool_size, rules).await?))
+    } else {
+        Err(StoreError::Internal(format!(
+            "unsupported database URL {url:?}: use sqlite://PATH or postgres://…"
+        )))
+    }
+}
+
+/// How an sqlx error is reported: transient ones are retried, connection loss is UNAVAILABLE.
+pub(crate) enum SqlFailure {
+    Retry,
+    Fatal(StoreError),
+}
+
+pub(crate) fn classify(err: sqlx::Error) -> SqlFailure {
+    match &err {
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            let retry = db.is_unique_violation()
+                // PostgreSQL: serialization failure, deadlock.
+                || code == "40001"
+                || code == "40P01"
+                // SQLite: BUSY, LOCKED and their extended codes.
+                || matches!(code.as_ref(), "5" | "6" | "261" | "262" | "517");
+            if retry {
+                SqlFailure::Retry
+            } else if code.starts_with("08") || code == "57P01" || code == "57P03" {
+                SqlFailure::Fatal(StoreError::Unavailable(db.message().to_owned()))
+            } else {
+                SqlFailure::Fatal(StoreError::Internal(err.to_string()))
+            }
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_) => SqlFailure::Fatal(StoreError::Unavailable(err.to_string())),
+        _ => SqlFailure::Fatal(StoreError::Internal(err.to_string())),
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        match classify(err) {
+            SqlFailure::Retry => StoreError::Unavailable("the database is busy".into()),
+            SqlFailure::Fatal(e) => e,
+        }
+    }
+}
+
+pub(crate) fn request_id_reused(request_id: &str) -> StoreError {
+    StoreError::Domain(DomainError::AlreadyExists {
+        reason: ErrorReason::RequestIdReused,
+        message: format!(
+            "request_id {request_id:?} was already used for a different request; \
+             use a new request_id for a new request"
+        ),
+    })
+}
