@@ -1,1 +1,488 @@
-fn main() {}
+//! `ocs-bench`: throughput of the real gRPC service against a baseline measured in the same run.
+//!
+//! ```text
+//! cargo run --release --bin ocs-bench -- all --backend sqlite
+//! cargo run --release --bin ocs-bench -- all --backend postgres --json
+//! ```
+//!
+//! - recharge: 32 gRPC clients recharge random accounts; the baseline issues the same SQL
+//!   statements a recharge runs (idempotency lookup, row read, account update, history insert,
+//!   idempotency insert, in one write transaction) directly through sqlx, at the same
+//!   concurrency, on the same backend with the same durability settings.
+//! - authorize: 32 gRPC clients; the baseline is the same point read through sqlx.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use sqlx::Connection;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use ocs_lifecycle::config::{ClockMode, Config};
+use ocs_lifecycle::proto;
+use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Which {
+    All,
+    Recharge,
+    Authorize,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "ocs-lifecycle benchmarks with same-run baselines")]
+struct Args {
+    #[arg(value_enum, default_value = "all")]
+    which: Which,
+    #[arg(long, value_enum, default_value = "sqlite")]
+    backend: Backend,
+    /// Accounts provisioned and activated before measuring.
+    #[arg(long, default_value_t = 10_000)]
+    accounts: u32,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Seconds each measurement runs.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// PostgreSQL server (a fresh database is created on it for the run).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    postgres_url: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug)]
+struct Measured {
+    name: &'static str,
+    ops: u64,
+    seconds: f64,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+impl Measured {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.seconds
+    }
+}
+
+/// Runs `op` from `clients` tasks for `duration`; returns throughput and latency percentiles.
+async fn measure<F, Fut>(name: &'static str, clients: usize, duration: Duration, op: F) -> Measured
+where
+    F: Fn(u64) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let counter = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let op = op.clone();
+        let counter = counter.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let t = Instant::now();
+                op(n).await;
+                latencies.push(t.elapsed().as_micros() as u64);
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("bench task"));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0);
+    Measured { name, ops: all.len() as u64, seconds, p50_us: pct(0.50), p99_us: pct(0.99) }
+}
+
+fn msisdn(i: u64) -> String {
+    format!("86139{:08}", i)
+}
+
+/// A small deterministic generator, so runs pick the same sequence of accounts.
+fn pick(n: u64, accounts: u32) -> u64 {
+    let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    x ^= x >> 31;
+    x % u64::from(accounts)
+}
+
+async fn database_url(args: &Args, dir: &std::path::Path) -> String {
+    match args.backend {
+        Backend::Sqlite => format!("sqlite://{}", dir.join("bench.db").display()),
+        Backend::Postgres => {
+            let name = format!("ocs_bench_{}", uuid::Uuid::new_v4().simple());
+            let mut conn = sqlx::PgConnection::connect(&args.postgres_url)
+                .await
+                .expect("PostgreSQL reachable");
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .await
+                .expect("create bench database");
+            let base = args.postgres_url.rsplit_once('/').map_or(args.postgres_url.as_str(), |(b, _)| b);
+            format!("{base}/{name}")
+        }
+    }
+}
+
+async fn client(addr: std::net::SocketAddr) -> AccountLifecycleClient<Channel> {
+    for _ in 0..100 {
+        if let Ok(c) = AccountLifecycleClient::connect(format!("http://{addr}")).await {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server did not come up at {addr}");
+}
+
+async fn provision(clients: &[AccountLifecycleClient<Channel>], accounts: u32) {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for c in clients.iter().cloned() {
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = c;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= u64::from(accounts) {
+                    break;
+                }
+                let m = msisdn(i);
+                // Retries are idempotent: a repeated setup run applies nothing twice.
+                c.provision_account(proto::ProvisionAccountRequest {
+                    msisdn: m.clone(),
+                    sold: true,
+                    request_id: format!("setup-p-{i}"),
+                    ..Default::default()
+                })
+                .await
+                .expect("provision");
+                c.activate(proto::ActivateRequest { msisdn: m, request_id: format!("setup-a-{i}") })
+                    .await
+                    .expect("activate");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("setup task");
+    }
+}
+
+macro_rules! raw_recharge_body {
+    ($tx:ident, $m:expr, $key:expr) => {
+        raw_recharge_body!($tx, $m, $key, "")
+    };
+    ($tx:ident, $m:expr, $key:expr, $lock:expr) => {{
+        let seen: Option<(String,)> =
+            sqlx::query_as("SELECT fingerprint FROM idempotency_keys WHERE request_id = $1")
+                .bind($key)
+                .fetch_optional(&mut *$tx)
+                .await
+                .expect("idempotency lookup");
+        assert!(seen.is_none());
+        let sql = format!(
+            "SELECT account_id, generation, balance, valid_until FROM accounts WHERE msisdn = $1{}",
+            $lock
+        );
+        let (account_id, generation, balance, valid_until): (String, i64, i64, Option<chrono::NaiveDate>) =
+            sqlx::query_as(&sql).bind($m).fetch_one(&mut *$tx).await.expect("account");
+        let now = chrono::Utc::now();
+        let valid_until = valid_until.map(|d| d + chrono::Days::new(30));
+        let grace = valid_until.map(|d| d + chrono::Days::new(90));
+        let lock = valid_until.map(|d| d + chrono::Days::new(120));
+        sqlx::query(
+            "UPDATE accounts SET account_id = $2, generation = $3, state = $4, \
+             balance = $5, preset_balance = $6, sold = $7, initial_validity_days = $8, \
+             provisioned_at = $9, activated_at = $10, valid_until = $11, \
+             grace_until = $12, lock_until = $13, card_expiry = $14, recycled_at = $15, \
+             updated_at = $16, next_deadline = $17 WHERE msisdn = $1",
+        )
+        .bind($m)
+        .bind(&account_id)
+        .bind(generation)
+        .bind(2_i32)
+        .bind(balance + 1000)
+        .bind(0_i64)
+        .bind(true)
+        .bind(180_i32)
+        .bind(now)
+        .bind(Some(now))
+        .bind(valid_until)
+        .bind(grace)
+        .bind(lock)
+        .bind(None::<chrono::NaiveDate>)
+        .bind(None::<chrono::DateTime<chrono::Utc>>)
+        .bind(now)
+        .bind(Some(now.timestamp() + 86_400))
+        .execute(&mut *$tx)
+        .await
+        .expect("update");
+        sqlx::query(
+            "INSERT INTO account_history (msisdn, account_id, generation, at, kind, \
+             from_state, to_state, amount, actor, request_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind($m)
+        .bind(&account_id)
+        .bind(generation)
+        .bind(now)
+        .bind(4_i32)
+        .bind(Some(2_i32))
+        .bind(Some(2_i32))
+        .bind(1000_i64)
+        .bind("bench")
+        .bind(Some($key))
+        .execute(&mut *$tx)
+        .await
+        .expect("history");
+        // A response of the size the API stores (an encoded RechargeResult is ~150 bytes).
+        sqlx::query(
+            "INSERT INTO idempotency_keys (request_id, fingerprint, response, created_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind($key)
+        .bind(format!("Recharge|{}|1000|4|0", $m))
+        .bind(vec![0_u8; 150])
+        .bind(now)
+        .execute(&mut *$tx)
+        .await
+        .expect("idempotency insert");
+    }};
+}
+
+/// The statements one recharge runs, issued directly: the baseline the API is compared with.
+async fn raw_recharge_sqlite(pool: &sqlx::SqlitePool, m: &str, key: &str) {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.expect("begin");
+    raw_recharge_body!(tx, m, key);
+    tx.commit().await.expect("commit");
+}
+
+async fn raw_recharge_postgres(pool: &sqlx::PgPool, m: &str, key: &str) {
+    let mut tx = pool.begin().await.expect("begin");
+    raw_recharge_body!(tx, m, key, " FOR UPDATE");
+    tx.commit().await.expect("commit");
+}
+
+async fn grpc_recharge(args: &Args, clients: &[AccountLifecycleClient<Channel>]) -> Measured {
+    let accounts = args.accounts;
+    let clients: Arc<Vec<_>> = Arc::new(clients.to_vec());
+    measure("recharge gRPC", args.clients, Duration::from_secs(args.seconds), move |n| {
+        let mut c = clients[n as usize % clients.len()].clone();
+        async move {
+            c.recharge(proto::RechargeRequest {
+                msisdn: msisdn(pick(n, accounts)),
+                amount: 1000,
+                channel: proto::RechargeChannel::Online as i32,
+                validity_days: 0,
+                request_id: format!("bench-g-{n}"),
+            })
+            .await
+            .expect("recharge");
+        }
+    })
+    .await
+}
+
+async fn grpc_authorize(args: &Args, clients: &[AccountLifecycleClient<Channel>]) -> Measured {
+    let accounts = args.accounts;
+    let clients: Arc<Vec<_>> = Arc::new(clients.to_vec());
+    measure("authorize gRPC", args.clients, Duration::from_secs(args.seconds), move |n| {
+        let mut c = clients[n as usize % clients.len()].clone();
+        async move {
+            let r = c
+                .authorize(proto::AuthorizeRequest {
+                    msisdn: msisdn(pick(n, accounts)),
+                    service: proto::ServiceType::VoiceOut as i32,
+                    destination: "8613800000000".into(),
+                })
+                .await
+                .expect("authorize");
+            assert!(r.get_ref().allowed || !r.get_ref().reason.is_empty());
+        }
+    })
+    .await
+}
+
+enum RawPool {
+    Sqlite { writer: sqlx::SqlitePool, readers: sqlx::SqlitePool },
+    Postgres(sqlx::PgPool),
+}
+
+async fn raw_pool(backend: Backend, url: &str, pool_size: u32) -> RawPool {
+    match backend {
+        Backend::Sqlite => {
+            // The same settings as the service's store: WAL, synchronous FULL, one writer.
+            let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+                .expect("sqlite url")
+                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(10));
+            let writer = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options.clone())
+                .await
+                .expect("sqlite writer");
+            let readers = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(pool_size)
+                .connect_with(options.read_only(true))
+                .await
+                .expect("sqlite readers");
+            RawPool::Sqlite { writer, readers }
+        }
+        Backend::Postgres => RawPool::Postgres(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(pool_size)
+                .connect(url)
+                .await
+                .expect("postgres pool"),
+        ),
+    }
+}
+
+async fn raw_recharge(args: &Args, pool: Arc<RawPool>) -> Measured {
+    let accounts = args.accounts;
+    measure("recharge raw SQL", args.clients, Duration::from_secs(args.seconds), move |n| {
+        let pool = pool.clone();
+        async move {
+            let m = msisdn(pick(n, accounts));
+            let key = format!("bench-r-{n}");
+            match &*pool {
+                RawPool::Sqlite { writer, .. } => raw_recharge_sqlite(writer, &m, &key).await,
+                RawPool::Postgres(p) => raw_recharge_postgres(p, &m, &key).await,
+            }
+        }
+    })
+    .await
+}
+
+async fn raw_authorize(args: &Args, pool: Arc<RawPool>) -> Measured {
+    let accounts = args.accounts;
+    measure("authorize raw SQL", args.clients, Duration::from_secs(args.seconds), move |n| {
+        let pool = pool.clone();
+        async move {
+            let m = msisdn(pick(n, accounts));
+            let sql = "SELECT msisdn, account_id, generation, state, balance, preset_balance, \
+                       sold, initial_validity_days, provisioned_at, activated_at, valid_until, \
+                       grace_until, lock_until, card_expiry, recycled_at, updated_at, \
+                       next_deadline FROM accounts WHERE msisdn = $1";
+            let found = match &*pool {
+                RawPool::Sqlite { readers, .. } => {
+                    sqlx::query(sql).bind(&m).fetch_optional(readers).await.expect("read").is_some()
+                }
+                RawPool::Postgres(p) => {
+                    sqlx::query(sql).bind(&m).fetch_optional(p).await.expect("read").is_some()
+                }
+            };
+            assert!(found);
+        }
+    })
+    .await
+}
+
+fn main() {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    runtime.block_on(run(args));
+}
+
+async fn run(args: Args) {
+    let dir = std::env::temp_dir().join(format!("ocs-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("bench directory");
+    let url = database_url(&args, &dir).await;
+    let config = Config {
+        database_url: url.clone(),
+        clock: ClockMode::System,
+        db_pool_size: args.clients as u32,
+        ..Config::default()
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(ocs_lifecycle::api::serve_on(config, listener, shutdown.clone()));
+    // One HTTP/2 connection per 4 clients, as a billing front end would hold a few channels.
+    let mut clients = Vec::new();
+    for _ in 0..args.clients.div_ceil(4) {
+        clients.push(client(addr).await);
+    }
+    // Wait until migrations ran (requests before that are UNAVAILABLE).
+    let mut probe = clients[0].clone();
+    while probe
+        .get_account(proto::GetAccountRequest { msisdn: msisdn(0) })
+        .await
+        .is_err_and(|s| s.code() == tonic::Code::Unavailable)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("setting up {} accounts on {:?} …", args.accounts, args.backend);
+    provision(&clients, args.accounts).await;
+    let pool = Arc::new(raw_pool(args.backend, &url, args.clients as u32).await);
+
+    let mut pairs = Vec::new();
+    if matches!(args.which, Which::All | Which::Recharge) {
+        let baseline = raw_recharge(&args, pool.clone()).await;
+        let service = grpc_recharge(&args, &clients).await;
+        pairs.push((service, baseline, 0.8));
+    }
+    if matches!(args.which, Which::All | Which::Authorize) {
+        let baseline = raw_authorize(&args, pool.clone()).await;
+        let service = grpc_authorize(&args, &clients).await;
+        pairs.push((service, baseline, 0.0));
+    }
+    shutdown.cancel();
+    let _ = server.await;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let machine = machine();
+    if args.json {
+        let rows: Vec<String> = pairs
+            .iter()
+            .map(|(s, b, goal)| {
+                format!(
+                    "{{\"name\":\"{}\",\"ops\":{},\"rate\":{:.0},\"p50_us\":{},\"p99_us\":{},\
+                     \"baseline\":\"{}\",\"baseline_rate\":{:.0},\"ratio\":{:.3},\"goal_ratio\":{}}}",
+                    s.name, s.ops, s.rate(), s.p50_us, s.p99_us, b.name, b.rate(), s.rate() / b.rate(), goal
+                )
+            })
+            .collect();
+        println!(
+            "{{\"backend\":\"{:?}\",\"accounts\":{},\"clients\":{},\"seconds\":{},\"machine\":\"{}\",\"results\":[{}]}}",
+            args.backend, args.accounts, args.clients, args.seconds, machine, rows.join(",")
+        );
+    } else {
+        println!("backend {:?}, {} accounts, {} clients, {} s each; {machine}", args.backend, args.accounts, args.clients, args.seconds);
+        println!("| measurement | rate /s | p50 µs | p99 µs | baseline | baseline /s | ratio |");
+        println!("|---|---:|---:|---:|---|---:|---:|");
+        for (s, b, _) in &pairs {
+            println!(
+                "| {} | {:.0} | {} | {} | {} | {:.0} | {:.2} |",
+                s.name, s.rate(), s.p50_us, s.p99_us, b.name, b.rate(), s.rate() / b.rate()
+            );
+        }
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {cpu}")
+}
