@@ -42,6 +42,15 @@ const SERVICE_NAMES: [&str; 2] = ["ocs.lifecycle.v1.AccountLifecycle", "ocs.life
 
 /// Binds `config.listen` and serves until `shutdown` is cancelled.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+    // No authentication exists yet, so the service keeps to loopback unless told otherwise.
+    if !config.listen.ip().is_loopback() && !config.insecure {
+        return Err(ServeError::Other(format!(
+            "authentication is not configured, so the server binds loopback only; \
+             {} is not a loopback address (pass --insecure to serve it anyway)",
+            config.listen
+        )));
+    }
+    tracing::warn!("authentication is not configured: every caller is trusted");
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind { addr: config.listen, source })?;

@@ -44,6 +44,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// How long a graceful shutdown waits for in-flight requests.
     pub shutdown_timeout_secs: u64,
+    /// Allow a non-loopback listen address although no authentication is configured.
+    pub insecure: bool,
     pub lifecycle: LifecycleConfig,
     /// Recharge amount (fen) → validity days; the highest tier whose minimum ≤ amount applies.
     pub tariff: Vec<TariffTierConfig>,
@@ -80,6 +82,7 @@ impl Default for Config {
             timezone: rules.timezone.name().into(),
             log_format: LogFormat::Text,
             shutdown_timeout_secs: 30,
+            insecure: false,
             lifecycle: LifecycleConfig::default(),
             tariff: rules
                 .tariff
@@ -128,6 +131,9 @@ pub struct Overrides {
     /// text or json.
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Serve on a non-loopback address without authentication.
+    #[arg(long, global = true)]
+    pub insecure: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +182,7 @@ impl Config {
         if let Some(v) = overrides.log_format {
             config.log_format = v;
         }
+        config.insecure |= overrides.insecure;
         config.rules()?;
         Ok(config)
     }
