@@ -108,8 +108,18 @@ where
     }
     let seconds = started.elapsed().as_secs_f64();
     all.sort_unstable();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0);
-    Measured { name, ops: all.len() as u64, seconds, p50_us: pct(0.50), p99_us: pct(0.99) }
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    Measured {
+        name,
+        ops: all.len() as u64,
+        seconds,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+    }
 }
 
 fn msisdn(i: u64) -> String {
@@ -135,7 +145,10 @@ async fn database_url(args: &Args, dir: &std::path::Path) -> String {
                 .execute(&mut conn)
                 .await
                 .expect("create bench database");
-            let base = args.postgres_url.rsplit_once('/').map_or(args.postgres_url.as_str(), |(b, _)| b);
+            let base = args
+                .postgres_url
+                .rsplit_once('/')
+                .map_or(args.postgres_url.as_str(), |(b, _)| b);
             format!("{base}/{name}")
         }
     }
@@ -173,9 +186,12 @@ async fn provision(clients: &[AccountLifecycleClient<Channel>], accounts: u32) {
                 })
                 .await
                 .expect("provision");
-                c.activate(proto::ActivateRequest { msisdn: m, request_id: format!("setup-a-{i}") })
-                    .await
-                    .expect("activate");
+                c.activate(proto::ActivateRequest {
+                    msisdn: m,
+                    request_id: format!("setup-a-{i}"),
+                })
+                .await
+                .expect("activate");
             }
         }));
     }
@@ -200,8 +216,16 @@ macro_rules! raw_recharge_body {
             "SELECT account_id, generation, balance, valid_until FROM accounts WHERE msisdn = $1{}",
             $lock
         );
-        let (account_id, generation, balance, valid_until): (String, i64, i64, Option<chrono::NaiveDate>) =
-            sqlx::query_as(&sql).bind($m).fetch_one(&mut *$tx).await.expect("account");
+        let (account_id, generation, balance, valid_until): (
+            String,
+            i64,
+            i64,
+            Option<chrono::NaiveDate>,
+        ) = sqlx::query_as(&sql)
+            .bind($m)
+            .fetch_one(&mut *$tx)
+            .await
+            .expect("account");
         let now = chrono::Utc::now();
         let valid_until = valid_until.map(|d| d + chrono::Days::new(30));
         let grace = valid_until.map(|d| d + chrono::Days::new(90));
@@ -282,45 +306,58 @@ async fn raw_recharge_postgres(pool: &sqlx::PgPool, m: &str, key: &str) {
 async fn grpc_recharge(args: &Args, clients: &[AccountLifecycleClient<Channel>]) -> Measured {
     let accounts = args.accounts;
     let clients: Arc<Vec<_>> = Arc::new(clients.to_vec());
-    measure("recharge gRPC", args.clients, Duration::from_secs(args.seconds), move |n| {
-        let mut c = clients[n as usize % clients.len()].clone();
-        async move {
-            c.recharge(proto::RechargeRequest {
-                msisdn: msisdn(pick(n, accounts)),
-                amount: 1000,
-                channel: proto::RechargeChannel::Online as i32,
-                validity_days: 0,
-                request_id: format!("bench-g-{n}"),
-            })
-            .await
-            .expect("recharge");
-        }
-    })
+    measure(
+        "recharge gRPC",
+        args.clients,
+        Duration::from_secs(args.seconds),
+        move |n| {
+            let mut c = clients[n as usize % clients.len()].clone();
+            async move {
+                c.recharge(proto::RechargeRequest {
+                    msisdn: msisdn(pick(n, accounts)),
+                    amount: 1000,
+                    channel: proto::RechargeChannel::Online as i32,
+                    validity_days: 0,
+                    request_id: format!("bench-g-{n}"),
+                })
+                .await
+                .expect("recharge");
+            }
+        },
+    )
     .await
 }
 
 async fn grpc_authorize(args: &Args, clients: &[AccountLifecycleClient<Channel>]) -> Measured {
     let accounts = args.accounts;
     let clients: Arc<Vec<_>> = Arc::new(clients.to_vec());
-    measure("authorize gRPC", args.clients, Duration::from_secs(args.seconds), move |n| {
-        let mut c = clients[n as usize % clients.len()].clone();
-        async move {
-            let r = c
-                .authorize(proto::AuthorizeRequest {
-                    msisdn: msisdn(pick(n, accounts)),
-                    service: proto::ServiceType::VoiceOut as i32,
-                    destination: "8613800000000".into(),
-                })
-                .await
-                .expect("authorize");
-            assert!(r.get_ref().allowed || !r.get_ref().reason.is_empty());
-        }
-    })
+    measure(
+        "authorize gRPC",
+        args.clients,
+        Duration::from_secs(args.seconds),
+        move |n| {
+            let mut c = clients[n as usize % clients.len()].clone();
+            async move {
+                let r = c
+                    .authorize(proto::AuthorizeRequest {
+                        msisdn: msisdn(pick(n, accounts)),
+                        service: proto::ServiceType::VoiceOut as i32,
+                        destination: "8613800000000".into(),
+                    })
+                    .await
+                    .expect("authorize");
+                assert!(r.get_ref().allowed || !r.get_ref().reason.is_empty());
+            }
+        },
+    )
     .await
 }
 
 enum RawPool {
-    Sqlite { writer: sqlx::SqlitePool, readers: sqlx::SqlitePool },
+    Sqlite {
+        writer: sqlx::SqlitePool,
+        readers: sqlx::SqlitePool,
+    },
     Postgres(sqlx::PgPool),
 }
 
@@ -358,47 +395,66 @@ async fn raw_pool(backend: Backend, url: &str, pool_size: u32) -> RawPool {
 
 async fn raw_recharge(args: &Args, pool: Arc<RawPool>) -> Measured {
     let accounts = args.accounts;
-    measure("recharge raw SQL", args.clients, Duration::from_secs(args.seconds), move |n| {
-        let pool = pool.clone();
-        async move {
-            let m = msisdn(pick(n, accounts));
-            let key = format!("bench-r-{n}");
-            match &*pool {
-                RawPool::Sqlite { writer, .. } => raw_recharge_sqlite(writer, &m, &key).await,
-                RawPool::Postgres(p) => raw_recharge_postgres(p, &m, &key).await,
+    measure(
+        "recharge raw SQL",
+        args.clients,
+        Duration::from_secs(args.seconds),
+        move |n| {
+            let pool = pool.clone();
+            async move {
+                let m = msisdn(pick(n, accounts));
+                let key = format!("bench-r-{n}");
+                match &*pool {
+                    RawPool::Sqlite { writer, .. } => raw_recharge_sqlite(writer, &m, &key).await,
+                    RawPool::Postgres(p) => raw_recharge_postgres(p, &m, &key).await,
+                }
             }
-        }
-    })
+        },
+    )
     .await
 }
 
 async fn raw_authorize(args: &Args, pool: Arc<RawPool>) -> Measured {
     let accounts = args.accounts;
-    measure("authorize raw SQL", args.clients, Duration::from_secs(args.seconds), move |n| {
-        let pool = pool.clone();
-        async move {
-            let m = msisdn(pick(n, accounts));
-            let sql = "SELECT msisdn, account_id, generation, state, balance, preset_balance, \
+    measure(
+        "authorize raw SQL",
+        args.clients,
+        Duration::from_secs(args.seconds),
+        move |n| {
+            let pool = pool.clone();
+            async move {
+                let m = msisdn(pick(n, accounts));
+                let sql = "SELECT msisdn, account_id, generation, state, balance, preset_balance, \
                        sold, initial_validity_days, provisioned_at, activated_at, valid_until, \
                        grace_until, lock_until, card_expiry, recycled_at, updated_at, \
                        next_deadline FROM accounts WHERE msisdn = $1";
-            let found = match &*pool {
-                RawPool::Sqlite { readers, .. } => {
-                    sqlx::query(sql).bind(&m).fetch_optional(readers).await.expect("read").is_some()
-                }
-                RawPool::Postgres(p) => {
-                    sqlx::query(sql).bind(&m).fetch_optional(p).await.expect("read").is_some()
-                }
-            };
-            assert!(found);
-        }
-    })
+                let found = match &*pool {
+                    RawPool::Sqlite { readers, .. } => sqlx::query(sql)
+                        .bind(&m)
+                        .fetch_optional(readers)
+                        .await
+                        .expect("read")
+                        .is_some(),
+                    RawPool::Postgres(p) => sqlx::query(sql)
+                        .bind(&m)
+                        .fetch_optional(p)
+                        .await
+                        .expect("read")
+                        .is_some(),
+                };
+                assert!(found);
+            }
+        },
+    )
     .await
 }
 
 fn main() {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     runtime.block_on(run(args));
 }
 
@@ -415,7 +471,11 @@ async fn run(args: Args) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(ocs_lifecycle::api::serve_on(config, listener, shutdown.clone()));
+    let server = tokio::spawn(ocs_lifecycle::api::serve_on(
+        config,
+        listener,
+        shutdown.clone(),
+    ));
     // One HTTP/2 connection per 4 clients, as a billing front end would hold a few channels.
     let mut clients = Vec::new();
     for _ in 0..args.clients.div_ceil(4) {
@@ -430,7 +490,10 @@ async fn run(args: Args) {
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    eprintln!("setting up {} accounts on {:?} …", args.accounts, args.backend);
+    eprintln!(
+        "setting up {} accounts on {:?} …",
+        args.accounts, args.backend
+    );
     provision(&clients, args.accounts).await;
     let pool = Arc::new(raw_pool(args.backend, &url, args.clients as u32).await);
 
@@ -463,16 +526,30 @@ async fn run(args: Args) {
             .collect();
         println!(
             "{{\"backend\":\"{:?}\",\"accounts\":{},\"clients\":{},\"seconds\":{},\"machine\":\"{}\",\"results\":[{}]}}",
-            args.backend, args.accounts, args.clients, args.seconds, machine, rows.join(",")
+            args.backend,
+            args.accounts,
+            args.clients,
+            args.seconds,
+            machine,
+            rows.join(",")
         );
     } else {
-        println!("backend {:?}, {} accounts, {} clients, {} s each; {machine}", args.backend, args.accounts, args.clients, args.seconds);
+        println!(
+            "backend {:?}, {} accounts, {} clients, {} s each; {machine}",
+            args.backend, args.accounts, args.clients, args.seconds
+        );
         println!("| measurement | rate /s | p50 µs | p99 µs | baseline | baseline /s | ratio |");
         println!("|---|---:|---:|---:|---|---:|---:|");
         for (s, b, _) in &pairs {
             println!(
                 "| {} | {:.0} | {} | {} | {} | {:.0} | {:.2} |",
-                s.name, s.rate(), s.p50_us, s.p99_us, b.name, b.rate(), s.rate() / b.rate()
+                s.name,
+                s.rate(),
+                s.p50_us,
+                s.p99_us,
+                b.name,
+                b.rate(),
+                s.rate() / b.rate()
             );
         }
     }
@@ -481,7 +558,11 @@ async fn run(args: Args) {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!("{cores} cores, {cpu}")

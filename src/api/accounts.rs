@@ -124,7 +124,12 @@ struct Call<'a> {
 }
 
 impl Call<'_> {
-    fn history(&self, account: &Account, kind: HistoryKind, change: &lifecycle::Change) -> HistoryRecord {
+    fn history(
+        &self,
+        account: &Account,
+        kind: HistoryKind,
+        change: &lifecycle::Change,
+    ) -> HistoryRecord {
         HistoryRecord {
             id: 0,
             msisdn: account.msisdn.clone(),
@@ -143,7 +148,11 @@ impl Call<'_> {
 
 impl AccountsApi {
     fn key<'a>(&self, call: &'a Call<'a>) -> RequestKey<'a> {
-        RequestKey { request_id: call.request_id, fingerprint: &call.fingerprint, now: call.now }
+        RequestKey {
+            request_id: call.request_id,
+            fingerprint: &call.fingerprint,
+            now: call.now,
+        }
     }
 
     /// Applies `command` through the store; `respond` encodes the answer to store and return.
@@ -161,7 +170,13 @@ impl AccountsApi {
             let applied = lifecycle::apply(current, &command, call.now, rules)?;
             let mut history = Vec::new();
             let mut events = Vec::new();
-            record_transitions(&applied.account, &applied.transitions, call.now, &mut history, &mut events);
+            record_transitions(
+                &applied.account,
+                &applied.transitions,
+                call.now,
+                &mut history,
+                &mut events,
+            );
             if let Some(change) = &applied.change {
                 history.push(call.history(&applied.account, change.kind, change));
             }
@@ -173,10 +188,20 @@ impl AccountsApi {
                 events,
             })
         };
-        Ok(self.ctx.store.mutate(&call.msisdn, self.key(&call), &decide).await?)
+        Ok(self
+            .ctx
+            .store
+            .mutate(&call.msisdn, self.key(&call), &decide)
+            .await?)
     }
 
-    fn call<'a, T>(&self, request: &Request<T>, msisdn: &str, request_id: &'a str, fingerprint: String) -> Result<Call<'a>, Status> {
+    fn call<'a, T>(
+        &self,
+        request: &Request<T>,
+        msisdn: &str,
+        request_id: &'a str,
+        fingerprint: String,
+    ) -> Result<Call<'a>, Status> {
         Ok(Call {
             msisdn: convert::msisdn(msisdn)?,
             request_id: convert::request_id(request_id)?,
@@ -228,7 +253,14 @@ impl AccountLifecycle for AccountsApi {
         };
         let rules = &self.ctx.rules;
         // The pure provisioning validates the parameters before any storage is touched.
-        lifecycle::provision(call.msisdn.clone(), String::new(), None, &params, call.now, rules)?;
+        lifecycle::provision(
+            call.msisdn.clone(),
+            String::new(),
+            None,
+            &params,
+            call.now,
+            rules,
+        )?;
         let decide = |current: Option<&Account>| -> Result<Mutation, DomainError> {
             let mut history = Vec::new();
             let mut events = Vec::new();
@@ -266,9 +298,19 @@ impl AccountLifecycle for AccountsApi {
             entry.from_state = None;
             history.push(entry);
             let response = convert::account(&account, call.now, rules).encode_to_vec();
-            Ok(Mutation { archive, account, history, events, response })
+            Ok(Mutation {
+                archive,
+                account,
+                history,
+                events,
+                response,
+            })
         };
-        let committed = self.ctx.store.mutate(&call.msisdn, self.key(&call), &decide).await?;
+        let committed = self
+            .ctx
+            .store
+            .mutate(&call.msisdn, self.key(&call), &decide)
+            .await?;
         self.account_response(committed)
     }
 
@@ -277,7 +319,12 @@ impl AccountLifecycle for AccountsApi {
         request: Request<proto::MarkSoldRequest>,
     ) -> Result<Response<proto::Account>, Status> {
         let r = request.get_ref();
-        let call = self.call(&request, &r.msisdn, &r.request_id, format!("MarkSold|{}", r.msisdn))?;
+        let call = self.call(
+            &request,
+            &r.msisdn,
+            &r.request_id,
+            format!("MarkSold|{}", r.msisdn),
+        )?;
         let rules = self.ctx.rules.clone();
         let committed = self
             .execute(call, Command::MarkSold, |applied, now| {
@@ -292,7 +339,12 @@ impl AccountLifecycle for AccountsApi {
         request: Request<proto::ActivateRequest>,
     ) -> Result<Response<proto::Account>, Status> {
         let r = request.get_ref();
-        let call = self.call(&request, &r.msisdn, &r.request_id, format!("Activate|{}", r.msisdn))?;
+        let call = self.call(
+            &request,
+            &r.msisdn,
+            &r.request_id,
+            format!("Activate|{}", r.msisdn),
+        )?;
         let rules = self.ctx.rules.clone();
         let committed = self
             .execute(call, Command::Activate, |applied, now| {
@@ -313,7 +365,11 @@ impl AccountLifecycle for AccountsApi {
         );
         let call = self.call(&request, &r.msisdn, &r.request_id, fingerprint)?;
         let channel = required_enum(r.channel, "channel", RechargeChannel::from_i32)?;
-        let command = Command::Recharge { amount: r.amount, channel, validity_days: r.validity_days };
+        let command = Command::Recharge {
+            amount: r.amount,
+            channel,
+            validity_days: r.validity_days,
+        };
         let rules = self.ctx.rules.clone();
         let committed = self
             .execute(call, command, |applied, now| {
@@ -348,17 +404,21 @@ impl AccountLifecycle for AccountsApi {
         let call = self.call(&request, &r.msisdn, &r.request_id, fingerprint)?;
         let rules = self.ctx.rules.clone();
         let committed = self
-            .execute(call, Command::Charge { amount: r.amount }, |applied, now| {
-                let mut result = proto::ChargeResult {
-                    account: Some(convert::account(&applied.account, now, &rules)),
-                    ..Default::default()
-                };
-                if let Outcome::Charge(o) = &applied.outcome {
-                    result.charged_preset = o.charged_preset;
-                    result.charged_balance = o.charged_balance;
-                }
-                result.encode_to_vec()
-            })
+            .execute(
+                call,
+                Command::Charge { amount: r.amount },
+                |applied, now| {
+                    let mut result = proto::ChargeResult {
+                        account: Some(convert::account(&applied.account, now, &rules)),
+                        ..Default::default()
+                    };
+                    if let Outcome::Charge(o) = &applied.outcome {
+                        result.charged_preset = o.charged_preset;
+                        result.charged_balance = o.charged_balance;
+                    }
+                    result.encode_to_vec()
+                },
+            )
             .await?;
         let replayed = matches!(committed, Committed::Replayed(_));
         let (Committed::Applied(bytes) | Committed::Replayed(bytes)) = committed;
@@ -401,7 +461,11 @@ impl AccountLifecycle for AccountsApi {
         self.ctx.check_ready()?;
         let account = self.ctx.store.get(&msisdn).await?;
         let account = account.ok_or_else(|| DomainError::not_found(&msisdn))?;
-        Ok(Response::new(convert::account(&account, self.ctx.clock.now(), &self.ctx.rules)))
+        Ok(Response::new(convert::account(
+            &account,
+            self.ctx.clock.now(),
+            &self.ctx.rules,
+        )))
     }
 
     async fn list_accounts(
@@ -414,29 +478,43 @@ impl AccountLifecycle for AccountsApi {
             n => Some(required_enum(n, "state", AccountState::from_i32)?),
         };
         let page_size = convert::page_size(r.page_size, 100)?;
-        let after = match r.page_token.as_str() {
-            "" => None,
-            token => Some(
-                Msisdn::parse(token)
-                    .map_err(|_| invalid(ErrorReason::InvalidArgument, "page_token is not valid"))?,
-            ),
-        };
+        let after =
+            match r.page_token.as_str() {
+                "" => None,
+                token => Some(Msisdn::parse(token).map_err(|_| {
+                    invalid(ErrorReason::InvalidArgument, "page_token is not valid")
+                })?),
+            };
         self.ctx.check_ready()?;
         let now = self.ctx.clock.now();
         let today = self.ctx.rules.local_date(now);
         let mut accounts = self
             .ctx
             .store
-            .list(state, today, after.as_ref().map(Msisdn::as_str), page_size + 1)
+            .list(
+                state,
+                today,
+                after.as_ref().map(Msisdn::as_str),
+                page_size + 1,
+            )
             .await?;
         let next_page_token = if accounts.len() > page_size as usize {
             accounts.truncate(page_size as usize);
-            accounts.last().map(|a| a.msisdn.to_string()).unwrap_or_default()
+            accounts
+                .last()
+                .map(|a| a.msisdn.to_string())
+                .unwrap_or_default()
         } else {
             String::new()
         };
-        let accounts = accounts.iter().map(|a| convert::account(a, now, &self.ctx.rules)).collect();
-        Ok(Response::new(proto::ListAccountsResponse { accounts, next_page_token }))
+        let accounts = accounts
+            .iter()
+            .map(|a| convert::account(a, now, &self.ctx.rules))
+            .collect();
+        Ok(Response::new(proto::ListAccountsResponse {
+            accounts,
+            next_page_token,
+        }))
     }
 
     async fn get_account_history(
@@ -455,7 +533,11 @@ impl AccountLifecycle for AccountsApi {
                 .ok_or_else(|| invalid(ErrorReason::InvalidArgument, "page_token is not valid"))?,
         };
         self.ctx.check_ready()?;
-        let mut records = self.ctx.store.history(&msisdn, after_id, page_size + 1).await?;
+        let mut records = self
+            .ctx
+            .store
+            .history(&msisdn, after_id, page_size + 1)
+            .await?;
         if records.is_empty() && after_id == 0 && self.ctx.store.get(&msisdn).await?.is_none() {
             return Err(DomainError::not_found(&msisdn).into());
         }
@@ -466,7 +548,10 @@ impl AccountLifecycle for AccountsApi {
             String::new()
         };
         let entries = records.into_iter().map(convert::history_entry).collect();
-        Ok(Response::new(proto::GetAccountHistoryResponse { entries, next_page_token }))
+        Ok(Response::new(proto::GetAccountHistoryResponse {
+            entries,
+            next_page_token,
+        }))
     }
 
     async fn authorize(
@@ -486,7 +571,8 @@ impl AccountLifecycle for AccountsApi {
         self.ctx.check_ready()?;
         let account = self.ctx.store.get(&msisdn).await?;
         let now = self.ctx.clock.now();
-        let decision = lifecycle::authorize(account.as_ref(), service, destination, now, &self.ctx.rules);
+        let decision =
+            lifecycle::authorize(account.as_ref(), service, destination, now, &self.ctx.rules);
         Ok(Response::new(proto::AuthorizeResponse {
             allowed: decision.allowed,
             reason: decision.reason.to_owned(),

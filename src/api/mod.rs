@@ -31,14 +31,20 @@ pub enum ServeError {
     #[error("database: {0}")]
     Store(#[from] store::StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("{0}")]
     Other(String),
 }
 
-const SERVICE_NAMES: [&str; 2] = ["ocs.lifecycle.v1.AccountLifecycle", "ocs.lifecycle.v1.TestClock"];
+const SERVICE_NAMES: [&str; 2] = [
+    "ocs.lifecycle.v1.AccountLifecycle",
+    "ocs.lifecycle.v1.TestClock",
+];
 
 /// Binds `config.listen` and serves until `shutdown` is cancelled.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
@@ -53,7 +59,10 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     tracing::warn!("authentication is not configured: every caller is trusted");
     let listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
     serve_on(config, listener, shutdown).await
 }
 
@@ -64,7 +73,9 @@ pub async fn serve_on(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let rules = Arc::new(config.rules()?);
-    let addr = listener.local_addr().map_err(|e| ServeError::Other(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServeError::Other(e.to_string()))?;
     let (manual, clock): (Option<Arc<ManualClock>>, Arc<dyn Clock>) = match config.clock {
         ClockMode::System => (None, Arc::new(SystemClock::default())),
         ClockMode::Manual => {
@@ -74,11 +85,18 @@ pub async fn serve_on(
     };
     let store = store::connect(&config.database_url, config.db_pool_size, rules.clone()).await?;
     let ready = Arc::new(AtomicBool::new(false));
-    let ctx = Context { store: store.clone(), rules, clock, ready: ready.clone() };
+    let ctx = Context {
+        store: store.clone(),
+        rules,
+        clock,
+        ready: ready.clone(),
+    };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in std::iter::once("").chain(SERVICE_NAMES) {
-        health.set_service_status(name, tonic_health::ServingStatus::NotServing).await;
+        health
+            .set_service_status(name, tonic_health::ServingStatus::NotServing)
+            .await;
     }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -115,7 +133,9 @@ pub async fn serve_on(
         serving.push(SERVICE_NAMES[1]);
     }
     for name in serving {
-        health.set_service_status(name, tonic_health::ServingStatus::Serving).await;
+        health
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
     }
     tracing::info!("migrations done, serving");
 
@@ -128,13 +148,18 @@ pub async fn serve_on(
     }
     tracing::info!("shutting down: finishing in-flight requests");
     for name in std::iter::once("").chain(SERVICE_NAMES) {
-        health.set_service_status(name, tonic_health::ServingStatus::NotServing).await;
+        health
+            .set_service_status(name, tonic_health::ServingStatus::NotServing)
+            .await;
     }
     let grace = Duration::from_secs(config.shutdown_timeout_secs);
     match tokio::time::timeout(grace, &mut server).await {
         Ok(finished) => finished.map_err(|e| ServeError::Other(e.to_string()))??,
         Err(_) => {
-            tracing::warn!(?grace, "in-flight requests did not finish in time; stopping anyway");
+            tracing::warn!(
+                ?grace,
+                "in-flight requests did not finish in time; stopping anyway"
+            );
             server.abort();
         }
     }

@@ -88,7 +88,10 @@ impl Default for Config {
                 .tariff
                 .tiers()
                 .iter()
-                .map(|t| TariffTierConfig { min_amount: t.min_amount, days: t.days })
+                .map(|t| TariffTierConfig {
+                    min_amount: t.min_amount,
+                    days: t.days,
+                })
                 .collect(),
         }
     }
@@ -148,7 +151,9 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let env: Vec<(String, String)> = env.into_iter().collect();
         let explicit = overrides.config.clone().or_else(|| {
-            env.iter().find(|(k, _)| k == "OCS_CONFIG").map(|(_, v)| PathBuf::from(v))
+            env.iter()
+                .find(|(k, _)| k == "OCS_CONFIG")
+                .map(|(_, v)| PathBuf::from(v))
         });
         let mut table = match &explicit {
             Some(path) => read_file(path)?,
@@ -158,7 +163,9 @@ impl Config {
             None => toml::Table::new(),
         };
         for (name, value) in &env {
-            let Some(key) = name.strip_prefix("OCS_") else { continue };
+            let Some(key) = name.strip_prefix("OCS_") else {
+                continue;
+            };
             if key == "CONFIG" {
                 continue;
             }
@@ -190,12 +197,18 @@ impl Config {
     /// The lifecycle rules this configuration describes, validated.
     pub fn rules(&self) -> Result<Rules, ConfigError> {
         let timezone = self.timezone.parse().map_err(|_| {
-            ConfigError(format!("timezone: {:?} is not an IANA time zone name", self.timezone))
+            ConfigError(format!(
+                "timezone: {:?} is not an IANA time zone name",
+                self.timezone
+            ))
         })?;
         let tiers = self
             .tariff
             .iter()
-            .map(|t| TariffTier { min_amount: t.min_amount, days: t.days })
+            .map(|t| TariffTier {
+                min_amount: t.min_amount,
+                days: t.days,
+            })
             .collect();
         let tariff = Tariff::new(tiers).map_err(|e| ConfigError(format!("tariff: {e}")))?;
         if let Some(t) = self.tariff.iter().find(|t| t.days == 0) {
@@ -217,7 +230,9 @@ impl Config {
             recharge_hotline: l.recharge_hotline.clone(),
             tariff,
         };
-        rules.validate().map_err(|e| ConfigError(format!("lifecycle.{e}")))?;
+        rules
+            .validate()
+            .map_err(|e| ConfigError(format!("lifecycle.{e}")))?;
         if self.db_pool_size == 0 {
             return Err(ConfigError("db_pool_size must be at least 1".into()));
         }
@@ -263,7 +278,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -274,7 +292,10 @@ mod tests {
         assert_eq!(config.clock, ClockMode::System);
         let rules = config.rules().unwrap();
         assert_eq!(rules.timezone, chrono_tz::Asia::Shanghai);
-        assert_eq!((rules.grace_days, rules.lock_days, rules.max_validity_days), (90, 30, 540));
+        assert_eq!(
+            (rules.grace_days, rules.lock_days, rules.max_validity_days),
+            (90, 30, 540)
+        );
     }
 
     #[test]
@@ -308,11 +329,14 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        let err = Config::load(&Overrides::default(), env(&[("OCS_TIMEZONE", "Mars/Base")]))
-            .unwrap_err();
+        let err =
+            Config::load(&Overrides::default(), env(&[("OCS_TIMEZONE", "Mars/Base")])).unwrap_err();
         assert!(err.to_string().contains("timezone"), "{err}");
-        let err = Config::load(&Overrides::default(), env(&[("OCS_LIFECYCLE__GRACE_DAYS", "0")]))
-            .unwrap_err();
+        let err = Config::load(
+            &Overrides::default(),
+            env(&[("OCS_LIFECYCLE__GRACE_DAYS", "0")]),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("grace_days"), "{err}");
         let err =
             Config::load(&Overrides::default(), env(&[("OCS_NO_SUCH_KEY", "1")])).unwrap_err();
