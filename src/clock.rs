@@ -43,14 +43,20 @@ pub struct Backwards {
 impl ManualClock {
     pub fn starting_at(start: DateTime<Utc>) -> Self {
         let (moved, _) = watch::channel(start);
-        Self { now: Mutex::new(start), moved }
+        Self {
+            now: Mutex::new(start),
+            moved,
+        }
     }
 
     /// Moves the clock to `to`; refuses to move it backwards.
     pub fn set(&self, to: DateTime<Utc>) -> Result<DateTime<Utc>, Backwards> {
         let mut now = self.now.lock().unwrap_or_else(|e| e.into_inner());
         if to < *now {
-            return Err(Backwards { now: *now, requested: to });
+            return Err(Backwards {
+                now: *now,
+                requested: to,
+            });
         }
         *now = to;
         self.moved.send_replace(to);
@@ -61,7 +67,10 @@ impl ManualClock {
         let now = self.now();
         let to = now
             .checked_add_signed(chrono::Duration::seconds(seconds))
-            .ok_or(Backwards { now, requested: DateTime::<Utc>::MIN_UTC })?;
+            .ok_or(Backwards {
+                now,
+                requested: DateTime::<Utc>::MIN_UTC,
+            })?;
         self.set(to)
     }
 

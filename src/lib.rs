@@ -6,11 +6,11 @@
 //! - [`config`]: layered configuration.
 //! - [`clock`]: the injected clock (system or manual).
 
-pub mod lifecycle;
-pub mod store;
+pub mod api;
 pub mod clock;
 pub mod config;
-pub mod api;
+pub mod lifecycle;
+pub mod store;
 
 pub mod proto {
     #![allow(clippy::all)]

@@ -11,7 +11,11 @@ use ocs_lifecycle::config::{Config, LogFormat, Overrides};
 use ocs_lifecycle::{api, store};
 
 #[derive(Parser)]
-#[command(name = "ocs-lifecycle", version, about = "Prepaid account lifecycle engine (gRPC)")]
+#[command(
+    name = "ocs-lifecycle",
+    version,
+    about = "Prepaid account lifecycle engine (gRPC)"
+)]
 struct Cli {
     #[command(flatten)]
     overrides: Overrides,
@@ -37,7 +41,10 @@ fn main() -> ExitCode {
         }
     };
     init_logging(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ocs-lifecycle: cannot start the runtime: {e}");
@@ -72,7 +79,9 @@ fn main() -> ExitCode {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

@@ -47,7 +47,11 @@ impl From<StoreError> for Status {
             }
             StoreError::Internal(message) => {
                 tracing::error!(%message, "storage error");
-                status(Code::Internal, "STORAGE_ERROR", "internal storage error; see the server log")
+                status(
+                    Code::Internal,
+                    "STORAGE_ERROR",
+                    "internal storage error; see the server log",
+                )
             }
         }
     }
@@ -77,7 +81,10 @@ pub fn request_id(raw: &str) -> Result<&str, Status> {
 }
 
 pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: at.timestamp_subsec_nanos() as i32,
+    }
 }
 
 pub fn from_timestamp(ts: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
@@ -86,7 +93,8 @@ pub fn from_timestamp(ts: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
 }
 
 pub fn date(d: Option<NaiveDate>) -> String {
-    d.map(|d| d.format("%Y-%m-%d").to_string()).unwrap_or_default()
+    d.map(|d| d.format("%Y-%m-%d").to_string())
+        .unwrap_or_default()
 }
 
 pub fn state(s: AccountState) -> i32 {
@@ -136,6 +144,9 @@ pub fn page_size(requested: u32, default: u32) -> Result<u32, Status> {
     match requested {
         0 => Ok(default),
         1..=1000 => Ok(requested),
-        n => Err(invalid(ErrorReason::InvalidArgument, format!("page_size {n} exceeds 1000"))),
+        n => Err(invalid(
+            ErrorReason::InvalidArgument,
+            format!("page_size {n} exceeds 1000"),
+        )),
     }
 }

@@ -19,7 +19,9 @@ impl TestClockApi {
     }
 
     fn now(&self) -> Response<proto::GetTimeResponse> {
-        Response::new(proto::GetTimeResponse { now: Some(convert::timestamp(self.clock.now())) })
+        Response::new(proto::GetTimeResponse {
+            now: Some(convert::timestamp(self.clock.now())),
+        })
     }
 }
 
@@ -45,7 +47,9 @@ impl TestClock for TestClockApi {
             .time
             .as_ref()
             .and_then(convert::from_timestamp)
-            .ok_or_else(|| Status::invalid_argument("time is required and must be a valid instant"))?;
+            .ok_or_else(|| {
+                Status::invalid_argument("time is required and must be a valid instant")
+            })?;
         self.clock.set(time).map_err(backwards)?;
         Ok(self.now())
     }
@@ -54,7 +58,9 @@ impl TestClock for TestClockApi {
         &self,
         request: Request<proto::AdvanceTimeRequest>,
     ) -> Result<Response<proto::GetTimeResponse>, Status> {
-        self.clock.advance(request.get_ref().seconds).map_err(backwards)?;
+        self.clock
+            .advance(request.get_ref().seconds)
+            .map_err(backwards)?;
         Ok(self.now())
     }
 }

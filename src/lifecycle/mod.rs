@@ -15,8 +15,8 @@ mod types;
 pub use account::{Account, Transition, TransitionReason};
 pub use authorize::{Authorization, authorize};
 pub use commands::{
-    Applied, Change, ChargeOutcome, Command, Outcome, ProvisionParams, RechargeOutcome, Unlock, apply,
-    provision,
+    Applied, Change, ChargeOutcome, Command, Outcome, ProvisionParams, RechargeOutcome, Unlock,
+    apply, provision,
 };
 pub use error::{DomainError, ErrorReason};
 pub use rules::{Rules, Tariff, TariffTier};

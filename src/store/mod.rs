@@ -16,7 +16,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 
-use crate::lifecycle::{Account, AccountState, DomainError, ErrorReason, HistoryKind, Msisdn, Rules};
+use crate::lifecycle::{
+    Account, AccountState, DomainError, ErrorReason, HistoryKind, Msisdn, Rules,
+};
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -184,7 +186,9 @@ pub async fn connect(
     if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::connect(url, pool_size, rules).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PostgresStore::connect(url, pool_size, rules).await?))
+        Ok(Arc::new(
+            PostgresStore::connect(url, pool_size, rules).await?,
+        ))
     } else {
         Err(StoreError::Internal(format!(
             "unsupported database URL {url:?}: use sqlite://PATH or postgres://…"

@@ -45,7 +45,11 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Self { writer, readers, rules })
+        Ok(Self {
+            writer,
+            readers,
+            rules,
+        })
     }
 
     async fn run_migrations(&self) -> Result<(), StoreError> {
