@@ -12,6 +12,9 @@ mod error;
 mod rules;
 mod types;
 
+#[cfg(test)]
+mod tests;
+
 pub use account::{Account, Transition, TransitionReason};
 pub use authorize::{Authorization, authorize};
 pub use commands::{
