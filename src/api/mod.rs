@@ -79,7 +79,8 @@ pub async fn serve_on(
     let (manual, clock): (Option<Arc<ManualClock>>, Arc<dyn Clock>) = match config.clock {
         ClockMode::System => (None, Arc::new(SystemClock::default())),
         ClockMode::Manual => {
-            let manual = Arc::new(ManualClock::starting_at(chrono::Utc::now()));
+            // In microseconds, like every instant the clocks give (see `SystemClock`).
+            let manual = Arc::new(ManualClock::starting_at(SystemClock::default().now()));
             (Some(manual.clone()), manual)
         }
     };

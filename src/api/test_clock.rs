@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use chrono::SubsecRound;
 use tonic::{Code, Request, Response, Status};
 
 use super::convert;
@@ -50,7 +51,9 @@ impl TestClock for TestClockApi {
             .ok_or_else(|| {
                 Status::invalid_argument("time is required and must be a valid instant")
             })?;
-        self.clock.set(time).map_err(backwards)?;
+        // Microseconds, like the system clock: PostgreSQL keeps no finer instants, and an
+        // answer must read back the same from either store.
+        self.clock.set(time.trunc_subsecs(6)).map_err(backwards)?;
         Ok(self.now())
     }
 

@@ -1,0 +1,538 @@
+//! The test harness: an in-process server (the real gRPC stack, the real store) on a fresh
+//! SQLite file or a fresh PostgreSQL database, its clients, direct access to its database, and
+//! `both_backends!`, which runs one test body on both backends (the storage conformance suite).
+//!
+//! PostgreSQL comes from `OCS_TEST_DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`); every server gets its own database
+//! `ocs_t_<uuid>`, dropped when the test ends. Without a reachable PostgreSQL the PostgreSQL
+//! variants print `SKIPPED: …` and pass, unless `CI=true`, where they fail loudly.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use ocs_lifecycle::config::{ClockMode, Config};
+use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
+use ocs_lifecycle::proto::test_clock_client::TestClockClient;
+use sqlx::Connection;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_types::StatusExt;
+
+pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// Safety bound for start-up and shutdown; tests never assert on elapsed time.
+const SAFETY: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// One database a test owns: a SQLite file in a temporary directory, or a PostgreSQL database
+/// created for the test and dropped (`WITH (FORCE)`) when the last handle goes away.
+pub struct TestDb {
+    pub backend: Backend,
+    pub url: String,
+    /// The SQLite file's directory, kept alive as long as the database.
+    _dir: Option<tempfile::TempDir>,
+    /// PostgreSQL: the server URL the database was created from, and its name.
+    pg_admin: Option<(String, String)>,
+}
+
+impl TestDb {
+    /// A fresh, empty database; `None` when PostgreSQL is unreachable and the test is skipped.
+    pub async fn create(backend: Backend) -> Option<Arc<TestDb>> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temporary directory");
+                let url = format!("sqlite://{}", dir.path().join("t.db").display());
+                Some(Arc::new(TestDb {
+                    backend,
+                    url,
+                    _dir: Some(dir),
+                    pg_admin: None,
+                }))
+            }
+            Backend::Postgres => {
+                let base = std::env::var("OCS_TEST_DATABASE_URL")
+                    .ok()
+                    .filter(|u| !u.is_empty())
+                    .unwrap_or_else(|| DEFAULT_PG_URL.to_owned());
+                let connected = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    sqlx::PgConnection::connect(&base),
+                )
+                .await;
+                let mut admin = match connected {
+                    Ok(Ok(conn)) => conn,
+                    Ok(Err(e)) => return pg_unreachable(&base, &e.to_string()),
+                    Err(_) => return pg_unreachable(&base, "connection timed out"),
+                };
+                let name = format!("ocs_t_{}", uuid::Uuid::new_v4().simple());
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap_or_else(|e| panic!("CREATE DATABASE {name} on {base}: {e}"));
+                let _ = admin.close().await;
+                let url = with_database(&base, &name);
+                Some(Arc::new(TestDb {
+                    backend,
+                    url,
+                    _dir: None,
+                    pg_admin: Some((base, name)),
+                }))
+            }
+        }
+    }
+
+    /// A direct connection to the database, to check what the server wrote.
+    pub async fn open(&self) -> Db {
+        match self.backend {
+            Backend::Sqlite => {
+                let options = SqliteConnectOptions::from_str(&self.url)
+                    .expect("SQLite URL")
+                    .read_only(true);
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(2)
+                    .connect_with(options)
+                    .await
+                    .expect("open the test SQLite database");
+                Db::Sqlite(pool)
+            }
+            Backend::Postgres => {
+                let pool = PgPoolOptions::new()
+                    .max_connections(2)
+                    .connect(&self.url)
+                    .await
+                    .expect("open the test PostgreSQL database");
+                Db::Postgres(pool)
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some((base, name)) = self.pg_admin.take() else {
+            return;
+        };
+        // Drop runs inside the test's runtime; a thread of its own can block on async I/O.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let mut admin = sqlx::PgConnection::connect(&base).await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .await?;
+                admin.close().await
+            })?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("warning: could not drop the test database: {e}");
+        }
+    }
+}
+
+fn pg_unreachable(url: &str, error: &str) -> Option<Arc<TestDb>> {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI=true but PostgreSQL is unreachable at {url}: {error}");
+    }
+    eprintln!("SKIPPED: PostgreSQL not reachable at {url} ({error}); set OCS_TEST_DATABASE_URL");
+    None
+}
+
+/// `base` (a PostgreSQL URL) naming database `name` instead of its own.
+fn with_database(base: &str, name: &str) -> String {
+    let (url, query) = match base.split_once('?') {
+        Some((url, query)) => (url, format!("?{query}")),
+        None => (base, String::new()),
+    };
+    let authority_start = url.find("://").map_or(0, |i| i + 3);
+    let server = match url[authority_start..].find('/') {
+        Some(slash) => &url[..authority_start + slash],
+        None => url,
+    };
+    format!("{server}/{name}{query}")
+}
+
+/// Direct access to a test database (independent of the store's own queries).
+pub enum Db {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+/// Row counts of every table the service writes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub accounts: i64,
+    pub archive: i64,
+    pub history: i64,
+    pub idempotency_keys: i64,
+    pub outbox: i64,
+}
+
+/// One outbox row, as stored.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub sequence: i64,
+    pub event_type: i32,
+    pub msisdn: String,
+    pub account_id: String,
+    pub generation: i64,
+    pub from_state: i32,
+    pub to_state: i32,
+    pub reason: String,
+    pub effective_at: DateTime<Utc>,
+}
+
+/// The balance-related columns of an account row, as stored.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct StoredAccount {
+    pub state: i32,
+    pub balance: i64,
+    pub preset_balance: i64,
+    pub generation: i64,
+    pub valid_until: Option<NaiveDate>,
+}
+
+/// Every column of an accounts row as text: a before/after comparison of the whole row.
+pub type RawRow = Vec<Option<String>>;
+
+const RAW_ACCOUNT_SQL: &str = "SELECT CAST(msisdn AS TEXT), CAST(account_id AS TEXT), \
+    CAST(generation AS TEXT), CAST(state AS TEXT), CAST(balance AS TEXT), \
+    CAST(preset_balance AS TEXT), CAST(sold AS TEXT), CAST(initial_validity_days AS TEXT), \
+    CAST(provisioned_at AS TEXT), CAST(activated_at AS TEXT), CAST(valid_until AS TEXT), \
+    CAST(grace_until AS TEXT), CAST(lock_until AS TEXT), CAST(card_expiry AS TEXT), \
+    CAST(recycled_at AS TEXT), CAST(updated_at AS TEXT), CAST(next_deadline AS TEXT) \
+    FROM accounts WHERE msisdn = $1";
+
+/// Runs the same sqlx call against whichever pool `db` holds.
+macro_rules! on_pool {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match $db {
+            Db::Sqlite($pool) => $body,
+            Db::Postgres($pool) => $body,
+        }
+    };
+}
+
+impl Db {
+    pub async fn count(&self, table: &str) -> i64 {
+        let sql = format!("SELECT COUNT(*) FROM {table}");
+        let counted: Result<i64, sqlx::Error> =
+            on_pool!(self, |pool| sqlx::query_scalar(&sql).fetch_one(pool).await);
+        counted.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    pub async fn counts(&self) -> Counts {
+        Counts {
+            accounts: self.count("accounts").await,
+            archive: self.count("account_archive").await,
+            history: self.count("account_history").await,
+            idempotency_keys: self.count("idempotency_keys").await,
+            outbox: self.count("outbox").await,
+        }
+    }
+
+    /// The whole accounts row of `msisdn`, every column as text.
+    pub async fn raw_account(&self, msisdn: &str) -> Option<RawRow> {
+        let row = on_pool!(self, |pool| {
+            sqlx::query(RAW_ACCOUNT_SQL)
+                .bind(msisdn)
+                .fetch_optional(pool)
+                .await
+                .map(|row| {
+                    row.map(|row| {
+                        use sqlx::Row;
+                        (0..17)
+                            .map(|i| row.get::<Option<String>, _>(i))
+                            .collect::<RawRow>()
+                    })
+                })
+        });
+        row.expect("read the accounts row")
+    }
+
+    pub async fn account(&self, msisdn: &str) -> Option<StoredAccount> {
+        let sql = "SELECT state, balance, preset_balance, generation, valid_until \
+                   FROM accounts WHERE msisdn = $1";
+        let row: Result<Option<StoredAccount>, sqlx::Error> = on_pool!(self, |pool| {
+            sqlx::query_as(sql).bind(msisdn).fetch_optional(pool).await
+        });
+        row.expect("read the accounts row")
+    }
+
+    /// History rows of `msisdn` of one kind (the wire number of `HistoryKind`).
+    pub async fn history_count(&self, msisdn: &str, kind: i32) -> i64 {
+        let sql = "SELECT COUNT(*) FROM account_history WHERE msisdn = $1 AND kind = $2";
+        let counted: Result<i64, sqlx::Error> = on_pool!(self, |pool| {
+            sqlx::query_scalar(sql)
+                .bind(msisdn)
+                .bind(kind)
+                .fetch_one(pool)
+                .await
+        });
+        counted.expect("count history rows")
+    }
+
+    pub async fn outbox(&self) -> Vec<OutboxRow> {
+        let sql = "SELECT sequence, event_type, msisdn, account_id, generation, from_state, \
+                   to_state, reason, effective_at FROM outbox ORDER BY sequence";
+        let rows: Result<Vec<OutboxRow>, sqlx::Error> =
+            on_pool!(self, |pool| sqlx::query_as(sql).fetch_all(pool).await);
+        rows.expect("read the outbox")
+    }
+
+    /// Counts and the account row: what "a rejected request changes nothing" compares.
+    pub async fn snapshot(&self, msisdn: &str) -> (Counts, Option<RawRow>) {
+        (self.counts().await, self.raw_account(msisdn).await)
+    }
+
+    pub async fn close(self) {
+        on_pool!(self, |pool| pool.close().await)
+    }
+}
+
+/// A server running in-process on 127.0.0.1:<ephemeral>.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub handle: Option<JoinHandle<Result<(), ocs_lifecycle::api::ServeError>>>,
+    pub database_url: String,
+    pub db: Arc<TestDb>,
+    channel: Channel,
+}
+
+impl TestServer {
+    /// A server with the manual clock on a fresh database of `backend`; `None` = skipped.
+    pub async fn start(backend: Backend) -> Option<TestServer> {
+        let db = TestDb::create(backend).await?;
+        Some(Self::start_on(db, ClockMode::Manual).await)
+    }
+
+    /// A server on an existing test database (a restart, or a second server).
+    pub async fn start_on(db: Arc<TestDb>, clock: ClockMode) -> TestServer {
+        let config = Config {
+            database_url: db.url.clone(),
+            clock,
+            db_pool_size: 4,
+            shutdown_timeout_secs: 10,
+            ..Config::default()
+        };
+        Self::start_with(db, config).await
+    }
+
+    /// A server with `config` (its `database_url` is replaced by the test database's).
+    pub async fn start_with(db: Arc<TestDb>, mut config: Config) -> TestServer {
+        config.database_url = db.url.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(ocs_lifecycle::api::serve_on(
+            config,
+            listener,
+            shutdown.clone(),
+        ));
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect_lazy();
+        let mut server = TestServer {
+            addr,
+            shutdown,
+            handle: Some(handle),
+            database_url: db.url.clone(),
+            db,
+            channel,
+        };
+        server.wait_until_serving().await;
+        server
+    }
+
+    async fn wait_until_serving(&mut self) {
+        let deadline = tokio::time::Instant::now() + SAFETY;
+        let mut health = self.health();
+        loop {
+            if self.handle.as_ref().is_some_and(JoinHandle::is_finished) {
+                let handle = self.handle.take().expect("handle");
+                panic!("the server stopped during start-up: {:?}", handle.await);
+            }
+            let request = HealthCheckRequest {
+                service: String::new(),
+            };
+            let status = health.check(request).await.map(|r| r.into_inner().status);
+            if status.ok() == Some(ServingStatus::Serving as i32) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the server never became SERVING"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn accounts(&self) -> AccountLifecycleClient<Channel> {
+        AccountLifecycleClient::new(self.channel.clone())
+    }
+
+    /// A client on a connection of its own (for concurrent callers).
+    pub async fn new_accounts_client(&self) -> AccountLifecycleClient<Channel> {
+        let channel = Channel::from_shared(format!("http://{}", self.addr))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        AccountLifecycleClient::new(channel)
+    }
+
+    pub fn clock(&self) -> TestClockClient<Channel> {
+        TestClockClient::new(self.channel.clone())
+    }
+
+    pub fn health(&self) -> HealthClient<Channel> {
+        HealthClient::new(self.channel.clone())
+    }
+
+    /// Direct access to this server's database.
+    pub async fn db(&self) -> Db {
+        self.db.open().await
+    }
+
+    /// Sets the manual clock.
+    pub async fn set_time(&self, rfc3339: &str) {
+        self.clock()
+            .set_time(ocs_lifecycle::proto::SetTimeRequest {
+                time: Some(ts(rfc3339)),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("SetTime {rfc3339}: {e:?}"));
+    }
+
+    /// Cancels the server and waits until it has stopped; the database stays.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            let finished = tokio::time::timeout(SAFETY, handle)
+                .await
+                .expect("the server did not stop in time");
+            finished.expect("server task").expect("server result");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A timestamp from RFC 3339 text.
+pub fn ts(rfc3339: &str) -> prost_types::Timestamp {
+    let at = DateTime::parse_from_rfc3339(rfc3339)
+        .expect("RFC 3339 instant")
+        .with_timezone(&Utc);
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: at.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// The `google.rpc.ErrorInfo.reason` of an error, or "" when it carries none.
+pub fn reason(status: &Status) -> String {
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
+/// Asserts that `result` failed with `code` and (when not empty) ErrorInfo `expected_reason`.
+#[track_caller]
+pub fn assert_rejected<T: std::fmt::Debug>(
+    result: Result<T, Status>,
+    code: Code,
+    expected_reason: &str,
+) -> Status {
+    let status = match result {
+        Ok(value) => panic!("expected {code:?} {expected_reason}, got Ok({value:?})"),
+        Err(status) => status,
+    };
+    assert_eq!(status.code(), code, "unexpected status: {status:?}");
+    if !expected_reason.is_empty() {
+        assert_eq!(
+            reason(&status),
+            expected_reason,
+            "unexpected ErrorInfo: {status:?}"
+        );
+    }
+    // (UNIMPLEMENTED comes from the transport for a service that is not registered.)
+    if code != Code::Unimplemented {
+        assert!(
+            !status.message().is_empty(),
+            "an error needs a message a person understands"
+        );
+    }
+    status
+}
+
+/// Runs each named test body on SQLite and on PostgreSQL (the conformance suite):
+///
+/// ```ignore
+/// both_backends! {
+///     a_rule_of_the_operator,
+/// }
+///
+/// async fn a_rule_of_the_operator(server: TestServer) { ... }
+/// ```
+///
+/// generates `sqlite::a_rule_of_the_operator` and `postgres::a_rule_of_the_operator`, each
+/// calling the body with a fresh manual-clock server on a fresh database of its backend. (A
+/// body left out of the list is dead code, which `clippy -D warnings` refuses.)
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let backend = $crate::common::Backend::Sqlite;
+                    let Some(server) = $crate::common::TestServer::start(backend).await else {
+                        return;
+                    };
+                    super::$name(server).await;
+                }
+            )*
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let backend = $crate::common::Backend::Postgres;
+                    let Some(server) = $crate::common::TestServer::start(backend).await else {
+                        return;
+                    };
+                    super::$name(server).await;
+                }
+            )*
+        }
+    };
+}
