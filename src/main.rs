@@ -41,6 +41,9 @@ fn main() -> ExitCode {
         }
     };
     init_logging(config.log_format);
+    for name in &config.ignored_env {
+        tracing::warn!(variable = %name, "environment variable names no configuration key; ignored");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -123,9 +123,21 @@ pub async fn serve_on(
     tracing::info!(%addr, clock = ?config.clock, database = %redact(&config.database_url), "listening");
 
     // Health says NOT_SERVING until the migrations have run.
-    tokio::select! {
-        migrated = store.migrate() => migrated?,
-        _ = shutdown.cancelled() => {}
+    let migrated = tokio::select! {
+        migrated = store.migrate() => Some(migrated),
+        _ = shutdown.cancelled() => None,
+    };
+    match migrated {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            server.abort();
+            return Err(e.into());
+        }
+        None => {
+            tracing::info!("shutdown requested before the migrations finished");
+            server.abort();
+            return Ok(());
+        }
     }
     ready.store(true, Ordering::Release);
     let mut serving = vec![""; 1];

@@ -14,6 +14,20 @@ use crate::lifecycle::{Rules, Tariff, TariffTier};
 
 pub const DEFAULT_CONFIG_FILE: &str = "ocs-lifecycle.toml";
 
+/// The top-level keys and sections of the configuration.
+const KEYS: [&str; 10] = [
+    "listen",
+    "database_url",
+    "db_pool_size",
+    "clock",
+    "timezone",
+    "log_format",
+    "shutdown_timeout_secs",
+    "insecure",
+    "lifecycle",
+    "tariff",
+];
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ClockMode {
@@ -46,6 +60,9 @@ pub struct Config {
     pub shutdown_timeout_secs: u64,
     /// Allow a non-loopback listen address although no authentication is configured.
     pub insecure: bool,
+    /// `OCS_*` environment variables that name no key (logged as a warning at start).
+    #[serde(skip)]
+    pub ignored_env: Vec<String>,
     pub lifecycle: LifecycleConfig,
     /// Recharge amount (fen) → validity days; the highest tier whose minimum ≤ amount applies.
     pub tariff: Vec<TariffTierConfig>,
@@ -83,6 +100,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             shutdown_timeout_secs: 30,
             insecure: false,
+            ignored_env: Vec::new(),
             lifecycle: LifecycleConfig::default(),
             tariff: rules
                 .tariff
@@ -162,11 +180,24 @@ impl Config {
             }
             None => toml::Table::new(),
         };
+        let mut ignored_env = Vec::new();
         for (name, value) in &env {
             let Some(key) = name.strip_prefix("OCS_") else {
                 continue;
             };
             if key == "CONFIG" {
+                continue;
+            }
+            // Other tools share the OCS_ prefix (e.g. OCS_TEST_DATABASE_URL); only variables
+            // that name one of our keys or sections are configuration. Typos inside a section
+            // are still refused by name.
+            let top = key
+                .split("__")
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            if !KEYS.contains(&top.as_str()) {
+                ignored_env.push(name.clone());
                 continue;
             }
             overlay_env(&mut table, name, key, value)?;
@@ -190,6 +221,7 @@ impl Config {
             config.log_format = v;
         }
         config.insecure |= overrides.insecure;
+        config.ignored_env = ignored_env;
         config.rules()?;
         Ok(config)
     }
@@ -338,8 +370,33 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("grace_days"), "{err}");
-        let err =
-            Config::load(&Overrides::default(), env(&[("OCS_NO_SUCH_KEY", "1")])).unwrap_err();
+        let err = Config::load(
+            &Overrides::default(),
+            env(&[("OCS_LIFECYCLE__GRACE_DAYZ", "1")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("grace_dayz"), "{err}");
+        let file_dir = tempfile::tempdir().unwrap();
+        let path = file_dir.path().join("c.toml");
+        std::fs::write(&path, "no_such_key = 1\n").unwrap();
+        let flags = Overrides {
+            config: Some(path),
+            ..Overrides::default()
+        };
+        let err = Config::load(&flags, env(&[])).unwrap_err();
         assert!(err.to_string().contains("no_such_key"), "{err}");
+    }
+
+    #[test]
+    fn foreign_ocs_variables_are_ignored_and_reported() {
+        let config = Config::load(
+            &Overrides::default(),
+            env(&[("OCS_TEST_DATABASE_URL", "x")]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.ignored_env,
+            vec!["OCS_TEST_DATABASE_URL".to_string()]
+        );
     }
 }
