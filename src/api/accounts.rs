@@ -115,15 +115,15 @@ fn record_transitions(
 }
 
 /// What a mutating RPC needs to say about itself.
-struct Call<'a> {
+struct Call {
     msisdn: Msisdn,
-    request_id: &'a str,
+    request_id: String,
     fingerprint: String,
     actor: String,
     now: DateTime<Utc>,
 }
 
-impl Call<'_> {
+impl Call {
     fn history(
         &self,
         account: &Account,
@@ -141,15 +141,15 @@ impl Call<'_> {
             to_state: Some(change.to),
             amount: change.amount,
             actor: self.actor.clone(),
-            request_id: Some(self.request_id.to_owned()),
+            request_id: Some(self.request_id.clone()),
         }
     }
 }
 
 impl AccountsApi {
-    fn key<'a>(&self, call: &'a Call<'a>) -> RequestKey<'a> {
+    fn key(call: &Call) -> RequestKey<'_> {
         RequestKey {
-            request_id: call.request_id,
+            request_id: &call.request_id,
             fingerprint: &call.fingerprint,
             now: call.now,
         }
@@ -158,53 +158,58 @@ impl AccountsApi {
     /// Applies `command` through the store; `respond` encodes the answer to store and return.
     async fn execute(
         &self,
-        call: Call<'_>,
+        call: Call,
         command: Command,
-        respond: impl Fn(&Applied, DateTime<Utc>) -> Vec<u8> + Send + Sync,
+        respond: impl Fn(&Applied, DateTime<Utc>, &Rules) -> Vec<u8> + Send + Sync + 'static,
     ) -> Result<Committed, Status> {
         self.ctx.check_ready()?;
         command.validate()?;
-        let rules = &self.ctx.rules;
-        let decide = |current: Option<&Account>| -> Result<Mutation, DomainError> {
-            let current = current.ok_or_else(|| DomainError::not_found(&call.msisdn))?;
-            let applied = lifecycle::apply(current, &command, call.now, rules)?;
-            let mut history = Vec::new();
-            let mut events = Vec::new();
-            record_transitions(
-                &applied.account,
-                &applied.transitions,
-                call.now,
-                &mut history,
-                &mut events,
-            );
-            if let Some(change) = &applied.change {
-                history.push(call.history(&applied.account, change.kind, change));
-            }
-            Ok(Mutation {
-                archive: None,
-                response: respond(&applied, call.now),
-                account: applied.account,
-                history,
-                events,
-            })
-        };
+        let rules = self.ctx.rules.clone();
+        let call = Arc::new(call);
+        let decided = call.clone();
+        let decide = Arc::new(
+            move |current: Option<&Account>| -> Result<Mutation, DomainError> {
+                let call = &decided;
+                let current = current.ok_or_else(|| DomainError::not_found(&call.msisdn))?;
+                let applied = lifecycle::apply(current, &command, call.now, &rules)?;
+                let mut history = Vec::new();
+                let mut events = Vec::new();
+                record_transitions(
+                    &applied.account,
+                    &applied.transitions,
+                    call.now,
+                    &mut history,
+                    &mut events,
+                );
+                if let Some(change) = &applied.change {
+                    history.push(call.history(&applied.account, change.kind, change));
+                }
+                Ok(Mutation {
+                    archive: None,
+                    response: respond(&applied, call.now, &rules),
+                    account: applied.account,
+                    history,
+                    events,
+                })
+            },
+        );
         Ok(self
             .ctx
             .store
-            .mutate(&call.msisdn, self.key(&call), &decide)
+            .mutate(&call.msisdn, Self::key(&call), decide)
             .await?)
     }
 
-    fn call<'a, T>(
+    fn call<T>(
         &self,
         request: &Request<T>,
         msisdn: &str,
-        request_id: &'a str,
+        request_id: &str,
         fingerprint: String,
-    ) -> Result<Call<'a>, Status> {
+    ) -> Result<Call, Status> {
         Ok(Call {
             msisdn: convert::msisdn(msisdn)?,
-            request_id: convert::request_id(request_id)?,
+            request_id: convert::request_id(request_id)?.to_owned(),
             fingerprint,
             actor: actor(request),
             now: self.ctx.clock.now(),
@@ -251,7 +256,7 @@ impl AccountLifecycle for AccountsApi {
             sold: r.sold,
             initial_validity_days: r.initial_validity_days,
         };
-        let rules = &self.ctx.rules;
+        let rules = self.ctx.rules.clone();
         // The pure provisioning validates the parameters before any storage is touched.
         lifecycle::provision(
             call.msisdn.clone(),
@@ -259,57 +264,68 @@ impl AccountLifecycle for AccountsApi {
             None,
             &params,
             call.now,
-            rules,
+            &rules,
         )?;
-        let decide = |current: Option<&Account>| -> Result<Mutation, DomainError> {
-            let mut history = Vec::new();
-            let mut events = Vec::new();
-            let mut archive = None;
-            if let Some(previous) = current {
-                let mut previous = previous.clone();
-                let transitions = previous.catch_up(call.now, rules);
-                if previous.state != AccountState::Recycled {
-                    return Err(DomainError::AlreadyExists {
-                        reason: ErrorReason::AccountExists,
-                        message: format!(
-                            "msisdn {} is in use (account {}, {})",
-                            call.msisdn, previous.account_id, previous.state
-                        ),
-                    });
+        let call = Arc::new(call);
+        let decided = call.clone();
+        let decide = Arc::new(
+            move |current: Option<&Account>| -> Result<Mutation, DomainError> {
+                let (call, rules) = (&decided, &rules);
+                let mut history = Vec::new();
+                let mut events = Vec::new();
+                let mut archive = None;
+                if let Some(previous) = current {
+                    let mut previous = previous.clone();
+                    let transitions = previous.catch_up(call.now, rules);
+                    if previous.state != AccountState::Recycled {
+                        return Err(DomainError::AlreadyExists {
+                            reason: ErrorReason::AccountExists,
+                            message: format!(
+                                "msisdn {} is in use (account {}, {})",
+                                call.msisdn, previous.account_id, previous.state
+                            ),
+                        });
+                    }
+                    record_transitions(
+                        &previous,
+                        &transitions,
+                        call.now,
+                        &mut history,
+                        &mut events,
+                    );
+                    archive = Some(previous);
                 }
-                record_transitions(&previous, &transitions, call.now, &mut history, &mut events);
-                archive = Some(previous);
-            }
-            let account = lifecycle::provision(
-                call.msisdn.clone(),
-                uuid::Uuid::new_v4().to_string(),
-                archive.as_ref().map(|a| a.generation),
-                &params,
-                call.now,
-                rules,
-            )?;
-            let change = lifecycle::Change {
-                kind: HistoryKind::Provisioned,
-                from: AccountState::Unactivated,
-                to: AccountState::Unactivated,
-                amount: account.preset_balance,
-            };
-            let mut entry = call.history(&account, HistoryKind::Provisioned, &change);
-            entry.from_state = None;
-            history.push(entry);
-            let response = convert::account(&account, call.now, rules).encode_to_vec();
-            Ok(Mutation {
-                archive,
-                account,
-                history,
-                events,
-                response,
-            })
-        };
+                let account = lifecycle::provision(
+                    call.msisdn.clone(),
+                    uuid::Uuid::new_v4().to_string(),
+                    archive.as_ref().map(|a| a.generation),
+                    &params,
+                    call.now,
+                    rules,
+                )?;
+                let change = lifecycle::Change {
+                    kind: HistoryKind::Provisioned,
+                    from: AccountState::Unactivated,
+                    to: AccountState::Unactivated,
+                    amount: account.preset_balance,
+                };
+                let mut entry = call.history(&account, HistoryKind::Provisioned, &change);
+                entry.from_state = None;
+                history.push(entry);
+                let response = convert::account(&account, call.now, rules).encode_to_vec();
+                Ok(Mutation {
+                    archive,
+                    account,
+                    history,
+                    events,
+                    response,
+                })
+            },
+        );
         let committed = self
             .ctx
             .store
-            .mutate(&call.msisdn, self.key(&call), &decide)
+            .mutate(&call.msisdn, Self::key(&call), decide)
             .await?;
         self.account_response(committed)
     }
@@ -325,10 +341,9 @@ impl AccountLifecycle for AccountsApi {
             &r.request_id,
             format!("MarkSold|{}", r.msisdn),
         )?;
-        let rules = self.ctx.rules.clone();
         let committed = self
-            .execute(call, Command::MarkSold, |applied, now| {
-                convert::account(&applied.account, now, &rules).encode_to_vec()
+            .execute(call, Command::MarkSold, |applied, now, rules| {
+                convert::account(&applied.account, now, rules).encode_to_vec()
             })
             .await?;
         self.account_response(committed)
@@ -345,10 +360,9 @@ impl AccountLifecycle for AccountsApi {
             &r.request_id,
             format!("Activate|{}", r.msisdn),
         )?;
-        let rules = self.ctx.rules.clone();
         let committed = self
-            .execute(call, Command::Activate, |applied, now| {
-                convert::account(&applied.account, now, &rules).encode_to_vec()
+            .execute(call, Command::Activate, |applied, now, rules| {
+                convert::account(&applied.account, now, rules).encode_to_vec()
             })
             .await?;
         self.account_response(committed)
@@ -370,11 +384,10 @@ impl AccountLifecycle for AccountsApi {
             channel,
             validity_days: r.validity_days,
         };
-        let rules = self.ctx.rules.clone();
         let committed = self
-            .execute(call, command, |applied, now| {
+            .execute(call, command, |applied, now, rules| {
                 let mut result = proto::RechargeResult {
-                    account: Some(convert::account(&applied.account, now, &rules)),
+                    account: Some(convert::account(&applied.account, now, rules)),
                     ..Default::default()
                 };
                 if let Outcome::Recharge(o) = &applied.outcome {
@@ -402,14 +415,13 @@ impl AccountLifecycle for AccountsApi {
         let r = request.get_ref();
         let fingerprint = format!("Charge|{}|{}", r.msisdn, r.amount);
         let call = self.call(&request, &r.msisdn, &r.request_id, fingerprint)?;
-        let rules = self.ctx.rules.clone();
         let committed = self
             .execute(
                 call,
                 Command::Charge { amount: r.amount },
-                |applied, now| {
+                |applied, now, rules| {
                     let mut result = proto::ChargeResult {
-                        account: Some(convert::account(&applied.account, now, &rules)),
+                        account: Some(convert::account(&applied.account, now, rules)),
                         ..Default::default()
                     };
                     if let Outcome::Charge(o) = &applied.outcome {
@@ -444,10 +456,9 @@ impl AccountLifecycle for AccountsApi {
             branch_id: r.branch_id.clone(),
             recharge_amount: r.recharge_amount,
         });
-        let rules = self.ctx.rules.clone();
         let committed = self
-            .execute(call, command, |applied, now| {
-                convert::account(&applied.account, now, &rules).encode_to_vec()
+            .execute(call, command, |applied, now, rules| {
+                convert::account(&applied.account, now, rules).encode_to_vec()
             })
             .await?;
         self.account_response(committed)

@@ -107,9 +107,10 @@ pub enum Committed {
 }
 
 /// The pure decision a mutation carries out: the current account (if any) in, the writes out.
-pub type Decide<'a> = dyn Fn(Option<&Account>) -> Result<Mutation, DomainError> + Send + Sync + 'a;
+/// Shared and `'static`, so a backend may hand it to a writer task and call it again on retry.
+pub type Decide = Arc<dyn Fn(Option<&Account>) -> Result<Mutation, DomainError> + Send + Sync>;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(transparent)]
     Domain(#[from] DomainError),
@@ -141,7 +142,7 @@ pub trait AccountStore: Send + Sync + 'static {
         &self,
         msisdn: &Msisdn,
         key: RequestKey<'_>,
-        decide: &Decide<'_>,
+        decide: Decide,
     ) -> Result<Committed, StoreError>;
 
     async fn get(&self, msisdn: &Msisdn) -> Result<Option<Account>, StoreError>;
@@ -193,6 +194,20 @@ pub async fn connect(
         Err(StoreError::Internal(format!(
             "unsupported database URL {url:?}: use sqlite://PATH or postgres://…"
         )))
+    }
+}
+
+/// Why one attempt at a mutation failed: a database error (classified, maybe retried), a
+/// transient failure to retry, or a final answer.
+pub(crate) enum MutateFailure {
+    Sql(sqlx::Error),
+    Retry,
+    Store(StoreError),
+}
+
+impl From<sqlx::Error> for MutateFailure {
+    fn from(err: sqlx::Error) -> Self {
+        MutateFailure::Sql(err)
     }
 }
 

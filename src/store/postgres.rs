@@ -9,9 +9,9 @@ use std::time::Duration;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres, Transaction};
 
-use super::StoreError;
 use super::sql::impl_account_store;
-use crate::lifecycle::Rules;
+use super::{Committed, Decide, MutateFailure, RequestKey, StoreError};
+use crate::lifecycle::{Msisdn, Rules};
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -44,8 +44,22 @@ impl PostgresStore {
             .map_err(|e| StoreError::Internal(format!("PostgreSQL migration failed: {e}")))
     }
 
-    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-        self.pool.begin().await
+    /// One mutation, one transaction: concurrent commits of other rows proceed in parallel and
+    /// PostgreSQL's own group commit shares their WAL flushes.
+    async fn mutate_once(
+        &self,
+        msisdn: &Msisdn,
+        key: RequestKey<'_>,
+        decide: &Decide,
+    ) -> Result<Committed, MutateFailure> {
+        let mut tx: Transaction<'static, Postgres> = self.pool.begin().await?;
+        let result = apply_in(&mut tx, &self.rules, Self::LOCK_ROW, msisdn, key, decide).await;
+        match &result {
+            Ok(Committed::Applied(_)) => tx.commit().await?,
+            // Nothing was written, or an error left writes to undo.
+            _ => tx.rollback().await?,
+        }
+        result
     }
 
     fn reader(&self) -> &PgPool {

@@ -18,13 +18,19 @@ macro_rules! impl_account_store {
                 &self,
                 msisdn: &$crate::lifecycle::Msisdn,
                 key: $crate::store::RequestKey<'_>,
-                decide: &$crate::store::Decide<'_>,
+                decide: $crate::store::Decide,
             ) -> Result<$crate::store::Committed, $crate::store::StoreError> {
+                use $crate::store::MutateFailure;
                 let mut attempt = 0;
                 loop {
                     attempt += 1;
-                    match self.mutate_once(msisdn, key, decide).await {
-                        Err(MutateFailure::Sql(err)) => match $crate::store::classify(err) {
+                    let failure = match self.mutate_once(msisdn, key, &decide).await {
+                        Ok(committed) => return Ok(committed),
+                        Err(MutateFailure::Store(e)) => return Err(e),
+                        Err(MutateFailure::Retry) => $crate::store::SqlFailure::Retry,
+                        Err(MutateFailure::Sql(err)) => $crate::store::classify(err),
+                    };
+                    match failure {
                             $crate::store::SqlFailure::Retry
                                 if attempt < $crate::store::sql::MAX_ATTEMPTS =>
                             {
@@ -39,10 +45,7 @@ macro_rules! impl_account_store {
                                         .into(),
                                 ));
                             }
-                            $crate::store::SqlFailure::Fatal(e) => return Err(e),
-                        },
-                        Err(MutateFailure::Store(e)) => return Err(e),
-                        Ok(committed) => return Ok(committed),
+                        $crate::store::SqlFailure::Fatal(e) => return Err(e),
                     }
                 }
             }
@@ -155,35 +158,26 @@ macro_rules! impl_account_store {
             }
         }
 
-        /// Why one attempt at a mutation failed: a database error (maybe retried) or a final one.
-        enum MutateFailure {
-            Sql(sqlx::Error),
-            Store($crate::store::StoreError),
-        }
-
-        impl From<sqlx::Error> for MutateFailure {
-            fn from(err: sqlx::Error) -> Self {
-                MutateFailure::Sql(err)
-            }
-        }
-
-        impl $store {
-            async fn mutate_once(
-                &self,
-                msisdn: &$crate::lifecycle::Msisdn,
-                key: $crate::store::RequestKey<'_>,
-                decide: &$crate::store::Decide<'_>,
-            ) -> Result<$crate::store::Committed, MutateFailure> {
+        /// Carries out one mutation inside the caller's open transaction, without committing.
+        /// `Applied` means writes were made and must be committed; `Replayed` and refusals
+        /// wrote nothing; an SQL error may leave partial writes that the caller rolls back.
+        async fn apply_in(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            rules: &$crate::lifecycle::Rules,
+            lock_row: &str,
+            msisdn: &$crate::lifecycle::Msisdn,
+            key: $crate::store::RequestKey<'_>,
+            decide: &$crate::store::Decide,
+        ) -> Result<$crate::store::Committed, $crate::store::MutateFailure> {
+            use $crate::store::MutateFailure;
                 use $crate::store::rows::{ACCOUNT_COLUMNS, AccountRow};
-                let mut tx = self.begin_write().await?;
                 let stored: Option<(String, Vec<u8>)> = sqlx::query_as(
                     "SELECT fingerprint, response FROM idempotency_keys WHERE request_id = $1",
                 )
                 .bind(key.request_id)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut *conn)
                 .await?;
                 if let Some((fingerprint, response)) = stored {
-                    tx.rollback().await?;
                     return if fingerprint == key.fingerprint {
                         Ok($crate::store::Committed::Replayed(response))
                     } else {
@@ -193,12 +187,11 @@ macro_rules! impl_account_store {
                     };
                 }
                 let sql = format!(
-                    "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE msisdn = $1{}",
-                    Self::LOCK_ROW
+                    "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE msisdn = $1{lock_row}"
                 );
                 let current: Option<AccountRow> = sqlx::query_as(&sql)
                     .bind(msisdn.as_str())
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(&mut *conn)
                     .await?;
                 let existed = current.is_some();
                 let current = current
@@ -207,20 +200,17 @@ macro_rules! impl_account_store {
                     .map_err(MutateFailure::Store)?;
                 let mutation = match decide(current.as_ref()) {
                     Ok(m) => m,
-                    Err(refused) => {
-                        tx.rollback().await?;
-                        return Err(MutateFailure::Store(refused.into()));
-                    }
+                    Err(refused) => return Err(MutateFailure::Store(refused.into())),
                 };
                 if let Some(retired) = &mutation.archive {
-                    let row = AccountRow::from_account(retired, &self.rules);
+                    let row = AccountRow::from_account(retired, rules);
                     let sql = format!(
                         "INSERT INTO account_archive ({ACCOUNT_COLUMNS}) VALUES \
                          ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
                     );
-                    bind_account(sqlx::query(&sql), &row).execute(&mut *tx).await?;
+                    bind_account(sqlx::query(&sql), &row).execute(&mut *conn).await?;
                 }
-                let row = AccountRow::from_account(&mutation.account, &self.rules);
+                let row = AccountRow::from_account(&mutation.account, rules);
                 let sql = if existed {
                     "UPDATE accounts SET account_id = $2, generation = $3, state = $4, \
                      balance = $5, preset_balance = $6, sold = $7, initial_validity_days = $8, \
@@ -234,7 +224,7 @@ macro_rules! impl_account_store {
                          ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
                     )
                 };
-                bind_account(sqlx::query(&sql), &row).execute(&mut *tx).await?;
+                bind_account(sqlx::query(&sql), &row).execute(&mut *conn).await?;
                 for entry in &mutation.history {
                     sqlx::query(
                         "INSERT INTO account_history (msisdn, account_id, generation, at, kind, \
@@ -251,7 +241,7 @@ macro_rules! impl_account_store {
                     .bind(entry.amount)
                     .bind(&entry.actor)
                     .bind(entry.request_id.as_deref())
-                    .execute(&mut *tx)
+                    .execute(&mut *conn)
                     .await?;
                 }
                 for event in &mutation.events {
@@ -270,7 +260,7 @@ macro_rules! impl_account_store {
                     .bind(&event.reason)
                     .bind(event.effective_at)
                     .bind(event.emitted_at)
-                    .execute(&mut *tx)
+                    .execute(&mut *conn)
                     .await?;
                 }
                 sqlx::query(
@@ -281,11 +271,9 @@ macro_rules! impl_account_store {
                 .bind(key.fingerprint)
                 .bind(&mutation.response)
                 .bind(key.now)
-                .execute(&mut *tx)
+                .execute(&mut *conn)
                 .await?;
-                tx.commit().await?;
                 Ok($crate::store::Committed::Applied(mutation.response))
-            }
         }
 
         fn bind_account<'q>(

@@ -1,25 +1,47 @@
 //! SQLite, the embedded default: WAL, `synchronous = FULL` (a committed recharge survives a power
-//! loss, not only a crash), foreign keys, a busy timeout, and every write through one connection
-//! that starts its transactions with `BEGIN IMMEDIATE`: SQLite has one writer whatever the pool
-//! says, so writers queue in the pool (FIFO, no busy-wait) and readers use their own pool.
+//! loss, not only a crash), foreign keys and a busy timeout.
+//!
+//! SQLite has one writer whatever the pool says, and with `synchronous = FULL` every commit costs
+//! an fsync. So every mutation goes to one writer task that owns the write connection and
+//! commits the mutations waiting at that moment together (group commit): one `BEGIN IMMEDIATE`
+//! transaction, each mutation inside its own savepoint, so a refused or failed one is rolled back
+//! alone. Replies are sent only after the COMMIT, so nobody is told "applied" before it is
+//! durable. Reads use a separate read-only pool.
 
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool, Transaction};
+use sqlx::{Acquire, Sqlite, SqlitePool, Transaction};
+use tokio::sync::{mpsc, oneshot};
 
-use super::StoreError;
 use super::sql::impl_account_store;
-use crate::lifecycle::Rules;
+use super::{Committed, Decide, MutateFailure, RequestKey, SqlFailure, StoreError, classify};
+use crate::lifecycle::{Msisdn, Rules};
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Mutations committed together at most; bounds the latency one commit adds.
+const MAX_GROUP: usize = 128;
+/// Mutations waiting for the writer at most, before callers wait to enqueue.
+const QUEUE_DEPTH: usize = 4096;
 
 pub struct SqliteStore {
     writer: SqlitePool,
     readers: SqlitePool,
-    rules: Arc<Rules>,
+    jobs: mpsc::Sender<Job>,
+}
+
+/// One mutation waiting for the writer task.
+struct Job {
+    msisdn: Msisdn,
+    request_id: String,
+    fingerprint: String,
+    now: DateTime<Utc>,
+    decide: Decide,
+    reply: oneshot::Sender<Result<Committed, MutateFailure>>,
 }
 
 impl SqliteStore {
@@ -45,10 +67,12 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options.read_only(true))
             .await?;
+        let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(write_loop(writer.clone(), rules, queue));
         Ok(Self {
             writer,
             readers,
-            rules,
+            jobs,
         })
     }
 
@@ -59,12 +83,91 @@ impl SqliteStore {
             .map_err(|e| StoreError::Internal(format!("SQLite migration failed: {e}")))
     }
 
-    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
-        self.writer.begin_with("BEGIN IMMEDIATE").await
+    async fn mutate_once(
+        &self,
+        msisdn: &Msisdn,
+        key: RequestKey<'_>,
+        decide: &Decide,
+    ) -> Result<Committed, MutateFailure> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            msisdn: msisdn.clone(),
+            request_id: key.request_id.to_owned(),
+            fingerprint: key.fingerprint.to_owned(),
+            now: key.now,
+            decide: decide.clone(),
+            reply,
+        };
+        let stopped = || MutateFailure::Store(StoreError::Unavailable("the writer stopped".into()));
+        self.jobs.send(job).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 
     fn reader(&self) -> &SqlitePool {
         &self.readers
+    }
+}
+
+/// The writer task: takes every mutation waiting, commits them as one transaction, replies.
+async fn write_loop(pool: SqlitePool, rules: Arc<Rules>, mut queue: mpsc::Receiver<Job>) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
+        let results = commit_group(&pool, &rules, &group).await;
+        for (job, result) in group.drain(..).zip(results) {
+            // A caller that went away (cancelled request) needs no answer.
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+/// Applies `group` in one transaction; one result per job, in order.
+async fn commit_group(
+    pool: &SqlitePool,
+    rules: &Rules,
+    group: &[Job],
+) -> Vec<Result<Committed, MutateFailure>> {
+    let mut results = Vec::with_capacity(group.len());
+    let outcome: Result<(), sqlx::Error> = async {
+        let mut tx: Transaction<'static, Sqlite> = pool.begin_with("BEGIN IMMEDIATE").await?;
+        for job in group {
+            let key = RequestKey {
+                request_id: &job.request_id,
+                fingerprint: &job.fingerprint,
+                now: job.now,
+            };
+            let mut savepoint = tx.begin().await?;
+            let conn = savepoint.acquire().await?;
+            let result = apply_in(
+                conn,
+                rules,
+                SqliteStore::LOCK_ROW,
+                &job.msisdn,
+                key,
+                &job.decide,
+            )
+            .await;
+            match &result {
+                Ok(Committed::Applied(_)) => savepoint.commit().await?,
+                _ => savepoint.rollback().await?,
+            }
+            results.push(result);
+        }
+        tx.commit().await
+    }
+    .await;
+    match outcome {
+        Ok(()) => results,
+        Err(err) => {
+            // Nothing of the group is committed: every job gets the same answer.
+            let failure = classify(err);
+            group
+                .iter()
+                .map(|_| match &failure {
+                    SqlFailure::Retry => Err(MutateFailure::Retry),
+                    SqlFailure::Fatal(e) => Err(MutateFailure::Store(e.clone())),
+                })
+                .collect()
+        }
     }
 }
 
