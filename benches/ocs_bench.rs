@@ -52,9 +52,12 @@ struct Args {
     /// Concurrent clients.
     #[arg(long, default_value_t = 32)]
     clients: usize,
-    /// Seconds each measurement runs.
-    #[arg(long, default_value_t = 10)]
+    /// Seconds each measurement runs in each round.
+    #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Rounds; each runs the baseline then the service, so drift of the machine hits both.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
     /// PostgreSQL server (a fresh database is created on it for the run).
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     postgres_url: String,
@@ -66,15 +69,40 @@ struct Args {
 #[derive(Debug)]
 struct Measured {
     name: &'static str,
-    ops: u64,
     seconds: f64,
-    p50_us: u64,
-    p99_us: u64,
+    /// Latency of every operation, in µs.
+    latencies: Vec<u64>,
 }
 
 impl Measured {
+    fn empty() -> Self {
+        Self {
+            name: "",
+            seconds: 0.0,
+            latencies: Vec::new(),
+        }
+    }
+
+    /// Adds a round.
+    fn add(&mut self, round: Measured) {
+        self.name = round.name;
+        self.seconds += round.seconds;
+        self.latencies.extend(round.latencies);
+        self.latencies.sort_unstable();
+    }
+
+    fn ops(&self) -> u64 {
+        self.latencies.len() as u64
+    }
+
     fn rate(&self) -> f64 {
-        self.ops as f64 / self.seconds
+        self.ops() as f64 / self.seconds
+    }
+
+    fn percentile_us(&self, p: f64) -> u64 {
+        let last = self.latencies.len().saturating_sub(1);
+        let at = ((self.latencies.len() as f64 * p) as usize).min(last);
+        self.latencies.get(at).copied().unwrap_or(0)
     }
 }
 
@@ -107,18 +135,10 @@ where
         all.extend(t.await.expect("bench task"));
     }
     let seconds = started.elapsed().as_secs_f64();
-    all.sort_unstable();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
     Measured {
         name,
-        ops: all.len() as u64,
         seconds,
-        p50_us: pct(0.50),
-        p99_us: pct(0.99),
+        latencies: all,
     }
 }
 
@@ -303,7 +323,11 @@ async fn raw_recharge_postgres(pool: &sqlx::PgPool, m: &str, key: &str) {
     tx.commit().await.expect("commit");
 }
 
-async fn grpc_recharge(args: &Args, clients: &[AccountLifecycleClient<Channel>]) -> Measured {
+async fn grpc_recharge(
+    args: &Args,
+    clients: &[AccountLifecycleClient<Channel>],
+    round: u32,
+) -> Measured {
     let accounts = args.accounts;
     let clients: Arc<Vec<_>> = Arc::new(clients.to_vec());
     measure(
@@ -318,7 +342,7 @@ async fn grpc_recharge(args: &Args, clients: &[AccountLifecycleClient<Channel>])
                     amount: 1000,
                     channel: proto::RechargeChannel::Online as i32,
                     validity_days: 0,
-                    request_id: format!("bench-g-{n}"),
+                    request_id: format!("bench-g-{round}-{n}"),
                 })
                 .await
                 .expect("recharge");
@@ -393,7 +417,7 @@ async fn raw_pool(backend: Backend, url: &str, pool_size: u32) -> RawPool {
     }
 }
 
-async fn raw_recharge(args: &Args, pool: Arc<RawPool>) -> Measured {
+async fn raw_recharge(args: &Args, pool: Arc<RawPool>, round: u32) -> Measured {
     let accounts = args.accounts;
     measure(
         "recharge raw SQL",
@@ -403,7 +427,7 @@ async fn raw_recharge(args: &Args, pool: Arc<RawPool>) -> Measured {
             let pool = pool.clone();
             async move {
                 let m = msisdn(pick(n, accounts));
-                let key = format!("bench-r-{n}");
+                let key = format!("bench-r-{round}-{n}");
                 match &*pool {
                     RawPool::Sqlite { writer, .. } => raw_recharge_sqlite(writer, &m, &key).await,
                     RawPool::Postgres(p) => raw_recharge_postgres(p, &m, &key).await,
@@ -499,13 +523,19 @@ async fn run(args: Args) {
 
     let mut pairs = Vec::new();
     if matches!(args.which, Which::All | Which::Recharge) {
-        let baseline = raw_recharge(&args, pool.clone()).await;
-        let service = grpc_recharge(&args, &clients).await;
+        let (mut service, mut baseline) = (Measured::empty(), Measured::empty());
+        for round in 0..args.rounds {
+            baseline.add(raw_recharge(&args, pool.clone(), round).await);
+            service.add(grpc_recharge(&args, &clients, round).await);
+        }
         pairs.push((service, baseline, 0.8));
     }
     if matches!(args.which, Which::All | Which::Authorize) {
-        let baseline = raw_authorize(&args, pool.clone()).await;
-        let service = grpc_authorize(&args, &clients).await;
+        let (mut service, mut baseline) = (Measured::empty(), Measured::empty());
+        for _ in 0..args.rounds {
+            baseline.add(raw_authorize(&args, pool.clone()).await);
+            service.add(grpc_authorize(&args, &clients).await);
+        }
         pairs.push((service, baseline, 0.0));
     }
     shutdown.cancel();
@@ -520,23 +550,24 @@ async fn run(args: Args) {
                 format!(
                     "{{\"name\":\"{}\",\"ops\":{},\"rate\":{:.0},\"p50_us\":{},\"p99_us\":{},\
                      \"baseline\":\"{}\",\"baseline_rate\":{:.0},\"ratio\":{:.3},\"goal_ratio\":{}}}",
-                    s.name, s.ops, s.rate(), s.p50_us, s.p99_us, b.name, b.rate(), s.rate() / b.rate(), goal
+                    s.name, s.ops(), s.rate(), s.percentile_us(0.5), s.percentile_us(0.99), b.name, b.rate(), s.rate() / b.rate(), goal
                 )
             })
             .collect();
         println!(
-            "{{\"backend\":\"{:?}\",\"accounts\":{},\"clients\":{},\"seconds\":{},\"machine\":\"{}\",\"results\":[{}]}}",
+            "{{\"backend\":\"{:?}\",\"accounts\":{},\"clients\":{},\"rounds\":{},\"seconds\":{},\"machine\":\"{}\",\"results\":[{}]}}",
             args.backend,
             args.accounts,
             args.clients,
+            args.rounds,
             args.seconds,
             machine,
             rows.join(",")
         );
     } else {
         println!(
-            "backend {:?}, {} accounts, {} clients, {} s each; {machine}",
-            args.backend, args.accounts, args.clients, args.seconds
+            "backend {:?}, {} accounts, {} clients, {} rounds of {} s each; {machine}",
+            args.backend, args.accounts, args.clients, args.rounds, args.seconds
         );
         println!("| measurement | rate /s | p50 µs | p99 µs | baseline | baseline /s | ratio |");
         println!("|---|---:|---:|---:|---|---:|---:|");
@@ -545,8 +576,8 @@ async fn run(args: Args) {
                 "| {} | {:.0} | {} | {} | {} | {:.0} | {:.2} |",
                 s.name,
                 s.rate(),
-                s.p50_us,
-                s.p99_us,
+                s.percentile_us(0.5),
+                s.percentile_us(0.99),
                 b.name,
                 b.rate(),
                 s.rate() / b.rate()

@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 
 pub use accounts::{AccountsApi, Context, SWEEP_ACTOR};
 pub use test_clock::TestClockApi;
@@ -115,10 +115,12 @@ pub async fn serve_on(
         None => router,
     };
     let stopping = shutdown.clone();
+    // Answers are small and latency-bound: no Nagle delay on accepted connections.
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
     let mut server = tokio::spawn(
-        router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            stopping.cancelled().await
-        }),
+        router.serve_with_incoming_shutdown(incoming, async move { stopping.cancelled().await }),
     );
     tracing::info!(%addr, clock = ?config.clock, database = %redact(&config.database_url), "listening");
 
