@@ -352,6 +352,35 @@ async fn grpc_recharge(
     .await
 }
 
+async fn grpc_health(args: &Args, addr: std::net::SocketAddr) -> Measured {
+    let mut clients = Vec::new();
+    for _ in 0..args.clients.div_ceil(4) {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        clients.push(tonic_health::pb::health_client::HealthClient::new(channel));
+    }
+    let clients = Arc::new(clients);
+    measure(
+        "gRPC floor (health Check)",
+        args.clients,
+        Duration::from_secs(args.seconds),
+        move |n| {
+            let mut c = clients[n as usize % clients.len()].clone();
+            async move {
+                c.check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .expect("health");
+            }
+        },
+    )
+    .await
+}
+
 async fn grpc_authorize(args: &Args, clients: &[AccountLifecycleClient<Channel>]) -> Measured {
     let accounts = args.accounts;
     let clients: Arc<Vec<_>> = Arc::new(clients.to_vec());
@@ -522,6 +551,7 @@ async fn run(args: Args) {
     let pool = Arc::new(raw_pool(args.backend, &url, args.clients as u32).await);
 
     let mut pairs = Vec::new();
+    let mut floors = Vec::new();
     if matches!(args.which, Which::All | Which::Recharge) {
         let (mut service, mut baseline) = (Measured::empty(), Measured::empty());
         for round in 0..args.rounds {
@@ -531,6 +561,12 @@ async fn run(args: Args) {
         pairs.push((service, baseline, 0.8));
     }
     if matches!(args.which, Which::All | Which::Authorize) {
+        // The floor: a unary gRPC call that does no work (grpc.health Check), same clients.
+        let mut floor = Measured::empty();
+        for _ in 0..args.rounds {
+            floor.add(grpc_health(&args, addr).await);
+        }
+        floors.push(floor);
         let (mut service, mut baseline) = (Measured::empty(), Measured::empty());
         for _ in 0..args.rounds {
             baseline.add(raw_authorize(&args, pool.clone()).await);
@@ -571,6 +607,15 @@ async fn run(args: Args) {
         );
         println!("| measurement | rate /s | p50 µs | p99 µs | baseline | baseline /s | ratio |");
         println!("|---|---:|---:|---:|---|---:|---:|");
+        for f in &floors {
+            println!(
+                "| {} | {:.0} | {} | {} | | | |",
+                f.name,
+                f.rate(),
+                f.percentile_us(0.5),
+                f.percentile_us(0.99)
+            );
+        }
         for (s, b, _) in &pairs {
             println!(
                 "| {} | {:.0} | {} | {} | {} | {:.0} | {:.2} |",
