@@ -174,6 +174,19 @@ async fn database_url(args: &Args, dir: &std::path::Path) -> String {
     }
 }
 
+/// Drops the run's PostgreSQL database, so repeated runs leave nothing behind.
+async fn drop_database(admin_url: &str, url: &str) {
+    let Some((_, name)) = url.rsplit_once('/') else {
+        return;
+    };
+    if let Ok(mut conn) = sqlx::PgConnection::connect(admin_url).await {
+        let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+        if let Err(e) = sqlx::query(&drop).execute(&mut conn).await {
+            eprintln!("could not drop bench database {name}: {e}");
+        }
+    }
+}
+
 async fn client(addr: std::net::SocketAddr) -> AccountLifecycleClient<Channel> {
     for _ in 0..100 {
         if let Ok(c) = AccountLifecycleClient::connect(format!("http://{addr}")).await {
@@ -577,6 +590,10 @@ async fn run(args: Args) {
     shutdown.cancel();
     let _ = server.await;
     let _ = std::fs::remove_dir_all(&dir);
+    if args.backend == Backend::Postgres {
+        drop(pool);
+        drop_database(&args.postgres_url, &url).await;
+    }
 
     let machine = machine();
     if args.json {
@@ -589,6 +606,16 @@ async fn run(args: Args) {
                     s.name, s.ops(), s.rate(), s.percentile_us(0.5), s.percentile_us(0.99), b.name, b.rate(), s.rate() / b.rate(), goal
                 )
             })
+            .chain(floors.iter().map(|f| {
+                format!(
+                    "{{\"name\":\"{}\",\"ops\":{},\"rate\":{:.0},\"p50_us\":{},\"p99_us\":{}}}",
+                    f.name,
+                    f.ops(),
+                    f.rate(),
+                    f.percentile_us(0.5),
+                    f.percentile_us(0.99)
+                )
+            }))
             .collect();
         println!(
             "{{\"backend\":\"{:?}\",\"accounts\":{},\"clients\":{},\"rounds\":{},\"seconds\":{},\"machine\":\"{}\",\"results\":[{}]}}",
