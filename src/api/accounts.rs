@@ -217,8 +217,21 @@ impl AccountsApi {
     }
 
     fn account_response(&self, committed: Committed) -> Result<Response<proto::Account>, Status> {
-        let (Committed::Applied(bytes) | Committed::Replayed(bytes)) = committed;
-        Ok(Response::new(decode(&bytes)?))
+        Ok(Response::new(decode_committed(committed)?.0))
+    }
+
+    /// A command whose answer is the account (MarkSold, Activate, Unlock).
+    async fn execute_for_account(
+        &self,
+        call: Call,
+        command: Command,
+    ) -> Result<Response<proto::Account>, Status> {
+        let committed = self
+            .execute(call, command, |applied, now, rules| {
+                convert::account(&applied.account, now, rules).encode_to_vec()
+            })
+            .await?;
+        self.account_response(committed)
     }
 }
 
@@ -227,6 +240,14 @@ fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, Status> {
         tracing::error!(error = %e, "stored idempotent response does not decode");
         Status::internal("stored response is corrupt")
     })
+}
+
+/// The stored response of a mutation, and whether it is a replay of an earlier request.
+fn decode_committed<M: Message + Default>(committed: Committed) -> Result<(M, bool), Status> {
+    match committed {
+        Committed::Applied(bytes) => Ok((decode(&bytes)?, false)),
+        Committed::Replayed(bytes) => Ok((decode(&bytes)?, true)),
+    }
 }
 
 fn required_enum<T>(value: i32, field: &str, parse: fn(i32) -> Option<T>) -> Result<T, Status> {
@@ -341,12 +362,7 @@ impl AccountLifecycle for AccountsApi {
             &r.request_id,
             format!("MarkSold|{}", r.msisdn),
         )?;
-        let committed = self
-            .execute(call, Command::MarkSold, |applied, now, rules| {
-                convert::account(&applied.account, now, rules).encode_to_vec()
-            })
-            .await?;
-        self.account_response(committed)
+        self.execute_for_account(call, Command::MarkSold).await
     }
 
     async fn activate(
@@ -360,12 +376,7 @@ impl AccountLifecycle for AccountsApi {
             &r.request_id,
             format!("Activate|{}", r.msisdn),
         )?;
-        let committed = self
-            .execute(call, Command::Activate, |applied, now, rules| {
-                convert::account(&applied.account, now, rules).encode_to_vec()
-            })
-            .await?;
-        self.account_response(committed)
+        self.execute_for_account(call, Command::Activate).await
     }
 
     async fn recharge(
@@ -401,9 +412,7 @@ impl AccountLifecycle for AccountsApi {
                 result.encode_to_vec()
             })
             .await?;
-        let replayed = matches!(committed, Committed::Replayed(_));
-        let (Committed::Applied(bytes) | Committed::Replayed(bytes)) = committed;
-        let mut result: proto::RechargeResult = decode(&bytes)?;
+        let (mut result, replayed): (proto::RechargeResult, _) = decode_committed(committed)?;
         result.replayed = replayed;
         Ok(Response::new(result))
     }
@@ -432,9 +441,7 @@ impl AccountLifecycle for AccountsApi {
                 },
             )
             .await?;
-        let replayed = matches!(committed, Committed::Replayed(_));
-        let (Committed::Applied(bytes) | Committed::Replayed(bytes)) = committed;
-        let mut result: proto::ChargeResult = decode(&bytes)?;
+        let (mut result, replayed): (proto::ChargeResult, _) = decode_committed(committed)?;
         result.replayed = replayed;
         Ok(Response::new(result))
     }
@@ -456,12 +463,7 @@ impl AccountLifecycle for AccountsApi {
             branch_id: r.branch_id.clone(),
             recharge_amount: r.recharge_amount,
         });
-        let committed = self
-            .execute(call, command, |applied, now, rules| {
-                convert::account(&applied.account, now, rules).encode_to_vec()
-            })
-            .await?;
-        self.account_response(committed)
+        self.execute_for_account(call, command).await
     }
 
     async fn get_account(
