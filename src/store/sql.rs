@@ -198,9 +198,19 @@ macro_rules! impl_account_store {
                     .map(AccountRow::into_account)
                     .transpose()
                     .map_err(MutateFailure::Store)?;
-                let mutation = match decide(current.as_ref()) {
-                    Ok(m) => m,
-                    Err(refused) => return Err(MutateFailure::Store(refused.into())),
+                // A panic in the pure decision must not take the (shared) writer down with it.
+                let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    decide(current.as_ref())
+                }));
+                let mutation = match decided {
+                    Ok(Ok(m)) => m,
+                    Ok(Err(refused)) => return Err(MutateFailure::Store(refused.into())),
+                    Err(_) => {
+                        tracing::error!(%msisdn, "the lifecycle decision panicked; nothing written");
+                        return Err(MutateFailure::Store($crate::store::StoreError::Internal(
+                            "the lifecycle decision failed".into(),
+                        )));
+                    }
                 };
                 if let Some(retired) = &mutation.archive {
                     let row = AccountRow::from_account(retired, rules);
