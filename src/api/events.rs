@@ -121,6 +121,9 @@ impl Horizon {
     pub(crate) fn deliverable(&self, cursor: i64, page: &[OutboxEvent], now: Instant) -> usize {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut expected = cursor.saturating_add(1);
+        // Whether everything from `settled` to here has been checked by this call; a client's
+        // cursor ahead of `settled` leaves sequences in between that nobody looked at.
+        let mut chained = cursor <= state.settled;
         for (index, event) in page.iter().enumerate() {
             let sequence = event.sequence;
             if sequence > expected && sequence - 1 > state.settled {
@@ -135,12 +138,13 @@ impl Horizon {
                     "outbox gap passed: those sequences were never committed"
                 );
             }
-            if sequence > state.settled {
+            if chained && sequence > state.settled {
                 state.settled = sequence;
                 let settled = state.settled;
                 state.first_seen.retain(|&k, _| k > settled);
             }
             expected = sequence.saturating_add(1);
+            chained = chained || sequence <= state.settled;
         }
         page.len()
     }
@@ -202,7 +206,11 @@ impl Pump {
                 Ok(page) => page,
                 Err(e) => {
                     // The client resumes from the last sequence it received.
-                    let _ = self.tx.send(Err(e.into())).await;
+                    tokio::select! {
+                        biased;
+                        _ = self.shutdown.cancelled() => {}
+                        _ = self.tx.send(Err(e.into())) => {}
+                    }
                     return;
                 }
             };
@@ -332,6 +340,16 @@ mod tests {
         assert_eq!(horizon.deliverable(1, &page(&[4, 5]), later), 2);
         // Another stream from the start does not wait for the settled gap again.
         assert_eq!(horizon.deliverable(0, &page(&[1, 4, 5]), later), 3);
+    }
+
+    #[test]
+    fn a_cursor_ahead_of_what_was_checked_settles_nothing_for_others() {
+        let horizon = Horizon::new(Duration::from_secs(5));
+        let t0 = Instant::now();
+        // A client resumes at 10 though nobody has looked at 1..=10.
+        assert_eq!(horizon.deliverable(10, &page(&[11, 12]), t0), 2);
+        // A stream from the start still waits at the gap before 11.
+        assert_eq!(horizon.deliverable(0, &page(&[1, 11, 12]), t0), 1);
     }
 
     #[test]
