@@ -1,7 +1,10 @@
 //! Compiles the protos with protox (pure Rust), so no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/ocs/lifecycle/v1/lifecycle.proto"];
+    let protos = [
+        "proto/ocs/lifecycle/v1/lifecycle.proto",
+        "proto/ocs/lifecycle/v1/events.proto",
+    ];
     println!("cargo:rerun-if-changed=proto");
     let descriptors = protox::compile(protos, ["proto"])?;
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);

@@ -1,8 +1,9 @@
-//! The gRPC server: `AccountLifecycle`, `TestClock` (manual clock only), health and reflection,
-//! with a graceful, bounded shutdown.
+//! The gRPC server: `AccountLifecycle`, `BssEvents`, `TestClock` (manual clock only), health and
+//! reflection, with a graceful, bounded shutdown.
 
 mod accounts;
 pub mod convert;
+mod events;
 mod test_clock;
 
 use std::net::SocketAddr;
@@ -16,11 +17,13 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 pub use accounts::{AccountsApi, Context, SWEEP_ACTOR};
+pub use events::EventsApi;
 pub use test_clock::TestClockApi;
 
 use crate::clock::{Clock, ManualClock, SystemClock};
 use crate::config::{ClockMode, Config};
 use crate::proto::account_lifecycle_server::AccountLifecycleServer;
+use crate::proto::bss_events_server::BssEventsServer;
 use crate::proto::test_clock_server::TestClockServer;
 use crate::store;
 
@@ -41,9 +44,10 @@ pub enum ServeError {
     Other(String),
 }
 
-const SERVICE_NAMES: [&str; 2] = [
+const SERVICE_NAMES: [&str; 3] = [
     "ocs.lifecycle.v1.AccountLifecycle",
     "ocs.lifecycle.v1.TestClock",
+    "ocs.lifecycle.v1.BssEvents",
 ];
 
 /// Binds `config.listen` and serves until `shutdown` is cancelled.
@@ -109,6 +113,10 @@ pub async fn serve_on(
         .trace_fn(|req| tracing::debug_span!("grpc", path = %req.uri().path()))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(BssEventsServer::new(EventsApi::new(
+            ctx.clone(),
+            shutdown.clone(),
+        )))
         .add_service(AccountLifecycleServer::new(AccountsApi::new(ctx)));
     let router = match &manual {
         Some(clock) => router.add_service(TestClockServer::new(TestClockApi::new(clock.clone()))),
@@ -144,6 +152,7 @@ pub async fn serve_on(
     ready.store(true, Ordering::Release);
     let mut serving = vec![""; 1];
     serving.push(SERVICE_NAMES[0]);
+    serving.push(SERVICE_NAMES[2]);
     if manual.is_some() {
         serving.push(SERVICE_NAMES[1]);
     }
