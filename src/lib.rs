@@ -5,12 +5,14 @@
 //! - [`api`]: the gRPC services on top.
 //! - [`config`]: layered configuration.
 //! - [`clock`]: the injected clock (system or manual).
+//! - [`sweep`]: one sweep run (AdvanceStates, the `sweep` command, the scheduler).
 
 pub mod api;
 pub mod clock;
 pub mod config;
 pub mod lifecycle;
 pub mod store;
+pub mod sweep;
 
 pub mod proto {
     #![allow(clippy::all)]

@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
-pub use accounts::{AccountsApi, Context, SWEEP_ACTOR};
+pub use crate::store::SWEEP_ACTOR;
+pub use accounts::{AccountsApi, Context};
 pub use test_clock::TestClockApi;
 
 use crate::clock::{Clock, ManualClock, SystemClock};
@@ -91,6 +92,7 @@ pub async fn serve_on(
         rules,
         clock,
         ready: ready.clone(),
+        sweep_batch_size: config.sweep.batch_size,
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();

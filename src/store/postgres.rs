@@ -65,6 +65,23 @@ impl PostgresStore {
     fn reader(&self) -> &PgPool {
         &self.pool
     }
+
+    fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    fn write_pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Several instances may sweep at once: each claims the due rows no one else holds, and
+    /// re-checks `next_deadline` on rows a concurrent commit just moved (READ COMMITTED
+    /// re-evaluates the WHERE clause of a locked row), so no account is advanced twice.
+    const CLAIM_DUE: &'static str = " FOR UPDATE SKIP LOCKED";
+
+    async fn begin_sweep_batch(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        self.pool.begin().await
+    }
 }
 
 impl_account_store!(PostgresStore, Postgres);
