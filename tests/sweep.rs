@@ -460,12 +460,7 @@ async fn every_run_is_recorded_in_sweep_runs(server: TestServer) {
 // ---------------------------------------------------------------------------------------------
 
 fn config_with_batch(batch_size: u32) -> Config {
-    let mut config = Config {
-        clock: ClockMode::Manual,
-        db_pool_size: 4,
-        shutdown_timeout_secs: 10,
-        ..Config::default()
-    };
+    let mut config = common::test_config(ClockMode::Manual);
     config.sweep.batch_size = batch_size;
     config
 }
@@ -645,4 +640,142 @@ async fn postgres_a_failed_sweep_rolls_back_its_batch_and_the_next_run_finishes(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_a_failed_sweep_rolls_back_its_batch_and_the_next_run_finishes() {
     a_failed_sweep_rolls_back_its_batch_and_the_next_run_finishes(Backend::Sqlite).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scheduler (`sweep.cron`, default 00:05 local) driven by the manual clock
+// ---------------------------------------------------------------------------------------------
+
+fn config_with_scheduler() -> Config {
+    let mut config = common::test_config(ClockMode::Manual);
+    config.sweep.scheduler = true;
+    config
+}
+
+/// Moves the manual clock by `seconds`; returns once any sweep the move triggered committed.
+async fn advance_time(server: &TestServer, seconds: i64) {
+    server
+        .clock()
+        .advance_time(proto::AdvanceTimeRequest { seconds })
+        .await
+        .expect("AdvanceTime");
+}
+
+/// Crossing a boundary does nothing by itself; AdvanceTime over 00:05 local returns after the
+/// sweep committed, with its events in the outbox.
+async fn advance_time_over_00_05_sweeps_before_returning(backend: Backend) {
+    let Some(db) = TestDb::create(backend).await else {
+        return;
+    };
+    let server = TestServer::start_with(db.clone(), config_with_scheduler()).await;
+    server.set_time(T0).await;
+    active(&server, "8613800000001").await;
+    let conn = db.open().await;
+
+    // 2030-08-28 00:06 local: the 00:05 sweep of that day ran (the notice, due since 08-21).
+    server.set_time("2030-08-27T16:06:00Z").await;
+    let notices = events_of(&conn, "8613800000001", 0)
+        .await
+        .into_iter()
+        .filter(|e| e.event_type == VALIDITY_EXPIRING)
+        .count();
+    assert_eq!(notices, 1, "the catch-up sweep of the move sent the notice");
+
+    // 2030-08-29 00:04 local: GRACE since 00:00, but no sweep yet.
+    server.set_time("2030-08-28T16:04:00Z").await;
+    let before = last_sequence(&conn).await;
+    assert_eq!(state_of(&server, "8613800000001").await, VALID);
+    assert!(events_of(&conn, "8613800000001", before).await.is_empty());
+
+    // Over 00:05: the sweep runs and commits before AdvanceTime returns.
+    advance_time(&server, 120).await;
+    let events = events_of(&conn, "8613800000001", before).await;
+    let seen: Vec<_> = events
+        .iter()
+        .map(|e| (e.event_type, e.from_state, e.to_state, e.effective_at))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![(STATE_CHANGED, VALID, GRACE, instant("2030-08-28T16:00:00Z"))]
+    );
+    assert_eq!(state_of(&server, "8613800000001").await, GRACE);
+    let runs = sweep_runs(&conn).await;
+    assert!(
+        runs.iter()
+            .all(|(status, dry, _)| status == "succeeded" && !dry),
+        "{runs:?}"
+    );
+    conn.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_advance_time_over_00_05_sweeps_before_returning() {
+    advance_time_over_00_05_sweeps_before_returning(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_advance_time_over_00_05_sweeps_before_returning() {
+    advance_time_over_00_05_sweeps_before_returning(Backend::Postgres).await;
+}
+
+/// A sweep missed while the server was down runs at start-up; once it has run, a restart
+/// before the next occurrence runs none.
+async fn a_missed_sweep_runs_at_start_up(backend: Backend) {
+    let Some(db) = TestDb::create(backend).await else {
+        return;
+    };
+    // No scheduler: a one-day validity makes the notice due at once.
+    let first = TestServer::start_on(db.clone(), ClockMode::Manual).await;
+    first
+        .accounts()
+        .provision_account(proto::ProvisionAccountRequest {
+            msisdn: "8613800000001".into(),
+            sold: true,
+            initial_validity_days: 1,
+            request_id: rid(),
+            ..Default::default()
+        })
+        .await
+        .expect("ProvisionAccount");
+    first
+        .accounts()
+        .activate(proto::ActivateRequest {
+            msisdn: "8613800000001".into(),
+            request_id: rid(),
+        })
+        .await
+        .expect("Activate");
+    first.stop().await;
+    let conn = db.open().await;
+    assert!(sweep_runs(&conn).await.is_empty());
+
+    let second = TestServer::start_with(db.clone(), config_with_scheduler()).await;
+    // A move of zero seconds is acknowledged after the start-up catch-up has finished.
+    advance_time(&second, 0).await;
+    let runs = sweep_runs(&conn).await;
+    assert_eq!(runs, vec![("succeeded".to_owned(), false, 1)]);
+    let notices = events_of(&conn, "8613800000001", 0)
+        .await
+        .into_iter()
+        .filter(|e| e.event_type == VALIDITY_EXPIRING)
+        .count();
+    assert_eq!(notices, 1);
+    second.stop().await;
+
+    let third = TestServer::start_with(db.clone(), config_with_scheduler()).await;
+    advance_time(&third, 0).await;
+    assert_eq!(sweep_runs(&conn).await.len(), 1, "nothing was missed");
+    conn.close().await;
+    third.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_missed_sweep_runs_at_start_up() {
+    a_missed_sweep_runs_at_start_up(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_missed_sweep_runs_at_start_up() {
+    a_missed_sweep_runs_at_start_up(Backend::Postgres).await;
 }

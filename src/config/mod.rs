@@ -81,6 +81,9 @@ pub struct SweepConfig {
     pub batch_size: u32,
     /// When `serve` runs the sweep: 6 fields `sec min hour dom month dow`, operator time zone.
     pub cron: String,
+    /// Run the sweep on `cron` inside `serve` (false: only AdvanceStates and the `sweep`
+    /// command sweep).
+    pub scheduler: bool,
 }
 
 impl Default for SweepConfig {
@@ -88,6 +91,7 @@ impl Default for SweepConfig {
         Self {
             batch_size: 1000,
             cron: "0 5 0 * * *".into(),
+            scheduler: true,
         }
     }
 }
