@@ -78,6 +78,9 @@ impl PostgresStore {
     /// re-checks `next_deadline` on rows a concurrent commit just moved (READ COMMITTED
     /// re-evaluates the WHERE clause of a locked row), so no account is advanced twice.
     const CLAIM_DUE: &'static str = " FOR UPDATE SKIP LOCKED";
+    /// The last pass waits for the rows skipped above; a row another transaction advanced
+    /// meanwhile no longer matches and is left out.
+    const CLAIM_DUE_WAITING: &'static str = " FOR UPDATE";
 
     async fn begin_sweep_batch(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
         self.pool.begin().await

@@ -170,17 +170,22 @@ macro_rules! impl_account_store {
                 .await?;
                 let mut counts = $crate::store::SweepCounts::default();
                 let outcome: Result<(), $crate::store::StoreError> = async {
-                    loop {
-                        let mut tx = self.begin_sweep_batch().await?;
-                        let (claimed, batch) =
-                            sweep_batch_in(&mut tx, self.rules(), Self::CLAIM_DUE, &request)
-                                .await?;
-                        tx.commit().await?;
-                        counts.add(&batch);
-                        if claimed < request.batch_size as usize {
-                            return Ok(());
+                    // First the rows nobody holds; then, waiting for their locks, the rows
+                    // skipped because a request or another sweep held them (those are usually
+                    // done by then: the lock holder advanced them, and they no longer match).
+                    for claim in [Self::CLAIM_DUE, Self::CLAIM_DUE_WAITING] {
+                        loop {
+                            let mut tx = self.begin_sweep_batch().await?;
+                            let (claimed, batch) =
+                                sweep_batch_in(&mut tx, self.rules(), claim, &request).await?;
+                            tx.commit().await?;
+                            counts.add(&batch);
+                            if claimed < request.batch_size as usize {
+                                break;
+                            }
                         }
                     }
+                    Ok(())
                 }
                 .await;
                 let (status, error) = match &outcome {

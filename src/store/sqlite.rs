@@ -120,6 +120,8 @@ impl SqliteStore {
 
     /// The sweep claims every due row by holding the database's write lock.
     const CLAIM_DUE: &'static str = "";
+    /// Nothing was skipped: the last pass finds no due row.
+    const CLAIM_DUE_WAITING: &'static str = "";
 
     /// A sweep batch takes the write connection (the pool has exactly one) under
     /// `BEGIN IMMEDIATE`: the writer task waits for it, so the batch and the group commits
