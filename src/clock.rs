@@ -51,6 +51,12 @@ impl ManualClock {
 
     /// Moves the clock to `to`; refuses to move it backwards.
     pub fn set(&self, to: DateTime<Utc>) -> Result<DateTime<Utc>, Backwards> {
+        self.move_to(to).map(|_| to)
+    }
+
+    /// Moves the clock to `to` and returns where it was, in one step (the scheduler needs the
+    /// exact interval a move covered); refuses to move it backwards.
+    pub fn move_to(&self, to: DateTime<Utc>) -> Result<DateTime<Utc>, Backwards> {
         let mut now = self.now.lock().unwrap_or_else(|e| e.into_inner());
         if to < *now {
             return Err(Backwards {
@@ -58,20 +64,31 @@ impl ManualClock {
                 requested: to,
             });
         }
-        *now = to;
+        let from = std::mem::replace(&mut *now, to);
         self.moved.send_replace(to);
-        Ok(to)
+        Ok(from)
     }
 
     pub fn advance(&self, seconds: i64) -> Result<DateTime<Utc>, Backwards> {
-        let now = self.now();
-        let to = now
+        self.move_by(seconds).map(|(_, to)| to)
+    }
+
+    /// Moves the clock `seconds` forward; returns (from, to).
+    pub fn move_by(&self, seconds: i64) -> Result<(DateTime<Utc>, DateTime<Utc>), Backwards> {
+        let mut now = self.now.lock().unwrap_or_else(|e| e.into_inner());
+        let from = *now;
+        let to = from
             .checked_add_signed(chrono::Duration::seconds(seconds))
+            .filter(|to| *to >= from)
             .ok_or(Backwards {
-                now,
-                requested: DateTime::<Utc>::MIN_UTC,
+                now: from,
+                requested: from
+                    .checked_add_signed(chrono::Duration::seconds(seconds))
+                    .unwrap_or(DateTime::<Utc>::MIN_UTC),
             })?;
-        self.set(to)
+        *now = to;
+        self.moved.send_replace(to);
+        Ok((from, to))
     }
 
     /// A receiver told of every move of the clock.

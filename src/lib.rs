@@ -5,12 +5,16 @@
 //! - [`api`]: the gRPC services on top.
 //! - [`config`]: layered configuration.
 //! - [`clock`]: the injected clock (system or manual).
+//! - [`scheduler`]: when the sweep runs inside `serve` (cron, driven by the clock).
+//! - [`sweep`]: one sweep run (AdvanceStates, the `sweep` command, the scheduler).
 
 pub mod api;
 pub mod clock;
 pub mod config;
 pub mod lifecycle;
+pub mod scheduler;
 pub mod store;
+pub mod sweep;
 
 pub mod proto {
     #![allow(clippy::all)]

@@ -3,12 +3,14 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+use ocs_lifecycle::clock::{Clock, SystemClock};
 use ocs_lifecycle::config::{Config, LogFormat, Overrides};
-use ocs_lifecycle::{api, store};
+use ocs_lifecycle::{api, store, sweep};
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +31,24 @@ enum Command {
     Serve,
     /// Run the database migrations and exit.
     Migrate,
+    /// Run one sweep against the configured database and print its counts.
+    Sweep {
+        /// The instant to sweep as of (RFC 3339) [default: now]; later than now only with
+        /// --dry-run.
+        #[arg(long, value_parser = parse_instant)]
+        as_of: Option<DateTime<Utc>>,
+        /// Forecast: count (and list the numbers that would be recycled) without writing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+fn parse_instant(raw: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(raw)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            format!("{raw:?} is not an RFC 3339 instant (e.g. 2026-07-01T00:05:00+08:00): {e}")
+        })
 }
 
 fn main() -> ExitCode {
@@ -68,6 +88,7 @@ fn main() -> ExitCode {
                 tracing::info!("migrations done");
                 Ok(())
             }
+            Command::Sweep { as_of, dry_run } => run_sweep(&config, as_of, dry_run).await,
         }
     });
     match result {
@@ -78,6 +99,40 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `ocs-lifecycle sweep`: one sweep (migrations first), its counts on stdout.
+async fn run_sweep(
+    config: &Config,
+    as_of: Option<DateTime<Utc>>,
+    dry_run: bool,
+) -> Result<(), api::ServeError> {
+    let rules = Arc::new(config.rules()?);
+    let store = store::connect(&config.database_url, 2, rules).await?;
+    store.migrate().await?;
+    let now = SystemClock::default().now();
+    let (as_of, report) = sweep::run(store.as_ref(), config.sweep.batch_size, as_of, now, dry_run)
+        .await
+        .map_err(|e| match e {
+            sweep::SweepError::Store(e) => api::ServeError::Store(e),
+            other => api::ServeError::Other(other.to_string()),
+        })?;
+    let c = report.counts;
+    println!("as_of: {}", as_of.to_rfc3339());
+    println!("dry_run: {dry_run}");
+    println!("examined: {}", c.examined);
+    println!("to_grace: {}", c.to_grace);
+    println!("to_locked: {}", c.to_locked);
+    println!("to_recycled_from_locked: {}", c.to_recycled_from_locked);
+    println!("to_recycled_unactivated: {}", c.to_recycled_unactivated);
+    println!("expiring_notified: {}", c.expiring_notified);
+    if dry_run {
+        println!("recycled_msisdns: {}", report.recycled_msisdns.len());
+        for msisdn in &report.recycled_msisdns {
+            println!("  {msisdn}");
+        }
+    }
+    Ok(())
 }
 
 fn init_logging(format: LogFormat) {

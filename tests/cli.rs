@@ -205,3 +205,65 @@ fn a_bad_timezone_is_refused_with_one_line_naming_the_key() {
         "nothing was created"
     );
 }
+
+#[test]
+fn sweep_prints_its_counts_and_refuses_the_future_unless_dry() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    let mut command = ocs(dir.path());
+    command.args(["sweep", "--database-url", &url]);
+    let output = run(command, "sweep");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "sweep failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in [
+        "dry_run: false",
+        "examined: 0",
+        "to_grace: 0",
+        "expiring_notified: 0",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "{line:?} missing in:\n{stdout}"
+        );
+    }
+
+    let mut command = ocs(dir.path());
+    command.args([
+        "sweep",
+        "--database-url",
+        &url,
+        "--dry-run",
+        "--as-of",
+        "2040-01-01T00:05:00+08:00",
+    ]);
+    let output = run(command, "sweep --dry-run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("as_of: 2039-12-31T16:05:00+00:00"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("recycled_msisdns: 0"), "{stdout}");
+
+    let mut command = ocs(dir.path());
+    command.args([
+        "sweep",
+        "--database-url",
+        &url,
+        "--as-of",
+        "2999-01-01T00:00:00Z",
+    ]);
+    let output = run(command, "sweep in the future");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("dry run"), "{stderr}");
+}

@@ -12,17 +12,13 @@ use super::convert::{self, invalid};
 use crate::clock::Clock;
 use crate::lifecycle::{
     self, Account, AccountState, Applied, Command, DomainError, ErrorReason, HistoryKind, Msisdn,
-    Outcome, ProvisionParams, RechargeChannel, Rules, ServiceType, Transition,
+    Outcome, ProvisionParams, RechargeChannel, Rules, ServiceType,
 };
 use crate::proto;
 use crate::proto::account_lifecycle_server::AccountLifecycle;
 use crate::store::{
-    AccountStore, Committed, EventType, HistoryRecord, Mutation, OutboxEvent, RequestKey,
+    AccountStore, Committed, HistoryRecord, Mutation, RequestKey, record_transitions,
 };
-
-/// The actor recorded for boundary transitions, whoever happened to materialise them: the
-/// history reads the same whether the nightly sweep or a request crossed the boundary first.
-pub const SWEEP_ACTOR: &str = "sweep";
 
 /// Shared by the services: storage, rules, clock and readiness.
 #[derive(Clone)]
@@ -32,6 +28,8 @@ pub struct Context {
     pub clock: Arc<dyn Clock>,
     /// False until migrations have run; requests before that are UNAVAILABLE.
     pub ready: Arc<AtomicBool>,
+    /// Accounts per sweep transaction (`sweep.batch_size`).
+    pub sweep_batch_size: u32,
 }
 
 impl Context {
@@ -62,56 +60,6 @@ impl AccountsApi {
 /// is not configured yet, so every caller is recorded as `anonymous`.
 fn actor<T>(_request: &Request<T>) -> String {
     "anonymous".to_owned()
-}
-
-/// History rows and outbox events for the transitions an apply produced.
-fn record_transitions(
-    account: &Account,
-    transitions: &[Transition],
-    now: DateTime<Utc>,
-    history: &mut Vec<HistoryRecord>,
-    events: &mut Vec<OutboxEvent>,
-) {
-    for t in transitions {
-        let boundary = !matches!(
-            t.reason,
-            lifecycle::TransitionReason::Activated
-                | lifecycle::TransitionReason::Recharged
-                | lifecycle::TransitionReason::Unlocked
-        );
-        if boundary {
-            history.push(HistoryRecord {
-                id: 0,
-                msisdn: account.msisdn.clone(),
-                account_id: account.account_id.clone(),
-                generation: account.generation,
-                at: t.effective_at,
-                kind: HistoryKind::StateChanged,
-                from_state: Some(t.from),
-                to_state: Some(t.to),
-                amount: 0,
-                actor: SWEEP_ACTOR.to_owned(),
-                request_id: None,
-            });
-        }
-        let event = |event_type| OutboxEvent {
-            sequence: 0,
-            event_id: uuid::Uuid::new_v4().to_string(),
-            event_type,
-            msisdn: account.msisdn.clone(),
-            account_id: account.account_id.clone(),
-            generation: account.generation,
-            from_state: t.from,
-            to_state: t.to,
-            reason: t.reason.as_str().to_owned(),
-            effective_at: t.effective_at,
-            emitted_at: now,
-        };
-        events.push(event(EventType::StateChanged));
-        if t.to == AccountState::Recycled {
-            events.push(event(EventType::NumberRecycled));
-        }
-    }
 }
 
 /// What a mutating RPC needs to say about itself.
@@ -564,6 +512,48 @@ impl AccountLifecycle for AccountsApi {
         Ok(Response::new(proto::GetAccountHistoryResponse {
             entries,
             next_page_token,
+        }))
+    }
+
+    async fn advance_states(
+        &self,
+        request: Request<proto::AdvanceStatesRequest>,
+    ) -> Result<Response<proto::AdvanceStatesResponse>, Status> {
+        let r = request.get_ref();
+        let as_of = match &r.as_of {
+            None => None,
+            Some(ts) => Some(convert::from_timestamp(ts).ok_or_else(|| {
+                invalid(ErrorReason::InvalidArgument, "as_of is not a valid instant")
+            })?),
+        };
+        self.ctx.check_ready()?;
+        let now = self.ctx.clock.now();
+        let ran = crate::sweep::run(
+            self.ctx.store.as_ref(),
+            self.ctx.sweep_batch_size,
+            as_of,
+            now,
+            r.dry_run,
+        )
+        .await;
+        let (as_of, report) = match ran {
+            Ok(done) => done,
+            Err(e @ crate::sweep::SweepError::AsOfInFuture { .. }) => {
+                return Err(invalid(ErrorReason::InvalidArgument, e.to_string()));
+            }
+            Err(crate::sweep::SweepError::Store(e)) => return Err(e.into()),
+        };
+        let c = report.counts;
+        Ok(Response::new(proto::AdvanceStatesResponse {
+            as_of: Some(convert::timestamp(as_of)),
+            dry_run: r.dry_run,
+            examined: c.examined,
+            to_grace: c.to_grace,
+            to_locked: c.to_locked,
+            to_recycled_from_locked: c.to_recycled_from_locked,
+            to_recycled_unactivated: c.to_recycled_unactivated,
+            expiring_notified: c.expiring_notified,
+            recycled_msisdns: report.recycled_msisdns,
         }))
     }
 

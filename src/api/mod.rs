@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
-pub use accounts::{AccountsApi, Context, SWEEP_ACTOR};
+pub use crate::store::SWEEP_ACTOR;
+pub use accounts::{AccountsApi, Context};
 pub use events::EventsApi;
 pub use test_clock::TestClockApi;
 
@@ -25,6 +26,7 @@ use crate::config::{ClockMode, Config};
 use crate::proto::account_lifecycle_server::AccountLifecycleServer;
 use crate::proto::bss_events_server::BssEventsServer;
 use crate::proto::test_clock_server::TestClockServer;
+use crate::scheduler::Scheduler;
 use crate::store;
 
 #[derive(Debug, thiserror::Error)]
@@ -88,13 +90,24 @@ pub async fn serve_on(
             (Some(manual.clone()), manual)
         }
     };
+    let schedule = config.sweep.schedule()?;
+    // The manual clock reports its moves to the scheduler, which acknowledges each after the
+    // sweep it triggered.
+    let (moves, moved) = match (&manual, config.sweep.scheduler) {
+        (Some(_), true) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            (Some(tx), Some(rx))
+        }
+        _ => (None, None),
+    };
     let store = store::connect(&config.database_url, config.db_pool_size, rules.clone()).await?;
     let ready = Arc::new(AtomicBool::new(false));
     let ctx = Context {
         store: store.clone(),
-        rules,
-        clock,
+        rules: rules.clone(),
+        clock: clock.clone(),
         ready: ready.clone(),
+        sweep_batch_size: config.sweep.batch_size,
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -119,7 +132,10 @@ pub async fn serve_on(
         )))
         .add_service(AccountLifecycleServer::new(AccountsApi::new(ctx)));
     let router = match &manual {
-        Some(clock) => router.add_service(TestClockServer::new(TestClockApi::new(clock.clone()))),
+        Some(clock) => router.add_service(TestClockServer::new(TestClockApi::new(
+            clock.clone(),
+            moves,
+        ))),
         None => router,
     };
     let stopping = shutdown.clone();
@@ -163,6 +179,24 @@ pub async fn serve_on(
     }
     tracing::info!("migrations done, serving");
 
+    let scheduler = config.sweep.scheduler.then(|| {
+        let scheduler = Scheduler::new(
+            store.clone(),
+            clock.clone(),
+            schedule,
+            rules.timezone,
+            config.sweep.batch_size,
+        );
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            scheduler.catch_up_missed().await;
+            match moved {
+                Some(moved) => scheduler.run_on_manual_clock(moved, stop).await,
+                None => scheduler.run_on_system_clock(stop).await,
+            }
+        })
+    });
+
     tokio::select! {
         biased;
         _ = shutdown.cancelled() => {}
@@ -185,6 +219,12 @@ pub async fn serve_on(
                 "in-flight requests did not finish in time; stopping anyway"
             );
             server.abort();
+        }
+    }
+    if let Some(scheduler) = scheduler {
+        // The scheduler stops between sweeps; a sweep in progress finishes its batches.
+        if tokio::time::timeout(grace, scheduler).await.is_err() {
+            tracing::warn!(?grace, "the sweep did not finish in time; stopping anyway");
         }
     }
     tracing::info!("stopped");

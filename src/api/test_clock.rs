@@ -2,21 +2,38 @@
 
 use std::sync::Arc;
 
-use chrono::SubsecRound;
+use chrono::{DateTime, SubsecRound, Utc};
+use tokio::sync::oneshot;
 use tonic::{Code, Request, Response, Status};
 
 use super::convert;
 use crate::clock::{Clock, ManualClock};
 use crate::proto;
 use crate::proto::test_clock_server::TestClock;
+use crate::scheduler::{ClockMove, ClockMoves};
 
 pub struct TestClockApi {
     clock: Arc<ManualClock>,
+    /// The scheduler, told of every move; `None` when it is off.
+    scheduler: Option<ClockMoves>,
 }
 
 impl TestClockApi {
-    pub fn new(clock: Arc<ManualClock>) -> Self {
-        Self { clock }
+    pub fn new(clock: Arc<ManualClock>, scheduler: Option<ClockMoves>) -> Self {
+        Self { clock, scheduler }
+    }
+
+    /// Tells the scheduler the clock moved and waits until any sweep the move triggered has
+    /// committed, so SetTime/AdvanceTime return after it.
+    async fn moved(&self, from: DateTime<Utc>, to: DateTime<Utc>) {
+        let Some(scheduler) = &self.scheduler else {
+            return;
+        };
+        let (done, finished) = oneshot::channel();
+        if scheduler.send(ClockMove { from, to, done }).await.is_ok() {
+            // An error means the scheduler stopped (shutdown): nothing more to wait for.
+            let _ = finished.await;
+        }
     }
 
     fn now(&self) -> Response<proto::GetTimeResponse> {
@@ -53,7 +70,9 @@ impl TestClock for TestClockApi {
             })?;
         // Microseconds, like the system clock: PostgreSQL keeps no finer instants, and an
         // answer must read back the same from either store.
-        self.clock.set(time.trunc_subsecs(6)).map_err(backwards)?;
+        let to = time.trunc_subsecs(6);
+        let from = self.clock.move_to(to).map_err(backwards)?;
+        self.moved(from, to).await;
         Ok(self.now())
     }
 
@@ -61,9 +80,11 @@ impl TestClock for TestClockApi {
         &self,
         request: Request<proto::AdvanceTimeRequest>,
     ) -> Result<Response<proto::GetTimeResponse>, Status> {
-        self.clock
-            .advance(request.get_ref().seconds)
+        let (from, to) = self
+            .clock
+            .move_by(request.get_ref().seconds)
             .map_err(backwards)?;
+        self.moved(from, to).await;
         Ok(self.now())
     }
 }

@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use serde::Deserialize;
 
@@ -15,7 +16,7 @@ use crate::lifecycle::{Rules, Tariff, TariffTier};
 pub const DEFAULT_CONFIG_FILE: &str = "ocs-lifecycle.toml";
 
 /// The top-level keys and sections of the configuration.
-const KEYS: [&str; 10] = [
+const KEYS: [&str; 12] = [
     "listen",
     "database_url",
     "db_pool_size",
@@ -26,6 +27,8 @@ const KEYS: [&str; 10] = [
     "insecure",
     "lifecycle",
     "tariff",
+    "sweep",
+    "notify",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -66,6 +69,59 @@ pub struct Config {
     pub lifecycle: LifecycleConfig,
     /// Recharge amount (fen) → validity days; the highest tier whose minimum ≤ amount applies.
     pub tariff: Vec<TariffTierConfig>,
+    pub sweep: SweepConfig,
+    pub notify: NotifyConfig,
+}
+
+/// The sweep that materialises boundary transitions (spec section 6).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SweepConfig {
+    /// Accounts per transaction.
+    pub batch_size: u32,
+    /// When `serve` runs the sweep: 6 fields `sec min hour dom month dow`, operator time zone.
+    pub cron: String,
+    /// Run the sweep on `cron` inside `serve` (false: only AdvanceStates and the `sweep`
+    /// command sweep).
+    pub scheduler: bool,
+}
+
+impl Default for SweepConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 1000,
+            cron: "0 5 0 * * *".into(),
+            scheduler: true,
+        }
+    }
+}
+
+impl SweepConfig {
+    /// The parsed `cron` expression.
+    pub fn schedule(&self) -> Result<cron::Schedule, ConfigError> {
+        cron::Schedule::from_str(&self.cron).map_err(|e| {
+            ConfigError(format!(
+                "sweep.cron: {:?} is not a cron expression (sec min hour dom month dow): {e}",
+                self.cron
+            ))
+        })
+    }
+}
+
+/// Notices sent to the BSS ahead of a boundary.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// VALIDITY_EXPIRING goes out from 00:00 local of `valid_until − expiring_days`.
+    pub expiring_days: u32,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            expiring_days: Rules::default().expiring_days,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -102,6 +158,8 @@ impl Default for Config {
             insecure: false,
             ignored_env: Vec::new(),
             lifecycle: LifecycleConfig::default(),
+            sweep: SweepConfig::default(),
+            notify: NotifyConfig::default(),
             tariff: rules
                 .tariff
                 .tiers()
@@ -258,13 +316,27 @@ impl Config {
             max_validity_days: l.max_validity_days,
             card_life_days: l.card_life_days,
             unlock_grace_days: l.unlock_grace_days,
+            expiring_days: self.notify.expiring_days,
             special_numbers: l.special_numbers.clone(),
             recharge_hotline: l.recharge_hotline.clone(),
             tariff,
         };
+        if self.notify.expiring_days > 36_500 {
+            return Err(ConfigError(format!(
+                "notify.expiring_days must be between 0 and 36500 days, got {}",
+                self.notify.expiring_days
+            )));
+        }
         rules
             .validate()
             .map_err(|e| ConfigError(format!("lifecycle.{e}")))?;
+        if self.sweep.batch_size == 0 || self.sweep.batch_size > 100_000 {
+            return Err(ConfigError(format!(
+                "sweep.batch_size must be between 1 and 100000, got {}",
+                self.sweep.batch_size
+            )));
+        }
+        self.sweep.schedule()?;
         if self.db_pool_size == 0 {
             return Err(ConfigError("db_pool_size must be at least 1".into()));
         }
@@ -385,6 +457,34 @@ mod tests {
         };
         let err = Config::load(&flags, env(&[])).unwrap_err();
         assert!(err.to_string().contains("no_such_key"), "{err}");
+    }
+
+    #[test]
+    fn sweep_and_notify_sections_have_defaults_and_are_checked() {
+        let config = Config::load(&Overrides::default(), env(&[])).unwrap();
+        assert_eq!(config.sweep.batch_size, 1000);
+        assert_eq!(config.sweep.cron, "0 5 0 * * *");
+        assert_eq!(config.notify.expiring_days, 7);
+        assert_eq!(config.rules().unwrap().expiring_days, 7);
+        let config = Config::load(
+            &Overrides::default(),
+            env(&[
+                ("OCS_SWEEP__BATCH_SIZE", "10"),
+                ("OCS_NOTIFY__EXPIRING_DAYS", "3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.sweep.batch_size, 10);
+        assert_eq!(config.rules().unwrap().expiring_days, 3);
+        let err =
+            Config::load(&Overrides::default(), env(&[("OCS_SWEEP__CRON", "nope")])).unwrap_err();
+        assert!(err.to_string().contains("sweep.cron"), "{err}");
+        let err = Config::load(
+            &Overrides::default(),
+            env(&[("OCS_SWEEP__BATCH_SIZE", "0")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("sweep.batch_size"), "{err}");
     }
 
     #[test]

@@ -32,6 +32,24 @@ pub struct Account {
     pub card_expiry: Option<NaiveDate>,
     pub recycled_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    /// The `valid_until` the last VALIDITY_EXPIRING notice was sent for: the notice goes out
+    /// once per validity period, and a recharge that moves `valid_until` makes a new one due.
+    pub expiring_notified_for: Option<NaiveDate>,
+}
+
+/// A VALIDITY_EXPIRING notice: the validity ending on `valid_until` ends within
+/// `Rules::expiring_days`; due from `due_at` (00:00 local of `valid_until − expiring_days`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpiringNotice {
+    pub valid_until: NaiveDate,
+    pub due_at: DateTime<Utc>,
+}
+
+/// What one sweep of one account does: the boundaries crossed and the notice sent, if any.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub transitions: Vec<Transition>,
+    pub notice: Option<ExpiringNotice>,
 }
 
 /// Why a state changed.
@@ -132,8 +150,55 @@ impl Account {
     }
 
     /// The instant the materialised state ends, or `None` when it never does (RECYCLED).
-    pub fn next_deadline(&self, rules: &Rules) -> Option<DateTime<Utc>> {
+    pub fn state_ends_at(&self, rules: &Rules) -> Option<DateTime<Utc>> {
         self.last_day_of(self.state).map(|d| rules.end_of_day(d))
+    }
+
+    /// The VALIDITY_EXPIRING notice not sent yet for the current validity period, if the
+    /// materialised state is VALID.
+    pub fn pending_notice(&self, rules: &Rules) -> Option<ExpiringNotice> {
+        if self.state != AccountState::Valid {
+            return None;
+        }
+        let valid_until = self.valid_until?;
+        if self.expiring_notified_for == Some(valid_until) {
+            return None;
+        }
+        let first_day = valid_until
+            .checked_sub_days(chrono::Days::new(u64::from(rules.expiring_days)))
+            .unwrap_or(NaiveDate::MIN);
+        Some(ExpiringNotice {
+            valid_until,
+            due_at: rules.start_of_day(first_day),
+        })
+    }
+
+    /// The instant the sweep next has work for this account: the earlier of the end of the
+    /// materialised state and the pending VALIDITY_EXPIRING notice; `None` for RECYCLED.
+    pub fn next_deadline(&self, rules: &Rules) -> Option<DateTime<Utc>> {
+        let ends = self.state_ends_at(rules);
+        match self.pending_notice(rules) {
+            Some(notice) => Some(ends.map_or(notice.due_at, |e| e.min(notice.due_at))),
+            None => ends,
+        }
+    }
+
+    /// The sweep of this account as of `as_of`: materialises every boundary crossed, then sends
+    /// the VALIDITY_EXPIRING notice when the account is (still) VALID and the notice is due.
+    /// A notice for a validity that already ended is not sent: the STATE_CHANGED to GRACE says
+    /// more. Running it again at the same `as_of` does nothing.
+    pub fn sweep(&mut self, as_of: DateTime<Utc>, rules: &Rules) -> Swept {
+        let transitions = self.catch_up(as_of, rules);
+        let notice = self
+            .pending_notice(rules)
+            .filter(|notice| notice.due_at <= as_of);
+        if let Some(notice) = &notice {
+            self.expiring_notified_for = Some(notice.valid_until);
+        }
+        Swept {
+            transitions,
+            notice,
+        }
     }
 
     /// The boundaries crossed between the materialised state and the effective state at `now`,

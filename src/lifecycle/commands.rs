@@ -216,6 +216,7 @@ pub fn provision(
         card_expiry: Some(add_days(rules.local_date(now), rules.card_life_days)),
         recycled_at: None,
         updated_at: now,
+        expiring_notified_for: None,
     })
 }
 

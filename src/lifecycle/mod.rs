@@ -15,7 +15,7 @@ mod types;
 #[cfg(test)]
 mod tests;
 
-pub use account::{Account, Transition, TransitionReason};
+pub use account::{Account, ExpiringNotice, Swept, Transition, TransitionReason};
 pub use authorize::{Authorization, authorize};
 pub use commands::{
     Applied, Change, ChargeOutcome, Command, Outcome, ProvisionParams, RechargeOutcome, Unlock,

@@ -81,6 +81,8 @@ pub struct Rules {
     pub card_life_days: u32,
     /// GRACE granted by an unlock without a recharge (90).
     pub unlock_grace_days: u32,
+    /// VALIDITY_EXPIRING is due from 00:00 local of `valid_until − expiring_days` (7).
+    pub expiring_days: u32,
     /// Emergency numbers and customer service (110, 112, 119, 120, 122, 10010).
     pub special_numbers: Vec<String>,
     /// The recharge hotline (10011).
@@ -98,6 +100,7 @@ impl Default for Rules {
             max_validity_days: 540,
             card_life_days: 540,
             unlock_grace_days: 90,
+            expiring_days: 7,
             special_numbers: ["110", "112", "119", "120", "122", "10010"]
                 .map(String::from)
                 .to_vec(),
@@ -124,6 +127,12 @@ impl Rules {
                     "{key} must be between 1 and 36500 days, got {value}"
                 ));
             }
+        }
+        if self.expiring_days > 36_500 {
+            return Err(format!(
+                "expiring_days must be between 0 and 36500 days, got {}",
+                self.expiring_days
+            ));
         }
         if self.initial_validity_days > self.max_validity_days {
             return Err(format!(

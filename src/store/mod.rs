@@ -7,6 +7,7 @@
 //! in one transaction, or nothing.
 
 mod postgres;
+mod records;
 mod rows;
 mod sql;
 mod sqlite;
@@ -21,6 +22,10 @@ use crate::lifecycle::{
 };
 
 pub use postgres::PostgresStore;
+pub use records::{
+    SWEEP_ACTOR, SweepCounts, SweepReport, SweepRequest, VALIDITY_EXPIRING_REASON, expiring_event,
+    record_transitions,
+};
 pub use sqlite::SqliteStore;
 
 /// Kinds of outbox events (the wire numbers of `EventType`).
@@ -173,6 +178,16 @@ pub trait AccountStore: Send + Sync + 'static {
     ) -> Result<Vec<OutboxEvent>, StoreError>;
 
     async fn counts(&self) -> Result<TableCounts, StoreError>;
+
+    /// The sweep (spec section 6): advances every account whose next deadline is ≤ `as_of`
+    /// through every boundary it crossed and sends the VALIDITY_EXPIRING notices due, in
+    /// batches of `batch_size`, each batch one transaction (accounts, history, outbox). The run
+    /// is recorded in `sweep_runs`; a failure rolls back the current batch only, marks the run
+    /// failed, and the next run finishes the work. A dry run only reads.
+    async fn sweep(&self, request: SweepRequest) -> Result<SweepReport, StoreError>;
+
+    /// `as_of` of the latest succeeded sweep run, if any.
+    async fn last_sweep_as_of(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
 
     /// A cheap round trip, for health checks.
     async fn ping(&self) -> Result<(), StoreError>;

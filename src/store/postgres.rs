@@ -65,6 +65,26 @@ impl PostgresStore {
     fn reader(&self) -> &PgPool {
         &self.pool
     }
+
+    fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    fn write_pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Several instances may sweep at once: each claims the due rows no one else holds, and
+    /// re-checks `next_deadline` on rows a concurrent commit just moved (READ COMMITTED
+    /// re-evaluates the WHERE clause of a locked row), so no account is advanced twice.
+    const CLAIM_DUE: &'static str = " FOR UPDATE SKIP LOCKED";
+    /// The last pass waits for the rows skipped above; a row another transaction advanced
+    /// meanwhile no longer matches and is left out.
+    const CLAIM_DUE_WAITING: &'static str = " FOR UPDATE";
+
+    async fn begin_sweep_batch(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        self.pool.begin().await
+    }
 }
 
 impl_account_store!(PostgresStore, Postgres);

@@ -7,7 +7,8 @@ use crate::lifecycle::{Account, AccountState, HistoryKind, Msisdn, Rules};
 
 pub(crate) const ACCOUNT_COLUMNS: &str = "msisdn, account_id, generation, state, balance, \
     preset_balance, sold, initial_validity_days, provisioned_at, activated_at, valid_until, \
-    grace_until, lock_until, card_expiry, recycled_at, updated_at, next_deadline";
+    grace_until, lock_until, card_expiry, recycled_at, updated_at, next_deadline, \
+    expiring_notified_for";
 
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct AccountRow {
@@ -28,6 +29,7 @@ pub(crate) struct AccountRow {
     pub recycled_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
     pub next_deadline: Option<i64>,
+    pub expiring_notified_for: Option<NaiveDate>,
 }
 
 fn corrupt(what: &str, value: impl std::fmt::Debug) -> StoreError {
@@ -58,6 +60,7 @@ impl AccountRow {
             recycled_at: account.recycled_at,
             updated_at: account.updated_at,
             next_deadline: account.next_deadline(rules).map(|d| d.timestamp()),
+            expiring_notified_for: account.expiring_notified_for,
         }
     }
 
@@ -81,6 +84,7 @@ impl AccountRow {
             card_expiry: self.card_expiry,
             recycled_at: self.recycled_at,
             updated_at: self.updated_at,
+            expiring_notified_for: self.expiring_notified_for,
         })
     }
 }

@@ -152,6 +152,97 @@ macro_rules! impl_account_store {
                 })
             }
 
+            async fn sweep(
+                &self,
+                request: $crate::store::SweepRequest,
+            ) -> Result<$crate::store::SweepReport, $crate::store::StoreError> {
+                if request.dry_run {
+                    return forecast(self.reader(), self.rules(), &request).await;
+                }
+                let run_id: i64 = sqlx::query_scalar(
+                    "INSERT INTO sweep_runs (as_of, started_at, status, dry_run) \
+                     VALUES ($1, $2, 'running', $3) RETURNING id",
+                )
+                .bind(request.as_of)
+                .bind(request.now)
+                .bind(false)
+                .fetch_one(self.write_pool())
+                .await?;
+                let mut counts = $crate::store::SweepCounts::default();
+                let outcome: Result<(), $crate::store::StoreError> = async {
+                    // First the rows nobody holds; then, waiting for their locks, the rows
+                    // skipped because a request or another sweep held them (those are usually
+                    // done by then: the lock holder advanced them, and they no longer match).
+                    for claim in [Self::CLAIM_DUE, Self::CLAIM_DUE_WAITING] {
+                        loop {
+                            let mut tx = self.begin_sweep_batch().await?;
+                            let (claimed, batch) =
+                                sweep_batch_in(&mut tx, self.rules(), claim, &request).await?;
+                            tx.commit().await?;
+                            counts.add(&batch);
+                            if claimed < request.batch_size as usize {
+                                break;
+                            }
+                        }
+                    }
+                    Ok(())
+                }
+                .await;
+                let (status, error) = match &outcome {
+                    Ok(()) => ("succeeded", None),
+                    Err(e) => ("failed", Some(e.to_string())),
+                };
+                let recorded = sqlx::query(
+                    "UPDATE sweep_runs SET status = $2, finished_at = $3, examined = $4, \
+                     to_grace = $5, to_locked = $6, to_recycled_from_locked = $7, \
+                     to_recycled_unactivated = $8, expiring_notified = $9, error = $10 \
+                     WHERE id = $1",
+                )
+                .bind(run_id)
+                .bind(status)
+                .bind(request.now)
+                .bind(counts.examined as i64)
+                .bind(counts.to_grace as i64)
+                .bind(counts.to_locked as i64)
+                .bind(counts.to_recycled_from_locked as i64)
+                .bind(counts.to_recycled_unactivated as i64)
+                .bind(counts.expiring_notified as i64)
+                .bind(error)
+                .execute(self.write_pool())
+                .await;
+                match (outcome, recorded) {
+                    (Err(e), recorded) => {
+                        if let Err(not_recorded) = recorded {
+                            tracing::error!(run_id, error = %not_recorded, "cannot mark the sweep run failed");
+                        }
+                        tracing::error!(run_id, error = %e, ?counts, "sweep failed; the next run finishes the work");
+                        Err(e)
+                    }
+                    (Ok(()), Err(e)) => Err(e.into()),
+                    (Ok(()), Ok(_)) => {
+                        tracing::info!(run_id, as_of = %request.as_of, ?counts, "sweep done");
+                        Ok($crate::store::SweepReport {
+                            counts,
+                            recycled_msisdns: Vec::new(),
+                            run_id: Some(run_id),
+                        })
+                    }
+                }
+            }
+
+            async fn last_sweep_as_of(
+                &self,
+            ) -> Result<Option<chrono::DateTime<chrono::Utc>>, $crate::store::StoreError> {
+                let as_of: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+                    "SELECT as_of FROM sweep_runs WHERE status = 'succeeded' AND dry_run = $1 \
+                     ORDER BY as_of DESC LIMIT 1",
+                )
+                .bind(false)
+                .fetch_optional(self.reader())
+                .await?;
+                Ok(as_of)
+            }
+
             async fn ping(&self) -> Result<(), $crate::store::StoreError> {
                 sqlx::query("SELECT 1").execute(self.reader()).await?;
                 Ok(())
@@ -216,7 +307,7 @@ macro_rules! impl_account_store {
                     let row = AccountRow::from_account(retired, rules);
                     let sql = format!(
                         "INSERT INTO account_archive ({ACCOUNT_COLUMNS}) VALUES \
-                         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+                         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
                     );
                     bind_account(sqlx::query(&sql), &row).execute(&mut *conn).await?;
                 }
@@ -226,53 +317,18 @@ macro_rules! impl_account_store {
                      balance = $5, preset_balance = $6, sold = $7, initial_validity_days = $8, \
                      provisioned_at = $9, activated_at = $10, valid_until = $11, \
                      grace_until = $12, lock_until = $13, card_expiry = $14, recycled_at = $15, \
-                     updated_at = $16, next_deadline = $17 WHERE msisdn = $1"
+                     updated_at = $16, next_deadline = $17, expiring_notified_for = $18 \
+                     WHERE msisdn = $1"
                         .to_owned()
                 } else {
                     format!(
                         "INSERT INTO accounts ({ACCOUNT_COLUMNS}) VALUES \
-                         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+                         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
                     )
                 };
                 bind_account(sqlx::query(&sql), &row).execute(&mut *conn).await?;
-                for entry in &mutation.history {
-                    sqlx::query(
-                        "INSERT INTO account_history (msisdn, account_id, generation, at, kind, \
-                         from_state, to_state, amount, actor, request_id) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                    )
-                    .bind(entry.msisdn.as_str())
-                    .bind(&entry.account_id)
-                    .bind(i64::from(entry.generation))
-                    .bind(entry.at)
-                    .bind(entry.kind as i32)
-                    .bind(entry.from_state.map(|s| s as i32))
-                    .bind(entry.to_state.map(|s| s as i32))
-                    .bind(entry.amount)
-                    .bind(&entry.actor)
-                    .bind(entry.request_id.as_deref())
-                    .execute(&mut *conn)
-                    .await?;
-                }
-                for event in &mutation.events {
-                    sqlx::query(
-                        "INSERT INTO outbox (event_id, event_type, msisdn, account_id, \
-                         generation, from_state, to_state, reason, effective_at, emitted_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                    )
-                    .bind(&event.event_id)
-                    .bind(event.event_type as i32)
-                    .bind(event.msisdn.as_str())
-                    .bind(&event.account_id)
-                    .bind(i64::from(event.generation))
-                    .bind(event.from_state as i32)
-                    .bind(event.to_state as i32)
-                    .bind(&event.reason)
-                    .bind(event.effective_at)
-                    .bind(event.emitted_at)
-                    .execute(&mut *conn)
-                    .await?;
-                }
+                insert_history(&mut *conn, &mutation.history).await?;
+                insert_events(&mut *conn, &mutation.events).await?;
                 sqlx::query(
                     "INSERT INTO idempotency_keys (request_id, fingerprint, response, created_at) \
                      VALUES ($1, $2, $3, $4)",
@@ -284,6 +340,165 @@ macro_rules! impl_account_store {
                 .execute(&mut *conn)
                 .await?;
                 Ok($crate::store::Committed::Applied(mutation.response))
+        }
+
+        /// Claims up to `batch_size` due accounts (`claim` locks them, PostgreSQL skipping rows
+        /// another sweep or request holds) and writes their sweep inside the caller's open
+        /// transaction, without committing. Returns how many were claimed and the counts.
+        async fn sweep_batch_in(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            rules: &$crate::lifecycle::Rules,
+            claim: &str,
+            request: &$crate::store::SweepRequest,
+        ) -> Result<(usize, $crate::store::SweepCounts), $crate::store::StoreError> {
+            use $crate::store::rows::{ACCOUNT_COLUMNS, AccountRow};
+            let sql = format!(
+                "SELECT {ACCOUNT_COLUMNS} FROM accounts \
+                 WHERE next_deadline IS NOT NULL AND next_deadline <= $1 \
+                 ORDER BY next_deadline, msisdn LIMIT $2{claim}"
+            );
+            let rows: Vec<AccountRow> = sqlx::query_as(&sql)
+                .bind(request.as_of.timestamp())
+                .bind(i64::from(request.batch_size))
+                .fetch_all(&mut *conn)
+                .await?;
+            let claimed = rows.len();
+            let mut counts = $crate::store::SweepCounts::default();
+            let mut history = Vec::new();
+            let mut events = Vec::new();
+            for row in rows {
+                let mut account = row.into_account()?;
+                let swept = account.sweep(request.as_of, rules);
+                counts.tally(&swept);
+                if !swept.transitions.is_empty() || swept.notice.is_some() {
+                    account.updated_at = request.now;
+                }
+                $crate::store::record_transitions(
+                    &account,
+                    &swept.transitions,
+                    request.now,
+                    &mut history,
+                    &mut events,
+                );
+                if let Some(notice) = &swept.notice {
+                    events.push($crate::store::expiring_event(&account, notice, request.now));
+                }
+                // Always rewritten: next_deadline moves past as_of, so the row is done.
+                let row = AccountRow::from_account(&account, rules);
+                bind_account(
+                    sqlx::query(
+                        "UPDATE accounts SET account_id = $2, generation = $3, state = $4, \
+                         balance = $5, preset_balance = $6, sold = $7, \
+                         initial_validity_days = $8, provisioned_at = $9, activated_at = $10, \
+                         valid_until = $11, grace_until = $12, lock_until = $13, \
+                         card_expiry = $14, recycled_at = $15, updated_at = $16, \
+                         next_deadline = $17, expiring_notified_for = $18 WHERE msisdn = $1",
+                    ),
+                    &row,
+                )
+                .execute(&mut *conn)
+                .await?;
+            }
+            insert_history(&mut *conn, &history).await?;
+            insert_events(&mut *conn, &events).await?;
+            Ok((claimed, counts))
+        }
+
+        /// A dry run: reads the due accounts page by page (no transaction, no writes) and
+        /// counts what a sweep as of `request.as_of` would do.
+        async fn forecast(
+            pool: &sqlx::Pool<$db>,
+            rules: &$crate::lifecycle::Rules,
+            request: &$crate::store::SweepRequest,
+        ) -> Result<$crate::store::SweepReport, $crate::store::StoreError> {
+            use $crate::store::rows::{ACCOUNT_COLUMNS, AccountRow};
+            let sql = format!(
+                "SELECT {ACCOUNT_COLUMNS} FROM accounts \
+                 WHERE next_deadline IS NOT NULL AND next_deadline <= $1 \
+                 AND (next_deadline > $2 OR (next_deadline = $2 AND msisdn > $3)) \
+                 ORDER BY next_deadline, msisdn LIMIT $4"
+            );
+            let mut report = $crate::store::SweepReport::default();
+            let (mut after_deadline, mut after_msisdn) = (i64::MIN, String::new());
+            loop {
+                let rows: Vec<AccountRow> = sqlx::query_as(&sql)
+                    .bind(request.as_of.timestamp())
+                    .bind(after_deadline)
+                    .bind(&after_msisdn)
+                    .bind(i64::from(request.batch_size))
+                    .fetch_all(pool)
+                    .await?;
+                let fetched = rows.len();
+                for row in rows {
+                    after_deadline = row.next_deadline.unwrap_or(i64::MAX);
+                    after_msisdn = row.msisdn.clone();
+                    let mut account = row.into_account()?;
+                    let swept = account.sweep(request.as_of, rules);
+                    report.counts.tally(&swept);
+                    let recycled = swept
+                        .transitions
+                        .iter()
+                        .any(|t| t.to == $crate::lifecycle::AccountState::Recycled);
+                    if recycled && report.recycled_msisdns.len() < request.forecast_limit {
+                        report.recycled_msisdns.push(account.msisdn.to_string());
+                    }
+                }
+                if fetched < request.batch_size as usize {
+                    return Ok(report);
+                }
+            }
+        }
+
+        async fn insert_history(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            history: &[$crate::store::HistoryRecord],
+        ) -> Result<(), sqlx::Error> {
+            for entry in history {
+                sqlx::query(
+                    "INSERT INTO account_history (msisdn, account_id, generation, at, kind, \
+                     from_state, to_state, amount, actor, request_id) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(entry.msisdn.as_str())
+                .bind(&entry.account_id)
+                .bind(i64::from(entry.generation))
+                .bind(entry.at)
+                .bind(entry.kind as i32)
+                .bind(entry.from_state.map(|s| s as i32))
+                .bind(entry.to_state.map(|s| s as i32))
+                .bind(entry.amount)
+                .bind(&entry.actor)
+                .bind(entry.request_id.as_deref())
+                .execute(&mut *conn)
+                .await?;
+            }
+            Ok(())
+        }
+
+        async fn insert_events(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            events: &[$crate::store::OutboxEvent],
+        ) -> Result<(), sqlx::Error> {
+            for event in events {
+                sqlx::query(
+                    "INSERT INTO outbox (event_id, event_type, msisdn, account_id, \
+                     generation, from_state, to_state, reason, effective_at, emitted_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(&event.event_id)
+                .bind(event.event_type as i32)
+                .bind(event.msisdn.as_str())
+                .bind(&event.account_id)
+                .bind(i64::from(event.generation))
+                .bind(event.from_state as i32)
+                .bind(event.to_state as i32)
+                .bind(&event.reason)
+                .bind(event.effective_at)
+                .bind(event.emitted_at)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Ok(())
         }
 
         fn bind_account<'q>(
@@ -308,6 +523,7 @@ macro_rules! impl_account_store {
                 .bind(row.recycled_at)
                 .bind(row.updated_at)
                 .bind(row.next_deadline)
+                .bind(row.expiring_notified_for)
         }
     };
 }

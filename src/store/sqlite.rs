@@ -30,6 +30,7 @@ const QUEUE_DEPTH: usize = 4096;
 
 pub struct SqliteStore {
     writer: SqlitePool,
+    rules: Arc<Rules>,
     readers: SqlitePool,
     jobs: mpsc::Sender<Job>,
 }
@@ -68,9 +69,10 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await?;
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(write_loop(writer.clone(), rules, queue));
+        tokio::spawn(write_loop(writer.clone(), rules.clone(), queue));
         Ok(Self {
             writer,
+            rules,
             readers,
             jobs,
         })
@@ -105,6 +107,27 @@ impl SqliteStore {
 
     fn reader(&self) -> &SqlitePool {
         &self.readers
+    }
+
+    fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    /// Sweep bookkeeping (`sweep_runs`) goes straight to the write connection.
+    fn write_pool(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    /// The sweep claims every due row by holding the database's write lock.
+    const CLAIM_DUE: &'static str = "";
+    /// Nothing was skipped: the last pass finds no due row.
+    const CLAIM_DUE_WAITING: &'static str = "";
+
+    /// A sweep batch takes the write connection (the pool has exactly one) under
+    /// `BEGIN IMMEDIATE`: the writer task waits for it, so the batch and the group commits
+    /// serialise, and requests resume between batches.
+    async fn begin_sweep_batch(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        self.writer.begin_with("BEGIN IMMEDIATE").await
     }
 }
 

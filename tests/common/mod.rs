@@ -310,6 +310,20 @@ impl Db {
     }
 }
 
+/// The configuration of a test server: `clock`, a small pool, and no scheduler, so the clock
+/// moves without sweeping and a test sees exactly the sweeps it asks for (`AdvanceStates`).
+/// Scheduler tests turn `sweep.scheduler` back on.
+pub fn test_config(clock: ClockMode) -> Config {
+    let mut config = Config {
+        clock,
+        db_pool_size: 4,
+        shutdown_timeout_secs: 10,
+        ..Config::default()
+    };
+    config.sweep.scheduler = false;
+    config
+}
+
 /// A server running in-process on 127.0.0.1:<ephemeral>.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -329,14 +343,7 @@ impl TestServer {
 
     /// A server on an existing test database (a restart, or a second server).
     pub async fn start_on(db: Arc<TestDb>, clock: ClockMode) -> TestServer {
-        let config = Config {
-            database_url: db.url.clone(),
-            clock,
-            db_pool_size: 4,
-            shutdown_timeout_secs: 10,
-            ..Config::default()
-        };
-        Self::start_with(db, config).await
+        Self::start_with(db, test_config(clock)).await
     }
 
     /// A server with `config` (its `database_url` is replaced by the test database's).

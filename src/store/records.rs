@@ -1,0 +1,156 @@
+//! The history rows and outbox events a lifecycle change writes, built in one place for every
+//! writer (the API's mutations and the sweep), and the sweep's counts.
+
+use chrono::{DateTime, Utc};
+
+use super::{EventType, HistoryRecord, OutboxEvent};
+use crate::lifecycle::{
+    Account, AccountState, ExpiringNotice, HistoryKind, Swept, Transition, TransitionReason,
+};
+
+/// The actor recorded for boundary transitions, whoever happened to materialise them: the
+/// history reads the same whether the nightly sweep or a request crossed the boundary first.
+pub const SWEEP_ACTOR: &str = "sweep";
+
+/// The outbox `reason` of a VALIDITY_EXPIRING notice.
+pub const VALIDITY_EXPIRING_REASON: &str = "VALIDITY_EXPIRING";
+
+/// History rows and outbox events for `transitions` of `account`, emitted at `now`: a
+/// STATE_CHANGED history row (actor `sweep`, at the boundary instant) for every boundary
+/// crossing, a STATE_CHANGED event for every transition, and NUMBER_RECYCLED for every recycle.
+pub fn record_transitions(
+    account: &Account,
+    transitions: &[Transition],
+    now: DateTime<Utc>,
+    history: &mut Vec<HistoryRecord>,
+    events: &mut Vec<OutboxEvent>,
+) {
+    for t in transitions {
+        let boundary = !matches!(
+            t.reason,
+            TransitionReason::Activated | TransitionReason::Recharged | TransitionReason::Unlocked
+        );
+        if boundary {
+            history.push(HistoryRecord {
+                id: 0,
+                msisdn: account.msisdn.clone(),
+                account_id: account.account_id.clone(),
+                generation: account.generation,
+                at: t.effective_at,
+                kind: HistoryKind::StateChanged,
+                from_state: Some(t.from),
+                to_state: Some(t.to),
+                amount: 0,
+                actor: SWEEP_ACTOR.to_owned(),
+                request_id: None,
+            });
+        }
+        let event = |event_type| OutboxEvent {
+            sequence: 0,
+            event_id: uuid::Uuid::new_v4().to_string(),
+            event_type,
+            msisdn: account.msisdn.clone(),
+            account_id: account.account_id.clone(),
+            generation: account.generation,
+            from_state: t.from,
+            to_state: t.to,
+            reason: t.reason.as_str().to_owned(),
+            effective_at: t.effective_at,
+            emitted_at: now,
+        };
+        events.push(event(EventType::StateChanged));
+        if t.to == AccountState::Recycled {
+            events.push(event(EventType::NumberRecycled));
+        }
+    }
+}
+
+/// The VALIDITY_EXPIRING event of `notice` (from and to state VALID, effective at the instant
+/// the notice became due).
+pub fn expiring_event(
+    account: &Account,
+    notice: &ExpiringNotice,
+    now: DateTime<Utc>,
+) -> OutboxEvent {
+    OutboxEvent {
+        sequence: 0,
+        event_id: uuid::Uuid::new_v4().to_string(),
+        event_type: EventType::ValidityExpiring,
+        msisdn: account.msisdn.clone(),
+        account_id: account.account_id.clone(),
+        generation: account.generation,
+        from_state: AccountState::Valid,
+        to_state: AccountState::Valid,
+        reason: VALIDITY_EXPIRING_REASON.to_owned(),
+        effective_at: notice.due_at,
+        emitted_at: now,
+    }
+}
+
+/// What a sweep did (or, dry, would do). Transitions are counted per boundary: an account
+/// crossing three boundaries adds one to each of three counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepCounts {
+    /// Due accounts looked at.
+    pub examined: u64,
+    pub to_grace: u64,
+    pub to_locked: u64,
+    pub to_recycled_from_locked: u64,
+    pub to_recycled_unactivated: u64,
+    pub expiring_notified: u64,
+}
+
+impl SweepCounts {
+    /// Counts one examined account and what its sweep did.
+    pub fn tally(&mut self, swept: &Swept) {
+        self.examined += 1;
+        for t in &swept.transitions {
+            match t.reason {
+                TransitionReason::ValidityExpired => self.to_grace += 1,
+                TransitionReason::GraceExpired => self.to_locked += 1,
+                TransitionReason::LockExpired => self.to_recycled_from_locked += 1,
+                TransitionReason::UnactivatedExpired => self.to_recycled_unactivated += 1,
+                TransitionReason::Activated
+                | TransitionReason::Recharged
+                | TransitionReason::Unlocked => {}
+            }
+        }
+        if swept.notice.is_some() {
+            self.expiring_notified += 1;
+        }
+    }
+
+    pub fn add(&mut self, other: &SweepCounts) {
+        self.examined += other.examined;
+        self.to_grace += other.to_grace;
+        self.to_locked += other.to_locked;
+        self.to_recycled_from_locked += other.to_recycled_from_locked;
+        self.to_recycled_unactivated += other.to_recycled_unactivated;
+        self.expiring_notified += other.expiring_notified;
+    }
+}
+
+/// What a sweep is asked to do.
+#[derive(Clone, Copy, Debug)]
+pub struct SweepRequest {
+    /// Every account due by this instant is advanced (dry: would be).
+    pub as_of: DateTime<Utc>,
+    /// The clock's time: `emitted_at` of events, the run's start and end.
+    pub now: DateTime<Utc>,
+    /// Accounts per transaction.
+    pub batch_size: u32,
+    /// Compute the counts (and the forecast) without writing anything.
+    pub dry_run: bool,
+    /// At most this many recycled MSISDNs are listed by a dry run.
+    pub forecast_limit: usize,
+}
+
+/// What a sweep reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    pub counts: SweepCounts,
+    /// Dry run only: MSISDNs that would be recycled, up to the request's `forecast_limit`.
+    pub recycled_msisdns: Vec<String>,
+    /// The `sweep_runs` row of a real run; `None` for a dry run (which writes nothing).
+    pub run_id: Option<i64>,
+}

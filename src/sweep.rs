@@ -1,0 +1,47 @@
+//! One sweep run as the operator asks for it (the `AdvanceStates` RPC, the `sweep` command and
+//! the scheduler): checks the instant it runs as of and hands the work to the store, which
+//! owns the batches and transactions (`AccountStore::sweep`).
+
+use chrono::{DateTime, Utc};
+
+use crate::store::{AccountStore, StoreError, SweepReport, SweepRequest};
+
+/// A dry run lists at most this many MSISDNs that would be recycled.
+pub const FORECAST_LIMIT: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    /// Only a forecast may look into the future: a real sweep would emit events early.
+    #[error(
+        "as_of {as_of} is after the current time {now}: only a dry run (forecast) may look ahead"
+    )]
+    AsOfInFuture {
+        as_of: DateTime<Utc>,
+        now: DateTime<Utc>,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Runs one sweep as of `as_of` (`None` = `now`); returns the instant used and the report.
+pub async fn run(
+    store: &dyn AccountStore,
+    batch_size: u32,
+    as_of: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<(DateTime<Utc>, SweepReport), SweepError> {
+    let as_of = as_of.unwrap_or(now);
+    if as_of > now && !dry_run {
+        return Err(SweepError::AsOfInFuture { as_of, now });
+    }
+    let request = SweepRequest {
+        as_of,
+        now,
+        batch_size: batch_size.max(1),
+        dry_run,
+        forecast_limit: FORECAST_LIMIT,
+    };
+    let report = store.sweep(request).await?;
+    Ok((as_of, report))
+}
