@@ -23,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use ocs_lifecycle::config::{ClockMode, Config};
+
+#[path = "sweep_bench.rs"]
+mod sweep_bench;
 use ocs_lifecycle::proto;
 use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
 
@@ -37,6 +40,7 @@ enum Which {
     All,
     Recharge,
     Authorize,
+    Sweep,
 }
 
 #[derive(Parser, Debug)]
@@ -61,6 +65,12 @@ struct Args {
     /// PostgreSQL server (a fresh database is created on it for the run).
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     postgres_url: String,
+    /// Accounts of the sweep benchmark (a tenth of them due).
+    #[arg(long, default_value_t = 1_000_000)]
+    sweep_accounts: u64,
+    /// Accounts per sweep transaction.
+    #[arg(long, default_value_t = 1000)]
+    batch_size: u32,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -525,6 +535,16 @@ fn main() {
 }
 
 async fn run(args: Args) {
+    if args.which != Which::Sweep {
+        run_rpc(&args).await;
+    }
+    if matches!(args.which, Which::All | Which::Sweep) {
+        run_sweep(&args).await;
+    }
+}
+
+/// The recharge and authorize measurements against the in-process server.
+async fn run_rpc(args: &Args) {
     let dir = std::env::temp_dir().join(format!("ocs-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("bench directory");
     let url = database_url(&args, &dir).await;
@@ -655,6 +675,99 @@ async fn run(args: Args) {
                 s.rate() / b.rate()
             );
         }
+    }
+}
+
+async fn run_sweep(args: &Args) {
+    let dir = std::env::temp_dir().join(format!("ocs-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("bench directory");
+    let rules = Config::default().rules().expect("default rules");
+    let now = chrono::Utc::now();
+    let (baseline_url, service_url) = match args.backend {
+        Backend::Sqlite => (
+            format!("sqlite://{}", dir.join("baseline.db").display()),
+            format!("sqlite://{}", dir.join("service.db").display()),
+        ),
+        Backend::Postgres => (
+            database_url(args, &dir).await,
+            database_url(args, &dir).await,
+        ),
+    };
+    eprintln!(
+        "generating 2 × {} accounts on {:?} …",
+        args.sweep_accounts, args.backend
+    );
+    let started = Instant::now();
+    let due = sweep_bench::generate(&baseline_url, args.sweep_accounts, now, &rules).await;
+    sweep_bench::generate(&service_url, args.sweep_accounts, now, &rules).await;
+    let generate_s = started.elapsed().as_secs_f64() / 2.0;
+    let (baseline_s, updated) = sweep_bench::raw_bulk_update(&baseline_url, now).await;
+    assert_eq!(updated, due, "the bulk UPDATE touched the due rows");
+    let (sweep_s, transitions, zero_due_ms, peak_rss_mib, rss_before_mib) =
+        sweep_bench::sweep(&service_url, now, &rules, args.batch_size).await;
+    let f = sweep_bench::SweepFigures {
+        accounts: args.sweep_accounts,
+        due,
+        generate_s,
+        baseline_s,
+        sweep_s,
+        transitions,
+        zero_due_ms,
+        peak_rss_mib,
+        rss_before_mib,
+    };
+    if args.backend == Backend::Postgres {
+        drop_database(&args.postgres_url, &baseline_url).await;
+        drop_database(&args.postgres_url, &service_url).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let ratio = f.baseline_s / f.sweep_s;
+    if args.json {
+        println!(
+            "{{\"backend\":\"{:?}\",\"sweep\":{{\"accounts\":{},\"due\":{},\"batch_size\":{},\"generate_s\":{:.2},\"baseline_s\":{:.3},\"sweep_s\":{:.3},\"ratio\":{:.3},\"transitions\":{},\"zero_due_ms\":{:.1},\"peak_rss_mib\":{:.1},\"rss_before_mib\":{:.1}}},\"machine\":\"{}\"}}",
+            args.backend,
+            f.accounts,
+            f.due,
+            args.batch_size,
+            f.generate_s,
+            f.baseline_s,
+            f.sweep_s,
+            ratio,
+            f.transitions,
+            f.zero_due_ms,
+            f.peak_rss_mib,
+            f.rss_before_mib,
+            machine()
+        );
+    } else {
+        println!(
+            "sweep, backend {:?}: {} accounts, {} due, batches of {}; {}",
+            args.backend,
+            f.accounts,
+            f.due,
+            args.batch_size,
+            machine()
+        );
+        println!("| measurement | value |");
+        println!("|---|---:|");
+        println!("| generate (per copy) | {:.1} s |", f.generate_s);
+        println!(
+            "| raw bulk UPDATE of the due rows (baseline) | {:.3} s ({:.0} rows/s) |",
+            f.baseline_s,
+            f.due as f64 / f.baseline_s
+        );
+        println!(
+            "| sweep (accounts, history, outbox, batches) | {:.3} s ({:.0} accounts/s, {} transitions) |",
+            f.sweep_s,
+            f.due as f64 / f.sweep_s,
+            f.transitions
+        );
+        println!("| sweep throughput ÷ baseline | {ratio:.2} |");
+        println!("| sweep with 0 due | {:.1} ms |", f.zero_due_ms);
+        println!(
+            "| peak RSS during the sweep | {:.1} MiB (before: {:.1} MiB) |",
+            f.peak_rss_mib, f.rss_before_mib
+        );
     }
 }
 

@@ -6,6 +6,10 @@
 /// of the same MSISDN or request_id, a serialization failure, a busy database).
 pub(crate) const MAX_ATTEMPTS: u32 = 8;
 
+/// Rows per multi-row statement: 10 binds a row stays far below SQLite's 32 766 and
+/// PostgreSQL's 65 535 bind parameters.
+pub(crate) const ROWS_PER_STATEMENT: usize = 500;
+
 macro_rules! impl_account_store {
     ($store:ty, $db:ty) => {
         #[async_trait::async_trait]
@@ -366,6 +370,7 @@ macro_rules! impl_account_store {
             let mut counts = $crate::store::SweepCounts::default();
             let mut history = Vec::new();
             let mut events = Vec::new();
+            let mut swept_rows = Vec::with_capacity(claimed);
             for row in rows {
                 let mut account = row.into_account()?;
                 let swept = account.sweep(request.as_of, rules);
@@ -384,21 +389,9 @@ macro_rules! impl_account_store {
                     events.push($crate::store::expiring_event(&account, notice, request.now));
                 }
                 // Always rewritten: next_deadline moves past as_of, so the row is done.
-                let row = AccountRow::from_account(&account, rules);
-                bind_account(
-                    sqlx::query(
-                        "UPDATE accounts SET account_id = $2, generation = $3, state = $4, \
-                         balance = $5, preset_balance = $6, sold = $7, \
-                         initial_validity_days = $8, provisioned_at = $9, activated_at = $10, \
-                         valid_until = $11, grace_until = $12, lock_until = $13, \
-                         card_expiry = $14, recycled_at = $15, updated_at = $16, \
-                         next_deadline = $17, expiring_notified_for = $18 WHERE msisdn = $1",
-                    ),
-                    &row,
-                )
-                .execute(&mut *conn)
-                .await?;
+                swept_rows.push(AccountRow::from_account(&account, rules));
             }
+            update_swept(&mut *conn, &swept_rows).await?;
             insert_history(&mut *conn, &history).await?;
             insert_events(&mut *conn, &events).await?;
             Ok((claimed, counts))
@@ -449,54 +442,89 @@ macro_rules! impl_account_store {
             }
         }
 
-        async fn insert_history(
+        /// Writes back what a sweep changes (state, recycled_at, updated_at, next_deadline,
+        /// the expiry notice) for a whole batch in one statement per chunk.
+        async fn update_swept(
             conn: &mut <$db as sqlx::Database>::Connection,
-            history: &[$crate::store::HistoryRecord],
+            rows: &[$crate::store::rows::AccountRow],
         ) -> Result<(), sqlx::Error> {
-            for entry in history {
-                sqlx::query(
-                    "INSERT INTO account_history (msisdn, account_id, generation, at, kind, \
-                     from_state, to_state, amount, actor, request_id) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                )
-                .bind(entry.msisdn.as_str())
-                .bind(&entry.account_id)
-                .bind(i64::from(entry.generation))
-                .bind(entry.at)
-                .bind(entry.kind as i32)
-                .bind(entry.from_state.map(|s| s as i32))
-                .bind(entry.to_state.map(|s| s as i32))
-                .bind(entry.amount)
-                .bind(&entry.actor)
-                .bind(entry.request_id.as_deref())
-                .execute(&mut *conn)
-                .await?;
+            for chunk in rows.chunks($crate::store::sql::ROWS_PER_STATEMENT) {
+                let mut sql = sqlx::QueryBuilder::<$db>::new(
+                    "WITH v (msisdn, state, recycled_at, updated_at, next_deadline, \
+                     expiring_notified_for) AS (",
+                );
+                sql.push_values(chunk, |mut values, row| {
+                    values
+                        .push_bind(&row.msisdn)
+                        .push_bind(row.state)
+                        .push_bind(row.recycled_at)
+                        .push_bind(row.updated_at)
+                        .push_bind(row.next_deadline)
+                        .push_bind(row.expiring_notified_for);
+                });
+                sql.push(
+                    ") UPDATE accounts SET state = v.state, recycled_at = v.recycled_at, \
+                     updated_at = v.updated_at, next_deadline = v.next_deadline, \
+                     expiring_notified_for = v.expiring_notified_for \
+                     FROM v WHERE accounts.msisdn = v.msisdn",
+                );
+                sql.build().execute(&mut *conn).await?;
             }
             Ok(())
         }
 
+        /// History rows, as multi-row INSERTs.
+        async fn insert_history(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            history: &[$crate::store::HistoryRecord],
+        ) -> Result<(), sqlx::Error> {
+            for chunk in history.chunks($crate::store::sql::ROWS_PER_STATEMENT) {
+                let mut sql = sqlx::QueryBuilder::<$db>::new(
+                    "INSERT INTO account_history (msisdn, account_id, generation, at, kind, \
+                     from_state, to_state, amount, actor, request_id) ",
+                );
+                sql.push_values(chunk, |mut values, entry| {
+                    values
+                        .push_bind(entry.msisdn.as_str())
+                        .push_bind(&entry.account_id)
+                        .push_bind(i64::from(entry.generation))
+                        .push_bind(entry.at)
+                        .push_bind(entry.kind as i32)
+                        .push_bind(entry.from_state.map(|s| s as i32))
+                        .push_bind(entry.to_state.map(|s| s as i32))
+                        .push_bind(entry.amount)
+                        .push_bind(&entry.actor)
+                        .push_bind(entry.request_id.as_deref());
+                });
+                sql.build().execute(&mut *conn).await?;
+            }
+            Ok(())
+        }
+
+        /// Outbox events, as multi-row INSERTs in the given order (their sequence order).
         async fn insert_events(
             conn: &mut <$db as sqlx::Database>::Connection,
             events: &[$crate::store::OutboxEvent],
         ) -> Result<(), sqlx::Error> {
-            for event in events {
-                sqlx::query(
+            for chunk in events.chunks($crate::store::sql::ROWS_PER_STATEMENT) {
+                let mut sql = sqlx::QueryBuilder::<$db>::new(
                     "INSERT INTO outbox (event_id, event_type, msisdn, account_id, \
-                     generation, from_state, to_state, reason, effective_at, emitted_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                )
-                .bind(&event.event_id)
-                .bind(event.event_type as i32)
-                .bind(event.msisdn.as_str())
-                .bind(&event.account_id)
-                .bind(i64::from(event.generation))
-                .bind(event.from_state as i32)
-                .bind(event.to_state as i32)
-                .bind(&event.reason)
-                .bind(event.effective_at)
-                .bind(event.emitted_at)
-                .execute(&mut *conn)
-                .await?;
+                     generation, from_state, to_state, reason, effective_at, emitted_at) ",
+                );
+                sql.push_values(chunk, |mut values, event| {
+                    values
+                        .push_bind(&event.event_id)
+                        .push_bind(event.event_type as i32)
+                        .push_bind(event.msisdn.as_str())
+                        .push_bind(&event.account_id)
+                        .push_bind(i64::from(event.generation))
+                        .push_bind(event.from_state as i32)
+                        .push_bind(event.to_state as i32)
+                        .push_bind(&event.reason)
+                        .push_bind(event.effective_at)
+                        .push_bind(event.emitted_at);
+                });
+                sql.build().execute(&mut *conn).await?;
             }
             Ok(())
         }

@@ -1,0 +1,230 @@
+//! The sweep benchmark: `--sweep-accounts` accounts (default 1M) of which a tenth are due
+//! (mixed: VALID→GRACE, GRACE→LOCKED, LOCKED→RECYCLED, UNACTIVATED→RECYCLED), generated in the
+//! database with one `INSERT … SELECT`. Two identical databases are generated: on one the
+//! baseline runs — one raw bulk `UPDATE` of the due rows' state and deadline, committed — and on
+//! the other the service's sweep (`ocs_lifecycle::sweep::run`, batches, history and outbox).
+//! Then a second sweep with nothing due, and the peak RSS of this process during the sweep
+//! (sampled from /proc/self/status every 5 ms).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Days, NaiveDate, Utc};
+use ocs_lifecycle::lifecycle::Rules;
+
+pub struct SweepFigures {
+    pub accounts: u64,
+    pub due: u64,
+    pub generate_s: f64,
+    pub baseline_s: f64,
+    pub sweep_s: f64,
+    pub transitions: u64,
+    pub zero_due_ms: f64,
+    pub peak_rss_mib: f64,
+    pub rss_before_mib: f64,
+}
+
+/// Generates the data set into the database at `url` (migrated first through the store).
+pub async fn generate(url: &str, accounts: u64, now: DateTime<Utc>, rules: &Rules) -> u64 {
+    let store = ocs_lifecycle::store::connect(url, 2, Arc::new(rules.clone()))
+        .await
+        .expect("store");
+    store.migrate().await.expect("migrate");
+    drop(store);
+    let today = rules.local_date(now);
+    let days_ago = |n: u64| today.checked_sub_days(Days::new(n)).expect("date");
+    let ahead = |n: u64| today.checked_add_days(Days::new(n)).expect("date");
+    let end_of = |d: NaiveDate| rules.end_of_day(d).timestamp();
+    let start_of = |d: NaiveDate| rules.start_of_day(d).timestamp();
+    let is_postgres = url.starts_with("postgres");
+    let rows = if is_postgres {
+        "SELECT i FROM generate_series(0, $1 - 1) AS i"
+    } else {
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < $1) \
+         SELECT i FROM n"
+    };
+    // Every tenth account is due; (i / 10) % 4 picks which boundary it has crossed.
+    let sql = format!(
+        "INSERT INTO accounts (msisdn, account_id, generation, state, balance, preset_balance, \
+           sold, initial_validity_days, provisioned_at, activated_at, valid_until, grace_until, \
+           lock_until, card_expiry, recycled_at, updated_at, next_deadline) \
+         SELECT '8613' || (100000000 + i), 'bench-' || i, 1, \
+           CASE WHEN i % 10 <> 0 THEN 2 ELSE (CASE (i / 10) % 4 WHEN 0 THEN 2 WHEN 1 THEN 3 WHEN 2 THEN 4 ELSE 1 END) END, \
+           1000, 0, TRUE, 180, $2, \
+           CASE WHEN i % 10 = 0 AND (i / 10) % 4 = 3 THEN NULL ELSE $2 END, \
+           CASE WHEN i % 10 <> 0 THEN $3 ELSE (CASE (i / 10) % 4 WHEN 0 THEN $4 WHEN 1 THEN $5 WHEN 2 THEN $6 ELSE NULL END) END, \
+           CASE WHEN i % 10 <> 0 THEN $7 ELSE (CASE (i / 10) % 4 WHEN 0 THEN $8 WHEN 1 THEN $9 WHEN 2 THEN $10 ELSE NULL END) END, \
+           CASE WHEN i % 10 <> 0 THEN $11 ELSE (CASE (i / 10) % 4 WHEN 0 THEN $12 WHEN 1 THEN $13 WHEN 2 THEN $14 ELSE NULL END) END, \
+           CASE WHEN i % 10 = 0 AND (i / 10) % 4 = 3 THEN $15 ELSE NULL END, \
+           NULL, $2, \
+           CASE WHEN i % 10 <> 0 THEN $16 ELSE (CASE (i / 10) % 4 WHEN 0 THEN $17 WHEN 1 THEN $18 WHEN 2 THEN $19 ELSE $20 END) END \
+         FROM ({rows}) AS g"
+    );
+    let (grace, lock) = (
+        u64::from(rules.grace_days),
+        u64::from(rules.grace_days + rules.lock_days),
+    );
+    // Not due: VALID until today + 100 (its next deadline is the expiry notice, 7 days before).
+    let valid_far = ahead(100);
+    // Due, by kind: the boundary crossed was 5 days ago.
+    let v0 = days_ago(5);
+    let v1 = days_ago(5 + grace);
+    let v2 = days_ago(5 + lock);
+    let card_expiry = days_ago(5);
+    let plus = |d: NaiveDate, n: u64| d.checked_add_days(Days::new(n)).expect("date");
+    let params_dates = [
+        valid_far,
+        v0,
+        v1,
+        v2, // valid_until
+        plus(valid_far, grace),
+        plus(v0, grace),
+        plus(v1, grace),
+        plus(v2, grace), // grace_until
+        plus(valid_far, lock),
+        plus(v0, lock),
+        plus(v1, lock),
+        plus(v2, lock), // lock_until
+        card_expiry,
+    ];
+    let deadlines = [
+        start_of(valid_far.checked_sub_days(Days::new(7)).expect("date")),
+        start_of(v0.checked_sub_days(Days::new(7)).expect("date")),
+        end_of(plus(v1, grace)),
+        end_of(plus(v2, lock)),
+        end_of(card_expiry),
+    ];
+    macro_rules! bind_all {
+        ($q:expr) => {{
+            let mut q = $q.bind(accounts as i64).bind(now);
+            for d in params_dates {
+                q = q.bind(d);
+            }
+            for d in deadlines {
+                q = q.bind(d);
+            }
+            q
+        }};
+    }
+    if is_postgres {
+        let pool = sqlx::PgPool::connect(url).await.expect("pg");
+        bind_all!(sqlx::query(&sql))
+            .execute(&pool)
+            .await
+            .expect("generate");
+        sqlx::query("ANALYZE accounts")
+            .execute(&pool)
+            .await
+            .expect("analyze");
+    } else {
+        let pool = sqlx::SqlitePool::connect(url).await.expect("sqlite");
+        bind_all!(sqlx::query(&sql))
+            .execute(&pool)
+            .await
+            .expect("generate");
+        sqlx::query("ANALYZE")
+            .execute(&pool)
+            .await
+            .expect("analyze");
+    }
+    accounts / 10
+}
+
+/// The baseline: one bulk UPDATE of the due rows' state and deadline, committed.
+pub async fn raw_bulk_update(url: &str, as_of: DateTime<Utc>) -> (f64, u64) {
+    let sql = "UPDATE accounts SET \
+        state = CASE state WHEN 2 THEN 3 WHEN 3 THEN 4 ELSE 5 END, \
+        next_deadline = CASE state WHEN 2 THEN next_deadline + 7776000 WHEN 3 THEN next_deadline + 2592000 ELSE NULL END \
+        WHERE next_deadline <= $1";
+    let started = Instant::now();
+    let updated = if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(url).await.expect("pg");
+        let mut tx = pool.begin().await.expect("begin");
+        let r = sqlx::query(sql)
+            .bind(as_of.timestamp())
+            .execute(&mut *tx)
+            .await
+            .expect("update");
+        tx.commit().await.expect("commit");
+        r.rows_affected()
+    } else {
+        let options: sqlx::sqlite::SqliteConnectOptions = url.parse().expect("url");
+        let options = options
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Full);
+        let pool = sqlx::SqlitePool::connect_with(options)
+            .await
+            .expect("sqlite");
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.expect("begin");
+        let r = sqlx::query(sql)
+            .bind(as_of.timestamp())
+            .execute(&mut *tx)
+            .await
+            .expect("update");
+        tx.commit().await.expect("commit");
+        r.rows_affected()
+    };
+    (started.elapsed().as_secs_f64(), updated)
+}
+
+fn rss_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// Runs the service's sweep on `url` and a 0-due sweep after it; samples the RSS meanwhile.
+pub async fn sweep(
+    url: &str,
+    as_of: DateTime<Utc>,
+    rules: &Rules,
+    batch_size: u32,
+) -> (f64, u64, f64, f64, f64) {
+    let store = ocs_lifecycle::store::connect(url, 4, Arc::new(rules.clone()))
+        .await
+        .expect("store");
+    let before = rss_kib("VmRSS:");
+    let peak = Arc::new(AtomicU64::new(before));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, stop) = (peak.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_kib("VmRSS:"), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let started = Instant::now();
+    let (_, report) = ocs_lifecycle::sweep::run(&*store, batch_size, Some(as_of), as_of, false)
+        .await
+        .expect("sweep");
+    let sweep_s = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.await;
+    let c = &report.counts;
+    let transitions =
+        c.to_grace + c.to_locked + c.to_recycled_from_locked + c.to_recycled_unactivated;
+    let started = Instant::now();
+    let (_, again) = ocs_lifecycle::sweep::run(&*store, batch_size, Some(as_of), as_of, false)
+        .await
+        .expect("sweep");
+    let zero_due_ms = started.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(
+        again.counts.examined, 0,
+        "the second sweep found due accounts"
+    );
+    (
+        sweep_s,
+        transitions,
+        zero_due_ms,
+        peak.load(Ordering::Relaxed) as f64 / 1024.0,
+        before as f64 / 1024.0,
+    )
+}
