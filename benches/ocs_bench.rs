@@ -547,7 +547,7 @@ async fn run(args: Args) {
 async fn run_rpc(args: &Args) {
     let dir = std::env::temp_dir().join(format!("ocs-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("bench directory");
-    let url = database_url(&args, &dir).await;
+    let url = database_url(args, &dir).await;
     let config = Config {
         database_url: url.clone(),
         clock: ClockMode::System,
@@ -588,8 +588,8 @@ async fn run_rpc(args: &Args) {
     if matches!(args.which, Which::All | Which::Recharge) {
         let (mut service, mut baseline) = (Measured::empty(), Measured::empty());
         for round in 0..args.rounds {
-            baseline.add(raw_recharge(&args, pool.clone(), round).await);
-            service.add(grpc_recharge(&args, &clients, round).await);
+            baseline.add(raw_recharge(args, pool.clone(), round).await);
+            service.add(grpc_recharge(args, &clients, round).await);
         }
         pairs.push((service, baseline, 0.8));
     }
@@ -597,13 +597,13 @@ async fn run_rpc(args: &Args) {
         // The floor: a unary gRPC call that does no work (grpc.health Check), same clients.
         let mut floor = Measured::empty();
         for _ in 0..args.rounds {
-            floor.add(grpc_health(&args, addr).await);
+            floor.add(grpc_health(args, addr).await);
         }
         floors.push(floor);
         let (mut service, mut baseline) = (Measured::empty(), Measured::empty());
         for _ in 0..args.rounds {
-            baseline.add(raw_authorize(&args, pool.clone()).await);
-            service.add(grpc_authorize(&args, &clients).await);
+            baseline.add(raw_authorize(args, pool.clone()).await);
+            service.add(grpc_authorize(args, &clients).await);
         }
         pairs.push((service, baseline, 0.0));
     }
