@@ -22,8 +22,9 @@ CREATE TABLE accounts (
     next_deadline         BIGINT
 );
 
--- The nightly sweep selects only due accounts through this index.
-CREATE INDEX accounts_next_deadline ON accounts (next_deadline) WHERE next_deadline IS NOT NULL;
+-- The nightly sweep selects only due accounts through this index, in (next_deadline, msisdn)
+-- order: many accounts share a deadline (local midnight), so the tie-break must be indexed too.
+CREATE INDEX accounts_next_deadline ON accounts (next_deadline, msisdn) WHERE next_deadline IS NOT NULL;
 
 CREATE TABLE account_archive (
     msisdn                TEXT NOT NULL,
