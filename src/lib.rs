@@ -5,11 +5,13 @@
 //! - [`api`]: the gRPC services on top.
 //! - [`config`]: layered configuration.
 //! - [`clock`]: the injected clock (system or manual).
+//! - [`notify`]: the BSS webhook delivery worker.
 
 pub mod api;
 pub mod clock;
 pub mod config;
 pub mod lifecycle;
+pub mod notify;
 pub mod store;
 
 pub mod proto {

@@ -3,6 +3,7 @@
 
 mod accounts;
 pub mod convert;
+mod dead_letters;
 mod events;
 mod test_clock;
 
@@ -162,6 +163,13 @@ pub async fn serve_on(
             .await;
     }
     tracing::info!("migrations done, serving");
+    let notifier = match crate::notify::start(&config.bss, store.clone(), shutdown.clone()) {
+        Ok(notifier) => notifier,
+        Err(e) => {
+            server.abort();
+            return Err(ServeError::Other(e.to_string()));
+        }
+    };
 
     tokio::select! {
         biased;
@@ -186,6 +194,9 @@ pub async fn serve_on(
             );
             server.abort();
         }
+    }
+    if let Some(notifier) = notifier {
+        notifier.stopped().await;
     }
     tracing::info!("stopped");
     Ok(())

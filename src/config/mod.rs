@@ -12,10 +12,13 @@ use serde::Deserialize;
 
 use crate::lifecycle::{Rules, Tariff, TariffTier};
 
+pub mod bss;
+pub use bss::BssConfig;
+
 pub const DEFAULT_CONFIG_FILE: &str = "ocs-lifecycle.toml";
 
 /// The top-level keys and sections of the configuration.
-const KEYS: [&str; 10] = [
+const KEYS: [&str; 11] = [
     "listen",
     "database_url",
     "db_pool_size",
@@ -26,6 +29,7 @@ const KEYS: [&str; 10] = [
     "insecure",
     "lifecycle",
     "tariff",
+    "bss",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -66,6 +70,8 @@ pub struct Config {
     pub lifecycle: LifecycleConfig,
     /// Recharge amount (fen) → validity days; the highest tier whose minimum ≤ amount applies.
     pub tariff: Vec<TariffTierConfig>,
+    /// The BSS webhook (`src/notify`).
+    pub bss: BssConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -111,6 +117,7 @@ impl Default for Config {
                     days: t.days,
                 })
                 .collect(),
+            bss: BssConfig::default(),
         }
     }
 }
@@ -155,6 +162,12 @@ pub struct Overrides {
     /// Serve on a non-loopback address without authentication.
     #[arg(long, global = true)]
     pub insecure: bool,
+    /// The BSS webhook URL (http:// or https://); unset = no webhook delivery.
+    #[arg(long, global = true)]
+    pub bss_webhook_url: Option<String>,
+    /// The webhook's HMAC key (prefer OCS_BSS__WEBHOOK_SECRET: flags show in `ps`).
+    #[arg(long, global = true)]
+    pub bss_webhook_secret: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -222,7 +235,14 @@ impl Config {
         }
         config.insecure |= overrides.insecure;
         config.ignored_env = ignored_env;
+        if let Some(v) = &overrides.bss_webhook_url {
+            config.bss.webhook_url = v.clone();
+        }
+        if let Some(v) = &overrides.bss_webhook_secret {
+            config.bss.webhook_secret = v.clone();
+        }
         config.rules()?;
+        config.bss.validate()?;
         Ok(config)
     }
 

@@ -65,6 +65,11 @@ impl PostgresStore {
     fn reader(&self) -> &PgPool {
         &self.pool
     }
+
+    fn writer(&self) -> &PgPool {
+        &self.pool
+    }
 }
 
 impl_account_store!(PostgresStore, Postgres);
+super::deliveries::impl_webhook_deliveries!(PostgresStore);

@@ -106,6 +106,11 @@ impl SqliteStore {
     fn reader(&self) -> &SqlitePool {
         &self.readers
     }
+
+    /// The write connection, for the webhook delivery bookkeeping (small single-row writes).
+    fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
 }
 
 /// The writer task: takes every mutation waiting, commits them as one transaction, replies.
@@ -172,3 +177,4 @@ async fn commit_group(
 }
 
 impl_account_store!(SqliteStore, Sqlite);
+super::deliveries::impl_webhook_deliveries!(SqliteStore);
