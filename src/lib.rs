@@ -7,11 +7,13 @@
 //! - [`clock`]: the injected clock (system or manual).
 //! - [`scheduler`]: when the sweep runs inside `serve` (cron, driven by the clock).
 //! - [`sweep`]: one sweep run (AdvanceStates, the `sweep` command, the scheduler).
+//! - [`notify`]: the BSS webhook delivery worker.
 
 pub mod api;
 pub mod clock;
 pub mod config;
 pub mod lifecycle;
+pub mod notify;
 pub mod scheduler;
 pub mod store;
 pub mod sweep;

@@ -151,7 +151,7 @@ impl Horizon {
 }
 
 /// The wire form of an outbox event.
-fn lifecycle_event(event: OutboxEvent) -> proto::LifecycleEvent {
+pub(super) fn lifecycle_event(event: OutboxEvent) -> proto::LifecycleEvent {
     proto::LifecycleEvent {
         event_id: event.event_id,
         sequence: u64::try_from(event.sequence).unwrap_or_default(),
@@ -279,6 +279,24 @@ impl BssEvents for EventsApi {
         };
         tokio::spawn(pump.run(cursor));
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<proto::ListDeadLettersRequest>,
+    ) -> Result<Response<proto::ListDeadLettersResponse>, Status> {
+        super::dead_letters::list(&self.ctx, request.get_ref())
+            .await
+            .map(Response::new)
+    }
+
+    async fn redeliver(
+        &self,
+        request: Request<proto::RedeliverRequest>,
+    ) -> Result<Response<proto::RedeliverResponse>, Status> {
+        super::dead_letters::redeliver(&self.ctx, request.get_ref())
+            .await
+            .map(Response::new)
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod accounts;
 pub mod convert;
+mod dead_letters;
 mod events;
 mod test_clock;
 
@@ -178,6 +179,13 @@ pub async fn serve_on(
             .await;
     }
     tracing::info!("migrations done, serving");
+    let notifier = match crate::notify::start(&config.bss, store.clone(), shutdown.clone()) {
+        Ok(notifier) => notifier,
+        Err(e) => {
+            server.abort();
+            return Err(ServeError::Other(e.to_string()));
+        }
+    };
 
     let scheduler = config.sweep.scheduler.then(|| {
         let scheduler = Scheduler::new(
@@ -226,6 +234,9 @@ pub async fn serve_on(
         if tokio::time::timeout(grace, scheduler).await.is_err() {
             tracing::warn!(?grace, "the sweep did not finish in time; stopping anyway");
         }
+    }
+    if let Some(notifier) = notifier {
+        notifier.stopped().await;
     }
     tracing::info!("stopped");
     Ok(())

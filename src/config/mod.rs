@@ -13,10 +13,13 @@ use serde::Deserialize;
 
 use crate::lifecycle::{Rules, Tariff, TariffTier};
 
+pub mod bss;
+pub use bss::BssConfig;
+
 pub const DEFAULT_CONFIG_FILE: &str = "ocs-lifecycle.toml";
 
 /// The top-level keys and sections of the configuration.
-const KEYS: [&str; 12] = [
+const KEYS: [&str; 13] = [
     "listen",
     "database_url",
     "db_pool_size",
@@ -29,6 +32,7 @@ const KEYS: [&str; 12] = [
     "tariff",
     "sweep",
     "notify",
+    "bss",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -71,6 +75,8 @@ pub struct Config {
     pub tariff: Vec<TariffTierConfig>,
     pub sweep: SweepConfig,
     pub notify: NotifyConfig,
+    /// The BSS webhook (`src/notify`).
+    pub bss: BssConfig,
 }
 
 /// The sweep that materialises boundary transitions (spec section 6).
@@ -169,6 +175,7 @@ impl Default for Config {
                     days: t.days,
                 })
                 .collect(),
+            bss: BssConfig::default(),
         }
     }
 }
@@ -213,6 +220,12 @@ pub struct Overrides {
     /// Serve on a non-loopback address without authentication.
     #[arg(long, global = true)]
     pub insecure: bool,
+    /// The BSS webhook URL (http:// or https://); unset = no webhook delivery.
+    #[arg(long, global = true)]
+    pub bss_webhook_url: Option<String>,
+    /// The webhook's HMAC key (prefer OCS_BSS__WEBHOOK_SECRET: flags show in `ps`).
+    #[arg(long, global = true)]
+    pub bss_webhook_secret: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -280,7 +293,14 @@ impl Config {
         }
         config.insecure |= overrides.insecure;
         config.ignored_env = ignored_env;
+        if let Some(v) = &overrides.bss_webhook_url {
+            config.bss.webhook_url = v.clone();
+        }
+        if let Some(v) = &overrides.bss_webhook_secret {
+            config.bss.webhook_secret = v.clone();
+        }
         config.rules()?;
+        config.bss.validate()?;
         Ok(config)
     }
 

@@ -6,6 +6,7 @@
 //! that function returns — account, history rows, outbox events and the idempotency record —
 //! in one transaction, or nothing.
 
+mod deliveries;
 mod postgres;
 mod records;
 mod rows;
@@ -21,6 +22,7 @@ use crate::lifecycle::{
     Account, AccountState, DomainError, ErrorReason, HistoryKind, Msisdn, Rules,
 };
 
+pub use deliveries::{AttemptOutcome, DeadLetter, PendingDelivery, WebhookDeliveries};
 pub use postgres::PostgresStore;
 pub use records::{
     SWEEP_ACTOR, SweepCounts, SweepReport, SweepRequest, VALIDITY_EXPIRING_REASON, expiring_event,
@@ -137,7 +139,7 @@ pub struct TableCounts {
 }
 
 #[async_trait]
-pub trait AccountStore: Send + Sync + 'static {
+pub trait AccountStore: WebhookDeliveries + Send + Sync + 'static {
     /// Runs the backend's migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
 

@@ -85,6 +85,10 @@ impl PostgresStore {
     async fn begin_sweep_batch(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
         self.pool.begin().await
     }
+    fn writer(&self) -> &PgPool {
+        &self.pool
+    }
 }
 
 impl_account_store!(PostgresStore, Postgres);
+super::deliveries::impl_webhook_deliveries!(PostgresStore);

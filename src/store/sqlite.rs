@@ -129,6 +129,10 @@ impl SqliteStore {
     async fn begin_sweep_batch(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
         self.writer.begin_with("BEGIN IMMEDIATE").await
     }
+    /// The write connection, for the webhook delivery bookkeeping (small single-row writes).
+    fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
 }
 
 /// The writer task: takes every mutation waiting, commits them as one transaction, replies.
@@ -195,3 +199,4 @@ async fn commit_group(
 }
 
 impl_account_store!(SqliteStore, Sqlite);
+super::deliveries::impl_webhook_deliveries!(SqliteStore);

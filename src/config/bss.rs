@@ -1,0 +1,241 @@
+//! The `[bss]` section: the webhook that delivers outbox events to the BSS (`crate::notify`).
+//!
+//! `webhook_url` empty means no webhook (the `Subscribe` stream still works). Every key can be
+//! set in the file, as `OCS_BSS__<KEY>`, and the URL and secret also as flags.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::ConfigError;
+use crate::store::EventType;
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BssConfig {
+    /// Where events are POSTed; empty = webhook off.
+    pub webhook_url: String,
+    /// The HMAC-SHA256 key of `X-Ocs-Signature`; required with a URL.
+    pub webhook_secret: String,
+    /// Event types sent, by name (`NUMBER_RECYCLED`, `STATE_CHANGED`, `VALIDITY_EXPIRING`).
+    pub webhook_events: Vec<String>,
+    /// Delay before the first retry; doubles per failed attempt up to `max_backoff_ms`.
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// Per-request timeout (connect and response).
+    pub timeout_ms: u64,
+    /// Attempts before an event is dead-lettered.
+    pub max_attempts: u32,
+}
+
+impl Default for BssConfig {
+    fn default() -> Self {
+        Self {
+            webhook_url: String::new(),
+            webhook_secret: String::new(),
+            webhook_events: vec!["NUMBER_RECYCLED".into()],
+            initial_backoff_ms: 500,
+            max_backoff_ms: 60_000,
+            timeout_ms: 5_000,
+            max_attempts: 30,
+        }
+    }
+}
+
+/// Never prints the secret.
+impl fmt::Debug for BssConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BssConfig")
+            .field("webhook_url", &self.webhook_url)
+            .field(
+                "webhook_secret",
+                &if self.webhook_secret.is_empty() {
+                    ""
+                } else {
+                    "***"
+                },
+            )
+            .field("webhook_events", &self.webhook_events)
+            .field("initial_backoff_ms", &self.initial_backoff_ms)
+            .field("max_backoff_ms", &self.max_backoff_ms)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("max_attempts", &self.max_attempts)
+            .finish()
+    }
+}
+
+/// The name of an event type on the webhook and in `bss.webhook_events`.
+pub fn event_type_name(event_type: EventType) -> &'static str {
+    match event_type {
+        EventType::NumberRecycled => "NUMBER_RECYCLED",
+        EventType::StateChanged => "STATE_CHANGED",
+        EventType::ValidityExpiring => "VALIDITY_EXPIRING",
+    }
+}
+
+fn parse_event_type(name: &str) -> Option<EventType> {
+    let name = name.trim().to_ascii_uppercase();
+    let name = name.strip_prefix("EVENT_TYPE_").unwrap_or(&name);
+    [
+        EventType::NumberRecycled,
+        EventType::StateChanged,
+        EventType::ValidityExpiring,
+    ]
+    .into_iter()
+    .find(|t| event_type_name(*t) == name)
+}
+
+impl BssConfig {
+    /// Whether a webhook is configured.
+    pub fn enabled(&self) -> bool {
+        !self.webhook_url.trim().is_empty()
+    }
+
+    /// The selected event types, without duplicates.
+    pub fn event_types(&self) -> Result<Vec<EventType>, ConfigError> {
+        let mut types = Vec::new();
+        for name in &self.webhook_events {
+            let t = parse_event_type(name).ok_or_else(|| {
+                ConfigError(format!(
+                    "bss.webhook_events: {name:?} is not an event type \
+                     (NUMBER_RECYCLED, STATE_CHANGED, VALIDITY_EXPIRING)"
+                ))
+            })?;
+            if !types.contains(&t) {
+                types.push(t);
+            }
+        }
+        Ok(types)
+    }
+
+    pub fn initial_backoff(&self) -> Duration {
+        Duration::from_millis(self.initial_backoff_ms)
+    }
+
+    pub fn max_backoff(&self) -> Duration {
+        Duration::from_millis(self.max_backoff_ms)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.event_types()?;
+        if self.initial_backoff_ms == 0 || self.max_backoff_ms < self.initial_backoff_ms {
+            return Err(ConfigError(
+                "bss.initial_backoff_ms must be at least 1 and bss.max_backoff_ms at least as \
+                 large"
+                    .into(),
+            ));
+        }
+        if self.timeout_ms == 0 {
+            return Err(ConfigError("bss.timeout_ms must be at least 1".into()));
+        }
+        if self.max_attempts == 0 {
+            return Err(ConfigError("bss.max_attempts must be at least 1".into()));
+        }
+        if !self.enabled() {
+            return Ok(());
+        }
+        let url = self.webhook_url.trim();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ConfigError(format!(
+                "bss.webhook_url: {url:?} is not an http:// or https:// URL"
+            )));
+        }
+        if self.webhook_secret.is_empty() {
+            return Err(ConfigError(
+                "bss.webhook_secret is required with bss.webhook_url (the BSS verifies \
+                 X-Ocs-Signature with it)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let bss = BssConfig::default();
+        assert!(!bss.enabled());
+        assert_eq!(bss.event_types().unwrap(), vec![EventType::NumberRecycled]);
+        assert_eq!(
+            (bss.initial_backoff_ms, bss.max_backoff_ms, bss.max_attempts),
+            (500, 60_000, 30)
+        );
+        assert_eq!(bss.timeout_ms, 5_000);
+        assert!(bss.validate().is_ok());
+    }
+
+    #[test]
+    fn event_names_are_checked_and_the_secret_is_required() {
+        let mut bss = BssConfig {
+            webhook_events: vec!["state_changed".into(), "EVENT_TYPE_NUMBER_RECYCLED".into()],
+            ..BssConfig::default()
+        };
+        assert_eq!(
+            bss.event_types().unwrap(),
+            vec![EventType::StateChanged, EventType::NumberRecycled]
+        );
+        bss.webhook_events.push("RECHARGED".into());
+        assert!(bss.validate().unwrap_err().0.contains("RECHARGED"));
+        bss.webhook_events.pop();
+        bss.webhook_url = "http://127.0.0.1:9/hook".into();
+        assert!(bss.validate().unwrap_err().0.contains("webhook_secret"));
+        bss.webhook_secret = "s3cret".into();
+        assert!(bss.validate().is_ok());
+        assert!(!format!("{bss:?}").contains("s3cret"));
+        bss.webhook_url = "ftp://x".into();
+        assert!(bss.validate().is_err());
+    }
+
+    #[test]
+    fn env_and_flags_set_the_webhook() {
+        use crate::config::{Config, Overrides};
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let config = Config::load(
+            &Overrides::default(),
+            env(&[
+                ("OCS_BSS__WEBHOOK_URL", "http://127.0.0.1:9/env"),
+                ("OCS_BSS__WEBHOOK_SECRET", "from-env"),
+                ("OCS_BSS__MAX_ATTEMPTS", "5"),
+                (
+                    "OCS_BSS__WEBHOOK_EVENTS",
+                    "[\"NUMBER_RECYCLED\", \"STATE_CHANGED\"]",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.bss.webhook_url, "http://127.0.0.1:9/env");
+        assert_eq!(config.bss.max_attempts, 5);
+        assert_eq!(config.bss.event_types().unwrap().len(), 2);
+        let flags = Overrides {
+            bss_webhook_url: Some("https://bss.example/hook".into()),
+            bss_webhook_secret: Some("from-flag".into()),
+            ..Overrides::default()
+        };
+        let config = Config::load(
+            &flags,
+            env(&[("OCS_BSS__WEBHOOK_URL", "http://127.0.0.1:9/env")]),
+        )
+        .unwrap();
+        assert_eq!(config.bss.webhook_url, "https://bss.example/hook");
+        assert_eq!(config.bss.webhook_secret, "from-flag");
+        let missing_secret = Config::load(
+            &Overrides::default(),
+            env(&[("OCS_BSS__WEBHOOK_URL", "http://127.0.0.1:9/env")]),
+        );
+        assert!(missing_secret.is_err());
+    }
+}

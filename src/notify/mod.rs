@@ -1,0 +1,355 @@
+//! The BSS webhook: a worker inside `serve` that POSTs selected outbox events, one JSON event per
+//! request, signed with HMAC-SHA256 (`payload`), and retries with exponential backoff and jitter
+//! (`backoff`) until the BSS answers 2xx or the event is dead-lettered.
+//!
+//! This module owns the delivery loop and the HTTP client. The delivery state lives in the
+//! database (`webhook_deliveries`, through [`WebhookDeliveries`]), so it survives restarts: a
+//! delivered event is never sent again, anything not confirmed is sent again (at-least-once;
+//! the BSS deduplicates by `event_id`). It must not write accounts, history or the outbox.
+//!
+//! # How events move
+//!
+//! 1. *Register*: every poll, outbox events of the selected types that have no delivery row get
+//!    one. Delivery is tracked per event, not by a cursor, so an event that commits late with a
+//!    lower sequence (PostgreSQL, see `api::events`) is registered when it appears instead of
+//!    being skipped.
+//! 2. *Pick*: the due events that are the oldest undelivered, not dead-lettered event of their
+//!    MSISDN. An MSISDN's later event waits for its earlier one; other MSISDNs are not held up.
+//!    Events of one MSISDN commit in sequence order (the account row is locked before the
+//!    outbox sequence is drawn), so "oldest registered" is "oldest".
+//! 3. *Claim and send*: an attempt claims its row with a conditional UPDATE that counts the
+//!    attempt and leases the row for the request timeout plus a margin (so a second server on
+//!    the same PostgreSQL, or this one after a crash, waits for the lease), then POSTs.
+//! 4. *Record*: 2xx → delivered; otherwise the next attempt is due after the backoff, or, after
+//!    `bss.max_attempts`, the event is dead-lettered. A dead letter no longer holds up its
+//!    MSISDN's later events; `Redeliver` puts it back in the queue with fresh attempts.
+//!
+//! Retry timing and timeouts run on real time (tokio and the system clock), also when the
+//! service runs on the manual clock.
+
+mod backoff;
+pub mod payload;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::BssConfig;
+use crate::store::{AccountStore, AttemptOutcome, EventType, OutboxEvent, PendingDelivery};
+
+/// How often the worker looks for new and due events.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Requests in flight at most (each to a different MSISDN).
+const MAX_IN_FLIGHT: usize = 32;
+/// Outbox events registered per poll at most.
+const REGISTER_BATCH: u32 = 500;
+/// Added to the request timeout for the lease of a claimed row.
+const LEASE_MARGIN: Duration = Duration::from_secs(2);
+/// `last_error` is kept to this many characters.
+const MAX_ERROR_CHARS: usize = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("webhook HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// What the worker has done since start; the future metrics read these.
+#[derive(Debug, Default)]
+pub struct WebhookCounters {
+    /// Events the BSS confirmed (2xx).
+    pub delivered: AtomicU64,
+    /// Failed attempts that will be tried again.
+    pub retried: AtomicU64,
+    /// Events that exhausted their attempts.
+    pub dead_lettered: AtomicU64,
+}
+
+/// A point-in-time copy of [`WebhookCounters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CountersSnapshot {
+    pub delivered: u64,
+    pub retried: u64,
+    pub dead_lettered: u64,
+}
+
+impl WebhookCounters {
+    pub fn snapshot(&self) -> CountersSnapshot {
+        CountersSnapshot {
+            delivered: self.delivered.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The running worker.
+pub struct Notifier {
+    pub counters: Arc<WebhookCounters>,
+    task: JoinHandle<()>,
+}
+
+impl Notifier {
+    /// Waits until the worker has stopped (after the shutdown token is cancelled). Requests in
+    /// flight are abandoned: their leases expire and they are sent again later.
+    pub async fn stopped(self) {
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "the webhook worker failed");
+        }
+    }
+}
+
+/// Starts the worker when `config` names a webhook URL; `None` otherwise.
+pub fn start(
+    config: &BssConfig,
+    store: Arc<dyn AccountStore>,
+    shutdown: CancellationToken,
+) -> Result<Option<Notifier>, NotifyError> {
+    if !config.enabled() {
+        tracing::info!("no bss.webhook_url: webhook delivery is off");
+        return Ok(None);
+    }
+    config.validate()?;
+    let client = reqwest::Client::builder()
+        .timeout(config.timeout())
+        .connect_timeout(config.timeout())
+        // A redirect is an answer other than 2xx: retried, never followed with the signature.
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("ocs-lifecycle/", env!("CARGO_PKG_VERSION")))
+        .build()?;
+    let counters = Arc::new(WebhookCounters::default());
+    let sender = Arc::new(Sender {
+        store,
+        client,
+        url: config.webhook_url.trim().to_owned(),
+        secret: config.webhook_secret.as_bytes().to_vec(),
+        initial_backoff: config.initial_backoff(),
+        max_backoff: config.max_backoff(),
+        lease: config.timeout() + LEASE_MARGIN,
+        max_attempts: config.max_attempts,
+        counters: counters.clone(),
+    });
+    let types = config.event_types()?;
+    tracing::info!(
+        url = %sender.url,
+        types = ?types,
+        max_attempts = config.max_attempts,
+        "webhook delivery on"
+    );
+    let task = tokio::spawn(run(sender, types, shutdown));
+    Ok(Some(Notifier { counters, task }))
+}
+
+/// Real time in epoch milliseconds (retry timing never follows the manual clock).
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Everything one attempt needs, shared by the attempts in flight.
+struct Sender {
+    store: Arc<dyn AccountStore>,
+    client: reqwest::Client,
+    url: String,
+    secret: Vec<u8>,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+    lease: Duration,
+    max_attempts: u32,
+    counters: Arc<WebhookCounters>,
+}
+
+/// The delivery loop: register, pick, send; until `shutdown`.
+async fn run(sender: Arc<Sender>, types: Vec<EventType>, shutdown: CancellationToken) {
+    let mut in_flight: JoinSet<i64> = JoinSet::new();
+    let mut busy: HashSet<i64> = HashSet::new();
+    loop {
+        let now = now_ms();
+        if let Err(e) = sender
+            .store
+            .register_webhook_events(&types, now, REGISTER_BATCH)
+            .await
+        {
+            tracing::warn!(error = %e, "webhook: cannot read new outbox events; retrying");
+        }
+        let free = MAX_IN_FLIGHT - busy.len();
+        if free > 0 {
+            // Rows in flight are leased, so not due; ask for a few more in case.
+            let limit = u32::try_from(MAX_IN_FLIGHT).unwrap_or(u32::MAX);
+            match sender.store.due_webhook_deliveries(now, limit).await {
+                Ok(due) => {
+                    for pending in due {
+                        if busy.len() >= MAX_IN_FLIGHT {
+                            break;
+                        }
+                        if busy.insert(pending.event.sequence) {
+                            in_flight.spawn(sender.clone().attempt(pending));
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhook: cannot read due deliveries; retrying");
+                }
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                finished(&mut busy, done);
+                while let Some(done) = in_flight.try_join_next() {
+                    finished(&mut busy, done);
+                }
+            }
+            _ = tokio::time::sleep(POLL_INTERVAL) => {}
+        }
+    }
+    in_flight.abort_all();
+    tracing::info!(
+        abandoned = busy.len(),
+        "webhook worker stopped; abandoned attempts are sent again after their lease"
+    );
+}
+
+fn finished(busy: &mut HashSet<i64>, done: Result<i64, tokio::task::JoinError>) {
+    match done {
+        Ok(sequence) => {
+            busy.remove(&sequence);
+        }
+        Err(e) => {
+            // An attempt task panicked: its row's lease expires and it is picked up again.
+            tracing::error!(error = %e, "webhook attempt failed unexpectedly");
+            busy.clear();
+        }
+    }
+}
+
+impl Sender {
+    /// One attempt at one event; returns its sequence.
+    async fn attempt(self: Arc<Self>, pending: PendingDelivery) -> i64 {
+        let event = pending.event;
+        let sequence = event.sequence;
+        let now = now_ms();
+        let attempt = match self
+            .store
+            .claim_webhook_delivery(sequence, now, now.saturating_add(millis(self.lease)))
+            .await
+        {
+            Ok(Some(attempt)) => attempt,
+            // Another worker has it, or it was delivered meanwhile.
+            Ok(None) => return sequence,
+            Err(e) => {
+                tracing::warn!(sequence, error = %e, "webhook: cannot claim the event; retrying");
+                return sequence;
+            }
+        };
+        let outcome = match self.post(&event).await {
+            Ok(()) => {
+                self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    sequence,
+                    event_id = %event.event_id,
+                    msisdn = %event.msisdn,
+                    attempt,
+                    "webhook: delivered"
+                );
+                AttemptOutcome::Delivered
+            }
+            Err(error) if attempt >= self.max_attempts => {
+                self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    sequence,
+                    event_id = %event.event_id,
+                    msisdn = %event.msisdn,
+                    attempt,
+                    %error,
+                    "webhook: dead-lettered after the last attempt"
+                );
+                AttemptOutcome::Dead { error }
+            }
+            Err(error) => {
+                self.counters.retried.fetch_add(1, Ordering::Relaxed);
+                let delay = backoff::jittered(attempt, self.initial_backoff, self.max_backoff);
+                tracing::warn!(
+                    sequence,
+                    event_id = %event.event_id,
+                    msisdn = %event.msisdn,
+                    attempt,
+                    retry_in_ms = millis(delay),
+                    %error,
+                    "webhook: attempt failed; will retry"
+                );
+                AttemptOutcome::Retry {
+                    error,
+                    next_attempt_at: now_ms().saturating_add(millis(delay)),
+                }
+            }
+        };
+        if let Err(e) = self
+            .store
+            .record_webhook_attempt(sequence, &outcome, Utc::now())
+            .await
+        {
+            // The lease expires and the event is sent again: at-least-once.
+            tracing::warn!(sequence, error = %e, "webhook: cannot record the attempt");
+        }
+        sequence
+    }
+
+    /// POSTs one event; `Err` describes why it was not accepted.
+    async fn post(&self, event: &OutboxEvent) -> Result<(), String> {
+        let body = payload::body(event).map_err(|e| format!("cannot encode the event: {e}"))?;
+        let signature = payload::signature(&self.secret, &body);
+        let response = self
+            .client
+            .post(&self.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("X-Ocs-Event-Id", &event.event_id)
+            .header("X-Ocs-Signature", signature)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| truncate(error_chain(&e)))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = response.text().await.unwrap_or_default();
+        let text = text.trim();
+        Err(truncate(if text.is_empty() {
+            format!("HTTP {status}")
+        } else {
+            format!("HTTP {status}: {text}")
+        }))
+    }
+}
+
+/// An error with its causes (reqwest's own message hides them: "error sending request").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn truncate(mut text: String) -> String {
+    if let Some((index, _)) = text.char_indices().nth(MAX_ERROR_CHARS) {
+        text.truncate(index);
+        text.push('…');
+    }
+    text
+}

@@ -1,0 +1,320 @@
+//! Delivery state of the BSS webhook (`webhook_deliveries`, migration 0003), behind a trait of
+//! its own that both backends implement with the same SQL.
+//!
+//! The store only records what the delivery worker (`crate::notify`) decides: which outbox
+//! events are to be delivered, which attempt holds which event, and how each attempt ended. It
+//! sends nothing and knows no HTTP.
+//!
+//! Delivery is tracked per event row, never with a single "delivered up to sequence N" cursor:
+//! on PostgreSQL an event can commit after one with a higher sequence (see `api::events`), and a
+//! cursor would skip it. Here a late event simply has no delivery row yet; the next
+//! [`WebhookDeliveries::register_webhook_events`] finds it with an anti-join and adds it.
+//!
+//! Times in this table are real time (`next_attempt_at` in epoch milliseconds), never the
+//! service's manual clock: retry timing is outbound I/O timing.
+
+use chrono::{DateTime, Utc};
+
+use super::{EventType, OutboxEvent, StoreError};
+
+/// An event waiting for its next attempt, with the attempts made so far.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingDelivery {
+    pub event: OutboxEvent,
+    pub attempts: u32,
+}
+
+/// An event whose delivery exhausted its attempts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub event: OutboxEvent,
+    pub attempts: u32,
+    pub last_error: String,
+    pub dead_at: DateTime<Utc>,
+}
+
+/// How one attempt ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Delivered,
+    /// Failed; tried again at `next_attempt_at` (epoch ms, real time).
+    Retry {
+        error: String,
+        next_attempt_at: i64,
+    },
+    /// Failed for the last time: dead-lettered.
+    Dead {
+        error: String,
+    },
+}
+
+#[async_trait::async_trait]
+pub trait WebhookDeliveries: Send + Sync {
+    /// Adds a delivery row (due at `now_ms`) for up to `limit` outbox events of `types` that
+    /// have none yet, in sequence order; returns how many were added.
+    async fn register_webhook_events(
+        &self,
+        types: &[EventType],
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
+
+    /// Pending events due at `now_ms` that are the oldest pending event of their MSISDN (a later
+    /// event of an MSISDN waits for the earlier one), in sequence order.
+    async fn due_webhook_deliveries(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<PendingDelivery>, StoreError>;
+
+    /// Starts an attempt: if the event is still pending and due at `now_ms`, counts the attempt,
+    /// holds the row until `lease_until_ms` (another worker, or this one after a crash, takes it
+    /// again only then) and returns the attempt's number; `None` if someone else has it.
+    async fn claim_webhook_delivery(
+        &self,
+        sequence: i64,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<Option<u32>, StoreError>;
+
+    /// Records how the attempt on `sequence` ended, at `at`.
+    async fn record_webhook_attempt(
+        &self,
+        sequence: i64,
+        outcome: &AttemptOutcome,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Dead letters with sequence > `after_sequence`, in sequence order.
+    async fn dead_webhook_deliveries(
+        &self,
+        after_sequence: i64,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// Puts the dead letters among `event_ids` back in the queue with fresh attempts, due at
+    /// `now_ms`; returns how many were requeued (unknown or not dead-lettered ids count 0).
+    async fn requeue_webhook_deliveries(
+        &self,
+        event_ids: &[String],
+        now_ms: i64,
+    ) -> Result<u64, StoreError>;
+}
+
+/// Outbox columns qualified for a join with `webhook_deliveries` (`o`), in `OutboxRow` order.
+pub(crate) const JOINED_OUTBOX_COLUMNS: &str = "o.sequence, o.event_id, o.event_type, o.msisdn, \
+    o.account_id, o.generation, o.from_state, o.to_state, o.reason, o.effective_at, o.emitted_at";
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct PendingRow {
+    #[sqlx(flatten)]
+    pub event: super::rows::OutboxRow,
+    pub attempts: i32,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct DeadRow {
+    #[sqlx(flatten)]
+    pub event: super::rows::OutboxRow,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub dead_at: DateTime<Utc>,
+}
+
+pub(crate) fn attempts(value: i32) -> u32 {
+    u32::try_from(value).unwrap_or_default()
+}
+
+/// The `IN (…)` list of event types: wire numbers only, so safe to inline in SQL.
+pub(crate) fn type_list(types: &[EventType]) -> String {
+    types
+        .iter()
+        .map(|t| (*t as i32).to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Implements [`WebhookDeliveries`] for a backend with `reader()` and `writer()` pools.
+macro_rules! impl_webhook_deliveries {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::store::WebhookDeliveries for $store {
+            async fn register_webhook_events(
+                &self,
+                types: &[$crate::store::EventType],
+                now_ms: i64,
+                limit: u32,
+            ) -> Result<u64, $crate::store::StoreError> {
+                if types.is_empty() {
+                    return Ok(0);
+                }
+                // Read first (cheap, on the readers) so an idle poll writes nothing.
+                let sql = format!(
+                    "SELECT o.sequence, o.event_id, o.msisdn FROM outbox o \
+                     WHERE o.event_type IN ({}) AND NOT EXISTS \
+                     (SELECT 1 FROM webhook_deliveries d WHERE d.sequence = o.sequence) \
+                     ORDER BY o.sequence LIMIT $1",
+                    $crate::store::deliveries::type_list(types)
+                );
+                let new: Vec<(i64, String, String)> = sqlx::query_as(&sql)
+                    .bind(i64::from(limit))
+                    .fetch_all(self.reader())
+                    .await?;
+                let mut added = 0;
+                for (sequence, event_id, msisdn) in new {
+                    added += sqlx::query(
+                        "INSERT INTO webhook_deliveries \
+                         (sequence, event_id, msisdn, attempts, next_attempt_at) \
+                         VALUES ($1, $2, $3, 0, $4) ON CONFLICT (sequence) DO NOTHING",
+                    )
+                    .bind(sequence)
+                    .bind(event_id)
+                    .bind(msisdn)
+                    .bind(now_ms)
+                    .execute(self.writer())
+                    .await?
+                    .rows_affected();
+                }
+                Ok(added)
+            }
+
+            async fn due_webhook_deliveries(
+                &self,
+                now_ms: i64,
+                limit: u32,
+            ) -> Result<Vec<$crate::store::PendingDelivery>, $crate::store::StoreError> {
+                let sql = format!(
+                    "SELECT {}, d.attempts FROM webhook_deliveries d \
+                     JOIN outbox o ON o.sequence = d.sequence \
+                     WHERE d.delivered_at IS NULL AND d.dead_at IS NULL \
+                     AND d.next_attempt_at <= $1 \
+                     AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p \
+                         WHERE p.msisdn = d.msisdn AND p.sequence < d.sequence \
+                         AND p.delivered_at IS NULL AND p.dead_at IS NULL) \
+                     ORDER BY d.sequence LIMIT $2",
+                    $crate::store::deliveries::JOINED_OUTBOX_COLUMNS
+                );
+                let rows: Vec<$crate::store::deliveries::PendingRow> = sqlx::query_as(&sql)
+                    .bind(now_ms)
+                    .bind(i64::from(limit))
+                    .fetch_all(self.reader())
+                    .await?;
+                rows.into_iter()
+                    .map(|r| {
+                        Ok($crate::store::PendingDelivery {
+                            attempts: $crate::store::deliveries::attempts(r.attempts),
+                            event: r.event.into_event()?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn claim_webhook_delivery(
+                &self,
+                sequence: i64,
+                now_ms: i64,
+                lease_until_ms: i64,
+            ) -> Result<Option<u32>, $crate::store::StoreError> {
+                let claimed: Option<i32> = sqlx::query_scalar(
+                    "UPDATE webhook_deliveries SET attempts = attempts + 1, next_attempt_at = $3 \
+                     WHERE sequence = $1 AND delivered_at IS NULL AND dead_at IS NULL \
+                     AND next_attempt_at <= $2 RETURNING attempts",
+                )
+                .bind(sequence)
+                .bind(now_ms)
+                .bind(lease_until_ms)
+                .fetch_optional(self.writer())
+                .await?;
+                Ok(claimed.map($crate::store::deliveries::attempts))
+            }
+
+            async fn record_webhook_attempt(
+                &self,
+                sequence: i64,
+                outcome: &$crate::store::AttemptOutcome,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::store::StoreError> {
+                use $crate::store::AttemptOutcome;
+                let query = match outcome {
+                    AttemptOutcome::Delivered => sqlx::query(
+                        "UPDATE webhook_deliveries SET delivered_at = $2, last_error = NULL \
+                         WHERE sequence = $1",
+                    )
+                    .bind(sequence)
+                    .bind(at),
+                    AttemptOutcome::Retry {
+                        error,
+                        next_attempt_at,
+                    } => sqlx::query(
+                        "UPDATE webhook_deliveries SET next_attempt_at = $2, last_error = $3 \
+                         WHERE sequence = $1 AND delivered_at IS NULL",
+                    )
+                    .bind(sequence)
+                    .bind(*next_attempt_at)
+                    .bind(error.as_str()),
+                    AttemptOutcome::Dead { error } => sqlx::query(
+                        "UPDATE webhook_deliveries SET dead_at = $2, last_error = $3 \
+                         WHERE sequence = $1 AND delivered_at IS NULL",
+                    )
+                    .bind(sequence)
+                    .bind(at)
+                    .bind(error.as_str()),
+                };
+                query.execute(self.writer()).await?;
+                Ok(())
+            }
+
+            async fn dead_webhook_deliveries(
+                &self,
+                after_sequence: i64,
+                limit: u32,
+            ) -> Result<Vec<$crate::store::DeadLetter>, $crate::store::StoreError> {
+                let sql = format!(
+                    "SELECT {}, d.attempts, d.last_error, d.dead_at FROM webhook_deliveries d \
+                     JOIN outbox o ON o.sequence = d.sequence \
+                     WHERE d.dead_at IS NOT NULL AND d.sequence > $1 \
+                     ORDER BY d.sequence LIMIT $2",
+                    $crate::store::deliveries::JOINED_OUTBOX_COLUMNS
+                );
+                let rows: Vec<$crate::store::deliveries::DeadRow> = sqlx::query_as(&sql)
+                    .bind(after_sequence)
+                    .bind(i64::from(limit))
+                    .fetch_all(self.reader())
+                    .await?;
+                rows.into_iter()
+                    .map(|r| {
+                        Ok($crate::store::DeadLetter {
+                            attempts: $crate::store::deliveries::attempts(r.attempts),
+                            last_error: r.last_error.unwrap_or_default(),
+                            dead_at: r.dead_at,
+                            event: r.event.into_event()?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn requeue_webhook_deliveries(
+                &self,
+                event_ids: &[String],
+                now_ms: i64,
+            ) -> Result<u64, $crate::store::StoreError> {
+                let mut requeued = 0;
+                for event_id in event_ids {
+                    requeued += sqlx::query(
+                        "UPDATE webhook_deliveries \
+                         SET dead_at = NULL, attempts = 0, next_attempt_at = $2 \
+                         WHERE event_id = $1 AND dead_at IS NOT NULL",
+                    )
+                    .bind(event_id.as_str())
+                    .bind(now_ms)
+                    .execute(self.writer())
+                    .await?
+                    .rows_affected();
+                }
+                Ok(requeued)
+            }
+        }
+    };
+}
+
+pub(crate) use impl_webhook_deliveries;

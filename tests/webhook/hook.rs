@@ -1,0 +1,220 @@
+//! A real HTTP/1.1 listener standing in for the BSS: it accepts TCP connections on 127.0.0.1,
+//! parses each request (request line, headers, `Content-Length` body), records it, and answers
+//! with the status the test's policy chooses (optionally after a delay), then closes the
+//! connection. Small on purpose: the webhook client under test is the real one.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+/// One request the listener received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    /// Header names in lower case.
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+    /// The status it was answered with.
+    pub status: u16,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("the body is JSON")
+    }
+}
+
+/// How the listener answers: a status and a delay before answering.
+pub type Policy = Box<dyn FnMut(&Received) -> (u16, Duration) + Send>;
+
+struct State {
+    /// Requests as they arrive, before they are answered.
+    seen: Mutex<Vec<Received>>,
+    /// Requests answered (with their status).
+    received: Mutex<Vec<Received>>,
+    policy: Mutex<Policy>,
+    arrived: Notify,
+}
+
+/// The listener; stops when dropped.
+pub struct Hook {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    task: JoinHandle<()>,
+}
+
+/// Answers 200 at once.
+pub fn always_ok() -> Policy {
+    Box::new(|_| (200, Duration::ZERO))
+}
+
+impl Hook {
+    /// Listens on an ephemeral port.
+    pub async fn start(policy: Policy) -> Hook {
+        Self::start_at("127.0.0.1:0".parse().expect("address"), policy).await
+    }
+
+    /// Listens on `addr` (a port reserved earlier, for "the BSS comes up later").
+    pub async fn start_at(addr: SocketAddr, policy: Policy) -> Hook {
+        let listener = TcpListener::bind(addr).await.expect("bind the hook");
+        let addr = listener.local_addr().expect("hook address");
+        let state = Arc::new(State {
+            seen: Mutex::new(Vec::new()),
+            received: Mutex::new(Vec::new()),
+            policy: Mutex::new(policy),
+            arrived: Notify::new(),
+        });
+        let task = tokio::spawn(accept(listener, state.clone()));
+        Hook { addr, state, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/bss/events", self.addr)
+    }
+
+    pub fn set_policy(&self, policy: Policy) {
+        *self.state.policy.lock().expect("policy") = policy;
+    }
+
+    /// Requests that arrived, answered or not (yet).
+    pub fn seen(&self) -> Vec<Received> {
+        self.state.seen.lock().expect("seen").clone()
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().expect("received").clone()
+    }
+
+    /// Waits until `done` holds for the requests answered so far (at most `limit`).
+    pub async fn wait_for(&self, limit: Duration, done: impl Fn(&[Received]) -> bool) {
+        self.wait(limit, || done(&self.received())).await
+    }
+
+    /// Waits until `done` holds for the requests arrived so far (at most `limit`).
+    pub async fn wait_seen(&self, limit: Duration, done: impl Fn(&[Received]) -> bool) {
+        self.wait(limit, || done(&self.seen())).await
+    }
+
+    async fn wait(&self, limit: Duration, done: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.state.arrived.notified();
+            if done() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!(
+                    "the hook did not receive what was expected in time; answered: {:#?}",
+                    self.received()
+                        .iter()
+                        .map(|r| (r.status, String::from_utf8_lossy(&r.body).into_owned()))
+                        .collect::<Vec<_>>()
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Hook {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A free loopback port nobody listens on (yet).
+pub async fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("address")
+}
+
+async fn accept(listener: TcpListener, state: Arc<State>) {
+    let mut connections = tokio::task::JoinSet::new();
+    while let Ok((stream, _)) = listener.accept().await {
+        connections.spawn(serve(stream, state.clone()));
+    }
+}
+
+async fn serve(mut stream: TcpStream, state: Arc<State>) {
+    let Some(mut request) = read_request(&mut stream).await else {
+        return;
+    };
+    state.seen.lock().expect("seen").push(request.clone());
+    state.arrived.notify_waiters();
+    let (status, delay) = {
+        let mut policy = state.policy.lock().expect("policy");
+        (policy)(&request)
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+        // A client that gave up (timeout, shutdown) closed the connection: nothing is answered.
+        let mut probe = [0u8; 1];
+        match tokio::time::timeout(Duration::from_millis(20), stream.read(&mut probe)).await {
+            Err(_) => {}
+            Ok(_) => return,
+        }
+    }
+    request.status = status;
+    let response =
+        format!("HTTP/1.1 {status} Test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let answered = stream.write_all(response.as_bytes()).await.is_ok();
+    let _ = stream.shutdown().await;
+    if answered {
+        state.received.lock().expect("received").push(request);
+        state.arrived.notify_waiters();
+    }
+}
+
+async fn read_request(stream: &mut TcpStream) -> Option<Received> {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut request_line = lines.next()?.split(' ');
+    let method = request_line.next()?.to_owned();
+    let path = request_line.next()?.to_owned();
+    let headers: HashMap<String, String> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let length: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = buffer[head_end + 4..].to_vec();
+    while body.len() < length {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(length);
+    Some(Received {
+        method,
+        path,
+        headers,
+        body,
+        status: 0,
+    })
+}
