@@ -154,7 +154,13 @@ fn pg_unreachable(url: &str, error: &str) -> Option<Arc<TestDb>> {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("CI=true but PostgreSQL is unreachable at {url}: {error}");
     }
-    eprintln!("SKIPPED: PostgreSQL not reachable at {url} ({error}); set OCS_TEST_DATABASE_URL");
+    // Written to the process's stderr directly: libtest captures `eprintln!` of passing tests,
+    // and a skip must be visible in the run's output.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: PostgreSQL not reachable at {url} ({error}); set OCS_TEST_DATABASE_URL"
+    );
     None
 }
 
