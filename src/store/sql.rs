@@ -173,6 +173,8 @@ macro_rules! impl_account_store {
                 .fetch_one(self.write_pool())
                 .await?;
                 let mut counts = $crate::store::SweepCounts::default();
+                let started = std::time::Instant::now();
+                let mut last_report = started;
                 let outcome: Result<(), $crate::store::StoreError> = async {
                     // First the rows nobody holds; then, waiting for their locks, the rows
                     // skipped because a request or another sweep held them (those are usually
@@ -184,6 +186,13 @@ macro_rules! impl_account_store {
                                 sweep_batch_in(&mut tx, self.rules(), claim, &request).await?;
                             tx.commit().await?;
                             counts.add(&batch);
+                            tracing::debug!(run_id, claimed, examined = counts.examined, "sweep batch committed");
+                            // A long sweep reports its progress every ten seconds.
+                            if last_report.elapsed() >= std::time::Duration::from_secs(10) {
+                                last_report = std::time::Instant::now();
+                                let rate = counts.examined as f64 / started.elapsed().as_secs_f64();
+                                tracing::info!(run_id, examined = counts.examined, accounts_per_s = rate as u64, "sweep in progress");
+                            }
                             if claimed < request.batch_size as usize {
                                 break;
                             }
@@ -224,7 +233,16 @@ macro_rules! impl_account_store {
                     }
                     (Ok(()), Err(e)) => Err(e.into()),
                     (Ok(()), Ok(_)) => {
-                        tracing::info!(run_id, as_of = %request.as_of, ?counts, "sweep done");
+                        let elapsed = started.elapsed();
+                        let rate = counts.examined as f64 / elapsed.as_secs_f64().max(1e-6);
+                        tracing::info!(
+                            run_id,
+                            as_of = %request.as_of,
+                            ?counts,
+                            elapsed_ms = elapsed.as_millis() as u64,
+                            accounts_per_s = rate as u64,
+                            "sweep done"
+                        );
                         Ok($crate::store::SweepReport {
                             counts,
                             recycled_msisdns: Vec::new(),
