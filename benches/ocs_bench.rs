@@ -26,6 +26,8 @@ use ocs_lifecycle::config::{ClockMode, Config};
 
 #[path = "sweep_bench.rs"]
 mod sweep_bench;
+#[path = "webhook_bench.rs"]
+mod webhook_bench;
 use ocs_lifecycle::proto;
 use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
 
@@ -41,6 +43,7 @@ enum Which {
     Recharge,
     Authorize,
     Sweep,
+    Webhook,
 }
 
 #[derive(Parser, Debug)]
@@ -68,6 +71,10 @@ struct Args {
     /// Accounts of the sweep benchmark (a tenth of them due).
     #[arg(long, default_value_t = 1_000_000)]
     sweep_accounts: u64,
+    /// Accounts of the webhook benchmark (a tenth of them due; every event of the sweep is
+    /// delivered).
+    #[arg(long, default_value_t = 200_000)]
+    webhook_accounts: u64,
     /// Accounts per sweep transaction.
     #[arg(long, default_value_t = 1000)]
     batch_size: u32,
@@ -535,11 +542,71 @@ fn main() {
 }
 
 async fn run(args: Args) {
-    if args.which != Which::Sweep {
+    if matches!(args.which, Which::All | Which::Recharge | Which::Authorize) {
         run_rpc(&args).await;
     }
     if matches!(args.which, Which::All | Which::Sweep) {
         run_sweep(&args).await;
+    }
+    if matches!(args.which, Which::All | Which::Webhook) {
+        run_webhook(&args).await;
+    }
+}
+
+async fn run_webhook(args: &Args) {
+    let dir = std::env::temp_dir().join(format!("ocs-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("bench directory");
+    let rules = Config::default().rules().expect("default rules");
+    let url = match args.backend {
+        Backend::Sqlite => format!("sqlite://{}", dir.join("webhook.db").display()),
+        Backend::Postgres => database_url(args, &dir).await,
+    };
+    let f = webhook_bench::run(&url, args.webhook_accounts, chrono::Utc::now(), &rules).await;
+    if args.backend == Backend::Postgres {
+        drop_database(&args.postgres_url, &url).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let (baseline_rate, service_rate) = (
+        f.events as f64 / f.baseline_s,
+        f.events as f64 / f.service_s,
+    );
+    let ratio = service_rate / baseline_rate;
+    if args.json {
+        println!(
+            "{{\"backend\":\"{:?}\",\"webhook\":{{\"events\":{},\"baseline_per_s\":{:.0},\"service_per_s\":{:.0},\"ratio\":{:.3},\"latency_events\":{},\"latency_p50_ms\":{:.1},\"latency_p99_ms\":{:.1},\"latency_max_ms\":{:.1}}},\"machine\":\"{}\"}}",
+            args.backend,
+            f.events,
+            baseline_rate,
+            service_rate,
+            ratio,
+            f.latency_events,
+            f.p50_ms,
+            f.p99_ms,
+            f.max_ms,
+            machine()
+        );
+    } else {
+        println!(
+            "webhook, backend {:?}: {} events to a local listener; {}",
+            args.backend,
+            f.events,
+            machine()
+        );
+        println!("| measurement | value |");
+        println!("|---|---:|");
+        println!(
+            "| direct POSTs, 32 at a time (baseline) | {:.0} events/s ({:.2} s) |",
+            baseline_rate, f.baseline_s
+        );
+        println!(
+            "| delivery worker (register, claim, POST, record) | {:.0} events/s ({:.2} s) |",
+            service_rate, f.service_s
+        );
+        println!("| worker ÷ baseline | {ratio:.2} |");
+        println!(
+            "| sweep commit → listener, {} events: p50 / p99 / max | {:.0} / {:.0} / {:.0} ms |",
+            f.latency_events, f.p50_ms, f.p99_ms, f.max_ms
+        );
     }
 }
 

@@ -27,6 +27,18 @@ pub struct SweepFigures {
 
 /// Generates the data set into the database at `url` (migrated first through the store).
 pub async fn generate(url: &str, accounts: u64, now: DateTime<Utc>, rules: &Rules) -> u64 {
+    generate_from(url, 0, accounts, now, rules).await
+}
+
+/// [`generate`] for accounts number `first` .. `first + accounts` (`first` a multiple of 40 keeps
+/// the mix of due kinds even).
+pub async fn generate_from(
+    url: &str,
+    first: u64,
+    accounts: u64,
+    now: DateTime<Utc>,
+    rules: &Rules,
+) -> u64 {
     let store = ocs_lifecycle::store::connect(url, 2, Arc::new(rules.clone()))
         .await
         .expect("store");
@@ -59,7 +71,7 @@ pub async fn generate(url: &str, accounts: u64, now: DateTime<Utc>, rules: &Rule
            CASE WHEN i % 10 = 0 AND (i / 10) % 4 = 3 THEN $15 ELSE NULL END, \
            NULL, $2, \
            CASE WHEN i % 10 <> 0 THEN $16 ELSE (CASE (i / 10) % 4 WHEN 0 THEN $17 WHEN 1 THEN $18 WHEN 2 THEN $19 ELSE $20 END) END \
-         FROM ({rows}) AS g"
+         FROM (SELECT i + {first} AS i FROM ({rows}) AS r) AS g"
     );
     let (grace, lock) = (
         u64::from(rules.grace_days),

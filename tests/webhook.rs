@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use common::{Db, TestDb, TestServer};
 use hmac::{Hmac, Mac};
-use hook::{Hook, Policy, Received, always_ok, free_addr};
+use hook::{CLOSE, Hook, Policy, Received, always_ok, free_addr};
 use ocs_lifecycle::config::{BssConfig, ClockMode, Config};
 use ocs_lifecycle::proto;
 use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
@@ -63,6 +63,8 @@ webhook_tests! {
     a_recycled_number_is_posted_once_signed_with_its_event_id,
     failed_answers_are_retried_until_the_bss_answers_2xx,
     a_bss_that_is_down_at_first_receives_the_event_once_it_listens,
+    timeouts_closed_connections_and_slow_answers_are_retried_until_accepted,
+    an_event_committed_below_the_last_seen_sequence_is_still_delivered,
     a_poisoned_event_is_dead_lettered_others_flow_and_redeliver_requeues_it,
     an_msisdns_events_arrive_in_sequence_order_even_when_the_first_fails,
     a_restart_sends_what_was_not_confirmed_and_never_resends_what_was,
@@ -375,6 +377,76 @@ async fn a_bss_that_is_down_at_first_receives_the_event_once_it_listens(db: Arc<
     wait_deliveries(&check, |d| d.values().all(|d| d.delivered)).await;
     assert_quiet(&hook, 1).await;
     assert_eq!(event_id(&hook.received()[0]), expected[0].1);
+    check.close().await;
+    server.stop().await;
+}
+
+async fn timeouts_closed_connections_and_slow_answers_are_retried_until_accepted(db: Arc<TestDb>) {
+    // The request timeout is 1 s: the first answer would come after 3 s (the client gives up),
+    // the second attempt finds the connection closed without an answer, the third is answered
+    // 200 slowly but in time.
+    let mut answers = vec![
+        (200, Duration::from_secs(3)),
+        (CLOSE, Duration::ZERO),
+        (200, Duration::from_millis(400)),
+    ]
+    .into_iter();
+    let hook = Hook::start(Box::new(move |_| {
+        answers.next().unwrap_or((200, Duration::ZERO))
+    }))
+    .await;
+    let server = start(&db, bss(&hook.url())).await;
+    let check = server.db().await;
+    recycle_at_t1(&server, &["8613800000251"]).await;
+    let expected = recycled(&check).await;
+
+    wait_deliveries(&check, |d| d.values().any(|d| d.delivered)).await;
+    assert_quiet(&hook, 3).await;
+    let seen = hook.seen();
+    assert!(
+        seen.iter()
+            .all(|r| event_id(r) == expected[0].1 && r.body == seen[0].body),
+        "every attempt is the same event"
+    );
+    // Only the slow answer in time counts; the one after the timeout was never written.
+    let received = hook.received();
+    assert_eq!(received.len(), 1, "{received:#?}");
+    assert_eq!(received[0].status, 200);
+    let row = &deliveries(&check).await[&expected[0].1];
+    assert_eq!((row.attempts, row.delivered, row.dead), (3, true, false));
+    check.close().await;
+    server.stop().await;
+}
+
+async fn an_event_committed_below_the_last_seen_sequence_is_still_delivered(db: Arc<TestDb>) {
+    // On PostgreSQL a transaction can commit an outbox sequence lower than one the worker has
+    // already registered. Here such an event is written directly (as a slow transaction would
+    // leave it): a sequence below the highest registered one, after the worker saw that one.
+    let hook = Hook::start(always_ok()).await;
+    let server = start(&db, bss(&hook.url())).await;
+    let check = server.db().await;
+    recycle_at_t1(&server, &["8613800000261"]).await;
+    hook.wait_for(WAIT, |r| r.len() == 1).await;
+    let first = recycled(&check).await;
+    // A STATE_CHANGED row below the registered recycle becomes a recycle of another number.
+    let late_sequence: i64 = check
+        .scalar(&format!(
+            "SELECT max(sequence) FROM outbox WHERE event_type = 2 AND sequence < {}",
+            first[0].0
+        ))
+        .await;
+    let late_id = uuid::Uuid::new_v4().to_string();
+    let writer = db.open_for_writing().await;
+    writer
+        .execute(&format!(
+            "UPDATE outbox SET event_type = 1, event_id = '{late_id}', msisdn = '8613800000262' \
+             WHERE sequence = {late_sequence}"
+        ))
+        .await;
+    writer.close().await;
+    hook.wait_for(WAIT, |r| r.iter().any(|r| event_id(r) == late_id))
+        .await;
+    wait_deliveries(&check, |d| d.len() == 2 && d.values().all(|d| d.delivered)).await;
     check.close().await;
     server.stop().await;
 }

@@ -12,7 +12,8 @@
 //! 1. *Register*: every poll, outbox events of the selected types that have no delivery row get
 //!    one. Delivery is tracked per event, not by a cursor, so an event that commits late with a
 //!    lower sequence (PostgreSQL, see `api::events`) is registered when it appears instead of
-//!    being skipped.
+//!    being skipped. The scans stay small ([`Registrar`]): each poll looks only above the
+//!    highest sequence seen, and a slower pass looks back over the recent past for late commits.
 //! 2. *Pick*: the due events that are the oldest undelivered, not dead-lettered event of their
 //!    MSISDN. An MSISDN's later event waits for its earlier one; other MSISDNs are not held up.
 //!    Events of one MSISDN commit in sequence order (the account row is locked before the
@@ -30,24 +31,35 @@
 mod backoff;
 pub mod payload;
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::BssConfig;
-use crate::store::{AccountStore, AttemptOutcome, EventType, OutboxEvent, PendingDelivery};
+use crate::store::{
+    AccountStore, AttemptOutcome, EventType, OutboxEvent, PendingDelivery, Registered, StoreError,
+};
 
 /// How often the worker looks for new and due events.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Requests in flight at most (each to a different MSISDN).
 const MAX_IN_FLIGHT: usize = 32;
-/// Outbox events registered per poll at most.
-const REGISTER_BATCH: u32 = 500;
+/// Outbox events registered per statement at most.
+const REGISTER_BATCH: u32 = 1000;
+/// Register statements per poll at most (so a large backlog does not starve sending).
+const REGISTER_ROUNDS: u32 = 8;
+/// How often the look-back pass runs.
+const LOOK_BACK_EVERY: Duration = Duration::from_secs(5);
+/// How long a transaction can hold an outbox sequence before committing it. A sequence seen
+/// this long ago has no uncommitted sequence below it any more, so the look-back pass stops
+/// there. A sweep batch or a request commits in far less; should one take longer, its late
+/// events are still found by the full pass that every start makes.
+const SETTLE_AFTER: Duration = Duration::from_secs(120);
 /// Added to the request timeout for the lease of a claimed row.
 const LEASE_MARGIN: Duration = Duration::from_secs(2);
 /// `last_error` is kept to this many characters.
@@ -173,13 +185,10 @@ struct Sender {
 async fn run(sender: Arc<Sender>, types: Vec<EventType>, shutdown: CancellationToken) {
     let mut in_flight: JoinSet<i64> = JoinSet::new();
     let mut busy: HashSet<i64> = HashSet::new();
+    let mut registrar = Registrar::new(types);
     loop {
         let now = now_ms();
-        if let Err(e) = sender
-            .store
-            .register_webhook_events(&types, now, REGISTER_BATCH)
-            .await
-        {
+        if let Err(e) = registrar.poll(sender.store.as_ref(), now).await {
             tracing::warn!(error = %e, "webhook: cannot read new outbox events; retrying");
         }
         let free = MAX_IN_FLIGHT - busy.len();
@@ -219,6 +228,103 @@ async fn run(sender: Arc<Sender>, types: Vec<EventType>, shutdown: CancellationT
         abandoned = busy.len(),
         "webhook worker stopped; abandoned attempts are sent again after their lease"
     );
+}
+
+/// Finds the outbox events that need a delivery row, without rescanning the whole outbox.
+///
+/// Sequences are drawn in order but can commit out of order on PostgreSQL, so "everything up
+/// to the highest sequence seen" is not yet "everything below it". Two bounds:
+/// - `seen`: the highest sequence found. Each poll looks above it (new events).
+/// - `settled`: everything at or below it has a row. The look-back pass, every
+///   [`LOOK_BACK_EVERY`], scans above it for late commits, then moves it up to the `seen` of
+///   at least [`SETTLE_AFTER`] ago.
+///
+/// At start `settled` is 0: the first pass checks the whole outbox once (after a crash or an
+/// upgrade nothing is missed).
+struct Registrar {
+    types: Vec<EventType>,
+    seen: i64,
+    settled: i64,
+    /// `seen` as it was at past look-back passes, oldest first: candidates for `settled`.
+    marks: VecDeque<(Instant, i64)>,
+    last_look_back: Option<Instant>,
+}
+
+impl Registrar {
+    fn new(types: Vec<EventType>) -> Self {
+        Self {
+            types,
+            seen: 0,
+            settled: 0,
+            marks: VecDeque::new(),
+            last_look_back: None,
+        }
+    }
+
+    async fn poll(&mut self, store: &dyn AccountStore, now_ms: i64) -> Result<(), StoreError> {
+        let due = self
+            .last_look_back
+            .is_none_or(|at| at.elapsed() >= LOOK_BACK_EVERY);
+        if due {
+            self.look_back(store, now_ms).await?;
+        }
+        for _ in 0..REGISTER_ROUNDS {
+            let found = self.register_after(store, self.seen, now_ms).await?;
+            if found.found < u64::from(REGISTER_BATCH) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers what is missing above `settled`, then settles what is old enough.
+    async fn look_back(&mut self, store: &dyn AccountStore, now_ms: i64) -> Result<(), StoreError> {
+        let started = Instant::now();
+        if self.last_look_back.is_none() {
+            // Polls look above this; this pass (from 0) and the next ones look below it.
+            self.seen = store.last_outbox_sequence().await?;
+        }
+        let seen_before = self.seen;
+        let mut after = self.settled;
+        loop {
+            let found = self.register_after(store, after, now_ms).await?;
+            match found.last_sequence {
+                Some(last) if found.found >= u64::from(REGISTER_BATCH) => after = last,
+                _ => break,
+            }
+        }
+        self.marks.push_back((started, seen_before));
+        // A mark taken SETTLE_AFTER before this pass started had nothing uncommitted below it
+        // when the pass began, and the pass scanned above `settled`: it is settled now.
+        while let Some(&(at, mark)) = self.marks.front() {
+            if started.duration_since(at) < SETTLE_AFTER {
+                break;
+            }
+            self.settled = self.settled.max(mark);
+            self.marks.pop_front();
+        }
+        self.marks.push_back((started, seen_before));
+        self.last_look_back = Some(started);
+        Ok(())
+    }
+
+    async fn register_after(
+        &mut self,
+        store: &dyn AccountStore,
+        after: i64,
+        now_ms: i64,
+    ) -> Result<Registered, StoreError> {
+        let found = store
+            .register_webhook_events(&self.types, now_ms, after, REGISTER_BATCH)
+            .await?;
+        if let Some(last) = found.last_sequence {
+            self.seen = self.seen.max(last);
+        }
+        if found.added > 0 {
+            tracing::debug!(added = found.added, after, "webhook: events registered");
+        }
+        Ok(found)
+    }
 }
 
 fn finished(busy: &mut HashSet<i64>, done: Result<i64, tokio::task::JoinError>) {

@@ -33,6 +33,17 @@ pub struct DeadLetter {
     pub dead_at: DateTime<Utc>,
 }
 
+/// What one registration pass found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Registered {
+    /// Delivery rows added.
+    pub added: u64,
+    /// Unregistered events found (≥ `added`: another worker may have added some meanwhile).
+    pub found: u64,
+    /// The highest sequence among them.
+    pub last_sequence: Option<i64>,
+}
+
 /// How one attempt ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AttemptOutcome {
@@ -50,14 +61,20 @@ pub enum AttemptOutcome {
 
 #[async_trait::async_trait]
 pub trait WebhookDeliveries: Send + Sync {
-    /// Adds a delivery row (due at `now_ms`) for up to `limit` outbox events of `types` that
-    /// have none yet, in sequence order; returns how many were added.
+    /// Adds a delivery row (due at `now_ms`) for up to `limit` outbox events of `types` with a
+    /// sequence > `after_sequence` that have none yet, in sequence order. The bound keeps the
+    /// scan to the recent part of the outbox; the worker decides how far back it must look
+    /// (`crate::notify::Registrar`).
     async fn register_webhook_events(
         &self,
         types: &[EventType],
         now_ms: i64,
+        after_sequence: i64,
         limit: u32,
-    ) -> Result<u64, StoreError>;
+    ) -> Result<Registered, StoreError>;
+
+    /// The highest sequence in the outbox (0 when empty).
+    async fn last_outbox_sequence(&self) -> Result<i64, StoreError>;
 
     /// Pending events due at `now_ms` that are the oldest pending event of their MSISDN (a later
     /// event of an MSISDN waits for the earlier one), in sequence order.
@@ -143,39 +160,58 @@ macro_rules! impl_webhook_deliveries {
                 &self,
                 types: &[$crate::store::EventType],
                 now_ms: i64,
+                after_sequence: i64,
                 limit: u32,
-            ) -> Result<u64, $crate::store::StoreError> {
+            ) -> Result<$crate::store::Registered, $crate::store::StoreError> {
                 if types.is_empty() {
-                    return Ok(0);
+                    return Ok($crate::store::Registered::default());
                 }
-                // Read first (cheap, on the readers) so an idle poll writes nothing.
-                let sql = format!(
-                    "SELECT o.sequence, o.event_id, o.msisdn FROM outbox o \
-                     WHERE o.event_type IN ({}) AND NOT EXISTS \
-                     (SELECT 1 FROM webhook_deliveries d WHERE d.sequence = o.sequence) \
-                     ORDER BY o.sequence LIMIT $1",
+                let unregistered = format!(
+                    "FROM outbox o WHERE o.sequence > $1 AND o.event_type IN ({}) \
+                     AND NOT EXISTS \
+                     (SELECT 1 FROM webhook_deliveries d WHERE d.sequence = o.sequence)",
                     $crate::store::deliveries::type_list(types)
                 );
-                let new: Vec<(i64, String, String)> = sqlx::query_as(&sql)
+                // Read first (cheap, on the readers) so an idle poll writes nothing.
+                let sql = format!(
+                    "SELECT count(*), max(sequence) FROM \
+                     (SELECT o.sequence {unregistered} ORDER BY o.sequence LIMIT $2) AS n"
+                );
+                let (found, last): (i64, Option<i64>) = sqlx::query_as(&sql)
+                    .bind(after_sequence)
                     .bind(i64::from(limit))
-                    .fetch_all(self.reader())
+                    .fetch_one(self.reader())
                     .await?;
-                let mut added = 0;
-                for (sequence, event_id, msisdn) in new {
-                    added += sqlx::query(
-                        "INSERT INTO webhook_deliveries \
-                         (sequence, event_id, msisdn, attempts, next_attempt_at) \
-                         VALUES ($1, $2, $3, 0, $4) ON CONFLICT (sequence) DO NOTHING",
-                    )
-                    .bind(sequence)
-                    .bind(event_id)
-                    .bind(msisdn)
+                let Some(last) = last else {
+                    return Ok($crate::store::Registered::default());
+                };
+                // One statement for the lot, bounded by what was read.
+                let sql = format!(
+                    "INSERT INTO webhook_deliveries \
+                     (sequence, event_id, msisdn, attempts, next_attempt_at) \
+                     SELECT o.sequence, o.event_id, o.msisdn, 0, $3 {unregistered} \
+                     AND o.sequence <= $2 ORDER BY o.sequence \
+                     ON CONFLICT (sequence) DO NOTHING"
+                );
+                let added = sqlx::query(&sql)
+                    .bind(after_sequence)
+                    .bind(last)
                     .bind(now_ms)
                     .execute(self.writer())
                     .await?
                     .rows_affected();
-                }
-                Ok(added)
+                Ok($crate::store::Registered {
+                    added,
+                    found: u64::try_from(found).unwrap_or_default(),
+                    last_sequence: Some(last),
+                })
+            }
+
+            async fn last_outbox_sequence(&self) -> Result<i64, $crate::store::StoreError> {
+                let last: Option<i64> = sqlx::query_scalar("SELECT max(sequence) FROM outbox")
+                    .fetch_one(self.reader())
+                    .await?;
+                Ok(last.unwrap_or(0))
             }
 
             async fn due_webhook_deliveries(

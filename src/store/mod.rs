@@ -22,7 +22,7 @@ use crate::lifecycle::{
     Account, AccountState, DomainError, ErrorReason, HistoryKind, Msisdn, Rules,
 };
 
-pub use deliveries::{AttemptOutcome, DeadLetter, PendingDelivery, WebhookDeliveries};
+pub use deliveries::{AttemptOutcome, DeadLetter, PendingDelivery, Registered, WebhookDeliveries};
 pub use postgres::PostgresStore;
 pub use records::{
     SWEEP_ACTOR, SweepCounts, SweepReport, SweepRequest, VALIDITY_EXPIRING_REASON, expiring_event,

@@ -100,11 +100,22 @@ impl TestDb {
 
     /// A direct connection to the database, to check what the server wrote.
     pub async fn open(&self) -> Db {
+        self.connect(true).await
+    }
+
+    /// A direct connection that may write: for tests that arrange the database behind the
+    /// server's back (as another process or a slow transaction would).
+    pub async fn open_for_writing(&self) -> Db {
+        self.connect(false).await
+    }
+
+    async fn connect(&self, read_only: bool) -> Db {
         match self.backend {
             Backend::Sqlite => {
                 let options = SqliteConnectOptions::from_str(&self.url)
                     .expect("SQLite URL")
-                    .read_only(true);
+                    .busy_timeout(Duration::from_secs(10))
+                    .read_only(read_only);
                 let pool = SqlitePoolOptions::new()
                     .max_connections(2)
                     .connect_with(options)
@@ -240,6 +251,22 @@ macro_rules! on_pool {
 }
 
 impl Db {
+    /// Runs one statement (tests that arrange the database directly).
+    pub async fn execute(&self, sql: &str) {
+        let done: Result<_, sqlx::Error> = on_pool!(self, |pool| sqlx::query(sql)
+            .execute(pool)
+            .await
+            .map(|_| ()));
+        done.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// The one `BIGINT` value a query returns.
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        let value: Result<i64, sqlx::Error> =
+            on_pool!(self, |pool| sqlx::query_scalar(sql).fetch_one(pool).await);
+        value.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
     pub async fn count(&self, table: &str) -> i64 {
         let sql = format!("SELECT COUNT(*) FROM {table}");
         let counted: Result<i64, sqlx::Error> =

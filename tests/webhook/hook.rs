@@ -35,7 +35,8 @@ impl Received {
     }
 }
 
-/// How the listener answers: a status and a delay before answering.
+/// How the listener answers: a status ([`CLOSE`]: none, the connection is closed) and a delay
+/// before answering.
 pub type Policy = Box<dyn FnMut(&Received) -> (u16, Duration) + Send>;
 
 struct State {
@@ -53,6 +54,9 @@ pub struct Hook {
     state: Arc<State>,
     task: JoinHandle<()>,
 }
+
+/// The "status" of a policy that closes the connection without answering.
+pub const CLOSE: u16 = 0;
 
 /// Answers 200 at once.
 pub fn always_ok() -> Policy {
@@ -163,6 +167,11 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) {
             Err(_) => {}
             Ok(_) => return,
         }
+    }
+    if status == CLOSE {
+        // Hang up without a word: the client sees the connection closed mid-request.
+        drop(stream);
+        return;
     }
     request.status = status;
     let response =
