@@ -31,7 +31,7 @@
 mod backoff;
 pub mod payload;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -41,14 +41,16 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::BssConfig;
-use crate::store::{
-    AccountStore, AttemptOutcome, EventType, OutboxEvent, PendingDelivery, Registered, StoreError,
-};
+use crate::store::{AccountStore, AttemptOutcome, EventType, OutboxEvent, Registered, StoreError};
 
 /// How often the worker looks for new and due events.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Requests in flight at most (each to a different MSISDN).
 const MAX_IN_FLIGHT: usize = 32;
+/// Due events read ahead per query.
+const READY_WINDOW: u32 = 256;
+/// How often, at most, the worker looks for new outbox events.
+const REGISTER_EVERY: Duration = Duration::from_millis(50);
 /// Outbox events registered per statement at most.
 const REGISTER_BATCH: u32 = 1000;
 /// Register statements per poll at most (so a large backlog does not starve sending).
@@ -181,53 +183,89 @@ struct Sender {
     counters: Arc<WebhookCounters>,
 }
 
-/// The delivery loop: register, pick, send; until `shutdown`.
+/// The delivery loop: record what finished, register, pick and claim, send; until `shutdown`.
+///
+/// Attempts only POST; the loop writes their claims and outcomes in batches (one transaction
+/// each per turn), so a commit — an fsync on SQLite with `synchronous = FULL` — serves many
+/// events.
 async fn run(sender: Arc<Sender>, types: Vec<EventType>, shutdown: CancellationToken) {
-    let mut in_flight: JoinSet<i64> = JoinSet::new();
+    let mut in_flight: JoinSet<(i64, AttemptOutcome)> = JoinSet::new();
     let mut busy: HashSet<i64> = HashSet::new();
+    let mut done: Vec<(i64, AttemptOutcome)> = Vec::new();
+    let mut ready = Ready::default();
     let mut registrar = Registrar::new(types);
+    let mut registered_at: Option<Instant> = None;
     loop {
+        sender.record(&mut done, &mut busy).await;
         let now = now_ms();
-        if let Err(e) = registrar.poll(sender.store.as_ref(), now).await {
-            tracing::warn!(error = %e, "webhook: cannot read new outbox events; retrying");
+        // Under load the loop turns every few milliseconds; registering in batches a few
+        // times per poll interval keeps plenty of work ahead without a query per turn.
+        if registered_at.is_none_or(|at| at.elapsed() >= REGISTER_EVERY) {
+            if let Err(e) = registrar.poll(sender.store.as_ref(), now).await {
+                tracing::warn!(error = %e, "webhook: cannot read new outbox events; retrying");
+            }
+            registered_at = Some(Instant::now());
         }
         let free = MAX_IN_FLIGHT - busy.len();
         if free > 0 {
-            // Rows in flight are leased, so not due; ask for a few more in case.
-            let limit = u32::try_from(MAX_IN_FLIGHT).unwrap_or(u32::MAX);
-            match sender.store.due_webhook_deliveries(now, limit).await {
-                Ok(due) => {
-                    for pending in due {
-                        if busy.len() >= MAX_IN_FLIGHT {
-                            break;
-                        }
-                        if busy.insert(pending.event.sequence) {
-                            in_flight.spawn(sender.clone().attempt(pending));
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "webhook: cannot read due deliveries; retrying");
-                }
+            if ready.len() < free {
+                sender.refill(&mut ready, now, &busy).await;
+            }
+            for (event, attempt) in sender.claim(&mut ready, now, free).await {
+                busy.insert(event.sequence);
+                in_flight.spawn(sender.clone().attempt(event, attempt));
             }
         }
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                finished(&mut busy, done);
-                while let Some(done) = in_flight.try_join_next() {
-                    finished(&mut busy, done);
+            Some(finished) = in_flight.join_next(), if !in_flight.is_empty() => {
+                collect(&mut done, &mut busy, finished);
+                while let Some(finished) = in_flight.try_join_next() {
+                    collect(&mut done, &mut busy, finished);
                 }
             }
             _ = tokio::time::sleep(POLL_INTERVAL) => {}
         }
     }
+    // What was confirmed is recorded, so it is not sent again; the rest waits for its lease.
+    sender.record(&mut done, &mut busy).await;
     in_flight.abort_all();
     tracing::info!(
         abandoned = busy.len(),
         "webhook worker stopped; abandoned attempts are sent again after their lease"
     );
+}
+
+fn collect(
+    done: &mut Vec<(i64, AttemptOutcome)>,
+    busy: &mut HashSet<i64>,
+    finished: Result<(i64, AttemptOutcome), tokio::task::JoinError>,
+) {
+    match finished {
+        Ok(outcome) => done.push(outcome),
+        Err(e) => {
+            // An attempt task panicked: its row's lease expires and it is picked up again.
+            // Which row it held is unknown, so forget them all (rows in flight stay leased).
+            tracing::error!(error = %e, "webhook attempt failed unexpectedly");
+            busy.clear();
+        }
+    }
+}
+
+/// Due events read ahead of their claim, oldest first. Safe to hold: the due query returns an
+/// event only when no earlier event of its MSISDN is pending, and that stays true until this
+/// event is delivered or dead-lettered.
+#[derive(Default)]
+struct Ready {
+    events: VecDeque<OutboxEvent>,
+    queued: HashSet<i64>,
+}
+
+impl Ready {
+    fn len(&self) -> usize {
+        self.events.len()
+    }
 }
 
 /// Finds the outbox events that need a delivery row, without rescanning the whole outbox.
@@ -327,42 +365,83 @@ impl Registrar {
     }
 }
 
-fn finished(busy: &mut HashSet<i64>, done: Result<i64, tokio::task::JoinError>) {
-    match done {
-        Ok(sequence) => {
+impl Sender {
+    /// Writes the outcomes in `done` (one transaction) and frees their events.
+    async fn record(&self, done: &mut Vec<(i64, AttemptOutcome)>, busy: &mut HashSet<i64>) {
+        if done.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.record_webhook_attempts(done, Utc::now()).await {
+            // The leases expire and the events are sent again: at-least-once.
+            tracing::warn!(
+                events = done.len(),
+                error = %e,
+                "webhook: cannot record the attempts; they are sent again after their lease"
+            );
+        }
+        for (sequence, _) in done.drain(..) {
             busy.remove(&sequence);
         }
-        Err(e) => {
-            // An attempt task panicked: its row's lease expires and it is picked up again.
-            tracing::error!(error = %e, "webhook attempt failed unexpectedly");
-            busy.clear();
+    }
+
+    /// Adds due events to `ready` (those not in flight here and not queued yet).
+    async fn refill(&self, ready: &mut Ready, now: i64, busy: &HashSet<i64>) {
+        match self.store.due_webhook_deliveries(now, READY_WINDOW).await {
+            Ok(due) => {
+                for pending in due {
+                    let sequence = pending.event.sequence;
+                    if !busy.contains(&sequence) && ready.queued.insert(sequence) {
+                        ready.events.push_back(pending.event);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "webhook: cannot read due deliveries; retrying"),
         }
     }
-}
 
-impl Sender {
-    /// One attempt at one event; returns its sequence.
-    async fn attempt(self: Arc<Self>, pending: PendingDelivery) -> i64 {
-        let event = pending.event;
-        let sequence = event.sequence;
-        let now = now_ms();
-        let attempt = match self
+    /// Claims up to `free` events from the front of `ready` (one transaction); returns the
+    /// claimed events with their attempt numbers. Events someone else claimed meanwhile (or
+    /// that were delivered) are dropped from the queue.
+    async fn claim(&self, ready: &mut Ready, now: i64, free: usize) -> Vec<(OutboxEvent, u32)> {
+        let take = free.min(ready.len());
+        if take == 0 {
+            return Vec::new();
+        }
+        let picked: Vec<OutboxEvent> = ready.events.drain(..take).collect();
+        for event in &picked {
+            ready.queued.remove(&event.sequence);
+        }
+        let sequences: Vec<i64> = picked.iter().map(|event| event.sequence).collect();
+        let lease_until = now.saturating_add(millis(self.lease));
+        let claimed: HashMap<i64, u32> = match self
             .store
-            .claim_webhook_delivery(sequence, now, now.saturating_add(millis(self.lease)))
+            .claim_webhook_deliveries(&sequences, now, lease_until)
             .await
         {
-            Ok(Some(attempt)) => attempt,
-            // Another worker has it, or it was delivered meanwhile.
-            Ok(None) => return sequence,
+            Ok(claimed) => claimed.into_iter().collect(),
             Err(e) => {
-                tracing::warn!(sequence, error = %e, "webhook: cannot claim the event; retrying");
-                return sequence;
+                tracing::warn!(error = %e, "webhook: cannot claim due events; retrying");
+                return Vec::new();
             }
         };
+        picked
+            .into_iter()
+            .filter_map(|event| {
+                let attempt = *claimed.get(&event.sequence)?;
+                Some((event, attempt))
+            })
+            .collect()
+    }
+
+    /// One attempt at one claimed event: POSTs it and decides what follows.
+    async fn attempt(self: Arc<Self>, event: OutboxEvent, attempt: u32) -> (i64, AttemptOutcome) {
+        let sequence = event.sequence;
         let outcome = match self.post(&event).await {
             Ok(()) => {
                 self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
+                // Debug: at thousands per second an info line each would drown the log; the
+                // delivery is recorded in `webhook_deliveries.delivered_at`.
+                tracing::debug!(
                     sequence,
                     event_id = %event.event_id,
                     msisdn = %event.msisdn,
@@ -401,15 +480,7 @@ impl Sender {
                 }
             }
         };
-        if let Err(e) = self
-            .store
-            .record_webhook_attempt(sequence, &outcome, Utc::now())
-            .await
-        {
-            // The lease expires and the event is sent again: at-least-once.
-            tracing::warn!(sequence, error = %e, "webhook: cannot record the attempt");
-        }
-        sequence
+        (sequence, outcome)
     }
 
     /// POSTs one event; `Err` describes why it was not accepted.

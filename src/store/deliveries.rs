@@ -84,21 +84,21 @@ pub trait WebhookDeliveries: Send + Sync {
         limit: u32,
     ) -> Result<Vec<PendingDelivery>, StoreError>;
 
-    /// Starts an attempt: if the event is still pending and due at `now_ms`, counts the attempt,
-    /// holds the row until `lease_until_ms` (another worker, or this one after a crash, takes it
-    /// again only then) and returns the attempt's number; `None` if someone else has it.
-    async fn claim_webhook_delivery(
+    /// Starts attempts: of `sequences`, those still pending and due at `now_ms` get their
+    /// attempt counted and are held until `lease_until_ms` (another worker, or this one after
+    /// a crash, takes them again only then). Returns `(sequence, attempt number)` of the rows
+    /// claimed; one transaction for all.
+    async fn claim_webhook_deliveries(
         &self,
-        sequence: i64,
+        sequences: &[i64],
         now_ms: i64,
         lease_until_ms: i64,
-    ) -> Result<Option<u32>, StoreError>;
+    ) -> Result<Vec<(i64, u32)>, StoreError>;
 
-    /// Records how the attempt on `sequence` ended, at `at`.
-    async fn record_webhook_attempt(
+    /// Records how the attempts ended, at `at`; one transaction for all.
+    async fn record_webhook_attempts(
         &self,
-        sequence: i64,
-        outcome: &AttemptOutcome,
+        outcomes: &[(i64, AttemptOutcome)],
         at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
 
@@ -140,6 +140,15 @@ pub(crate) struct DeadRow {
 
 pub(crate) fn attempts(value: i32) -> u32 {
     u32::try_from(value).unwrap_or_default()
+}
+
+/// The `IN (…)` list of sequences: integers only, so safe to inline in SQL.
+pub(crate) fn sequence_list(sequences: &[i64]) -> String {
+    sequences
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The `IN (…)` list of event types: wire numbers only, so safe to inline in SQL.
@@ -245,58 +254,81 @@ macro_rules! impl_webhook_deliveries {
                     .collect()
             }
 
-            async fn claim_webhook_delivery(
+            async fn claim_webhook_deliveries(
                 &self,
-                sequence: i64,
+                sequences: &[i64],
                 now_ms: i64,
                 lease_until_ms: i64,
-            ) -> Result<Option<u32>, $crate::store::StoreError> {
-                let claimed: Option<i32> = sqlx::query_scalar(
-                    "UPDATE webhook_deliveries SET attempts = attempts + 1, next_attempt_at = $3 \
-                     WHERE sequence = $1 AND delivered_at IS NULL AND dead_at IS NULL \
-                     AND next_attempt_at <= $2 RETURNING attempts",
-                )
-                .bind(sequence)
-                .bind(now_ms)
-                .bind(lease_until_ms)
-                .fetch_optional(self.writer())
-                .await?;
-                Ok(claimed.map($crate::store::deliveries::attempts))
+            ) -> Result<Vec<(i64, u32)>, $crate::store::StoreError> {
+                if sequences.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let sql = format!(
+                    "UPDATE webhook_deliveries SET attempts = attempts + 1, next_attempt_at = $2 \
+                     WHERE sequence IN ({}) AND delivered_at IS NULL AND dead_at IS NULL \
+                     AND next_attempt_at <= $1 RETURNING sequence, attempts",
+                    $crate::store::deliveries::sequence_list(sequences)
+                );
+                let claimed: Vec<(i64, i32)> = sqlx::query_as(&sql)
+                    .bind(now_ms)
+                    .bind(lease_until_ms)
+                    .fetch_all(self.writer())
+                    .await?;
+                Ok(claimed
+                    .into_iter()
+                    .map(|(sequence, attempts)| {
+                        (sequence, $crate::store::deliveries::attempts(attempts))
+                    })
+                    .collect())
             }
 
-            async fn record_webhook_attempt(
+            async fn record_webhook_attempts(
                 &self,
-                sequence: i64,
-                outcome: &$crate::store::AttemptOutcome,
+                outcomes: &[(i64, $crate::store::AttemptOutcome)],
                 at: chrono::DateTime<chrono::Utc>,
             ) -> Result<(), $crate::store::StoreError> {
                 use $crate::store::AttemptOutcome;
-                let query = match outcome {
-                    AttemptOutcome::Delivered => sqlx::query(
-                        "UPDATE webhook_deliveries SET delivered_at = $2, last_error = NULL \
-                         WHERE sequence = $1",
-                    )
-                    .bind(sequence)
-                    .bind(at),
-                    AttemptOutcome::Retry {
-                        error,
-                        next_attempt_at,
-                    } => sqlx::query(
-                        "UPDATE webhook_deliveries SET next_attempt_at = $2, last_error = $3 \
-                         WHERE sequence = $1 AND delivered_at IS NULL",
-                    )
-                    .bind(sequence)
-                    .bind(*next_attempt_at)
-                    .bind(error.as_str()),
-                    AttemptOutcome::Dead { error } => sqlx::query(
-                        "UPDATE webhook_deliveries SET dead_at = $2, last_error = $3 \
-                         WHERE sequence = $1 AND delivered_at IS NULL",
-                    )
-                    .bind(sequence)
-                    .bind(at)
-                    .bind(error.as_str()),
-                };
-                query.execute(self.writer()).await?;
+                if outcomes.is_empty() {
+                    return Ok(());
+                }
+                let delivered: Vec<i64> = outcomes
+                    .iter()
+                    .filter(|(_, o)| matches!(o, AttemptOutcome::Delivered))
+                    .map(|(sequence, _)| *sequence)
+                    .collect();
+                let mut tx = self.writer().begin().await?;
+                if !delivered.is_empty() {
+                    let sql = format!(
+                        "UPDATE webhook_deliveries SET delivered_at = $1, last_error = NULL \
+                         WHERE sequence IN ({})",
+                        $crate::store::deliveries::sequence_list(&delivered)
+                    );
+                    sqlx::query(&sql).bind(at).execute(&mut *tx).await?;
+                }
+                for (sequence, outcome) in outcomes {
+                    let query = match outcome {
+                        AttemptOutcome::Delivered => continue,
+                        AttemptOutcome::Retry {
+                            error,
+                            next_attempt_at,
+                        } => sqlx::query(
+                            "UPDATE webhook_deliveries SET next_attempt_at = $2, last_error = $3 \
+                             WHERE sequence = $1 AND delivered_at IS NULL",
+                        )
+                        .bind(*sequence)
+                        .bind(*next_attempt_at)
+                        .bind(error.as_str()),
+                        AttemptOutcome::Dead { error } => sqlx::query(
+                            "UPDATE webhook_deliveries SET dead_at = $2, last_error = $3 \
+                             WHERE sequence = $1 AND delivered_at IS NULL",
+                        )
+                        .bind(*sequence)
+                        .bind(at)
+                        .bind(error.as_str()),
+                    };
+                    query.execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
                 Ok(())
             }
 
