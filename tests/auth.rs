@@ -783,3 +783,193 @@ async fn with_tokens_or_insecure_any_address_is_served() {
     insecure.insecure = true;
     assert_eq!(serve_on_all_interfaces(insecure).await, Ok(()));
 }
+
+// ---- the real binary -----------------------------------------------------------------------
+
+const BIN: &str = env!("CARGO_BIN_EXE_ocs-lifecycle");
+
+/// The binary, run in `dir`, without the `OCS_*` variables of the test environment.
+fn ocs(dir: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(BIN);
+    command.current_dir(dir).env_remove("RUST_LOG");
+    for (name, _) in std::env::vars() {
+        if name.starts_with("OCS_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("address")
+        .port()
+}
+
+/// Waits (bounded) for `child` to exit; kills it and panics when it does not.
+fn wait_bounded(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + SAFETY;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `ocs-lifecycle serve --listen <addr>` in `dir` (its stderr in `dir/server.log`), once its
+/// health is SERVING.
+async fn spawn_serve(dir: &Path, addr: &str) -> std::process::Child {
+    let log = std::fs::File::create(dir.join("server.log")).expect("log file");
+    let mut child = ocs(dir)
+        .args(["serve", "--listen", addr])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn ocs-lifecycle serve");
+    let channel = plaintext_channel(addr.parse().expect("address"));
+    let deadline = tokio::time::Instant::now() + SAFETY;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+            panic!("the server exited before serving: {status}\n{log}");
+        }
+        if health_check(channel.clone()).await.ok() == Some(ServingStatus::Serving as i32) {
+            return child;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never SERVING");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// SIGTERM, and a clean exit.
+fn stop(mut child: std::process::Child, dir: &Path) {
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success(), "kill -TERM failed");
+    let status = tokio::task::block_in_place(|| wait_bounded(&mut child, "serve after SIGTERM"));
+    let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+    assert_eq!(status.code(), Some(0), "server log:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_token_configured_as_printed_authenticates_its_holder() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let output = ocs(dir.path())
+        .args([
+            "token",
+            "generate",
+            "--name",
+            "billing-gw",
+            "--role",
+            "billing",
+        ])
+        .output()
+        .expect("run token generate");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let token = stdout
+        .lines()
+        .find(|l| l.starts_with("ocs_"))
+        .expect("the token line")
+        .to_owned();
+    let entry = &stdout[stdout.find("[[auth.tokens]]").expect("the entry")..];
+    assert!(
+        !entry.contains(&token),
+        "only the hash goes into the configuration"
+    );
+    std::fs::write(dir.path().join("ocs-lifecycle.toml"), entry).expect("write config");
+
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = spawn_serve(dir.path(), &addr).await;
+    let mut accounts = AccountLifecycleClient::new(plaintext_channel(addr.parse().expect("addr")));
+    let msisdn = "8613800138000";
+    let provision = || proto::ProvisionAccountRequest {
+        msisdn: msisdn.into(),
+        sold: true,
+        request_id: "p-1".into(),
+        ..Default::default()
+    };
+    let refused = accounts
+        .provision_account(authorized(provision(), None))
+        .await;
+    assert_rejected(refused, Code::Unauthenticated, "TOKEN_MISSING");
+    accounts
+        .provision_account(authorized(provision(), Some(&token)))
+        .await
+        .expect("the generated token provisions");
+    let history = accounts
+        .get_account_history(authorized(
+            proto::GetAccountHistoryRequest {
+                msisdn: msisdn.into(),
+                ..Default::default()
+            },
+            Some(&token),
+        ))
+        .await
+        .expect("history")
+        .into_inner();
+    assert_eq!(history.entries.len(), 1);
+    assert_eq!(history.entries[0].actor, "billing-gw");
+    let unlock = accounts
+        .unlock(authorized(
+            proto::UnlockRequest {
+                msisdn: msisdn.into(),
+                operator_id: "op".into(),
+                branch_id: "b".into(),
+                recharge_amount: 0,
+                request_id: "u-1".into(),
+            },
+            Some(&token),
+        ))
+        .await;
+    assert_rejected(unlock, Code::PermissionDenied, "ROLE_NOT_ALLOWED");
+    stop(child, dir.path());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_without_tokens_warns_and_refuses_a_non_loopback_address() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let output = ocs(dir.path())
+        .args(["serve", "--listen", &format!("0.0.0.0:{}", free_port())])
+        .output()
+        .expect("run serve");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "served 0.0.0.0 without tokens");
+    assert!(stderr.contains("--insecure"), "{stderr}");
+    assert!(
+        !dir.path().join("ocs-lifecycle.db").exists(),
+        "a refused start created the database"
+    );
+
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = spawn_serve(dir.path(), &addr).await;
+    stop(child, dir.path());
+    let log = std::fs::read_to_string(dir.path().join("server.log")).expect("server log");
+    assert!(log.contains("authentication is off"), "{log}");
+
+    let output = ocs(dir.path())
+        .args(["token", "generate", "--name", "x", "--role", "root"])
+        .output()
+        .expect("run token generate");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "an unknown role is a usage error"
+    );
+    assert!(output.stdout.is_empty(), "no token printed");
+}

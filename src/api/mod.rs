@@ -25,7 +25,7 @@ pub use test_clock::TestClockApi;
 
 use crate::auth::{self, AuthLayer, Authenticator};
 use crate::clock::{Clock, ManualClock, SystemClock};
-use crate::config::{ClockMode, Config, ConfigError};
+use crate::config::{ClockMode, Config};
 use crate::proto::account_lifecycle_server::AccountLifecycleServer;
 use crate::proto::bss_events_server::BssEventsServer;
 use crate::proto::test_clock_server::TestClockServer;
@@ -92,30 +92,16 @@ pub async fn serve_on(
         .map_err(|e| ServeError::Other(e.to_string()))?;
     check_exposure(&config, addr)?;
     let authenticator = Authenticator::from_config(&config.auth)?.map(Arc::new);
-    let tls = auth::server_tls(&config.tls)?;
-    let tls_on = tls.is_some();
+    let (builder, tls_on) = auth::with_tls(Server::builder(), &config.tls)?;
     match &authenticator {
         None => tracing::warn!(
-            "authentication is off (no [[auth.tokens]] configured): every caller is trusted"
+            "authentication is off (no [[auth.tokens]] configured): every caller is trusted \
+             (loopback only unless --insecure)"
         ),
         Some(_) if !tls_on && !addr.ip().is_loopback() => tracing::warn!(
             "bearer tokens travel in clear text: configure [tls] to serve beyond loopback"
         ),
         Some(_) => {}
-    }
-    let mut builder = Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls).map_err(|e| {
-            ConfigError(format!(
-                "tls: the server cannot use tls.cert with tls.key{}: {}",
-                if config.tls.client_ca.is_some() {
-                    " and tls.client_ca"
-                } else {
-                    ""
-                },
-                error_chain(&e)
-            ))
-        })?;
     }
     let (manual, clock): (Option<Arc<ManualClock>>, Arc<dyn Clock>) = match config.clock {
         ClockMode::System => (None, Arc::new(SystemClock::default())),
@@ -282,18 +268,6 @@ pub async fn serve_on(
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-/// An error and its sources, `a: b: c` (tonic's transport error says little by itself).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 /// The database URL without its password, for logs.

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 pub use grants::{GRANTS, is_open, permits};
 pub use layer::{AuthLayer, AuthService, Authenticator};
-pub use tls::server_tls;
+pub use tls::{server_tls, with_tls};
 pub use token::{TOKEN_PREFIX, TokenCommand, generate_token, token_sha256};
 
 /// What a token may do (see [`GRANTS`]).
