@@ -22,6 +22,7 @@ use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
 use ocs_lifecycle::proto::bss_events_client::BssEventsClient;
 use ocs_lifecycle::proto::test_clock_client::TestClockClient;
 use ocs_lifecycle::proto::{self, AccountState, HistoryKind, RechargeChannel};
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -29,6 +30,10 @@ use tonic::{Code, Request, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
 /// Safety bound only: no test asserts on elapsed time.
 const SAFETY: Duration = Duration::from_secs(30);
@@ -143,7 +148,6 @@ async fn call(
     let mut clock = TestClockClient::new(channel.clone());
     let msisdn = format!("86139{n:08}");
     let request_id = format!("req-{n}");
-    let request_id = request_id.clone();
     macro_rules! send {
         ($client:ident . $rpc:ident ( $message:expr )) => {
             $client.$rpc(authorized($message, token)).await.map(|_| ())
@@ -246,13 +250,30 @@ async fn every_method_is_refused_without_a_valid_token(server: TestServer) {
     }
     assert_eq!(server.db().await.counts().await, before);
     // Probes and discovery stay open.
-    let health = HealthClient::new(channel)
+    let health = HealthClient::new(channel.clone())
         .check(HealthCheckRequest {
             service: "ocs.lifecycle.v1.AccountLifecycle".into(),
         })
         .await
         .expect("health needs no token");
     assert_eq!(health.into_inner().status, ServingStatus::Serving as i32);
+    let outbound = tokio_stream::iter([ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    }]);
+    let mut answers = ServerReflectionClient::new(channel)
+        .server_reflection_info(outbound)
+        .await
+        .expect("reflection needs no token")
+        .into_inner();
+    let answer = answers.next().await.expect("one answer").expect("answer");
+    assert!(
+        matches!(
+            answer.message_response,
+            Some(MessageResponse::ListServicesResponse(_))
+        ),
+        "{answer:?}"
+    );
     server.stop().await;
 }
 
