@@ -41,6 +41,9 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Bearer tokens for the gRPC API (needs no configuration).
+    #[command(subcommand)]
+    Token(ocs_lifecycle::auth::TokenCommand),
 }
 
 fn parse_instant(raw: &str) -> Result<DateTime<Utc>, String> {
@@ -53,6 +56,15 @@ fn parse_instant(raw: &str) -> Result<DateTime<Utc>, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Token(token) = &cli.command {
+        return match token.run(&mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ocs-lifecycle: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let config = match Config::load(&cli.overrides, std::env::vars()) {
         Ok(config) => config,
         Err(e) => {
@@ -89,6 +101,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Sweep { as_of, dry_run } => run_sweep(&config, as_of, dry_run).await,
+            Command::Token(_) => unreachable!("handled before the configuration is loaded"),
         }
     });
     match result {

@@ -9,6 +9,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, invalid};
+use crate::auth::Caller;
 use crate::clock::Clock;
 use crate::lifecycle::{
     self, Account, AccountState, Applied, Command, DomainError, ErrorReason, HistoryKind, Msisdn,
@@ -46,6 +47,9 @@ impl Context {
     }
 }
 
+/// The actor recorded when authentication is off.
+pub const ANONYMOUS: &str = "anonymous";
+
 pub struct AccountsApi {
     ctx: Context,
 }
@@ -56,10 +60,13 @@ impl AccountsApi {
     }
 }
 
-/// Who made a request, as recorded in history. Authentication (bearer tokens mapped to names)
-/// is not configured yet, so every caller is recorded as `anonymous`.
-fn actor<T>(_request: &Request<T>) -> String {
-    "anonymous".to_owned()
+/// Who made a request, as recorded in history: the name of the caller's token (put into the
+/// request by `crate::auth`), or `anonymous` when authentication is off.
+fn actor<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<Caller>()
+        .map_or_else(|| ANONYMOUS.to_owned(), |caller| caller.name.clone())
 }
 
 /// What a mutating RPC needs to say about itself.

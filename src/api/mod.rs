@@ -1,5 +1,6 @@
 //! The gRPC server: `AccountLifecycle`, `BssEvents`, `TestClock` (manual clock only), health and
-//! reflection, with a graceful, bounded shutdown.
+//! reflection, behind bearer-token authentication (`crate::auth`) and optional TLS, with a
+//! graceful, bounded shutdown.
 
 mod accounts;
 pub mod convert;
@@ -22,6 +23,7 @@ pub use accounts::{AccountsApi, Context};
 pub use events::EventsApi;
 pub use test_clock::TestClockApi;
 
+use crate::auth::{self, AuthLayer, Authenticator};
 use crate::clock::{Clock, ManualClock, SystemClock};
 use crate::config::{ClockMode, Config};
 use crate::proto::account_lifecycle_server::AccountLifecycleServer;
@@ -55,15 +57,7 @@ const SERVICE_NAMES: [&str; 3] = [
 
 /// Binds `config.listen` and serves until `shutdown` is cancelled.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
-    // No authentication exists yet, so the service keeps to loopback unless told otherwise.
-    if !config.listen.ip().is_loopback() && !config.insecure {
-        return Err(ServeError::Other(format!(
-            "authentication is not configured, so the server binds loopback only; \
-             {} is not a loopback address (pass --insecure to serve it anyway)",
-            config.listen
-        )));
-    }
-    tracing::warn!("authentication is not configured: every caller is trusted");
+    check_exposure(&config, config.listen)?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -71,6 +65,19 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
             source,
         })?;
     serve_on(config, listener, shutdown).await
+}
+
+/// Without tokens every caller is trusted, so the service keeps to loopback unless told
+/// otherwise (`--insecure`).
+fn check_exposure(config: &Config, addr: SocketAddr) -> Result<(), ServeError> {
+    if !config.auth.enabled() && !addr.ip().is_loopback() && !config.insecure {
+        return Err(ServeError::Other(format!(
+            "no tokens are configured ([[auth.tokens]]), so authentication is off and the \
+             server binds loopback only; {addr} is not a loopback address (configure tokens, \
+             or pass --insecure to serve it without authentication)"
+        )));
+    }
+    Ok(())
 }
 
 /// Serves on an already bound listener (tests bind port 0) until `shutdown` is cancelled.
@@ -83,6 +90,19 @@ pub async fn serve_on(
     let addr = listener
         .local_addr()
         .map_err(|e| ServeError::Other(e.to_string()))?;
+    check_exposure(&config, addr)?;
+    let authenticator = Authenticator::from_config(&config.auth)?.map(Arc::new);
+    let (builder, tls_on) = auth::with_tls(Server::builder(), &config.tls)?;
+    match &authenticator {
+        None => tracing::warn!(
+            "authentication is off (no [[auth.tokens]] configured): every caller is trusted \
+             (loopback only unless --insecure)"
+        ),
+        Some(_) if !tls_on && !addr.ip().is_loopback() => tracing::warn!(
+            "bearer tokens travel in clear text: configure [tls] to serve beyond loopback"
+        ),
+        Some(_) => {}
+    }
     let (manual, clock): (Option<Arc<ManualClock>>, Arc<dyn Clock>) = match config.clock {
         ClockMode::System => (None, Arc::new(SystemClock::default())),
         ClockMode::Manual => {
@@ -123,7 +143,8 @@ pub async fn serve_on(
         .build_v1()
         .map_err(|e| ServeError::Other(format!("reflection: {e}")))?;
 
-    let router = Server::builder()
+    let router = builder
+        .layer(AuthLayer::new(authenticator.clone()))
         .trace_fn(|req| tracing::debug_span!("grpc", path = %req.uri().path()))
         .add_service(health_service)
         .add_service(reflection)
@@ -147,7 +168,14 @@ pub async fn serve_on(
     let mut server = tokio::spawn(
         router.serve_with_incoming_shutdown(incoming, async move { stopping.cancelled().await }),
     );
-    tracing::info!(%addr, clock = ?config.clock, database = %redact(&config.database_url), "listening");
+    tracing::info!(
+        %addr,
+        clock = ?config.clock,
+        database = %redact(&config.database_url),
+        tls = tls_on,
+        authentication = authenticator.is_some(),
+        "listening"
+    );
 
     // Health says NOT_SERVING until the migrations have run.
     let migrated = tokio::select! {

@@ -14,12 +14,14 @@ use serde::Deserialize;
 use crate::lifecycle::{Rules, Tariff, TariffTier};
 
 pub mod bss;
+pub mod security;
 pub use bss::BssConfig;
+pub use security::{AuthConfig, TlsConfig, TokenEntry};
 
 pub const DEFAULT_CONFIG_FILE: &str = "ocs-lifecycle.toml";
 
 /// The top-level keys and sections of the configuration.
-const KEYS: [&str; 13] = [
+const KEYS: [&str; 15] = [
     "listen",
     "database_url",
     "db_pool_size",
@@ -33,6 +35,8 @@ const KEYS: [&str; 13] = [
     "sweep",
     "notify",
     "bss",
+    "auth",
+    "tls",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -65,7 +69,7 @@ pub struct Config {
     pub log_format: LogFormat,
     /// How long a graceful shutdown waits for in-flight requests.
     pub shutdown_timeout_secs: u64,
-    /// Allow a non-loopback listen address although no authentication is configured.
+    /// Allow a non-loopback listen address although no tokens are configured (`[auth]`).
     pub insecure: bool,
     /// `OCS_*` environment variables that name no key (logged as a warning at start).
     #[serde(skip)]
@@ -77,6 +81,10 @@ pub struct Config {
     pub notify: NotifyConfig,
     /// The BSS webhook (`src/notify`).
     pub bss: BssConfig,
+    /// Bearer tokens and their roles; none = authentication off, loopback only.
+    pub auth: AuthConfig,
+    /// TLS (and mTLS) of the gRPC server; unset = plaintext.
+    pub tls: TlsConfig,
 }
 
 /// The sweep that materialises boundary transitions (spec section 6).
@@ -176,6 +184,8 @@ impl Default for Config {
                 })
                 .collect(),
             bss: BssConfig::default(),
+            auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -217,7 +227,7 @@ pub struct Overrides {
     /// text or json.
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormat>,
-    /// Serve on a non-loopback address without authentication.
+    /// Serve on a non-loopback address although no tokens are configured ([auth]).
     #[arg(long, global = true)]
     pub insecure: bool,
     /// The BSS webhook URL (http:// or https://); unset = no webhook delivery.
@@ -301,6 +311,8 @@ impl Config {
         }
         config.rules()?;
         config.bss.validate()?;
+        config.auth.hashes()?;
+        config.tls.load()?;
         Ok(config)
     }
 
@@ -505,6 +517,45 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("sweep.batch_size"), "{err}");
+    }
+
+    #[test]
+    fn tokens_and_tls_come_from_the_environment_and_are_checked() {
+        let hash = "ab".repeat(32);
+        let config = Config::load(
+            &Overrides::default(),
+            env(&[(
+                "OCS_AUTH__TOKENS",
+                &format!(r#"[{{name = "gw", role = "business_hall", sha256 = "{hash}"}}]"#),
+            )]),
+        )
+        .unwrap();
+        assert!(config.auth.enabled());
+        assert_eq!(config.auth.tokens[0].role, crate::auth::Role::BusinessHall);
+        let err = Config::load(
+            &Overrides::default(),
+            env(&[(
+                "OCS_AUTH__TOKENS",
+                &format!(r#"[{{name = "gw", role = "root", sha256 = "{hash}"}}]"#),
+            )]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("root"), "{err}");
+        let err = Config::load(
+            &Overrides::default(),
+            env(&[("OCS_TLS__CERT", "/nonexistent/server.pem")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("tls.key"), "{err}");
+        let err = Config::load(
+            &Overrides::default(),
+            env(&[
+                ("OCS_TLS__CERT", "/nonexistent/server.pem"),
+                ("OCS_TLS__KEY", "/nonexistent/server.key"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("tls.cert: cannot read"), "{err}");
     }
 
     #[test]

@@ -380,7 +380,22 @@ impl TestServer {
     }
 
     /// A server with `config` (its `database_url` is replaced by the test database's).
-    pub async fn start_with(db: Arc<TestDb>, mut config: Config) -> TestServer {
+    pub async fn start_with(db: Arc<TestDb>, config: Config) -> TestServer {
+        Self::start_with_channel(db, config, |addr| {
+            Channel::from_shared(format!("http://{addr}"))
+                .expect("endpoint")
+                .connect_lazy()
+        })
+        .await
+    }
+
+    /// A server with `config` whose clients use the channel `connect` makes for its address
+    /// (e.g. TLS); start-up waits until health answers SERVING over it.
+    pub async fn start_with_channel(
+        db: Arc<TestDb>,
+        mut config: Config,
+        connect: impl FnOnce(SocketAddr) -> Channel,
+    ) -> TestServer {
         config.database_url = db.url.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -392,9 +407,7 @@ impl TestServer {
             listener,
             shutdown.clone(),
         ));
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .expect("endpoint")
-            .connect_lazy();
+        let channel = connect(addr);
         let mut server = TestServer {
             addr,
             shutdown,
@@ -442,6 +455,11 @@ impl TestServer {
             .await
             .expect("connect");
         AccountLifecycleClient::new(channel)
+    }
+
+    /// The server's channel (shared by `accounts()`, `clock()` and `health()`).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     pub fn clock(&self) -> TestClockClient<Channel> {

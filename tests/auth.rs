@@ -1,0 +1,996 @@
+//! Authentication, roles and TLS of the gRPC server, against the real server: bearer tokens
+//! (UNAUTHENTICATED without a valid one), each role's grants over every method
+//! (PERMISSION_DENIED outside them, before the handler: nothing changes), the token's name as
+//! the actor in history, TLS with a CA-verified client, mTLS, and the loopback-only rule
+//! without tokens.
+//!
+//! The certificates come from `scripts/make-test-certs.sh` (openssl) in a temporary directory.
+
+#[macro_use]
+#[allow(unused_macros)]
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Backend, TestDb, TestServer, assert_rejected, test_config};
+use ocs_lifecycle::auth::{Role, token_sha256};
+use ocs_lifecycle::config::{ClockMode, Config, TokenEntry};
+use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
+use ocs_lifecycle::proto::bss_events_client::BssEventsClient;
+use ocs_lifecycle::proto::test_clock_client::TestClockClient;
+use ocs_lifecycle::proto::{self, AccountState, HistoryKind, RechargeChannel};
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::{Code, Request, Status};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+/// Safety bound only: no test asserts on elapsed time.
+const SAFETY: Duration = Duration::from_secs(30);
+
+const BILLING: &str = "ocs_test-billing-token";
+const HALL: &str = "ocs_test-business-hall-token";
+const BSS: &str = "ocs_test-bss-token";
+const ADMIN: &str = "ocs_test-admin-token";
+const UNKNOWN: &str = "ocs_test-unknown-token";
+
+/// (token, configured name, role)
+const TOKENS: [(&str, &str, Role); 4] = [
+    (BILLING, "billing-gw", Role::Billing),
+    (HALL, "hall-7", Role::BusinessHall),
+    (BSS, "bss-1", Role::Bss),
+    (ADMIN, "ops", Role::Admin),
+];
+
+fn auth_config(clock: ClockMode) -> Config {
+    let mut config = test_config(clock);
+    config.auth.tokens = TOKENS
+        .iter()
+        .map(|(token, name, role)| TokenEntry {
+            name: (*name).into(),
+            role: *role,
+            sha256: token_sha256(token),
+        })
+        .collect();
+    config
+}
+
+/// A manual-clock server with the four tokens on a fresh database; `None` = skipped.
+async fn start_with_tokens(backend: Backend) -> Option<TestServer> {
+    let db = TestDb::create(backend).await?;
+    Some(TestServer::start_with(db, auth_config(ClockMode::Manual)).await)
+}
+
+/// Runs each body on SQLite and PostgreSQL with a server that has the four tokens.
+macro_rules! with_tokens_on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_with_tokens {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(server) = super::start_with_tokens($crate::common::Backend::Sqlite)
+                        .await else { return; };
+                    super::$name(server).await;
+                }
+            )*
+        }
+        mod postgres_with_tokens {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(server) = super::start_with_tokens($crate::common::Backend::Postgres)
+                        .await else { return; };
+                    super::$name(server).await;
+                }
+            )*
+        }
+    };
+}
+
+with_tokens_on_both_backends! {
+    every_method_is_refused_without_a_valid_token,
+    each_role_reaches_exactly_its_methods,
+    a_refused_mutation_changes_nothing,
+    history_records_the_token_name_and_unlock_keeps_the_operator,
+}
+
+/// `message` with `authorization: Bearer <token>` when a token is given.
+fn authorized<T>(message: T, token: Option<&str>) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(token) = token {
+        let value: MetadataValue<_> = format!("Bearer {token}").parse().expect("header value");
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+/// Every gRPC method of the service (the manual clock registers TestClock).
+const METHODS: [&str; 17] = [
+    "ProvisionAccount",
+    "MarkSold",
+    "Activate",
+    "Recharge",
+    "Charge",
+    "Unlock",
+    "GetAccount",
+    "ListAccounts",
+    "GetAccountHistory",
+    "Authorize",
+    "AdvanceStates",
+    "Subscribe",
+    "ListDeadLetters",
+    "Redeliver",
+    "GetTime",
+    "SetTime",
+    "AdvanceTime",
+];
+
+/// Calls `method` once with `token`, with a request the handler can answer without changing
+/// anything that matters to the other calls (`n` makes MSISDNs and request ids unique).
+async fn call(
+    channel: &Channel,
+    method: &str,
+    token: Option<&str>,
+    n: usize,
+) -> Result<(), Status> {
+    let mut accounts = AccountLifecycleClient::new(channel.clone());
+    let mut events = BssEventsClient::new(channel.clone());
+    let mut clock = TestClockClient::new(channel.clone());
+    let msisdn = format!("86139{n:08}");
+    let request_id = format!("req-{n}");
+    macro_rules! send {
+        ($client:ident . $rpc:ident ( $message:expr )) => {
+            $client.$rpc(authorized($message, token)).await.map(|_| ())
+        };
+    }
+    match method {
+        "ProvisionAccount" => send!(accounts.provision_account(proto::ProvisionAccountRequest {
+            msisdn,
+            sold: true,
+            request_id,
+            ..Default::default()
+        })),
+        "MarkSold" => send!(accounts.mark_sold(proto::MarkSoldRequest { msisdn, request_id })),
+        "Activate" => send!(accounts.activate(proto::ActivateRequest { msisdn, request_id })),
+        "Recharge" => send!(accounts.recharge(proto::RechargeRequest {
+            msisdn,
+            amount: 5000,
+            channel: RechargeChannel::Online as i32,
+            validity_days: 0,
+            request_id,
+        })),
+        "Charge" => send!(accounts.charge(proto::ChargeRequest {
+            msisdn,
+            amount: 100,
+            request_id,
+        })),
+        "Unlock" => send!(accounts.unlock(proto::UnlockRequest {
+            msisdn,
+            operator_id: "op1".into(),
+            branch_id: "b1".into(),
+            recharge_amount: 0,
+            request_id,
+        })),
+        "GetAccount" => send!(accounts.get_account(proto::GetAccountRequest { msisdn })),
+        "ListAccounts" => send!(accounts.list_accounts(proto::ListAccountsRequest::default())),
+        "GetAccountHistory" => send!(accounts.get_account_history(
+            proto::GetAccountHistoryRequest {
+                msisdn,
+                ..Default::default()
+            }
+        )),
+        "Authorize" => send!(accounts.authorize(proto::AuthorizeRequest {
+            msisdn,
+            service: proto::ServiceType::VoiceOut as i32,
+            destination: "8613900000000".into(),
+        })),
+        "AdvanceStates" => send!(accounts.advance_states(proto::AdvanceStatesRequest {
+            as_of: None,
+            dry_run: true,
+        })),
+        "Subscribe" => send!(events.subscribe(proto::SubscribeRequest::default())),
+        "ListDeadLetters" => {
+            send!(events.list_dead_letters(proto::ListDeadLettersRequest::default()))
+        }
+        "Redeliver" => send!(events.redeliver(proto::RedeliverRequest {
+            event_ids: vec!["00000000-0000-0000-0000-000000000000".into()],
+        })),
+        "GetTime" => send!(clock.get_time(proto::GetTimeRequest {})),
+        // No time: INVALID_ARGUMENT from the handler, the clock stays.
+        "SetTime" => send!(clock.set_time(proto::SetTimeRequest { time: None })),
+        "AdvanceTime" => send!(clock.advance_time(proto::AdvanceTimeRequest { seconds: 0 })),
+        other => panic!("no call for {other}"),
+    }
+}
+
+/// What a role may call (the brief's table); admin may call everything.
+fn granted(role: Role, method: &str) -> bool {
+    let methods: &[&str] = match role {
+        Role::Admin => return true,
+        Role::Billing => &[
+            "ProvisionAccount",
+            "MarkSold",
+            "Activate",
+            "Recharge",
+            "Charge",
+            "Authorize",
+            "GetAccount",
+            "ListAccounts",
+            "GetAccountHistory",
+        ],
+        Role::BusinessHall => &["Unlock", "Recharge", "GetAccount", "GetAccountHistory"],
+        Role::Bss => &["Subscribe", "ListDeadLetters", "Redeliver", "GetAccount"],
+    };
+    methods.contains(&method)
+}
+
+async fn every_method_is_refused_without_a_valid_token(server: TestServer) {
+    let channel = server.channel();
+    let before = server.db().await.counts().await;
+    for (n, method) in METHODS.iter().enumerate() {
+        let missing = call(&channel, method, None, n).await;
+        let status = assert_rejected(missing, Code::Unauthenticated, "TOKEN_MISSING");
+        assert!(status.message().contains("Bearer"), "{method}: {status:?}");
+        let unknown = call(&channel, method, Some(UNKNOWN), n).await;
+        assert_rejected(unknown, Code::Unauthenticated, "TOKEN_INVALID");
+        // A configured token's hash is not a token.
+        let hash = token_sha256(ADMIN);
+        let hashed = call(&channel, method, Some(&hash), n).await;
+        assert_rejected(hashed, Code::Unauthenticated, "TOKEN_INVALID");
+    }
+    assert_eq!(server.db().await.counts().await, before);
+    // Probes and discovery stay open.
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: "ocs.lifecycle.v1.AccountLifecycle".into(),
+        })
+        .await
+        .expect("health needs no token");
+    assert_eq!(health.into_inner().status, ServingStatus::Serving as i32);
+    let outbound = tokio_stream::iter([ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    }]);
+    let mut answers = ServerReflectionClient::new(channel)
+        .server_reflection_info(outbound)
+        .await
+        .expect("reflection needs no token")
+        .into_inner();
+    let answer = answers.next().await.expect("one answer").expect("answer");
+    assert!(
+        matches!(
+            answer.message_response,
+            Some(MessageResponse::ListServicesResponse(_))
+        ),
+        "{answer:?}"
+    );
+    server.stop().await;
+}
+
+async fn each_role_reaches_exactly_its_methods(server: TestServer) {
+    let channel = server.channel();
+    let mut n = 0;
+    for (token, name, role) in TOKENS {
+        for method in METHODS {
+            n += 1;
+            let result = call(&channel, method, Some(token), n).await;
+            if granted(role, method) {
+                // The handler answered (OK, NOT_FOUND, INVALID_ARGUMENT …): not the gate.
+                if let Err(status) = &result {
+                    assert!(
+                        !matches!(
+                            status.code(),
+                            Code::Unauthenticated | Code::PermissionDenied
+                        ),
+                        "{role} {method} should pass the gate: {status:?}"
+                    );
+                }
+            } else {
+                let status = assert_rejected(result, Code::PermissionDenied, "ROLE_NOT_ALLOWED");
+                assert!(
+                    status.message().contains(name) && status.message().contains(method),
+                    "{role} {method}: {status:?}"
+                );
+            }
+        }
+    }
+    server.stop().await;
+}
+
+async fn provision_active(channel: &Channel, msisdn: &str, token: &str) -> proto::Account {
+    let mut accounts = AccountLifecycleClient::new(channel.clone());
+    accounts
+        .provision_account(authorized(
+            proto::ProvisionAccountRequest {
+                msisdn: msisdn.into(),
+                sold: true,
+                request_id: format!("p-{msisdn}"),
+                ..Default::default()
+            },
+            Some(token),
+        ))
+        .await
+        .expect("provision");
+    accounts
+        .activate(authorized(
+            proto::ActivateRequest {
+                msisdn: msisdn.into(),
+                request_id: format!("a-{msisdn}"),
+            },
+            Some(token),
+        ))
+        .await
+        .expect("activate")
+        .into_inner()
+}
+
+fn recharge(msisdn: &str, amount: i64, request_id: &str) -> proto::RechargeRequest {
+    proto::RechargeRequest {
+        msisdn: msisdn.into(),
+        amount,
+        channel: RechargeChannel::Online as i32,
+        validity_days: 0,
+        request_id: request_id.into(),
+    }
+}
+
+async fn a_refused_mutation_changes_nothing(server: TestServer) {
+    let channel = server.channel();
+    let msisdn = "8613800138000";
+    provision_active(&channel, msisdn, BILLING).await;
+    let mut accounts = server.accounts();
+    accounts
+        .recharge(authorized(recharge(msisdn, 5000, "r-1"), Some(BILLING)))
+        .await
+        .expect("recharge");
+    let db = server.db().await;
+    let before = db.snapshot(msisdn).await;
+
+    let refused = [
+        (
+            accounts
+                .recharge(authorized(recharge(msisdn, 5000, "r-2"), Some(BSS)))
+                .await
+                .map(|_| ()),
+            Code::PermissionDenied,
+        ),
+        (
+            accounts
+                .recharge(authorized(recharge(msisdn, 5000, "r-2"), None))
+                .await
+                .map(|_| ()),
+            Code::Unauthenticated,
+        ),
+        (
+            accounts
+                .charge(authorized(
+                    proto::ChargeRequest {
+                        msisdn: msisdn.into(),
+                        amount: 100,
+                        request_id: "c-1".into(),
+                    },
+                    Some(HALL),
+                ))
+                .await
+                .map(|_| ()),
+            Code::PermissionDenied,
+        ),
+        (
+            accounts
+                .provision_account(authorized(
+                    proto::ProvisionAccountRequest {
+                        msisdn: "8613800138999".into(),
+                        sold: true,
+                        request_id: "p-new".into(),
+                        ..Default::default()
+                    },
+                    Some(UNKNOWN),
+                ))
+                .await
+                .map(|_| ()),
+            Code::Unauthenticated,
+        ),
+        (
+            accounts
+                .advance_states(authorized(
+                    proto::AdvanceStatesRequest {
+                        as_of: None,
+                        dry_run: false,
+                    },
+                    Some(BILLING),
+                ))
+                .await
+                .map(|_| ()),
+            Code::PermissionDenied,
+        ),
+    ];
+    for (result, code) in refused {
+        assert_rejected(result, code, "");
+    }
+    assert_eq!(db.snapshot(msisdn).await, before);
+    assert_eq!(db.raw_account("8613800138999").await, None);
+
+    // The refused "r-2" left no idempotency key: the same id from billing is applied, not replayed.
+    let applied = accounts
+        .recharge(authorized(recharge(msisdn, 5000, "r-2"), Some(BILLING)))
+        .await
+        .expect("recharge")
+        .into_inner();
+    assert!(!applied.replayed);
+    assert_eq!(applied.balance_after, 10_000);
+    db.close().await;
+    server.stop().await;
+}
+
+async fn history_actors(channel: &Channel, msisdn: &str) -> Vec<(i32, String)> {
+    AccountLifecycleClient::new(channel.clone())
+        .get_account_history(authorized(
+            proto::GetAccountHistoryRequest {
+                msisdn: msisdn.into(),
+                ..Default::default()
+            },
+            Some(HALL),
+        ))
+        .await
+        .expect("history")
+        .into_inner()
+        .entries
+        .into_iter()
+        .map(|e| (e.kind, e.actor))
+        .collect()
+}
+
+async fn history_records_the_token_name_and_unlock_keeps_the_operator(server: TestServer) {
+    let channel = server.channel();
+    let msisdn = "8613800138001";
+    provision_active(&channel, msisdn, BILLING).await;
+    let mut accounts = server.accounts();
+    accounts
+        .recharge(authorized(recharge(msisdn, 1000, "r-hall"), Some(HALL)))
+        .await
+        .expect("a business hall recharges");
+    assert_eq!(
+        history_actors(&channel, msisdn).await,
+        vec![
+            (HistoryKind::Provisioned as i32, "billing-gw".to_owned()),
+            (HistoryKind::Activated as i32, "billing-gw".to_owned()),
+            (HistoryKind::Recharge as i32, "hall-7".to_owned()),
+        ]
+    );
+
+    // Past valid_until + 90 days of GRACE the account is LOCKED (the clock is admin-only).
+    let mut clock = TestClockClient::new(channel.clone());
+    let now = clock
+        .get_time(authorized(proto::GetTimeRequest {}, Some(ADMIN)))
+        .await
+        .expect("time")
+        .into_inner()
+        .now
+        .expect("now");
+    let later = prost_types::Timestamp {
+        seconds: now.seconds + 300 * 86_400,
+        nanos: 0,
+    };
+    clock
+        .set_time(authorized(
+            proto::SetTimeRequest { time: Some(later) },
+            Some(ADMIN),
+        ))
+        .await
+        .expect("set time");
+    let unlocked = accounts
+        .unlock(authorized(
+            proto::UnlockRequest {
+                msisdn: msisdn.into(),
+                operator_id: "op42".into(),
+                branch_id: "branch-3".into(),
+                recharge_amount: 0,
+                request_id: "u-1".into(),
+            },
+            Some(HALL),
+        ))
+        .await
+        .expect("unlock")
+        .into_inner();
+    assert_eq!(unlocked.state, AccountState::Grace as i32);
+    let actors = history_actors(&channel, msisdn).await;
+    let (kind, actor) = actors.last().expect("the unlock").clone();
+    assert_eq!(kind, HistoryKind::Unlock as i32);
+    assert_eq!(actor, "op42@branch-3");
+    server.stop().await;
+}
+
+both_backends! {
+    without_tokens_the_actor_is_anonymous,
+}
+
+async fn without_tokens_the_actor_is_anonymous(server: TestServer) {
+    let channel = server.channel();
+    let mut accounts = server.accounts();
+    let msisdn = "8613800138002";
+    accounts
+        .provision_account(proto::ProvisionAccountRequest {
+            msisdn: msisdn.into(),
+            sold: true,
+            request_id: "p-1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("no token needed with authentication off");
+    let history = AccountLifecycleClient::new(channel)
+        .get_account_history(proto::GetAccountHistoryRequest {
+            msisdn: msisdn.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("history")
+        .into_inner();
+    let actors: Vec<&str> = history.entries.iter().map(|e| e.actor.as_str()).collect();
+    assert_eq!(actors, ["anonymous"]);
+    server.stop().await;
+}
+
+// ---- TLS -----------------------------------------------------------------------------------
+
+/// A CA, a server certificate for localhost/127.0.0.1 and a client certificate, made by
+/// `scripts/make-test-certs.sh`.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn make() -> Pki {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-test-certs.sh");
+        let output = std::process::Command::new("sh")
+            .arg(&script)
+            .arg(dir.path())
+            .output()
+            .expect("run make-test-certs.sh (needs openssl)");
+        assert!(
+            output.status.success(),
+            "make-test-certs.sh failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn pem(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.path(name)).expect("PEM file")
+    }
+
+    /// A configuration serving TLS with the server certificate (and mTLS with `client_ca`).
+    fn config(&self, mtls: bool) -> Config {
+        let mut config = auth_config(ClockMode::System);
+        config.tls.cert = Some(self.path("server.pem"));
+        config.tls.key = Some(self.path("server.key"));
+        if mtls {
+            config.tls.client_ca = Some(self.path("ca.pem"));
+        }
+        config
+    }
+
+    /// A TLS client that trusts the test CA (and presents the client certificate if asked).
+    fn channel(&self, addr: SocketAddr, client_cert: bool) -> Channel {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(self.pem("ca.pem")))
+            .domain_name("localhost");
+        if client_cert {
+            tls = tls.identity(Identity::from_pem(
+                self.pem("client.pem"),
+                self.pem("client.key"),
+            ));
+        }
+        Channel::from_shared(format!("https://{addr}"))
+            .expect("endpoint")
+            .tls_config(tls)
+            .expect("client TLS configuration")
+            .connect_lazy()
+    }
+}
+
+fn plaintext_channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_lazy()
+}
+
+/// One health check over `channel`, bounded by the safety timeout.
+async fn health_check(channel: Channel) -> Result<i32, Status> {
+    let mut health = HealthClient::new(channel);
+    let check = health.check(HealthCheckRequest {
+        service: String::new(),
+    });
+    tokio::time::timeout(SAFETY, check)
+        .await
+        .expect("the health check neither answered nor failed")
+        .map(|r| r.into_inner().status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_a_ca_verified_client_and_refuses_plaintext() {
+    let pki = Arc::new(Pki::make());
+    let db = TestDb::create(Backend::Sqlite).await.expect("SQLite");
+    let client_pki = pki.clone();
+    // Start-up already waits for SERVING over the TLS channel.
+    let server = TestServer::start_with_channel(db, pki.config(false), move |addr| {
+        client_pki.channel(addr, false)
+    })
+    .await;
+    let mut accounts = server.accounts();
+    let missing = accounts
+        .get_account(authorized(
+            proto::GetAccountRequest {
+                msisdn: "8613800138000".into(),
+            },
+            Some(BSS),
+        ))
+        .await;
+    assert_rejected(missing, Code::NotFound, "");
+    let refused = accounts
+        .get_account(authorized(
+            proto::GetAccountRequest {
+                msisdn: "8613800138000".into(),
+            },
+            None,
+        ))
+        .await;
+    assert_rejected(refused, Code::Unauthenticated, "TOKEN_MISSING");
+
+    let plaintext = health_check(plaintext_channel(server.addr)).await;
+    assert!(plaintext.is_err(), "a plaintext client got {plaintext:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_requires_a_client_certificate_from_the_client_ca() {
+    let pki = Arc::new(Pki::make());
+    let db = TestDb::create(Backend::Sqlite).await.expect("SQLite");
+    let client_pki = pki.clone();
+    let server = TestServer::start_with_channel(db, pki.config(true), move |addr| {
+        client_pki.channel(addr, true)
+    })
+    .await;
+    assert_eq!(
+        health_check(server.channel()).await.ok(),
+        Some(ServingStatus::Serving as i32)
+    );
+    let without_cert = health_check(pki.channel(server.addr, false)).await;
+    assert!(
+        without_cert.is_err(),
+        "a client without a certificate got {without_cert:?}"
+    );
+    let plaintext = health_check(plaintext_channel(server.addr)).await;
+    assert!(plaintext.is_err(), "a plaintext client got {plaintext:?}");
+    server.stop().await;
+}
+
+/// Runs `serve_on` with `config` on 127.0.0.1:0 and expects it to refuse to start.
+async fn refused_start(config: Config) -> String {
+    let db = TestDb::create(Backend::Sqlite).await.expect("SQLite");
+    let mut config = config;
+    config.database_url = db.url.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let served = tokio::time::timeout(
+        SAFETY,
+        ocs_lifecycle::api::serve_on(config, listener, CancellationToken::new()),
+    )
+    .await
+    .expect("a bad configuration is refused at once");
+    served
+        .expect_err("the server must refuse to start")
+        .to_string()
+}
+
+#[tokio::test]
+async fn bad_tls_files_stop_the_start_with_an_error_naming_the_key() {
+    let pki = Pki::make();
+    let garbage = pki.path("garbage.pem");
+    std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nnot base64!\n").expect("write");
+
+    let mut missing = pki.config(false);
+    missing.tls.cert = Some(pki.path("no-such.pem"));
+    let err = refused_start(missing).await;
+    assert!(
+        err.contains("tls.cert") && err.contains("no-such.pem"),
+        "{err}"
+    );
+
+    let mut bad_pem = pki.config(true);
+    bad_pem.tls.client_ca = Some(garbage.clone());
+    let err = refused_start(bad_pem).await;
+    assert!(err.contains("tls.client_ca"), "{err}");
+
+    let mut not_a_key = pki.config(false);
+    not_a_key.tls.key = Some(pki.path("server.pem"));
+    let err = refused_start(not_a_key).await;
+    assert!(err.contains("tls.key"), "{err}");
+
+    let mut wrong_key = pki.config(false);
+    wrong_key.tls.key = Some(pki.path("client.key"));
+    let err = refused_start(wrong_key).await;
+    assert!(err.contains("tls.key"), "{err}");
+}
+
+// ---- loopback only without tokens ----------------------------------------------------------
+
+#[tokio::test]
+async fn without_tokens_a_non_loopback_address_needs_insecure() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let database = dir.path().join("never.db");
+    let mut config = test_config(ClockMode::System);
+    config.database_url = format!("sqlite://{}", database.display());
+    config.listen = "0.0.0.0:0".parse().expect("address");
+    let refused = tokio::time::timeout(
+        SAFETY,
+        ocs_lifecycle::api::serve(config, CancellationToken::new()),
+    )
+    .await
+    .expect("refused at once")
+    .expect_err("no tokens, no --insecure, 0.0.0.0");
+    let message = refused.to_string();
+    assert!(
+        message.contains("--insecure") && message.contains("0.0.0.0"),
+        "{message}"
+    );
+    assert!(!database.exists(), "a refused start touched the database");
+}
+
+/// Serves `config` on 0.0.0.0:<ephemeral> and, when it starts, checks health over loopback.
+async fn serve_on_all_interfaces(config: Config) -> Result<(), String> {
+    let db = TestDb::create(Backend::Sqlite).await.expect("SQLite");
+    let mut config = config;
+    config.database_url = db.url.clone();
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0")
+        .await
+        .expect("bind 0.0.0.0");
+    let port = listener.local_addr().expect("address").port();
+    let shutdown = CancellationToken::new();
+    let mut handle = tokio::spawn(ocs_lifecycle::api::serve_on(
+        config,
+        listener,
+        shutdown.clone(),
+    ));
+    let channel = plaintext_channel(SocketAddr::from(([127, 0, 0, 1], port)));
+    let deadline = tokio::time::Instant::now() + SAFETY;
+    loop {
+        tokio::select! {
+            finished = &mut handle => {
+                return Err(finished.expect("server task").expect_err("stopped").to_string());
+            }
+            status = health_check(channel.clone()) => {
+                if status.ok() == Some(ServingStatus::Serving as i32) {
+                    break;
+                }
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never SERVING");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    tokio::time::timeout(SAFETY, handle)
+        .await
+        .expect("stopped in time")
+        .expect("server task")
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn with_tokens_or_insecure_any_address_is_served() {
+    let refused = serve_on_all_interfaces(test_config(ClockMode::System)).await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("--insecure")),
+        "{refused:?}"
+    );
+    let with_tokens = serve_on_all_interfaces(auth_config(ClockMode::System)).await;
+    assert_eq!(with_tokens, Ok(()));
+    let mut insecure = test_config(ClockMode::System);
+    insecure.insecure = true;
+    assert_eq!(serve_on_all_interfaces(insecure).await, Ok(()));
+}
+
+// ---- the real binary -----------------------------------------------------------------------
+
+const BIN: &str = env!("CARGO_BIN_EXE_ocs-lifecycle");
+
+/// The binary, run in `dir`, without the `OCS_*` variables of the test environment.
+fn ocs(dir: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(BIN);
+    command.current_dir(dir).env_remove("RUST_LOG");
+    for (name, _) in std::env::vars() {
+        if name.starts_with("OCS_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("address")
+        .port()
+}
+
+/// Waits (bounded) for `child` to exit; kills it and panics when it does not.
+fn wait_bounded(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + SAFETY;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `ocs-lifecycle serve --listen <addr>` in `dir` (its stderr in `dir/server.log`), once its
+/// health is SERVING.
+async fn spawn_serve(dir: &Path, addr: &str) -> std::process::Child {
+    let log = std::fs::File::create(dir.join("server.log")).expect("log file");
+    let mut child = ocs(dir)
+        .args(["serve", "--listen", addr])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn ocs-lifecycle serve");
+    let channel = plaintext_channel(addr.parse().expect("address"));
+    let deadline = tokio::time::Instant::now() + SAFETY;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+            panic!("the server exited before serving: {status}\n{log}");
+        }
+        if health_check(channel.clone()).await.ok() == Some(ServingStatus::Serving as i32) {
+            return child;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never SERVING");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// SIGTERM, and a clean exit.
+fn stop(mut child: std::process::Child, dir: &Path) {
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success(), "kill -TERM failed");
+    let status = tokio::task::block_in_place(|| wait_bounded(&mut child, "serve after SIGTERM"));
+    let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+    assert_eq!(status.code(), Some(0), "server log:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_token_configured_as_printed_authenticates_its_holder() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let output = ocs(dir.path())
+        .args([
+            "token",
+            "generate",
+            "--name",
+            "billing-gw",
+            "--role",
+            "billing",
+        ])
+        .output()
+        .expect("run token generate");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let token = stdout
+        .lines()
+        .find(|l| l.starts_with("ocs_"))
+        .expect("the token line")
+        .to_owned();
+    let entry = &stdout[stdout.find("[[auth.tokens]]").expect("the entry")..];
+    assert!(
+        !entry.contains(&token),
+        "only the hash goes into the configuration"
+    );
+    std::fs::write(dir.path().join("ocs-lifecycle.toml"), entry).expect("write config");
+
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = spawn_serve(dir.path(), &addr).await;
+    let mut accounts = AccountLifecycleClient::new(plaintext_channel(addr.parse().expect("addr")));
+    let msisdn = "8613800138000";
+    let provision = || proto::ProvisionAccountRequest {
+        msisdn: msisdn.into(),
+        sold: true,
+        request_id: "p-1".into(),
+        ..Default::default()
+    };
+    let refused = accounts
+        .provision_account(authorized(provision(), None))
+        .await;
+    assert_rejected(refused, Code::Unauthenticated, "TOKEN_MISSING");
+    accounts
+        .provision_account(authorized(provision(), Some(&token)))
+        .await
+        .expect("the generated token provisions");
+    let history = accounts
+        .get_account_history(authorized(
+            proto::GetAccountHistoryRequest {
+                msisdn: msisdn.into(),
+                ..Default::default()
+            },
+            Some(&token),
+        ))
+        .await
+        .expect("history")
+        .into_inner();
+    assert_eq!(history.entries.len(), 1);
+    assert_eq!(history.entries[0].actor, "billing-gw");
+    let unlock = accounts
+        .unlock(authorized(
+            proto::UnlockRequest {
+                msisdn: msisdn.into(),
+                operator_id: "op".into(),
+                branch_id: "b".into(),
+                recharge_amount: 0,
+                request_id: "u-1".into(),
+            },
+            Some(&token),
+        ))
+        .await;
+    assert_rejected(unlock, Code::PermissionDenied, "ROLE_NOT_ALLOWED");
+    stop(child, dir.path());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_without_tokens_warns_and_refuses_a_non_loopback_address() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let output = ocs(dir.path())
+        .args(["serve", "--listen", &format!("0.0.0.0:{}", free_port())])
+        .output()
+        .expect("run serve");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "served 0.0.0.0 without tokens");
+    assert!(stderr.contains("--insecure"), "{stderr}");
+    assert!(
+        !dir.path().join("ocs-lifecycle.db").exists(),
+        "a refused start created the database"
+    );
+
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = spawn_serve(dir.path(), &addr).await;
+    stop(child, dir.path());
+    let log = std::fs::read_to_string(dir.path().join("server.log")).expect("server log");
+    assert!(log.contains("authentication is off"), "{log}");
+
+    let output = ocs(dir.path())
+        .args(["token", "generate", "--name", "x", "--role", "root"])
+        .output()
+        .expect("run token generate");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "an unknown role is a usage error"
+    );
+    assert!(output.stdout.is_empty(), "no token printed");
+}
