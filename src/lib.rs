@@ -3,6 +3,7 @@
 //! - [`lifecycle`]: the pure rules (no I/O).
 //! - [`store`]: persistence behind one trait, SQLite and PostgreSQL.
 //! - [`api`]: the gRPC services on top.
+//! - [`cli`]: the command-line client (gRPC to a running server) and the bulk card import.
 //! - [`config`]: layered configuration.
 //! - [`clock`]: the injected clock (system or manual).
 //! - [`scheduler`]: when the sweep runs inside `serve` (cron, driven by the clock).
@@ -10,6 +11,7 @@
 //! - [`notify`]: the BSS webhook delivery worker.
 
 pub mod api;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod lifecycle;

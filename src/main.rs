@@ -41,6 +41,9 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Client commands: talk gRPC to a running server (`--server`), need no configuration.
+    #[command(flatten)]
+    Client(ocs_lifecycle::cli::ClientCommand),
 }
 
 fn parse_instant(raw: &str) -> Result<DateTime<Utc>, String> {
@@ -53,6 +56,10 @@ fn parse_instant(raw: &str) -> Result<DateTime<Utc>, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Client(command) = cli.command {
+        // Before the configuration: a client reads no server configuration and warns about nothing.
+        return ocs_lifecycle::cli::run(command, cli.overrides.timezone.as_deref());
+    }
     let config = match Config::load(&cli.overrides, std::env::vars()) {
         Ok(config) => config,
         Err(e) => {
@@ -89,6 +96,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Sweep { as_of, dry_run } => run_sweep(&config, as_of, dry_run).await,
+            Command::Client(_) => unreachable!("client commands return before this match"),
         }
     });
     match result {
