@@ -13,6 +13,7 @@
 #[macro_use]
 mod common;
 #[path = "webhook/hook.rs"]
+#[allow(dead_code)]
 mod hook;
 
 use std::path::Path;
