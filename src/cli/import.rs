@@ -418,12 +418,12 @@ mod tests {
 
     #[test]
     fn the_request_id_depends_on_the_content_only() {
-        let (a, _) = parse_csv("msisdn,sold\n+8613800000001,yes\n").unwrap();
+        let (a, _) = parse_csv("msisdn,preset_balance,sold\n+8613800000001,,yes\n").unwrap();
         let (b, _) = parse_csv("msisdn,preset_balance,sold\n\n 8613800000001 ,0,true\n").unwrap();
         assert_eq!(a[0].request_id(), b[0].request_id());
         assert!(a[0].request_id().starts_with("import:"));
         assert!(a[0].request_id().len() <= 128);
-        let (c, _) = parse_csv("msisdn,sold\n8613800000001,no\n").unwrap();
+        let (c, _) = parse_csv("msisdn,preset_balance,sold\n8613800000001,0,no\n").unwrap();
         assert_ne!(a[0].request_id(), c[0].request_id());
     }
 }
