@@ -429,7 +429,7 @@ fn event_cells(cells: [&str; 8]) -> String {
     ] = cells;
     format!(
         "{sequence:>8}  {kind:<17}  {msisdn:<15}  {from:<11}  {to:<11}  {reason:<19}  \
-         {effective_at:<20}  {event_id}"
+         {effective_at:<27}  {event_id}"
     )
 }
 
