@@ -140,6 +140,7 @@ both_backends! {
     accounts_list_filters_by_effective_state_and_pages,
     forecast_until_a_date_lists_the_numbers_recycled_by_its_end_and_writes_nothing,
     events_tail_without_follow_prints_the_backlog,
+    events_tail_follow_prints_the_backlog_then_live_events,
 }
 
 async fn provision_activate_recharge_get_and_history_round_trip_in_tables_and_json(
@@ -706,6 +707,65 @@ async fn events_tail_without_follow_prints_the_backlog(server: TestServer) {
     assert_eq!(table.stdout.lines().count(), 1 + outbox.len(), "{table:#?}");
     assert!(table.stdout.contains("NUMBER_RECYCLED"), "{table:#?}");
     db.close().await;
+}
+
+async fn events_tail_follow_prints_the_backlog_then_live_events(server: TestServer) {
+    recycle_one(&server, "8613800000001").await;
+    let backlog = server.db().await.outbox().await.len();
+    let mut command = Command::new(BIN);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("OCS_") {
+            command.env_remove(name);
+        }
+    }
+    let mut child = command
+        .args(["events", "tail", "--follow", "--output", "json", "--server"])
+        .arg(format!("http://{}", server.addr))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ocs-lifecycle events tail --follow");
+    let stdout = child.stdout.take().expect("stdout");
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next_event = |what: &str| -> Value {
+        // The server runs on this runtime: wait without holding up its worker.
+        let line = tokio::task::block_in_place(|| lines.recv_timeout(SAFETY))
+            .unwrap_or_else(|e| panic!("no {what} from events tail --follow: {e}"));
+        serde_json::from_str(&line).expect("one JSON object per line")
+    };
+    for _ in 0..backlog {
+        next_event("backlog event");
+    }
+    // A change made while the tail runs arrives on it.
+    ocs(
+        &server,
+        &["account", "provision", "8613800000002", "--sold"],
+    )
+    .await
+    .ok();
+    ocs(&server, &["account", "activate", "8613800000002"])
+        .await
+        .ok();
+    let live = next_event("live event");
+    assert_eq!(live["msisdn"], "8613800000002", "{live}");
+    assert_eq!(live["to_state"], "VALID", "{live}");
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "--follow keeps running"
+    );
+    child.kill().expect("stop the tail");
+    child.wait().expect("reap the tail");
+    reader.join().expect("reader thread");
 }
 
 mod dead_letters {
