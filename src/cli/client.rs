@@ -163,6 +163,15 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// The `authorization` metadata value for `token`.
+fn bearer(token: &str) -> Result<MetadataValue<Ascii>, CliError> {
+    format!("Bearer {token}").parse().map_err(|_| {
+        CliError::Usage(
+            "--token may only hold visible ASCII characters (it is sent as a header)".into(),
+        )
+    })
+}
+
 /// One connection to the server, shared by every call of a command.
 #[derive(Clone)]
 pub struct Client {
@@ -178,15 +187,7 @@ impl Client {
         } else {
             format!("http://{}", connection.server)
         };
-        let authorization = match &connection.token {
-            None => None,
-            Some(token) => Some(format!("Bearer {token}").parse().map_err(|_| {
-                CliError::Usage(
-                    "--token may only hold visible ASCII characters (it is sent as a header)"
-                        .into(),
-                )
-            })?),
-        };
+        let authorization = connection.token.as_deref().map(bearer).transpose()?;
         let endpoint = Endpoint::from_shared(server.clone())
             .map_err(|e| CliError::Usage(format!("--server {server:?} is not a URL: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT);
@@ -269,5 +270,51 @@ pub async fn tail_events(
             OutputFormat::Json => output::event_json(&event).to_string(),
         };
         output::write_stdout(&line)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_token_is_sent_as_a_bearer_authorization_header() {
+        let channel = Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let client = Client {
+            channel: channel.clone(),
+            authorization: Some(bearer("s3cret").unwrap()),
+        };
+        let request = client.request(proto::GetAccountRequest::default());
+        assert_eq!(
+            request.metadata().get("authorization").unwrap(),
+            "Bearer s3cret"
+        );
+        let anonymous = Client {
+            channel,
+            authorization: None,
+        };
+        let request = anonymous.request(proto::GetAccountRequest::default());
+        assert!(request.metadata().get("authorization").is_none());
+        assert_eq!(bearer("bad\ntoken").unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn a_status_reads_as_code_reason_and_message_on_one_line() {
+        let status = crate::api::convert::status(
+            Code::NotFound,
+            "ACCOUNT_NOT_FOUND",
+            "no account with msisdn 8613800000000",
+        );
+        assert_eq!(
+            describe(&status),
+            "NOT_FOUND (ACCOUNT_NOT_FOUND): no account with msisdn 8613800000000"
+        );
+        let error = CliError::mutation(Status::unavailable("storage\ndown"), "r-1");
+        assert_eq!(
+            error.to_string(),
+            "UNAVAILABLE: storage down (retry with --request-id r-1)"
+        );
+        assert_eq!(error.exit_code(), 1);
+        assert_eq!(CliError::from(Status::invalid_argument("x")).exit_code(), 2);
     }
 }
