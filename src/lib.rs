@@ -4,6 +4,7 @@
 //! - [`store`]: persistence behind one trait, SQLite and PostgreSQL.
 //! - [`api`]: the gRPC services on top.
 //! - [`auth`]: bearer tokens, roles and TLS of the gRPC server.
+//! - [`cli`]: the command-line client (gRPC to a running server) and the bulk card import.
 //! - [`config`]: layered configuration.
 //! - [`clock`]: the injected clock (system or manual).
 //! - [`scheduler`]: when the sweep runs inside `serve` (cron, driven by the clock).
@@ -12,6 +13,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod lifecycle;

@@ -44,6 +44,9 @@ enum Command {
     /// Bearer tokens for the gRPC API (needs no configuration).
     #[command(subcommand)]
     Token(ocs_lifecycle::auth::TokenCommand),
+    /// Client commands: talk gRPC to a running server (`--server`), need no configuration.
+    #[command(flatten)]
+    Client(ocs_lifecycle::cli::ClientCommand),
 }
 
 fn parse_instant(raw: &str) -> Result<DateTime<Utc>, String> {
@@ -64,6 +67,10 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         };
+    }
+    if let Command::Client(command) = cli.command {
+        // Before the configuration: a client reads no server configuration and warns about nothing.
+        return ocs_lifecycle::cli::run(command, cli.overrides.timezone.as_deref());
     }
     let config = match Config::load(&cli.overrides, std::env::vars()) {
         Ok(config) => config,
@@ -102,6 +109,7 @@ fn main() -> ExitCode {
             }
             Command::Sweep { as_of, dry_run } => run_sweep(&config, as_of, dry_run).await,
             Command::Token(_) => unreachable!("handled before the configuration is loaded"),
+            Command::Client(_) => unreachable!("client commands return before this match"),
         }
     });
     match result {

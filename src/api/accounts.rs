@@ -50,6 +50,10 @@ impl Context {
 /// The actor recorded when authentication is off.
 pub const ANONYMOUS: &str = "anonymous";
 
+/// Response metadata key set to `true` when an Account-returning mutation (ProvisionAccount,
+/// MarkSold, Activate, Unlock) was a replay of an earlier request with the same `request_id`.
+pub const REPLAYED_METADATA: &str = "ocs-replayed";
+
 pub struct AccountsApi {
     ctx: Context,
 }
@@ -171,8 +175,19 @@ impl AccountsApi {
         })
     }
 
+    /// The account answer of a mutation. `Account` has no `replayed` field, so a replay is
+    /// announced in the response metadata (`ocs-replayed: true`); the CLI's import counts such
+    /// rows as already imported.
     fn account_response(&self, committed: Committed) -> Result<Response<proto::Account>, Status> {
-        Ok(Response::new(decode_committed(committed)?.0))
+        let (account, replayed) = decode_committed(committed)?;
+        let mut response = Response::new(account);
+        if replayed {
+            response.metadata_mut().insert(
+                REPLAYED_METADATA,
+                tonic::metadata::MetadataValue::from_static("true"),
+            );
+        }
+        Ok(response)
     }
 
     /// A command whose answer is the account (MarkSold, Activate, Unlock).

@@ -19,7 +19,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 pub use crate::store::SWEEP_ACTOR;
-pub use accounts::{AccountsApi, Context};
+pub use accounts::{AccountsApi, Context, REPLAYED_METADATA};
 pub use events::EventsApi;
 pub use test_clock::TestClockApi;
 

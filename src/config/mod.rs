@@ -20,6 +20,10 @@ pub use security::{AuthConfig, TlsConfig, TokenEntry};
 
 pub const DEFAULT_CONFIG_FILE: &str = "ocs-lifecycle.toml";
 
+/// `OCS_*` variables of the command-line client (`--server`, `--token`): not configuration
+/// keys, and not warned about when `serve` finds them in its environment.
+const CLIENT_ENV: [&str; 2] = ["SERVER", "TOKEN"];
+
 /// The top-level keys and sections of the configuration.
 const KEYS: [&str; 15] = [
     "listen",
@@ -266,7 +270,7 @@ impl Config {
             let Some(key) = name.strip_prefix("OCS_") else {
                 continue;
             };
-            if key == "CONFIG" {
+            if key == "CONFIG" || CLIENT_ENV.contains(&key) {
                 continue;
             }
             // Other tools share the OCS_ prefix (e.g. OCS_TEST_DATABASE_URL); only variables
@@ -556,6 +560,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("tls.cert: cannot read"), "{err}");
+    }
+
+    #[test]
+    fn client_variables_are_neither_configuration_nor_warned_about() {
+        let config = Config::load(
+            &Overrides::default(),
+            env(&[
+                ("OCS_SERVER", "http://10.0.0.1:50051"),
+                ("OCS_TOKEN", "secret"),
+            ]),
+        )
+        .unwrap();
+        assert!(config.ignored_env.is_empty(), "{:?}", config.ignored_env);
     }
 
     #[test]

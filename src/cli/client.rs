@@ -1,0 +1,320 @@
+//! The gRPC connection of the client, and how its failures read: one line, an exit code.
+
+use std::fmt;
+use std::time::Duration;
+
+use tokio_stream::StreamExt;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Response, Status};
+use tonic_types::StatusExt;
+
+use super::output;
+use super::{Connection, OutputFormat};
+use crate::api::REPLAYED_METADATA;
+use crate::proto;
+use crate::proto::account_lifecycle_client::AccountLifecycleClient;
+use crate::proto::bss_events_client::BssEventsClient;
+
+/// How long connecting may take before the server counts as down.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound of one unary call (a stream has none).
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a client command failed.
+#[derive(Debug)]
+pub enum CliError {
+    /// Bad input (exit 2): nothing was sent.
+    Usage(String),
+    /// The server is not reachable at `server`.
+    Connect { server: String, cause: String },
+    /// The server answered with an error; `request_id` for a mutation, so a retry can reuse it.
+    Server {
+        status: Box<Status>,
+        request_id: Option<String>,
+    },
+    /// Reading a file or writing output failed.
+    Io(String),
+    /// Whoever read our stdout went away (`| head`): stop quietly.
+    StdoutClosed,
+}
+
+impl CliError {
+    /// A failed mutation: the message carries its `request_id`.
+    pub fn mutation(status: Status, request_id: &str) -> Self {
+        CliError::Server {
+            status: Box::new(status),
+            request_id: Some(request_id.to_owned()),
+        }
+    }
+
+    /// 2 for bad input (ours or the server's INVALID_ARGUMENT), 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => 2,
+            CliError::Server { status, .. } if status.code() == Code::InvalidArgument => 2,
+            CliError::StdoutClosed => 0,
+            _ => 1,
+        }
+    }
+}
+
+impl From<Status> for CliError {
+    fn from(status: Status) -> Self {
+        CliError::Server {
+            status: Box::new(status),
+            request_id: None,
+        }
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::Usage(message) | CliError::Io(message) => f.write_str(&one_line(message)),
+            CliError::Connect { server, cause } => write!(
+                f,
+                "cannot connect to the server at {server}: {}",
+                one_line(cause)
+            ),
+            CliError::Server { status, request_id } => {
+                write!(f, "{}", describe(status))?;
+                // A retry with the same key applies the request at most once.
+                match request_id {
+                    Some(id) if retryable(status.code()) => {
+                        write!(f, " (retry with --request-id {id})")
+                    }
+                    Some(id) => write!(f, " (request_id {id})"),
+                    None => Ok(()),
+                }
+            }
+            CliError::StdoutClosed => f.write_str("stdout closed"),
+        }
+    }
+}
+
+/// `NOT_FOUND (ACCOUNT_NOT_FOUND): no account with msisdn 8613800000000`.
+pub fn describe(status: &Status) -> String {
+    let reason = status
+        .get_error_details()
+        .error_info()
+        .map(|info| info.reason.clone())
+        .unwrap_or_default();
+    let code = code_name(status.code());
+    let message = if status.message().is_empty() {
+        status.code().description().to_owned()
+    } else {
+        one_line(status.message())
+    };
+    if reason.is_empty() {
+        format!("{code}: {message}")
+    } else {
+        format!("{code} ({reason}): {message}")
+    }
+}
+
+fn retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Internal
+    )
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The gRPC name of a status code.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// `error: a: b: c` from an error and its sources, without repeating a cause that its parent
+/// already quoted.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The `authorization` metadata value for `token`.
+fn bearer(token: &str) -> Result<MetadataValue<Ascii>, CliError> {
+    format!("Bearer {token}").parse().map_err(|_| {
+        CliError::Usage(
+            "--token may only hold visible ASCII characters (it is sent as a header)".into(),
+        )
+    })
+}
+
+/// One connection to the server, shared by every call of a command.
+#[derive(Clone)]
+pub struct Client {
+    channel: Channel,
+    authorization: Option<MetadataValue<Ascii>>,
+}
+
+impl Client {
+    /// Connects now, so that a server that is down is one clear line before anything else.
+    pub async fn connect(connection: &Connection) -> Result<Client, CliError> {
+        let server = if connection.server.contains("://") {
+            connection.server.clone()
+        } else {
+            format!("http://{}", connection.server)
+        };
+        let authorization = connection.token.as_deref().map(bearer).transpose()?;
+        let endpoint = Endpoint::from_shared(server.clone())
+            .map_err(|e| CliError::Usage(format!("--server {server:?} is not a URL: {e}")))?
+            .connect_timeout(CONNECT_TIMEOUT);
+        let channel = endpoint.connect().await.map_err(|e| CliError::Connect {
+            server,
+            cause: error_chain(&e),
+        })?;
+        Ok(Client {
+            channel,
+            authorization,
+        })
+    }
+
+    /// `message` with the bearer token and the call's timeout.
+    pub fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(CALL_TIMEOUT);
+        self.authorize(&mut request);
+        request
+    }
+
+    fn authorize<T>(&self, request: &mut Request<T>) {
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+    }
+
+    pub fn accounts(&self) -> AccountLifecycleClient<Channel> {
+        AccountLifecycleClient::new(self.channel.clone())
+    }
+
+    pub fn events(&self) -> crate::proto::bss_events_client::BssEventsClient<Channel> {
+        BssEventsClient::new(self.channel.clone())
+    }
+}
+
+/// Whether an Account-returning mutation was a replay (`ocs-replayed: true` metadata).
+pub fn replayed<T>(response: &Response<T>) -> bool {
+    response
+        .metadata()
+        .get(REPLAYED_METADATA)
+        .is_some_and(|v| v.as_bytes() == b"true")
+}
+
+/// `events tail`: prints events as they arrive (table: one aligned line each; JSON: one object
+/// per line). With `idle`, stops once no event has come for that long; without, runs until the
+/// stream ends (the server shuts down) or the process is interrupted.
+pub async fn tail_events(
+    client: &Client,
+    format: OutputFormat,
+    after: u64,
+    types: Vec<i32>,
+    idle: Option<Duration>,
+) -> Result<(), CliError> {
+    let mut request = Request::new(proto::SubscribeRequest {
+        after_sequence: after,
+        types,
+    });
+    client.authorize(&mut request);
+    let mut stream = client.events().subscribe(request).await?.into_inner();
+    if format == OutputFormat::Table {
+        output::write_stdout(&output::event_line_header())?;
+    }
+    loop {
+        let next = match idle {
+            Some(idle) => match tokio::time::timeout(idle, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => return Ok(()),
+            },
+            None => stream.next().await,
+        };
+        let event = match next {
+            None => return Ok(()),
+            Some(event) => event?,
+        };
+        let line = match format {
+            OutputFormat::Table => output::event_line(&event),
+            OutputFormat::Json => output::event_json(&event).to_string(),
+        };
+        output::write_stdout(&line)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_token_is_sent_as_a_bearer_authorization_header() {
+        let channel = Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let client = Client {
+            channel: channel.clone(),
+            authorization: Some(bearer("s3cret").unwrap()),
+        };
+        let request = client.request(proto::GetAccountRequest::default());
+        assert_eq!(
+            request.metadata().get("authorization").unwrap(),
+            "Bearer s3cret"
+        );
+        let anonymous = Client {
+            channel,
+            authorization: None,
+        };
+        let request = anonymous.request(proto::GetAccountRequest::default());
+        assert!(request.metadata().get("authorization").is_none());
+        assert_eq!(bearer("bad\ntoken").unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn a_status_reads_as_code_reason_and_message_on_one_line() {
+        let status = crate::api::convert::status(
+            Code::NotFound,
+            "ACCOUNT_NOT_FOUND",
+            "no account with msisdn 8613800000000",
+        );
+        assert_eq!(
+            describe(&status),
+            "NOT_FOUND (ACCOUNT_NOT_FOUND): no account with msisdn 8613800000000"
+        );
+        let error = CliError::mutation(Status::unavailable("storage\ndown"), "r-1");
+        assert_eq!(
+            error.to_string(),
+            "UNAVAILABLE: storage down (retry with --request-id r-1)"
+        );
+        assert_eq!(error.exit_code(), 1);
+        assert_eq!(CliError::from(Status::invalid_argument("x")).exit_code(), 2);
+    }
+}

@@ -1,0 +1,894 @@
+//! The command-line client, end to end: the real binary (`CARGO_BIN_EXE_ocs-lifecycle`) talks
+//! gRPC to a real in-process server (`common::TestServer`, manual clock) on SQLite and
+//! PostgreSQL, and what it printed and what the database holds are both checked.
+//!
+//! Every run happens in a temporary directory holding a broken `ocs-lifecycle.toml` and with
+//! an invalid `OCS_LIFECYCLE__GRACE_DAYS` in the environment: a client command that loaded
+//! the server configuration would fail, so these tests also show it does not.
+//!
+//! Timeline: cards are provisioned at `T0` (2030-03-01, 10:00 Asia/Shanghai); an activated
+//! card is valid through 2030-08-28; an unactivated one dies after 2031-08-23 and is recycled
+//! from 2031-08-24 00:00 local; `T1` (2031-09-01) is after that.
+
+#[macro_use]
+mod common;
+#[path = "webhook/hook.rs"]
+#[allow(dead_code)]
+mod hook;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{TestDb, TestServer};
+use hook::{Hook, always_ok};
+use ocs_lifecycle::config::{BssConfig, ClockMode, Config};
+use ocs_lifecycle::proto;
+use ocs_lifecycle::proto::bss_events_client::BssEventsClient;
+use serde_json::Value;
+use tonic::transport::Channel;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ocs-lifecycle");
+const T0: &str = "2030-03-01T02:00:00Z";
+const T1: &str = "2031-09-01T02:00:00Z";
+/// Safety bound only: no test asserts on elapsed time.
+const SAFETY: Duration = Duration::from_secs(60);
+
+/// What one run of the binary did.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    #[track_caller]
+    fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "the command failed: {self:#?}");
+        self
+    }
+
+    #[track_caller]
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {self:#?}"))
+    }
+
+    /// The one line on stderr of a failed run.
+    #[track_caller]
+    fn error_line(&self) -> &str {
+        assert_ne!(self.code, 0, "expected a failure: {self:#?}");
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "an error is one line on stderr: {self:#?}");
+        assert!(lines[0].starts_with("error: "), "{self:#?}");
+        assert!(!self.stderr.contains("panicked"), "{self:#?}");
+        lines[0]
+    }
+}
+
+/// Runs the binary with `args` against `server` (bounded; killed past the safety bound).
+async fn ocs_at(server: &str, args: &[&str]) -> Run {
+    let server = server.to_owned();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        std::fs::write(
+            dir.path().join("ocs-lifecycle.toml"),
+            "this is = not [toml\n",
+        )
+        .expect("write the broken configuration");
+        let mut command = Command::new(BIN);
+        command.current_dir(dir.path()).env_remove("RUST_LOG");
+        for (name, _) in std::env::vars() {
+            if name.starts_with("OCS_") {
+                command.env_remove(name);
+            }
+        }
+        let mut child = command
+            .env("OCS_LIFECYCLE__GRACE_DAYS", "0")
+            .env("OCS_SERVER", &server)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ocs-lifecycle");
+        let deadline = Instant::now() + SAFETY;
+        // The output is small; reading it after exit cannot block the child.
+        while child.try_wait().expect("try_wait").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("ocs-lifecycle {args:?} did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let output = child.wait_with_output().expect("output");
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    })
+    .await
+    .expect("the run's thread")
+}
+
+async fn ocs(server: &TestServer, args: &[&str]) -> Run {
+    ocs_at(&format!("http://{}", server.addr), args).await
+}
+
+fn write_file(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write the file");
+    path.display().to_string()
+}
+
+fn events_client(server: &TestServer) -> BssEventsClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{}", server.addr))
+        .expect("endpoint")
+        .connect_lazy();
+    BssEventsClient::new(channel)
+}
+
+both_backends! {
+    provision_activate_recharge_get_and_history_round_trip_in_tables_and_json,
+    a_bad_msisdn_is_refused_with_exit_2_and_server_errors_are_one_line,
+    import_applies_good_rows_reports_bad_ones_and_a_rerun_applies_nothing_twice,
+    accounts_list_filters_by_effective_state_and_pages,
+    forecast_until_a_date_lists_the_numbers_recycled_by_its_end_and_writes_nothing,
+    events_tail_without_follow_prints_the_backlog,
+    events_tail_follow_prints_the_backlog_then_live_events,
+}
+
+async fn provision_activate_recharge_get_and_history_round_trip_in_tables_and_json(
+    server: TestServer,
+) {
+    server.set_time(T0).await;
+    let db = server.db().await;
+    let run = ocs(
+        &server,
+        &[
+            "account",
+            "provision",
+            "+8613800138000",
+            "--sold",
+            "--request-id",
+            "p-1",
+        ],
+    )
+    .await
+    .ok();
+    assert!(run.stdout.contains("UNACTIVATED"), "{run:#?}");
+    assert!(run.stdout.contains("request_id"), "{run:#?}");
+    assert!(run.stdout.contains("p-1"), "{run:#?}");
+
+    // The same request_id again is a replay: nothing new is written.
+    let before = db.counts().await;
+    let replay = ocs(
+        &server,
+        &[
+            "account",
+            "provision",
+            "8613800138000",
+            "--sold",
+            "--request-id",
+            "p-1",
+            "--output",
+            "json",
+        ],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(replay["replayed"], true);
+    assert_eq!(replay["account"]["state"], "UNACTIVATED");
+    assert_eq!(db.counts().await, before);
+
+    let activated = ocs(
+        &server,
+        &["account", "activate", "8613800138000", "--output", "json"],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(activated["replayed"], false);
+    assert_eq!(activated["account"]["state"], "VALID");
+    assert_eq!(activated["account"]["valid_until"], "2030-08-28");
+    let generated = activated["request_id"].as_str().expect("request_id");
+    assert!(uuid::Uuid::parse_str(generated).is_ok(), "{activated}");
+
+    let recharge_args = [
+        "account",
+        "recharge",
+        "8613800138000",
+        "--amount",
+        "5000",
+        "--channel",
+        "online",
+        "--request-id",
+        "r-1",
+        "--output",
+        "json",
+    ];
+    let recharged = ocs(&server, &recharge_args).await.ok().json();
+    assert_eq!(recharged["replayed"], false);
+    assert_eq!(recharged["balance_before"], 0);
+    assert_eq!(recharged["balance_after"], 5000);
+    assert_eq!(recharged["days_granted"], 180);
+    assert_eq!(recharged["account"]["balance"], 5000);
+    let again = ocs(&server, &recharge_args).await.ok().json();
+    assert_eq!(again["replayed"], true);
+    assert_eq!(
+        db.account("8613800138000").await.expect("row").balance,
+        5000
+    );
+
+    let table = ocs(&server, &["account", "get", "8613800138000"])
+        .await
+        .ok();
+    assert!(table.stdout.contains("5000 fen (50.00 yuan)"), "{table:#?}");
+    let state_line = table
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("state "))
+        .expect("a state line");
+    assert_eq!(state_line.split_whitespace().nth(1), Some("VALID"));
+    let got = ocs(
+        &server,
+        &["account", "get", "8613800138000", "--output", "json"],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(got["msisdn"], "8613800138000");
+    assert_eq!(got["balance"], 5000);
+    assert_eq!(got["provisioned_at"], "2030-03-01T02:00:00Z");
+
+    let history = ocs(
+        &server,
+        &["account", "history", "8613800138000", "--output", "json"],
+    )
+    .await
+    .ok()
+    .json();
+    let kinds: Vec<&str> = history["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["kind"].as_str().expect("kind"))
+        .collect();
+    assert_eq!(kinds, ["PROVISIONED", "ACTIVATED", "RECHARGE"]);
+    assert_eq!(history["entries"][2]["request_id"], "r-1");
+    assert_eq!(history["entries"][2]["amount"], 5000);
+    let table = ocs(&server, &["account", "history", "8613800138000"])
+        .await
+        .ok();
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "a header and three entries: {table:#?}");
+    assert!(lines[0].starts_with("AT "), "{table:#?}");
+    // Aligned: every row starts its KIND column where the header does.
+    let kind_at = lines[0].find("KIND").expect("KIND column");
+    assert!(lines[3][kind_at..].starts_with("RECHARGE"), "{table:#?}");
+    db.close().await;
+}
+
+async fn a_bad_msisdn_is_refused_with_exit_2_and_server_errors_are_one_line(server: TestServer) {
+    server.set_time(T0).await;
+    let db = server.db().await;
+    ocs(
+        &server,
+        &["account", "provision", "8613800138000", "--sold"],
+    )
+    .await
+    .ok();
+    let before = db.snapshot("8613800138000").await;
+
+    let bad = ocs(
+        &server,
+        &[
+            "account",
+            "recharge",
+            "86138abc",
+            "--amount",
+            "100",
+            "--channel",
+            "online",
+        ],
+    )
+    .await;
+    assert_eq!(bad.code, 2, "{bad:#?}");
+    assert!(bad.error_line().contains("INVALID_MSISDN"), "{bad:#?}");
+    assert!(bad.stdout.is_empty(), "{bad:#?}");
+
+    let unknown = ocs(&server, &["account", "get", "8613800000000"]).await;
+    assert_eq!(unknown.code, 1, "{unknown:#?}");
+    assert!(
+        unknown
+            .error_line()
+            .starts_with("error: NOT_FOUND (ACCOUNT_NOT_FOUND): "),
+        "{unknown:#?}"
+    );
+
+    // The server's INVALID_ARGUMENT is bad input too; the line names the request_id.
+    let zero = ocs(
+        &server,
+        &[
+            "account",
+            "recharge",
+            "8613800138000",
+            "--amount",
+            "0",
+            "--channel",
+            "online",
+            "--request-id",
+            "z-1",
+        ],
+    )
+    .await;
+    assert_eq!(zero.code, 2, "{zero:#?}");
+    let line = zero.error_line();
+    assert!(
+        line.contains("INVALID_ARGUMENT (INVALID_AMOUNT)"),
+        "{zero:#?}"
+    );
+    assert!(line.contains("z-1"), "{zero:#?}");
+
+    let unsold_charge = ocs(
+        &server,
+        &["account", "charge", "8613800138000", "--amount", "10"],
+    )
+    .await;
+    assert_eq!(unsold_charge.code, 1, "{unsold_charge:#?}");
+    assert!(
+        unsold_charge
+            .error_line()
+            .starts_with("error: FAILED_PRECONDITION"),
+        "{unsold_charge:#?}"
+    );
+
+    let usage = ocs(&server, &["account", "recharge", "8613800138000"]).await;
+    assert_eq!(usage.code, 2, "clap's usage error: {usage:#?}");
+
+    assert_eq!(db.snapshot("8613800138000").await, before);
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_is_down_is_one_line_saying_it_cannot_connect() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("address")
+        .port();
+    let server = format!("http://127.0.0.1:{port}");
+    let run = ocs_at(&server, &["account", "get", "8613800138000"]).await;
+    assert_eq!(run.code, 1, "{run:#?}");
+    assert!(
+        run.error_line()
+            .starts_with(&format!("error: cannot connect to the server at {server}")),
+        "{run:#?}"
+    );
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let file = write_file(dir.path(), "cards.csv", "msisdn\n8613800138000\n");
+    let run = ocs_at(&server, &["import", &file]).await;
+    assert_eq!(run.code, 1, "{run:#?}");
+    assert!(run.error_line().contains("cannot connect"), "{run:#?}");
+}
+
+async fn import_applies_good_rows_reports_bad_ones_and_a_rerun_applies_nothing_twice(
+    server: TestServer,
+) {
+    server.set_time(T0).await;
+    let db = server.db().await;
+    // Already in use, provisioned by someone else: its row is refused by the server.
+    ocs(&server, &["account", "provision", "8613800000009"])
+        .await
+        .ok();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let file = write_file(
+        dir.path(),
+        "cards.csv",
+        "msisdn,preset_balance,sold,initial_validity_days\n\
+         +8613800000001,1000,true,365\n\
+         8613800000002,,false,\n\
+         86138abc,0,true,0\n\
+         \n\
+         8613800000003,0,yes,0\n\
+         8613800000004,0,maybe,0\n\
+         8613800000009,0,true,0\n",
+    );
+    let before = db.counts().await;
+
+    let dry = ocs(&server, &["import", &file, "--dry-run", "--output", "json"]).await;
+    assert_eq!(dry.code, 1, "rows are rejected: {dry:#?}");
+    let report = dry.json();
+    assert_eq!(
+        (report["valid"].as_u64(), report["rejected"].as_u64()),
+        (Some(4), Some(2))
+    );
+    assert_eq!(db.counts().await, before, "a dry run sends nothing");
+
+    let first = ocs(&server, &["import", &file, "--concurrency", "3"]).await;
+    assert_eq!(first.code, 1, "rows were rejected: {first:#?}");
+    assert!(
+        first.stdout.contains("line 4: 86138abc: INVALID_MSISDN"),
+        "{first:#?}"
+    );
+    assert!(
+        first.stdout.contains("line 7: 8613800000004: sold"),
+        "{first:#?}"
+    );
+    assert!(
+        first
+            .stdout
+            .contains("line 8: 8613800000009: ALREADY_EXISTS (ACCOUNT_EXISTS)"),
+        "{first:#?}"
+    );
+    let summary: Vec<&str> = first.stdout.lines().rev().take(3).collect();
+    assert_eq!(
+        summary,
+        [
+            "rejected          3",
+            "already imported  0",
+            "imported          3"
+        ],
+        "{first:#?}"
+    );
+    let after_first = db.counts().await;
+    assert_eq!(after_first.accounts, before.accounts + 3);
+    let card = db.account("8613800000001").await.expect("imported");
+    assert_eq!((card.preset_balance, card.state), (1000, 1));
+    assert!(db.account("8613800000002").await.is_some());
+    assert!(db.account("8613800000003").await.is_some());
+
+    let rerun = ocs(&server, &["import", &file, "--output", "json"]).await;
+    assert_eq!(rerun.code, 1, "{rerun:#?}");
+    let report = rerun.json();
+    assert_eq!(report["imported"], 0, "{report}");
+    assert_eq!(report["already_imported"], 3, "{report}");
+    assert_eq!(report["rejected"], 3, "{report}");
+    let lines: Vec<u64> = report["rejections"]
+        .as_array()
+        .expect("rejections")
+        .iter()
+        .map(|r| r["line"].as_u64().expect("line"))
+        .collect();
+    assert_eq!(lines, [4, 7, 8]);
+    assert_eq!(
+        db.counts().await,
+        after_first,
+        "a rerun applies nothing twice"
+    );
+
+    // A file with only good rows exits 0.
+    let good = write_file(
+        dir.path(),
+        "good.csv",
+        "msisdn,preset_balance\n8613800000010,5\n",
+    );
+    let run = ocs(&server, &["import", &good]).await.ok();
+    assert!(run.stdout.contains("imported          1"), "{run:#?}");
+    // A file that is not an import file at all is bad input.
+    let wrong = write_file(dir.path(), "wrong.csv", "number,amount\n1,2\n");
+    let run = ocs(&server, &["import", &wrong]).await;
+    assert_eq!(run.code, 2, "{run:#?}");
+    assert!(run.error_line().contains("header"), "{run:#?}");
+    db.close().await;
+}
+
+async fn accounts_list_filters_by_effective_state_and_pages(server: TestServer) {
+    server.set_time(T0).await;
+    for msisdn in ["8613800000001", "8613800000002", "8613800000003"] {
+        ocs(&server, &["account", "provision", msisdn, "--sold"])
+            .await
+            .ok();
+    }
+    for msisdn in ["8613800000001", "8613800000003"] {
+        ocs(&server, &["account", "activate", msisdn]).await.ok();
+    }
+    // Valid through 2030-08-28: GRACE from the next day.
+    server.set_time("2030-09-01T02:00:00Z").await;
+    let grace = ocs(
+        &server,
+        &["accounts", "list", "--state", "grace", "--output", "json"],
+    )
+    .await
+    .ok()
+    .json();
+    let msisdns: Vec<&str> = grace["accounts"]
+        .as_array()
+        .expect("accounts")
+        .iter()
+        .map(|a| a["msisdn"].as_str().expect("msisdn"))
+        .collect();
+    assert_eq!(msisdns, ["8613800000001", "8613800000003"]);
+    assert_eq!(grace["accounts"][0]["state"], "GRACE");
+    let table = ocs(&server, &["accounts", "list", "--state", "unactivated"])
+        .await
+        .ok();
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{table:#?}");
+    assert!(
+        lines[1].starts_with("8613800000002  UNACTIVATED"),
+        "{table:#?}"
+    );
+
+    let page = ocs(
+        &server,
+        &["accounts", "list", "--page-size", "2", "--output", "json"],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(page["accounts"].as_array().map(Vec::len), Some(2));
+    assert_eq!(page["next_page_token"], "8613800000002");
+    let all = ocs(
+        &server,
+        &[
+            "accounts",
+            "list",
+            "--page-size",
+            "2",
+            "--all",
+            "--output",
+            "json",
+        ],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(all["accounts"].as_array().map(Vec::len), Some(3));
+    assert_eq!(all["next_page_token"], "");
+}
+
+async fn forecast_until_a_date_lists_the_numbers_recycled_by_its_end_and_writes_nothing(
+    server: TestServer,
+) {
+    server.set_time(T0).await;
+    let db = server.db().await;
+    let card = ocs(
+        &server,
+        &["account", "provision", "8613800000001", "--output", "json"],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(card["account"]["card_expiry"], "2031-08-23");
+    server.set_time("2031-08-01T02:00:00Z").await;
+    let before = db.counts().await;
+
+    let last_day = ocs(
+        &server,
+        &["forecast", "--until", "2031-08-23", "--output", "json"],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(last_day["dry_run"], true);
+    assert_eq!(last_day["as_of"], "2031-08-23T15:59:59Z");
+    assert_eq!(last_day["to_recycled_unactivated"], 0);
+    assert_eq!(last_day["recycled_msisdns"], serde_json::json!([]));
+
+    let next_day = ocs(
+        &server,
+        &["forecast", "--until", "2031-08-24", "--output", "json"],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(next_day["to_recycled_unactivated"], 1);
+    assert_eq!(
+        next_day["recycled_msisdns"],
+        serde_json::json!(["8613800000001"])
+    );
+    let table = ocs(&server, &["forecast", "--until", "2031-08-24"])
+        .await
+        .ok();
+    assert!(table.stdout.contains("  8613800000001"), "{table:#?}");
+
+    // In New York the 24th ends 12 hours later.
+    let elsewhere = ocs(
+        &server,
+        &[
+            "forecast",
+            "--until",
+            "2031-08-24",
+            "--timezone",
+            "America/New_York",
+            "--output",
+            "json",
+        ],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(elsewhere["as_of"], "2031-08-25T03:59:59Z");
+
+    let bad = ocs(&server, &["forecast", "--until", "2031-02-30"]).await;
+    assert_eq!(bad.code, 2, "{bad:#?}");
+    assert_eq!(db.counts().await, before, "a forecast writes nothing");
+    db.close().await;
+}
+
+/// A card provisioned at T0 and again at T1: STATE_CHANGED to RECYCLED and NUMBER_RECYCLED.
+async fn recycle_one(server: &TestServer, msisdn: &str) {
+    server.set_time(T0).await;
+    ocs(server, &["account", "provision", msisdn]).await.ok();
+    server.set_time(T1).await;
+    let again = ocs(
+        server,
+        &["account", "provision", msisdn, "--output", "json"],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(again["account"]["generation"], 2);
+}
+
+async fn events_tail_without_follow_prints_the_backlog(server: TestServer) {
+    recycle_one(&server, "8613800000001").await;
+    let db = server.db().await;
+    let outbox = db.outbox().await;
+    assert!(outbox.len() >= 2, "{outbox:?}");
+
+    // --idle-timeout only bounds how long a finished backlog is waited on.
+    let all = ocs(
+        &server,
+        &[
+            "events",
+            "tail",
+            "--after",
+            "0",
+            "--output",
+            "json",
+            "--idle-timeout",
+            "5",
+        ],
+    )
+    .await
+    .ok();
+    let events: Vec<Value> = all
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let sequences: Vec<i64> = events
+        .iter()
+        .map(|e| e["sequence"].as_i64().expect("sequence"))
+        .collect();
+    assert_eq!(
+        sequences,
+        outbox.iter().map(|r| r.sequence).collect::<Vec<_>>()
+    );
+    assert!(events.iter().all(|e| e["msisdn"] == "8613800000001"));
+
+    let recycled = ocs(
+        &server,
+        &[
+            "events",
+            "tail",
+            "--type",
+            "number_recycled",
+            "--idle-timeout",
+            "5",
+            "--output",
+            "json",
+        ],
+    )
+    .await
+    .ok();
+    let recycled: Vec<Value> = recycled
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert_eq!(recycled.len(), 1, "{recycled:?}");
+    assert_eq!(recycled[0]["type"], "NUMBER_RECYCLED");
+    assert_eq!(recycled[0]["reason"], "UNACTIVATED_EXPIRED");
+
+    let last = outbox.last().expect("an event").sequence.to_string();
+    let table = ocs(
+        &server,
+        &["events", "tail", "--after", &last, "--idle-timeout", "1"],
+    )
+    .await
+    .ok();
+    assert_eq!(
+        table.stdout.lines().count(),
+        1,
+        "only the header: {table:#?}"
+    );
+    let table = ocs(&server, &["events", "tail", "--idle-timeout", "5"])
+        .await
+        .ok();
+    assert_eq!(table.stdout.lines().count(), 1 + outbox.len(), "{table:#?}");
+    assert!(table.stdout.contains("NUMBER_RECYCLED"), "{table:#?}");
+    db.close().await;
+}
+
+async fn events_tail_follow_prints_the_backlog_then_live_events(server: TestServer) {
+    recycle_one(&server, "8613800000001").await;
+    let backlog = server.db().await.outbox().await.len();
+    let mut command = Command::new(BIN);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("OCS_") {
+            command.env_remove(name);
+        }
+    }
+    let mut child = command
+        .args(["events", "tail", "--follow", "--output", "json", "--server"])
+        .arg(format!("http://{}", server.addr))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ocs-lifecycle events tail --follow");
+    let stdout = child.stdout.take().expect("stdout");
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next_event = |what: &str| -> Value {
+        // The server runs on this runtime: wait without holding up its worker.
+        let line = tokio::task::block_in_place(|| lines.recv_timeout(SAFETY))
+            .unwrap_or_else(|e| panic!("no {what} from events tail --follow: {e}"));
+        serde_json::from_str(&line).expect("one JSON object per line")
+    };
+    for _ in 0..backlog {
+        next_event("backlog event");
+    }
+    // A change made while the tail runs arrives on it.
+    ocs(
+        &server,
+        &["account", "provision", "8613800000002", "--sold"],
+    )
+    .await
+    .ok();
+    ocs(&server, &["account", "activate", "8613800000002"])
+        .await
+        .ok();
+    let live = next_event("live event");
+    assert_eq!(live["msisdn"], "8613800000002", "{live}");
+    assert_eq!(live["to_state"], "VALID", "{live}");
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "--follow keeps running"
+    );
+    child.kill().expect("stop the tail");
+    child.wait().expect("reap the tail");
+    reader.join().expect("reader thread");
+}
+
+mod dead_letters {
+    use super::*;
+
+    macro_rules! on_both {
+        ($name:ident) => {
+            mod sqlite {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(db) =
+                        $crate::common::TestDb::create($crate::common::Backend::Sqlite).await
+                    {
+                        super::$name(db).await;
+                    }
+                }
+            }
+            mod postgres {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(db) =
+                        $crate::common::TestDb::create($crate::common::Backend::Postgres).await
+                    {
+                        super::$name(db).await;
+                    }
+                }
+            }
+        };
+    }
+
+    on_both!(a_dead_letter_is_listed_and_redelivered);
+
+    async fn a_dead_letter_is_listed_and_redelivered(db: Arc<TestDb>) {
+        let hook = Hook::start(Box::new(|_| (500, Duration::ZERO))).await;
+        let config = Config {
+            bss: BssConfig {
+                webhook_url: hook.url(),
+                webhook_secret: "test-webhook-secret".into(),
+                initial_backoff_ms: 20,
+                max_backoff_ms: 100,
+                timeout_ms: 1_000,
+                max_attempts: 1,
+                ..BssConfig::default()
+            },
+            ..common::test_config(ClockMode::Manual)
+        };
+        let server = TestServer::start_with(db, config).await;
+        let empty = ocs(&server, &["dead-letters", "list", "--output", "json"])
+            .await
+            .ok()
+            .json();
+        assert_eq!(empty["dead_letters"], serde_json::json!([]));
+
+        recycle_one(&server, "8613800000001").await;
+        let event_id = wait_for_one_dead_letter(&server).await;
+
+        let listed = ocs(&server, &["dead-letters", "list", "--output", "json"])
+            .await
+            .ok()
+            .json();
+        let letters = listed["dead_letters"].as_array().expect("dead_letters");
+        assert_eq!(letters.len(), 1, "{listed}");
+        assert_eq!(letters[0]["event"]["event_id"], event_id.as_str());
+        assert_eq!(letters[0]["event"]["msisdn"], "8613800000001");
+        assert_eq!(letters[0]["attempts"], 1);
+        assert!(
+            letters[0]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("500")),
+            "{listed}"
+        );
+        let table = ocs(&server, &["dead-letters", "list"]).await.ok();
+        assert_eq!(table.stdout.lines().count(), 2, "{table:#?}");
+        assert!(table.stdout.contains(&event_id), "{table:#?}");
+
+        // The BSS is fixed; the operator redelivers (an unknown id counts nothing).
+        hook.set_policy(always_ok());
+        let unknown = uuid::Uuid::new_v4().to_string();
+        let redelivered = ocs(
+            &server,
+            &[
+                "dead-letters",
+                "redeliver",
+                &event_id,
+                &unknown,
+                "--output",
+                "json",
+            ],
+        )
+        .await
+        .ok()
+        .json();
+        assert_eq!(redelivered["asked"], 2);
+        assert_eq!(redelivered["requeued"], 1);
+        hook.wait_for(SAFETY, |r| r.iter().any(|r| r.status == 200))
+            .await;
+        let none = ocs(&server, &["dead-letters", "redeliver", "--all"])
+            .await
+            .ok();
+        assert!(none.stdout.contains("requeued  0"), "{none:#?}");
+        let usage = ocs(&server, &["dead-letters", "redeliver"]).await;
+        assert_eq!(usage.code, 2, "{usage:#?}");
+        server.stop().await;
+    }
+
+    /// Polls ListDeadLetters until the one dead letter is there; its event_id.
+    async fn wait_for_one_dead_letter(server: &TestServer) -> String {
+        let mut events = events_client(server);
+        let deadline = tokio::time::Instant::now() + SAFETY;
+        loop {
+            let dead = events
+                .list_dead_letters(proto::ListDeadLettersRequest::default())
+                .await
+                .expect("ListDeadLetters")
+                .into_inner();
+            if let Some(letter) = dead.events.first() {
+                return letter.event.as_ref().expect("event").event_id.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the event was never dead-lettered"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
