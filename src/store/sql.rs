@@ -269,6 +269,58 @@ macro_rules! impl_account_store {
                 sqlx::query("SELECT 1").execute(self.reader()).await?;
                 Ok(())
             }
+
+            async fn accounts_by_state(
+                &self,
+            ) -> Result<Vec<($crate::lifecycle::AccountState, i64)>, $crate::store::StoreError>
+            {
+                let rows: Vec<(i32, i64)> = sqlx::query_as(
+                    "SELECT state, COUNT(*) FROM accounts GROUP BY state ORDER BY state",
+                )
+                .fetch_all(self.reader())
+                .await?;
+                rows.into_iter()
+                    .map(|(state, count)| {
+                        $crate::lifecycle::AccountState::from_i32(state)
+                            .map(|state| (state, count))
+                            .ok_or_else(|| {
+                                $crate::store::StoreError::Internal(format!(
+                                    "stored state {state} is not valid"
+                                ))
+                            })
+                    })
+                    .collect()
+            }
+
+            async fn last_outbox_sequence(&self) -> Result<i64, $crate::store::StoreError> {
+                let last: Option<i64> = sqlx::query_scalar("SELECT MAX(sequence) FROM outbox")
+                    .fetch_one(self.reader())
+                    .await?;
+                Ok(last.unwrap_or(0))
+            }
+
+            async fn oldest_undelivered_event(
+                &self,
+                types: &[$crate::store::EventType],
+            ) -> Result<Option<chrono::DateTime<chrono::Utc>>, $crate::store::StoreError> {
+                if types.is_empty() {
+                    return Ok(None);
+                }
+                // The same anti-join the delivery worker polls with (an event without a
+                // delivery row is undelivered too), ordered by the primary key.
+                let sql = format!(
+                    "SELECT o.emitted_at FROM outbox o WHERE o.event_type IN ({}) \
+                     AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d \
+                         WHERE d.sequence = o.sequence \
+                         AND (d.delivered_at IS NOT NULL OR d.dead_at IS NOT NULL)) \
+                     ORDER BY o.sequence LIMIT 1",
+                    $crate::store::deliveries::type_list(types)
+                );
+                let oldest: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(&sql)
+                    .fetch_optional(self.reader())
+                    .await?;
+                Ok(oldest)
+            }
         }
 
         /// Carries out one mutation inside the caller's open transaction, without committing.
