@@ -634,3 +634,39 @@ async fn readyz_is_503_with_a_reason_until_the_migrations_ran(db: Arc<TestDb>) {
         "nothing listens after the shutdown"
     );
 }
+
+mod scheduler {
+    use super::*;
+
+    both_backends! {
+        the_scheduler_records_its_sweeps,
+    }
+
+    /// The scheduler's sweeps (the one missed before the start, then each one a move of the
+    /// manual clock passes) are recorded like AdvanceStates'.
+    async fn the_scheduler_records_its_sweeps(server: TestServer) {
+        let db = server.db.clone();
+        server.stop().await;
+        let mut config = common::test_config(ClockMode::Manual);
+        config.sweep.scheduler = true;
+        let server = TestServer::start_with(db, config).await;
+        // The catch-up sweep at start-up runs in the background: wait for it (bounded).
+        wait_for_scrape(&server, |m| {
+            m.value("ocs_sweep_runs_total", &[("status", "succeeded")]) == Some(1.0)
+        })
+        .await;
+        // A day later the 00:05 occurrence has passed; AdvanceTime returns after its sweep.
+        server
+            .clock()
+            .advance_time(proto::AdvanceTimeRequest { seconds: 86_400 })
+            .await
+            .expect("AdvanceTime");
+        let metrics = scrape(&server).await;
+        assert_eq!(
+            metrics.expect("ocs_sweep_runs_total", &[("status", "succeeded")]),
+            2.0
+        );
+        assert!(metrics.expect("ocs_sweep_last_success_timestamp_seconds", &[]) > 1.0e9);
+        server.stop().await;
+    }
+}
