@@ -426,9 +426,13 @@ async fn advance_states_counts_its_sweep_and_a_forecast_counts_nothing(server: T
     assert_eq!(forecast.to_grace, 2);
     let metrics = scrape(&server).await;
     assert_eq!(
-        metrics.value("ocs_sweep_runs_total", &[("status", "succeeded")]),
-        None,
+        metrics.expect("ocs_sweep_runs_total", &[("status", "succeeded")]),
+        0.0,
         "a forecast is not a sweep run"
+    );
+    assert_eq!(
+        metrics.expect("ocs_sweep_transitions_total", &[("transition", "to_grace")]),
+        0.0
     );
     assert_eq!(
         metrics.expect("ocs_sweep_accounts_examined_total", &[]),
@@ -465,8 +469,8 @@ async fn advance_states_counts_its_sweep_and_a_forecast_counts_nothing(server: T
         1.0
     );
     assert_eq!(
-        metrics.value("ocs_sweep_runs_total", &[("status", "failed")]),
-        None
+        metrics.expect("ocs_sweep_runs_total", &[("status", "failed")]),
+        0.0
     );
     let transitions = |t: &str| metrics.expect("ocs_sweep_transitions_total", &[("transition", t)]);
     assert_eq!(transitions("to_grace"), 2.0);

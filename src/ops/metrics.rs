@@ -67,6 +67,15 @@ struct TransitionLabel {
     transition: &'static str,
 }
 
+/// The `transition` label values, in `SweepCounts` order.
+const TRANSITIONS: [&str; 5] = [
+    "to_grace",
+    "to_locked",
+    "to_recycled_from_locked",
+    "to_recycled_unactivated",
+    "expiring_notified",
+];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: &'static str,
@@ -104,13 +113,14 @@ impl SweepMetrics {
             .inc();
         let c = &report.counts;
         self.examined.inc_by(c.examined);
-        for (transition, count) in [
-            ("to_grace", c.to_grace),
-            ("to_locked", c.to_locked),
-            ("to_recycled_from_locked", c.to_recycled_from_locked),
-            ("to_recycled_unactivated", c.to_recycled_unactivated),
-            ("expiring_notified", c.expiring_notified),
-        ] {
+        let counts = [
+            c.to_grace,
+            c.to_locked,
+            c.to_recycled_from_locked,
+            c.to_recycled_unactivated,
+            c.expiring_notified,
+        ];
+        for (transition, count) in TRANSITIONS.into_iter().zip(counts) {
             self.transitions
                 .get_or_create(&TransitionLabel { transition })
                 .inc_by(count);
@@ -123,6 +133,14 @@ impl SweepMetrics {
     }
 
     fn register(&self, registry: &mut Registry) {
+        // Every label value from the start, so that rate() and alerts see a 0 before the first.
+        for status in ["succeeded", "failed"] {
+            self.runs.get_or_create(&StatusLabel { status });
+        }
+        for transition in TRANSITIONS {
+            self.transitions
+                .get_or_create(&TransitionLabel { transition });
+        }
         registry.register(
             "ocs_sweep_runs",
             "Real sweeps run by this process, by status (succeeded, failed)",
