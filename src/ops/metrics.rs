@@ -135,11 +135,12 @@ impl SweepMetrics {
     fn register(&self, registry: &mut Registry) {
         // Every label value from the start, so that rate() and alerts see a 0 before the first.
         for status in ["succeeded", "failed"] {
-            self.runs.get_or_create(&StatusLabel { status });
+            self.runs.get_or_create(&StatusLabel { status }).inc_by(0);
         }
         for transition in TRANSITIONS {
             self.transitions
-                .get_or_create(&TransitionLabel { transition });
+                .get_or_create(&TransitionLabel { transition })
+                .inc_by(0);
         }
         registry.register(
             "ocs_sweep_runs",
