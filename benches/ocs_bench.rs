@@ -619,6 +619,7 @@ async fn run_rpc(args: &Args) {
         database_url: url.clone(),
         clock: ClockMode::System,
         db_pool_size: args.clients as u32,
+        http_addr: None,
         ..Config::default()
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -10,6 +10,7 @@
 //! - [`scheduler`]: when the sweep runs inside `serve` (cron, driven by the clock).
 //! - [`sweep`]: one sweep run (AdvanceStates, the `sweep` command, the scheduler).
 //! - [`notify`]: the BSS webhook delivery worker.
+//! - [`ops`]: the operations HTTP listener (`/metrics`, `/healthz`, `/readyz`) and the metrics.
 
 pub mod api;
 pub mod auth;
@@ -18,6 +19,7 @@ pub mod clock;
 pub mod config;
 pub mod lifecycle;
 pub mod notify;
+pub mod ops;
 pub mod scheduler;
 pub mod store;
 pub mod sweep;

@@ -45,3 +45,25 @@ pub async fn run(
     let report = store.sweep(request).await?;
     Ok((as_of, report))
 }
+
+/// [`run`], recorded in `metrics` when it is a real sweep that ran (a forecast, or an `as_of`
+/// refused before anything ran, is not a sweep run).
+pub async fn run_recorded(
+    metrics: &crate::ops::SweepMetrics,
+    store: &dyn AccountStore,
+    batch_size: u32,
+    as_of: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<(DateTime<Utc>, SweepReport), SweepError> {
+    let started = std::time::Instant::now();
+    let ran = run(store, batch_size, as_of, now, dry_run).await;
+    if !dry_run {
+        match &ran {
+            Ok((_, report)) => metrics.record(Ok(report), started.elapsed()),
+            Err(SweepError::Store(e)) => metrics.record(Err(e), started.elapsed()),
+            Err(SweepError::AsOfInFuture { .. }) => {}
+        }
+    }
+    ran
+}

@@ -850,7 +850,7 @@ fn wait_bounded(child: &mut std::process::Child, what: &str) -> std::process::Ex
 async fn spawn_serve(dir: &Path, addr: &str) -> std::process::Child {
     let log = std::fs::File::create(dir.join("server.log")).expect("log file");
     let mut child = ocs(dir)
-        .args(["serve", "--listen", addr])
+        .args(["serve", "--listen", addr, "--http-addr", "off"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(log)
@@ -966,7 +966,13 @@ async fn a_generated_token_configured_as_printed_authenticates_its_holder() {
 async fn the_binary_without_tokens_warns_and_refuses_a_non_loopback_address() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let output = ocs(dir.path())
-        .args(["serve", "--listen", &format!("0.0.0.0:{}", free_port())])
+        .args([
+            "serve",
+            "--listen",
+            &format!("0.0.0.0:{}", free_port()),
+            "--http-addr",
+            "off",
+        ])
         .output()
         .expect("run serve");
     let stderr = String::from_utf8_lossy(&output.stderr);

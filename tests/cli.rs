@@ -1,6 +1,7 @@
-//! The real binary: `serve` with no configuration, a graceful SIGTERM, `migrate`, and a
-//! configuration error that names its key. Each run gets a temporary working directory and an
-//! environment without `OCS_*` variables, so only what the test passes configures it.
+//! The real binary: `serve` with no configuration (and its operations endpoint), a graceful
+//! SIGTERM, `--http-addr off`, `migrate`, and a configuration error that names its key. Each
+//! run gets a temporary working directory and an environment without `OCS_*` variables, so
+//! only what the test passes configures it.
 
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -95,9 +96,10 @@ async fn wait_serving(addr: &str, child: &mut Child) {
 async fn serve_without_configuration_creates_its_sqlite_file_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
+    let http_addr = format!("127.0.0.1:{}", free_port());
     let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
     let mut child = ocs(dir.path())
-        .args(["serve", "--listen", &addr])
+        .args(["serve", "--listen", &addr, "--http-addr", &http_addr])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -126,6 +128,16 @@ async fn serve_without_configuration_creates_its_sqlite_file_and_stops_cleanly_o
         .into_inner()
         .status;
     assert_eq!(status, ServingStatus::Serving as i32);
+    for (path, expected) in [("/healthz", "ok\n"), ("/readyz", "ready\n")] {
+        let (code, body) = http_get(&format!("http://{http_addr}{path}")).await;
+        assert_eq!((code, body.as_str()), (200, expected), "{path}");
+    }
+    let (code, body) = http_get(&format!("http://{http_addr}/metrics")).await;
+    assert_eq!(code, 200);
+    assert!(
+        body.lines().any(|l| l.starts_with("ocs_build_info{")),
+        "{body}"
+    );
 
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -138,6 +150,39 @@ async fn serve_without_configuration_creates_its_sqlite_file_and_stops_cleanly_o
         status.code(),
         Some(0),
         "SIGTERM is a clean stop; server log:\n{log}"
+    );
+}
+
+/// GET `url`: status and body.
+async fn http_get(url: &str) -> (u16, String) {
+    let response = reqwest::get(url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("body"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_addr_off_serves_grpc_without_the_operations_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let http_addr = format!("127.0.0.1:{}", free_port());
+    let mut child = ocs(dir.path())
+        // The flag wins over the environment.
+        .env("OCS_HTTP_ADDR", &http_addr)
+        .args(["serve", "--listen", &addr, "--http-addr", "off"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ocs-lifecycle serve");
+    wait_serving(&addr, &mut child).await;
+    let connected = tokio::net::TcpStream::connect(&http_addr).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        connected.is_err(),
+        "nothing listens on {http_addr} with --http-addr off"
     );
 }
 

@@ -628,6 +628,20 @@ async fn a_failed_sweep_rolls_back_its_batch_and_the_next_run_finishes(backend: 
             ("succeeded".to_owned(), false, 2),
         ]
     );
+    // The metrics count both runs; only the succeeded one's transitions.
+    let metrics = reqwest::get(server.http_url("/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics");
+    for line in [
+        r#"ocs_sweep_runs_total{status="failed"} 1"#,
+        r#"ocs_sweep_runs_total{status="succeeded"} 1"#,
+        r#"ocs_sweep_transitions_total{transition="to_grace"} 2"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
     conn.close().await;
     server.stop().await;
 }

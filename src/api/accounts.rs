@@ -31,6 +31,8 @@ pub struct Context {
     pub ready: Arc<AtomicBool>,
     /// Accounts per sweep transaction (`sweep.batch_size`).
     pub sweep_batch_size: u32,
+    /// Where AdvanceStates records its sweeps.
+    pub metrics: Arc<crate::ops::Metrics>,
 }
 
 impl Context {
@@ -550,7 +552,8 @@ impl AccountLifecycle for AccountsApi {
         };
         self.ctx.check_ready()?;
         let now = self.ctx.clock.now();
-        let ran = crate::sweep::run(
+        let ran = crate::sweep::run_recorded(
+            &self.ctx.metrics.sweep,
             self.ctx.store.as_ref(),
             self.ctx.sweep_batch_size,
             as_of,

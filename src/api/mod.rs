@@ -1,6 +1,7 @@
 //! The gRPC server: `AccountLifecycle`, `BssEvents`, `TestClock` (manual clock only), health and
 //! reflection, behind bearer-token authentication (`crate::auth`) and optional TLS, with a
-//! graceful, bounded shutdown.
+//! graceful, bounded shutdown; beside it the operations HTTP endpoint (`crate::ops`), which
+//! stops with it.
 
 mod accounts;
 pub mod convert;
@@ -26,6 +27,7 @@ pub use test_clock::TestClockApi;
 use crate::auth::{self, AuthLayer, Authenticator};
 use crate::clock::{Clock, ManualClock, SystemClock};
 use crate::config::{ClockMode, Config};
+use crate::ops::{self, Metrics, OpsState, RpcMetricsLayer};
 use crate::proto::account_lifecycle_server::AccountLifecycleServer;
 use crate::proto::bss_events_server::BssEventsServer;
 use crate::proto::test_clock_server::TestClockServer;
@@ -58,13 +60,18 @@ const SERVICE_NAMES: [&str; 3] = [
 /// Binds `config.listen` and serves until `shutdown` is cancelled.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
     check_exposure(&config, config.listen)?;
-    let listener = TcpListener::bind(config.listen)
+    let listener = bind(config.listen).await?;
+    let http = match config.http_addr {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    serve_with_listeners(config, listener, http, shutdown).await
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
         .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    serve_on(config, listener, shutdown).await
+        .map_err(|source| ServeError::Bind { addr, source })
 }
 
 /// Without tokens every caller is trusted, so the service keeps to loopback unless told
@@ -80,10 +87,27 @@ fn check_exposure(config: &Config, addr: SocketAddr) -> Result<(), ServeError> {
     Ok(())
 }
 
-/// Serves on an already bound listener (tests bind port 0) until `shutdown` is cancelled.
+/// Serves gRPC on an already bound listener (tests bind port 0) and the operations endpoint
+/// on `config.http_addr` (when set) until `shutdown` is cancelled.
 pub async fn serve_on(
     config: Config,
     listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let http = match config.http_addr {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    serve_with_listeners(config, listener, http, shutdown).await
+}
+
+/// Serves gRPC on `listener` and the operations endpoint (`/metrics`, `/healthz`, `/readyz`)
+/// on `http` (`None`: no operations endpoint; `config.http_addr` is not looked at) until
+/// `shutdown` is cancelled.
+pub async fn serve_with_listeners(
+    config: Config,
+    listener: TcpListener,
+    http: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let rules = Arc::new(config.rules()?);
@@ -123,13 +147,41 @@ pub async fn serve_on(
     };
     let store = store::connect(&config.database_url, config.db_pool_size, rules.clone()).await?;
     let ready = Arc::new(AtomicBool::new(false));
+    let metrics = Arc::new(Metrics::new());
     let ctx = Context {
         store: store.clone(),
         rules: rules.clone(),
         clock: clock.clone(),
         ready: ready.clone(),
         sweep_batch_size: config.sweep.batch_size,
+        metrics: metrics.clone(),
     };
+    // Up before the migrations, so /healthz answers and /readyz says why it is not ready yet.
+    let mut operations = match http {
+        Some(http) => {
+            let http_addr = http
+                .local_addr()
+                .map_err(|e| ServeError::Other(e.to_string()))?;
+            let state = OpsState {
+                metrics: metrics.clone(),
+                store: store.clone(),
+                clock: clock.clone(),
+                ready: ready.clone(),
+            };
+            tracing::info!(%http_addr, "operations endpoint listening (/metrics, /healthz, /readyz)");
+            Some(tokio::spawn(ops::serve_http(http, state, shutdown.clone())))
+        }
+        None => {
+            tracing::info!("http_addr is off: no /metrics, /healthz or /readyz");
+            None
+        }
+    };
+    let stop_operations =
+        |operations: &mut Option<tokio::task::JoinHandle<std::io::Result<()>>>| {
+            if let Some(task) = operations.take() {
+                task.abort();
+            }
+        };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in std::iter::once("").chain(SERVICE_NAMES) {
@@ -144,6 +196,7 @@ pub async fn serve_on(
         .map_err(|e| ServeError::Other(format!("reflection: {e}")))?;
 
     let router = builder
+        .layer(RpcMetricsLayer::new(metrics.clone()))
         .layer(AuthLayer::new(authenticator.clone()))
         .trace_fn(|req| tracing::debug_span!("grpc", path = %req.uri().path()))
         .add_service(health_service)
@@ -186,11 +239,13 @@ pub async fn serve_on(
         Some(Ok(())) => {}
         Some(Err(e)) => {
             server.abort();
+            stop_operations(&mut operations);
             return Err(e.into());
         }
         None => {
             tracing::info!("shutdown requested before the migrations finished");
             server.abort();
+            stop_operations(&mut operations);
             return Ok(());
         }
     }
@@ -211,9 +266,15 @@ pub async fn serve_on(
         Ok(notifier) => notifier,
         Err(e) => {
             server.abort();
+            stop_operations(&mut operations);
             return Err(ServeError::Other(e.to_string()));
         }
     };
+    if let Some(notifier) = &notifier {
+        // `start` has validated the types already.
+        let types = config.bss.event_types().unwrap_or_default();
+        metrics.watch_webhook(notifier.counters.clone(), types);
+    }
 
     let scheduler = config.sweep.scheduler.then(|| {
         let scheduler = Scheduler::new(
@@ -222,7 +283,8 @@ pub async fn serve_on(
             schedule,
             rules.timezone,
             config.sweep.batch_size,
-        );
+        )
+        .with_metrics(metrics.clone());
         let stop = shutdown.clone();
         tokio::spawn(async move {
             scheduler.catch_up_missed().await;
@@ -237,6 +299,7 @@ pub async fn serve_on(
         biased;
         _ = shutdown.cancelled() => {}
         finished = &mut server => {
+            stop_operations(&mut operations);
             return finished.map_err(|e| ServeError::Other(e.to_string()))?.map_err(Into::into);
         }
     }
@@ -265,6 +328,18 @@ pub async fn serve_on(
     }
     if let Some(notifier) = notifier {
         notifier.stopped().await;
+    }
+    if let Some(mut task) = operations.take() {
+        // It stopped accepting at the cancellation; a scrape in progress may finish.
+        match tokio::time::timeout(grace, &mut task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the operations endpoint failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "the operations endpoint task failed"),
+            Err(_) => {
+                tracing::warn!(?grace, "the operations endpoint did not stop in time");
+                task.abort();
+            }
+        }
     }
     tracing::info!("stopped");
     Ok(())

@@ -24,9 +24,68 @@ pub const DEFAULT_CONFIG_FILE: &str = "ocs-lifecycle.toml";
 /// keys, and not warned about when `serve` finds them in its environment.
 const CLIENT_ENV: [&str; 2] = ["SERVER", "TOKEN"];
 
+/// Where `serve` answers `/metrics`, `/healthz` and `/readyz` unless told otherwise (9464 is
+/// the port Prometheus exporters commonly use for an application's own metrics).
+pub const DEFAULT_HTTP_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
+
+/// The value of `http_addr` / `--http-addr`: an address, or `off` (or empty) for no listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpAddr(pub Option<SocketAddr>);
+
+impl FromStr for HttpAddr {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() || trimmed.eq_ignore_ascii_case("off") {
+            return Ok(HttpAddr(None));
+        }
+        trimmed
+            .parse()
+            .map(|addr| HttpAddr(Some(addr)))
+            .map_err(|_| format!("{raw:?} is not an address (e.g. 127.0.0.1:9464) or \"off\""))
+    }
+}
+
+fn deserialize_http_addr<'de, D>(deserializer: D) -> Result<Option<SocketAddr>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Visitor;
+
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = Option<SocketAddr>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an address such as \"127.0.0.1:9464\", or \"off\"")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, raw: &str) -> Result<Self::Value, E> {
+            raw.parse::<HttpAddr>()
+                .map(|addr| addr.0)
+                .map_err(|e| E::custom(format!("http_addr: {e}")))
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, raw: i64) -> Result<Self::Value, E> {
+            Err(E::custom(format!(
+                "http_addr: {raw} is not an address (e.g. 127.0.0.1:{raw}) or \"off\""
+            )))
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, raw: u64) -> Result<Self::Value, E> {
+            self.visit_i64(i64::try_from(raw).unwrap_or(i64::MAX))
+        }
+    }
+
+    deserializer.deserialize_any(Visitor)
+}
+
 /// The top-level keys and sections of the configuration.
-const KEYS: [&str; 15] = [
+
+const KEYS: [&str; 16] = [
     "listen",
+    "http_addr",
     "database_url",
     "db_pool_size",
     "clock",
@@ -63,6 +122,9 @@ pub enum LogFormat {
 pub struct Config {
     /// gRPC listen address.
     pub listen: SocketAddr,
+    /// The operations HTTP listener (`/metrics`, `/healthz`, `/readyz`); `None` = off.
+    #[serde(deserialize_with = "deserialize_http_addr")]
+    pub http_addr: Option<SocketAddr>,
     /// `sqlite://PATH` (created if missing) or `postgres://…`.
     pub database_url: String,
     /// Connections to the database (SQLite: readers; writes always use one connection).
@@ -167,6 +229,7 @@ impl Default for Config {
         let rules = Rules::default();
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            http_addr: Some(DEFAULT_HTTP_ADDR),
             database_url: "sqlite://ocs-lifecycle.db".into(),
             db_pool_size: 16,
             clock: ClockMode::System,
@@ -219,6 +282,9 @@ pub struct Overrides {
     /// gRPC listen address [default: 127.0.0.1:50051].
     #[arg(long, global = true)]
     pub listen: Option<SocketAddr>,
+    /// HTTP address of /metrics, /healthz and /readyz, or "off" [default: 127.0.0.1:9464].
+    #[arg(long, global = true)]
+    pub http_addr: Option<HttpAddr>,
     /// sqlite://PATH or postgres://… [default: sqlite://ocs-lifecycle.db].
     #[arg(long, global = true)]
     pub database_url: Option<String>,
@@ -292,6 +358,9 @@ impl Config {
             .map_err(|e: toml::de::Error| ConfigError(e.message().to_owned()))?;
         if let Some(v) = overrides.listen {
             config.listen = v;
+        }
+        if let Some(v) = overrides.http_addr {
+            config.http_addr = v.0;
         }
         if let Some(v) = &overrides.database_url {
             config.database_url = v.clone();
@@ -573,6 +642,36 @@ mod tests {
         )
         .unwrap();
         assert!(config.ignored_env.is_empty(), "{:?}", config.ignored_env);
+    }
+
+    #[test]
+    fn http_addr_defaults_to_9464_on_loopback_and_off_disables_it() {
+        let config = Config::load(&Overrides::default(), env(&[])).unwrap();
+        assert_eq!(config.http_addr, Some("127.0.0.1:9464".parse().unwrap()));
+        for off in ["off", "OFF", ""] {
+            let config =
+                Config::load(&Overrides::default(), env(&[("OCS_HTTP_ADDR", off)])).unwrap();
+            assert_eq!(config.http_addr, None, "{off:?}");
+        }
+        let config = Config::load(
+            &Overrides::default(),
+            env(&[("OCS_HTTP_ADDR", "0.0.0.0:9100")]),
+        )
+        .unwrap();
+        assert_eq!(config.http_addr, Some("0.0.0.0:9100".parse().unwrap()));
+        let flags = Overrides {
+            http_addr: Some("off".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let config = Config::load(&flags, env(&[("OCS_HTTP_ADDR", "127.0.0.1:1")])).unwrap();
+        assert_eq!(config.http_addr, None, "the flag wins over the environment");
+        let err =
+            Config::load(&Overrides::default(), env(&[("OCS_HTTP_ADDR", "nowhere")])).unwrap_err();
+        assert!(err.to_string().contains("http_addr"), "{err}");
+        assert!(err.to_string().contains("nowhere"), "{err}");
+        let err =
+            Config::load(&Overrides::default(), env(&[("OCS_HTTP_ADDR", "9464")])).unwrap_err();
+        assert!(err.to_string().contains("http_addr"), "{err}");
     }
 
     #[test]

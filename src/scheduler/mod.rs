@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::ops::Metrics;
 use crate::store::AccountStore;
 
 /// A move of the manual clock, acknowledged once any sweep it triggered has finished.
@@ -39,6 +40,8 @@ pub struct Scheduler {
     schedule: cron::Schedule,
     timezone: Tz,
     batch_size: u32,
+    /// Where its sweeps are recorded (`serve`'s metrics), if anywhere.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Scheduler {
@@ -55,7 +58,14 @@ impl Scheduler {
             schedule,
             timezone,
             batch_size,
+            metrics: None,
         }
+    }
+
+    /// Records the sweeps it runs in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Whether a move of the clock from `from` to `to` passes an occurrence.
@@ -66,7 +76,15 @@ impl Scheduler {
     /// One sweep as of the clock's time; failures are logged (the next run finishes the work).
     async fn sweep_now(&self, why: &str) {
         let now = self.clock.now();
-        match crate::sweep::run(self.store.as_ref(), self.batch_size, None, now, false).await {
+        let store = self.store.as_ref();
+        let ran = match &self.metrics {
+            Some(metrics) => {
+                crate::sweep::run_recorded(&metrics.sweep, store, self.batch_size, None, now, false)
+                    .await
+            }
+            None => crate::sweep::run(store, self.batch_size, None, now, false).await,
+        };
+        match ran {
             Ok((as_of, report)) => {
                 tracing::info!(%as_of, counts = ?report.counts, why, "scheduled sweep done");
             }

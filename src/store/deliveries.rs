@@ -73,9 +73,6 @@ pub trait WebhookDeliveries: Send + Sync {
         limit: u32,
     ) -> Result<Registered, StoreError>;
 
-    /// The highest sequence in the outbox (0 when empty).
-    async fn last_outbox_sequence(&self) -> Result<i64, StoreError>;
-
     /// Pending events due at `now_ms` that are the oldest pending event of their MSISDN (a later
     /// event of an MSISDN waits for the earlier one), in sequence order.
     async fn due_webhook_deliveries(
@@ -214,13 +211,6 @@ macro_rules! impl_webhook_deliveries {
                     found: u64::try_from(found).unwrap_or_default(),
                     last_sequence: Some(last),
                 })
-            }
-
-            async fn last_outbox_sequence(&self) -> Result<i64, $crate::store::StoreError> {
-                let last: Option<i64> = sqlx::query_scalar("SELECT max(sequence) FROM outbox")
-                    .fetch_one(self.reader())
-                    .await?;
-                Ok(last.unwrap_or(0))
             }
 
             async fn due_webhook_deliveries(

@@ -193,6 +193,20 @@ pub trait AccountStore: WebhookDeliveries + Send + Sync + 'static {
 
     /// A cheap round trip, for health checks.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Accounts per stored state (not the effective state at "now": what the sweep last
+    /// materialised), for the metrics. States without accounts are left out.
+    async fn accounts_by_state(&self) -> Result<Vec<(AccountState, i64)>, StoreError>;
+
+    /// The highest outbox sequence written so far (0 while the outbox is empty).
+    async fn last_outbox_sequence(&self) -> Result<i64, StoreError>;
+
+    /// `emitted_at` of the oldest outbox event of `types` that is neither delivered to the
+    /// webhook nor dead-lettered (registered for delivery or not yet); `None` when there is none.
+    async fn oldest_undelivered_event(
+        &self,
+        types: &[EventType],
+    ) -> Result<Option<DateTime<Utc>>, StoreError>;
 }
 
 /// Opens the store a database URL names (`sqlite://…` or `postgres://…`).

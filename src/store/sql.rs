@@ -269,6 +269,63 @@ macro_rules! impl_account_store {
                 sqlx::query("SELECT 1").execute(self.reader()).await?;
                 Ok(())
             }
+
+            async fn accounts_by_state(
+                &self,
+            ) -> Result<Vec<($crate::lifecycle::AccountState, i64)>, $crate::store::StoreError>
+            {
+                let rows: Vec<(i32, i64)> = sqlx::query_as(
+                    "SELECT state, COUNT(*) FROM accounts GROUP BY state ORDER BY state",
+                )
+                .fetch_all(self.reader())
+                .await?;
+                rows.into_iter()
+                    .map(|(state, count)| {
+                        $crate::lifecycle::AccountState::from_i32(state)
+                            .map(|state| (state, count))
+                            .ok_or_else(|| {
+                                $crate::store::StoreError::Internal(format!(
+                                    "stored state {state} is not valid"
+                                ))
+                            })
+                    })
+                    .collect()
+            }
+
+            async fn last_outbox_sequence(&self) -> Result<i64, $crate::store::StoreError> {
+                let last: Option<i64> = sqlx::query_scalar("SELECT MAX(sequence) FROM outbox")
+                    .fetch_one(self.reader())
+                    .await?;
+                Ok(last.unwrap_or(0))
+            }
+
+            async fn oldest_undelivered_event(
+                &self,
+                types: &[$crate::store::EventType],
+            ) -> Result<Option<chrono::DateTime<chrono::Utc>>, $crate::store::StoreError> {
+                if types.is_empty() {
+                    return Ok(None);
+                }
+                // The oldest pending delivery row (the partial index holds only those), or
+                // the oldest event above every registered one (not registered yet): no scan of
+                // the delivered past. An event committed late below the registered ones is
+                // counted once the worker registers it (within seconds).
+                let sql = format!(
+                    "SELECT o.emitted_at FROM outbox o WHERE o.sequence = (SELECT min(s) FROM ( \
+                       SELECT min(d.sequence) AS s FROM webhook_deliveries d \
+                         WHERE d.delivered_at IS NULL AND d.dead_at IS NULL \
+                       UNION ALL \
+                       SELECT min(n.sequence) AS s FROM outbox n WHERE n.event_type IN ({}) \
+                         AND n.sequence > (SELECT COALESCE(max(w.sequence), 0) \
+                           FROM webhook_deliveries w) \
+                     ) AS m)",
+                    $crate::store::deliveries::type_list(types)
+                );
+                let oldest: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(&sql)
+                    .fetch_optional(self.reader())
+                    .await?;
+                Ok(oldest)
+            }
         }
 
         /// Carries out one mutation inside the caller's open transaction, without committing.

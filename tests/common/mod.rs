@@ -343,14 +343,16 @@ impl Db {
     }
 }
 
-/// The configuration of a test server: `clock`, a small pool, and no scheduler, so the clock
-/// moves without sweeping and a test sees exactly the sweeps it asks for (`AdvanceStates`).
-/// Scheduler tests turn `sweep.scheduler` back on.
+/// The configuration of a test server: `clock`, a small pool, the operations endpoint on an
+/// ephemeral port (never the fixed default), and no scheduler, so the clock moves without
+/// sweeping and a test sees exactly the sweeps it asks for (`AdvanceStates`). Scheduler tests
+/// turn `sweep.scheduler` back on.
 pub fn test_config(clock: ClockMode) -> Config {
     let mut config = Config {
         clock,
         db_pool_size: 4,
         shutdown_timeout_secs: 10,
+        http_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         ..Config::default()
     };
     config.sweep.scheduler = false;
@@ -360,6 +362,9 @@ pub fn test_config(clock: ClockMode) -> Config {
 /// A server running in-process on 127.0.0.1:<ephemeral>.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The operations endpoint (`/metrics`, `/healthz`, `/readyz`); `None` when
+    /// `http_addr` is off.
+    pub http_addr: Option<SocketAddr>,
     pub shutdown: CancellationToken,
     pub handle: Option<JoinHandle<Result<(), ocs_lifecycle::api::ServeError>>>,
     pub database_url: String,
@@ -401,15 +406,29 @@ impl TestServer {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("local address");
+        // Bound here, so the test knows the port of `127.0.0.1:0`.
+        let http = match config.http_addr {
+            Some(http_addr) => Some(
+                tokio::net::TcpListener::bind(http_addr)
+                    .await
+                    .expect("bind the operations endpoint"),
+            ),
+            None => None,
+        };
+        let http_addr = http
+            .as_ref()
+            .map(|l| l.local_addr().expect("operations address"));
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(ocs_lifecycle::api::serve_on(
+        let handle = tokio::spawn(ocs_lifecycle::api::serve_with_listeners(
             config,
             listener,
+            http,
             shutdown.clone(),
         ));
         let channel = connect(addr);
         let mut server = TestServer {
             addr,
+            http_addr,
             shutdown,
             handle: Some(handle),
             database_url: db.url.clone(),
@@ -464,6 +483,12 @@ impl TestServer {
 
     pub fn clock(&self) -> TestClockClient<Channel> {
         TestClockClient::new(self.channel.clone())
+    }
+
+    /// `http://<operations endpoint><path>`; panics when `http_addr` is off.
+    pub fn http_url(&self, path: &str) -> String {
+        let addr = self.http_addr.expect("the operations endpoint is on");
+        format!("http://{addr}{path}")
     }
 
     pub fn health(&self) -> HealthClient<Channel> {
