@@ -82,7 +82,6 @@ where
 }
 
 /// The top-level keys and sections of the configuration.
-
 const KEYS: [&str; 16] = [
     "listen",
     "http_addr",
