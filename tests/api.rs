@@ -276,6 +276,7 @@ both_backends! {
     the_test_clock_never_goes_backwards_and_health_is_serving,
     an_account_reads_back_exactly_as_it_was_answered,
     a_server_on_the_system_clock_has_no_test_clock,
+    authorize_reuses_cached_facts_yet_turns_at_the_exact_second_and_after_mutations,
 }
 
 async fn provisioned_card_activates_recharges_and_charges_with_exact_dates(server: TestServer) {
@@ -1985,4 +1986,79 @@ async fn postgres_test_databases_are_created_fresh_and_dropped() {
         !exists(base, name).await,
         "the test database is dropped with its last handle"
     );
+}
+
+/// Authorize caches account facts (`authorize_cache_ms`), never decisions: a warm entry still
+/// turns GRACE at local midnight to the second, a mutation through the server evicts it, and
+/// only a write through *another* server is seen late (bounded by the setting).
+async fn authorize_reuses_cached_facts_yet_turns_at_the_exact_second_and_after_mutations(
+    server: TestServer,
+) {
+    use ServiceType::VoiceOut;
+    const M: &str = "8613800000071";
+    const OTHER: &str = "13900000000";
+    let config = ocs_lifecycle::config::Config {
+        authorize_cache_ms: 600_000,
+        ..common::test_config(ClockMode::Manual)
+    };
+    let cached = TestServer::start_with(server.db.clone(), config).await;
+    cached.set_time(T0).await;
+    let mut api = Api::of(&cached);
+    api.active(M).await;
+    let valid_until = api.recharge_days(M, 1000, 10).await.valid_until_after;
+    // Asia/Shanghai: the last second of the last valid day, then the first second after it.
+    let last = format!("{valid_until}T23:59:59+08:00");
+    let day = chrono::NaiveDate::parse_from_str(&valid_until, "%Y-%m-%d").unwrap();
+    let next = format!("{}T00:00:00+08:00", day.succ_opt().unwrap());
+
+    cached.set_time(&last).await;
+    let decision = api.authorize(M, VoiceOut, OTHER).await;
+    assert_eq!(
+        (decision.allowed, decision.state()),
+        (true, AccountState::Valid)
+    );
+    cached.set_time(&next).await;
+    let decision = api.authorize(M, VoiceOut, OTHER).await;
+    assert_eq!(
+        (decision.allowed, decision.reason.as_str(), decision.state()),
+        (false, "ONE_WAY_BARRED", AccountState::Grace),
+        "the cached facts are evaluated at the new second"
+    );
+
+    // A recharge through this server is seen at once.
+    api.recharge_days(M, 500, 10).await;
+    let decision = api.authorize(M, VoiceOut, OTHER).await;
+    assert_eq!(
+        (decision.allowed, decision.state()),
+        (true, AccountState::Valid)
+    );
+
+    // Another server on the same database spends the whole balance: this server's warm entry
+    // still allows the call (the documented bound), a server without that entry refuses it.
+    server.set_time(&next).await;
+    let mut elsewhere = Api::of(&server);
+    elsewhere.charge(M, 1500).await;
+    assert_eq!(
+        elsewhere.authorize(M, VoiceOut, OTHER).await.reason,
+        "INSUFFICIENT_BALANCE"
+    );
+    assert!(
+        api.authorize(M, VoiceOut, OTHER).await.allowed,
+        "served from the cache: the other server's write is seen within authorize_cache_ms"
+    );
+    // Any mutation request through this server evicts the entry, even one it refuses.
+    let refused = api
+        .0
+        .charge(proto::ChargeRequest {
+            msisdn: M.into(),
+            amount: 1,
+            request_id: rid(),
+        })
+        .await;
+    assert_rejected(refused, Code::FailedPrecondition, "INSUFFICIENT_BALANCE");
+    assert_eq!(
+        api.authorize(M, VoiceOut, OTHER).await.reason,
+        "INSUFFICIENT_BALANCE"
+    );
+    cached.stop().await;
 }

@@ -33,6 +33,8 @@ pub struct Context {
     pub sweep_batch_size: u32,
     /// Where AdvanceStates records its sweeps.
     pub metrics: Arc<crate::ops::Metrics>,
+    /// The account facts Authorize reads (`authorize_cache_ms`).
+    pub facts: Arc<super::facts::FactCache>,
 }
 
 impl Context {
@@ -154,11 +156,13 @@ impl AccountsApi {
                 })
             },
         );
-        Ok(self
+        let committed = self
             .ctx
             .store
             .mutate(&call.msisdn, Self::key(&call), decide)
-            .await?)
+            .await;
+        self.ctx.facts.invalidate(&call.msisdn);
+        Ok(committed?)
     }
 
     fn call<T>(
@@ -319,8 +323,9 @@ impl AccountLifecycle for AccountsApi {
             .ctx
             .store
             .mutate(&call.msisdn, Self::key(&call), decide)
-            .await?;
-        self.account_response(committed)
+            .await;
+        self.ctx.facts.invalidate(&call.msisdn);
+        self.account_response(committed?)
     }
 
     async fn mark_sold(
@@ -597,7 +602,7 @@ impl AccountLifecycle for AccountsApi {
             ));
         }
         self.ctx.check_ready()?;
-        let account = self.ctx.store.get(&msisdn).await?;
+        let account = self.ctx.facts.get(self.ctx.store.as_ref(), &msisdn).await?;
         let now = self.ctx.clock.now();
         let decision =
             lifecycle::authorize(account.as_ref(), service, destination, now, &self.ctx.rules);

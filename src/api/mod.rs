@@ -7,6 +7,7 @@ mod accounts;
 pub mod convert;
 mod dead_letters;
 mod events;
+pub mod facts;
 mod test_clock;
 
 use std::net::SocketAddr;
@@ -155,6 +156,9 @@ pub async fn serve_with_listeners(
         ready: ready.clone(),
         sweep_batch_size: config.sweep.batch_size,
         metrics: metrics.clone(),
+        facts: Arc::new(facts::FactCache::new(Duration::from_millis(
+            config.authorize_cache_ms,
+        ))),
     };
     // Up before the migrations, so /healthz answers and /readyz says why it is not ready yet.
     let mut operations = match http {

@@ -82,7 +82,7 @@ where
 }
 
 /// The top-level keys and sections of the configuration.
-const KEYS: [&str; 16] = [
+const KEYS: [&str; 17] = [
     "listen",
     "http_addr",
     "database_url",
@@ -91,6 +91,7 @@ const KEYS: [&str; 16] = [
     "timezone",
     "log_format",
     "shutdown_timeout_secs",
+    "authorize_cache_ms",
     "insecure",
     "lifecycle",
     "tariff",
@@ -134,6 +135,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// How long a graceful shutdown waits for in-flight requests.
     pub shutdown_timeout_secs: u64,
+    /// How long Authorize may reuse an account's facts read from the database (0 = never).
+    /// Mutations through this server evict at once; the bound matters only for mutations
+    /// through another server on the same database (`api::facts`).
+    pub authorize_cache_ms: u64,
     /// Allow a non-loopback listen address although no tokens are configured (`[auth]`).
     pub insecure: bool,
     /// `OCS_*` environment variables that name no key (logged as a warning at start).
@@ -235,6 +240,7 @@ impl Default for Config {
             timezone: rules.timezone.name().into(),
             log_format: LogFormat::Text,
             shutdown_timeout_secs: 30,
+            authorize_cache_ms: 500,
             insecure: false,
             ignored_env: Vec::new(),
             lifecycle: LifecycleConfig::default(),
