@@ -78,6 +78,9 @@ struct Args {
     /// Accounts per sweep transaction.
     #[arg(long, default_value_t = 1000)]
     batch_size: u32,
+    /// `authorize_cache_ms` of the server under test (the service default is 500).
+    #[arg(long, default_value_t = 500)]
+    authorize_cache_ms: u64,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -620,6 +623,7 @@ async fn run_rpc(args: &Args) {
         clock: ClockMode::System,
         db_pool_size: args.clients as u32,
         http_addr: None,
+        authorize_cache_ms: args.authorize_cache_ms,
         ..Config::default()
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
