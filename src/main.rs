@@ -41,6 +41,9 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// The configuration: `config check` validates it and prints a summary.
+    #[command(subcommand)]
+    Config(ocs_lifecycle::config::ConfigCommand),
     /// Bearer tokens for the gRPC API (needs no configuration).
     #[command(subcommand)]
     Token(ocs_lifecycle::auth::TokenCommand),
@@ -64,6 +67,23 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ocs-lifecycle: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    if let Command::Config(command) = &cli.command {
+        let mut out = std::io::stdout().lock();
+        return match command.run(
+            &cli.overrides,
+            std::env::vars(),
+            &mut out,
+            &mut std::io::stderr(),
+        ) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(problems) => {
+                for problem in problems {
+                    eprintln!("ocs-lifecycle: {problem}");
+                }
                 ExitCode::from(2)
             }
         };
@@ -108,7 +128,9 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Sweep { as_of, dry_run } => run_sweep(&config, as_of, dry_run).await,
-            Command::Token(_) => unreachable!("handled before the configuration is loaded"),
+            Command::Token(_) | Command::Config(_) => {
+                unreachable!("handled before the configuration is loaded")
+            }
             Command::Client(_) => unreachable!("client commands return before this match"),
         }
     });

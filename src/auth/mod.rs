@@ -20,6 +20,7 @@ pub use token::{TOKEN_PREFIX, TokenCommand, generate_token, token_sha256};
 
 /// What a token may do (see [`GRANTS`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, clap::ValueEnum)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(rename_all = "snake_case")]
 #[value(rename_all = "snake_case")]
 pub enum Role {

@@ -12,6 +12,7 @@ use super::ConfigError;
 use crate::store::EventType;
 
 #[derive(Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct BssConfig {
     /// Where events are POSTed; empty = webhook off.

@@ -11,11 +11,14 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
-use crate::lifecycle::{Rules, Tariff, TariffTier};
+use crate::lifecycle::Rules;
 
 pub mod bss;
+pub mod check;
 pub mod security;
 pub use bss::BssConfig;
+pub use check::ConfigCommand;
+use check::check_lifecycle;
 pub use security::{AuthConfig, TlsConfig, TokenEntry};
 
 pub const DEFAULT_CONFIG_FILE: &str = "ocs-lifecycle.toml";
@@ -82,7 +85,7 @@ where
 }
 
 /// The top-level keys and sections of the configuration.
-const KEYS: [&str; 17] = [
+pub(crate) const KEYS: [&str; 17] = [
     "listen",
     "http_addr",
     "database_url",
@@ -103,6 +106,7 @@ const KEYS: [&str; 17] = [
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(rename_all = "lowercase")]
 pub enum ClockMode {
     System,
@@ -110,6 +114,7 @@ pub enum ClockMode {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
@@ -118,6 +123,7 @@ pub enum LogFormat {
 
 /// The service's configuration after layering.
 #[derive(Clone, Debug, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// gRPC listen address.
@@ -159,6 +165,7 @@ pub struct Config {
 
 /// The sweep that materialises boundary transitions (spec section 6).
 #[derive(Clone, Debug, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct SweepConfig {
     /// Accounts per transaction.
@@ -184,8 +191,17 @@ impl SweepConfig {
     /// The parsed `cron` expression.
     pub fn schedule(&self) -> Result<cron::Schedule, ConfigError> {
         cron::Schedule::from_str(&self.cron).map_err(|e| {
+            // The cron crate's message spans lines (the expression, a caret, the reason):
+            // keep the reason, so the error stays one line.
+            let text = e.to_string();
+            let reason = text
+                .lines()
+                .map(str::trim)
+                .rfind(|l| !l.is_empty() && !l.chars().all(|c| c == '^' || c == ' '))
+                .unwrap_or("invalid")
+                .to_owned();
             ConfigError(format!(
-                "sweep.cron: {:?} is not a cron expression (sec min hour dom month dow): {e}",
+                "sweep.cron: {:?} is not a cron expression (sec min hour dom month dow): {reason}",
                 self.cron
             ))
         })
@@ -194,6 +210,7 @@ impl SweepConfig {
 
 /// Notices sent to the BSS ahead of a boundary.
 #[derive(Clone, Debug, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct NotifyConfig {
     /// VALIDITY_EXPIRING goes out from 00:00 local of `valid_until − expiring_days`.
@@ -209,6 +226,7 @@ impl Default for NotifyConfig {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct LifecycleConfig {
     pub initial_validity_days: u32,
@@ -222,6 +240,7 @@ pub struct LifecycleConfig {
 }
 
 #[derive(Clone, Debug, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct TariffTierConfig {
     pub min_amount: i64,
@@ -318,8 +337,20 @@ pub struct Overrides {
 pub struct ConfigError(pub String);
 
 impl Config {
-    /// Layers the file, the `OCS_*` variables of `env` and the flags over the defaults.
+    /// Layers the file, the `OCS_*` variables of `env` and the flags over the defaults, and
+    /// validates the result ([`Config::validate`]): the first problem is the error.
     pub fn load(
+        overrides: &Overrides,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let config = Self::layered(overrides, env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Layers the file, the `OCS_*` variables of `env` and the flags over the defaults; checks
+    /// only the syntax and the types (unknown keys, wrong types), not the values.
+    pub fn layered(
         overrides: &Overrides,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
@@ -387,69 +418,20 @@ impl Config {
         if let Some(v) = &overrides.bss_webhook_secret {
             config.bss.webhook_secret = v.clone();
         }
-        config.rules()?;
-        config.bss.validate()?;
-        config.auth.hashes()?;
-        config.tls.load()?;
         Ok(config)
     }
 
-    /// The lifecycle rules this configuration describes, validated.
+    /// The lifecycle rules this configuration describes, validated (with the sweep and pool
+    /// keys the engine needs; [`Config::validate`] checks everything).
     pub fn rules(&self) -> Result<Rules, ConfigError> {
-        let timezone = self.timezone.parse().map_err(|_| {
-            ConfigError(format!(
-                "timezone: {:?} is not an IANA time zone name",
-                self.timezone
-            ))
-        })?;
-        let tiers = self
-            .tariff
-            .iter()
-            .map(|t| TariffTier {
-                min_amount: t.min_amount,
-                days: t.days,
-            })
-            .collect();
-        let tariff = Tariff::new(tiers).map_err(|e| ConfigError(format!("tariff: {e}")))?;
-        if let Some(t) = self.tariff.iter().find(|t| t.days == 0) {
-            return Err(ConfigError(format!(
-                "tariff: the tier from {} grants 0 days",
-                t.min_amount
-            )));
-        }
-        let l = &self.lifecycle;
         let rules = Rules {
-            timezone,
-            initial_validity_days: l.initial_validity_days,
-            grace_days: l.grace_days,
-            lock_days: l.lock_days,
-            max_validity_days: l.max_validity_days,
-            card_life_days: l.card_life_days,
-            unlock_grace_days: l.unlock_grace_days,
-            expiring_days: self.notify.expiring_days,
-            special_numbers: l.special_numbers.clone(),
-            recharge_hotline: l.recharge_hotline.clone(),
-            tariff,
+            timezone: self.parsed_timezone()?,
+            tariff: self.parsed_tariff()?,
+            ..self.lifecycle_rules()
         };
-        if self.notify.expiring_days > 36_500 {
-            return Err(ConfigError(format!(
-                "notify.expiring_days must be between 0 and 36500 days, got {}",
-                self.notify.expiring_days
-            )));
-        }
-        rules
-            .validate()
-            .map_err(|e| ConfigError(format!("lifecycle.{e}")))?;
-        if self.sweep.batch_size == 0 || self.sweep.batch_size > 100_000 {
-            return Err(ConfigError(format!(
-                "sweep.batch_size must be between 1 and 100000, got {}",
-                self.sweep.batch_size
-            )));
-        }
-        self.sweep.schedule()?;
-        if self.db_pool_size == 0 {
-            return Err(ConfigError("db_pool_size must be at least 1".into()));
-        }
+        check_lifecycle(&rules)?;
+        self.check_sweep()?;
+        self.check_pool_size()?;
         Ok(rules)
     }
 }

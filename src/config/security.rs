@@ -21,6 +21,7 @@ use crate::auth::Role;
 pub const MAX_TOKEN_NAME_LEN: usize = 64;
 
 #[derive(Clone, Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// `[[auth.tokens]]`; empty = authentication off (loopback only).
@@ -29,6 +30,7 @@ pub struct AuthConfig {
 
 /// One accepted bearer token.
 #[derive(Clone, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields)]
 pub struct TokenEntry {
     /// Who holds the token; recorded as the actor of the changes it makes.
@@ -108,6 +110,7 @@ impl AuthConfig {
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// The server's certificate chain (PEM); with `key`, turns TLS on.

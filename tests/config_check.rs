@@ -1,0 +1,208 @@
+//! The real binary: `ocs-lifecycle config check` on the example file, on one bad key at a time
+//! (one line naming the key, exit code 2), on several at once, and `serve`/`migrate`/`sweep`
+//! refusing what `config check` refuses. Each run gets a temporary working directory and an
+//! environment without `OCS_*` variables.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ocs-lifecycle");
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/ocs-lifecycle.example.toml");
+
+/// Safety bound only: no test asserts on elapsed time.
+const SAFETY: Duration = Duration::from_secs(60);
+
+fn ocs(dir: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    command.current_dir(dir).env_remove("RUST_LOG");
+    for (name, _) in std::env::vars() {
+        if name.starts_with("OCS_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+fn run(mut command: Command) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ocs-lifecycle");
+    let deadline = Instant::now() + SAFETY;
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ocs-lifecycle did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+fn write(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn check(dir: &Path, file: &Path) -> Output {
+    let mut command = ocs(dir);
+    command.args(["config", "check", "--config"]).arg(file);
+    run(command)
+}
+
+fn lines(bytes: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_example_file_is_ok_and_summarised() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = check(dir.path(), Path::new(EXAMPLE));
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.starts_with("configuration OK\n"), "{stdout}");
+    for expected in [
+        "database: sqlite ocs-lifecycle.db (pool 16)",
+        "listen: 127.0.0.1:50051 (plaintext)",
+        "http_addr: 127.0.0.1:9464",
+        "timezone: Asia/Shanghai",
+        "auth: off",
+        "webhook: off",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} in\n{stdout}");
+    }
+    assert!(
+        !dir.path().join("ocs-lifecycle.db").exists(),
+        "config check creates no database"
+    );
+}
+
+#[test]
+fn the_summary_shows_auth_and_webhook_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let hash = "ab".repeat(32);
+    let file = write(
+        dir.path(),
+        &format!(
+            "listen = \"0.0.0.0:50051\"\ntimezone = \"America/New_York\"\n\
+             [bss]\nwebhook_url = \"https://bss.example:8443/hook\"\nwebhook_secret = \"s3cret\"\n\
+             [[auth.tokens]]\nname = \"gw\"\nrole = \"billing\"\nsha256 = \"{hash}\"\n"
+        ),
+    );
+    let output = check(dir.path(), &file);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("timezone: America/New_York"), "{stdout}");
+    assert!(stdout.contains("auth: on (1 tokens)"), "{stdout}");
+    assert!(
+        stdout.contains("webhook: on (https://bss.example:8443; events NUMBER_RECYCLED)"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("s3cret") && !stdout.contains(&hash),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn each_bad_key_is_one_line_naming_it_and_exit_code_2() {
+    let hash = "ab".repeat(32);
+    let tokens = format!(
+        "[[auth.tokens]]\nname = \"a\"\nrole = \"billing\"\nsha256 = \"{hash}\"\n\
+         [[auth.tokens]]\nname = \"a\"\nrole = \"admin\"\nsha256 = \"{}\"\n",
+        "cd".repeat(32)
+    );
+    let cases: Vec<(String, &str)> =
+        vec![
+        ("[sweep]\ncron = \"every day\"\n".into(), "sweep.cron"),
+        ("[sweep]\ncron = \"0 5 0 * *\"\n".into(), "sweep.cron"),
+        ("timezone = \"Mars/Base\"\n".into(), "timezone"),
+        (
+            "[[tariff]]\nmin_amount = 1000\ndays = 90\n[[tariff]]\nmin_amount = 5000\ndays = 30\n"
+                .into(),
+            "tariff",
+        ),
+        (
+            "[[tariff]]\nmin_amount = 1000\ndays = 30\n[[tariff]]\nmin_amount = 1000\ndays = 90\n"
+                .into(),
+            "tariff",
+        ),
+        ("[lifecycle]\ngrace_days = 0\n".into(), "lifecycle.grace_days"),
+        ("[lifecycle]\nlock_days = 0\n".into(), "lifecycle.lock_days"),
+        (
+            "[lifecycle]\nrecharge_hotline = \"\"\n".into(),
+            "lifecycle.recharge_hotline",
+        ),
+        ("[sweep]\nbatch_size = 0\n".into(), "sweep.batch_size"),
+        ("[notify]\nexpiring_days = 40000\n".into(), "notify.expiring_days"),
+        ("shutdown_timeout_secs = 0\n".into(), "shutdown_timeout_secs"),
+        ("db_pool_size = 0\n".into(), "db_pool_size"),
+        ("database_url = \"mysql://db/ocs\"\n".into(), "database_url"),
+        ("listen = \"0.0.0.0:50051\"\n".into(), "listen"),
+        ("http_addr = \"nowhere\"\n".into(), "http_addr"),
+        (
+            "[bss]\nwebhook_url = \"http://127.0.0.1:9/hook\"\n".into(),
+            "bss.webhook_secret",
+        ),
+        ("[bss]\nmax_attempts = 0\n".into(), "bss.max_attempts"),
+        (tokens, "auth.tokens[1].name"),
+        ("[tls]\ncert = \"/nonexistent.pem\"\n".into(), "tls.key"),
+        ("[lifecycle]\ngrace_dayz = 1\n".into(), "grace_dayz"),
+    ];
+    for (text, key) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), &text);
+        let output = check(dir.path(), &file);
+        assert_eq!(output.status.code(), Some(2), "{key}: {output:?}");
+        let stderr = lines(&output.stderr);
+        assert_eq!(stderr.len(), 1, "{key}: one line, got {stderr:?}");
+        assert!(stderr[0].contains(key), "{key}: {}", stderr[0]);
+        assert!(output.stdout.is_empty(), "{key}: no summary");
+    }
+}
+
+#[test]
+fn every_problem_is_listed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "timezone = \"Mars/Base\"\n[lifecycle]\ngrace_days = 0\n[sweep]\ncron = \"nope\"\n",
+    );
+    let output = check(dir.path(), &file);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = lines(&output.stderr);
+    assert_eq!(stderr.len(), 3, "{stderr:?}");
+    for key in ["timezone", "lifecycle.grace_days", "sweep.cron"] {
+        assert!(stderr.iter().any(|l| l.contains(key)), "{key}: {stderr:?}");
+    }
+}
+
+#[test]
+fn serve_migrate_and_sweep_refuse_what_config_check_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "[[tariff]]\nmin_amount = 1000\ndays = 90\n[[tariff]]\nmin_amount = 5000\ndays = 30\n",
+    );
+    for subcommand in ["serve", "migrate", "sweep"] {
+        let mut command = ocs(dir.path());
+        command.args([subcommand, "--config"]).arg(&file);
+        let output = run(command);
+        assert_eq!(output.status.code(), Some(2), "{subcommand}: {output:?}");
+        let stderr = lines(&output.stderr);
+        assert_eq!(stderr.len(), 1, "{subcommand}: {stderr:?}");
+        assert!(stderr[0].contains("tariff"), "{subcommand}: {}", stderr[0]);
+    }
+    assert!(
+        !dir.path().join("ocs-lifecycle.db").exists(),
+        "nothing was created"
+    );
+}
