@@ -33,6 +33,8 @@ pub struct Context {
     pub sweep_batch_size: u32,
     /// Where AdvanceStates records its sweeps.
     pub metrics: Arc<crate::ops::Metrics>,
+    /// Turns health NOT_SERVING when a write finds the storage not writable.
+    pub storage_health: Arc<super::StorageHealth>,
 }
 
 impl Context {
@@ -154,11 +156,14 @@ impl AccountsApi {
                 })
             },
         );
-        Ok(self
-            .ctx
+        self.ctx
             .store
             .mutate(&call.msisdn, Self::key(&call), decide)
-            .await?)
+            .await
+            .map_err(|e| {
+                self.ctx.storage_health.observe(&e);
+                e.into()
+            })
     }
 
     fn call<T>(

@@ -82,11 +82,12 @@ where
 }
 
 /// The top-level keys and sections of the configuration.
-const KEYS: [&str; 16] = [
+const KEYS: [&str; 17] = [
     "listen",
     "http_addr",
     "database_url",
     "db_pool_size",
+    "db_acquire_timeout_ms",
     "clock",
     "timezone",
     "log_format",
@@ -128,6 +129,9 @@ pub struct Config {
     pub database_url: String,
     /// Connections to the database (SQLite: readers; writes always use one connection).
     pub db_pool_size: u32,
+    /// PostgreSQL: how long a request waits for a connection (pooled, or a new one while the
+    /// database is unreachable) before it is answered UNAVAILABLE.
+    pub db_acquire_timeout_ms: u64,
     pub clock: ClockMode,
     /// The operator's time zone (IANA name); lifecycle dates are local dates there.
     pub timezone: String,
@@ -231,6 +235,7 @@ impl Default for Config {
             http_addr: Some(DEFAULT_HTTP_ADDR),
             database_url: "sqlite://ocs-lifecycle.db".into(),
             db_pool_size: 16,
+            db_acquire_timeout_ms: crate::store::DEFAULT_ACQUIRE_TIMEOUT.as_millis() as u64,
             clock: ClockMode::System,
             timezone: rules.timezone.name().into(),
             log_format: LogFormat::Text,
@@ -312,6 +317,11 @@ pub struct Overrides {
 pub struct ConfigError(pub String);
 
 impl Config {
+    /// `db_acquire_timeout_ms` as a duration.
+    pub fn db_acquire_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.db_acquire_timeout_ms)
+    }
+
     /// Layers the file, the `OCS_*` variables of `env` and the flags over the defaults.
     pub fn load(
         overrides: &Overrides,
@@ -443,6 +453,12 @@ impl Config {
         self.sweep.schedule()?;
         if self.db_pool_size == 0 {
             return Err(ConfigError("db_pool_size must be at least 1".into()));
+        }
+        if !(1..=600_000).contains(&self.db_acquire_timeout_ms) {
+            return Err(ConfigError(format!(
+                "db_acquire_timeout_ms must be between 1 and 600000, got {}",
+                self.db_acquire_timeout_ms
+            )));
         }
         Ok(rules)
     }

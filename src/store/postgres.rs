@@ -23,10 +23,17 @@ pub struct PostgresStore {
 impl PostgresStore {
     const LOCK_ROW: &'static str = " FOR UPDATE";
 
-    pub async fn connect(url: &str, pool_size: u32, rules: Arc<Rules>) -> Result<Self, StoreError> {
+    /// `acquire_timeout` bounds how long a request waits for a connection (a pooled one, or a
+    /// new one while the server is unreachable) before it is answered UNAVAILABLE.
+    pub async fn connect(
+        url: &str,
+        pool_size: u32,
+        acquire_timeout: Duration,
+        rules: Arc<Rules>,
+    ) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(pool_size.max(1))
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(acquire_timeout)
             .connect(url)
             .await?;
         Ok(Self { pool, rules })
