@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{Connection, PgPool, Postgres, Transaction};
 
 use super::sql::impl_account_store;
 use super::{Committed, Decide, MutateFailure, RequestKey, StoreError};
@@ -34,6 +34,16 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(pool_size.max(1))
             .acquire_timeout(acquire_timeout)
+            // A connection whose failed COMMIT left sqlx counting an open transaction is
+            // closed, not reused (see `SqliteStore::connect`).
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    if conn.is_in_transaction() {
+                        conn.ping().await?;
+                    }
+                    Ok(!conn.is_in_transaction())
+                })
+            })
             .connect(url)
             .await?;
         Ok(Self { pool, rules })
