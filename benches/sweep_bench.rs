@@ -39,9 +39,14 @@ pub async fn generate_from(
     now: DateTime<Utc>,
     rules: &Rules,
 ) -> u64 {
-    let store = ocs_lifecycle::store::connect(url, 2, Arc::new(rules.clone()))
-        .await
-        .expect("store");
+    let store = ocs_lifecycle::store::connect(
+        url,
+        2,
+        ocs_lifecycle::store::DEFAULT_ACQUIRE_TIMEOUT,
+        Arc::new(rules.clone()),
+    )
+    .await
+    .expect("store");
     store.migrate().await.expect("migrate");
     drop(store);
     let today = rules.local_date(now);
@@ -198,9 +203,14 @@ pub async fn sweep(
     rules: &Rules,
     batch_size: u32,
 ) -> (f64, u64, f64, f64, f64) {
-    let store = ocs_lifecycle::store::connect(url, 4, Arc::new(rules.clone()))
-        .await
-        .expect("store");
+    let store = ocs_lifecycle::store::connect(
+        url,
+        4,
+        ocs_lifecycle::store::DEFAULT_ACQUIRE_TIMEOUT,
+        Arc::new(rules.clone()),
+    )
+    .await
+    .expect("store");
     let before = rss_kib("VmRSS:");
     let peak = Arc::new(AtomicU64::new(before));
     let stop = Arc::new(AtomicBool::new(false));

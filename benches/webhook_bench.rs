@@ -176,10 +176,14 @@ async fn wait_count(sink: &Sink, expected: u64) {
 pub async fn run(url: &str, accounts: u64, now: DateTime<Utc>, rules: &Rules) -> WebhookFigures {
     eprintln!("webhook: generating {accounts} accounts and sweeping them …");
     sweep_bench::generate(url, accounts, now, rules).await;
-    let store: Arc<dyn AccountStore> =
-        ocs_lifecycle::store::connect(url, 8, Arc::new(rules.clone()))
-            .await
-            .expect("store");
+    let store: Arc<dyn AccountStore> = ocs_lifecycle::store::connect(
+        url,
+        8,
+        ocs_lifecycle::store::DEFAULT_ACQUIRE_TIMEOUT,
+        Arc::new(rules.clone()),
+    )
+    .await
+    .expect("store");
     ocs_lifecycle::sweep::run(&*store, 1000, Some(now), now, false)
         .await
         .expect("sweep");

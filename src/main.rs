@@ -122,7 +122,9 @@ fn main() -> ExitCode {
             }
             Command::Migrate => {
                 let rules = Arc::new(config.rules()?);
-                let store = store::connect(&config.database_url, 1, rules).await?;
+                let store =
+                    store::connect(&config.database_url, 1, config.db_acquire_timeout(), rules)
+                        .await?;
                 store.migrate().await?;
                 tracing::info!("migrations done");
                 Ok(())
@@ -151,7 +153,7 @@ async fn run_sweep(
     dry_run: bool,
 ) -> Result<(), api::ServeError> {
     let rules = Arc::new(config.rules()?);
-    let store = store::connect(&config.database_url, 2, rules).await?;
+    let store = store::connect(&config.database_url, 2, config.db_acquire_timeout(), rules).await?;
     store.migrate().await?;
     let now = SystemClock::default().now();
     let (as_of, report) = sweep::run(store.as_ref(), config.sweep.batch_size, as_of, now, dry_run)

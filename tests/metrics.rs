@@ -595,15 +595,21 @@ async fn readyz_is_503_with_a_reason_until_the_migrations_ran(db: Arc<TestDb>) {
     use std::sync::atomic::Ordering;
 
     let rules = Arc::new(ocs_lifecycle::lifecycle::Rules::default());
-    let store = ocs_lifecycle::store::connect(&db.url, 2, rules)
-        .await
-        .expect("connect");
+    let store = ocs_lifecycle::store::connect(
+        &db.url,
+        2,
+        ocs_lifecycle::store::DEFAULT_ACQUIRE_TIMEOUT,
+        rules,
+    )
+    .await
+    .expect("connect");
     let ready = Arc::new(AtomicBool::new(false));
     let state = OpsState {
         metrics: Arc::new(Metrics::new()),
         store: store.clone(),
         clock: Arc::new(SystemClock::default()),
         ready: ready.clone(),
+        storage_writable: Arc::new(AtomicBool::new(true)),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -35,6 +35,8 @@ pub struct Context {
     pub metrics: Arc<crate::ops::Metrics>,
     /// The account facts Authorize reads (`authorize_cache_ms`).
     pub facts: Arc<super::facts::FactCache>,
+    /// Turns health NOT_SERVING when a write finds the storage not writable.
+    pub storage_health: Arc<super::StorageHealth>,
 }
 
 impl Context {
@@ -162,7 +164,10 @@ impl AccountsApi {
             .mutate(&call.msisdn, Self::key(&call), decide)
             .await;
         self.ctx.facts.invalidate(&call.msisdn);
-        Ok(committed?)
+        committed.map_err(|e| {
+            self.ctx.storage_health.observe(&e);
+            e.into()
+        })
     }
 
     fn call<T>(
@@ -325,7 +330,8 @@ impl AccountLifecycle for AccountsApi {
             .mutate(&call.msisdn, Self::key(&call), decide)
             .await;
         self.ctx.facts.invalidate(&call.msisdn);
-        self.account_response(committed?)
+        let committed = committed.inspect_err(|e| self.ctx.storage_health.observe(e))?;
+        self.account_response(committed)
     }
 
     async fn mark_sold(

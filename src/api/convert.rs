@@ -45,6 +45,17 @@ impl From<StoreError> for Status {
                     format!("storage unavailable, retry with the same request_id: {message}"),
                 )
             }
+            StoreError::NotWritable(message) => {
+                tracing::warn!(%message, "storage not writable");
+                status(
+                    Code::Unavailable,
+                    "STORAGE_NOT_WRITABLE",
+                    format!(
+                        "the database cannot be written (disk full, read-only or I/O error), \
+                         nothing was applied; retry with the same request_id: {message}"
+                    ),
+                )
+            }
             StoreError::Internal(message) => {
                 tracing::error!(%message, "storage error");
                 status(

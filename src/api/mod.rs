@@ -8,6 +8,7 @@ pub mod convert;
 mod dead_letters;
 mod events;
 pub mod facts;
+mod storage_health;
 mod test_clock;
 
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use tonic::transport::server::TcpIncoming;
 pub use crate::store::SWEEP_ACTOR;
 pub use accounts::{AccountsApi, Context, REPLAYED_METADATA};
 pub use events::EventsApi;
+pub use storage_health::{PROBE_INTERVAL, StorageHealth};
 pub use test_clock::TestClockApi;
 
 use crate::auth::{self, AuthLayer, Authenticator};
@@ -146,9 +148,22 @@ pub async fn serve_with_listeners(
         }
         _ => (None, None),
     };
-    let store = store::connect(&config.database_url, config.db_pool_size, rules.clone()).await?;
+    let store = store::connect(
+        &config.database_url,
+        config.db_pool_size,
+        config.db_acquire_timeout(),
+        rules.clone(),
+    )
+    .await?;
     let ready = Arc::new(AtomicBool::new(false));
     let metrics = Arc::new(Metrics::new());
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let storage_health = Arc::new(StorageHealth::new(
+        health.clone(),
+        store.clone(),
+        clock.clone(),
+        shutdown.clone(),
+    ));
     let ctx = Context {
         store: store.clone(),
         rules: rules.clone(),
@@ -159,6 +174,7 @@ pub async fn serve_with_listeners(
         facts: Arc::new(facts::FactCache::new(Duration::from_millis(
             config.authorize_cache_ms,
         ))),
+        storage_health: storage_health.clone(),
     };
     // Up before the migrations, so /healthz answers and /readyz says why it is not ready yet.
     let mut operations = match http {
@@ -171,6 +187,7 @@ pub async fn serve_with_listeners(
                 store: store.clone(),
                 clock: clock.clone(),
                 ready: ready.clone(),
+                storage_writable: storage_health.writable(),
             };
             tracing::info!(%http_addr, "operations endpoint listening (/metrics, /healthz, /readyz)");
             Some(tokio::spawn(ops::serve_http(http, state, shutdown.clone())))
@@ -187,7 +204,6 @@ pub async fn serve_with_listeners(
             }
         };
 
-    let (health, health_service) = tonic_health::server::health_reporter();
     for name in std::iter::once("").chain(SERVICE_NAMES) {
         health
             .set_service_status(name, tonic_health::ServingStatus::NotServing)

@@ -170,6 +170,12 @@ impl Config {
                 self.db_pool_size
             )));
         }
+        if !(1..=600_000).contains(&self.db_acquire_timeout_ms) {
+            return Err(ConfigError(format!(
+                "db_acquire_timeout_ms must be between 1 and 600000, got {}",
+                self.db_acquire_timeout_ms
+            )));
+        }
         Ok(())
     }
 

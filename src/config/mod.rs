@@ -85,11 +85,12 @@ where
 }
 
 /// The top-level keys and sections of the configuration.
-pub(crate) const KEYS: [&str; 17] = [
+pub(crate) const KEYS: [&str; 18] = [
     "listen",
     "http_addr",
     "database_url",
     "db_pool_size",
+    "db_acquire_timeout_ms",
     "clock",
     "timezone",
     "log_format",
@@ -135,6 +136,9 @@ pub struct Config {
     pub database_url: String,
     /// Connections to the database (SQLite: readers; writes always use one connection).
     pub db_pool_size: u32,
+    /// PostgreSQL: how long a request waits for a connection (pooled, or a new one while the
+    /// database is unreachable) before it is answered UNAVAILABLE.
+    pub db_acquire_timeout_ms: u64,
     pub clock: ClockMode,
     /// The operator's time zone (IANA name); lifecycle dates are local dates there.
     pub timezone: String,
@@ -255,6 +259,7 @@ impl Default for Config {
             http_addr: Some(DEFAULT_HTTP_ADDR),
             database_url: "sqlite://ocs-lifecycle.db".into(),
             db_pool_size: 16,
+            db_acquire_timeout_ms: crate::store::DEFAULT_ACQUIRE_TIMEOUT.as_millis() as u64,
             clock: ClockMode::System,
             timezone: rules.timezone.name().into(),
             log_format: LogFormat::Text,
@@ -337,6 +342,11 @@ pub struct Overrides {
 pub struct ConfigError(pub String);
 
 impl Config {
+    /// `db_acquire_timeout_ms` as a duration.
+    pub fn db_acquire_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.db_acquire_timeout_ms)
+    }
+
     /// Layers the file, the `OCS_*` variables of `env` and the flags over the defaults, and
     /// validates the result ([`Config::validate`]): the first problem is the error.
     pub fn load(

@@ -37,6 +37,9 @@ pub struct OpsState {
     pub clock: Arc<dyn Clock>,
     /// True once the migrations have run.
     pub ready: Arc<AtomicBool>,
+    /// False while a write has found the storage not writable and no probe write has
+    /// succeeded since (`crate::api::StorageHealth`).
+    pub storage_writable: Arc<AtomicBool>,
 }
 
 /// The routes of the operations listener.
@@ -74,6 +77,12 @@ async fn healthz() -> &'static str {
 async fn readyz(State(state): State<OpsState>) -> (StatusCode, String) {
     if !state.ready.load(Ordering::Acquire) {
         return not_ready("the migrations have not run yet");
+    }
+    if !state.storage_writable.load(Ordering::Acquire) {
+        return not_ready(
+            "the database cannot be written (disk full, read-only or I/O error); \
+             a probe retries every second",
+        );
     }
     match tokio::time::timeout(READY_QUERY_TIMEOUT, state.store.ping()).await {
         Ok(Ok(())) => (StatusCode::OK, "ready\n".to_owned()),

@@ -124,6 +124,11 @@ pub enum StoreError {
     /// The database cannot be reached or is overloaded; the request may be retried.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The database answers but cannot write: disk full, read-only file, I/O error. The
+    /// request may be retried once the operator has fixed the storage; health is NOT_SERVING
+    /// until a probe write succeeds (`crate::api::StorageHealth`).
+    #[error("storage cannot be written: {0}")]
+    NotWritable(String),
     #[error("storage error: {0}")]
     Internal(String),
 }
@@ -194,6 +199,10 @@ pub trait AccountStore: WebhookDeliveries + Send + Sync + 'static {
     /// A cheap round trip, for health checks.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// One small committed write (the single row of `storage_probe`), through the write path:
+    /// tells whether the database can be written again after a `NotWritable` failure.
+    async fn probe_write(&self, now: DateTime<Utc>) -> Result<(), StoreError>;
+
     /// Accounts per stored state (not the effective state at "now": what the sweep last
     /// materialised), for the metrics. States without accounts are left out.
     async fn accounts_by_state(&self) -> Result<Vec<(AccountState, i64)>, StoreError>;
@@ -209,17 +218,24 @@ pub trait AccountStore: WebhookDeliveries + Send + Sync + 'static {
     ) -> Result<Option<DateTime<Utc>>, StoreError>;
 }
 
-/// Opens the store a database URL names (`sqlite://…` or `postgres://…`).
+/// How long a PostgreSQL request waits for a pooled connection (or a new one) before it is
+/// answered UNAVAILABLE, unless configured (`db_acquire_timeout_ms`).
+pub const DEFAULT_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens the store a database URL names (`sqlite://…` or `postgres://…`). `acquire_timeout`
+/// bounds the wait for a PostgreSQL connection; SQLite keeps its own (its one write connection
+/// is also held by sweep batches).
 pub async fn connect(
     url: &str,
     pool_size: u32,
+    acquire_timeout: std::time::Duration,
     rules: Arc<Rules>,
 ) -> Result<Arc<dyn AccountStore>, StoreError> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::connect(url, pool_size, rules).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(
-            PostgresStore::connect(url, pool_size, rules).await?,
+            PostgresStore::connect(url, pool_size, acquire_timeout, rules).await?,
         ))
     } else {
         Err(StoreError::Internal(format!(
@@ -248,8 +264,22 @@ pub(crate) enum SqlFailure {
     Fatal(StoreError),
 }
 
+/// Whether a database error code means "the storage cannot be written": SQLite's FULL (13),
+/// READONLY (8) and IOERR (10), with their extended codes (low byte = primary code; SQLite
+/// codes have at most 4 digits, SQLSTATEs always 5 characters), or PostgreSQL's disk_full
+/// (53100), read_only_sql_transaction (25006) and io_error (58030).
+fn not_writable(code: &str) -> bool {
+    match code.parse::<i32>() {
+        Ok(sqlite) if code.len() < 5 => matches!(sqlite & 0xff, 8 | 10 | 13),
+        _ => matches!(code, "53100" | "25006" | "58030"),
+    }
+}
+
 pub(crate) fn classify(err: sqlx::Error) -> SqlFailure {
     match &err {
+        sqlx::Error::Database(db) if not_writable(&db.code().unwrap_or_default()) => {
+            SqlFailure::Fatal(StoreError::NotWritable(db.message().to_owned()))
+        }
         sqlx::Error::Database(db) => {
             let code = db.code().unwrap_or_default();
             let retry = db.is_unique_violation()
@@ -292,4 +322,26 @@ pub(crate) fn request_id_reused(request_id: &str) -> StoreError {
              use a new request_id for a new request"
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::not_writable;
+
+    #[test]
+    fn storage_failures_are_told_apart_from_other_database_errors() {
+        // SQLite: FULL, READONLY, IOERR and extended codes (IOERR_WRITE 778, READONLY_DBMOVED 1032).
+        for code in ["13", "8", "10", "778", "1032", "6410"] {
+            assert!(not_writable(code), "{code}");
+        }
+        // PostgreSQL: disk_full, read_only_sql_transaction, io_error.
+        for code in ["53100", "25006", "58030"] {
+            assert!(not_writable(code), "{code}");
+        }
+        // SQLite BUSY, CONSTRAINT_UNIQUE (2067), CORRUPT (11); PostgreSQL unique violation,
+        // connection failure, serialization failure.
+        for code in ["5", "2067", "11", "23505", "08006", "40001", ""] {
+            assert!(!not_writable(code), "{code}");
+        }
+    }
 }

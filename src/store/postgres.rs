@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{Connection, PgPool, Postgres, Transaction};
 
 use super::sql::impl_account_store;
 use super::{Committed, Decide, MutateFailure, RequestKey, StoreError};
@@ -23,10 +23,27 @@ pub struct PostgresStore {
 impl PostgresStore {
     const LOCK_ROW: &'static str = " FOR UPDATE";
 
-    pub async fn connect(url: &str, pool_size: u32, rules: Arc<Rules>) -> Result<Self, StoreError> {
+    /// `acquire_timeout` bounds how long a request waits for a connection (a pooled one, or a
+    /// new one while the server is unreachable) before it is answered UNAVAILABLE.
+    pub async fn connect(
+        url: &str,
+        pool_size: u32,
+        acquire_timeout: Duration,
+        rules: Arc<Rules>,
+    ) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(pool_size.max(1))
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(acquire_timeout)
+            // A connection whose failed COMMIT left sqlx counting an open transaction is
+            // closed, not reused (see `SqliteStore::connect`).
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    if conn.is_in_transaction() {
+                        conn.ping().await?;
+                    }
+                    Ok(!conn.is_in_transaction())
+                })
+            })
             .connect(url)
             .await?;
         Ok(Self { pool, rules })

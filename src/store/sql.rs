@@ -270,6 +270,20 @@ macro_rules! impl_account_store {
                 Ok(())
             }
 
+            async fn probe_write(
+                &self,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::store::StoreError> {
+                sqlx::query(
+                    "INSERT INTO storage_probe (id, probed_at) VALUES (1, $1) \
+                     ON CONFLICT (id) DO UPDATE SET probed_at = excluded.probed_at",
+                )
+                .bind(now)
+                .execute(self.write_pool())
+                .await?;
+                Ok(())
+            }
+
             async fn accounts_by_state(
                 &self,
             ) -> Result<Vec<($crate::lifecycle::AccountState, i64)>, $crate::store::StoreError>

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Acquire, Sqlite, SqlitePool, Transaction};
+use sqlx::{Acquire, Connection, Sqlite, SqlitePool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::sql::impl_account_store;
@@ -61,6 +61,19 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))
+            // A COMMIT that fails on a full disk or an I/O error is rolled back by SQLite
+            // itself, so sqlx's own ROLLBACK fails and the connection would stay "in a
+            // transaction" for sqlx: every later BEGIN on the one write connection would fail
+            // until a restart. Such a connection is closed and replaced instead.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    if conn.is_in_transaction() {
+                        // Flushes a rollback still queued by a dropped transaction.
+                        conn.ping().await?;
+                    }
+                    Ok(!conn.is_in_transaction())
+                })
+            })
             .connect_with(options.clone())
             .await?;
         let readers = SqlitePoolOptions::new()

@@ -1,0 +1,640 @@
+//! Bad input (issue 7), with proptest so it runs in `cargo test`:
+//!
+//! - raw protobuf bytes (random, and mutations of valid encodings) as the body of every
+//!   `AccountLifecycle` unary method, through a real server: it answers, never INTERNAL or
+//!   UNKNOWN (a handler panic), keeps serving, and a rejected request writes nothing;
+//! - hostile request fields (unicode, huge and malformed MSISDNs, i64 extremes, negative and
+//!   huge days, unknown enum numbers, request_id edge cases, messages over the 4 MB limit);
+//! - the lifecycle core on hostile dates: year boundaries, the end of the calendar
+//!   (9999-12-31), America/New_York on DST days — boundaries at local midnight, exact day counts.
+//!
+//! Case counts are modest (the suite runs on a loaded 2-core machine); proptest prints the
+//! minimal failing input of a failure. The server tests run on SQLite only.
+
+#[allow(unused_macros)]
+#[macro_use]
+mod common;
+
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut};
+use chrono::{DateTime, Days, NaiveDate, NaiveTime, TimeZone, Utc};
+use common::{Backend, TestServer};
+use http::uri::PathAndQuery;
+use ocs_lifecycle::lifecycle::{
+    self, AccountState, Command, Msisdn, ProvisionParams, RechargeChannel, Rules,
+};
+use ocs_lifecycle::proto::{
+    ActivateRequest, GetAccountRequest, ProvisionAccountRequest, RechargeRequest,
+};
+use proptest::prelude::*;
+use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
+use prost::Message;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+// ---------------------------------------------------------------------------------------------
+// A codec that sends and receives raw bytes: the request body is whatever the test built.
+
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+struct RawEncoder;
+struct RawDecoder;
+
+impl Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawDecoder {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+const METHODS: [&str; 11] = [
+    "ProvisionAccount",
+    "MarkSold",
+    "Activate",
+    "Recharge",
+    "Charge",
+    "Unlock",
+    "GetAccount",
+    "ListAccounts",
+    "GetAccountHistory",
+    "Authorize",
+    "AdvanceStates",
+];
+
+async fn call_raw(channel: &Channel, method: &str, body: Vec<u8>) -> Result<Vec<u8>, Status> {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let path = PathAndQuery::try_from(format!("/ocs.lifecycle.v1.AccountLifecycle/{method}"))
+        .expect("path");
+    grpc.unary(tonic::Request::new(body), path, RawCodec)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fixture: one server, one VALID account, a runtime the proptest cases block on.
+
+const MSISDN: &str = "8613900000001";
+
+struct Fixture {
+    runtime: tokio::runtime::Runtime,
+    server: TestServer,
+}
+
+impl Fixture {
+    fn start() -> Option<Fixture> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let server = runtime.block_on(async {
+            let server = TestServer::start(Backend::Sqlite).await?;
+            let mut client = server.accounts();
+            client
+                .provision_account(ProvisionAccountRequest {
+                    msisdn: MSISDN.into(),
+                    sold: true,
+                    request_id: "p-1".into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("provision");
+            client
+                .activate(ActivateRequest {
+                    msisdn: MSISDN.into(),
+                    request_id: "a-1".into(),
+                })
+                .await
+                .expect("activate");
+            client.recharge(valid_recharge()).await.expect("recharge");
+            Some(server)
+        })?;
+        Some(Fixture { runtime, server })
+    }
+
+    /// Runs one request; checks the answer's code, that a rejection wrote nothing, and that
+    /// the server still serves.
+    fn check<T: std::fmt::Debug>(
+        &self,
+        what: &str,
+        request: impl std::future::Future<Output = Result<T, Status>>,
+        allowed: &[Code],
+    ) -> Result<(), TestCaseError> {
+        self.runtime.block_on(async {
+            let db = self.server.db().await;
+            let before = db.snapshot(MSISDN).await;
+            let answer = request.await;
+            if let Err(status) = &answer {
+                // A body that is not a protobuf message: tonic answers INTERNAL, as the gRPC
+                // status code table prescribes for "error parsing request proto"; the handler
+                // never runs.
+                let undecodable = status.code() == Code::Internal
+                    && status
+                        .message()
+                        .starts_with("failed to decode Protobuf message");
+                prop_assert!(
+                    allowed.contains(&status.code()) || undecodable,
+                    "{what}: unexpected {status:?}"
+                );
+                prop_assert_eq!(
+                    &db.snapshot(MSISDN).await,
+                    &before,
+                    "{}: a rejection wrote",
+                    what
+                );
+            }
+            let health = HealthClient::new(self.server.channel())
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map(|r| r.into_inner().status);
+            prop_assert_eq!(health.ok(), Some(ServingStatus::Serving as i32));
+            db.close().await;
+            Ok(())
+        })
+    }
+}
+
+/// What a bad request may be answered with: never INTERNAL, UNKNOWN (a handler panic) or
+/// UNAVAILABLE (a dropped connection).
+const REJECTIONS: [Code; 6] = [
+    Code::InvalidArgument,
+    Code::NotFound,
+    Code::FailedPrecondition,
+    Code::AlreadyExists,
+    Code::OutOfRange,
+    Code::ResourceExhausted,
+];
+
+fn valid_recharge() -> RechargeRequest {
+    RechargeRequest {
+        msisdn: MSISDN.into(),
+        amount: 5000,
+        channel: RechargeChannel::Online as i32,
+        validity_days: 0,
+        request_id: "r-1".into(),
+    }
+}
+
+fn cases(n: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases: n,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (a) Raw protobuf bytes.
+
+/// A valid encoding with bytes flipped, cut or inserted.
+fn mutated_encoding() -> impl Strategy<Value = Vec<u8>> {
+    let valid = valid_recharge().encode_to_vec();
+    let len = valid.len();
+    (
+        prop::collection::vec((0..len, any::<u8>()), 1..4),
+        0..=len,
+        prop::collection::vec(any::<u8>(), 0..8),
+    )
+        .prop_map(move |(flips, cut, insert)| {
+            let mut bytes = valid.clone();
+            for (at, value) in flips {
+                bytes[at] = value;
+            }
+            bytes.truncate(cut);
+            bytes.extend(insert);
+            bytes
+        })
+}
+
+#[test]
+fn random_and_mutated_protobuf_bytes_are_answered_without_a_write_on_rejection() {
+    let Some(fixture) = Fixture::start() else {
+        return;
+    };
+    let bodies = prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..256),
+        mutated_encoding(),
+    ];
+    let mut runner = TestRunner::new(cases(160));
+    runner
+        .run(&(0..METHODS.len(), bodies), |(method, body)| {
+            let channel = fixture.server.channel();
+            let name = METHODS[method];
+            fixture.check(
+                &format!("{name} {body:02x?}"),
+                call_raw(&channel, name, body.clone()),
+                &REJECTIONS,
+            )
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// (b) Hostile request fields.
+
+fn hostile_msisdn() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(MSISDN.to_owned()),
+        Just(format!("+{MSISDN}")),
+        Just(format!(" {MSISDN} ")),
+        Just(format!("{MSISDN}\0")),
+        Just("+".to_owned()),
+        Just(String::new()),
+        Just("٨٦١٣٩٠٠٠٠٠٠٠١".to_owned()), // Arabic-Indic digits
+        Just("８６１３９００００００００１".to_owned()), // full-width digits
+        "[0-9+ ]{0,20}",
+        any::<String>(),
+        "[0-9]{16,4000}",
+    ]
+}
+
+fn hostile_amount() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        Just(i64::MAX),
+        Just(i64::MIN),
+        Just(-1i64),
+        Just(0i64),
+        Just(i64::MAX - 4999),
+        any::<i64>(),
+        1i64..100_000,
+    ]
+}
+
+fn hostile_request_id() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(String::new()),
+        Just("r-1".to_owned()), // the fixture's own recharge: a replay or ALREADY_EXISTS
+        Just("x".repeat(128)),
+        Just("x".repeat(129)),
+        Just("a\nb".to_owned()),
+        Just("\u{202e}rtl".to_owned()),
+        "\\PC{1,40}",
+        any::<String>(),
+    ]
+}
+
+#[test]
+fn hostile_recharge_fields_are_refused_without_a_write_or_applied_within_the_rules() {
+    let Some(fixture) = Fixture::start() else {
+        return;
+    };
+    let requests = (
+        hostile_msisdn(),
+        hostile_amount(),
+        any::<i32>(),
+        prop_oneof![Just(0u32), Just(u32::MAX), any::<u32>(), 1u32..600],
+        hostile_request_id(),
+    );
+    let mut runner = TestRunner::new(cases(128));
+    runner
+        .run(
+            &requests,
+            |(msisdn, amount, channel, validity_days, request_id)| {
+                let request = RechargeRequest {
+                    msisdn,
+                    amount,
+                    channel,
+                    validity_days,
+                    request_id,
+                };
+                let mut client = fixture.server.accounts();
+                let described = format!("{request:?}");
+                let before = fixture
+                    .runtime
+                    .block_on(async { fixture.server.db().await.account(MSISDN).await });
+                fixture.check(
+                    &described,
+                    async {
+                        let answer = client.recharge(request.clone()).await?.into_inner();
+                        // Accepted: a well-formed recharge of the one account, balance exact.
+                        let before = before.expect("the account").balance;
+                        if answer.replayed {
+                            assert_eq!(request.request_id, "r-1", "{described}");
+                        } else {
+                            assert!(request.amount > 0, "{described}");
+                            assert_eq!(
+                                answer.balance_after,
+                                before + request.amount,
+                                "{described}"
+                            );
+                        }
+                        Ok(answer)
+                    },
+                    &REJECTIONS,
+                )
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn hostile_provisioning_fields_are_refused_without_a_write() {
+    let Some(fixture) = Fixture::start() else {
+        return;
+    };
+    let requests = (
+        hostile_msisdn(),
+        hostile_amount(),
+        prop_oneof![Just(u32::MAX), Just(541u32), any::<u32>(), 0u32..600],
+        hostile_request_id(),
+    );
+    let mut runner = TestRunner::new(cases(96));
+    runner
+        .run(
+            &requests,
+            |(msisdn, preset_balance, initial_validity_days, request_id)| {
+                let request = ProvisionAccountRequest {
+                    msisdn,
+                    preset_balance,
+                    sold: true,
+                    initial_validity_days,
+                    request_id,
+                };
+                let mut client = fixture.server.accounts();
+                fixture.check(
+                    &format!("{request:?}"),
+                    client.provision_account(request.clone()),
+                    &REJECTIONS,
+                )
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn ten_megabyte_fields_are_refused_and_write_nothing() {
+    let Some(fixture) = Fixture::start() else {
+        return;
+    };
+    let huge = "8".repeat(10 * 1024 * 1024);
+    let mut client = fixture.server.accounts();
+    // Over the server's 4 MB message limit: refused before any handler runs.
+    let over_limit = RechargeRequest {
+        msisdn: huge.clone(),
+        ..valid_recharge()
+    };
+    let status = fixture.runtime.block_on(async {
+        let db = fixture.server.db().await;
+        let before = db.snapshot(MSISDN).await;
+        let status = client
+            .recharge(over_limit)
+            .await
+            .expect_err("a 10 MB message");
+        assert_eq!(db.snapshot(MSISDN).await, before, "nothing written");
+        status
+    });
+    assert!(
+        matches!(
+            status.code(),
+            Code::ResourceExhausted | Code::OutOfRange | Code::InvalidArgument
+        ),
+        "{status:?}"
+    );
+    // Under the limit (3 MB) but not an MSISDN / not a request_id: INVALID_ARGUMENT.
+    let three_mb = "8".repeat(3 * 1024 * 1024);
+    for request in [
+        RechargeRequest {
+            msisdn: three_mb.clone(),
+            ..valid_recharge()
+        },
+        RechargeRequest {
+            request_id: three_mb.clone(),
+            ..valid_recharge()
+        },
+    ] {
+        fixture
+            .check(
+                "3 MB field",
+                client.recharge(request),
+                &[Code::InvalidArgument],
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    fixture
+        .check(
+            "3 MB GetAccount",
+            client.get_account(GetAccountRequest { msisdn: three_mb }),
+            &[Code::InvalidArgument],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// (c) The lifecycle core on hostile dates.
+
+fn new_york() -> Rules {
+    Rules {
+        timezone: chrono_tz::America::New_York,
+        ..Rules::default()
+    }
+}
+
+/// 00:00 local of `date` as an instant (New York's DST changes happen at 02:00, so midnight
+/// always exists once).
+fn local_midnight(rules: &Rules, date: NaiveDate) -> DateTime<Utc> {
+    rules
+        .timezone
+        .from_local_datetime(&date.and_time(NaiveTime::MIN))
+        .single()
+        .expect("local midnight exists once in New York")
+        .with_timezone(&Utc)
+}
+
+/// Local `date` at `seconds` after midnight (the earlier instant of an ambiguous fall-back
+/// hour; a spring-forward gap moves on to the next existing second).
+fn local_instant(rules: &Rules, date: NaiveDate, seconds: u32) -> DateTime<Utc> {
+    let midnight = local_midnight(rules, date);
+    let mut local = date.and_time(NaiveTime::MIN) + chrono::Duration::seconds(i64::from(seconds));
+    loop {
+        if let Some(at) = rules.timezone.from_local_datetime(&local).earliest() {
+            let at = at.with_timezone(&Utc);
+            return at.max(midnight);
+        }
+        local += chrono::Duration::minutes(1);
+    }
+}
+
+/// Days around year ends and New York's DST changes, and any day of the calendar.
+fn hostile_date() -> impl Strategy<Value = NaiveDate> {
+    let special: Vec<NaiveDate> = [
+        "2026-03-08",
+        "2026-03-07",
+        "2026-03-09",
+        "2026-11-01",
+        "2026-10-31",
+        "2026-11-02",
+        "2027-03-14",
+        "2027-11-07",
+        "2026-12-31",
+        "2027-01-01",
+        "2028-02-29",
+        "2099-12-31",
+        "1970-01-01",
+        "9998-06-01",
+        "9999-12-30",
+        "9999-12-31",
+    ]
+    .iter()
+    .map(|d| d.parse().expect("date"))
+    .collect();
+    prop_oneof![
+        prop::sample::select(special),
+        (1971i32..9999, 1u32..=366)
+            .prop_filter_map("a real day", |(y, ord)| { NaiveDate::from_yo_opt(y, ord) }),
+    ]
+}
+
+fn activated_on(rules: &Rules, day: NaiveDate, seconds: u32) -> lifecycle::Account {
+    let msisdn = Msisdn::parse(MSISDN).expect("msisdn");
+    let now = local_instant(rules, day, seconds);
+    let card = lifecycle::provision(
+        msisdn,
+        "acc-1".into(),
+        None,
+        &ProvisionParams {
+            preset_balance: 0,
+            sold: true,
+            initial_validity_days: 0,
+        },
+        now,
+        rules,
+    )
+    .expect("provision");
+    lifecycle::apply(&card, &Command::Activate, now, rules)
+        .expect("activate")
+        .account
+}
+
+#[test]
+fn new_york_dates_stay_exact_on_dst_days_year_ends_and_the_end_of_the_calendar() {
+    let rules = new_york();
+    let far = NaiveDate::from_ymd_opt(9998, 1, 1).expect("date");
+    let mut runner = TestRunner::new(cases(256));
+    runner
+        .run(
+            &(hostile_date(), 0u32..86_400, 1i64..40_000, 0u64..700),
+            |(day, seconds, amount, later)| {
+                let activated = activated_on(&rules, day, seconds);
+                let now = local_instant(&rules, day, seconds);
+                prop_assert_eq!(rules.local_date(now), day);
+                prop_assert_eq!(activated.state, AccountState::Valid);
+                let valid_until = activated.valid_until.expect("valid_until");
+                if day >= far {
+                    // Near the end of the calendar: no panic, dates saturate, never go back.
+                    prop_assert!(valid_until >= day);
+                    return Ok(());
+                }
+                // Activation: the activation's local date + 180, through local midnight.
+                prop_assert_eq!(valid_until, day + Days::new(180));
+                let end = activated.state_ends_at(&rules).expect("an end");
+                prop_assert_eq!(end, local_midnight(&rules, valid_until + Days::new(1)));
+                prop_assert_eq!(
+                    activated.effective_state(end - chrono::Duration::seconds(1), &rules),
+                    AccountState::Valid
+                );
+                prop_assert_eq!(activated.effective_state(end, &rules), AccountState::Grace);
+
+                // A recharge `later` days on (while VALID with a balance): the tariff's days
+                // added to valid_until, capped at today + 540; dates exact on any day.
+                let mut funded = activated.clone();
+                funded.balance = 100;
+                let recharge_day = day + Days::new(later.min(179));
+                let at = local_instant(&rules, recharge_day, seconds);
+                let applied = lifecycle::apply(
+                    &funded,
+                    &Command::Recharge {
+                        amount,
+                        channel: RechargeChannel::Online,
+                        validity_days: 0,
+                    },
+                    at,
+                    &rules,
+                )
+                .expect("recharge");
+                let days = u64::from(rules.tariff.days_for(amount));
+                let expected = (valid_until + Days::new(days)).min(recharge_day + Days::new(540));
+                prop_assert_eq!(applied.account.valid_until, Some(expected));
+                prop_assert_eq!(applied.account.balance, 100 + amount);
+                prop_assert_eq!(
+                    applied.account.state_ends_at(&rules),
+                    Some(local_midnight(&rules, expected + Days::new(1)))
+                );
+                Ok(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn end_of_calendar_commands_refuse_or_saturate_without_panicking() {
+    let rules = Arc::new(new_york());
+    let last = NaiveDate::MAX;
+    for day in [
+        NaiveDate::from_ymd_opt(9999, 12, 31).expect("date"),
+        last - Days::new(2),
+    ] {
+        let now = local_instant(&rules, day, 43_200);
+        let account = activated_on(&rules, day, 43_200);
+        for command in [
+            Command::Recharge {
+                amount: i64::MAX,
+                channel: RechargeChannel::Bank,
+                validity_days: u32::MAX,
+            },
+            Command::Recharge {
+                amount: 30_000,
+                channel: RechargeChannel::Bank,
+                validity_days: 0,
+            },
+            Command::Charge { amount: i64::MAX },
+            Command::Activate,
+        ] {
+            // Either refused or applied; dates never move backwards.
+            if let Ok(applied) = lifecycle::apply(&account, &command, now, &rules) {
+                assert!(
+                    applied.account.valid_until >= account.valid_until,
+                    "{command:?}"
+                );
+            }
+        }
+        // Far in the future the account has moved on, and a sweep can say so.
+        if let Some(far) = now.checked_add_signed(chrono::Duration::days(1000)) {
+            let mut later = account.clone();
+            later.sweep(far, &rules);
+            assert_ne!(later.state, AccountState::Unactivated);
+        }
+    }
+}
