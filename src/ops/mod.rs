@@ -1,10 +1,12 @@
 //! The operations HTTP listener inside `serve` (`http_addr`): `GET /metrics` (Prometheus),
-//! `GET /healthz` (the process runs) and `GET /readyz` (migrations ran and the database
-//! answers). It stops with the gRPC server (the shutdown token).
+//! `GET /healthz` (the process runs), `GET /readyz` (migrations ran and the database
+//! answers), and the dashboard, `GET /` and `GET /api/dashboard` ([`dashboard`]). It stops with
+//! the gRPC server (the shutdown token).
 //!
-//! This module owns the listener and what the metrics measure ([`Metrics`], the gRPC layer in
-//! [`rpc`]); it only reads the store and never writes.
+//! This module owns the listener, what the metrics measure ([`Metrics`], the gRPC layer in
+//! [`rpc`]) and the dashboard; it only reads the store and never writes.
 
+pub mod dashboard;
 mod metrics;
 mod rpc;
 
@@ -21,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use metrics::{CONTENT_TYPE, DB_CACHE_TTL, Metrics, SweepMetrics, UNKNOWN_METHOD, code_label};
+pub use dashboard::Dashboard;
 pub use rpc::{RpcMetricsLayer, RpcMetricsService};
 
 use crate::clock::Clock;
@@ -37,6 +40,7 @@ pub struct OpsState {
     pub clock: Arc<dyn Clock>,
     /// True once the migrations have run.
     pub ready: Arc<AtomicBool>,
+    pub dashboard: Arc<Dashboard>,
 }
 
 /// The routes of the operations listener.
@@ -45,6 +49,8 @@ pub fn router(state: OpsState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/", get(dashboard_page))
+        .route("/api/dashboard", get(dashboard_json))
         .with_state(state)
 }
 
@@ -65,6 +71,58 @@ async fn metrics(State(state): State<OpsState>) -> Response {
         .scrape(state.store.as_ref(), state.clock.as_ref())
         .await;
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
+}
+
+async fn dashboard_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        dashboard::PAGE,
+    )
+        .into_response()
+}
+
+/// The dashboard's JSON; 503 with `{"error": …}` when the database cannot be read (before the
+/// migrations, too).
+async fn dashboard_json(State(state): State<OpsState>) -> Response {
+    let (status, body) = if !state.ready.load(Ordering::Acquire) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({ "error": "the migrations have not run yet" }),
+        )
+    } else {
+        match state
+            .dashboard
+            .view(state.store.as_ref(), state.clock.now())
+            .await
+        {
+            Ok(view) => match serde_json::to_value(&view) {
+                Ok(json) => (StatusCode::OK, json),
+                Err(e) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    serde_json::json!({ "error": e.to_string() }),
+                ),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "dashboard: cannot read the database");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({ "error": format!("cannot read the database: {e}") }),
+                )
+            }
+        }
+    };
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {
