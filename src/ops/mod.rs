@@ -22,8 +22,8 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use metrics::{CONTENT_TYPE, DB_CACHE_TTL, Metrics, SweepMetrics, UNKNOWN_METHOD, code_label};
 pub use dashboard::Dashboard;
+pub use metrics::{CONTENT_TYPE, DB_CACHE_TTL, Metrics, SweepMetrics, UNKNOWN_METHOD, code_label};
 pub use rpc::{RpcMetricsLayer, RpcMetricsService};
 
 use crate::clock::Clock;

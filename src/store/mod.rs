@@ -245,7 +245,10 @@ pub trait AccountStore: WebhookDeliveries + Send + Sync + 'static {
     /// activated account is recycled the day after `lock_until` (GRACE: `grace_until` + the
     /// lock period, which is what `lock_until` holds), an unactivated card the day after
     /// `card_expiry`. Days before today are included: accounts the sweep has not recycled yet.
-    async fn recycles_by_day(&self, through: NaiveDate) -> Result<Vec<(NaiveDate, i64)>, StoreError>;
+    async fn recycles_by_day(
+        &self,
+        through: NaiveDate,
+    ) -> Result<Vec<(NaiveDate, i64)>, StoreError>;
 
     /// How many webhook deliveries are dead-lettered, and the `limit` latest (by `dead_at`).
     async fn dead_letter_overview(&self, limit: u32) -> Result<DeadLetterOverview, StoreError>;
