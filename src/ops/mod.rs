@@ -87,10 +87,13 @@ async fn dashboard_page() -> Response {
 /// The dashboard's JSON; 503 with `{"error": …}` when the database cannot be read (before the
 /// migrations, too).
 async fn dashboard_json(State(state): State<OpsState>) -> Response {
+    let error = |status: StatusCode, message: String| {
+        (status, serde_json::json!({ "error": message }).to_string())
+    };
     let (status, body) = if !state.ready.load(Ordering::Acquire) {
-        (
+        error(
             StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({ "error": "the migrations have not run yet" }),
+            "the migrations have not run yet".into(),
         )
     } else {
         match state
@@ -98,18 +101,16 @@ async fn dashboard_json(State(state): State<OpsState>) -> Response {
             .view(state.store.as_ref(), state.clock.now())
             .await
         {
-            Ok(view) => match serde_json::to_value(&view) {
+            // Serialized from the struct, so the fields keep their documented order.
+            Ok(view) => match serde_json::to_string(&view) {
                 Ok(json) => (StatusCode::OK, json),
-                Err(e) => (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    serde_json::json!({ "error": e.to_string() }),
-                ),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             },
             Err(e) => {
                 tracing::warn!(error = %e, "dashboard: cannot read the database");
-                (
+                error(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    serde_json::json!({ "error": format!("cannot read the database: {e}") }),
+                    format!("cannot read the database: {e}"),
                 )
             }
         }
@@ -120,7 +121,7 @@ async fn dashboard_json(State(state): State<OpsState>) -> Response {
             (header::CONTENT_TYPE, "application/json"),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        body.to_string(),
+        body,
     )
         .into_response()
 }
