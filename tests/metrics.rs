@@ -274,6 +274,13 @@ async fn healthz_and_readyz_answer_200_once_serving(server: TestServer) {
     assert_eq!((status, body.as_str()), (200, "ok\n"));
     let (status, _, body) = get(&server.http_url("/readyz")).await;
     assert_eq!((status, body.as_str()), (200, "ready\n"));
+    let (status, _, body) = get(&server.http_url("/api/dashboard")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&body)
+            .is_ok_and(|json| json["next_sweep"]["scheduler"] == false),
+        "{body}"
+    );
     let (status, _, _) = get(&server.http_url("/nothing-here")).await;
     assert_eq!(status, 404);
     let metrics = scrape(&server).await;
@@ -599,7 +606,7 @@ async fn readyz_is_503_with_a_reason_until_the_migrations_ran(db: Arc<TestDb>) {
         &db.url,
         2,
         ocs_lifecycle::store::DEFAULT_ACQUIRE_TIMEOUT,
-        rules,
+        rules.clone(),
     )
     .await
     .expect("connect");
@@ -610,6 +617,7 @@ async fn readyz_is_503_with_a_reason_until_the_migrations_ran(db: Arc<TestDb>) {
         clock: Arc::new(SystemClock::default()),
         ready: ready.clone(),
         storage_writable: Arc::new(AtomicBool::new(true)),
+        dashboard: Arc::new(ocs_lifecycle::ops::Dashboard::new(rules, None)),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -627,11 +635,21 @@ async fn readyz_is_503_with_a_reason_until_the_migrations_ran(db: Arc<TestDb>) {
     assert_eq!(body, "not ready: the migrations have not run yet\n");
     let (status, _, _) = get(&format!("http://{addr}/healthz")).await;
     assert_eq!(status, 200, "alive while not ready");
+    let (status, content_type, body) = get(&format!("http://{addr}/api/dashboard")).await;
+    assert_eq!((status, content_type.as_str()), (503, "application/json"));
+    assert_eq!(body, r#"{"error":"the migrations have not run yet"}"#);
 
     store.migrate().await.expect("migrate");
     ready.store(true, Ordering::Release);
     let (status, _, body) = get(&format!("http://{addr}/readyz")).await;
     assert_eq!((status, body.as_str()), (200, "ready\n"));
+    let (status, _, body) = get(&format!("http://{addr}/api/dashboard")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&body)
+            .is_ok_and(|json| json["next_sweep"]["scheduler"] == false),
+        "{body}"
+    );
 
     shutdown.cancel();
     tokio::time::timeout(WAIT, task)

@@ -188,12 +188,19 @@ pub async fn serve_with_listeners(
                 clock: clock.clone(),
                 ready: ready.clone(),
                 storage_writable: storage_health.writable(),
+                dashboard: Arc::new(ops::Dashboard::new(
+                    rules.clone(),
+                    config
+                        .sweep
+                        .scheduler
+                        .then(|| (schedule.clone(), config.sweep.cron.clone())),
+                )),
             };
-            tracing::info!(%http_addr, "operations endpoint listening (/metrics, /healthz, /readyz)");
+            tracing::info!(%http_addr, "operations endpoint listening (/, /api/dashboard, /metrics, /healthz, /readyz)");
             Some(tokio::spawn(ops::serve_http(http, state, shutdown.clone())))
         }
         None => {
-            tracing::info!("http_addr is off: no /metrics, /healthz or /readyz");
+            tracing::info!("http_addr is off: no dashboard, /metrics, /healthz or /readyz");
             None
         }
     };

@@ -1,10 +1,12 @@
 //! The operations HTTP listener inside `serve` (`http_addr`): `GET /metrics` (Prometheus),
-//! `GET /healthz` (the process runs) and `GET /readyz` (migrations ran and the database
-//! answers). It stops with the gRPC server (the shutdown token).
+//! `GET /healthz` (the process runs), `GET /readyz` (migrations ran and the database
+//! answers), and the dashboard, `GET /` and `GET /api/dashboard` ([`dashboard`]). It stops with
+//! the gRPC server (the shutdown token).
 //!
-//! This module owns the listener and what the metrics measure ([`Metrics`], the gRPC layer in
-//! [`rpc`]); it only reads the store and never writes.
+//! This module owns the listener, what the metrics measure ([`Metrics`], the gRPC layer in
+//! [`rpc`]) and the dashboard; it only reads the store and never writes.
 
+pub mod dashboard;
 mod metrics;
 mod rpc;
 
@@ -20,6 +22,7 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use dashboard::Dashboard;
 pub use metrics::{CONTENT_TYPE, DB_CACHE_TTL, Metrics, SweepMetrics, UNKNOWN_METHOD, code_label};
 pub use rpc::{RpcMetricsLayer, RpcMetricsService};
 
@@ -40,6 +43,7 @@ pub struct OpsState {
     /// False while a write has found the storage not writable and no probe write has
     /// succeeded since (`crate::api::StorageHealth`).
     pub storage_writable: Arc<AtomicBool>,
+    pub dashboard: Arc<Dashboard>,
 }
 
 /// The routes of the operations listener.
@@ -48,6 +52,8 @@ pub fn router(state: OpsState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/", get(dashboard_page))
+        .route("/api/dashboard", get(dashboard_json))
         .with_state(state)
 }
 
@@ -68,6 +74,59 @@ async fn metrics(State(state): State<OpsState>) -> Response {
         .scrape(state.store.as_ref(), state.clock.as_ref())
         .await;
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
+}
+
+async fn dashboard_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        dashboard::PAGE,
+    )
+        .into_response()
+}
+
+/// The dashboard's JSON; 503 with `{"error": …}` when the database cannot be read (before the
+/// migrations, too).
+async fn dashboard_json(State(state): State<OpsState>) -> Response {
+    let error = |status: StatusCode, message: String| {
+        (status, serde_json::json!({ "error": message }).to_string())
+    };
+    let (status, body) = if !state.ready.load(Ordering::Acquire) {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the migrations have not run yet".into(),
+        )
+    } else {
+        match state
+            .dashboard
+            .view(state.store.as_ref(), state.clock.now())
+            .await
+        {
+            // Serialized from the struct, so the fields keep their documented order.
+            Ok(view) => match serde_json::to_string(&view) {
+                Ok(json) => (StatusCode::OK, json),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "dashboard: cannot read the database");
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot read the database: {e}"),
+                )
+            }
+        }
+    };
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {

@@ -133,6 +133,37 @@ pub enum StoreError {
     Internal(String),
 }
 
+/// One run of the sweep, as `sweep_runs` records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SweepRun {
+    pub id: i64,
+    pub as_of: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+    /// `None` while it runs.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// `running`, `succeeded` or `failed`.
+    pub status: String,
+    /// What its committed batches did (a failed run: up to the failure).
+    pub counts: SweepCounts,
+    pub error: Option<String>,
+}
+
+/// The RECHARGE history rows of a period.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RechargeTotals {
+    pub count: i64,
+    /// Their amounts summed, in fen.
+    pub amount: i64,
+}
+
+/// The dead-lettered webhook deliveries: how many, and the most recent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeadLetterOverview {
+    pub count: i64,
+    /// The latest dead-lettered first.
+    pub latest: Vec<DeadLetter>,
+}
+
 /// Row counts, to check that a rejected request wrote nothing.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TableCounts {
@@ -206,6 +237,30 @@ pub trait AccountStore: WebhookDeliveries + Send + Sync + 'static {
     /// Accounts per stored state (not the effective state at "now": what the sweep last
     /// materialised), for the metrics. States without accounts are left out.
     async fn accounts_by_state(&self) -> Result<Vec<(AccountState, i64)>, StoreError>;
+
+    /// The RECHARGE history rows with `from ≤ at < until` (an unlock's recharge is an UNLOCK
+    /// row, not counted).
+    async fn recharge_totals(
+        &self,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<RechargeTotals, StoreError>;
+
+    /// The last `limit` rows of `sweep_runs`, the latest first.
+    async fn recent_sweep_runs(&self, limit: u32) -> Result<Vec<SweepRun>, StoreError>;
+
+    /// Accounts not yet recycled (stored state) per local day on which they become RECYCLED
+    /// (its 00:00 is the recycle instant), for every such day up to `through`, in day order. An
+    /// activated account is recycled the day after `lock_until` (GRACE: `grace_until` + the
+    /// lock period, which is what `lock_until` holds), an unactivated card the day after
+    /// `card_expiry`. Days before today are included: accounts the sweep has not recycled yet.
+    async fn recycles_by_day(
+        &self,
+        through: NaiveDate,
+    ) -> Result<Vec<(NaiveDate, i64)>, StoreError>;
+
+    /// How many webhook deliveries are dead-lettered, and the `limit` latest (by `dead_at`).
+    async fn dead_letter_overview(&self, limit: u32) -> Result<DeadLetterOverview, StoreError>;
 
     /// The highest outbox sequence written so far (0 while the outbox is empty).
     async fn last_outbox_sequence(&self) -> Result<i64, StoreError>;

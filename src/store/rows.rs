@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 
-use super::{EventType, HistoryRecord, OutboxEvent, StoreError};
+use super::{EventType, HistoryRecord, OutboxEvent, StoreError, SweepCounts, SweepRun};
 use crate::lifecycle::{Account, AccountState, HistoryKind, Msisdn, Rules};
 
 pub(crate) const ACCOUNT_COLUMNS: &str = "msisdn, account_id, generation, state, balance, \
@@ -174,3 +174,51 @@ pub(crate) const EFFECTIVE_STATE_SQL: &str = "CASE \
     WHEN grace_until >= $1 THEN 3 \
     WHEN lock_until >= $1 THEN 4 \
     ELSE 5 END";
+
+pub(crate) const SWEEP_RUN_COLUMNS: &str = "id, as_of, started_at, finished_at, status, examined, \
+    to_grace, to_locked, to_recycled_from_locked, to_recycled_unactivated, expiring_notified, \
+    error";
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct SweepRunRow {
+    pub id: i64,
+    pub as_of: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub status: String,
+    pub examined: i64,
+    pub to_grace: i64,
+    pub to_locked: i64,
+    pub to_recycled_from_locked: i64,
+    pub to_recycled_unactivated: i64,
+    pub expiring_notified: i64,
+    pub error: Option<String>,
+}
+
+impl SweepRunRow {
+    pub fn into_run(self) -> Result<SweepRun, StoreError> {
+        let count = |what: &str, value: i64| u64::try_from(value).map_err(|_| corrupt(what, value));
+        Ok(SweepRun {
+            id: self.id,
+            as_of: self.as_of,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            status: self.status,
+            counts: SweepCounts {
+                examined: count("examined", self.examined)?,
+                to_grace: count("to_grace", self.to_grace)?,
+                to_locked: count("to_locked", self.to_locked)?,
+                to_recycled_from_locked: count(
+                    "to_recycled_from_locked",
+                    self.to_recycled_from_locked,
+                )?,
+                to_recycled_unactivated: count(
+                    "to_recycled_unactivated",
+                    self.to_recycled_unactivated,
+                )?,
+                expiring_notified: count("expiring_notified", self.expiring_notified)?,
+            },
+            error: self.error,
+        })
+    }
+}

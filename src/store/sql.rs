@@ -306,6 +306,109 @@ macro_rules! impl_account_store {
                     .collect()
             }
 
+            async fn recharge_totals(
+                &self,
+                from: chrono::DateTime<chrono::Utc>,
+                until: chrono::DateTime<chrono::Utc>,
+            ) -> Result<$crate::store::RechargeTotals, $crate::store::StoreError> {
+                // The kind is a literal so that the partial index `account_history_recharges`
+                // (migration 0005) applies; SUM of BIGINT is NUMERIC in PostgreSQL, hence the cast.
+                let sql = format!(
+                    "SELECT COUNT(*), CAST(COALESCE(SUM(amount), 0) AS BIGINT) \
+                     FROM account_history WHERE kind = {} AND at >= $1 AND at < $2",
+                    $crate::lifecycle::HistoryKind::Recharge as i32
+                );
+                let (count, amount): (i64, i64) = sqlx::query_as(&sql)
+                    .bind(from)
+                    .bind(until)
+                    .fetch_one(self.reader())
+                    .await?;
+                Ok($crate::store::RechargeTotals { count, amount })
+            }
+
+            async fn recent_sweep_runs(
+                &self,
+                limit: u32,
+            ) -> Result<Vec<$crate::store::SweepRun>, $crate::store::StoreError> {
+                let sql = format!(
+                    "SELECT {} FROM sweep_runs ORDER BY id DESC LIMIT $1",
+                    $crate::store::rows::SWEEP_RUN_COLUMNS
+                );
+                let rows: Vec<$crate::store::rows::SweepRunRow> = sqlx::query_as(&sql)
+                    .bind(i64::from(limit))
+                    .fetch_all(self.reader())
+                    .await?;
+                rows.into_iter().map(|r| r.into_run()).collect()
+            }
+
+            async fn recycles_by_day(
+                &self,
+                through: chrono::NaiveDate,
+            ) -> Result<Vec<(chrono::NaiveDate, i64)>, $crate::store::StoreError> {
+                let Some(last_day) = through.pred_opt() else {
+                    return Ok(Vec::new());
+                };
+                // Recycled on day R means the last day before it (`lock_until`, or
+                // `card_expiry` unactivated) is R - 1. Every state of a live account ends on or
+                // before that last day, and its notice is due earlier still, so its
+                // `next_deadline` is at most the end of that day: the indexed bound keeps the
+                // scan to the accounts due within the window.
+                let deadline_bound = self.rules().end_of_day(last_day).timestamp();
+                let sql = format!(
+                    "SELECT last_day, COUNT(*) FROM ( \
+                       SELECT CASE WHEN activated_at IS NULL THEN card_expiry \
+                              ELSE lock_until END AS last_day \
+                       FROM accounts \
+                       WHERE next_deadline IS NOT NULL AND next_deadline <= $1 AND state <> {} \
+                     ) due WHERE last_day IS NOT NULL AND last_day <= $2 \
+                     GROUP BY last_day ORDER BY last_day",
+                    $crate::lifecycle::AccountState::Recycled as i32
+                );
+                let rows: Vec<(chrono::NaiveDate, i64)> = sqlx::query_as(&sql)
+                    .bind(deadline_bound)
+                    .bind(last_day)
+                    .fetch_all(self.reader())
+                    .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(last_day, count)| (last_day.succ_opt().unwrap_or(last_day), count))
+                    .collect())
+            }
+
+            async fn dead_letter_overview(
+                &self,
+                limit: u32,
+            ) -> Result<$crate::store::DeadLetterOverview, $crate::store::StoreError> {
+                let count: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM webhook_deliveries WHERE dead_at IS NOT NULL",
+                )
+                .fetch_one(self.reader())
+                .await?;
+                let sql = format!(
+                    "SELECT {}, d.attempts, d.last_error, d.dead_at FROM webhook_deliveries d \
+                     JOIN outbox o ON o.sequence = d.sequence \
+                     WHERE d.dead_at IS NOT NULL \
+                     ORDER BY d.dead_at DESC, d.sequence DESC LIMIT $1",
+                    $crate::store::deliveries::JOINED_OUTBOX_COLUMNS
+                );
+                let rows: Vec<$crate::store::deliveries::DeadRow> = sqlx::query_as(&sql)
+                    .bind(i64::from(limit))
+                    .fetch_all(self.reader())
+                    .await?;
+                let latest = rows
+                    .into_iter()
+                    .map(|r| {
+                        Ok($crate::store::DeadLetter {
+                            attempts: $crate::store::deliveries::attempts(r.attempts),
+                            last_error: r.last_error.unwrap_or_default(),
+                            dead_at: r.dead_at,
+                            event: r.event.into_event()?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, $crate::store::StoreError>>()?;
+                Ok($crate::store::DeadLetterOverview { count, latest })
+            }
+
             async fn last_outbox_sequence(&self) -> Result<i64, $crate::store::StoreError> {
                 let last: Option<i64> = sqlx::query_scalar("SELECT MAX(sequence) FROM outbox")
                     .fetch_one(self.reader())
