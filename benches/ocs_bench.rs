@@ -598,7 +598,7 @@ async fn run_webhook(args: &Args) {
         println!("| measurement | value |");
         println!("|---|---:|");
         println!(
-            "| direct POSTs, 32 at a time (baseline) | {:.0} events/s ({:.2} s) |",
+            "| direct POSTs, 64 at a time (baseline) | {:.0} events/s ({:.2} s) |",
             baseline_rate, f.baseline_s
         );
         println!(

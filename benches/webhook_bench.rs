@@ -31,7 +31,7 @@ use crate::sweep_bench;
 
 const SECRET: &str = "bench-secret";
 /// Concurrency of the baseline: the worker's own limit of requests in flight.
-const BASELINE_CLIENTS: usize = 32;
+const BASELINE_CLIENTS: usize = 64;
 const LATENCY_SWEEPS: u64 = 20;
 const LATENCY_ACCOUNTS_PER_SWEEP: u64 = 1000;
 
@@ -125,7 +125,7 @@ fn bss_config(addr: SocketAddr) -> BssConfig {
     }
 }
 
-/// The baseline: the same signed requests, the same client settings, 32 at a time.
+/// The baseline: the same signed requests, the same client settings, 64 at a time.
 async fn post_directly(addr: SocketAddr, events: Arc<Vec<OutboxEvent>>) -> f64 {
     let config = bss_config(addr);
     let client = reqwest::Client::builder()

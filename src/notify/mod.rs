@@ -46,7 +46,7 @@ use crate::store::{AccountStore, AttemptOutcome, EventType, OutboxEvent, Registe
 /// How often the worker looks for new and due events.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Requests in flight at most (each to a different MSISDN).
-const MAX_IN_FLIGHT: usize = 32;
+const MAX_IN_FLIGHT: usize = 64;
 /// Due events read ahead per query.
 const READY_WINDOW: u32 = 256;
 /// How often, at most, the worker looks for new outbox events.
@@ -185,8 +185,8 @@ struct Sender {
 
 /// The delivery loop: record what finished, register, pick and claim, send; until `shutdown`.
 ///
-/// Attempts only POST; the loop writes their claims and outcomes in batches (one transaction
-/// each per turn), so a commit — an fsync on SQLite with `synchronous = FULL` — serves many
+/// Attempts only POST; the loop writes their outcomes and the next claims in one transaction
+/// per turn, so a commit — an fsync on SQLite with `synchronous = FULL` — serves many
 /// events.
 async fn run(sender: Arc<Sender>, types: Vec<EventType>, shutdown: CancellationToken) {
     let mut in_flight: JoinSet<(i64, AttemptOutcome)> = JoinSet::new();
@@ -196,7 +196,6 @@ async fn run(sender: Arc<Sender>, types: Vec<EventType>, shutdown: CancellationT
     let mut registrar = Registrar::new(types);
     let mut registered_at: Option<Instant> = None;
     loop {
-        sender.record(&mut done, &mut busy).await;
         let now = now_ms();
         // Under load the loop turns every few milliseconds; registering in batches a few
         // times per poll interval keeps plenty of work ahead without a query per turn.
@@ -206,15 +205,17 @@ async fn run(sender: Arc<Sender>, types: Vec<EventType>, shutdown: CancellationT
             }
             registered_at = Some(Instant::now());
         }
-        let free = MAX_IN_FLIGHT - busy.len();
-        if free > 0 {
-            if ready.len() < free {
-                sender.refill(&mut ready, now, &busy).await;
-            }
-            for (event, attempt) in sender.claim(&mut ready, now, free).await {
-                busy.insert(event.sequence);
-                in_flight.spawn(sender.clone().attempt(event, attempt));
-            }
+        // The attempts in `done` leave `busy` this turn.
+        let free = MAX_IN_FLIGHT.saturating_sub(busy.len().saturating_sub(done.len()));
+        if free > 0 && ready.len() < free {
+            sender.refill(&mut ready, now, &busy).await;
+        }
+        for (event, attempt) in sender
+            .settle(&mut done, &mut busy, &mut ready, now, free)
+            .await
+        {
+            busy.insert(event.sequence);
+            in_flight.spawn(sender.clone().attempt(event, attempt));
         }
         tokio::select! {
             biased;
@@ -229,7 +230,9 @@ async fn run(sender: Arc<Sender>, types: Vec<EventType>, shutdown: CancellationT
         }
     }
     // What was confirmed is recorded, so it is not sent again; the rest waits for its lease.
-    sender.record(&mut done, &mut busy).await;
+    sender
+        .settle(&mut done, &mut busy, &mut Ready::default(), now_ms(), 0)
+        .await;
     in_flight.abort_all();
     tracing::info!(
         abandoned = busy.len(),
@@ -366,24 +369,6 @@ impl Registrar {
 }
 
 impl Sender {
-    /// Writes the outcomes in `done` (one transaction) and frees their events.
-    async fn record(&self, done: &mut Vec<(i64, AttemptOutcome)>, busy: &mut HashSet<i64>) {
-        if done.is_empty() {
-            return;
-        }
-        if let Err(e) = self.store.record_webhook_attempts(done, Utc::now()).await {
-            // The leases expire and the events are sent again: at-least-once.
-            tracing::warn!(
-                events = done.len(),
-                error = %e,
-                "webhook: cannot record the attempts; they are sent again after their lease"
-            );
-        }
-        for (sequence, _) in done.drain(..) {
-            busy.remove(&sequence);
-        }
-    }
-
     /// Adds due events to `ready` (those not in flight here and not queued yet).
     async fn refill(&self, ready: &mut Ready, now: i64, busy: &HashSet<i64>) {
         match self.store.due_webhook_deliveries(now, READY_WINDOW).await {
@@ -399,12 +384,20 @@ impl Sender {
         }
     }
 
-    /// Claims up to `free` events from the front of `ready` (one transaction); returns the
-    /// claimed events with their attempt numbers. Events someone else claimed meanwhile (or
-    /// that were delivered) are dropped from the queue.
-    async fn claim(&self, ready: &mut Ready, now: i64, free: usize) -> Vec<(OutboxEvent, u32)> {
+    /// One transaction for the turn: writes the outcomes in `done` (and frees their events),
+    /// then claims up to `free` events from the front of `ready`; returns the claimed events
+    /// with their attempt numbers. Events someone else claimed meanwhile (or that were
+    /// delivered) are dropped from the queue.
+    async fn settle(
+        &self,
+        done: &mut Vec<(i64, AttemptOutcome)>,
+        busy: &mut HashSet<i64>,
+        ready: &mut Ready,
+        now: i64,
+        free: usize,
+    ) -> Vec<(OutboxEvent, u32)> {
         let take = free.min(ready.len());
-        if take == 0 {
+        if take == 0 && done.is_empty() {
             return Vec::new();
         }
         let picked: Vec<OutboxEvent> = ready.events.drain(..take).collect();
@@ -413,14 +406,22 @@ impl Sender {
         }
         let sequences: Vec<i64> = picked.iter().map(|event| event.sequence).collect();
         let lease_until = now.saturating_add(millis(self.lease));
-        let claimed: HashMap<i64, u32> = match self
+        let settled = self
             .store
-            .claim_webhook_deliveries(&sequences, now, lease_until)
-            .await
-        {
+            .settle_webhook_deliveries(done, Utc::now(), &sequences, now, lease_until)
+            .await;
+        for (sequence, _) in done.drain(..) {
+            busy.remove(&sequence);
+        }
+        let claimed: HashMap<i64, u32> = match settled {
             Ok(claimed) => claimed.into_iter().collect(),
             Err(e) => {
-                tracing::warn!(error = %e, "webhook: cannot claim due events; retrying");
+                // The leases expire and the events are sent again: at-least-once.
+                tracing::warn!(
+                    error = %e,
+                    "webhook: cannot record attempts or claim events; \
+                     they are sent again after their lease"
+                );
                 return Vec::new();
             }
         };

@@ -81,23 +81,19 @@ pub trait WebhookDeliveries: Send + Sync {
         limit: u32,
     ) -> Result<Vec<PendingDelivery>, StoreError>;
 
-    /// Starts attempts: of `sequences`, those still pending and due at `now_ms` get their
-    /// attempt counted and are held until `lease_until_ms` (another worker, or this one after
-    /// a crash, takes them again only then). Returns `(sequence, attempt number)` of the rows
-    /// claimed; one transaction for all.
-    async fn claim_webhook_deliveries(
-        &self,
-        sequences: &[i64],
-        now_ms: i64,
-        lease_until_ms: i64,
-    ) -> Result<Vec<(i64, u32)>, StoreError>;
-
-    /// Records how the attempts ended, at `at`; one transaction for all.
-    async fn record_webhook_attempts(
+    /// One turn of the delivery worker, in one transaction (one commit for many events):
+    /// records how the attempts in `outcomes` ended, at `at`; then, of `claim`, the events still
+    /// pending and due at `now_ms` get their attempt counted and are held until
+    /// `lease_until_ms` (another worker, or this one after a crash, takes them again only then).
+    /// Returns `(sequence, attempt number)` of the rows claimed.
+    async fn settle_webhook_deliveries(
         &self,
         outcomes: &[(i64, AttemptOutcome)],
         at: DateTime<Utc>,
-    ) -> Result<(), StoreError>;
+        claim: &[i64],
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<Vec<(i64, u32)>, StoreError>;
 
     /// Dead letters with sequence > `after_sequence`, in sequence order.
     async fn dead_webhook_deliveries(
@@ -244,54 +240,30 @@ macro_rules! impl_webhook_deliveries {
                     .collect()
             }
 
-            async fn claim_webhook_deliveries(
-                &self,
-                sequences: &[i64],
-                now_ms: i64,
-                lease_until_ms: i64,
-            ) -> Result<Vec<(i64, u32)>, $crate::store::StoreError> {
-                if sequences.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let sql = format!(
-                    "UPDATE webhook_deliveries SET attempts = attempts + 1, next_attempt_at = $2 \
-                     WHERE sequence IN ({}) AND delivered_at IS NULL AND dead_at IS NULL \
-                     AND next_attempt_at <= $1 RETURNING sequence, attempts",
-                    $crate::store::deliveries::sequence_list(sequences)
-                );
-                let claimed: Vec<(i64, i32)> = sqlx::query_as(&sql)
-                    .bind(now_ms)
-                    .bind(lease_until_ms)
-                    .fetch_all(self.writer())
-                    .await?;
-                Ok(claimed
-                    .into_iter()
-                    .map(|(sequence, attempts)| {
-                        (sequence, $crate::store::deliveries::attempts(attempts))
-                    })
-                    .collect())
-            }
-
-            async fn record_webhook_attempts(
+            async fn settle_webhook_deliveries(
                 &self,
                 outcomes: &[(i64, $crate::store::AttemptOutcome)],
                 at: chrono::DateTime<chrono::Utc>,
-            ) -> Result<(), $crate::store::StoreError> {
+                claim: &[i64],
+                now_ms: i64,
+                lease_until_ms: i64,
+            ) -> Result<Vec<(i64, u32)>, $crate::store::StoreError> {
                 use $crate::store::AttemptOutcome;
-                if outcomes.is_empty() {
-                    return Ok(());
+                use $crate::store::deliveries::sequence_list;
+                if outcomes.is_empty() && claim.is_empty() {
+                    return Ok(Vec::new());
                 }
+                let mut tx = self.writer().begin().await?;
                 let delivered: Vec<i64> = outcomes
                     .iter()
                     .filter(|(_, o)| matches!(o, AttemptOutcome::Delivered))
                     .map(|(sequence, _)| *sequence)
                     .collect();
-                let mut tx = self.writer().begin().await?;
                 if !delivered.is_empty() {
                     let sql = format!(
                         "UPDATE webhook_deliveries SET delivered_at = $1, last_error = NULL \
                          WHERE sequence IN ({})",
-                        $crate::store::deliveries::sequence_list(&delivered)
+                        sequence_list(&delivered)
                     );
                     sqlx::query(&sql).bind(at).execute(&mut *tx).await?;
                 }
@@ -318,8 +290,29 @@ macro_rules! impl_webhook_deliveries {
                     };
                     query.execute(&mut *tx).await?;
                 }
+                let mut claimed = Vec::new();
+                if !claim.is_empty() {
+                    let sql = format!(
+                        "UPDATE webhook_deliveries SET attempts = attempts + 1, \
+                         next_attempt_at = $2 WHERE sequence IN ({}) \
+                         AND delivered_at IS NULL AND dead_at IS NULL \
+                         AND next_attempt_at <= $1 RETURNING sequence, attempts",
+                        sequence_list(claim)
+                    );
+                    let rows: Vec<(i64, i32)> = sqlx::query_as(&sql)
+                        .bind(now_ms)
+                        .bind(lease_until_ms)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    claimed = rows
+                        .into_iter()
+                        .map(|(sequence, attempts)| {
+                            (sequence, $crate::store::deliveries::attempts(attempts))
+                        })
+                        .collect();
+                }
                 tx.commit().await?;
-                Ok(())
+                Ok(claimed)
             }
 
             async fn dead_webhook_deliveries(
