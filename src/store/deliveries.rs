@@ -214,13 +214,17 @@ macro_rules! impl_webhook_deliveries {
                 now_ms: i64,
                 limit: u32,
             ) -> Result<Vec<$crate::store::PendingDelivery>, $crate::store::StoreError> {
+                // "The oldest pending event of its MSISDN" as a correlated min(): it can only
+                // run as an index lookup per row. As NOT EXISTS, PostgreSQL planned it from
+                // stale statistics (an empty table at the last ANALYZE) as a nested loop that
+                // rescanned the whole backlog per row: 259 events/s on a 30k backlog.
                 let sql = format!(
                     "SELECT {}, d.attempts FROM webhook_deliveries d \
                      JOIN outbox o ON o.sequence = d.sequence \
                      WHERE d.delivered_at IS NULL AND d.dead_at IS NULL \
                      AND d.next_attempt_at <= $1 \
-                     AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p \
-                         WHERE p.msisdn = d.msisdn AND p.sequence < d.sequence \
+                     AND d.sequence = (SELECT min(p.sequence) FROM webhook_deliveries p \
+                         WHERE p.msisdn = d.msisdn \
                          AND p.delivered_at IS NULL AND p.dead_at IS NULL) \
                      ORDER BY d.sequence LIMIT $2",
                     $crate::store::deliveries::JOINED_OUTBOX_COLUMNS
