@@ -39,33 +39,8 @@ both_backends! {
     no_dead_letters_is_a_zero_count,
 }
 
-/// Runs each body on both backends with the scenario server (see [`scenario_server`]).
-macro_rules! scenario_tests {
-    ($($name:ident),* $(,)?) => {
-        mod scenario_sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if let Some(db) = $crate::common::TestDb::create($crate::common::Backend::Sqlite).await {
-                        super::$name(db).await;
-                    }
-                }
-            )*
-        }
-        mod scenario_postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if let Some(db) = $crate::common::TestDb::create($crate::common::Backend::Postgres).await {
-                        super::$name(db).await;
-                    }
-                }
-            )*
-        }
-    };
-}
-
-scenario_tests! {
+both_databases! {
+    scenario_sqlite, scenario_postgres:
     the_dashboard_json_shows_states_recharges_sweeps_recycles_and_dead_letters,
 }
 

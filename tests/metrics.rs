@@ -32,33 +32,8 @@ both_backends! {
     advance_states_counts_its_sweep_and_a_forecast_counts_nothing,
 }
 
-/// Runs each body on both backends with the backend's fresh database.
-macro_rules! db_tests {
-    ($($name:ident),* $(,)?) => {
-        mod db_sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if let Some(db) = $crate::common::TestDb::create($crate::common::Backend::Sqlite).await {
-                        super::$name(db).await;
-                    }
-                }
-            )*
-        }
-        mod db_postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if let Some(db) = $crate::common::TestDb::create($crate::common::Backend::Postgres).await {
-                        super::$name(db).await;
-                    }
-                }
-            )*
-        }
-    };
-}
-
-db_tests! {
+both_databases! {
+    db_sqlite, db_postgres:
     webhook_counters_and_lag_follow_a_failing_then_answering_bss,
     readyz_is_503_with_a_reason_until_the_migrations_ran,
 }

@@ -33,33 +33,8 @@ const SECRET: &str = "test-webhook-secret";
 /// Safety bound for anything to happen; tests never assert on elapsed time.
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Runs each body on both backends with the backend's fresh database.
-macro_rules! webhook_tests {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if let Some(db) = $crate::common::TestDb::create($crate::common::Backend::Sqlite).await {
-                        super::$name(db).await;
-                    }
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if let Some(db) = $crate::common::TestDb::create($crate::common::Backend::Postgres).await {
-                        super::$name(db).await;
-                    }
-                }
-            )*
-        }
-    };
-}
-
-webhook_tests! {
+both_databases! {
+    sqlite, postgres:
     a_recycled_number_is_posted_once_signed_with_its_event_id,
     failed_answers_are_retried_until_the_bss_answers_2xx,
     a_bss_that_is_down_at_first_receives_the_event_once_it_listens,

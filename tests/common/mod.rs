@@ -619,3 +619,35 @@ macro_rules! both_backends {
         }
     };
 }
+
+/// Runs each body `async fn name(db: Arc<TestDb>)` on a fresh SQLite and a fresh PostgreSQL
+/// database (for tests that start their own servers), in the modules named first:
+/// `both_databases! { sqlite, postgres: test_a, test_b }`.
+#[allow(unused_macros)] // used by the suites that start their own servers, not by all
+macro_rules! both_databases {
+    ($sqlite:ident, $postgres:ident: $($name:ident),* $(,)?) => {
+        mod $sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let backend = $crate::common::Backend::Sqlite;
+                    if let Some(db) = $crate::common::TestDb::create(backend).await {
+                        super::$name(db).await;
+                    }
+                }
+            )*
+        }
+
+        mod $postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let backend = $crate::common::Backend::Postgres;
+                    if let Some(db) = $crate::common::TestDb::create(backend).await {
+                        super::$name(db).await;
+                    }
+                }
+            )*
+        }
+    };
+}
