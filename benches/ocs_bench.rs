@@ -81,7 +81,8 @@ struct Args {
     /// `authorize_cache_ms` of the server under test (the service default is 500).
     #[arg(long, default_value_t = 500)]
     authorize_cache_ms: u64,
-    /// Print JSON instead of a table.
+    /// Print JSON instead of tables: one object per section (rpc, sweep, webhook), one per line
+    /// (JSON Lines), each with the backend and the machine.
     #[arg(long)]
     json: bool,
 }
