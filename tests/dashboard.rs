@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use common::{Backend, TestDb, TestServer};
+use common::{Backend, TestDb, TestServer, activate, provision, rid};
 use hook::{Hook, Policy};
 use ocs_lifecycle::config::{BssConfig, ClockMode, Config};
 use ocs_lifecycle::lifecycle::Rules;
@@ -47,37 +47,12 @@ both_databases! {
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 
-fn rid() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
 fn utc(rfc3339: &str) -> DateTime<Utc> {
     rfc3339.parse().expect("RFC 3339 instant")
 }
 
 fn day(s: &str) -> NaiveDate {
     s.parse().expect("date")
-}
-
-async fn provision(api: &mut AccountLifecycleClient<Channel>, msisdn: &str, validity_days: u32) {
-    api.provision_account(proto::ProvisionAccountRequest {
-        msisdn: msisdn.into(),
-        sold: true,
-        initial_validity_days: validity_days,
-        request_id: rid(),
-        ..Default::default()
-    })
-    .await
-    .expect("ProvisionAccount");
-}
-
-async fn activate(api: &mut AccountLifecycleClient<Channel>, msisdn: &str) {
-    api.activate(proto::ActivateRequest {
-        msisdn: msisdn.into(),
-        request_id: rid(),
-    })
-    .await
-    .expect("Activate");
 }
 
 async fn recharge(api: &mut AccountLifecycleClient<Channel>, msisdn: &str, amount: i64) {

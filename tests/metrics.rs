@@ -13,11 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use common::{TestDb, TestServer};
+use common::{TestDb, TestServer, activate, provision, rid};
 use hook::{Hook, Policy};
 use ocs_lifecycle::config::{BssConfig, ClockMode, Config};
 use ocs_lifecycle::proto;
-use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
 use tonic::transport::Channel;
 
 /// Safety bound for anything to happen; tests never assert on elapsed time.
@@ -172,10 +171,6 @@ fn parse_sample(line: &str) -> Sample {
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 
-fn rid() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
 async fn get(url: &str) -> (u16, String, String) {
     let response = reqwest::get(url)
         .await
@@ -199,26 +194,6 @@ async fn scrape(server: &TestServer) -> Exposition {
         "{content_type}"
     );
     Exposition::parse(&body)
-}
-
-async fn provision(api: &mut AccountLifecycleClient<Channel>, msisdn: &str) {
-    api.provision_account(proto::ProvisionAccountRequest {
-        msisdn: msisdn.into(),
-        sold: true,
-        request_id: rid(),
-        ..Default::default()
-    })
-    .await
-    .expect("ProvisionAccount");
-}
-
-async fn activate(api: &mut AccountLifecycleClient<Channel>, msisdn: &str) {
-    api.activate(proto::ActivateRequest {
-        msisdn: msisdn.into(),
-        request_id: rid(),
-    })
-    .await
-    .expect("Activate");
 }
 
 fn recharge(msisdn: &str, amount: i64) -> proto::RechargeRequest {
@@ -272,7 +247,7 @@ async fn healthz_and_readyz_answer_200_once_serving(server: TestServer) {
 
 async fn recharges_are_counted_by_method_and_status_code(server: TestServer) {
     let mut api = server.accounts();
-    provision(&mut api, "8613800000001").await;
+    provision(&mut api, "8613800000001", 0).await;
     activate(&mut api, "8613800000001").await;
     api.recharge(recharge("8613800000001", 5000))
         .await
@@ -365,7 +340,7 @@ async fn recharges_are_counted_by_method_and_status_code(server: TestServer) {
 async fn accounts_are_counted_per_stored_state_with_the_last_outbox_sequence(server: TestServer) {
     let mut api = server.accounts();
     for msisdn in ["8613800000001", "8613800000002", "8613800000003"] {
-        provision(&mut api, msisdn).await;
+        provision(&mut api, msisdn, 0).await;
     }
     activate(&mut api, "8613800000001").await;
     activate(&mut api, "8613800000002").await;
@@ -390,7 +365,7 @@ async fn advance_states_counts_its_sweep_and_a_forecast_counts_nothing(server: T
     let mut api = server.accounts();
     server.set_time(T0).await;
     for msisdn in ["8613800000001", "8613800000002", "8613800000003"] {
-        provision(&mut api, msisdn).await;
+        provision(&mut api, msisdn, 0).await;
     }
     activate(&mut api, "8613800000001").await;
     activate(&mut api, "8613800000002").await;
@@ -516,7 +491,7 @@ async fn webhook_counters_and_lag_follow_a_failing_then_answering_bss(db: Arc<Te
     assert_eq!(metrics.expect("ocs_webhook_lag_seconds", &[]), 0.0);
 
     let mut api = server.accounts();
-    provision(&mut api, "8613800000001").await;
+    provision(&mut api, "8613800000001", 0).await;
     activate(&mut api, "8613800000001").await; // STATE_CHANGED UNACTIVATED → VALID
     hook.wait_for(WAIT, |answered| answered.len() >= 2).await;
     server

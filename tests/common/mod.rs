@@ -651,3 +651,34 @@ macro_rules! both_databases {
         }
     };
 }
+
+/// A fresh idempotency key.
+pub fn rid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Provisions a sold card (`initial_validity_days` 0 = the configured default).
+pub async fn provision(
+    api: &mut AccountLifecycleClient<Channel>,
+    msisdn: &str,
+    initial_validity_days: u32,
+) {
+    api.provision_account(ocs_lifecycle::proto::ProvisionAccountRequest {
+        msisdn: msisdn.into(),
+        sold: true,
+        initial_validity_days,
+        request_id: rid(),
+        ..Default::default()
+    })
+    .await
+    .expect("ProvisionAccount");
+}
+
+pub async fn activate(api: &mut AccountLifecycleClient<Channel>, msisdn: &str) {
+    api.activate(ocs_lifecycle::proto::ActivateRequest {
+        msisdn: msisdn.into(),
+        request_id: rid(),
+    })
+    .await
+    .expect("Activate");
+}
