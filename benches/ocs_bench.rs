@@ -81,8 +81,8 @@ struct Args {
     /// `authorize_cache_ms` of the server under test (the service default is 500).
     #[arg(long, default_value_t = 500)]
     authorize_cache_ms: u64,
-    /// Print JSON instead of tables: one object per section (rpc, sweep, webhook), one per line
-    /// (JSON Lines), each with the backend and the machine.
+    /// Print one JSON document instead of tables: the backend, the machine and a member per
+    /// measurement run (`rpc`, `sweep`, `webhook`).
     #[arg(long)]
     json: bool,
 }
@@ -538,6 +538,9 @@ async fn raw_authorize(args: &Args, pool: Arc<RawPool>) -> Measured {
 
 fn main() {
     let args = Args::parse();
+    if let Ok(url) = std::env::var(sweep_bench::SERVER_CHILD_ENV) {
+        return sweep_bench::server_child(url, args.batch_size);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -545,19 +548,30 @@ fn main() {
     runtime.block_on(run(args));
 }
 
+/// Runs the chosen measurements; each prints its table, or with `--json` the run prints one
+/// JSON document with a member per measurement.
 async fn run(args: Args) {
+    let mut report = serde_json::Map::new();
+    report.insert("backend".into(), format!("{:?}", args.backend).into());
+    report.insert("machine".into(), machine().into());
     if matches!(args.which, Which::All | Which::Recharge | Which::Authorize) {
-        run_rpc(&args).await;
+        report.insert("rpc".into(), run_rpc(&args).await);
     }
     if matches!(args.which, Which::All | Which::Sweep) {
-        run_sweep(&args).await;
+        report.insert("sweep".into(), run_sweep(&args).await);
     }
     if matches!(args.which, Which::All | Which::Webhook) {
-        run_webhook(&args).await;
+        report.insert("webhook".into(), run_webhook(&args).await);
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("JSON report")
+        );
     }
 }
 
-async fn run_webhook(args: &Args) {
+async fn run_webhook(args: &Args) -> serde_json::Value {
     let dir = std::env::temp_dir().join(format!("ocs-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("bench directory");
     let rules = Config::default().rules().expect("default rules");
@@ -575,21 +589,7 @@ async fn run_webhook(args: &Args) {
         f.events as f64 / f.service_s,
     );
     let ratio = service_rate / baseline_rate;
-    if args.json {
-        println!(
-            "{{\"backend\":\"{:?}\",\"webhook\":{{\"events\":{},\"baseline_per_s\":{:.0},\"service_per_s\":{:.0},\"ratio\":{:.3},\"latency_events\":{},\"latency_p50_ms\":{:.1},\"latency_p99_ms\":{:.1},\"latency_max_ms\":{:.1}}},\"machine\":\"{}\"}}",
-            args.backend,
-            f.events,
-            baseline_rate,
-            service_rate,
-            ratio,
-            f.latency_events,
-            f.p50_ms,
-            f.p99_ms,
-            f.max_ms,
-            machine()
-        );
-    } else {
+    if !args.json {
         println!(
             "webhook, backend {:?}: {} events to a local listener; {}",
             args.backend,
@@ -612,10 +612,20 @@ async fn run_webhook(args: &Args) {
             f.latency_events, f.p50_ms, f.p99_ms, f.max_ms
         );
     }
+    serde_json::json!({
+        "events": f.events,
+        "baseline_per_s": baseline_rate.round(),
+        "service_per_s": service_rate.round(),
+        "ratio": ratio,
+        "latency_events": f.latency_events,
+        "latency_p50_ms": f.p50_ms,
+        "latency_p99_ms": f.p99_ms,
+        "latency_max_ms": f.max_ms,
+    })
 }
 
 /// The recharge and authorize measurements against the in-process server.
-async fn run_rpc(args: &Args) {
+async fn run_rpc(args: &Args) -> serde_json::Value {
     let dir = std::env::temp_dir().join(format!("ocs-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("bench directory");
     let url = database_url(args, &dir).await;
@@ -689,38 +699,7 @@ async fn run_rpc(args: &Args) {
     }
 
     let machine = machine();
-    if args.json {
-        let rows: Vec<String> = pairs
-            .iter()
-            .map(|(s, b, goal)| {
-                format!(
-                    "{{\"name\":\"{}\",\"ops\":{},\"rate\":{:.0},\"p50_us\":{},\"p99_us\":{},\
-                     \"baseline\":\"{}\",\"baseline_rate\":{:.0},\"ratio\":{:.3},\"goal_ratio\":{}}}",
-                    s.name, s.ops(), s.rate(), s.percentile_us(0.5), s.percentile_us(0.99), b.name, b.rate(), s.rate() / b.rate(), goal
-                )
-            })
-            .chain(floors.iter().map(|f| {
-                format!(
-                    "{{\"name\":\"{}\",\"ops\":{},\"rate\":{:.0},\"p50_us\":{},\"p99_us\":{}}}",
-                    f.name,
-                    f.ops(),
-                    f.rate(),
-                    f.percentile_us(0.5),
-                    f.percentile_us(0.99)
-                )
-            }))
-            .collect();
-        println!(
-            "{{\"backend\":\"{:?}\",\"accounts\":{},\"clients\":{},\"rounds\":{},\"seconds\":{},\"machine\":\"{}\",\"results\":[{}]}}",
-            args.backend,
-            args.accounts,
-            args.clients,
-            args.rounds,
-            args.seconds,
-            machine,
-            rows.join(",")
-        );
-    } else {
+    if !args.json {
         println!(
             "backend {:?}, {} accounts, {} clients, {} rounds of {} s each; {machine}",
             args.backend, args.accounts, args.clients, args.rounds, args.seconds
@@ -749,9 +728,38 @@ async fn run_rpc(args: &Args) {
             );
         }
     }
+    let latency = |m: &Measured| {
+        serde_json::json!({
+            "name": m.name,
+            "ops": m.ops(),
+            "rate": m.rate().round(),
+            "p50_us": m.percentile_us(0.5),
+            "p99_us": m.percentile_us(0.99),
+        })
+    };
+    let results: Vec<serde_json::Value> = pairs
+        .iter()
+        .map(|(s, b, goal)| {
+            let mut row = latency(s);
+            row["baseline"] = b.name.into();
+            row["baseline_rate"] = b.rate().round().into();
+            row["ratio"] = (s.rate() / b.rate()).into();
+            row["goal_ratio"] = (*goal).into();
+            row
+        })
+        .chain(floors.iter().map(latency))
+        .collect();
+    serde_json::json!({
+        "accounts": args.accounts,
+        "clients": args.clients,
+        "rounds": args.rounds,
+        "seconds": args.seconds,
+        "authorize_cache_ms": args.authorize_cache_ms,
+        "results": results,
+    })
 }
 
-async fn run_sweep(args: &Args) {
+async fn run_sweep(args: &Args) -> serde_json::Value {
     let dir = std::env::temp_dir().join(format!("ocs-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("bench directory");
     let rules = Config::default().rules().expect("default rules");
@@ -777,7 +785,7 @@ async fn run_sweep(args: &Args) {
     let (baseline_s, updated) = sweep_bench::raw_bulk_update(&baseline_url, now).await;
     assert_eq!(updated, due, "the bulk UPDATE touched the due rows");
     let (sweep_s, transitions, zero_due_ms, peak_rss_mib, rss_before_mib) =
-        sweep_bench::sweep(&service_url, now, &rules, args.batch_size).await;
+        sweep_bench::sweep(&service_url, now, args.batch_size).await;
     let f = sweep_bench::SweepFigures {
         accounts: args.sweep_accounts,
         due,
@@ -795,24 +803,7 @@ async fn run_sweep(args: &Args) {
     }
     let _ = std::fs::remove_dir_all(&dir);
     let ratio = f.baseline_s / f.sweep_s;
-    if args.json {
-        println!(
-            "{{\"backend\":\"{:?}\",\"sweep\":{{\"accounts\":{},\"due\":{},\"batch_size\":{},\"generate_s\":{:.2},\"baseline_s\":{:.3},\"sweep_s\":{:.3},\"ratio\":{:.3},\"transitions\":{},\"zero_due_ms\":{:.1},\"peak_rss_mib\":{:.1},\"rss_before_mib\":{:.1}}},\"machine\":\"{}\"}}",
-            args.backend,
-            f.accounts,
-            f.due,
-            args.batch_size,
-            f.generate_s,
-            f.baseline_s,
-            f.sweep_s,
-            ratio,
-            f.transitions,
-            f.zero_due_ms,
-            f.peak_rss_mib,
-            f.rss_before_mib,
-            machine()
-        );
-    } else {
+    if !args.json {
         println!(
             "sweep, backend {:?}: {} accounts, {} due, batches of {}; {}",
             args.backend,
@@ -838,10 +829,23 @@ async fn run_sweep(args: &Args) {
         println!("| sweep throughput ÷ baseline | {ratio:.2} |");
         println!("| sweep with 0 due | {:.1} ms |", f.zero_due_ms);
         println!(
-            "| peak RSS during the sweep | {:.1} MiB (before: {:.1} MiB) |",
+            "| server process RSS: peak (VmHWM) / before the sweep | {:.1} / {:.1} MiB |",
             f.peak_rss_mib, f.rss_before_mib
         );
     }
+    serde_json::json!({
+        "accounts": f.accounts,
+        "due": f.due,
+        "batch_size": args.batch_size,
+        "generate_s": f.generate_s,
+        "baseline_s": f.baseline_s,
+        "sweep_s": f.sweep_s,
+        "ratio": ratio,
+        "transitions": f.transitions,
+        "zero_due_ms": f.zero_due_ms,
+        "server_peak_rss_mib": f.peak_rss_mib,
+        "server_rss_before_mib": f.rss_before_mib,
+    })
 }
 
 fn machine() -> String {

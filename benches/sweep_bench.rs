@@ -3,11 +3,11 @@
 //! database with one `INSERT … SELECT`. Two identical databases are generated: on one the
 //! baseline runs — one raw bulk `UPDATE` of the due rows' state and deadline, committed — and on
 //! the other the service's sweep (`ocs_lifecycle::sweep::run`, batches, history and outbox).
-//! Then a second sweep with nothing due, and the peak RSS of this process during the sweep
-//! (sampled from /proc/self/status every 5 ms).
+//! The service's sweep runs in a server process (`api::serve_on`, started by this binary, the
+//! sweep asked for with `AdvanceStates`); then a second sweep with nothing due, and the server
+//! process's RSS before and at its peak (`VmHWM` in /proc/<pid>/status).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
@@ -185,8 +185,8 @@ pub async fn raw_bulk_update(url: &str, as_of: DateTime<Utc>) -> (f64, u64) {
     (started.elapsed().as_secs_f64(), updated)
 }
 
-fn rss_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -196,57 +196,120 @@ fn rss_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs the service's sweep on `url` and a 0-due sweep after it; samples the RSS meanwhile.
-pub async fn sweep(
-    url: &str,
-    as_of: DateTime<Utc>,
-    rules: &Rules,
-    batch_size: u32,
-) -> (f64, u64, f64, f64, f64) {
-    let store = ocs_lifecycle::store::connect(
-        url,
-        4,
-        ocs_lifecycle::store::DEFAULT_ACQUIRE_TIMEOUT,
-        Arc::new(rules.clone()),
-    )
-    .await
-    .expect("store");
-    let before = rss_kib("VmRSS:");
-    let peak = Arc::new(AtomicU64::new(before));
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (peak, stop) = (peak.clone(), stop.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                peak.fetch_max(rss_kib("VmRSS:"), Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+/// The environment variable that turns `ocs-bench` into the server process of the sweep
+/// measurement; its value is the database URL.
+pub const SERVER_CHILD_ENV: &str = "OCS_BENCH_SERVER_DATABASE_URL";
+
+/// The server process: `api::serve_on` (the code `ocs-lifecycle serve` runs) on the database
+/// in [`SERVER_CHILD_ENV`], no scheduler, no operations endpoint; prints its gRPC port on
+/// stdout and stops when its stdin closes (so it never outlives the benchmark).
+pub fn server_child(url: String, batch_size: u32) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let config = ocs_lifecycle::config::Config {
+            database_url: url,
+            http_addr: None,
+            sweep: ocs_lifecycle::config::SweepConfig {
+                batch_size,
+                scheduler: false,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        println!("port={}", listener.local_addr().expect("addr").port());
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let stop = shutdown.clone();
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            stop.cancel();
+        });
+        ocs_lifecycle::api::serve_on(config, listener, shutdown)
+            .await
+            .expect("serve");
+    });
+}
+
+/// Runs the service's sweep on `url` in a server process (this binary as [`server_child`])
+/// through `AdvanceStates`, then a 0-due sweep; reads the process's RSS before and its peak
+/// (`VmHWM`) after, from /proc.
+pub async fn sweep(url: &str, as_of: DateTime<Utc>, batch_size: u32) -> (f64, u64, f64, f64, f64) {
+    use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().expect("own path"))
+        .env(SERVER_CHILD_ENV, url)
+        .arg("--batch-size")
+        .arg(batch_size.to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the server process");
+    let pid = child.id();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the server's port");
+    let port: u16 = line
+        .trim()
+        .strip_prefix("port=")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("the server printed {line:?}, not its port"));
+    let mut api = loop {
+        match AccountLifecycleClient::connect(format!("http://127.0.0.1:{port}")).await {
+            Ok(api) => break api,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    // Ready once migrations ran (requests before that answer UNAVAILABLE).
+    while api
+        .get_account(ocs_lifecycle::proto::GetAccountRequest {
+            msisdn: "8613100000000".into(),
         })
+        .await
+        .is_err_and(|s| s.code() == tonic::Code::Unavailable)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = rss_kib(pid, "VmRSS:");
+    let request = || ocs_lifecycle::proto::AdvanceStatesRequest {
+        as_of: Some(prost_types::Timestamp {
+            seconds: as_of.timestamp(),
+            nanos: 0,
+        }),
+        dry_run: false,
     };
     let started = Instant::now();
-    let (_, report) = ocs_lifecycle::sweep::run(&*store, batch_size, Some(as_of), as_of, false)
+    let report = api
+        .advance_states(request())
         .await
-        .expect("sweep");
+        .expect("sweep")
+        .into_inner();
     let sweep_s = started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    let _ = sampler.await;
-    let c = &report.counts;
-    let transitions =
-        c.to_grace + c.to_locked + c.to_recycled_from_locked + c.to_recycled_unactivated;
+    let transitions = report.to_grace
+        + report.to_locked
+        + report.to_recycled_from_locked
+        + report.to_recycled_unactivated;
     let started = Instant::now();
-    let (_, again) = ocs_lifecycle::sweep::run(&*store, batch_size, Some(as_of), as_of, false)
+    let again = api
+        .advance_states(request())
         .await
-        .expect("sweep");
+        .expect("sweep")
+        .into_inner();
     let zero_due_ms = started.elapsed().as_secs_f64() * 1000.0;
-    assert_eq!(
-        again.counts.examined, 0,
-        "the second sweep found due accounts"
-    );
+    assert_eq!(again.examined, 0, "the second sweep found due accounts");
+    let peak = rss_kib(pid, "VmHWM:");
+    drop(child.stdin.take());
+    let _ = child.wait();
     (
         sweep_s,
         transitions,
         zero_due_ms,
-        peak.load(Ordering::Relaxed) as f64 / 1024.0,
+        peak as f64 / 1024.0,
         before as f64 / 1024.0,
     )
 }

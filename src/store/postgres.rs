@@ -98,6 +98,9 @@ impl PostgresStore {
     /// The last pass waits for the rows skipped above; a row another transaction advanced
     /// meanwhile no longer matches and is left out.
     const CLAIM_DUE_WAITING: &'static str = " FOR UPDATE";
+    /// Batches claimed and written at once by one sweep (1 or 2): two overlap one batch's
+    /// round trips and commit with the other's work (measured in BENCHMARKS.md).
+    const SWEEP_WORKERS: usize = 2;
 
     async fn begin_sweep_batch(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
         self.pool.begin().await

@@ -47,7 +47,7 @@ pub fn record_transitions(
         }
         let event = |event_type| OutboxEvent {
             sequence: 0,
-            event_id: uuid::Uuid::new_v4().to_string(),
+            event_id: new_event_id(),
             event_type,
             msisdn: account.msisdn.clone(),
             account_id: account.account_id.clone(),
@@ -74,7 +74,7 @@ pub fn expiring_event(
 ) -> OutboxEvent {
     OutboxEvent {
         sequence: 0,
-        event_id: uuid::Uuid::new_v4().to_string(),
+        event_id: new_event_id(),
         event_type: EventType::ValidityExpiring,
         msisdn: account.msisdn.clone(),
         account_id: account.account_id.clone(),
@@ -153,4 +153,11 @@ pub struct SweepReport {
     pub recycled_msisdns: Vec<String>,
     /// The `sweep_runs` row of a real run; `None` for a dry run (which writes nothing).
     pub run_id: Option<i64>,
+}
+
+/// A new event id: a UUID (spec: `event_id` is a UUID string), version 7 — time-ordered, so the
+/// unique index on `outbox.event_id` grows at its right edge like the sequence does instead of
+/// taking every insert at a random page (measured on the sweep: see BENCHMARKS.md).
+pub fn new_event_id() -> String {
+    uuid::Uuid::now_v7().to_string()
 }

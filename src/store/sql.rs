@@ -172,35 +172,67 @@ macro_rules! impl_account_store {
                 .bind(false)
                 .fetch_one(self.write_pool())
                 .await?;
-                let mut counts = $crate::store::SweepCounts::default();
                 let started = std::time::Instant::now();
-                let mut last_report = started;
-                let outcome: Result<(), $crate::store::StoreError> = async {
-                    // First the rows nobody holds; then, waiting for their locks, the rows
-                    // skipped because a request or another sweep held them (those are usually
-                    // done by then: the lock holder advanced them, and they no longer match).
-                    for claim in [Self::CLAIM_DUE, Self::CLAIM_DUE_WAITING] {
+                let progress = std::sync::Mutex::new((
+                    $crate::store::SweepCounts::default(),
+                    started,
+                ));
+                // Set when a batch fails: the other workers finish the batch they hold (it
+                // commits and is counted) and start no new one.
+                let failed = std::sync::atomic::AtomicBool::new(false);
+                // Claims and writes batches with `claim` until a batch comes back short.
+                let drain = |claim: &'static str| {
+                    let (progress, request, failed) = (&progress, &request, &failed);
+                    async move {
                         loop {
-                            let mut tx = self.begin_sweep_batch().await?;
-                            let (claimed, batch) =
-                                sweep_batch_in(&mut tx, self.rules(), claim, &request).await?;
-                            tx.commit().await?;
+                            if failed.load(std::sync::atomic::Ordering::Acquire) {
+                                return Ok(());
+                            }
+                            let batch = async {
+                                let mut tx = self.begin_sweep_batch().await?;
+                                let done =
+                                    sweep_batch_in(&mut tx, self.rules(), claim, request).await?;
+                                tx.commit().await?;
+                                Ok::<_, $crate::store::StoreError>(done)
+                            }
+                            .await;
+                            let (claimed, batch) = batch.inspect_err(|_| {
+                                failed.store(true, std::sync::atomic::Ordering::Release);
+                            })?;
+                            let mut progress = progress.lock().unwrap_or_else(|e| e.into_inner());
+                            let (counts, last_report) = &mut *progress;
                             counts.add(&batch);
                             tracing::debug!(run_id, claimed, examined = counts.examined, "sweep batch committed");
                             // A long sweep reports its progress every ten seconds.
                             if last_report.elapsed() >= std::time::Duration::from_secs(10) {
-                                last_report = std::time::Instant::now();
+                                *last_report = std::time::Instant::now();
                                 let rate = counts.examined as f64 / started.elapsed().as_secs_f64();
                                 tracing::info!(run_id, examined = counts.examined, accounts_per_s = rate as u64, "sweep in progress");
                             }
                             if claimed < request.batch_size as usize {
-                                break;
+                                return Ok::<(), $crate::store::StoreError>(());
                             }
                         }
                     }
-                    Ok(())
+                };
+                let outcome: Result<(), $crate::store::StoreError> = async {
+                    // First the rows nobody holds, by `SWEEP_WORKERS` batches at once where
+                    // the claim skips rows another transaction holds (one batch's database
+                    // work and commit overlap the other's reading and deciding); then,
+                    // waiting for their locks, the rows skipped because a request or another
+                    // sweep held them (those are usually done by then: the lock holder
+                    // advanced them, and they no longer match).
+                    if Self::SWEEP_WORKERS > 1 {
+                        let (first, second) =
+                            tokio::join!(drain(Self::CLAIM_DUE), drain(Self::CLAIM_DUE));
+                        first.and(second)?;
+                    } else {
+                        drain(Self::CLAIM_DUE).await?;
+                    }
+                    drain(Self::CLAIM_DUE_WAITING).await
                 }
                 .await;
+                let counts = progress.into_inner().unwrap_or_else(|e| e.into_inner()).0;
                 let (status, error) = match &outcome {
                     Ok(()) => ("succeeded", None),
                     Err(e) => ("failed", Some(e.to_string())),

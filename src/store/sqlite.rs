@@ -135,6 +135,8 @@ impl SqliteStore {
     const CLAIM_DUE: &'static str = "";
     /// Nothing was skipped: the last pass finds no due row.
     const CLAIM_DUE_WAITING: &'static str = "";
+    /// One batch at a time: the database has one writer.
+    const SWEEP_WORKERS: usize = 1;
 
     /// A sweep batch takes the write connection (the pool has exactly one) under
     /// `BEGIN IMMEDIATE`: the writer task waits for it, so the batch and the group commits
