@@ -7,7 +7,12 @@
 //! - Storage not writable: the file-size limit of a running `serve` (`RLIMIT_FSIZE`, set with
 //!   `prlimit`) is put to 0, so every `write(2)` to its database files fails with EFBIG as on
 //!   a full disk — a mechanism that also stops root (the tests may run as root, where a
-//!   read-only file mode does not), then lifted again.
+//!   read-only file mode does not), then lifted again; gRPC health and `/readyz` follow.
+//! - PostgreSQL stopped for real (`pg_ctl stop -m fast`, then `-m immediate`) and started again
+//!   under a real `serve` and recharge load: a private cluster of the test
+//!   (`common::pg_cluster`), never the shared server.
+//! - `serve` killed with SIGKILL while webhook deliveries are in flight, then restarted on the
+//!   same database (SQLite and the shared PostgreSQL).
 //!
 //! No test asserts on elapsed time; every wait has a generous safety bound.
 
