@@ -73,8 +73,16 @@ impl PostgresStore {
         let result = apply_in(&mut tx, &self.rules, Self::LOCK_ROW, msisdn, key, decide).await;
         match &result {
             Ok(Committed::Applied(_)) => tx.commit().await?,
-            // Nothing was written, or an error left writes to undo.
-            _ => tx.rollback().await?,
+            // Nothing was written.
+            Ok(_) => tx.rollback().await?,
+            // An error left writes to undo. The error is what the caller is told: when it broke
+            // the session (the server ended it, 57P01), the rollback fails too, with a bare
+            // end-of-file that would hide why.
+            Err(_) => {
+                if let Err(e) = tx.rollback().await {
+                    tracing::debug!(error = %e, "rollback after a failed statement failed");
+                }
+            }
         }
         result
     }
