@@ -4,6 +4,7 @@
 //! stops with it.
 
 mod accounts;
+pub mod codec;
 pub mod convert;
 mod dead_letters;
 mod events;
