@@ -258,6 +258,28 @@ fn mutated_encoding() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
+/// A valid `RechargeRequest` encoding with any field values: it decodes as the request of
+/// Recharge and of several other methods (whose fields have the same numbers and wire types).
+fn any_recharge_encoding() -> impl Strategy<Value = Vec<u8>> {
+    (
+        any::<String>(),
+        any::<i64>(),
+        any::<i32>(),
+        any::<u32>(),
+        any::<String>(),
+    )
+        .prop_map(|(msisdn, amount, channel, validity_days, request_id)| {
+            RechargeRequest {
+                msisdn,
+                amount,
+                channel,
+                validity_days,
+                request_id,
+            }
+            .encode_to_vec()
+        })
+}
+
 #[test]
 fn random_and_mutated_protobuf_bytes_are_answered_without_a_write_on_rejection() {
     let Some(fixture) = Fixture::start() else {
@@ -266,6 +288,7 @@ fn random_and_mutated_protobuf_bytes_are_answered_without_a_write_on_rejection()
     let bodies = prop_oneof![
         prop::collection::vec(any::<u8>(), 0..256),
         mutated_encoding(),
+        any_recharge_encoding(),
     ];
     let undecodable_bodies = AtomicUsize::new(0);
     let decodable_bodies = AtomicUsize::new(0);
