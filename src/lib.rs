@@ -26,7 +26,10 @@ pub mod sweep;
 
 pub mod proto {
     #![allow(clippy::all)]
+    // The messages and the servers (with `crate::api::codec::RequestCodec`, see build.rs).
     tonic::include_proto!("ocs.lifecycle.v1");
+    // The clients, generated apart with tonic-prost's own codec.
+    include!(concat!(env!("OUT_DIR"), "/clients/ocs.lifecycle.v1.rs"));
 
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("ocs_lifecycle_descriptor");

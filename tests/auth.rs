@@ -805,6 +805,91 @@ async fn with_tokens_or_insecure_any_address_is_served() {
     assert_eq!(serve_on_all_interfaces(insecure).await, Ok(()));
 }
 
+#[tokio::test]
+async fn without_tokens_a_non_loopback_http_addr_needs_insecure() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let database = dir.path().join("never.db");
+    let mut config = test_config(ClockMode::System);
+    config.database_url = format!("sqlite://{}", database.display());
+    config.http_addr = Some("0.0.0.0:0".parse().expect("address"));
+    let refused = tokio::time::timeout(
+        SAFETY,
+        ocs_lifecycle::api::serve(config, CancellationToken::new()),
+    )
+    .await
+    .expect("refused at once")
+    .expect_err("no tokens, no --insecure, http_addr 0.0.0.0");
+    let message = refused.to_string();
+    assert!(
+        message.contains("http_addr") && message.contains("--insecure"),
+        "{message}"
+    );
+    assert!(!database.exists(), "a refused start touched the database");
+}
+
+/// Serves `config` with gRPC on loopback and the operations endpoint on 0.0.0.0:<ephemeral>;
+/// when it starts, checks `/healthz` over loopback.
+async fn serve_http_on_all_interfaces(config: Config) -> Result<(), String> {
+    let db = TestDb::create(Backend::Sqlite).await.expect("SQLite");
+    let mut config = config;
+    config.database_url = db.url.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let http = tokio::net::TcpListener::bind("0.0.0.0:0")
+        .await
+        .expect("bind 0.0.0.0");
+    let port = http.local_addr().expect("address").port();
+    let shutdown = CancellationToken::new();
+    let mut handle = tokio::spawn(ocs_lifecycle::api::serve_with_listeners(
+        config,
+        listener,
+        Some(http),
+        shutdown.clone(),
+    ));
+    let healthz = format!("http://127.0.0.1:{port}/healthz");
+    let deadline = tokio::time::Instant::now() + SAFETY;
+    loop {
+        tokio::select! {
+            finished = &mut handle => {
+                return Err(finished.expect("server task").expect_err("stopped").to_string());
+            }
+            answer = reqwest::get(&healthz) => {
+                if answer.is_ok_and(|r| r.status().is_success()) {
+                    break;
+                }
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/healthz never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    tokio::time::timeout(SAFETY, handle)
+        .await
+        .expect("stopped in time")
+        .expect("server task")
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn with_tokens_or_insecure_the_operations_endpoint_may_listen_on_any_address() {
+    let refused = serve_http_on_all_interfaces(test_config(ClockMode::System)).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("http_addr") && e.contains("--insecure")),
+        "{refused:?}"
+    );
+    let with_tokens = serve_http_on_all_interfaces(auth_config(ClockMode::System)).await;
+    assert_eq!(with_tokens, Ok(()));
+    let mut insecure = test_config(ClockMode::System);
+    insecure.insecure = true;
+    assert_eq!(serve_http_on_all_interfaces(insecure).await, Ok(()));
+}
+
 // ---- the real binary -----------------------------------------------------------------------
 
 const BIN: &str = env!("CARGO_BIN_EXE_ocs-lifecycle");

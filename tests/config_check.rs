@@ -148,6 +148,7 @@ fn each_bad_key_is_one_line_naming_it_and_exit_code_2() {
         ("database_url = \"mysql://db/ocs\"\n".into(), "database_url"),
         ("listen = \"0.0.0.0:50051\"\n".into(), "listen"),
         ("http_addr = \"nowhere\"\n".into(), "http_addr"),
+        ("http_addr = \"0.0.0.0:9464\"\n".into(), "http_addr"),
         (
             "[bss]\nwebhook_url = \"http://127.0.0.1:9/hook\"\n".into(),
             "bss.webhook_secret",

@@ -1,6 +1,8 @@
 //! The operations dashboard of a real server: its store queries on SQLite and PostgreSQL,
 //! `GET /api/dashboard` after real gRPC requests, clock moves and scheduled sweeps, and the page
-//! `GET /` rendered by a real headless Chromium (`--dump-dom`), checked for the numbers.
+//! `GET /` rendered by a real headless Chromium (`--dump-dom`), checked for the numbers; with
+//! bearer tokens configured, the data needs an admin or bss token (401/403 otherwise) while
+//! the page and the probes stay open, and the page sends the token of its `#token=` fragment.
 //!
 //! Chromium: `chromium` on the PATH, or the program `OCS_CHROMIUM` names. Without it the
 //! browser test prints `SKIPPED: chromium not found` and passes, unless `CI=true`, where it
@@ -21,7 +23,8 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, Utc};
 use common::{Backend, TestDb, TestServer, activate, provision, rid};
 use hook::{Hook, Policy};
-use ocs_lifecycle::config::{BssConfig, ClockMode, Config};
+use ocs_lifecycle::auth::{Role, token_sha256};
+use ocs_lifecycle::config::{BssConfig, ClockMode, Config, TokenEntry};
 use ocs_lifecycle::lifecycle::Rules;
 use ocs_lifecycle::proto;
 use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
@@ -513,19 +516,7 @@ fn recycle_bar<'a>(dom: &'a str, date: &str) -> &'a str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_renders_the_numbers_in_a_real_browser() {
-    let Some(chromium) = find_chromium() else {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!(
-                "CI=true but chromium was not found (apt-get install -y chromium, or set OCS_CHROMIUM)"
-            );
-        }
-        // Written to the process's stderr directly: libtest captures `eprintln!` of passing
-        // tests, and a skip must be visible in the run's output.
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: chromium not found (install it, or set OCS_CHROMIUM)"
-        );
+    let Some(chromium) = chromium_or_skip() else {
         return;
     };
     let db = TestDb::create(Backend::Sqlite).await.expect("SQLite");
@@ -614,5 +605,187 @@ async fn the_page_renders_the_numbers_in_a_real_browser() {
         .await;
         assert!(path.is_file(), "no screenshot at {}", path.display());
     }
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// With bearer tokens configured.
+
+const BILLING: &str = "ocs_test-billing-token";
+const HALL: &str = "ocs_test-business-hall-token";
+const BSS: &str = "ocs_test-bss-token";
+const ADMIN: &str = "ocs_test-admin-token";
+
+/// A manual-clock server with one token per role, on a fresh SQLite database.
+async fn server_with_tokens() -> TestServer {
+    let mut config = common::test_config(ClockMode::Manual);
+    config.auth.tokens = [
+        (BILLING, "billing-gw", Role::Billing),
+        (HALL, "hall-7", Role::BusinessHall),
+        (BSS, "bss-1", Role::Bss),
+        (ADMIN, "ops", Role::Admin),
+    ]
+    .into_iter()
+    .map(|(token, name, role)| TokenEntry {
+        name: name.into(),
+        role,
+        sha256: token_sha256(token),
+    })
+    .collect();
+    let db = TestDb::create(Backend::Sqlite).await.expect("SQLite");
+    TestServer::start_with(db, config).await
+}
+
+/// GET `url` with `authorization` as the header: (status, WWW-Authenticate, body).
+async fn get_authorized(url: &str, authorization: Option<&str>) -> (u16, String, String) {
+    let mut request = reqwest::Client::new().get(url);
+    if let Some(value) = authorization {
+        request = request.header(reqwest::header::AUTHORIZATION, value);
+    }
+    let response = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = response.status().as_u16();
+    let challenge = response
+        .headers()
+        .get(reqwest::header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (status, challenge, response.text().await.expect("body"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tokens_the_data_needs_an_admin_or_bss_token_and_the_page_and_probes_stay_open() {
+    let server = server_with_tokens().await;
+    let data = server.http_url("/api/dashboard");
+    let refusals = [
+        (None, 401, "TOKEN_MISSING"),
+        (
+            Some("Basic dXNlcjpwdw==".to_owned()),
+            401,
+            "TOKEN_MALFORMED",
+        ),
+        (
+            Some("Bearer ocs_test-unknown".to_owned()),
+            401,
+            "TOKEN_INVALID",
+        ),
+        (Some(format!("Bearer {BILLING}")), 403, "ROLE_NOT_ALLOWED"),
+        (Some(format!("Bearer {HALL}")), 403, "ROLE_NOT_ALLOWED"),
+    ];
+    for (authorization, expected, reason) in refusals {
+        let (status, challenge, body) = get_authorized(&data, authorization.as_deref()).await;
+        assert_eq!(status, expected, "{authorization:?}: {body}");
+        let json: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        assert_eq!(json["reason"], reason, "{authorization:?}: {body}");
+        assert!(
+            json["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{body}"
+        );
+        assert!(
+            json.get("accounts").is_none(),
+            "no data in a refusal: {body}"
+        );
+        let expected_challenge = if expected == 401 {
+            "Bearer realm=\"ocs-lifecycle\""
+        } else {
+            ""
+        };
+        assert_eq!(challenge, expected_challenge, "{authorization:?}");
+    }
+    for token in [ADMIN, BSS] {
+        let (status, _, body) = get_authorized(&data, Some(&format!("Bearer {token}"))).await;
+        assert_eq!(status, 200, "{token}: {body}");
+        let json: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        assert_eq!(json["accounts"].as_array().map(Vec::len), Some(5), "{body}");
+    }
+    // The page is static code without data; the probes and the metrics need no token.
+    let (status, _, page) = get_authorized(&server.http_url("/"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(page, ocs_lifecycle::ops::dashboard::PAGE);
+    for (path, starts_with) in [
+        ("/healthz", "ok"),
+        ("/readyz", "ready"),
+        ("/metrics", "# HELP"),
+    ] {
+        let (status, _, body) = get_authorized(&server.http_url(path), None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(body.starts_with(starts_with), "{path}: {body}");
+    }
+    server.stop().await;
+}
+
+/// Chromium, or `None` after printing `SKIPPED` (a failure with `CI=true`).
+fn chromium_or_skip() -> Option<PathBuf> {
+    let found = find_chromium();
+    if found.is_none() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!(
+                "CI=true but chromium was not found (apt-get install -y chromium, or set OCS_CHROMIUM)"
+            );
+        }
+        // Written to the process's stderr directly: libtest captures `eprintln!` of passing
+        // tests, and a skip must be visible in the run's output.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: chromium not found (install it, or set OCS_CHROMIUM)"
+        );
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_sends_the_token_of_its_fragment_and_asks_for_one_without() {
+    let Some(chromium) = chromium_or_skip() else {
+        return;
+    };
+    let server = server_with_tokens().await;
+    let mut request = tonic::Request::new(proto::ProvisionAccountRequest {
+        msisdn: "8613900000042".into(),
+        sold: true,
+        request_id: rid(),
+        ..Default::default()
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {ADMIN}").parse().expect("metadata"),
+    );
+    server
+        .accounts()
+        .provision_account(request)
+        .await
+        .expect("provision");
+    let dump = |url: String| {
+        run_chromium(
+            chromium.clone(),
+            vec!["--virtual-time-budget=5000".into(), "--dump-dom".into()],
+            url,
+        )
+    };
+
+    let dom = dump(server.http_url(&format!("/#token={BSS}"))).await;
+    assert!(dom.contains("data-loaded=\"true\""), "not loaded:\n{dom}");
+    assert_eq!(text_after(&dom, "id=\"state-UNACTIVATED\""), "1");
+    assert!(dom.contains("<form id=\"login\" hidden"), "{dom}");
+    assert!(!dom.contains(BSS), "the token is not in the page");
+
+    let dom = dump(server.http_url("/")).await;
+    assert!(!dom.contains("data-loaded"), "{dom}");
+    assert!(dom.contains("data-auth=\"TOKEN_MISSING\""), "{dom}");
+    assert!(
+        !dom.contains("<form id=\"login\" hidden"),
+        "the form is shown: {dom}"
+    );
+    assert!(
+        text_after(&dom, "id=\"error\"").contains("bearer token"),
+        "{dom}"
+    );
+
+    let dom = dump(server.http_url(&format!("/#token={BILLING}"))).await;
+    assert!(!dom.contains("data-loaded"), "{dom}");
+    assert!(dom.contains("data-auth=\"ROLE_NOT_ALLOWED\""), "{dom}");
     server.stop().await;
 }

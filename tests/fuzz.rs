@@ -2,7 +2,9 @@
 //!
 //! - raw protobuf bytes (random, and mutations of valid encodings) as the body of every
 //!   `AccountLifecycle` unary method, through a real server: it answers, never INTERNAL or
-//!   UNKNOWN (a handler panic), keeps serving, and a rejected request writes nothing;
+//!   UNKNOWN (a handler panic), a body that is not a message of the method's request type is
+//!   INVALID_ARGUMENT (MALFORMED_REQUEST), it keeps serving, and a rejected request writes
+//!   nothing;
 //! - hostile request fields (unicode, huge and malformed MSISDNs, i64 extremes, negative and
 //!   huge days, unknown enum numbers, request_id edge cases, messages over the 4 MB limit);
 //! - the lifecycle core on hostile dates: year boundaries, the end of the calendar
@@ -16,16 +18,20 @@
 mod common;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{Buf, BufMut};
 use chrono::{DateTime, Days, NaiveDate, NaiveTime, TimeZone, Utc};
 use common::{Backend, TestServer};
 use http::uri::PathAndQuery;
+use ocs_lifecycle::api::codec::MALFORMED_REQUEST;
 use ocs_lifecycle::lifecycle::{
     self, AccountState, Command, Msisdn, ProvisionParams, RechargeChannel, Rules,
 };
 use ocs_lifecycle::proto::{
-    ActivateRequest, GetAccountRequest, ProvisionAccountRequest, RechargeRequest,
+    ActivateRequest, AdvanceStatesRequest, AuthorizeRequest, ChargeRequest,
+    GetAccountHistoryRequest, GetAccountRequest, ListAccountsRequest, MarkSoldRequest,
+    ProvisionAccountRequest, RechargeRequest, UnlockRequest,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
@@ -88,6 +94,25 @@ const METHODS: [&str; 11] = [
     "Authorize",
     "AdvanceStates",
 ];
+
+/// Whether `body` decodes as the request message of `method` (what the server's codec does
+/// before any handler runs).
+fn decodes_as_request_of(method: &str, body: &[u8]) -> bool {
+    match method {
+        "ProvisionAccount" => ProvisionAccountRequest::decode(body).is_ok(),
+        "MarkSold" => MarkSoldRequest::decode(body).is_ok(),
+        "Activate" => ActivateRequest::decode(body).is_ok(),
+        "Recharge" => RechargeRequest::decode(body).is_ok(),
+        "Charge" => ChargeRequest::decode(body).is_ok(),
+        "Unlock" => UnlockRequest::decode(body).is_ok(),
+        "GetAccount" => GetAccountRequest::decode(body).is_ok(),
+        "ListAccounts" => ListAccountsRequest::decode(body).is_ok(),
+        "GetAccountHistory" => GetAccountHistoryRequest::decode(body).is_ok(),
+        "Authorize" => AuthorizeRequest::decode(body).is_ok(),
+        "AdvanceStates" => AdvanceStatesRequest::decode(body).is_ok(),
+        other => panic!("no request type known for {other}"),
+    }
+}
 
 async fn call_raw(channel: &Channel, method: &str, body: Vec<u8>) -> Result<Vec<u8>, Status> {
     let mut grpc = tonic::client::Grpc::new(channel.clone());
@@ -156,15 +181,8 @@ impl Fixture {
             let before = db.snapshot(MSISDN).await;
             let answer = request.await;
             if let Err(status) = &answer {
-                // A body that is not a protobuf message: tonic answers INTERNAL, as the gRPC
-                // status code table prescribes for "error parsing request proto"; the handler
-                // never runs.
-                let undecodable = status.code() == Code::Internal
-                    && status
-                        .message()
-                        .starts_with("failed to decode Protobuf message");
                 prop_assert!(
-                    allowed.contains(&status.code()) || undecodable,
+                    allowed.contains(&status.code()),
                     "{what}: unexpected {status:?}"
                 );
                 prop_assert_eq!(
@@ -187,8 +205,9 @@ impl Fixture {
     }
 }
 
-/// What a bad request may be answered with: never INTERNAL, UNKNOWN (a handler panic) or
-/// UNAVAILABLE (a dropped connection).
+/// What a bad request may be answered with: never INTERNAL (also not for a body that is not a
+/// protobuf message: that is the caller's bad input), UNKNOWN (a handler panic) or UNAVAILABLE
+/// (a dropped connection).
 const REJECTIONS: [Code; 6] = [
     Code::InvalidArgument,
     Code::NotFound,
@@ -239,6 +258,28 @@ fn mutated_encoding() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
+/// A valid `RechargeRequest` encoding with any field values: it decodes as the request of
+/// Recharge and of several other methods (whose fields have the same numbers and wire types).
+fn any_recharge_encoding() -> impl Strategy<Value = Vec<u8>> {
+    (
+        any::<String>(),
+        any::<i64>(),
+        any::<i32>(),
+        any::<u32>(),
+        any::<String>(),
+    )
+        .prop_map(|(msisdn, amount, channel, validity_days, request_id)| {
+            RechargeRequest {
+                msisdn,
+                amount,
+                channel,
+                validity_days,
+                request_id,
+            }
+            .encode_to_vec()
+        })
+}
+
 #[test]
 fn random_and_mutated_protobuf_bytes_are_answered_without_a_write_on_rejection() {
     let Some(fixture) = Fixture::start() else {
@@ -247,19 +288,74 @@ fn random_and_mutated_protobuf_bytes_are_answered_without_a_write_on_rejection()
     let bodies = prop_oneof![
         prop::collection::vec(any::<u8>(), 0..256),
         mutated_encoding(),
+        any_recharge_encoding(),
     ];
+    let undecodable_bodies = AtomicUsize::new(0);
+    let decodable_bodies = AtomicUsize::new(0);
     let mut runner = TestRunner::new(cases(160));
     runner
         .run(&(0..METHODS.len(), bodies), |(method, body)| {
             let channel = fixture.server.channel();
             let name = METHODS[method];
+            let what = format!("{name} {body:02x?}");
+            if decodes_as_request_of(name, &body) {
+                decodable_bodies.fetch_add(1, Ordering::Relaxed);
+                return fixture.check(&what, call_raw(&channel, name, body.clone()), &REJECTIONS);
+            }
+            // Not a message of the request type: INVALID_ARGUMENT MALFORMED_REQUEST, from the
+            // server's codec before any handler runs.
+            undecodable_bodies.fetch_add(1, Ordering::Relaxed);
             fixture.check(
-                &format!("{name} {body:02x?}"),
-                call_raw(&channel, name, body.clone()),
-                &REJECTIONS,
+                &what,
+                async {
+                    let status = call_raw(&channel, name, body.clone())
+                        .await
+                        .expect_err("an undecodable body is refused");
+                    assert_eq!(
+                        (status.code(), common::reason(&status)),
+                        (Code::InvalidArgument, MALFORMED_REQUEST.to_owned()),
+                        "{what}: {status:?}"
+                    );
+                    Err::<(), _>(status)
+                },
+                &[Code::InvalidArgument],
             )
         })
         .unwrap_or_else(|e| panic!("{e}"));
+    // Both kinds were sent (a mutated encoding often still decodes).
+    let (undecodable, decodable) = (
+        undecodable_bodies.into_inner(),
+        decodable_bodies.into_inner(),
+    );
+    assert!(
+        undecodable >= 5 && decodable >= 5,
+        "undecodable {undecodable}, decodable {decodable}"
+    );
+}
+
+#[test]
+fn an_undecodable_body_is_invalid_argument_malformed_request_on_every_method() {
+    let Some(fixture) = Fixture::start() else {
+        return;
+    };
+    // Field 1 (a string in every request) 5 bytes long with 1 present; and a string field
+    // that is not UTF-8.
+    for body in [vec![0x0a, 0x05, b'8'], vec![0x0a, 0x02, 0xff, 0xfe]] {
+        for name in METHODS {
+            assert!(!decodes_as_request_of(name, &body), "{name} {body:02x?}");
+            let channel = fixture.server.channel();
+            let status = fixture
+                .runtime
+                .block_on(call_raw(&channel, name, body.clone()))
+                .expect_err("refused");
+            assert_eq!(status.code(), Code::InvalidArgument, "{name}: {status:?}");
+            assert_eq!(common::reason(&status), MALFORMED_REQUEST, "{name}");
+            assert!(
+                status.message().contains("not a valid protobuf message"),
+                "{name}: {status:?}"
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -416,13 +512,12 @@ fn ten_megabyte_fields_are_refused_and_write_nothing() {
         assert_eq!(db.snapshot(MSISDN).await, before, "nothing written");
         status
     });
+    // Tonic's size limit, before any decoder: not the codec's MALFORMED_REQUEST.
     assert!(
-        matches!(
-            status.code(),
-            Code::ResourceExhausted | Code::OutOfRange | Code::InvalidArgument
-        ),
+        matches!(status.code(), Code::ResourceExhausted | Code::OutOfRange),
         "{status:?}"
     );
+    assert_ne!(common::reason(&status), MALFORMED_REQUEST, "{status:?}");
     // Under the limit (3 MB) but not an MSISDN / not a request_id: INVALID_ARGUMENT.
     let three_mb = "8".repeat(3 * 1024 * 1024);
     for request in [

@@ -568,6 +568,7 @@ async fn readyz_is_503_with_a_reason_until_the_migrations_ran(db: Arc<TestDb>) {
         ready: ready.clone(),
         storage_writable: Arc::new(AtomicBool::new(true)),
         dashboard: Arc::new(ocs_lifecycle::ops::Dashboard::new(rules, None)),
+        authenticator: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

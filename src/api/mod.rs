@@ -4,6 +4,7 @@
 //! stops with it.
 
 mod accounts;
+pub mod codec;
 pub mod convert;
 mod dead_letters;
 mod events;
@@ -63,6 +64,9 @@ const SERVICE_NAMES: [&str; 3] = [
 /// Binds `config.listen` and serves until `shutdown` is cancelled.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
     check_exposure(&config, config.listen)?;
+    if let Some(addr) = config.http_addr {
+        check_http_exposure(&config, addr)?;
+    }
     let listener = bind(config.listen).await?;
     let http = match config.http_addr {
         Some(addr) => Some(bind(addr).await?),
@@ -85,6 +89,20 @@ fn check_exposure(config: &Config, addr: SocketAddr) -> Result<(), ServeError> {
             "no tokens are configured ([[auth.tokens]]), so authentication is off and the \
              server binds loopback only; {addr} is not a loopback address (configure tokens, \
              or pass --insecure to serve it without authentication)"
+        )));
+    }
+    Ok(())
+}
+
+/// The operations endpoint likewise: without tokens the dashboard's data is open to whoever
+/// reaches it, so `http_addr` keeps to loopback unless `--insecure`.
+fn check_http_exposure(config: &Config, addr: SocketAddr) -> Result<(), ServeError> {
+    if !config.auth.enabled() && !addr.ip().is_loopback() && !config.insecure {
+        return Err(ServeError::Other(format!(
+            "no tokens are configured ([[auth.tokens]]), so the operations endpoint's dashboard \
+             data has no authentication and http_addr binds loopback only; {addr} is not a \
+             loopback address (configure tokens, pass --insecure to serve it without \
+             authentication, or --http-addr off)"
         )));
     }
     Ok(())
@@ -118,6 +136,16 @@ pub async fn serve_with_listeners(
         .local_addr()
         .map_err(|e| ServeError::Other(e.to_string()))?;
     check_exposure(&config, addr)?;
+    let http_addr = match &http {
+        Some(http) => Some(
+            http.local_addr()
+                .map_err(|e| ServeError::Other(e.to_string()))?,
+        ),
+        None => None,
+    };
+    if let Some(http_addr) = http_addr {
+        check_http_exposure(&config, http_addr)?;
+    }
     let authenticator = Authenticator::from_config(&config.auth)?.map(Arc::new);
     let (builder, tls_on) = auth::with_tls(Server::builder(), &config.tls)?;
     match &authenticator {
@@ -129,6 +157,14 @@ pub async fn serve_with_listeners(
             "bearer tokens travel in clear text: configure [tls] to serve beyond loopback"
         ),
         Some(_) => {}
+    }
+    if let Some(http_addr) = http_addr.filter(|a| authenticator.is_some() && !a.ip().is_loopback())
+    {
+        tracing::warn!(
+            %http_addr,
+            "the operations endpoint has no TLS: tokens sent to /api/dashboard travel in clear \
+             text; keep http_addr on loopback or put a TLS-terminating proxy in front of it"
+        );
     }
     let (manual, clock): (Option<Arc<ManualClock>>, Arc<dyn Clock>) = match config.clock {
         ClockMode::System => (None, Arc::new(SystemClock::default())),
@@ -177,11 +213,8 @@ pub async fn serve_with_listeners(
         storage_health: storage_health.clone(),
     };
     // Up before the migrations, so /healthz answers and /readyz says why it is not ready yet.
-    let mut operations = match http {
-        Some(http) => {
-            let http_addr = http
-                .local_addr()
-                .map_err(|e| ServeError::Other(e.to_string()))?;
+    let mut operations = match (http, http_addr) {
+        (Some(http), Some(http_addr)) => {
             let state = OpsState {
                 metrics: metrics.clone(),
                 store: store.clone(),
@@ -195,11 +228,12 @@ pub async fn serve_with_listeners(
                         .scheduler
                         .then(|| (schedule.clone(), config.sweep.cron.clone())),
                 )),
+                authenticator: authenticator.clone(),
             };
             tracing::info!(%http_addr, "operations endpoint listening (/, /api/dashboard, /metrics, /healthz, /readyz)");
             Some(tokio::spawn(ops::serve_http(http, state, shutdown.clone())))
         }
-        None => {
+        _ => {
             tracing::info!("http_addr is off: no dashboard, /metrics, /healthz or /readyz");
             None
         }

@@ -65,25 +65,16 @@ impl Authenticator {
         Ok((!tokens.is_empty()).then_some(Self { tokens }))
     }
 
-    /// The caller that `authorization` (the header's value) names.
-    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<&Caller, Status> {
-        let Some(value) = authorization else {
-            return Err(unauthenticated(
-                "TOKEN_MISSING",
-                "this method needs a bearer token: send the metadata `authorization: Bearer <token>`",
-            ));
-        };
+    /// The caller that `authorization` (the header's value) names, or why there is none.
+    /// Shared by the gRPC layer and the operations endpoint (`crate::ops`).
+    pub fn identify(&self, authorization: Option<&[u8]>) -> Result<&Caller, TokenRefusal> {
+        let value = authorization.ok_or(TokenRefusal::Missing)?;
         let token = value
             .get(..7)
             .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
             .map(|_| value[7..].trim_ascii())
             .filter(|token| !token.is_empty())
-            .ok_or_else(|| {
-                unauthenticated(
-                    "TOKEN_MALFORMED",
-                    "the authorization metadata must be `Bearer <token>`",
-                )
-            })?;
+            .ok_or(TokenRefusal::Malformed)?;
         let presented: [u8; 32] = Sha256::digest(token).into();
         // Every configured hash is compared, in constant time, whatever matches.
         let mut found = subtle::Choice::from(0);
@@ -96,11 +87,23 @@ impl Authenticator {
         if bool::from(found) {
             Ok(&self.tokens[index as usize].1)
         } else {
-            Err(unauthenticated(
-                "TOKEN_INVALID",
-                "the bearer token is not valid (unknown or revoked)",
-            ))
+            Err(TokenRefusal::Invalid)
         }
+    }
+
+    /// The caller that `authorization` (the gRPC metadata's value) names; UNAUTHENTICATED
+    /// with the refusal's reason otherwise.
+    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<&Caller, Status> {
+        self.identify(authorization).map_err(|refusal| {
+            let message = match refusal {
+                TokenRefusal::Missing => {
+                    "this method needs a bearer token: send the metadata `authorization: Bearer <token>`"
+                }
+                TokenRefusal::Malformed => "the authorization metadata must be `Bearer <token>`",
+                TokenRefusal::Invalid => "the bearer token is not valid (unknown or revoked)",
+            };
+            unauthenticated(refusal.reason(), message)
+        })
     }
 
     /// Who may proceed to the method at `path`: `Ok(None)` for an open service (health,
@@ -128,6 +131,28 @@ impl Authenticator {
             ),
             vec![("role", caller.role.as_str()), ("method", method)],
         ))
+    }
+}
+
+/// Why a request's `authorization` names no caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenRefusal {
+    /// No `authorization` at all.
+    Missing,
+    /// Not `Bearer <token>`.
+    Malformed,
+    /// A token no configured hash matches (unknown or revoked).
+    Invalid,
+}
+
+impl TokenRefusal {
+    /// The ErrorInfo reason (gRPC) and the `reason` of the operations endpoint's 401.
+    pub fn reason(self) -> &'static str {
+        match self {
+            TokenRefusal::Missing => "TOKEN_MISSING",
+            TokenRefusal::Malformed => "TOKEN_MALFORMED",
+            TokenRefusal::Invalid => "TOKEN_INVALID",
+        }
     }
 }
 

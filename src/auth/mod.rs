@@ -14,7 +14,7 @@ mod token;
 use serde::Deserialize;
 
 pub use grants::{GRANTS, is_open, permits};
-pub use layer::{AuthLayer, AuthService, Authenticator};
+pub use layer::{AuthLayer, AuthService, Authenticator, TokenRefusal};
 pub use tls::{server_tls, with_tls};
 pub use token::{TOKEN_PREFIX, TokenCommand, generate_token, token_sha256};
 

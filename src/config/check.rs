@@ -76,6 +76,7 @@ impl Config {
             }
         };
         note(self.check_listen());
+        note(self.check_http_addr());
         note(self.check_database_url());
         note(self.check_pool_size());
         note(self.parsed_timezone().map(drop));
@@ -208,6 +209,22 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// The operations endpoint likewise: without tokens its dashboard data has no
+    /// authentication, so loopback only unless `insecure`.
+    fn check_http_addr(&self) -> Result<(), ConfigError> {
+        match self.http_addr {
+            Some(addr) if !self.auth.enabled() && !addr.ip().is_loopback() && !self.insecure => {
+                Err(ConfigError(format!(
+                    "http_addr: {addr} is not a loopback address and no [[auth.tokens]] are \
+                     configured, so the dashboard's data would be served without \
+                     authentication (configure tokens, set insecure = true / --insecure, or \
+                     http_addr = \"off\")"
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// What `config check` prints for a valid configuration: no secrets, no passwords.
@@ -460,6 +477,17 @@ mod tests {
         let problems = problems_of("listen = \"0.0.0.0:50051\"\n");
         assert!(problems[0].starts_with("listen"), "{problems:?}");
         assert!(problems_of("listen = \"0.0.0.0:50051\"\ninsecure = true\n").is_empty());
+        let problems = problems_of("http_addr = \"0.0.0.0:9464\"\n");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("http_addr"), "{problems:?}");
+        assert!(problems_of("http_addr = \"0.0.0.0:9464\"\ninsecure = true\n").is_empty());
+        assert!(problems_of("http_addr = \"off\"\nlisten = \"127.0.0.1:1\"\n").is_empty());
+        let with_token = format!(
+            "http_addr = \"0.0.0.0:9464\"\n[[auth.tokens]]\nname = \"a\"\nrole = \"admin\"\n\
+             sha256 = \"{}\"\n",
+            "ab".repeat(32)
+        );
+        assert!(problems_of(&with_token).is_empty());
         let config: Config =
             toml::from_str("database_url = \"postgres://u:hunter2@db:5433/ocs\"\n").unwrap();
         let mut summary = Vec::new();

@@ -149,7 +149,8 @@ pub struct Config {
     /// Mutations through this server evict at once; the bound matters only for mutations
     /// through another server on the same database (`api::facts`).
     pub authorize_cache_ms: u64,
-    /// Allow a non-loopback listen address although no tokens are configured (`[auth]`).
+    /// Allow non-loopback `listen` and `http_addr` addresses although no tokens are configured
+    /// (`[auth]`).
     pub insecure: bool,
     /// `OCS_*` environment variables that name no key (logged as a warning at start).
     #[serde(skip)]
@@ -326,7 +327,8 @@ pub struct Overrides {
     /// text or json.
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormat>,
-    /// Serve on a non-loopback address although no tokens are configured ([auth]).
+    /// Serve on non-loopback addresses (listen, http_addr) although no tokens are configured
+    /// ([auth]).
     #[arg(long, global = true)]
     pub insecure: bool,
     /// The BSS webhook URL (http:// or https://); unset = no webhook delivery.
@@ -652,10 +654,17 @@ mod tests {
         }
         let config = Config::load(
             &Overrides::default(),
-            env(&[("OCS_HTTP_ADDR", "0.0.0.0:9100")]),
+            env(&[("OCS_HTTP_ADDR", "0.0.0.0:9100"), ("OCS_INSECURE", "true")]),
         )
         .unwrap();
         assert_eq!(config.http_addr, Some("0.0.0.0:9100".parse().unwrap()));
+        // Without tokens, beyond loopback only with `insecure` (as `listen`).
+        let err = Config::load(
+            &Overrides::default(),
+            env(&[("OCS_HTTP_ADDR", "0.0.0.0:9100")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("http_addr: 0.0.0.0:9100"), "{err}");
         let flags = Overrides {
             http_addr: Some("off".parse().unwrap()),
             ..Overrides::default()

@@ -3,6 +3,17 @@
 //! answers), and the dashboard, `GET /` and `GET /api/dashboard` ([`dashboard`]). It stops with
 //! the gRPC server (the shutdown token).
 //!
+//! Who may read what: with bearer tokens configured (`[[auth.tokens]]`, the gRPC server's), the
+//! dashboard's data, `GET /api/dashboard` (account counts per state, recharges, masked dead
+//! letters), needs `Authorization: Bearer <token>` of role `admin` or `bss` ([`DASHBOARD_ROLES`]);
+//! 401 without a valid token, 403 for another role. The page `GET /` is static code that holds
+//! no data, so a browser can open it and send the token on its own fetch. `/metrics`,
+//! `/healthz` and `/readyz` stay open: scrapers and probes (Prometheus, the kubelet, a load
+//! balancer) reach them without credentials, and they expose counts and up/down, never an
+//! account. Without tokens nothing needs one, and `http_addr` keeps to loopback unless
+//! `--insecure` (`crate::api::serve`), like `listen`. The listener has no TLS: keep it on
+//! loopback or behind a TLS-terminating proxy when tokens are sent to it.
+//!
 //! This module owns the listener, what the metrics measure ([`Metrics`], the gRPC layer in
 //! [`rpc`]) and the dashboard; it only reads the store and never writes.
 
@@ -16,7 +27,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
@@ -26,6 +37,7 @@ pub use dashboard::Dashboard;
 pub use metrics::{CONTENT_TYPE, DB_CACHE_TTL, Metrics, SweepMetrics, UNKNOWN_METHOD, code_label};
 pub use rpc::{RpcMetricsLayer, RpcMetricsService};
 
+use crate::auth::{Authenticator, Role, TokenRefusal};
 use crate::clock::Clock;
 use crate::store::AccountStore;
 
@@ -44,7 +56,13 @@ pub struct OpsState {
     /// succeeded since (`crate::api::StorageHealth`).
     pub storage_writable: Arc<AtomicBool>,
     pub dashboard: Arc<Dashboard>,
+    /// The gRPC server's tokens; `None` (authentication off): the dashboard's data is open.
+    pub authenticator: Option<Arc<Authenticator>>,
 }
+
+/// The roles whose token may read `GET /api/dashboard`: it shows account counts and dead
+/// letters, the administrators' and the BSS's business (the BSS redelivers dead letters).
+pub const DASHBOARD_ROLES: [Role; 2] = [Role::Admin, Role::Bss];
 
 /// The routes of the operations listener.
 pub fn router(state: OpsState) -> Router {
@@ -87,9 +105,76 @@ async fn dashboard_page() -> Response {
         .into_response()
 }
 
-/// The dashboard's JSON; 503 with `{"error": …}` when the database cannot be read (before the
+/// A JSON refusal of the dashboard's data: `{"error": …, "reason": …}`.
+fn refused(status: StatusCode, reason: &str, message: String) -> Response {
+    let body = serde_json::json!({ "error": message, "reason": reason }).to_string();
+    let mut response = (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        // RFC 6750: a 401 names the scheme it wants.
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"ocs-lifecycle\""),
+        );
+    }
+    response
+}
+
+/// The refusal of a request that may not read the dashboard's data; `None`: it may (always
+/// without tokens configured; otherwise with a bearer token of one of [`DASHBOARD_ROLES`]).
+/// 401 / 403 carry the same reasons as the gRPC refusals.
+fn dashboard_refusal(state: &OpsState, headers: &HeaderMap) -> Option<Response> {
+    let authenticator = state.authenticator.as_ref()?;
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    let caller = match authenticator.identify(authorization) {
+        Ok(caller) => caller,
+        Err(refusal) => {
+            let message = match refusal {
+                TokenRefusal::Missing => {
+                    "the dashboard's data needs a bearer token of role admin or bss: send the \
+                     header `Authorization: Bearer <token>` (in a browser: open the page as \
+                     /#token=<token>, or enter the token in the form)"
+                }
+                TokenRefusal::Malformed => "the Authorization header must be `Bearer <token>`",
+                TokenRefusal::Invalid => "the bearer token is not valid (unknown or revoked)",
+            };
+            return Some(refused(
+                StatusCode::UNAUTHORIZED,
+                refusal.reason(),
+                message.into(),
+            ));
+        }
+    };
+    if DASHBOARD_ROLES.contains(&caller.role) {
+        return None;
+    }
+    tracing::info!(caller = %caller.name, role = %caller.role, "dashboard: permission denied");
+    Some(refused(
+        StatusCode::FORBIDDEN,
+        "ROLE_NOT_ALLOWED",
+        format!(
+            "token {:?} has role {}; the dashboard's data needs role admin or bss",
+            caller.name, caller.role
+        ),
+    ))
+}
+
+/// The dashboard's JSON; 401/403 without a token of [`DASHBOARD_ROLES`] when tokens are
+/// configured; 503 with `{"error": …}` when the database cannot be read (before the
 /// migrations, too).
-async fn dashboard_json(State(state): State<OpsState>) -> Response {
+async fn dashboard_json(State(state): State<OpsState>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = dashboard_refusal(&state, &headers) {
+        return refusal;
+    }
     let error = |status: StatusCode, message: String| {
         (status, serde_json::json!({ "error": message }).to_string())
     };
