@@ -254,7 +254,7 @@ impl SoakReport {
             ),
             ("drain after the traffic", format!("{:.1} s", self.drain_s)),
             (
-                "server RSS start / max / end",
+                "server RSS first / max / last sample",
                 format!(
                     "{:.1} / {:.1} / {:.1} MiB ({} samples)",
                     self.rss_start_mib, self.rss_max_mib, self.rss_end_mib, self.rss_samples
@@ -277,7 +277,7 @@ impl SoakReport {
             ));
         }
         line(String::new());
-        line("faults, in order:".into());
+        line("faults, in order (seconds since the traffic started):".into());
         for f in &self.fault_log {
             line(format!("  {f}"));
         }
@@ -750,7 +750,8 @@ struct Soak {
     bad_refused: AtomicU64,
     in_flight: AtomicUsize,
     fault_log: Mutex<Vec<String>>,
-    started: Instant,
+    /// The start of the traffic (the fault log counts from it).
+    started: Mutex<Instant>,
 }
 
 /// A small deterministic mixer, so runs pick the same sequence of accounts and amounts.
@@ -762,7 +763,10 @@ fn mix(n: u64) -> u64 {
 
 impl Soak {
     fn log_fault(&self, what: String) {
-        let line = format!("{:>6.1} s  {what}", self.started.elapsed().as_secs_f64());
+        let line = format!(
+            "{:>6.1} s  {what}",
+            lock(&self.started).elapsed().as_secs_f64()
+        );
         lock(&self.fault_log).push(line);
     }
 
@@ -1200,6 +1204,9 @@ fn memory_verdict(samples: &[RssSample]) -> (String, bool) {
 // ---------------------------------------------------------------------------------------------
 // Direct access to the database for the checks.
 
+/// (msisdn, balance, preset_balance, state, Σ recharges − Σ charges of its history).
+type BalanceRow = (String, i64, i64, i32, i64);
+
 enum Direct {
     Sqlite(sqlx::SqlitePool),
     Postgres(sqlx::PgPool),
@@ -1274,7 +1281,7 @@ impl Direct {
                  FROM account_history h WHERE h.msisdn = a.msisdn), 0) AS BIGINT) \
              FROM accounts a"
         );
-        let v: Result<Vec<(String, i64, i64, i32, i64)>, sqlx::Error> =
+        let v: Result<Vec<BalanceRow>, sqlx::Error> =
             direct!(self, |p| sqlx::query_as(&sql).fetch_all(p).await);
         v.expect("read the balances")
             .into_iter()
@@ -1390,7 +1397,7 @@ pub async fn run(opts: SoakOptions) -> SoakReport {
         bad_refused: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
         fault_log: Mutex::new(Vec::new()),
-        started: Instant::now(),
+        started: Mutex::new(Instant::now()),
     });
     let server = &soak.server;
     server.start().await;
@@ -1445,6 +1452,7 @@ pub async fn run(opts: SoakOptions) -> SoakReport {
 
     // The manual clock: TOTAL_DAYS in steps over the first 90 % of the run.
     let traffic_start = Instant::now();
+    *lock(&soak.started) = traffic_start;
     let deadline = traffic_start + opts.duration;
     let steps = ((opts.duration.as_secs_f64() / 4.0) as i64).clamp(10, TOTAL_DAYS);
     let clock_task = {
