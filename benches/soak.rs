@@ -10,9 +10,10 @@
 //!   Charge, Authorize, GetAccount in equal parts). Every write has its own `request_id` and is
 //!   retried with the same `request_id` until it is answered; each acknowledged write is
 //!   remembered with its amount.
-//! - Time: the manual clock is moved forward 155 days in steps over the run, so a cohort of
-//!   accounts activated with 1–28 days of validity expires, goes to GRACE, LOCKED and RECYCLED:
-//!   real sweeps (the scheduler's catch-up on each move) and real webhook events.
+//! - Time: the manual clock is moved forward 215 days in steps over the run, so a cohort of
+//!   accounts activated with 1–90 days of validity expires, goes to GRACE, LOCKED and RECYCLED
+//!   (some accounts every day): real sweeps (the scheduler's catch-up on each move) and real
+//!   webhook events throughout the run.
 //! - Faults: SIGKILL + restart of the server on the same database (all in the first 40 % of the
 //!   run, so the memory of the last 60 % is one process); the webhook listener answering 500
 //!   for a while; on PostgreSQL, the server's database connections cut through a TCP proxy;
@@ -50,11 +51,13 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 pub const WEBHOOK_SECRET: &str = "soak-webhook-secret";
-/// Days the manual clock moves over the run: the longest-lived expiring account (28 days of
-/// validity) is recycled after 28 + 90 + 30 days and one more midnight.
-const TOTAL_DAYS: i64 = 155;
-/// Validity of the expiring cohort: 1..=MAX_EXPIRING_DAYS days.
-const MAX_EXPIRING_DAYS: u32 = 28;
+/// Days the manual clock moves over the run: the longest-lived expiring account (90 days of
+/// validity) is recycled after 90 + 90 + 30 days and one more midnight. The traffic accounts
+/// stay VALID: activation gives 180 days, the setup recharge 365 more (capped at 540).
+const TOTAL_DAYS: i64 = 215;
+/// Validity of the expiring cohort: 1..=MAX_EXPIRING_DAYS days, so that from the second day
+/// to the 211th some accounts cross a boundary every day: every fault meets sweeps and events.
+const MAX_EXPIRING_DAYS: u32 = 90;
 /// Bound on any one wait (start-up, an operation retried until answered, the drain); never an
 /// assertion on speed.
 const SAFETY: Duration = Duration::from_secs(180);
@@ -1484,6 +1487,16 @@ pub async fn run(opts: SoakOptions) -> SoakReport {
                 tokio::time::sleep_until((traffic_start + duration.mul_f64(at)).into()).await;
                 match fault {
                     Fault::Kill => {
+                        // A crash with a write on the wire: wait (briefly) for one in flight.
+                        let until = Instant::now() + Duration::from_secs(2);
+                        while Instant::now() < until
+                            && !lock(&soak.ledger)
+                                .pending
+                                .keys()
+                                .any(|k| k.starts_with("soak-"))
+                        {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
                         let t = Instant::now();
                         soak.server.restart().await;
                         kills += 1;
