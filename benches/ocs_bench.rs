@@ -24,6 +24,8 @@ use tonic::transport::Channel;
 
 use ocs_lifecycle::config::{ClockMode, Config};
 
+#[path = "soak.rs"]
+mod soak;
 #[path = "sweep_bench.rs"]
 mod sweep_bench;
 #[path = "webhook_bench.rs"]
@@ -44,6 +46,9 @@ enum Which {
     Authorize,
     Sweep,
     Webhook,
+    /// A real `serve` process under steady mixed traffic with faults, then a consistency
+    /// check (benches/soak.rs); not part of `all`.
+    Soak,
 }
 
 #[derive(Parser, Debug)]
@@ -81,6 +86,15 @@ struct Args {
     /// `authorize_cache_ms` of the server under test (the service default is 500).
     #[arg(long, default_value_t = 500)]
     authorize_cache_ms: u64,
+    /// Soak: traffic time (`600`, `600s`, `10m`).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    duration: Duration,
+    /// Soak: operations per second (open loop).
+    #[arg(long, default_value_t = 200)]
+    rate: u32,
+    /// Soak: SIGKILL + restarts of the server.
+    #[arg(long, default_value_t = 3)]
+    kills: u32,
     /// Print one JSON document instead of tables: the backend, the machine and a member per
     /// measurement run (`rpc`, `sweep`, `webhook`).
     #[arg(long)]
@@ -551,6 +565,10 @@ fn main() {
 /// Runs the chosen measurements; each prints its table, or with `--json` the run prints one
 /// JSON document with a member per measurement.
 async fn run(args: Args) {
+    if args.which == Which::Soak {
+        run_soak(&args).await;
+        return;
+    }
     let mut report = serde_json::Map::new();
     report.insert("backend".into(), format!("{:?}", args.backend).into());
     report.insert("machine".into(), machine().into());
@@ -846,6 +864,62 @@ async fn run_sweep(args: &Args) -> serde_json::Value {
         "server_peak_rss_mib": f.peak_rss_mib,
         "server_rss_before_mib": f.rss_before_mib,
     })
+}
+
+fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let (number, unit) = match raw.strip_suffix('m') {
+        Some(n) => (n, 60),
+        None => (raw.strip_suffix('s').unwrap_or(raw), 1),
+    };
+    number
+        .parse::<u64>()
+        .map(|n| Duration::from_secs(n * unit))
+        .map_err(|_| format!("{raw:?} is not a duration like 600, 600s or 10m"))
+}
+
+/// `ocs-bench soak`: the `ocs-lifecycle` binary next to this one, a fresh database, the report;
+/// exits 1 when a check failed (the server logs are kept then).
+async fn run_soak(args: &Args) {
+    let server_bin = std::env::current_exe()
+        .expect("own path")
+        .with_file_name("ocs-lifecycle");
+    if !server_bin.exists() {
+        eprintln!(
+            "{} not found: build it first (cargo build --release --bins)",
+            server_bin.display()
+        );
+        std::process::exit(2);
+    }
+    let dir = std::env::temp_dir().join(format!("ocs-soak-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("soak directory");
+    let url = database_url(args, &dir).await;
+    let report = soak::run(soak::SoakOptions {
+        database_url: url.clone(),
+        server_bin,
+        work_dir: dir.clone(),
+        duration: args.duration,
+        rate: args.rate,
+        accounts: args.accounts,
+        kills: args.kills,
+        rss_every: Duration::from_secs(2),
+        judge_memory: args.duration >= Duration::from_secs(120),
+        progress: true,
+    })
+    .await;
+    if args.backend == Backend::Postgres {
+        drop_database(&args.postgres_url, &url).await;
+    }
+    if args.json {
+        println!("{}", report.json(&machine()));
+    } else {
+        println!("{}machine: {}", report.table(), machine());
+    }
+    if report.passed() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        eprintln!("soak FAILED; server logs in {}", dir.display());
+        std::process::exit(1);
+    }
 }
 
 fn machine() -> String {
