@@ -62,6 +62,10 @@ const LOOK_BACK_EVERY: Duration = Duration::from_secs(5);
 /// there. A sweep batch or a request commits in far less; should one take longer, its late
 /// events are still found by the full pass that every start makes.
 const SETTLE_AFTER: Duration = Duration::from_secs(120);
+/// Events registered since the last statistics refresh that trigger the next one
+/// ([`crate::store::WebhookDeliveries::analyze_webhook_deliveries`]): a burst this large
+/// changes the table enough for the planner to need to know.
+const ANALYZE_AFTER: u64 = 5_000;
 /// Added to the request timeout for the lease of a claimed row.
 const LEASE_MARGIN: Duration = Duration::from_secs(2);
 /// `last_error` is kept to this many characters.
@@ -289,6 +293,8 @@ struct Registrar {
     /// `seen` as it was at past look-back passes, oldest first: candidates for `settled`.
     marks: VecDeque<(Instant, i64)>,
     last_look_back: Option<Instant>,
+    /// Events registered since the statistics were last refreshed.
+    unanalyzed: u64,
 }
 
 impl Registrar {
@@ -299,6 +305,7 @@ impl Registrar {
             settled: 0,
             marks: VecDeque::new(),
             last_look_back: None,
+            unanalyzed: 0,
         }
     }
 
@@ -314,6 +321,15 @@ impl Registrar {
             if found.found < u64::from(REGISTER_BATCH) {
                 break;
             }
+        }
+        if self.unanalyzed >= ANALYZE_AFTER {
+            self.unanalyzed = 0;
+            let started = Instant::now();
+            store.analyze_webhook_deliveries().await?;
+            tracing::debug!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "webhook: delivery table statistics refreshed after a burst"
+            );
         }
         Ok(())
     }
@@ -361,6 +377,7 @@ impl Registrar {
         if let Some(last) = found.last_sequence {
             self.seen = self.seen.max(last);
         }
+        self.unanalyzed += found.added;
         if found.added > 0 {
             tracing::debug!(added = found.added, after, "webhook: events registered");
         }
