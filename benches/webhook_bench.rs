@@ -205,6 +205,13 @@ pub async fn run(url: &str, accounts: u64, now: DateTime<Utc>, rules: &Rules) ->
         .expect("a webhook URL is configured");
     wait_count(&sink, n).await;
     let service_s = started.elapsed().as_secs_f64();
+    // The listener counts a request once it has answered it; the worker counts it once the
+    // answer reached it, a moment later. Reading the worker's count right away raced the last
+    // answers (the occasional "the worker counted … of …" panic of sessions 2 and 3).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while notifier.counters.snapshot().delivered < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let delivered = notifier.counters.snapshot().delivered;
 
     eprintln!("webhook: latency of {LATENCY_SWEEPS} small sweeps …");

@@ -231,6 +231,9 @@ fn cases(n: u32) -> ProptestConfig {
     ProptestConfig {
         cases: n,
         failure_persistence: None,
+        // A failure is reported after at most this much shrinking (each step is a real call
+        // to the server): unbounded shrinking of a rare failure ran for minutes in CI.
+        max_shrink_time: 20_000,
         ..ProptestConfig::default()
     }
 }
