@@ -286,6 +286,28 @@ struct Load {
 
 /// Recharges `msisdn` until `stop`, each request retried with the same request_id until it
 /// is answered OK; UNAVAILABLE is the only error accepted.
+/// One [`recharge_until_stopped`] task per account, on `channel`.
+fn spawn_recharge_workers(
+    channel: &Channel,
+    accounts: &[String],
+    load: &Arc<Load>,
+    stop: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    accounts
+        .iter()
+        .enumerate()
+        .map(|(worker, msisdn)| {
+            tokio::spawn(recharge_until_stopped(
+                AccountLifecycleClient::new(channel.clone()),
+                msisdn.clone(),
+                worker,
+                load.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect()
+}
+
 async fn recharge_until_stopped(
     mut client: AccountLifecycleClient<Channel>,
     msisdn: String,
@@ -370,19 +392,7 @@ async fn postgres_unreachable_during_recharges_answers_unavailable_and_retries_a
     }
     let load = Arc::new(Load::default());
     let stop = CancellationToken::new();
-    let workers: Vec<_> = accounts
-        .iter()
-        .enumerate()
-        .map(|(worker, msisdn)| {
-            tokio::spawn(recharge_until_stopped(
-                AccountLifecycleClient::new(channel.clone()),
-                msisdn.clone(),
-                worker,
-                load.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
+    let workers = spawn_recharge_workers(&channel, &accounts, &load, &stop);
 
     wait_for_acks(&load, 20, "no recharge was applied before the cut").await;
     proxy.cut();
@@ -964,19 +974,7 @@ async fn postgres_server_stopped_and_restarted_during_recharges_answers_unavaila
 
     let load = Arc::new(Load::default());
     let stop = CancellationToken::new();
-    let workers: Vec<_> = accounts
-        .iter()
-        .enumerate()
-        .map(|(worker, msisdn)| {
-            tokio::spawn(recharge_until_stopped(
-                AccountLifecycleClient::new(channel.clone()),
-                msisdn.clone(),
-                worker,
-                load.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
+    let workers = spawn_recharge_workers(&channel, &accounts, &load, &stop);
 
     // Recharged only by a request held in flight across each stop.
     let held = "8613600009999".to_owned();
