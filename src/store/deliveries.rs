@@ -137,6 +137,17 @@ pub(crate) struct DeadRow {
     pub dead_at: DateTime<Utc>,
 }
 
+impl DeadRow {
+    pub(crate) fn into_dead_letter(self) -> Result<DeadLetter, StoreError> {
+        Ok(DeadLetter {
+            attempts: attempts(self.attempts),
+            last_error: self.last_error.unwrap_or_default(),
+            dead_at: self.dead_at,
+            event: self.event.into_event()?,
+        })
+    }
+}
+
 pub(crate) fn attempts(value: i32) -> u32 {
     u32::try_from(value).unwrap_or_default()
 }
@@ -370,14 +381,7 @@ macro_rules! impl_webhook_deliveries {
                     .fetch_all(self.reader())
                     .await?;
                 rows.into_iter()
-                    .map(|r| {
-                        Ok($crate::store::DeadLetter {
-                            attempts: $crate::store::deliveries::attempts(r.attempts),
-                            last_error: r.last_error.unwrap_or_default(),
-                            dead_at: r.dead_at,
-                            event: r.event.into_event()?,
-                        })
-                    })
+                    .map($crate::store::deliveries::DeadRow::into_dead_letter)
                     .collect()
             }
 

@@ -429,14 +429,7 @@ macro_rules! impl_account_store {
                     .await?;
                 let latest = rows
                     .into_iter()
-                    .map(|r| {
-                        Ok($crate::store::DeadLetter {
-                            attempts: $crate::store::deliveries::attempts(r.attempts),
-                            last_error: r.last_error.unwrap_or_default(),
-                            dead_at: r.dead_at,
-                            event: r.event.into_event()?,
-                        })
-                    })
+                    .map($crate::store::deliveries::DeadRow::into_dead_letter)
                     .collect::<Result<Vec<_>, $crate::store::StoreError>>()?;
                 Ok($crate::store::DeadLetterOverview { count, latest })
             }
