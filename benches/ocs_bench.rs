@@ -658,7 +658,7 @@ async fn run_rpc(args: &Args) -> serde_json::Value {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(ocs_lifecycle::api::serve_on(
+    let server = tokio::spawn(ocs_lifecycle::server::serve_on(
         config,
         listener,
         shutdown.clone(),

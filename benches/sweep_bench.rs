@@ -3,7 +3,7 @@
 //! database with one `INSERT … SELECT`. Two identical databases are generated: on one the
 //! baseline runs — one raw bulk `UPDATE` of the due rows' state and deadline, committed — and on
 //! the other the service's sweep (`ocs_lifecycle::sweep::run`, batches, history and outbox).
-//! The service's sweep runs in a server process (`api::serve_on`, started by this binary, the
+//! The service's sweep runs in a server process (`server::serve_on`, started by this binary, the
 //! sweep asked for with `AdvanceStates`); then a second sweep with nothing due, and the server
 //! process's RSS before and at its peak (`VmHWM` in /proc/<pid>/status).
 
@@ -200,7 +200,7 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 /// measurement; its value is the database URL.
 pub const SERVER_CHILD_ENV: &str = "OCS_BENCH_SERVER_DATABASE_URL";
 
-/// The server process: `api::serve_on` (the code `ocs-lifecycle serve` runs) on the database
+/// The server process: `server::serve_on` (the code `ocs-lifecycle serve` runs) on the database
 /// in [`SERVER_CHILD_ENV`], no scheduler, no operations endpoint; prints its gRPC port on
 /// stdout and stops when its stdin closes (so it never outlives the benchmark).
 pub fn server_child(url: String, batch_size: u32) {
@@ -229,7 +229,7 @@ pub fn server_child(url: String, batch_size: u32) {
             let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
             stop.cancel();
         });
-        ocs_lifecycle::api::serve_on(config, listener, shutdown)
+        ocs_lifecycle::server::serve_on(config, listener, shutdown)
             .await
             .expect("serve");
     });

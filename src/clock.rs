@@ -4,7 +4,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, Utc};
-use tokio::sync::watch;
 
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> DateTime<Utc>;
@@ -26,11 +25,10 @@ impl Clock for SystemClock {
 }
 
 /// The manual test clock: starts at the real time and moves only when told, never backwards.
-/// Watchers (the scheduler) are told of every move.
+/// (The TestClock service tells the scheduler of each move it makes.)
 #[derive(Debug)]
 pub struct ManualClock {
     now: Mutex<DateTime<Utc>>,
-    moved: watch::Sender<DateTime<Utc>>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -42,10 +40,8 @@ pub struct Backwards {
 
 impl ManualClock {
     pub fn starting_at(start: DateTime<Utc>) -> Self {
-        let (moved, _) = watch::channel(start);
         Self {
             now: Mutex::new(start),
-            moved,
         }
     }
 
@@ -64,9 +60,7 @@ impl ManualClock {
                 requested: to,
             });
         }
-        let from = std::mem::replace(&mut *now, to);
-        self.moved.send_replace(to);
-        Ok(from)
+        Ok(std::mem::replace(&mut *now, to))
     }
 
     pub fn advance(&self, seconds: i64) -> Result<DateTime<Utc>, Backwards> {
@@ -87,13 +81,7 @@ impl ManualClock {
                     .unwrap_or(DateTime::<Utc>::MIN_UTC),
             })?;
         *now = to;
-        self.moved.send_replace(to);
         Ok((from, to))
-    }
-
-    /// A receiver told of every move of the clock.
-    pub fn subscribe(&self) -> watch::Receiver<DateTime<Utc>> {
-        self.moved.subscribe()
     }
 }
 

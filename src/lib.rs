@@ -1,16 +1,26 @@
 //! ocs-lifecycle: the account lifecycle engine of a prepaid online charging system.
 //!
-//! - [`lifecycle`]: the pure rules (no I/O).
-//! - [`store`]: persistence behind one trait, SQLite and PostgreSQL.
-//! - [`api`]: the gRPC services on top.
-//! - [`auth`]: bearer tokens, roles and TLS of the gRPC server.
-//! - [`cli`]: the command-line client (gRPC to a running server) and the bulk card import.
-//! - [`config`]: layered configuration.
-//! - [`clock`]: the injected clock (system or manual).
-//! - [`scheduler`]: when the sweep runs inside `serve` (cron, driven by the clock).
-//! - [`sweep`]: one sweep run (AdvanceStates, the `sweep` command, the scheduler).
-//! - [`notify`]: the BSS webhook delivery worker.
-//! - [`ops`]: the operations HTTP listener (`/metrics`, `/healthz`, `/readyz`) and the metrics.
+//! One request takes one straight path: `api` validates it into a `lifecycle` command, the
+//! store runs the core's decision on the stored account in one transaction (the account, its
+//! history rows and outbox events, the idempotency key), and the answer goes back; the outbox
+//! feeds the webhook (`notify`) and the event stream (`api`). The nightly `sweep` advances
+//! accounts past their deadlines through the same core and the same records.
+//!
+//! Layers, lowest first; a module names only modules of its own layer or lower ones (checked
+//! by `tests/layering.rs`):
+//!
+//! 1. [`clock`] (the injected clock), [`wire`] (names on the wire), [`proto`] (generated), and
+//!    [`lifecycle`]: the pure rules, and the history rows and outbox events a change writes.
+//! 2. [`store`]: persistence — SQL and transactions, SQLite and PostgreSQL behind one trait.
+//! 3. [`config`]: layered configuration.
+//! 4. [`auth`] (bearer tokens, roles, TLS), [`sweep`] (one sweep run over the store's
+//!    batches) and [`notify`] (the BSS webhook delivery worker).
+//! 5. [`scheduler`]: when the sweep runs inside `serve` (cron, driven by the clock).
+//! 6. [`ops`]: the operations HTTP listener (`/metrics`, `/healthz`, `/readyz`, dashboard).
+//! 7. [`api`]: the gRPC services.
+//! 8. [`server`]: the composition root — build, start, ready, shutdown.
+//! 9. [`cli`]: the command-line client (gRPC to a running server) and the bulk card import;
+//!    `main.rs` on top.
 
 pub mod api;
 pub mod auth;
@@ -21,8 +31,10 @@ pub mod lifecycle;
 pub mod notify;
 pub mod ops;
 pub mod scheduler;
+pub mod server;
 pub mod store;
 pub mod sweep;
+pub mod wire;
 
 pub mod proto {
     #![allow(clippy::all)]

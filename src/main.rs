@@ -10,7 +10,7 @@ use tracing_subscriber::EnvFilter;
 
 use ocs_lifecycle::clock::{Clock, SystemClock};
 use ocs_lifecycle::config::{Config, LogFormat, Overrides};
-use ocs_lifecycle::{api, store, sweep};
+use ocs_lifecycle::{server, store, sweep};
 
 #[derive(Parser)]
 #[command(
@@ -118,7 +118,7 @@ fn main() -> ExitCode {
             Command::Serve => {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(stop_on_signal(shutdown.clone()));
-                api::serve(config, shutdown).await
+                server::serve(config, shutdown).await
             }
             Command::Migrate => {
                 let rules = Arc::new(config.rules()?);
@@ -151,7 +151,7 @@ async fn run_sweep(
     config: &Config,
     as_of: Option<DateTime<Utc>>,
     dry_run: bool,
-) -> Result<(), api::ServeError> {
+) -> Result<(), server::ServeError> {
     let rules = Arc::new(config.rules()?);
     let store = store::connect(&config.database_url, 2, config.db_acquire_timeout(), rules).await?;
     store.migrate().await?;
@@ -159,8 +159,8 @@ async fn run_sweep(
     let (as_of, report) = sweep::run(store.as_ref(), config.sweep.batch_size, as_of, now, dry_run)
         .await
         .map_err(|e| match e {
-            sweep::SweepError::Store(e) => api::ServeError::Store(e),
-            other => api::ServeError::Other(other.to_string()),
+            sweep::SweepError::Store(e) => server::ServeError::Store(e),
+            other => server::ServeError::Other(other.to_string()),
         })?;
     let c = report.counts;
     println!("as_of: {}", as_of.to_rfc3339());

@@ -2,6 +2,8 @@
 //! the scheduler): checks the instant it runs as of and hands the work to the store, which
 //! owns the batches and transactions (`AccountStore::sweep`).
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 
 use crate::store::{AccountStore, StoreError, SweepReport, SweepRequest};
@@ -46,10 +48,16 @@ pub async fn run(
     Ok((as_of, report))
 }
 
-/// [`run`], recorded in `metrics` when it is a real sweep that ran (a forecast, or an `as_of`
+/// Where real sweep runs are reported: the service's metrics (`crate::ops`) implement it.
+pub trait SweepObserver: Send + Sync {
+    /// A sweep run ended, with its report or the error that stopped it, after `elapsed`.
+    fn sweep_finished(&self, outcome: Result<&SweepReport, &StoreError>, elapsed: Duration);
+}
+
+/// [`run`], reported to `observer` when it is a real sweep that ran (a forecast, or an `as_of`
 /// refused before anything ran, is not a sweep run).
 pub async fn run_recorded(
-    metrics: &crate::ops::SweepMetrics,
+    observer: &dyn SweepObserver,
     store: &dyn AccountStore,
     batch_size: u32,
     as_of: Option<DateTime<Utc>>,
@@ -60,8 +68,8 @@ pub async fn run_recorded(
     let ran = run(store, batch_size, as_of, now, dry_run).await;
     if !dry_run {
         match &ran {
-            Ok((_, report)) => metrics.record(Ok(report), started.elapsed()),
-            Err(SweepError::Store(e)) => metrics.record(Err(e), started.elapsed()),
+            Ok((_, report)) => observer.sweep_finished(Ok(report), started.elapsed()),
+            Err(SweepError::Store(e)) => observer.sweep_finished(Err(e), started.elapsed()),
             Err(SweepError::AsOfInFuture { .. }) => {}
         }
     }

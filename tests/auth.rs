@@ -689,7 +689,7 @@ async fn refused_start(config: Config) -> String {
         .expect("bind");
     let served = tokio::time::timeout(
         SAFETY,
-        ocs_lifecycle::api::serve_on(config, listener, CancellationToken::new()),
+        ocs_lifecycle::server::serve_on(config, listener, CancellationToken::new()),
     )
     .await
     .expect("a bad configuration is refused at once");
@@ -739,7 +739,7 @@ async fn without_tokens_a_non_loopback_address_needs_insecure() {
     config.listen = "0.0.0.0:0".parse().expect("address");
     let refused = tokio::time::timeout(
         SAFETY,
-        ocs_lifecycle::api::serve(config, CancellationToken::new()),
+        ocs_lifecycle::server::serve(config, CancellationToken::new()),
     )
     .await
     .expect("refused at once")
@@ -762,7 +762,7 @@ async fn serve_on_all_interfaces(config: Config) -> Result<(), String> {
         .expect("bind 0.0.0.0");
     let port = listener.local_addr().expect("address").port();
     let shutdown = CancellationToken::new();
-    let mut handle = tokio::spawn(ocs_lifecycle::api::serve_on(
+    let mut handle = tokio::spawn(ocs_lifecycle::server::serve_on(
         config,
         listener,
         shutdown.clone(),
@@ -814,7 +814,7 @@ async fn without_tokens_a_non_loopback_http_addr_needs_insecure() {
     config.http_addr = Some("0.0.0.0:0".parse().expect("address"));
     let refused = tokio::time::timeout(
         SAFETY,
-        ocs_lifecycle::api::serve(config, CancellationToken::new()),
+        ocs_lifecycle::server::serve(config, CancellationToken::new()),
     )
     .await
     .expect("refused at once")
@@ -841,7 +841,7 @@ async fn serve_http_on_all_interfaces(config: Config) -> Result<(), String> {
         .expect("bind 0.0.0.0");
     let port = http.local_addr().expect("address").port();
     let shutdown = CancellationToken::new();
-    let mut handle = tokio::spawn(ocs_lifecycle::api::serve_with_listeners(
+    let mut handle = tokio::spawn(ocs_lifecycle::server::serve_with_listeners(
         config,
         listener,
         Some(http),

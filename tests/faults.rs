@@ -374,7 +374,7 @@ async fn postgres_unreachable_during_recharges_answers_unavailable_and_retries_a
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(ocs_lifecycle::api::serve_with_listeners(
+    let server = tokio::spawn(ocs_lifecycle::server::serve_with_listeners(
         config,
         listener,
         None,

@@ -9,17 +9,17 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, invalid};
+use super::requests::{Mutating, required_enum};
 use crate::auth::Caller;
 use crate::clock::Clock;
 use crate::lifecycle::{
-    self, Account, AccountState, Applied, Command, DomainError, ErrorReason, HistoryKind, Msisdn,
-    Outcome, ProvisionParams, RechargeChannel, Rules, ServiceType,
+    self, Account, AccountState, Applied, Command, DomainError, Effects, ErrorReason, Msisdn,
+    Origin, Outcome, ProvisionParams, RequestId, Rules, ServiceType,
 };
 use crate::proto;
 use crate::proto::account_lifecycle_server::AccountLifecycle;
-use crate::store::{
-    AccountStore, Committed, HistoryRecord, Mutation, RequestKey, record_transitions,
-};
+use crate::store::{AccountStore, Committed, Decide, Mutation, RequestKey, new_event_id};
+use crate::wire::REPLAYED_METADATA;
 
 /// Shared by the services: storage, rules, clock and readiness.
 #[derive(Clone)]
@@ -56,10 +56,6 @@ impl Context {
 /// The actor recorded when authentication is off.
 pub const ANONYMOUS: &str = "anonymous";
 
-/// Response metadata key set to `true` when an Account-returning mutation (ProvisionAccount,
-/// MarkSold, Activate, Unlock) was a replay of an earlier request with the same `request_id`.
-pub const REPLAYED_METADATA: &str = "ocs-replayed";
-
 pub struct AccountsApi {
     ctx: Context,
 }
@@ -79,110 +75,64 @@ fn actor<T>(request: &Request<T>) -> String {
         .map_or_else(|| ANONYMOUS.to_owned(), |caller| caller.name.clone())
 }
 
-/// What a mutating RPC needs to say about itself.
-struct Call {
-    msisdn: Msisdn,
-    request_id: String,
-    fingerprint: String,
-    actor: String,
-    now: DateTime<Utc>,
-}
-
-impl Call {
-    fn history(
-        &self,
-        account: &Account,
-        kind: HistoryKind,
-        change: &lifecycle::Change,
-    ) -> HistoryRecord {
-        HistoryRecord {
-            id: 0,
-            msisdn: account.msisdn.clone(),
-            account_id: account.account_id.clone(),
-            generation: account.generation,
-            at: self.now,
-            kind,
-            from_state: Some(change.from),
-            to_state: Some(change.to),
-            amount: change.amount,
-            actor: self.actor.clone(),
-            request_id: Some(self.request_id.clone()),
-        }
-    }
-}
-
 impl AccountsApi {
-    fn key(call: &Call) -> RequestKey<'_> {
-        RequestKey {
-            request_id: &call.request_id,
-            fingerprint: &call.fingerprint,
-            now: call.now,
-        }
-    }
-
-    /// Applies `command` through the store; `respond` encodes the answer to store and return.
+    /// Carries out a validated command through the store: the core applies it to the stored
+    /// account and says what it writes ([`Effects::of_command`]); `respond` encodes the answer
+    /// that is stored with it and returned again to a retry.
     async fn execute(
         &self,
-        call: Call,
-        command: Command,
+        actor: String,
+        request: Mutating<Command>,
         respond: impl Fn(&Applied, DateTime<Utc>, &Rules) -> Vec<u8> + Send + Sync + 'static,
     ) -> Result<Committed, Status> {
         self.ctx.check_ready()?;
-        command.validate()?;
+        let now = self.ctx.clock.now();
+        let fingerprint = request.fingerprint();
         let rules = self.ctx.rules.clone();
-        let call = Arc::new(call);
-        let decided = call.clone();
+        let (msisdn, request_id) = (request.msisdn.clone(), request.request_id.clone());
         let decide = Arc::new(
             move |current: Option<&Account>| -> Result<Mutation, DomainError> {
-                let call = &decided;
-                let current = current.ok_or_else(|| DomainError::not_found(&call.msisdn))?;
-                let applied = lifecycle::apply(current, &command, call.now, &rules)?;
-                let mut history = Vec::new();
-                let mut events = Vec::new();
-                record_transitions(
-                    &applied.account,
-                    &applied.transitions,
-                    call.now,
-                    &mut history,
-                    &mut events,
-                );
-                if let Some(change) = &applied.change {
-                    history.push(call.history(&applied.account, change.kind, change));
-                }
+                let current = current.ok_or_else(|| DomainError::not_found(&request.msisdn))?;
+                let applied = lifecycle::apply(current, &request.command, now, &rules)?;
+                let origin = Origin {
+                    actor: &actor,
+                    request_id: Some(request.request_id.as_str()),
+                    now,
+                };
+                let effects = Effects::of_command(&applied, origin, &mut new_event_id);
                 Ok(Mutation {
                     archive: None,
-                    response: respond(&applied, call.now, &rules),
+                    response: respond(&applied, now, &rules),
                     account: applied.account,
-                    history,
-                    events,
+                    history: effects.history,
+                    events: effects.events,
                 })
             },
         );
-        let committed = self
-            .ctx
-            .store
-            .mutate(&call.msisdn, Self::key(&call), decide)
-            .await;
-        self.ctx.facts.invalidate(&call.msisdn);
+        self.commit(&msisdn, &request_id, &fingerprint, now, decide)
+            .await
+    }
+
+    /// Hands a decision to the store, once per request_id; the Authorize cache forgets the
+    /// account and a storage failure reaches the health check, whatever the outcome.
+    async fn commit(
+        &self,
+        msisdn: &Msisdn,
+        request_id: &RequestId,
+        fingerprint: &str,
+        now: DateTime<Utc>,
+        decide: Decide,
+    ) -> Result<Committed, Status> {
+        let key = RequestKey {
+            request_id: request_id.as_str(),
+            fingerprint,
+            now,
+        };
+        let committed = self.ctx.store.mutate(msisdn, key, decide).await;
+        self.ctx.facts.invalidate(msisdn);
         committed.map_err(|e| {
             self.ctx.storage_health.observe(&e);
             e.into()
-        })
-    }
-
-    fn call<T>(
-        &self,
-        request: &Request<T>,
-        msisdn: &str,
-        request_id: &str,
-        fingerprint: String,
-    ) -> Result<Call, Status> {
-        Ok(Call {
-            msisdn: convert::msisdn(msisdn)?,
-            request_id: convert::request_id(request_id)?.to_owned(),
-            fingerprint,
-            actor: actor(request),
-            now: self.ctx.clock.now(),
         })
     }
 
@@ -204,11 +154,11 @@ impl AccountsApi {
     /// A command whose answer is the account (MarkSold, Activate, Unlock).
     async fn execute_for_account(
         &self,
-        call: Call,
-        command: Command,
+        actor: String,
+        request: Mutating<Command>,
     ) -> Result<Response<proto::Account>, Status> {
         let committed = self
-            .execute(call, command, |applied, now, rules| {
+            .execute(actor, request, |applied, now, rules| {
                 convert::account(&applied.account, now, rules).encode_to_vec()
             })
             .await?;
@@ -231,106 +181,58 @@ fn decode_committed<M: Message + Default>(committed: Committed) -> Result<(M, bo
     }
 }
 
-fn required_enum<T>(value: i32, field: &str, parse: fn(i32) -> Option<T>) -> Result<T, Status> {
-    parse(value).ok_or_else(|| {
-        invalid(
-            ErrorReason::InvalidArgument,
-            format!("{field} {value} is not a known value (UNSPECIFIED is not allowed)"),
-        )
-    })
-}
-
 #[tonic::async_trait]
 impl AccountLifecycle for AccountsApi {
     async fn provision_account(
         &self,
         request: Request<proto::ProvisionAccountRequest>,
     ) -> Result<Response<proto::Account>, Status> {
-        let r = request.get_ref();
-        let fingerprint = format!(
-            "ProvisionAccount|{}|{}|{}|{}",
-            r.msisdn, r.preset_balance, r.sold, r.initial_validity_days
-        );
-        let call = self.call(&request, &r.msisdn, &r.request_id, fingerprint)?;
+        let provisioning = Mutating::<ProvisionParams>::try_from(request.get_ref())?;
+        let actor = actor(&request);
         self.ctx.check_ready()?;
-        let params = ProvisionParams {
-            preset_balance: r.preset_balance,
-            sold: r.sold,
-            initial_validity_days: r.initial_validity_days,
-        };
+        let now = self.ctx.clock.now();
         let rules = self.ctx.rules.clone();
         // The pure provisioning validates the parameters before any storage is touched.
-        lifecycle::provision(
-            call.msisdn.clone(),
-            String::new(),
+        let msisdn = provisioning.msisdn.clone();
+        lifecycle::provision_over(
             None,
-            &params,
-            call.now,
+            msisdn.clone(),
+            String::new(),
+            &provisioning.command,
+            now,
             &rules,
         )?;
-        let call = Arc::new(call);
-        let decided = call.clone();
+        let fingerprint = provisioning.fingerprint();
+        let request_id = provisioning.request_id.clone();
         let decide = Arc::new(
             move |current: Option<&Account>| -> Result<Mutation, DomainError> {
-                let (call, rules) = (&decided, &rules);
-                let mut history = Vec::new();
-                let mut events = Vec::new();
-                let mut archive = None;
-                if let Some(previous) = current {
-                    let mut previous = previous.clone();
-                    let transitions = previous.catch_up(call.now, rules);
-                    if previous.state != AccountState::Recycled {
-                        return Err(DomainError::AlreadyExists {
-                            reason: ErrorReason::AccountExists,
-                            message: format!(
-                                "msisdn {} is in use (account {}, {})",
-                                call.msisdn, previous.account_id, previous.state
-                            ),
-                        });
-                    }
-                    record_transitions(
-                        &previous,
-                        &transitions,
-                        call.now,
-                        &mut history,
-                        &mut events,
-                    );
-                    archive = Some(previous);
-                }
-                let account = lifecycle::provision(
-                    call.msisdn.clone(),
+                let provisioned = lifecycle::provision_over(
+                    current,
+                    provisioning.msisdn.clone(),
                     uuid::Uuid::new_v4().to_string(),
-                    archive.as_ref().map(|a| a.generation),
-                    &params,
-                    call.now,
-                    rules,
+                    &provisioning.command,
+                    now,
+                    &rules,
                 )?;
-                let change = lifecycle::Change {
-                    kind: HistoryKind::Provisioned,
-                    from: AccountState::Unactivated,
-                    to: AccountState::Unactivated,
-                    amount: account.preset_balance,
+                let origin = Origin {
+                    actor: &actor,
+                    request_id: Some(provisioning.request_id.as_str()),
+                    now,
                 };
-                let mut entry = call.history(&account, HistoryKind::Provisioned, &change);
-                entry.from_state = None;
-                history.push(entry);
-                let response = convert::account(&account, call.now, rules).encode_to_vec();
+                let effects = Effects::of_provision(&provisioned, origin, &mut new_event_id);
+                let response = convert::account(&provisioned.account, now, &rules).encode_to_vec();
                 Ok(Mutation {
-                    archive,
-                    account,
-                    history,
-                    events,
+                    archive: provisioned.archive,
+                    account: provisioned.account,
+                    history: effects.history,
+                    events: effects.events,
                     response,
                 })
             },
         );
         let committed = self
-            .ctx
-            .store
-            .mutate(&call.msisdn, Self::key(&call), decide)
-            .await;
-        self.ctx.facts.invalidate(&call.msisdn);
-        let committed = committed.inspect_err(|e| self.ctx.storage_health.observe(e))?;
+            .commit(&msisdn, &request_id, &fingerprint, now, decide)
+            .await?;
         self.account_response(committed)
     }
 
@@ -338,48 +240,25 @@ impl AccountLifecycle for AccountsApi {
         &self,
         request: Request<proto::MarkSoldRequest>,
     ) -> Result<Response<proto::Account>, Status> {
-        let r = request.get_ref();
-        let call = self.call(
-            &request,
-            &r.msisdn,
-            &r.request_id,
-            format!("MarkSold|{}", r.msisdn),
-        )?;
-        self.execute_for_account(call, Command::MarkSold).await
+        let mutating = Mutating::try_from(request.get_ref())?;
+        self.execute_for_account(actor(&request), mutating).await
     }
 
     async fn activate(
         &self,
         request: Request<proto::ActivateRequest>,
     ) -> Result<Response<proto::Account>, Status> {
-        let r = request.get_ref();
-        let call = self.call(
-            &request,
-            &r.msisdn,
-            &r.request_id,
-            format!("Activate|{}", r.msisdn),
-        )?;
-        self.execute_for_account(call, Command::Activate).await
+        let mutating = Mutating::try_from(request.get_ref())?;
+        self.execute_for_account(actor(&request), mutating).await
     }
 
     async fn recharge(
         &self,
         request: Request<proto::RechargeRequest>,
     ) -> Result<Response<proto::RechargeResult>, Status> {
-        let r = request.get_ref();
-        let fingerprint = format!(
-            "Recharge|{}|{}|{}|{}",
-            r.msisdn, r.amount, r.channel, r.validity_days
-        );
-        let call = self.call(&request, &r.msisdn, &r.request_id, fingerprint)?;
-        let channel = required_enum(r.channel, "channel", RechargeChannel::from_i32)?;
-        let command = Command::Recharge {
-            amount: r.amount,
-            channel,
-            validity_days: r.validity_days,
-        };
+        let mutating = Mutating::try_from(request.get_ref())?;
         let committed = self
-            .execute(call, command, |applied, now, rules| {
+            .execute(actor(&request), mutating, |applied, now, rules| {
                 let mut result = proto::RechargeResult {
                     account: Some(convert::account(&applied.account, now, rules)),
                     ..Default::default()
@@ -404,25 +283,19 @@ impl AccountLifecycle for AccountsApi {
         &self,
         request: Request<proto::ChargeRequest>,
     ) -> Result<Response<proto::ChargeResult>, Status> {
-        let r = request.get_ref();
-        let fingerprint = format!("Charge|{}|{}", r.msisdn, r.amount);
-        let call = self.call(&request, &r.msisdn, &r.request_id, fingerprint)?;
+        let mutating = Mutating::try_from(request.get_ref())?;
         let committed = self
-            .execute(
-                call,
-                Command::Charge { amount: r.amount },
-                |applied, now, rules| {
-                    let mut result = proto::ChargeResult {
-                        account: Some(convert::account(&applied.account, now, rules)),
-                        ..Default::default()
-                    };
-                    if let Outcome::Charge(o) = &applied.outcome {
-                        result.charged_preset = o.charged_preset;
-                        result.charged_balance = o.charged_balance;
-                    }
-                    result.encode_to_vec()
-                },
-            )
+            .execute(actor(&request), mutating, |applied, now, rules| {
+                let mut result = proto::ChargeResult {
+                    account: Some(convert::account(&applied.account, now, rules)),
+                    ..Default::default()
+                };
+                if let Outcome::Charge(o) = &applied.outcome {
+                    result.charged_preset = o.charged_preset;
+                    result.charged_balance = o.charged_balance;
+                }
+                result.encode_to_vec()
+            })
             .await?;
         let (mut result, replayed): (proto::ChargeResult, _) = decode_committed(committed)?;
         result.replayed = replayed;
@@ -434,19 +307,10 @@ impl AccountLifecycle for AccountsApi {
         request: Request<proto::UnlockRequest>,
     ) -> Result<Response<proto::Account>, Status> {
         let r = request.get_ref();
-        let fingerprint = format!(
-            "Unlock|{}|{}|{}|{}",
-            r.msisdn, r.operator_id, r.branch_id, r.recharge_amount
-        );
-        let mut call = self.call(&request, &r.msisdn, &r.request_id, fingerprint)?;
+        let mutating = Mutating::try_from(r)?;
         // Unlocks are recorded as done by the business hall's operator.
-        call.actor = format!("{}@{}", r.operator_id, r.branch_id);
-        let command = Command::Unlock(lifecycle::Unlock {
-            operator_id: r.operator_id.clone(),
-            branch_id: r.branch_id.clone(),
-            recharge_amount: r.recharge_amount,
-        });
-        self.execute_for_account(call, command).await
+        let actor = format!("{}@{}", r.operator_id, r.branch_id);
+        self.execute_for_account(actor, mutating).await
     }
 
     async fn get_account(
@@ -600,13 +464,7 @@ impl AccountLifecycle for AccountsApi {
         let r = request.get_ref();
         let msisdn = convert::msisdn(&r.msisdn)?;
         let service = required_enum(r.service, "service", ServiceType::from_i32)?;
-        let destination = r.destination.strip_prefix('+').unwrap_or(&r.destination);
-        if destination.len() > 32 || !destination.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(invalid(
-                ErrorReason::InvalidArgument,
-                "destination must be up to 32 digits (optional leading '+'), or empty",
-            ));
-        }
+        let destination = lifecycle::parse_destination(&r.destination)?;
         self.ctx.check_ready()?;
         let account = self.ctx.facts.get(self.ctx.store.as_ref(), &msisdn).await?;
         let now = self.ctx.clock.now();

@@ -5,12 +5,11 @@ use chrono::{DateTime, NaiveDate, Utc};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::lifecycle::{Account, AccountState, DomainError, ErrorReason, Msisdn, Rules};
+use crate::lifecycle::{Account, AccountState, DomainError, ErrorReason, Msisdn, RequestId, Rules};
 use crate::proto;
-use crate::store::{HistoryRecord, StoreError};
+use crate::store::{HistoryRecord, OutboxEvent, StoreError};
 
-/// The `ErrorInfo.domain` of every error this service returns.
-pub const ERROR_DOMAIN: &str = "ocs-lifecycle";
+pub use crate::wire::ERROR_DOMAIN;
 
 pub fn status(code: Code, reason: &str, message: impl Into<String>) -> Status {
     let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, []);
@@ -72,23 +71,8 @@ pub fn msisdn(raw: &str) -> Result<Msisdn, Status> {
     Msisdn::parse(raw).map_err(Status::from)
 }
 
-/// Longest request_id accepted; keys are stored.
-const MAX_REQUEST_ID_LEN: usize = 128;
-
-pub fn request_id(raw: &str) -> Result<&str, Status> {
-    if raw.is_empty() {
-        return Err(invalid(
-            ErrorReason::MissingRequestId,
-            "request_id is required on every mutating request (an idempotency key, e.g. a UUID)",
-        ));
-    }
-    if raw.len() > MAX_REQUEST_ID_LEN || raw.chars().any(char::is_control) {
-        return Err(invalid(
-            ErrorReason::InvalidArgument,
-            format!("request_id must be 1 to {MAX_REQUEST_ID_LEN} printable characters"),
-        ));
-    }
-    Ok(raw)
+pub fn request_id(raw: &str) -> Result<RequestId, Status> {
+    RequestId::parse(raw).map_err(Status::from)
 }
 
 pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
@@ -159,5 +143,22 @@ pub fn page_size(requested: u32, default: u32) -> Result<u32, Status> {
             ErrorReason::InvalidArgument,
             format!("page_size {n} exceeds 1000"),
         )),
+    }
+}
+
+/// The wire form of an outbox event.
+pub fn lifecycle_event(event: OutboxEvent) -> proto::LifecycleEvent {
+    proto::LifecycleEvent {
+        event_id: event.event_id,
+        sequence: u64::try_from(event.sequence).unwrap_or_default(),
+        r#type: event.event_type as i32,
+        msisdn: event.msisdn.to_string(),
+        account_id: event.account_id,
+        generation: event.generation,
+        from_state: state(event.from_state),
+        to_state: state(event.to_state),
+        reason: event.reason,
+        effective_at: Some(timestamp(event.effective_at)),
+        emitted_at: Some(timestamp(event.emitted_at)),
     }
 }

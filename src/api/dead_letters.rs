@@ -8,7 +8,6 @@ use tonic::Status;
 
 use super::Context;
 use super::convert::{self, invalid};
-use super::events::lifecycle_event;
 use crate::lifecycle::ErrorReason;
 use crate::proto;
 
@@ -61,7 +60,7 @@ pub(super) async fn list(
             attempts: d.attempts,
             last_error: d.last_error,
             dead_at: Some(convert::timestamp(d.dead_at)),
-            event: Some(lifecycle_event(d.event)),
+            event: Some(convert::lifecycle_event(d.event)),
         })
         .collect();
     Ok(proto::ListDeadLettersResponse {

@@ -150,23 +150,6 @@ impl Horizon {
     }
 }
 
-/// The wire form of an outbox event.
-pub(super) fn lifecycle_event(event: OutboxEvent) -> proto::LifecycleEvent {
-    proto::LifecycleEvent {
-        event_id: event.event_id,
-        sequence: u64::try_from(event.sequence).unwrap_or_default(),
-        r#type: event.event_type as i32,
-        msisdn: event.msisdn.to_string(),
-        account_id: event.account_id,
-        generation: event.generation,
-        from_state: convert::state(event.from_state),
-        to_state: convert::state(event.to_state),
-        reason: event.reason,
-        effective_at: Some(convert::timestamp(event.effective_at)),
-        emitted_at: Some(convert::timestamp(event.emitted_at)),
-    }
-}
-
 /// The requested event types; empty = every type.
 fn event_types(raw: &[i32]) -> Result<Vec<EventType>, Status> {
     raw.iter()
@@ -225,7 +208,7 @@ impl Pump {
                 let sent = tokio::select! {
                     biased;
                     _ = self.shutdown.cancelled() => return,
-                    sent = self.tx.send(Ok(lifecycle_event(event))) => sent,
+                    sent = self.tx.send(Ok(convert::lifecycle_event(event))) => sent,
                 };
                 if sent.is_err() {
                     // The client went away.

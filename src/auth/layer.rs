@@ -13,8 +13,8 @@ use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
 use super::{Caller, grants};
-use crate::api::convert::ERROR_DOMAIN;
 use crate::config::{AuthConfig, ConfigError};
+use crate::wire::ERROR_DOMAIN;
 
 /// The configured tokens, by the SHA-256 of the token.
 pub struct Authenticator {

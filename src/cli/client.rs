@@ -11,10 +11,10 @@ use tonic_types::StatusExt;
 
 use super::output;
 use super::{Connection, OutputFormat};
-use crate::api::REPLAYED_METADATA;
 use crate::proto;
 use crate::proto::account_lifecycle_client::AccountLifecycleClient;
 use crate::proto::bss_events_client::BssEventsClient;
+use crate::wire::REPLAYED_METADATA;
 
 /// How long connecting may take before the server counts as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

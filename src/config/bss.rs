@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::ConfigError;
-use crate::store::EventType;
+use crate::lifecycle::EventType;
 
 #[derive(Clone, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]

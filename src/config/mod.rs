@@ -603,7 +603,10 @@ mod tests {
         )
         .unwrap();
         assert!(config.auth.enabled());
-        assert_eq!(config.auth.tokens[0].role, crate::auth::Role::BusinessHall);
+        assert_eq!(
+            config.auth.tokens[0].role,
+            super::security::Role::BusinessHall
+        );
         let err = Config::load(
             &Overrides::default(),
             env(&[(

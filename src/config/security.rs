@@ -15,7 +15,6 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 
 use super::ConfigError;
-use crate::auth::Role;
 
 /// Longest token name (it is recorded in history as the actor).
 pub const MAX_TOKEN_NAME_LEN: usize = 64;
@@ -209,6 +208,42 @@ fn read_certificates(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
         )));
     }
     Ok(pem)
+}
+
+/// What a token may do (`crate::auth::GRANTS` lists the methods of each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, clap::ValueEnum)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum Role {
+    /// The billing / charging side: provisioning, activation, recharge, charge, reads.
+    Billing,
+    /// A business hall: unlocks and recharges at the counter, reads.
+    BusinessHall,
+    /// The BSS: the event stream, dead letters, account reads.
+    Bss,
+    /// Everything, including the sweep (`AdvanceStates`) and the test clock.
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Billing, Role::BusinessHall, Role::Bss, Role::Admin];
+
+    /// The name in configuration and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Billing => "billing",
+            Role::BusinessHall => "business_hall",
+            Role::Bss => "bss",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 
 use super::account::Account;
+use super::error::{DomainError, ErrorReason};
 use super::rules::Rules;
 use super::types::{AccountState, ServiceType};
 
@@ -13,6 +14,22 @@ pub struct Authorization {
     pub reason: &'static str,
     /// The effective state; `None` for an unknown MSISDN.
     pub state: Option<AccountState>,
+}
+
+/// Longest destination Authorize takes.
+pub const MAX_DESTINATION_DIGITS: usize = 32;
+
+/// A destination as Authorize takes it: up to 32 digits with an optional leading '+' (returned
+/// without it), or empty (a service with no called number, e.g. data).
+pub fn parse_destination(raw: &str) -> Result<&str, DomainError> {
+    let digits = raw.strip_prefix('+').unwrap_or(raw);
+    if digits.len() > MAX_DESTINATION_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(DomainError::invalid(
+            ErrorReason::InvalidArgument,
+            "destination must be up to 32 digits (optional leading '+'), or empty",
+        ));
+    }
+    Ok(digits)
 }
 
 /// Decides whether `service` towards `destination` is allowed for `account` at `now`.

@@ -4,6 +4,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 
 use super::account::{Account, Transition, TransitionReason};
+use super::effects::Provisioned;
 use super::error::{DomainError, ErrorReason};
 use super::rules::{Rules, add_days};
 use super::types::{AccountState, HistoryKind, Msisdn, RechargeChannel};
@@ -158,6 +159,79 @@ pub struct Applied {
     /// The command's own history entry; `None` when it changed nothing (e.g. a repeated Activate).
     pub change: Option<Change>,
     pub outcome: Outcome,
+}
+
+/// Provisions `msisdn` over what is stored for it (`current`): a number in use cannot be
+/// provisioned again until it is RECYCLED (caught up to `now` first, so a number whose lock
+/// ran out is free even before the sweep has seen it); a recycled generation is retired — to be
+/// archived with the boundaries it crossed — and the next one created as an UNACTIVATED card.
+pub fn provision_over(
+    current: Option<&Account>,
+    msisdn: Msisdn,
+    account_id: String,
+    params: &ProvisionParams,
+    now: DateTime<Utc>,
+    rules: &Rules,
+) -> Result<Provisioned, DomainError> {
+    let mut archive = None;
+    let mut archive_transitions = Vec::new();
+    if let Some(previous) = current {
+        let mut previous = previous.clone();
+        archive_transitions = previous.catch_up(now, rules);
+        if previous.state != AccountState::Recycled {
+            return Err(DomainError::AlreadyExists {
+                reason: ErrorReason::AccountExists,
+                message: format!(
+                    "msisdn {msisdn} is in use (account {}, {})",
+                    previous.account_id, previous.state
+                ),
+            });
+        }
+        archive = Some(previous);
+    }
+    let previous_generation = archive.as_ref().map(|a: &Account| a.generation);
+    let account = provision(msisdn, account_id, previous_generation, params, now, rules)?;
+    Ok(Provisioned {
+        account,
+        archive,
+        archive_transitions,
+    })
+}
+
+impl ProvisionParams {
+    /// The idempotency fingerprint of a provisioning of `msisdn` with these parameters: a retry
+    /// with the same request_id must carry the same one (spec: otherwise REQUEST_ID_REUSED).
+    /// Built from validated values, so `+8613800138000` and `8613800138000` are one request.
+    pub fn fingerprint(&self, msisdn: &Msisdn) -> String {
+        format!(
+            "ProvisionAccount|{msisdn}|{}|{}|{}",
+            self.preset_balance, self.sold, self.initial_validity_days
+        )
+    }
+}
+
+impl Command {
+    /// The idempotency fingerprint of this command on `msisdn` (see
+    /// [`ProvisionParams::fingerprint`]).
+    pub fn fingerprint(&self, msisdn: &Msisdn) -> String {
+        match self {
+            Command::MarkSold => format!("MarkSold|{msisdn}"),
+            Command::Activate => format!("Activate|{msisdn}"),
+            Command::Recharge {
+                amount,
+                channel,
+                validity_days,
+            } => format!(
+                "Recharge|{msisdn}|{amount}|{}|{validity_days}",
+                *channel as i32
+            ),
+            Command::Charge { amount } => format!("Charge|{msisdn}|{amount}"),
+            Command::Unlock(u) => format!(
+                "Unlock|{msisdn}|{}|{}|{}",
+                u.operator_id, u.branch_id, u.recharge_amount
+            ),
+        }
+    }
 }
 
 /// Creates generation `previous_generation + 1` of `msisdn` as an UNACTIVATED card.

@@ -8,6 +8,7 @@
 mod account;
 mod authorize;
 mod commands;
+mod effects;
 mod error;
 mod rules;
 mod types;
@@ -16,11 +17,15 @@ mod types;
 mod tests;
 
 pub use account::{Account, ExpiringNotice, Swept, Transition, TransitionReason};
-pub use authorize::{Authorization, authorize};
+pub use authorize::{Authorization, MAX_DESTINATION_DIGITS, authorize, parse_destination};
 pub use commands::{
     Applied, Change, ChargeOutcome, Command, Outcome, ProvisionParams, RechargeOutcome, Unlock,
-    apply, provision,
+    apply, provision, provision_over,
+};
+pub use effects::{
+    Effects, EventIds, EventType, HistoryRecord, Origin, OutboxEvent, Provisioned, SWEEP_ACTOR,
+    VALIDITY_EXPIRING_REASON, expiring_event,
 };
 pub use error::{DomainError, ErrorReason};
 pub use rules::{Rules, Tariff, TariffTier};
-pub use types::{AccountState, HistoryKind, Msisdn, RechargeChannel, ServiceType};
+pub use types::{AccountState, HistoryKind, Msisdn, RechargeChannel, RequestId, ServiceType};

@@ -36,6 +36,45 @@ impl fmt::Display for Msisdn {
     }
 }
 
+/// A mutating request's idempotency key: 1 to 128 printable characters (spec: every mutating
+/// request carries one; a retry with the same key is applied once).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RequestId(String);
+
+impl RequestId {
+    /// Longest request_id accepted; keys are stored.
+    pub const MAX_LEN: usize = 128;
+
+    pub fn parse(raw: &str) -> Result<Self, DomainError> {
+        if raw.is_empty() {
+            return Err(DomainError::invalid(
+                ErrorReason::MissingRequestId,
+                "request_id is required on every mutating request (an idempotency key, e.g. a UUID)",
+            ));
+        }
+        if raw.len() > Self::MAX_LEN || raw.chars().any(char::is_control) {
+            return Err(DomainError::invalid(
+                ErrorReason::InvalidArgument,
+                format!(
+                    "request_id must be 1 to {} printable characters",
+                    Self::MAX_LEN
+                ),
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// The five lifecycle states; the numbers are the wire and storage values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum AccountState {

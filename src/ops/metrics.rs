@@ -31,6 +31,7 @@ use crate::clock::Clock;
 use crate::lifecycle::AccountState;
 use crate::notify::WebhookCounters;
 use crate::store::{AccountStore, EventType, StoreError, SweepReport};
+use crate::sweep::SweepObserver;
 
 /// How long the database-derived values of a scrape are reused.
 pub const DB_CACHE_TTL: Duration = Duration::from_secs(5);
@@ -210,6 +211,19 @@ impl std::fmt::Debug for Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+impl SweepObserver for SweepMetrics {
+    fn sweep_finished(&self, outcome: Result<&SweepReport, &StoreError>, elapsed: Duration) {
+        self.record(outcome, elapsed);
+    }
+}
+
+/// The scheduler reports to the service's metrics as a whole.
+impl SweepObserver for Metrics {
+    fn sweep_finished(&self, outcome: Result<&SweepReport, &StoreError>, elapsed: Duration) {
+        self.sweep.record(outcome, elapsed);
     }
 }
 

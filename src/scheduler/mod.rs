@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::ops::Metrics;
 use crate::store::AccountStore;
+use crate::sweep::SweepObserver;
 
 /// A move of the manual clock, acknowledged once any sweep it triggered has finished.
 pub struct ClockMove {
@@ -41,7 +41,7 @@ pub struct Scheduler {
     timezone: Tz,
     batch_size: u32,
     /// Where its sweeps are recorded (`serve`'s metrics), if anywhere.
-    metrics: Option<Arc<Metrics>>,
+    metrics: Option<Arc<dyn SweepObserver>>,
 }
 
 impl Scheduler {
@@ -62,8 +62,8 @@ impl Scheduler {
         }
     }
 
-    /// Records the sweeps it runs in `metrics`.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+    /// Reports the sweeps it runs to `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<dyn SweepObserver>) -> Self {
         self.metrics = Some(metrics);
         self
     }
@@ -79,8 +79,15 @@ impl Scheduler {
         let store = self.store.as_ref();
         let ran = match &self.metrics {
             Some(metrics) => {
-                crate::sweep::run_recorded(&metrics.sweep, store, self.batch_size, None, now, false)
-                    .await
+                crate::sweep::run_recorded(
+                    metrics.as_ref(),
+                    store,
+                    self.batch_size,
+                    None,
+                    now,
+                    false,
+                )
+                .await
             }
             None => crate::sweep::run(store, self.batch_size, None, now, false).await,
         };

@@ -18,71 +18,16 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 
-use crate::lifecycle::{
-    Account, AccountState, DomainError, ErrorReason, HistoryKind, Msisdn, Rules,
-};
+use crate::lifecycle::{Account, AccountState, DomainError, ErrorReason, Msisdn, Rules};
 
+pub use crate::lifecycle::{EventType, HistoryRecord, OutboxEvent};
 pub use deliveries::{AttemptOutcome, DeadLetter, PendingDelivery, Registered, WebhookDeliveries};
 pub use postgres::PostgresStore;
 pub use records::{
     SWEEP_ACTOR, SweepCounts, SweepReport, SweepRequest, VALIDITY_EXPIRING_REASON, expiring_event,
-    record_transitions,
+    new_event_id, record_transitions,
 };
 pub use sqlite::SqliteStore;
-
-/// Kinds of outbox events (the wire numbers of `EventType`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum EventType {
-    NumberRecycled = 1,
-    StateChanged = 2,
-    ValidityExpiring = 3,
-}
-
-impl EventType {
-    pub fn from_i32(value: i32) -> Option<Self> {
-        match value {
-            1 => Some(Self::NumberRecycled),
-            2 => Some(Self::StateChanged),
-            3 => Some(Self::ValidityExpiring),
-            _ => None,
-        }
-    }
-}
-
-/// One row of an account's history.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HistoryRecord {
-    /// Assigned by the store; ignored when writing.
-    pub id: i64,
-    pub msisdn: Msisdn,
-    pub account_id: String,
-    pub generation: u32,
-    /// When the change took effect (a boundary transition: its boundary instant).
-    pub at: DateTime<Utc>,
-    pub kind: HistoryKind,
-    pub from_state: Option<AccountState>,
-    pub to_state: Option<AccountState>,
-    pub amount: i64,
-    pub actor: String,
-    pub request_id: Option<String>,
-}
-
-/// One event of the transactional outbox.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OutboxEvent {
-    /// Assigned by the store, strictly increasing; ignored when writing.
-    pub sequence: i64,
-    pub event_id: String,
-    pub event_type: EventType,
-    pub msisdn: Msisdn,
-    pub account_id: String,
-    pub generation: u32,
-    pub from_state: AccountState,
-    pub to_state: AccountState,
-    pub reason: String,
-    pub effective_at: DateTime<Utc>,
-    pub emitted_at: DateTime<Utc>,
-}
 
 /// Everything one accepted request writes, together.
 #[derive(Clone, Debug)]

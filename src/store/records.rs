@@ -1,23 +1,18 @@
-//! The history rows and outbox events a lifecycle change writes, built in one place for every
-//! writer (the API's mutations and the sweep), and the sweep's counts.
+//! The store's side of the records a lifecycle change writes: the core builds the history rows
+//! and outbox events (`crate::lifecycle::Effects`), the store gives them time-ordered event
+//! ids; and the sweep's counts.
 
 use chrono::{DateTime, Utc};
 
-use super::{EventType, HistoryRecord, OutboxEvent};
 use crate::lifecycle::{
-    Account, AccountState, ExpiringNotice, HistoryKind, Swept, Transition, TransitionReason,
+    self, Account, Effects, ExpiringNotice, HistoryRecord, OutboxEvent, Swept, Transition,
+    TransitionReason,
 };
 
-/// The actor recorded for boundary transitions, whoever happened to materialise them: the
-/// history reads the same whether the nightly sweep or a request crossed the boundary first.
-pub const SWEEP_ACTOR: &str = "sweep";
+pub use crate::lifecycle::{SWEEP_ACTOR, VALIDITY_EXPIRING_REASON};
 
-/// The outbox `reason` of a VALIDITY_EXPIRING notice.
-pub const VALIDITY_EXPIRING_REASON: &str = "VALIDITY_EXPIRING";
-
-/// History rows and outbox events for `transitions` of `account`, emitted at `now`: a
-/// STATE_CHANGED history row (actor `sweep`, at the boundary instant) for every boundary
-/// crossing, a STATE_CHANGED event for every transition, and NUMBER_RECYCLED for every recycle.
+/// History rows and outbox events for `transitions` of `account`, emitted at `now`, with
+/// time-ordered event ids: the core's [`Effects::transitions`].
 pub fn record_transitions(
     account: &Account,
     transitions: &[Transition],
@@ -25,66 +20,19 @@ pub fn record_transitions(
     history: &mut Vec<HistoryRecord>,
     events: &mut Vec<OutboxEvent>,
 ) {
-    for t in transitions {
-        let boundary = !matches!(
-            t.reason,
-            TransitionReason::Activated | TransitionReason::Recharged | TransitionReason::Unlocked
-        );
-        if boundary {
-            history.push(HistoryRecord {
-                id: 0,
-                msisdn: account.msisdn.clone(),
-                account_id: account.account_id.clone(),
-                generation: account.generation,
-                at: t.effective_at,
-                kind: HistoryKind::StateChanged,
-                from_state: Some(t.from),
-                to_state: Some(t.to),
-                amount: 0,
-                actor: SWEEP_ACTOR.to_owned(),
-                request_id: None,
-            });
-        }
-        let event = |event_type| OutboxEvent {
-            sequence: 0,
-            event_id: new_event_id(),
-            event_type,
-            msisdn: account.msisdn.clone(),
-            account_id: account.account_id.clone(),
-            generation: account.generation,
-            from_state: t.from,
-            to_state: t.to,
-            reason: t.reason.as_str().to_owned(),
-            effective_at: t.effective_at,
-            emitted_at: now,
-        };
-        events.push(event(EventType::StateChanged));
-        if t.to == AccountState::Recycled {
-            events.push(event(EventType::NumberRecycled));
-        }
-    }
+    let mut effects = Effects::default();
+    effects.transitions(account, transitions, now, &mut new_event_id);
+    history.append(&mut effects.history);
+    events.append(&mut effects.events);
 }
 
-/// The VALIDITY_EXPIRING event of `notice` (from and to state VALID, effective at the instant
-/// the notice became due).
+/// The VALIDITY_EXPIRING event of `notice`, with a time-ordered event id.
 pub fn expiring_event(
     account: &Account,
     notice: &ExpiringNotice,
     now: DateTime<Utc>,
 ) -> OutboxEvent {
-    OutboxEvent {
-        sequence: 0,
-        event_id: new_event_id(),
-        event_type: EventType::ValidityExpiring,
-        msisdn: account.msisdn.clone(),
-        account_id: account.account_id.clone(),
-        generation: account.generation,
-        from_state: AccountState::Valid,
-        to_state: AccountState::Valid,
-        reason: VALIDITY_EXPIRING_REASON.to_owned(),
-        effective_at: notice.due_at,
-        emitted_at: now,
-    }
+    lifecycle::expiring_event(account, notice, now, &mut new_event_id)
 }
 
 /// What a sweep did (or, dry, would do). Transitions are counted per boundary: an account

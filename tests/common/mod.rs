@@ -368,7 +368,7 @@ pub struct TestServer {
     /// `http_addr` is off.
     pub http_addr: Option<SocketAddr>,
     pub shutdown: CancellationToken,
-    pub handle: Option<JoinHandle<Result<(), ocs_lifecycle::api::ServeError>>>,
+    pub handle: Option<JoinHandle<Result<(), ocs_lifecycle::server::ServeError>>>,
     pub database_url: String,
     pub db: Arc<TestDb>,
     channel: Channel,
@@ -421,7 +421,7 @@ impl TestServer {
             .as_ref()
             .map(|l| l.local_addr().expect("operations address"));
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(ocs_lifecycle::api::serve_with_listeners(
+        let handle = tokio::spawn(ocs_lifecycle::server::serve_with_listeners(
             config,
             listener,
             http,

@@ -1,0 +1,448 @@
+//! The composition root: what `ocs-lifecycle serve` builds from its configuration, in the order
+//! it happens.
+//!
+//! 1. **Build** ([`serve_with_listeners`]): rules, clock, store, metrics, health, the gRPC
+//!    services of [`crate::api`] behind authentication (`crate::auth`) and optional TLS.
+//! 2. **Start**: the operations endpoint (`crate::ops`) and the gRPC server accept at once;
+//!    health says NOT_SERVING and requests are UNAVAILABLE (`NOT_READY`).
+//! 3. **Ready**: the migrations run; then health says SERVING, and the webhook worker
+//!    (`crate::notify`) and the sweep's scheduler (`crate::scheduler`) start.
+//! 4. **Shutdown** (the token is cancelled): health NOT_SERVING, in-flight requests finish
+//!    within `shutdown_timeout_secs`, a sweep in progress finishes its batches, the webhook
+//!    worker and the operations endpoint stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::api::{AccountsApi, Context, EventsApi, StorageHealth, TestClockApi, facts};
+use crate::auth::{self, AuthLayer, Authenticator};
+use crate::clock::{Clock, ManualClock, SystemClock};
+use crate::config::{ClockMode, Config};
+use crate::ops::{self, Metrics, OpsState, RpcMetricsLayer};
+use crate::proto::account_lifecycle_server::AccountLifecycleServer;
+use crate::proto::bss_events_server::BssEventsServer;
+use crate::proto::test_clock_server::TestClockServer;
+use crate::scheduler::Scheduler;
+use crate::store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("database: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The gRPC services health reports on (besides the server as a whole, `""`).
+const ACCOUNT_LIFECYCLE: &str = "ocs.lifecycle.v1.AccountLifecycle";
+const TEST_CLOCK: &str = "ocs.lifecycle.v1.TestClock";
+const BSS_EVENTS: &str = "ocs.lifecycle.v1.BssEvents";
+const SERVICE_NAMES: [&str; 3] = [ACCOUNT_LIFECYCLE, TEST_CLOCK, BSS_EVENTS];
+
+/// Binds `config.listen` and serves until `shutdown` is cancelled.
+pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+    check_exposure(&config, config.listen)?;
+    if let Some(addr) = config.http_addr {
+        check_http_exposure(&config, addr)?;
+    }
+    let listener = bind(config.listen).await?;
+    let http = match config.http_addr {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    serve_with_listeners(config, listener, http, shutdown).await
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Without tokens every caller is trusted, so the service keeps to loopback unless told
+/// otherwise (`--insecure`).
+fn check_exposure(config: &Config, addr: SocketAddr) -> Result<(), ServeError> {
+    if !config.auth.enabled() && !addr.ip().is_loopback() && !config.insecure {
+        return Err(ServeError::Other(format!(
+            "no tokens are configured ([[auth.tokens]]), so authentication is off and the \
+             server binds loopback only; {addr} is not a loopback address (configure tokens, \
+             or pass --insecure to serve it without authentication)"
+        )));
+    }
+    Ok(())
+}
+
+/// The operations endpoint likewise: without tokens the dashboard's data is open to whoever
+/// reaches it, so `http_addr` keeps to loopback unless `--insecure`.
+fn check_http_exposure(config: &Config, addr: SocketAddr) -> Result<(), ServeError> {
+    if !config.auth.enabled() && !addr.ip().is_loopback() && !config.insecure {
+        return Err(ServeError::Other(format!(
+            "no tokens are configured ([[auth.tokens]]), so the operations endpoint's dashboard \
+             data has no authentication and http_addr binds loopback only; {addr} is not a \
+             loopback address (configure tokens, pass --insecure to serve it without \
+             authentication, or --http-addr off)"
+        )));
+    }
+    Ok(())
+}
+
+/// Serves gRPC on an already bound listener (tests bind port 0) and the operations endpoint
+/// on `config.http_addr` (when set) until `shutdown` is cancelled.
+pub async fn serve_on(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let http = match config.http_addr {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    serve_with_listeners(config, listener, http, shutdown).await
+}
+
+fn local_addr(listener: &TcpListener) -> Result<SocketAddr, ServeError> {
+    listener
+        .local_addr()
+        .map_err(|e| ServeError::Other(e.to_string()))
+}
+
+/// The configured clock; the manual one is also returned as such (the TestClock service and
+/// the scheduler drive it).
+fn make_clock(mode: ClockMode) -> (Option<Arc<ManualClock>>, Arc<dyn Clock>) {
+    match mode {
+        ClockMode::System => (None, Arc::new(SystemClock::default())),
+        ClockMode::Manual => {
+            // In microseconds, like every instant the clocks give (see `SystemClock`).
+            let manual = Arc::new(ManualClock::starting_at(SystemClock::default().now()));
+            (Some(manual.clone()), manual)
+        }
+    }
+}
+
+/// Warns about what the configuration leaves open.
+fn warn_about_exposure(
+    authenticated: bool,
+    tls_on: bool,
+    addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+) {
+    if !authenticated {
+        tracing::warn!(
+            "authentication is off (no [[auth.tokens]] configured): every caller is trusted \
+             (loopback only unless --insecure)"
+        );
+    } else if !tls_on && !addr.ip().is_loopback() {
+        tracing::warn!(
+            "bearer tokens travel in clear text: configure [tls] to serve beyond loopback"
+        );
+    }
+    if let Some(http_addr) = http_addr.filter(|a| authenticated && !a.ip().is_loopback()) {
+        tracing::warn!(
+            %http_addr,
+            "the operations endpoint has no TLS: tokens sent to /api/dashboard travel in clear \
+             text; keep http_addr on loopback or put a TLS-terminating proxy in front of it"
+        );
+    }
+}
+
+async fn set_health(health: &HealthReporter, names: &[&str], status: ServingStatus) {
+    for name in names {
+        health.set_service_status(*name, status).await;
+    }
+}
+
+/// The background tasks that run beside the gRPC server; each is stopped by the shutdown
+/// token and awaited (bounded) at shutdown.
+struct Tasks {
+    operations: Option<JoinHandle<std::io::Result<()>>>,
+    scheduler: Option<JoinHandle<()>>,
+    notifier: Option<crate::notify::Notifier>,
+}
+
+impl Tasks {
+    /// Stops at once what has started (a start that failed half-way).
+    fn abort(&mut self) {
+        if let Some(task) = self.operations.take() {
+            task.abort();
+        }
+        if let Some(task) = self.scheduler.take() {
+            task.abort();
+        }
+    }
+
+    /// Waits for each task to finish what it is doing, at most `grace` each.
+    async fn stopped(mut self, grace: Duration) {
+        if let Some(scheduler) = self.scheduler.take() {
+            // The scheduler stops between sweeps; a sweep in progress finishes its batches.
+            if tokio::time::timeout(grace, scheduler).await.is_err() {
+                tracing::warn!(?grace, "the sweep did not finish in time; stopping anyway");
+            }
+        }
+        if let Some(notifier) = self.notifier.take() {
+            notifier.stopped().await;
+        }
+        if let Some(mut task) = self.operations.take() {
+            // It stopped accepting at the cancellation; a scrape in progress may finish.
+            match tokio::time::timeout(grace, &mut task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the operations endpoint failed"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "the operations endpoint task failed"),
+                Err(_) => {
+                    tracing::warn!(?grace, "the operations endpoint did not stop in time");
+                    task.abort();
+                }
+            }
+        }
+    }
+}
+
+/// Serves gRPC on `listener` and the operations endpoint (`/metrics`, `/healthz`, `/readyz`)
+/// on `http` (`None`: no operations endpoint; `config.http_addr` is not looked at) until
+/// `shutdown` is cancelled.
+pub async fn serve_with_listeners(
+    config: Config,
+    listener: TcpListener,
+    http: Option<TcpListener>,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    // 1. Build.
+    let rules = Arc::new(config.rules()?);
+    let addr = local_addr(&listener)?;
+    check_exposure(&config, addr)?;
+    let http_addr = http.as_ref().map(local_addr).transpose()?;
+    if let Some(http_addr) = http_addr {
+        check_http_exposure(&config, http_addr)?;
+    }
+    let authenticator = Authenticator::from_config(&config.auth)?.map(Arc::new);
+    let (builder, tls_on) = auth::with_tls(Server::builder(), &config.tls)?;
+    warn_about_exposure(authenticator.is_some(), tls_on, addr, http_addr);
+    let (manual, clock) = make_clock(config.clock);
+    let schedule = config.sweep.schedule()?;
+    // The manual clock reports its moves to the scheduler, which acknowledges each after the
+    // sweep it triggered.
+    let (moves, moved) = match (&manual, config.sweep.scheduler) {
+        (Some(_), true) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            (Some(tx), Some(rx))
+        }
+        _ => (None, None),
+    };
+    let store = store::connect(
+        &config.database_url,
+        config.db_pool_size,
+        config.db_acquire_timeout(),
+        rules.clone(),
+    )
+    .await?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let metrics = Arc::new(Metrics::new());
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let storage_health = Arc::new(StorageHealth::new(
+        health.clone(),
+        store.clone(),
+        clock.clone(),
+        shutdown.clone(),
+    ));
+    let ctx = Context {
+        store: store.clone(),
+        rules: rules.clone(),
+        clock: clock.clone(),
+        ready: ready.clone(),
+        sweep_batch_size: config.sweep.batch_size,
+        metrics: metrics.clone(),
+        facts: Arc::new(facts::FactCache::new(Duration::from_millis(
+            config.authorize_cache_ms,
+        ))),
+        storage_health: storage_health.clone(),
+    };
+
+    // 2. Start: the operations endpoint first, so /healthz answers and /readyz says why it is
+    // not ready yet while the migrations run.
+    let mut tasks = Tasks {
+        operations: None,
+        scheduler: None,
+        notifier: None,
+    };
+    match (http, http_addr) {
+        (Some(http), Some(http_addr)) => {
+            let state = OpsState {
+                metrics: metrics.clone(),
+                store: store.clone(),
+                clock: clock.clone(),
+                ready: ready.clone(),
+                storage_writable: storage_health.writable(),
+                dashboard: Arc::new(ops::Dashboard::new(
+                    rules.clone(),
+                    config
+                        .sweep
+                        .scheduler
+                        .then(|| (schedule.clone(), config.sweep.cron.clone())),
+                )),
+                authenticator: authenticator.clone(),
+            };
+            tracing::info!(%http_addr, "operations endpoint listening (/, /api/dashboard, /metrics, /healthz, /readyz)");
+            tasks.operations = Some(tokio::spawn(ops::serve_http(http, state, shutdown.clone())));
+        }
+        _ => tracing::info!("http_addr is off: no dashboard, /metrics, /healthz or /readyz"),
+    }
+    let all_services: Vec<&str> = std::iter::once("").chain(SERVICE_NAMES).collect();
+    set_health(&health, &all_services, ServingStatus::NotServing).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Other(format!("reflection: {e}")))?;
+    let router = builder
+        .layer(RpcMetricsLayer::new(metrics.clone()))
+        .layer(AuthLayer::new(authenticator.clone()))
+        .trace_fn(|req| tracing::debug_span!("grpc", path = %req.uri().path()))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(BssEventsServer::new(EventsApi::new(
+            ctx.clone(),
+            shutdown.clone(),
+        )))
+        .add_service(AccountLifecycleServer::new(AccountsApi::new(ctx)));
+    let router = match &manual {
+        Some(clock) => router.add_service(TestClockServer::new(TestClockApi::new(
+            clock.clone(),
+            moves,
+        ))),
+        None => router,
+    };
+    let stopping = shutdown.clone();
+    // Answers are small and latency-bound: no Nagle delay on accepted connections.
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
+    let mut server = tokio::spawn(
+        router.serve_with_incoming_shutdown(incoming, async move { stopping.cancelled().await }),
+    );
+    tracing::info!(
+        %addr,
+        clock = ?config.clock,
+        database = %redact(&config.database_url),
+        tls = tls_on,
+        authentication = authenticator.is_some(),
+        "listening"
+    );
+
+    // 3. Ready: health says NOT_SERVING until the migrations have run.
+    let migrated = tokio::select! {
+        migrated = store.migrate() => Some(migrated),
+        _ = shutdown.cancelled() => None,
+    };
+    let failed = |mut tasks: Tasks, server: JoinHandle<_>| {
+        server.abort();
+        tasks.abort();
+    };
+    match migrated {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            failed(tasks, server);
+            return Err(e.into());
+        }
+        None => {
+            tracing::info!("shutdown requested before the migrations finished");
+            failed(tasks, server);
+            return Ok(());
+        }
+    }
+    ready.store(true, Ordering::Release);
+    let mut serving = vec!["", ACCOUNT_LIFECYCLE, BSS_EVENTS];
+    if manual.is_some() {
+        serving.push(TEST_CLOCK);
+    }
+    set_health(&health, &serving, ServingStatus::Serving).await;
+    tracing::info!("migrations done, serving");
+    tasks.notifier = match crate::notify::start(&config.bss, store.clone(), shutdown.clone()) {
+        Ok(notifier) => notifier,
+        Err(e) => {
+            failed(tasks, server);
+            return Err(ServeError::Other(e.to_string()));
+        }
+    };
+    if let Some(notifier) = &tasks.notifier {
+        // `start` has validated the types already.
+        let types = config.bss.event_types().unwrap_or_default();
+        metrics.watch_webhook(notifier.counters.clone(), types);
+    }
+    tasks.scheduler = config.sweep.scheduler.then(|| {
+        let scheduler = Scheduler::new(
+            store.clone(),
+            clock.clone(),
+            schedule,
+            rules.timezone,
+            config.sweep.batch_size,
+        )
+        .with_metrics(metrics.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            scheduler.catch_up_missed().await;
+            match moved {
+                Some(moved) => scheduler.run_on_manual_clock(moved, stop).await,
+                None => scheduler.run_on_system_clock(stop).await,
+            }
+        })
+    });
+
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => {}
+        finished = &mut server => {
+            tasks.abort();
+            return finished.map_err(|e| ServeError::Other(e.to_string()))?.map_err(Into::into);
+        }
+    }
+
+    // 4. Shutdown.
+    tracing::info!("shutting down: finishing in-flight requests");
+    set_health(&health, &all_services, ServingStatus::NotServing).await;
+    let grace = Duration::from_secs(config.shutdown_timeout_secs);
+    match tokio::time::timeout(grace, &mut server).await {
+        Ok(finished) => finished.map_err(|e| ServeError::Other(e.to_string()))??,
+        Err(_) => {
+            tracing::warn!(
+                ?grace,
+                "in-flight requests did not finish in time; stopping anyway"
+            );
+            server.abort();
+        }
+    }
+    tasks.stopped(grace).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The database URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
