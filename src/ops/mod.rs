@@ -11,7 +11,7 @@
 //! `/healthz` and `/readyz` stay open: scrapers and probes (Prometheus, the kubelet, a load
 //! balancer) reach them without credentials, and they expose counts and up/down, never an
 //! account. Without tokens nothing needs one, and `http_addr` keeps to loopback unless
-//! `--insecure` (`crate::api::serve`), like `listen`. The listener has no TLS: keep it on
+//! `--insecure` (`crate::server::serve`), like `listen`. The listener has no TLS: keep it on
 //! loopback or behind a TLS-terminating proxy when tokens are sent to it.
 //!
 //! This module owns the listener, what the metrics measure ([`Metrics`], the gRPC layer in
