@@ -306,17 +306,19 @@ pub async fn serve_with_listeners(
     }
     let all_services: Vec<&str> = std::iter::once("").chain(SERVICE_NAMES).collect();
     set_health(&health, &all_services, ServingStatus::NotServing).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServeError::Other(format!("reflection: {e}")))?;
+    // Both reflection versions: grpcurl builds and other tools that speak only v1alpha exist.
+    let reflection_error = |e| ServeError::Other(format!("reflection: {e}"));
+    let reflection = reflection_builder().build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
+        .map_err(reflection_error)?;
     let router = builder
         .layer(RpcMetricsLayer::new(metrics.clone()))
         .layer(AuthLayer::new(authenticator.clone()))
         .trace_fn(|req| tracing::debug_span!("grpc", path = %req.uri().path()))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(BssEventsServer::new(EventsApi::new(
             ctx.clone(),
             shutdown.clone(),
@@ -431,6 +433,15 @@ pub async fn serve_with_listeners(
     tasks.stopped(grace).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reflection over the lifecycle contract, health, and `google.rpc` error details (so a
+/// reflection client can decode the ErrorInfo of an error).
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
 
 /// The database URL without its password, for logs.
