@@ -1,5 +1,6 @@
 //! `ocs-lifecycle`: parses flags, sets up logging, and calls the library.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -99,7 +100,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(config.log_format);
+    if let Err(e) = init_logging(config.log_format) {
+        eprintln!("ocs-lifecycle: {e}");
+        return ExitCode::from(2);
+    }
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        command = cli.command.name(),
+        "ocs-lifecycle starting"
+    );
     for name in &config.ignored_env {
         tracing::warn!(variable = %name, "environment variable names no configuration key; ignored");
     }
@@ -138,9 +147,9 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Once, in the log (stderr, in the configured format).
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("ocs-lifecycle: {e}");
+            tracing::error!(error = %e, "ocs-lifecycle stopped on an error");
             ExitCode::FAILURE
         }
     }
@@ -180,14 +189,36 @@ async fn run_sweep(
     Ok(())
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Logs to stderr at `RUST_LOG` (default `info`; a value that does not parse is an error, not
+/// silently `info`), in colour only when stderr is a terminal (not in a file or journald).
+fn init_logging(format: LogFormat) -> Result<(), String> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.trim().is_empty() => EnvFilter::try_new(&directives)
+            .map_err(|e| format!("RUST_LOG={directives:?} is not a valid log filter: {e}"))?,
+        _ => EnvFilter::new("info"),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}
+
+impl Command {
+    /// The subcommand's name, for the start-up log line.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Serve => "serve",
+            Command::Migrate => "migrate",
+            Command::Sweep { .. } => "sweep",
+            Command::Config(_) => "config",
+            Command::Token(_) => "token",
+            Command::Client(_) => "client",
+        }
     }
 }
 

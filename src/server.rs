@@ -194,7 +194,10 @@ impl Tasks {
         if let Some(scheduler) = self.scheduler.take() {
             // The scheduler stops between sweeps; a sweep in progress finishes its batches.
             if tokio::time::timeout(grace, scheduler).await.is_err() {
-                tracing::warn!(?grace, "the sweep did not finish in time; stopping anyway");
+                tracing::warn!(
+                    grace_secs = grace.as_secs(),
+                    "the sweep did not finish in time; stopping anyway"
+                );
             }
         }
         if let Some(notifier) = self.notifier.take() {
@@ -207,7 +210,10 @@ impl Tasks {
                 Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the operations endpoint failed"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "the operations endpoint task failed"),
                 Err(_) => {
-                    tracing::warn!(?grace, "the operations endpoint did not stop in time");
+                    tracing::warn!(
+                        grace_secs = grace.as_secs(),
+                        "the operations endpoint did not stop in time"
+                    );
                     task.abort();
                 }
             }
@@ -341,7 +347,7 @@ pub async fn serve_with_listeners(
     );
     tracing::info!(
         %addr,
-        clock = ?config.clock,
+        clock = if manual.is_some() { "manual" } else { "system" },
         database = %redact(&config.database_url),
         tls = tls_on,
         authentication = authenticator.is_some(),
@@ -424,7 +430,7 @@ pub async fn serve_with_listeners(
         Ok(finished) => finished.map_err(|e| ServeError::Other(e.to_string()))??,
         Err(_) => {
             tracing::warn!(
-                ?grace,
+                grace_secs = grace.as_secs(),
                 "in-flight requests did not finish in time; stopping anyway"
             );
             server.abort();

@@ -312,3 +312,64 @@ fn sweep_prints_its_counts_and_refuses_the_future_unless_dry() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("dry run"), "{stderr}");
 }
+
+#[test]
+fn logs_in_a_file_have_no_colour_and_say_the_version_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = ocs(dir.path());
+    command.arg("migrate");
+    let output = run(command, "migrate");
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no ANSI escape codes when stderr is not a terminal:\n{stderr}"
+    );
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("ocs-lifecycle starting")
+            && first.contains(env!("CARGO_PKG_VERSION"))
+            && first.contains("migrate"),
+        "the first line names the version and the command: {first}"
+    );
+    assert!(stderr.contains("migrations done"), "{stderr}");
+}
+
+#[test]
+fn an_invalid_rust_log_is_an_error_not_a_silent_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = ocs(dir.path());
+    command.arg("migrate").env("RUST_LOG", "info,[[=");
+    let output = run(command, "migrate with a bad RUST_LOG");
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(lines[0].contains("RUST_LOG"), "{}", lines[0]);
+    assert!(
+        !dir.path().join("ocs-lifecycle.db").exists(),
+        "nothing was created"
+    );
+}
+
+#[test]
+fn a_failed_command_reports_its_error_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("once.db").display());
+    let mut command = ocs(dir.path());
+    command.args([
+        "sweep",
+        "--database-url",
+        &url,
+        "--as-of",
+        "2999-01-01T00:00:00Z",
+    ]);
+    let output = run(command, "sweep in the future");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.matches("only a dry run").count(),
+        1,
+        "the error once:\n{stderr}"
+    );
+}
