@@ -9,7 +9,8 @@
 //! Layers, lowest first; a module names only modules of its own layer or lower ones (checked
 //! by `tests/layering.rs`):
 //!
-//! 1. [`clock`] (the injected clock), [`wire`] (names on the wire), [`proto`] (generated), and
+//! 1. [`clock`] (the injected clock), [`wire`] (names on the wire), [`logging`] (what a call's
+//!    log line says), [`proto`] (generated), and
 //!    [`lifecycle`]: the pure rules, and the history rows and outbox events a change writes.
 //! 2. [`store`]: persistence — SQL and transactions, SQLite and PostgreSQL behind one trait.
 //! 3. [`config`]: layered configuration.
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod lifecycle;
+pub mod logging;
 pub mod notify;
 pub mod ops;
 pub mod scheduler;

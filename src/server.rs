@@ -319,7 +319,7 @@ pub async fn serve_with_listeners(
         .build_v1alpha()
         .map_err(reflection_error)?;
     let router = builder
-        .layer(RpcMetricsLayer::new(metrics.clone()))
+        .layer(RpcMetricsLayer::new(metrics.clone()).with_full_msisdn(config.log_full_msisdn))
         .layer(AuthLayer::new(authenticator.clone()))
         .trace_fn(|req| tracing::debug_span!("grpc", path = %req.uri().path()))
         .add_service(health_service)

@@ -373,3 +373,130 @@ fn a_failed_command_reports_its_error_once() {
         "the error once:\n{stderr}"
     );
 }
+
+/// Starts `serve` (JSON logs, `extra` settings as environment) in `dir` with its stderr in
+/// `dir/server.log`; calls `calls` against it, stops it with SIGTERM, returns the log's lines.
+async fn serve_and_log<F, Fut>(
+    dir: &Path,
+    extra: &[(&str, &str)],
+    calls: F,
+) -> Vec<serde_json::Value>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let addr = format!("127.0.0.1:{}", free_port());
+    let log = std::fs::File::create(dir.join("server.log")).unwrap();
+    let mut command = ocs(dir);
+    command
+        .args(["serve", "--listen", &addr, "--http-addr", "off"])
+        .env("OCS_LOG_FORMAT", "json");
+    for (name, value) in extra {
+        command.env(name, value);
+    }
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn ocs-lifecycle serve");
+    wait_serving(&addr, &mut child).await;
+    calls(format!("http://{addr}")).await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    let status = tokio::task::block_in_place(|| wait_bounded(&mut child, "serve after SIGTERM"));
+    assert_eq!(status.code(), Some(0));
+    std::fs::read_to_string(dir.join("server.log"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn rpc_lines(lines: &[serde_json::Value]) -> Vec<&serde_json::Value> {
+    lines
+        .iter()
+        .filter(|l| l["target"] == "ocs_lifecycle::rpc")
+        .collect()
+}
+
+async fn recharge_and_miss(server: String) {
+    use ocs_lifecycle::proto;
+    use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
+    let mut api = AccountLifecycleClient::connect(server)
+        .await
+        .expect("connect");
+    api.provision_account(proto::ProvisionAccountRequest {
+        msisdn: "+8613800138000".into(),
+        sold: true,
+        request_id: "log-p-1".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("provision");
+    let missing = api
+        .get_account(proto::GetAccountRequest {
+            msisdn: "8613900139000".into(),
+        })
+        .await
+        .expect_err("not found");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_call_is_one_log_line_with_its_outcome_and_a_masked_msisdn() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = serve_and_log(dir.path(), &[], recharge_and_miss).await;
+    let rpc = rpc_lines(&lines);
+    let provision = rpc
+        .iter()
+        .find(|l| l["fields"]["method"] == "ocs.lifecycle.v1.AccountLifecycle/ProvisionAccount")
+        .unwrap_or_else(|| panic!("no line for ProvisionAccount: {rpc:#?}"));
+    let fields = &provision["fields"];
+    assert_eq!(provision["level"], "INFO");
+    assert_eq!(fields["code"], "OK");
+    assert_eq!(fields["msisdn"], "+861******8000", "masked: {fields}");
+    assert_eq!(fields["request_id"], "log-p-1");
+    assert_eq!(fields["caller"], "", "authentication is off");
+    assert!(
+        fields["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{fields}"
+    );
+    assert!(fields["latency_ms"].as_f64().is_some(), "{fields}");
+    let missing = rpc
+        .iter()
+        .find(|l| l["fields"]["method"] == "ocs.lifecycle.v1.AccountLifecycle/GetAccount")
+        .unwrap_or_else(|| panic!("no line for GetAccount: {rpc:#?}"));
+    assert_eq!(
+        missing["fields"]["code"], "NotFound",
+        "as the metrics label it"
+    );
+    assert_eq!(missing["fields"]["reason"], "ACCOUNT_NOT_FOUND");
+    assert_eq!(missing["fields"]["msisdn"], "861******9000");
+    // No line anywhere carries the whole number.
+    let whole = lines
+        .iter()
+        .filter(|l| l.to_string().contains("13800138000"))
+        .count();
+    assert_eq!(whole, 0, "the whole MSISDN is logged: {lines:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_full_msisdn_logs_the_whole_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = serve_and_log(
+        dir.path(),
+        &[("OCS_LOG_FULL_MSISDN", "true")],
+        recharge_and_miss,
+    )
+    .await;
+    let rpc = rpc_lines(&lines);
+    assert!(
+        rpc.iter()
+            .any(|l| l["fields"]["msisdn"] == "+8613800138000"),
+        "{rpc:#?}"
+    );
+}

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 /// The layers, lowest first (as in `src/lib.rs`).
 const LAYERS: &[&[&str]] = &[
-    &["clock", "wire", "proto", "lifecycle"],
+    &["clock", "wire", "logging", "proto", "lifecycle"],
     &["store"],
     &["config"],
     &["auth", "sweep", "notify"],

@@ -9,7 +9,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, invalid};
-use super::requests::{Mutating, required_enum};
+use super::requests::{Mutating, note, required_enum};
 use crate::auth::Caller;
 use crate::clock::Clock;
 use crate::lifecycle::{
@@ -187,6 +187,11 @@ impl AccountLifecycle for AccountsApi {
         &self,
         request: Request<proto::ProvisionAccountRequest>,
     ) -> Result<Response<proto::Account>, Status> {
+        note(
+            &request,
+            &request.get_ref().msisdn,
+            &request.get_ref().request_id,
+        );
         let provisioning = Mutating::<ProvisionParams>::try_from(request.get_ref())?;
         let actor = actor(&request);
         self.ctx.check_ready()?;
@@ -240,6 +245,11 @@ impl AccountLifecycle for AccountsApi {
         &self,
         request: Request<proto::MarkSoldRequest>,
     ) -> Result<Response<proto::Account>, Status> {
+        note(
+            &request,
+            &request.get_ref().msisdn,
+            &request.get_ref().request_id,
+        );
         let mutating = Mutating::try_from(request.get_ref())?;
         self.execute_for_account(actor(&request), mutating).await
     }
@@ -248,6 +258,11 @@ impl AccountLifecycle for AccountsApi {
         &self,
         request: Request<proto::ActivateRequest>,
     ) -> Result<Response<proto::Account>, Status> {
+        note(
+            &request,
+            &request.get_ref().msisdn,
+            &request.get_ref().request_id,
+        );
         let mutating = Mutating::try_from(request.get_ref())?;
         self.execute_for_account(actor(&request), mutating).await
     }
@@ -256,6 +271,11 @@ impl AccountLifecycle for AccountsApi {
         &self,
         request: Request<proto::RechargeRequest>,
     ) -> Result<Response<proto::RechargeResult>, Status> {
+        note(
+            &request,
+            &request.get_ref().msisdn,
+            &request.get_ref().request_id,
+        );
         let mutating = Mutating::try_from(request.get_ref())?;
         let committed = self
             .execute(actor(&request), mutating, |applied, now, rules| {
@@ -283,6 +303,11 @@ impl AccountLifecycle for AccountsApi {
         &self,
         request: Request<proto::ChargeRequest>,
     ) -> Result<Response<proto::ChargeResult>, Status> {
+        note(
+            &request,
+            &request.get_ref().msisdn,
+            &request.get_ref().request_id,
+        );
         let mutating = Mutating::try_from(request.get_ref())?;
         let committed = self
             .execute(actor(&request), mutating, |applied, now, rules| {
@@ -306,6 +331,11 @@ impl AccountLifecycle for AccountsApi {
         &self,
         request: Request<proto::UnlockRequest>,
     ) -> Result<Response<proto::Account>, Status> {
+        note(
+            &request,
+            &request.get_ref().msisdn,
+            &request.get_ref().request_id,
+        );
         let r = request.get_ref();
         let mutating = Mutating::try_from(r)?;
         // Unlocks are recorded as done by the business hall's operator.
@@ -317,6 +347,7 @@ impl AccountLifecycle for AccountsApi {
         &self,
         request: Request<proto::GetAccountRequest>,
     ) -> Result<Response<proto::Account>, Status> {
+        note(&request, &request.get_ref().msisdn, "");
         let msisdn = convert::msisdn(&request.get_ref().msisdn)?;
         self.ctx.check_ready()?;
         let account = self.ctx.store.get(&msisdn).await?;
@@ -381,6 +412,7 @@ impl AccountLifecycle for AccountsApi {
         &self,
         request: Request<proto::GetAccountHistoryRequest>,
     ) -> Result<Response<proto::GetAccountHistoryResponse>, Status> {
+        note(&request, &request.get_ref().msisdn, "");
         let r = request.get_ref();
         let msisdn = convert::msisdn(&r.msisdn)?;
         let page_size = convert::page_size(r.page_size, 100)?;
@@ -461,6 +493,7 @@ impl AccountLifecycle for AccountsApi {
         &self,
         request: Request<proto::AuthorizeRequest>,
     ) -> Result<Response<proto::AuthorizeResponse>, Status> {
+        note(&request, &request.get_ref().msisdn, "");
         let r = request.get_ref();
         let msisdn = convert::msisdn(&r.msisdn)?;
         let service = required_enum(r.service, "service", ServiceType::from_i32)?;

@@ -9,6 +9,7 @@ use super::convert::{self, invalid};
 use crate::lifecycle::{
     Command, ErrorReason, Msisdn, ProvisionParams, RechargeChannel, RequestId, Unlock,
 };
+use crate::logging::CallNote;
 use crate::proto;
 
 /// A validated mutating request: whose account, which idempotency key, and what it asks (a
@@ -45,6 +46,13 @@ impl Mutating<Command> {
 impl Mutating<ProvisionParams> {
     pub fn fingerprint(&self) -> String {
         self.command.fingerprint(&self.msisdn)
+    }
+}
+
+/// Notes the account and the idempotency key of a call for its log line (`crate::logging`).
+pub(super) fn note<T>(request: &tonic::Request<T>, msisdn: &str, request_id: &str) {
+    if let Some(note) = request.extensions().get::<std::sync::Arc<CallNote>>() {
+        note.request(msisdn, request_id);
     }
 }
 

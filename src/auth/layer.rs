@@ -14,6 +14,7 @@ use tower::{Layer, Service};
 
 use super::{Caller, grants};
 use crate::config::{AuthConfig, ConfigError};
+use crate::logging::CallNote;
 use crate::wire::ERROR_DOMAIN;
 
 /// The configured tokens, by the SHA-256 of the token.
@@ -208,6 +209,9 @@ where
                 .map(|v| v.as_bytes());
             match authenticator.check(request.uri().path(), authorization) {
                 Ok(Some(caller)) => {
+                    if let Some(note) = request.extensions().get::<Arc<CallNote>>() {
+                        note.caller(&caller.name);
+                    }
                     request.extensions_mut().insert(caller);
                 }
                 Ok(None) => {}

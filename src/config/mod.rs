@@ -85,7 +85,7 @@ where
 }
 
 /// The top-level keys and sections of the configuration.
-pub(crate) const KEYS: [&str; 18] = [
+pub(crate) const KEYS: [&str; 19] = [
     "listen",
     "http_addr",
     "database_url",
@@ -94,6 +94,7 @@ pub(crate) const KEYS: [&str; 18] = [
     "clock",
     "timezone",
     "log_format",
+    "log_full_msisdn",
     "shutdown_timeout_secs",
     "authorize_cache_ms",
     "insecure",
@@ -143,6 +144,9 @@ pub struct Config {
     /// The operator's time zone (IANA name); lifecycle dates are local dates there.
     pub timezone: String,
     pub log_format: LogFormat,
+    /// Log MSISDNs whole in the per-call log lines; by default their middle digits are masked
+    /// (personal data).
+    pub log_full_msisdn: bool,
     /// How long a graceful shutdown waits for in-flight requests.
     pub shutdown_timeout_secs: u64,
     /// How long Authorize may reuse an account's facts read from the database (0 = never).
@@ -264,6 +268,7 @@ impl Default for Config {
             clock: ClockMode::System,
             timezone: rules.timezone.name().into(),
             log_format: LogFormat::Text,
+            log_full_msisdn: false,
             shutdown_timeout_secs: 30,
             authorize_cache_ms: 500,
             insecure: false,
