@@ -70,8 +70,9 @@ async fn moves_beyond_years_1_to_9999_are_invalid_argument_and_leave_the_clock()
         i64::MIN,
         1_000_000_000_000_000,
         -1_000_000_000_000_000,
+        // From today: past 9999, and before year 1 (not merely backwards).
         LAST_SECOND,
-        FIRST_SECOND,
+        2 * FIRST_SECOND,
     ] {
         let status = assert_rejected(
             advance(&server, seconds).await,
@@ -85,12 +86,14 @@ async fn moves_beyond_years_1_to_9999_are_invalid_argument_and_leave_the_clock()
         );
         assert_eq!(now(&server).await, start, "a refused move leaves the clock");
     }
-    // A small step back is still TIME_BACKWARDS.
-    assert_rejected(
-        advance(&server, -1).await,
-        Code::FailedPrecondition,
-        "TIME_BACKWARDS",
-    );
+    // A step back that stays within the range is still TIME_BACKWARDS.
+    for seconds in [-1, FIRST_SECOND] {
+        assert_rejected(
+            advance(&server, seconds).await,
+            Code::FailedPrecondition,
+            "TIME_BACKWARDS",
+        );
+    }
 
     let out_of_range = [
         (LAST_SECOND + 1, 0),
