@@ -168,16 +168,18 @@ mod tests {
             "9999-12-31T23:59:59.999999Z"
         );
         let clock = ManualClock::starting_at(start);
-        for seconds in [i64::MAX, i64::MIN, 1_000_000_000_000_000, -1_000_000_000_000_000] {
+        for seconds in [
+            i64::MAX,
+            i64::MIN,
+            1_000_000_000_000_000,
+            -1_000_000_000_000_000,
+        ] {
             assert!(
                 matches!(clock.advance(seconds), Err(MoveError::OutOfRange { .. })),
                 "{seconds}"
             );
         }
-        assert!(matches!(
-            clock.advance(-1),
-            Err(MoveError::Backwards(_))
-        ));
+        assert!(matches!(clock.advance(-1), Err(MoveError::Backwards(_))));
         let past_9999 = LATEST + chrono::TimeDelta::microseconds(1);
         assert!(matches!(
             clock.set(past_9999),

@@ -18,13 +18,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Backend, TestDb, TestServer, assert_rejected, test_config};
-use pki::Pki;
 use ocs_lifecycle::auth::{Role, token_sha256};
 use ocs_lifecycle::config::{ClockMode, Config, TokenEntry};
 use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
 use ocs_lifecycle::proto::bss_events_client::BssEventsClient;
 use ocs_lifecycle::proto::test_clock_client::TestClockClient;
 use ocs_lifecycle::proto::{self, AccountState, HistoryKind, RechargeChannel};
+use pki::Pki;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataValue;

@@ -927,8 +927,7 @@ mod tls {
         }
         let db = TestDb::create(Backend::Sqlite).await.expect("SQLite");
         let client_pki = pki.clone();
-        TestServer::start_with_channel(db, config, move |addr| client_pki.channel(addr, mtls))
-            .await
+        TestServer::start_with_channel(db, config, move |addr| client_pki.channel(addr, mtls)).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -940,7 +939,14 @@ mod tls {
 
         let run = ocs_at(
             &https,
-            &["account", "provision", "8613800138000", "--sold", "--ca-cert", &ca],
+            &[
+                "account",
+                "provision",
+                "8613800138000",
+                "--sold",
+                "--ca-cert",
+                &ca,
+            ],
         )
         .await
         .ok();
@@ -957,9 +963,12 @@ mod tls {
         assert_eq!(run.json()["msisdn"], "8613800138000");
         // Without a scheme, a TLS option means https://.
         let bare = format!("localhost:{}", server.addr.port());
-        ocs_at(&bare, &["account", "get", "8613800138000", "--ca-cert", &ca])
-            .await
-            .ok();
+        ocs_at(
+            &bare,
+            &["account", "get", "8613800138000", "--ca-cert", &ca],
+        )
+        .await
+        .ok();
 
         // The public roots do not know the test CA: one line, exit 1.
         let run = ocs_at(&https, &["account", "get", "8613800138000"]).await;
@@ -986,13 +995,25 @@ mod tls {
         let pki = Arc::new(Pki::make());
         let server = tls_server(&pki, true).await;
         let https = format!("https://localhost:{}", server.addr.port());
-        let (ca, cert, key) = (pki.arg("ca.pem"), pki.arg("client.pem"), pki.arg("client.key"));
+        let (ca, cert, key) = (
+            pki.arg("ca.pem"),
+            pki.arg("client.pem"),
+            pki.arg("client.key"),
+        );
 
         let run = ocs_at(
             &https,
             &[
-                "account", "provision", "8613800138001", "--sold", "--ca-cert", &ca,
-                "--client-cert", &cert, "--client-key", &key,
+                "account",
+                "provision",
+                "8613800138001",
+                "--sold",
+                "--ca-cert",
+                &ca,
+                "--client-cert",
+                &cert,
+                "--client-key",
+                &key,
             ],
         )
         .await
@@ -1006,13 +1027,21 @@ mod tls {
         let run = ocs_env(&https, &env, &["accounts", "list", "--output", "json"])
             .await
             .ok();
-        assert_eq!(run.json()["accounts"][0]["msisdn"], "8613800138001", "{run:#?}");
+        assert_eq!(
+            run.json()["accounts"][0]["msisdn"],
+            "8613800138001",
+            "{run:#?}"
+        );
         let dir = tempfile::tempdir().expect("temporary directory");
         let file = write_file(dir.path(), "cards.csv", "msisdn\n8613800138002\n");
         ocs_env(&https, &env, &["import", &file]).await.ok();
 
         // Without the client certificate the server refuses: one line, exit 1.
-        let run = ocs_at(&https, &["account", "get", "8613800138001", "--ca-cert", &ca]).await;
+        let run = ocs_at(
+            &https,
+            &["account", "get", "8613800138001", "--ca-cert", &ca],
+        )
+        .await;
         assert_eq!(run.code, 1, "{run:#?}");
         run.error_line();
         server.stop().await;
@@ -1021,13 +1050,25 @@ mod tls {
     #[tokio::test]
     async fn tls_options_are_checked_before_connecting() {
         let pki = Pki::make();
-        let (ca, cert, key) = (pki.arg("ca.pem"), pki.arg("client.pem"), pki.arg("client.key"));
+        let (ca, cert, key) = (
+            pki.arg("ca.pem"),
+            pki.arg("client.pem"),
+            pki.arg("client.key"),
+        );
         let missing = pki.arg("no-such.pem");
         // Nothing listens there: each refusal comes before any connection.
         let https = "https://127.0.0.1:1";
         let cases: [(&str, Vec<&str>, &str); 6] = [
-            (https, vec!["--client-cert", &cert], "--client-cert needs --client-key"),
-            (https, vec!["--client-key", &key], "--client-key needs --client-cert"),
+            (
+                https,
+                vec!["--client-cert", &cert],
+                "--client-cert needs --client-key",
+            ),
+            (
+                https,
+                vec!["--client-key", &key],
+                "--client-key needs --client-cert",
+            ),
             (https, vec!["--ca-cert", &missing], "--ca-cert: cannot read"),
             (https, vec!["--ca-cert", &key], "--ca-cert: "),
             (
@@ -1035,7 +1076,11 @@ mod tls {
                 vec!["--client-cert", &cert, "--client-key", &cert],
                 "--client-key: ",
             ),
-            ("http://127.0.0.1:1", vec!["--ca-cert", &ca], "need an https:// --server"),
+            (
+                "http://127.0.0.1:1",
+                vec!["--ca-cert", &ca],
+                "need an https:// --server",
+            ),
         ];
         for (server, options, expected) in cases {
             let mut args = vec!["account", "get", "8613800138000"];

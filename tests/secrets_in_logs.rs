@@ -151,7 +151,10 @@ async fn exercise(dir: &Path, database_url: &str) -> String {
     let refused = accounts
         .provision_account(bearer(provision("p-0"), WRONG_TOKEN))
         .await;
-    assert_eq!(refused.expect_err("wrong token").code(), tonic::Code::Unauthenticated);
+    assert_eq!(
+        refused.expect_err("wrong token").code(),
+        tonic::Code::Unauthenticated
+    );
     clock
         .set_time(bearer(set_time("2030-03-01T02:00:00Z"), TOKEN))
         .await
@@ -223,7 +226,8 @@ fn assert_no_secret(log: &str, database_password: Option<&str>) {
         "a trace-level log of the whole run: {}",
         &log[..log.len().min(2000)]
     );
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{HOOK_USER}:{HOOK_PASSWORD}"));
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("{HOOK_USER}:{HOOK_PASSWORD}"));
     let mut secrets = vec![
         TOKEN,
         WRONG_TOKEN,
@@ -245,7 +249,10 @@ fn assert_no_secret(log: &str, database_password: Option<&str>) {
         }
     }
     // What is left of the URLs still tells the operator where things are.
-    assert!(log.contains(&format!("{HOOK_USER}:***@")), "the webhook URL, redacted");
+    assert!(
+        log.contains(&format!("{HOOK_USER}:***@")),
+        "the webhook URL, redacted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,10 +267,15 @@ async fn a_trace_log_of_a_whole_run_holds_no_token_secret_or_password() {
     };
     // Trust authentication: the server accepts any password, so the passwords are really
     // used to connect (and would be logged if anything logged them).
-    let with_userinfo = db
-        .url
-        .replacen("postgres://postgres@", &format!("postgres://postgres:{DB_PASSWORD}@"), 1);
-    assert_ne!(with_userinfo, db.url, "the test URL names the user postgres");
+    let with_userinfo = db.url.replacen(
+        "postgres://postgres@",
+        &format!("postgres://postgres:{DB_PASSWORD}@"),
+        1,
+    );
+    assert_ne!(
+        with_userinfo, db.url,
+        "the test URL names the user postgres"
+    );
     let dir = tempfile::tempdir().expect("temporary directory");
     let log = exercise(dir.path(), &with_userinfo).await;
     assert_no_secret(&log, Some(DB_PASSWORD));

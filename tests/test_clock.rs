@@ -29,7 +29,10 @@ async fn now(server: &TestServer) -> prost_types::Timestamp {
         .expect("now")
 }
 
-async fn advance(server: &TestServer, seconds: i64) -> Result<proto::GetTimeResponse, tonic::Status> {
+async fn advance(
+    server: &TestServer,
+    seconds: i64,
+) -> Result<proto::GetTimeResponse, tonic::Status> {
     server
         .clock()
         .advance_time(AdvanceTimeRequest { seconds })
@@ -135,7 +138,10 @@ async fn moves_beyond_years_1_to_9999_are_invalid_argument_and_leave_the_clock()
         Code::InvalidArgument,
         "TIME_OUT_OF_RANGE",
     );
-    assert_eq!(advance(&server, 0).await.expect("AdvanceTime(0)").now, Some(at_the_end));
+    assert_eq!(
+        advance(&server, 0).await.expect("AdvanceTime(0)").now,
+        Some(at_the_end)
+    );
     assert_serving(&server).await;
     server.stop().await;
 }

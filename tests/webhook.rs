@@ -720,7 +720,10 @@ mod security {
             key,
             &[id.as_bytes(), b".", timestamp.as_bytes(), b".", &r.body],
         );
-        format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac))
+        format!(
+            "v1,{}",
+            base64::engine::general_purpose::STANDARD.encode(mac)
+        )
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -870,7 +873,11 @@ for case in json.load(open(sys.argv[1])):
         let mut cases = Vec::new();
         let mut expected = Vec::new();
         for (r, secret) in hook.received().iter().zip([SECRET, STANDARD_SECRET]) {
-            let sent_at: i64 = r.header("webhook-timestamp").expect("ts").parse().expect("int");
+            let sent_at: i64 = r
+                .header("webhook-timestamp")
+                .expect("ts")
+                .parse()
+                .expect("int");
             let body = base64::engine::general_purpose::STANDARD.encode(&r.body);
             let mut tampered = r.body.clone();
             tampered[0] = b' ';
@@ -892,18 +899,38 @@ for case in json.load(open(sys.argv[1])):
             };
             // As delivered, and within the tolerance either way.
             case(standard(secret, headers.clone(), &body, sent_at), true);
-            case(standard(secret, headers.clone(), &body, sent_at + 299), true);
-            case(standard(secret, headers.clone(), &body, sent_at - 299), true);
+            case(
+                standard(secret, headers.clone(), &body, sent_at + 299),
+                true,
+            );
+            case(
+                standard(secret, headers.clone(), &body, sent_at - 299),
+                true,
+            );
             // Replayed after the tolerance, or "from the future".
-            case(standard(secret, headers.clone(), &body, sent_at + 301), false);
-            case(standard(secret, headers.clone(), &body, sent_at - 301), false);
+            case(
+                standard(secret, headers.clone(), &body, sent_at + 301),
+                false,
+            );
+            case(
+                standard(secret, headers.clone(), &body, sent_at - 301),
+                false,
+            );
             // Forgeries: another body, another id, another secret, no signature.
             case(standard(secret, headers.clone(), &tampered, sent_at), false);
             case(
-                standard(secret, serde_json::to_value(&other_id).unwrap(), &body, sent_at),
+                standard(
+                    secret,
+                    serde_json::to_value(&other_id).unwrap(),
+                    &body,
+                    sent_at,
+                ),
                 false,
             );
-            case(standard("whsec_b3RoZXI=", headers.clone(), &body, sent_at), false);
+            case(
+                standard("whsec_b3RoZXI=", headers.clone(), &body, sent_at),
+                false,
+            );
             case(
                 standard(
                     secret,
@@ -953,8 +980,15 @@ for case in json.load(open(sys.argv[1])):
         let statuses: Vec<u16> = received.iter().map(|r| r.status).collect();
         assert_eq!(statuses, [500, 429, 503, 200]);
         let gap = |i: usize| received[i + 1].arrived - received[i].arrived;
-        assert!(gap(0) < Duration::from_secs(600), "500's Retry-After ignored");
-        assert!(gap(1) >= Duration::from_secs(2), "429 Retry-After: 2, waited {:?}", gap(1));
+        assert!(
+            gap(0) < Duration::from_secs(600),
+            "500's Retry-After ignored"
+        );
+        assert!(
+            gap(1) >= Duration::from_secs(2),
+            "429 Retry-After: 2, waited {:?}",
+            gap(1)
+        );
         // The date has whole seconds: at least 4 s after the start.
         let waited = received[3].arrived - started;
         assert!(
@@ -993,7 +1027,9 @@ for case in json.load(open(sys.argv[1])):
             d.values().any(|d| {
                 d.attempts >= 2
                     && !d.delivered
-                    && d.last_error.as_deref().is_some_and(|e| e.contains("certificate"))
+                    && d.last_error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("certificate"))
             })
         })
         .await;

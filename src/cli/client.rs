@@ -186,8 +186,9 @@ fn tls_config(connection: &Connection) -> Result<ClientTlsConfig, CliError> {
     use crate::config::security::{read_certificates, read_private_key};
     let usage = |e: crate::config::ConfigError| CliError::Usage(e.0);
     let tls = match &connection.ca_cert {
-        Some(path) => ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read_certificates("--ca-cert", path).map_err(usage)?)),
+        Some(path) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(
+            read_certificates("--ca-cert", path).map_err(usage)?,
+        )),
         None => ClientTlsConfig::new().with_webpki_roots(),
     };
     match (&connection.client_cert, &connection.client_key) {

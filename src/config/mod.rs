@@ -527,7 +527,11 @@ fn deserialize(table: toml::Table) -> Result<Config, String> {
 /// The error of a configuration that does not deserialize, naming the environment variable
 /// whose value does not fit its key when the file alone is fine (serde's message names the
 /// type, not the key).
-fn blame_env(file_only: toml::Table, applied: &[(&str, &str, &str)], message: String) -> ConfigError {
+fn blame_env(
+    file_only: toml::Table,
+    applied: &[(&str, &str, &str)],
+    message: String,
+) -> ConfigError {
     if deserialize(file_only.clone()).is_ok() {
         for (name, key, value) in applied {
             let mut alone = file_only.clone();
@@ -535,7 +539,10 @@ fn blame_env(file_only: toml::Table, applied: &[(&str, &str, &str)], message: St
                 continue;
             }
             if let Err(own) = deserialize(alone) {
-                let dotted = key.split("__").map(str::to_ascii_lowercase).collect::<Vec<_>>();
+                let dotted = key
+                    .split("__")
+                    .map(str::to_ascii_lowercase)
+                    .collect::<Vec<_>>();
                 return ConfigError(format!("{name} ({}): {own}", dotted.join(".")));
             }
         }
@@ -808,8 +815,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.lifecycle.special_numbers, ["110", "120"]);
-        let err = Config::load(&Overrides::default(), env(&[("OCS_TLS__CERT", "12345")]))
-            .unwrap_err();
+        let err =
+            Config::load(&Overrides::default(), env(&[("OCS_TLS__CERT", "12345")])).unwrap_err();
         assert!(err.to_string().contains("tls.key: missing"), "{err}");
         // A number setting given something else names its key.
         let err = Config::load(

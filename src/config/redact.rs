@@ -89,10 +89,7 @@ mod tests {
                 "https://hook:***@bss.example:8443/events?code=***",
             ),
             // A password holding '@' or ':' is still hidden whole.
-            (
-                "postgres://u:p@ss:w@rd@db/ocs",
-                "postgres://u:***@db/ocs",
-            ),
+            ("postgres://u:p@ss:w@rd@db/ocs", "postgres://u:***@db/ocs"),
             ("postgres://u:pa/ss@db/ocs", "postgres://u:***@db/ocs"),
             ("sqlite://ocs-lifecycle.db", "sqlite://ocs-lifecycle.db"),
             ("sqlite:/var/lib/ocs.db", "sqlite:/var/lib/ocs.db"),

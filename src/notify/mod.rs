@@ -178,9 +178,9 @@ fn http_client(config: &BssConfig) -> Result<reqwest::Client, NotifyError> {
     if let Some(ca) = &tls.ca {
         // A private CA replaces the public roots: only the BSS's own certificates are trusted.
         builder = builder.tls_built_in_root_certs(false);
-        for certificate in reqwest::Certificate::from_pem_bundle(ca).map_err(|e| {
-            crate::config::ConfigError(format!("bss.ca_file: {}", error_chain(&e)))
-        })? {
+        for certificate in reqwest::Certificate::from_pem_bundle(ca)
+            .map_err(|e| crate::config::ConfigError(format!("bss.ca_file: {}", error_chain(&e))))?
+        {
             builder = builder.add_root_certificate(certificate);
         }
     }

@@ -210,7 +210,8 @@ async fn accept(listener: TcpListener, state: Arc<State>, tls: Option<TlsAccepto
                 connections.spawn(async move {
                     match acceptor.accept(stream).await {
                         Ok(stream) => {
-                            let client_certificate = stream.get_ref().1.peer_certificates().is_some();
+                            let client_certificate =
+                                stream.get_ref().1.peer_certificates().is_some();
                             serve(stream, state, client_certificate).await;
                         }
                         Err(e) => {
@@ -267,9 +268,8 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         .flatten()
         .map(|(name, value)| format!("{name}: {value}\r\n"))
         .collect();
-    let response = format!(
-        "HTTP/1.1 {status} Test\r\nContent-Length: 0\r\n{extra}Connection: close\r\n\r\n"
-    );
+    let response =
+        format!("HTTP/1.1 {status} Test\r\nContent-Length: 0\r\n{extra}Connection: close\r\n\r\n");
     let answered = stream.write_all(response.as_bytes()).await.is_ok();
     let _ = stream.shutdown().await;
     if answered {
