@@ -4,14 +4,16 @@
 //! the actor in history, TLS with a CA-verified client, mTLS, and the loopback-only rule
 //! without tokens.
 //!
-//! The certificates come from `scripts/make-test-certs.sh` (openssl) in a temporary directory.
+//! The certificates come from `scripts/make-test-certs.sh` (openssl) in a temporary directory
+//! (`pki/mod.rs`).
 
 #[macro_use]
 #[allow(unused_macros)]
 mod common;
+mod pki;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,10 +24,11 @@ use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
 use ocs_lifecycle::proto::bss_events_client::BssEventsClient;
 use ocs_lifecycle::proto::test_clock_client::TestClockClient;
 use ocs_lifecycle::proto::{self, AccountState, HistoryKind, RechargeChannel};
+use pki::Pki;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -542,65 +545,15 @@ async fn without_tokens_the_actor_is_anonymous(server: TestServer) {
 
 // ---- TLS -----------------------------------------------------------------------------------
 
-/// A CA, a server certificate for localhost/127.0.0.1 and a client certificate, made by
-/// `scripts/make-test-certs.sh`.
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn make() -> Pki {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-test-certs.sh");
-        let output = std::process::Command::new("sh")
-            .arg(&script)
-            .arg(dir.path())
-            .output()
-            .expect("run make-test-certs.sh (needs openssl)");
-        assert!(
-            output.status.success(),
-            "make-test-certs.sh failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Pki { dir }
+/// A configuration serving TLS with the test PKI's server certificate (and mTLS with its CA).
+fn tls_config(pki: &Pki, mtls: bool) -> Config {
+    let mut config = auth_config(ClockMode::System);
+    config.tls.cert = Some(pki.path("server.pem"));
+    config.tls.key = Some(pki.path("server.key"));
+    if mtls {
+        config.tls.client_ca = Some(pki.path("ca.pem"));
     }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn pem(&self, name: &str) -> Vec<u8> {
-        std::fs::read(self.path(name)).expect("PEM file")
-    }
-
-    /// A configuration serving TLS with the server certificate (and mTLS with `client_ca`).
-    fn config(&self, mtls: bool) -> Config {
-        let mut config = auth_config(ClockMode::System);
-        config.tls.cert = Some(self.path("server.pem"));
-        config.tls.key = Some(self.path("server.key"));
-        if mtls {
-            config.tls.client_ca = Some(self.path("ca.pem"));
-        }
-        config
-    }
-
-    /// A TLS client that trusts the test CA (and presents the client certificate if asked).
-    fn channel(&self, addr: SocketAddr, client_cert: bool) -> Channel {
-        let mut tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(self.pem("ca.pem")))
-            .domain_name("localhost");
-        if client_cert {
-            tls = tls.identity(Identity::from_pem(
-                self.pem("client.pem"),
-                self.pem("client.key"),
-            ));
-        }
-        Channel::from_shared(format!("https://{addr}"))
-            .expect("endpoint")
-            .tls_config(tls)
-            .expect("client TLS configuration")
-            .connect_lazy()
-    }
+    config
 }
 
 fn plaintext_channel(addr: SocketAddr) -> Channel {
@@ -627,7 +580,7 @@ async fn tls_serves_a_ca_verified_client_and_refuses_plaintext() {
     let db = TestDb::create(Backend::Sqlite).await.expect("SQLite");
     let client_pki = pki.clone();
     // Start-up already waits for SERVING over the TLS channel.
-    let server = TestServer::start_with_channel(db, pki.config(false), move |addr| {
+    let server = TestServer::start_with_channel(db, tls_config(&pki, false), move |addr| {
         client_pki.channel(addr, false)
     })
     .await;
@@ -661,7 +614,7 @@ async fn mtls_requires_a_client_certificate_from_the_client_ca() {
     let pki = Arc::new(Pki::make());
     let db = TestDb::create(Backend::Sqlite).await.expect("SQLite");
     let client_pki = pki.clone();
-    let server = TestServer::start_with_channel(db, pki.config(true), move |addr| {
+    let server = TestServer::start_with_channel(db, tls_config(&pki, true), move |addr| {
         client_pki.channel(addr, true)
     })
     .await;
@@ -704,7 +657,7 @@ async fn bad_tls_files_stop_the_start_with_an_error_naming_the_key() {
     let garbage = pki.path("garbage.pem");
     std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nnot base64!\n").expect("write");
 
-    let mut missing = pki.config(false);
+    let mut missing = tls_config(&pki, false);
     missing.tls.cert = Some(pki.path("no-such.pem"));
     let err = refused_start(missing).await;
     assert!(
@@ -712,17 +665,17 @@ async fn bad_tls_files_stop_the_start_with_an_error_naming_the_key() {
         "{err}"
     );
 
-    let mut bad_pem = pki.config(true);
+    let mut bad_pem = tls_config(&pki, true);
     bad_pem.tls.client_ca = Some(garbage.clone());
     let err = refused_start(bad_pem).await;
     assert!(err.contains("tls.client_ca"), "{err}");
 
-    let mut not_a_key = pki.config(false);
+    let mut not_a_key = tls_config(&pki, false);
     not_a_key.tls.key = Some(pki.path("server.pem"));
     let err = refused_start(not_a_key).await;
     assert!(err.contains("tls.key"), "{err}");
 
-    let mut wrong_key = pki.config(false);
+    let mut wrong_key = tls_config(&pki, false);
     wrong_key.tls.key = Some(pki.path("client.key"));
     let err = refused_start(wrong_key).await;
     assert!(err.contains("tls.key"), "{err}");

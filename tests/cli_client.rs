@@ -6,6 +6,10 @@
 //! an invalid `OCS_LIFECYCLE__GRACE_DAYS` in the environment: a client command that loaded
 //! the server configuration would fail, so these tests also show it does not.
 //!
+//! `tls`: the same binary against a server with TLS and with mTLS (`--server https://…`,
+//! `--ca-cert`, `--client-cert`, `--client-key` and their `OCS_*` variables), certificates made
+//! by `scripts/make-test-certs.sh`.
+//!
 //! Timeline: cards are provisioned at `T0` (2030-03-01, 10:00 Asia/Shanghai); an activated
 //! card is valid through 2030-08-28; an unactivated one dies after 2031-08-23 and is recycled
 //! from 2031-08-24 00:00 local; `T1` (2031-09-01) is after that.
@@ -15,6 +19,7 @@ mod common;
 #[path = "webhook/hook.rs"]
 #[allow(dead_code)]
 mod hook;
+mod pki;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -70,8 +75,17 @@ impl Run {
 
 /// Runs the binary with `args` against `server` (bounded; killed past the safety bound).
 async fn ocs_at(server: &str, args: &[&str]) -> Run {
+    ocs_env(server, &[], args).await
+}
+
+/// [`ocs_at`] with more environment variables.
+async fn ocs_env(server: &str, env: &[(&str, &str)], args: &[&str]) -> Run {
     let server = server.to_owned();
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     tokio::task::spawn_blocking(move || {
         let dir = tempfile::tempdir().expect("temporary directory");
         std::fs::write(
@@ -89,6 +103,7 @@ async fn ocs_at(server: &str, args: &[&str]) -> Run {
         let mut child = command
             .env("OCS_LIFECYCLE__GRACE_DAYS", "0")
             .env("OCS_SERVER", &server)
+            .envs(env)
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -889,6 +904,190 @@ mod dead_letters {
                 "the event was never dead-lettered"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The client over TLS and mTLS, against a real server with the test PKI (SQLite).
+mod tls {
+    use std::sync::Arc;
+
+    use common::Backend;
+    use pki::Pki;
+
+    use super::*;
+
+    /// A manual-clock server with TLS (and mTLS: client certificates from the test CA).
+    async fn tls_server(pki: &Arc<Pki>, mtls: bool) -> TestServer {
+        let mut config = common::test_config(ClockMode::Manual);
+        config.tls.cert = Some(pki.path("server.pem"));
+        config.tls.key = Some(pki.path("server.key"));
+        if mtls {
+            config.tls.client_ca = Some(pki.path("ca.pem"));
+        }
+        let db = TestDb::create(Backend::Sqlite).await.expect("SQLite");
+        let client_pki = pki.clone();
+        TestServer::start_with_channel(db, config, move |addr| client_pki.channel(addr, mtls)).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_client_reaches_a_tls_server_that_its_ca_cert_verifies() {
+        let pki = Arc::new(Pki::make());
+        let server = tls_server(&pki, false).await;
+        let https = format!("https://localhost:{}", server.addr.port());
+        let ca = pki.arg("ca.pem");
+
+        let run = ocs_at(
+            &https,
+            &[
+                "account",
+                "provision",
+                "8613800138000",
+                "--sold",
+                "--ca-cert",
+                &ca,
+            ],
+        )
+        .await
+        .ok();
+        assert!(run.stdout.contains("UNACTIVATED"), "{run:#?}");
+        // The IP address is in the certificate too; the CA may come from OCS_CA_CERT.
+        let by_ip = format!("https://127.0.0.1:{}", server.addr.port());
+        let run = ocs_env(
+            &by_ip,
+            &[("OCS_CA_CERT", &ca)],
+            &["account", "get", "8613800138000", "--output", "json"],
+        )
+        .await
+        .ok();
+        assert_eq!(run.json()["msisdn"], "8613800138000");
+        // Without a scheme, a TLS option means https://.
+        let bare = format!("localhost:{}", server.addr.port());
+        ocs_at(
+            &bare,
+            &["account", "get", "8613800138000", "--ca-cert", &ca],
+        )
+        .await
+        .ok();
+
+        // The public roots do not know the test CA: one line, exit 1.
+        let run = ocs_at(&https, &["account", "get", "8613800138000"]).await;
+        assert_eq!(run.code, 1, "{run:#?}");
+        let line = run.error_line();
+        assert!(
+            line.starts_with(&format!("error: cannot connect to the server at {https}"))
+                && line.contains("certificate"),
+            "{run:#?}"
+        );
+        // Plaintext against TLS fails too (it is not mistaken for a server that is down).
+        let run = ocs_at(
+            &format!("http://{}", server.addr),
+            &["account", "get", "8613800138000"],
+        )
+        .await;
+        assert_eq!(run.code, 1, "{run:#?}");
+        run.error_line();
+        server.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_client_reaches_an_mtls_server_with_its_client_certificate() {
+        let pki = Arc::new(Pki::make());
+        let server = tls_server(&pki, true).await;
+        let https = format!("https://localhost:{}", server.addr.port());
+        let (ca, cert, key) = (
+            pki.arg("ca.pem"),
+            pki.arg("client.pem"),
+            pki.arg("client.key"),
+        );
+
+        let run = ocs_at(
+            &https,
+            &[
+                "account",
+                "provision",
+                "8613800138001",
+                "--sold",
+                "--ca-cert",
+                &ca,
+                "--client-cert",
+                &cert,
+                "--client-key",
+                &key,
+            ],
+        )
+        .await
+        .ok();
+        assert!(run.stdout.contains("UNACTIVATED"), "{run:#?}");
+        let env = [
+            ("OCS_CA_CERT", ca.as_str()),
+            ("OCS_CLIENT_CERT", cert.as_str()),
+            ("OCS_CLIENT_KEY", key.as_str()),
+        ];
+        let run = ocs_env(&https, &env, &["accounts", "list", "--output", "json"])
+            .await
+            .ok();
+        assert_eq!(
+            run.json()["accounts"][0]["msisdn"],
+            "8613800138001",
+            "{run:#?}"
+        );
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let file = write_file(dir.path(), "cards.csv", "msisdn\n8613800138002\n");
+        ocs_env(&https, &env, &["import", &file]).await.ok();
+
+        // Without the client certificate the server refuses: one line, exit 1.
+        let run = ocs_at(
+            &https,
+            &["account", "get", "8613800138001", "--ca-cert", &ca],
+        )
+        .await;
+        assert_eq!(run.code, 1, "{run:#?}");
+        run.error_line();
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn tls_options_are_checked_before_connecting() {
+        let pki = Pki::make();
+        let (ca, cert, key) = (
+            pki.arg("ca.pem"),
+            pki.arg("client.pem"),
+            pki.arg("client.key"),
+        );
+        let missing = pki.arg("no-such.pem");
+        // Nothing listens there: each refusal comes before any connection.
+        let https = "https://127.0.0.1:1";
+        let cases: [(&str, Vec<&str>, &str); 6] = [
+            (
+                https,
+                vec!["--client-cert", &cert],
+                "--client-cert needs --client-key",
+            ),
+            (
+                https,
+                vec!["--client-key", &key],
+                "--client-key needs --client-cert",
+            ),
+            (https, vec!["--ca-cert", &missing], "--ca-cert: cannot read"),
+            (https, vec!["--ca-cert", &key], "--ca-cert: "),
+            (
+                https,
+                vec!["--client-cert", &cert, "--client-key", &cert],
+                "--client-key: ",
+            ),
+            (
+                "http://127.0.0.1:1",
+                vec!["--ca-cert", &ca],
+                "need an https:// --server",
+            ),
+        ];
+        for (server, options, expected) in cases {
+            let mut args = vec!["account", "get", "8613800138000"];
+            args.extend(options);
+            let run = ocs_at(server, &args).await;
+            assert_eq!(run.code, 2, "{expected}: {run:#?}");
+            assert!(run.error_line().contains(expected), "{expected}: {run:#?}");
         }
     }
 }

@@ -3,6 +3,9 @@
 //! materialises the recycle) are POSTed by the real worker to a real HTTP listener
 //! (`webhook/hook.rs`), signed, retried, dead-lettered, redelivered, in order per MSISDN, and
 //! never lost or repeated across a restart. Delivery state is read from `webhook_deliveries`.
+//! `security` (SQLite only: none of it depends on the backend): the Standard Webhooks
+//! signature and the documented verifier, `Retry-After`, and HTTPS with a private CA and
+//! client certificates.
 //!
 //! Timeline: cards are provisioned at `T0` (2030-03-01) and die on 2031-08-23; `T1`
 //! (2031-09-01) recycles them; the second life dies in early 2033, recycled again at `T2`.
@@ -11,6 +14,7 @@
 mod common;
 #[path = "webhook/hook.rs"]
 mod hook;
+mod pki;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -674,4 +678,461 @@ async fn a_restart_sends_what_was_not_confirmed_and_never_resends_what_was(db: A
     assert_eq!(after.get(&in_flight), Some(&1));
     check.close().await;
     server.stop().await;
+}
+
+/// Signatures, `Retry-After` and TLS: SQLite only (the backend plays no part).
+mod security {
+    use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+    use base64::Engine;
+    use common::Backend;
+    use pki::Pki;
+
+    use super::*;
+
+    const STANDARD_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    const DOC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/bss-webhook.md");
+
+    async fn sqlite() -> Arc<TestDb> {
+        TestDb::create(Backend::Sqlite).await.expect("SQLite")
+    }
+
+    fn unix_now() -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs() as i64
+    }
+
+    fn hmac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC key");
+        for part in parts {
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    /// `v1,` and the base64 HMAC of `id.timestamp.body`, computed here from the received bytes.
+    fn standard_signature(key: &[u8], r: &Received) -> String {
+        let id = r.header("webhook-id").expect("webhook-id");
+        let timestamp = r.header("webhook-timestamp").expect("webhook-timestamp");
+        let mac = hmac(
+            key,
+            &[id.as_bytes(), b".", timestamp.as_bytes(), b".", &r.body],
+        );
+        format!(
+            "v1,{}",
+            base64::engine::general_purpose::STANDARD.encode(mac)
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_attempt_is_signed_over_its_id_its_own_timestamp_and_the_body() {
+        let db = sqlite().await;
+        let mut answers = vec![500].into_iter();
+        let hook = Hook::start(Box::new(move |_| {
+            (answers.next().unwrap_or(200), Duration::ZERO)
+        }))
+        .await;
+        let config = BssConfig {
+            webhook_secret: STANDARD_SECRET.into(),
+            ..bss(&hook.url())
+        };
+        let server = start(&db, config).await;
+        let check = server.db().await;
+        let before = unix_now();
+        recycle_at_t1(&server, &["8613800000701"]).await;
+        let expected = recycled(&check).await;
+        hook.wait_for(WAIT, |r| r.iter().any(|r| r.status == 200))
+            .await;
+        let after = unix_now();
+        let received = hook.received();
+        assert_eq!(received.len(), 2, "{received:#?}");
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(STANDARD_SECRET.trim_start_matches("whsec_"))
+            .expect("base64");
+        for r in &received {
+            assert_eq!(r.header("webhook-id"), Some(expected[0].1.as_str()));
+            let timestamp: i64 = r
+                .header("webhook-timestamp")
+                .expect("webhook-timestamp")
+                .parse()
+                .expect("integer Unix seconds");
+            assert!(
+                (before..=after).contains(&timestamp),
+                "the attempt's real time: {before} <= {timestamp} <= {after}"
+            );
+            assert_eq!(
+                r.header("webhook-signature"),
+                Some(standard_signature(&key, r).as_str())
+            );
+            // The original header stays, keyed with the secret as written.
+            assert_eq!(
+                r.header("x-ocs-signature"),
+                Some(
+                    format!(
+                        "sha256={}",
+                        hex::encode(hmac(STANDARD_SECRET.as_bytes(), &[&r.body]))
+                    )
+                    .as_str()
+                )
+            );
+            assert_eq!(r.header("x-ocs-event-id"), Some(expected[0].1.as_str()));
+        }
+        check.close().await;
+        server.stop().await;
+    }
+
+    /// The `<!-- tested -->` ```python blocks of docs/bss-webhook.md, in order.
+    fn documented_python() -> String {
+        let doc = std::fs::read_to_string(DOC).expect("docs/bss-webhook.md");
+        let lines: Vec<&str> = doc.lines().collect();
+        let mut code = String::new();
+        let mut blocks = 0;
+        for (i, line) in lines.iter().enumerate() {
+            if line.trim() != "```python" {
+                continue;
+            }
+            let previous = lines[..i].iter().rev().find(|l| !l.trim().is_empty());
+            if previous.map(|l| l.trim()) != Some("<!-- tested -->") {
+                continue;
+            }
+            blocks += 1;
+            for body in lines[i + 1..].iter().take_while(|l| l.trim() != "```") {
+                code.push_str(body);
+                code.push('\n');
+            }
+        }
+        assert_eq!(blocks, 2, "the two tested verifiers of docs/bss-webhook.md");
+        code
+    }
+
+    /// Runs the documented verifiers over `cases` (JSON); their answers in order.
+    fn run_python(code: &str, cases: &serde_json::Value) -> Option<Vec<bool>> {
+        let driver = r#"
+import json, sys
+for case in json.load(open(sys.argv[1])):
+    body = base64.b64decode(case["body"])
+    if case["scheme"] == "standard":
+        print(json.dumps(verify(case["secret"], case["headers"], body, now=case["now"])))
+    else:
+        print(json.dumps(verify_ocs_signature(
+            case["secret"].encode(), body, case["headers"].get("x-ocs-signature", ""))))
+"#;
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let script = dir.path().join("verify.py");
+        std::fs::write(&script, format!("{code}\n{driver}")).expect("write the script");
+        let input = dir.path().join("cases.json");
+        std::fs::write(&input, cases.to_string()).expect("write the cases");
+        let output = match std::process::Command::new("python3")
+            .arg(&script)
+            .arg(&input)
+            .output()
+        {
+            Ok(output) => output,
+            Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
+                println!("SKIPPED: python3 is not available ({e})");
+                return None;
+            }
+            Err(e) => panic!("python3 is needed to run the documented verifier: {e}"),
+        };
+        assert!(
+            output.status.success(),
+            "the documented verifier failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Some(
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("true or false"))
+                .collect(),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_documented_verifier_accepts_a_real_delivery_and_refuses_replays_and_forgeries() {
+        let code = documented_python();
+        let db = sqlite().await;
+        let hook = Hook::start(always_ok()).await;
+        for secret in [SECRET, STANDARD_SECRET] {
+            let config = BssConfig {
+                webhook_secret: secret.into(),
+                ..bss(&hook.url())
+            };
+            let server = start(&db, config).await;
+            let msisdn = if secret == SECRET {
+                "8613800000711"
+            } else {
+                "8613800000712"
+            };
+            recycle_at_t1(&server, &[msisdn]).await;
+            hook.wait_for(WAIT, |r| r.iter().any(|r| msisdn_of(r) == msisdn))
+                .await;
+            server.stop().await;
+        }
+        let mut cases = Vec::new();
+        let mut expected = Vec::new();
+        for (r, secret) in hook.received().iter().zip([SECRET, STANDARD_SECRET]) {
+            let sent_at: i64 = r
+                .header("webhook-timestamp")
+                .expect("ts")
+                .parse()
+                .expect("int");
+            let body = base64::engine::general_purpose::STANDARD.encode(&r.body);
+            let mut tampered = r.body.clone();
+            tampered[0] = b' ';
+            let tampered = base64::engine::general_purpose::STANDARD.encode(&tampered);
+            let headers = serde_json::to_value(&r.headers).expect("headers");
+            let mut without_signature = r.headers.clone();
+            without_signature.remove("webhook-signature");
+            let mut other_id = r.headers.clone();
+            other_id.insert("webhook-id".into(), uuid::Uuid::new_v4().to_string());
+            let standard = |secret: &str, headers: serde_json::Value, body: &str, now: i64| {
+                serde_json::json!({
+                    "scheme": "standard", "secret": secret, "headers": headers,
+                    "body": body, "now": now
+                })
+            };
+            let mut case = |c: serde_json::Value, accepted: bool| {
+                cases.push(c);
+                expected.push(accepted);
+            };
+            // As delivered, and within the tolerance either way.
+            case(standard(secret, headers.clone(), &body, sent_at), true);
+            case(
+                standard(secret, headers.clone(), &body, sent_at + 299),
+                true,
+            );
+            case(
+                standard(secret, headers.clone(), &body, sent_at - 299),
+                true,
+            );
+            // Replayed after the tolerance, or "from the future".
+            case(
+                standard(secret, headers.clone(), &body, sent_at + 301),
+                false,
+            );
+            case(
+                standard(secret, headers.clone(), &body, sent_at - 301),
+                false,
+            );
+            // Forgeries: another body, another id, another secret, no signature.
+            case(standard(secret, headers.clone(), &tampered, sent_at), false);
+            case(
+                standard(
+                    secret,
+                    serde_json::to_value(&other_id).unwrap(),
+                    &body,
+                    sent_at,
+                ),
+                false,
+            );
+            case(
+                standard("whsec_b3RoZXI=", headers.clone(), &body, sent_at),
+                false,
+            );
+            case(
+                standard(
+                    secret,
+                    serde_json::to_value(&without_signature).unwrap(),
+                    &body,
+                    sent_at,
+                ),
+                false,
+            );
+            // The original header: the body only.
+            let legacy = |body: &str| {
+                serde_json::json!({
+                    "scheme": "legacy", "secret": secret, "headers": headers, "body": body
+                })
+            };
+            case(legacy(&body), true);
+            case(legacy(&tampered), false);
+        }
+        assert_eq!(cases.len(), 22);
+        let Some(answers) = run_python(&code, &serde_json::Value::Array(cases)) else {
+            return;
+        };
+        assert_eq!(answers, expected);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retry_after_on_429_and_503_delays_the_next_attempt_and_is_ignored_otherwise() {
+        let db = sqlite().await;
+        // 500 (its Retry-After ignored), 429 with Retry-After in seconds, 503 with an HTTP
+        // date, then 200. The backoff alone would retry after 20-100 ms.
+        let mut answers = vec![500, 429, 503].into_iter();
+        let hook = Hook::start(Box::new(move |_| {
+            (answers.next().unwrap_or(200), Duration::ZERO)
+        }))
+        .await;
+        let started = Instant::now();
+        let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(5));
+        hook.set_response_headers(500, &[("Retry-After", "3600")]);
+        hook.set_response_headers(429, &[("Retry-After", "2")]);
+        hook.set_response_headers(503, &[("Retry-After", &date)]);
+        let server = start(&db, bss(&hook.url())).await;
+        let check = server.db().await;
+        recycle_at_t1(&server, &["8613800000721"]).await;
+        hook.wait_for(WAIT, |r| r.iter().any(|r| r.status == 200))
+            .await;
+        let received = hook.received();
+        let statuses: Vec<u16> = received.iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [500, 429, 503, 200]);
+        let gap = |i: usize| received[i + 1].arrived - received[i].arrived;
+        assert!(
+            gap(0) < Duration::from_secs(600),
+            "500's Retry-After ignored"
+        );
+        assert!(
+            gap(1) >= Duration::from_secs(2),
+            "429 Retry-After: 2, waited {:?}",
+            gap(1)
+        );
+        // The date has whole seconds: at least 4 s after the start.
+        let waited = received[3].arrived - started;
+        assert!(
+            waited >= Duration::from_millis(3900),
+            "503 Retry-After: {date}, next attempt {waited:?} after the start"
+        );
+        wait_deliveries(&check, |d| {
+            !d.is_empty() && d.values().all(|d| d.delivered && d.attempts == 4)
+        })
+        .await;
+        check.close().await;
+        server.stop().await;
+    }
+
+    fn tls_bss(hook: &Hook, pki: &Pki, ca: bool, client_cert: bool) -> BssConfig {
+        BssConfig {
+            ca_file: ca.then(|| pki.path("ca.pem")),
+            client_cert: client_cert.then(|| pki.path("client.pem")),
+            client_key: client_cert.then(|| pki.path("client.key")),
+            ..bss(&hook.url())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bss_with_a_private_ca_is_reached_only_with_bss_ca_file() {
+        let pki = Pki::make();
+        let db = sqlite().await;
+        let hook = Hook::start_tls(always_ok(), pki.rustls_server(false)).await;
+        assert!(hook.url().starts_with("https://"));
+
+        // The public roots do not know the private CA: every attempt fails its handshake.
+        let server = start(&db, tls_bss(&hook, &pki, false, false)).await;
+        let check = server.db().await;
+        recycle_at_t1(&server, &["8613800000731"]).await;
+        wait_deliveries(&check, |d| {
+            d.values().any(|d| {
+                d.attempts >= 2
+                    && !d.delivered
+                    && d.last_error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("certificate"))
+            })
+        })
+        .await;
+        assert!(hook.seen().is_empty(), "nothing was sent without TLS");
+        assert!(!hook.failed_handshakes().is_empty());
+        println!(
+            "without bss.ca_file: {:?}; the BSS saw {:?}",
+            deliveries(&check).await,
+            hook.failed_handshakes()
+        );
+        server.stop().await;
+
+        // With the CA the same event goes through, signed as ever.
+        let server = start(&db, tls_bss(&hook, &pki, true, false)).await;
+        hook.wait_for(WAIT, |r| !r.is_empty()).await;
+        wait_deliveries(&check, |d| d.values().all(|d| d.delivered)).await;
+        let received = hook.received();
+        assert_eq!(received.len(), 1);
+        assert!(!received[0].client_certificate);
+        assert_eq!(
+            received[0].header("x-ocs-signature"),
+            Some(format!("sha256={}", hmac_hex(&received[0].body)).as_str())
+        );
+        check.close().await;
+        server.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bss_requiring_client_certificates_accepts_only_bss_client_cert() {
+        let pki = Pki::make();
+        let db = sqlite().await;
+        let hook = Hook::start_tls(always_ok(), pki.rustls_server(true)).await;
+
+        // Without a client certificate the BSS refuses the handshake.
+        let server = start(&db, tls_bss(&hook, &pki, true, false)).await;
+        let check = server.db().await;
+        recycle_at_t1(&server, &["8613800000741"]).await;
+        wait_deliveries(&check, |d| {
+            d.values()
+                .any(|d| d.attempts >= 2 && !d.delivered && d.last_error.is_some())
+        })
+        .await;
+        hook.wait_failed_handshakes(WAIT, |f| !f.is_empty()).await;
+        assert!(hook.seen().is_empty(), "{:#?}", hook.seen());
+        println!(
+            "without bss.client_cert: {:?}; the BSS saw {:?}",
+            deliveries(&check).await,
+            hook.failed_handshakes()
+        );
+        server.stop().await;
+
+        // With it, the event is delivered, and the BSS saw the certificate.
+        let server = start(&db, tls_bss(&hook, &pki, true, true)).await;
+        hook.wait_for(WAIT, |r| !r.is_empty()).await;
+        wait_deliveries(&check, |d| d.values().all(|d| d.delivered)).await;
+        let received = hook.received();
+        assert_eq!(received.len(), 1);
+        assert!(received[0].client_certificate);
+        check.close().await;
+        server.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unusable_webhook_tls_files_stop_the_start_naming_the_key() {
+        let pki = Pki::make();
+        let hook = Hook::start_tls(always_ok(), pki.rustls_server(false)).await;
+        let cases = [
+            (
+                BssConfig {
+                    client_key: Some(pki.path("server.pem")),
+                    ..tls_bss(&hook, &pki, true, true)
+                },
+                "bss.client_key",
+            ),
+            (
+                BssConfig {
+                    client_key: None,
+                    ..tls_bss(&hook, &pki, true, true)
+                },
+                "bss.client_key: missing",
+            ),
+            (
+                BssConfig {
+                    ca_file: Some(pki.path("no-such.pem")),
+                    ..tls_bss(&hook, &pki, true, false)
+                },
+                "bss.ca_file",
+            ),
+            (
+                BssConfig {
+                    webhook_url: format!("http://{}/bss/events", hook.addr),
+                    ..tls_bss(&hook, &pki, true, false)
+                },
+                "bss.ca_file: needs an https://",
+            ),
+        ];
+        for (bss, expected) in cases {
+            let config = Config {
+                bss,
+                ..common::test_config(ClockMode::Manual)
+            };
+            let err = config.validate().expect_err(expected).to_string();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
+    }
 }

@@ -1,4 +1,9 @@
 //! The `TestClock` service, registered only when the server runs with `--clock manual`.
+//!
+//! The clock never goes backwards (FAILED_PRECONDITION `TIME_BACKWARDS`) and stays within years
+//! 1–9999, the range of protobuf's `Timestamp` and of `YYYY-MM-DD` dates: a move beyond it —
+//! `AdvanceTime(i64::MAX)`, a `SetTime` after 9999-12-31T23:59:59Z — is INVALID_ARGUMENT
+//! `TIME_OUT_OF_RANGE` and leaves the clock where it was.
 
 use std::sync::Arc;
 
@@ -7,7 +12,7 @@ use tokio::sync::oneshot;
 use tonic::{Code, Request, Response, Status};
 
 use super::convert;
-use crate::clock::{Clock, ManualClock};
+use crate::clock::{Clock, ManualClock, MoveError};
 use crate::proto;
 use crate::proto::test_clock_server::TestClock;
 use crate::scheduler::{ClockMove, ClockMoves};
@@ -43,8 +48,15 @@ impl TestClockApi {
     }
 }
 
-fn backwards(err: crate::clock::Backwards) -> Status {
-    convert::status(Code::FailedPrecondition, "TIME_BACKWARDS", err.to_string())
+fn refused(err: MoveError) -> Status {
+    match err {
+        MoveError::Backwards(err) => {
+            convert::status(Code::FailedPrecondition, "TIME_BACKWARDS", err.to_string())
+        }
+        err @ MoveError::OutOfRange { .. } => {
+            convert::status(Code::InvalidArgument, "TIME_OUT_OF_RANGE", err.to_string())
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -60,18 +72,32 @@ impl TestClock for TestClockApi {
         &self,
         request: Request<proto::SetTimeRequest>,
     ) -> Result<Response<proto::GetTimeResponse>, Status> {
-        let time = request
-            .get_ref()
-            .time
-            .as_ref()
-            .and_then(convert::from_timestamp)
+        let Some(requested) = request.get_ref().time.as_ref() else {
+            return Err(convert::status(
+                Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+                "time is required",
+            ));
+        };
+        let time = (0..=999_999_999)
+            .contains(&requested.nanos)
+            .then(|| convert::from_timestamp(requested))
+            .flatten()
             .ok_or_else(|| {
-                Status::invalid_argument("time is required and must be a valid instant")
+                convert::status(
+                    Code::InvalidArgument,
+                    "TIME_OUT_OF_RANGE",
+                    format!(
+                        "time {{seconds: {}, nanos: {}}} is not an instant from \
+                         0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z (nanos 0 to 999999999)",
+                        requested.seconds, requested.nanos
+                    ),
+                )
             })?;
         // Microseconds, like the system clock: PostgreSQL keeps no finer instants, and an
         // answer must read back the same from either store.
         let to = time.trunc_subsecs(6);
-        let from = self.clock.move_to(to).map_err(backwards)?;
+        let from = self.clock.move_to(to).map_err(refused)?;
         self.moved(from, to).await;
         Ok(self.now())
     }
@@ -83,7 +109,7 @@ impl TestClock for TestClockApi {
         let (from, to) = self
             .clock
             .move_by(request.get_ref().seconds)
-            .map_err(backwards)?;
+            .map_err(refused)?;
         self.moved(from, to).await;
         Ok(self.now())
     }

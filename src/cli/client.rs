@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio_stream::StreamExt;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Response, Status};
 use tonic_types::StatusExt;
 
@@ -179,18 +179,63 @@ pub struct Client {
     authorization: Option<MetadataValue<Ascii>>,
 }
 
+/// The TLS settings of an https:// server: `--ca-cert` (else the public roots) and the client
+/// certificate. The files are read and checked here, so a wrong path is a usage error, not a
+/// failed handshake.
+fn tls_config(connection: &Connection) -> Result<ClientTlsConfig, CliError> {
+    use crate::config::security::{read_certificates, read_private_key};
+    let usage = |e: crate::config::ConfigError| CliError::Usage(e.0);
+    let tls = match &connection.ca_cert {
+        Some(path) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(
+            read_certificates("--ca-cert", path).map_err(usage)?,
+        )),
+        None => ClientTlsConfig::new().with_webpki_roots(),
+    };
+    match (&connection.client_cert, &connection.client_key) {
+        (None, None) => Ok(tls),
+        (Some(cert), Some(key)) => Ok(tls.identity(Identity::from_pem(
+            read_certificates("--client-cert", cert).map_err(usage)?,
+            read_private_key("--client-key", key).map_err(usage)?,
+        ))),
+        (Some(_), None) => Err(CliError::Usage(
+            "--client-cert needs --client-key (env OCS_CLIENT_KEY)".into(),
+        )),
+        (None, Some(_)) => Err(CliError::Usage(
+            "--client-key needs --client-cert (env OCS_CLIENT_CERT)".into(),
+        )),
+    }
+}
+
 impl Client {
     /// Connects now, so that a server that is down is one clear line before anything else.
     pub async fn connect(connection: &Connection) -> Result<Client, CliError> {
+        let tls_options = connection.ca_cert.is_some()
+            || connection.client_cert.is_some()
+            || connection.client_key.is_some();
         let server = if connection.server.contains("://") {
             connection.server.clone()
+        } else if tls_options {
+            format!("https://{}", connection.server)
         } else {
             format!("http://{}", connection.server)
         };
+        let https = server
+            .get(..8)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"));
+        if tls_options && !https {
+            return Err(CliError::Usage(format!(
+                "--ca-cert, --client-cert and --client-key need an https:// --server, not {server}"
+            )));
+        }
         let authorization = connection.token.as_deref().map(bearer).transpose()?;
-        let endpoint = Endpoint::from_shared(server.clone())
+        let mut endpoint = Endpoint::from_shared(server.clone())
             .map_err(|e| CliError::Usage(format!("--server {server:?} is not a URL: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT);
+        if https {
+            endpoint = endpoint.tls_config(tls_config(connection)?).map_err(|e| {
+                CliError::Usage(format!("TLS settings for {server}: {}", error_chain(&e)))
+            })?;
+        }
         let channel = endpoint.connect().await.map_err(|e| CliError::Connect {
             server,
             cause: error_chain(&e),

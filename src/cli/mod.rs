@@ -1,6 +1,7 @@
 //! The command-line client: `ocs-lifecycle account|accounts|forecast|events|dead-letters|import`
-//! talk gRPC to a running server (`--server`, env `OCS_SERVER`). They read no server
-//! configuration and open no database.
+//! talk gRPC to a running server (`--server`, env `OCS_SERVER`; `https://` with `--ca-cert`,
+//! `--client-cert`, `--client-key` for TLS and mTLS). They read no server configuration and
+//! open no database.
 //!
 //! - `client`: the connection, the bearer token, errors as one line and an exit code.
 //! - `output`: human tables and JSON documents.
@@ -31,7 +32,8 @@ pub use import::{ImportRow, parse_csv};
 /// Where the server is, how to authenticate, how to print.
 #[derive(Args, Clone, Debug)]
 pub struct Connection {
-    /// The server's gRPC endpoint.
+    /// The server's gRPC endpoint: http://HOST:PORT, or https://HOST:PORT for a server with
+    /// TLS (the public roots, or --ca-cert, verify its certificate).
     #[arg(
         long,
         global = true,
@@ -42,6 +44,16 @@ pub struct Connection {
     /// Bearer token, sent as `authorization: Bearer <token>`.
     #[arg(long, global = true, env = "OCS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// CA certificates (PEM) the server's certificate must chain to, trusted instead of the
+    /// public roots (a server URL without a scheme is then https://).
+    #[arg(long, global = true, env = "OCS_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate chain (PEM) for a server that requires mTLS; with --client-key.
+    #[arg(long, global = true, env = "OCS_CLIENT_CERT")]
+    pub client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --client-cert.
+    #[arg(long, global = true, env = "OCS_CLIENT_KEY")]
+    pub client_key: Option<PathBuf>,
     /// `table` (aligned columns for people) or `json` (one JSON document; `events tail`: one
     /// JSON object per line).
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Table)]

@@ -2,14 +2,24 @@
 //!
 //! `webhook_url` empty means no webhook (the `Subscribe` stream still works). Every key can be
 //! set in the file, as `OCS_BSS__<KEY>`, and the URL and secret also as flags.
+//!
+//! TLS of the webhook: `ca_file` replaces the public roots with the BSS's own CA; `client_cert`
+//! and `client_key` present a client certificate (for a BSS that requires mTLS). The files are
+//! read and checked here, at start, with errors that name the key.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use base64::Engine;
 use serde::Deserialize;
 
 use super::ConfigError;
+use super::security::{read_certificates, read_private_key};
 use crate::lifecycle::EventType;
+
+/// The prefix of a Standard Webhooks secret (`whsec_` and the base64 of the key).
+pub const STANDARD_SECRET_PREFIX: &str = "whsec_";
 
 #[derive(Clone, Deserialize)]
 #[cfg_attr(test, derive(serde::Serialize))]
@@ -17,7 +27,8 @@ use crate::lifecycle::EventType;
 pub struct BssConfig {
     /// Where events are POSTed; empty = webhook off.
     pub webhook_url: String,
-    /// The HMAC-SHA256 key of `X-Ocs-Signature`; required with a URL.
+    /// The HMAC-SHA256 key of the signatures; required with a URL. `whsec_<base64>` (a
+    /// Standard Webhooks secret): `webhook-signature` uses the decoded bytes.
     pub webhook_secret: String,
     /// Event types sent, by name (`NUMBER_RECYCLED`, `STATE_CHANGED`, `VALIDITY_EXPIRING`).
     pub webhook_events: Vec<String>,
@@ -28,6 +39,32 @@ pub struct BssConfig {
     pub timeout_ms: u64,
     /// Attempts before an event is dead-lettered.
     pub max_attempts: u32,
+    /// CA certificates (PEM) the BSS's server certificate must chain to, instead of the
+    /// public roots; needs an https:// URL.
+    pub ca_file: Option<PathBuf>,
+    /// The client certificate chain (PEM) presented to the BSS; with `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// The private key (PEM) of `client_cert`.
+    pub client_key: Option<PathBuf>,
+}
+
+/// The PEM text of the webhook's TLS files, each checked to hold what its key says.
+#[derive(Clone, Default)]
+pub struct WebhookTlsFiles {
+    /// `ca_file`: trusted instead of the public roots.
+    pub ca: Option<Vec<u8>>,
+    /// `client_cert` then `client_key`, one PEM buffer (as reqwest's `Identity` wants it).
+    pub identity: Option<Vec<u8>>,
+}
+
+/// Never prints the private key.
+impl fmt::Debug for WebhookTlsFiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookTlsFiles")
+            .field("ca_bytes", &self.ca.as_ref().map(Vec::len))
+            .field("identity", &self.identity.is_some())
+            .finish()
+    }
 }
 
 impl Default for BssConfig {
@@ -40,6 +77,9 @@ impl Default for BssConfig {
             max_backoff_ms: 60_000,
             timeout_ms: 5_000,
             max_attempts: 30,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
         }
     }
 }
@@ -48,7 +88,7 @@ impl Default for BssConfig {
 impl fmt::Debug for BssConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BssConfig")
-            .field("webhook_url", &self.webhook_url)
+            .field("webhook_url", &super::redact::url(&self.webhook_url))
             .field(
                 "webhook_secret",
                 &if self.webhook_secret.is_empty() {
@@ -62,6 +102,9 @@ impl fmt::Debug for BssConfig {
             .field("max_backoff_ms", &self.max_backoff_ms)
             .field("timeout_ms", &self.timeout_ms)
             .field("max_attempts", &self.max_attempts)
+            .field("ca_file", &self.ca_file)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
             .finish()
     }
 }
@@ -149,11 +192,76 @@ impl BssConfig {
         if self.webhook_secret.is_empty() {
             return Err(ConfigError(
                 "bss.webhook_secret is required with bss.webhook_url (the BSS verifies \
-                 X-Ocs-Signature with it)"
+                 the signatures with it)"
                     .into(),
             ));
         }
+        self.standard_signing_key()?;
+        let tls_files = self.ca_file.is_some() || self.client_cert.is_some();
+        if tls_files && !url.starts_with("https://") {
+            return Err(ConfigError(format!(
+                "bss.{}: needs an https:// bss.webhook_url (the URL is {})",
+                if self.ca_file.is_some() {
+                    "ca_file"
+                } else {
+                    "client_cert"
+                },
+                super::redact::url(url)
+            )));
+        }
+        self.tls_files()?;
         Ok(())
+    }
+
+    /// The HMAC key of `webhook-signature` (Standard Webhooks): the base64-decoded part of a
+    /// `whsec_…` secret, otherwise the secret's bytes as they are. (`X-Ocs-Signature` always
+    /// uses the secret's bytes as they are.)
+    pub fn standard_signing_key(&self) -> Result<Vec<u8>, ConfigError> {
+        match self.webhook_secret.strip_prefix(STANDARD_SECRET_PREFIX) {
+            Some(encoded) => base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .ok()
+                .filter(|key| !key.is_empty())
+                .ok_or_else(|| {
+                    ConfigError(
+                        "bss.webhook_secret: starts with whsec_ but the rest is not base64 \
+                         (a Standard Webhooks secret is whsec_ and the base64 of the key)"
+                            .into(),
+                    )
+                }),
+            None => Ok(self.webhook_secret.as_bytes().to_vec()),
+        }
+    }
+
+    /// Reads and checks `ca_file`, `client_cert` and `client_key` (nothing set: no files).
+    pub fn tls_files(&self) -> Result<WebhookTlsFiles, ConfigError> {
+        let ca = match &self.ca_file {
+            Some(path) => Some(read_certificates("bss.ca_file", path)?),
+            None => None,
+        };
+        let identity = match (&self.client_cert, &self.client_key) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError(
+                    "bss.client_key: missing; bss.client_cert needs its private key".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError(
+                    "bss.client_cert: missing; bss.client_key needs its certificate".into(),
+                ));
+            }
+            (Some(cert), Some(key)) => {
+                let mut pem = read_certificates("bss.client_cert", cert)?;
+                let key = read_private_key("bss.client_key", key)?;
+                if !pem.ends_with(b"\n") {
+                    pem.push(b'\n');
+                }
+                pem.extend_from_slice(&key);
+                Some(pem)
+            }
+        };
+        Ok(WebhookTlsFiles { ca, identity })
     }
 }
 

@@ -262,9 +262,16 @@ impl Config {
         }
         if self.bss.enabled() {
             let events: Vec<&str> = self.bss.webhook_events.iter().map(String::as_str).collect();
+            let mut tls = String::new();
+            if self.bss.ca_file.is_some() {
+                tls.push_str("; trusts bss.ca_file only");
+            }
+            if self.bss.client_cert.is_some() {
+                tls.push_str("; client certificate");
+            }
             writeln!(
                 out,
-                "webhook: on ({}; events {})",
+                "webhook: on ({}; events {}{tls})",
                 url_origin(&self.bss.webhook_url),
                 events.join(", ")
             )?;

@@ -2,8 +2,10 @@
 //! < command-line flags. Validated once at start, with errors that name the key.
 //!
 //! Environment variables name a key in upper case, a section with a double underscore:
-//! `OCS_DATABASE_URL`, `OCS_LIFECYCLE__GRACE_DAYS`. Values are read as TOML (`10`, `["110"]`)
-//! and otherwise as a plain string.
+//! `OCS_DATABASE_URL`, `OCS_LIFECYCLE__GRACE_DAYS`. A string setting (or a path) takes the
+//! value as it is (`OCS_LIFECYCLE__RECHARGE_HOTLINE=10086` is the string `"10086"`); a list of
+//! strings is a TOML array (`["110", "112"]`) or a comma-separated list (`110,112`); every other
+//! value (numbers, booleans, `[[auth.tokens]]`, `[[tariff]]`) is read as TOML.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,7 @@ use crate::lifecycle::Rules;
 
 pub mod bss;
 pub mod check;
+pub mod redact;
 pub mod security;
 pub use bss::BssConfig;
 pub use check::ConfigCommand;
@@ -23,9 +26,10 @@ pub use security::{AuthConfig, TlsConfig, TokenEntry};
 
 pub const DEFAULT_CONFIG_FILE: &str = "ocs-lifecycle.toml";
 
-/// `OCS_*` variables of the command-line client (`--server`, `--token`): not configuration
-/// keys, and not warned about when `serve` finds them in its environment.
-const CLIENT_ENV: [&str; 2] = ["SERVER", "TOKEN"];
+/// `OCS_*` variables of the command-line client (`--server`, `--token`, `--ca-cert`,
+/// `--client-cert`, `--client-key`): not configuration keys, and not warned about when `serve`
+/// finds them in its environment.
+const CLIENT_ENV: [&str; 5] = ["SERVER", "TOKEN", "CA_CERT", "CLIENT_CERT", "CLIENT_KEY"];
 
 /// Where `serve` answers `/metrics`, `/healthz` and `/readyz` unless told otherwise (9464 is
 /// the port Prometheus exporters commonly use for an application's own metrics).
@@ -385,6 +389,7 @@ impl Config {
             None => toml::Table::new(),
         };
         let mut ignored_env = Vec::new();
+        let mut applied: Vec<(&str, &str, &str)> = Vec::new();
         for (name, value) in &env {
             let Some(key) = name.strip_prefix("OCS_") else {
                 continue;
@@ -404,11 +409,16 @@ impl Config {
                 ignored_env.push(name.clone());
                 continue;
             }
+            applied.push((name.as_str(), key, value.as_str()));
+        }
+        let file_only = table.clone();
+        for (name, key, value) in &applied {
             overlay_env(&mut table, name, key, value)?;
         }
-        let mut config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError(e.message().to_owned()))?;
+        let mut config = match deserialize(table) {
+            Ok(config) => config,
+            Err(message) => return Err(blame_env(file_only, &applied, message)),
+        };
         if let Some(v) = overrides.listen {
             config.listen = v;
         }
@@ -460,6 +470,91 @@ fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
         .map_err(|e: toml::de::Error| ConfigError(format!("{}: {}", path.display(), e.message())))
 }
 
+/// Keys whose value is a string or a path: an environment variable gives them its value as it
+/// is, never parsed, so a secret, a number or a file name made of digits stays a string.
+/// (`tests::every_string_key_is_listed` keeps this list complete.)
+pub(crate) const STRING_KEYS: [&str; 16] = [
+    "listen",
+    "http_addr",
+    "database_url",
+    "clock",
+    "timezone",
+    "log_format",
+    "lifecycle.recharge_hotline",
+    "sweep.cron",
+    "bss.webhook_url",
+    "bss.webhook_secret",
+    "bss.ca_file",
+    "bss.client_cert",
+    "bss.client_key",
+    "tls.cert",
+    "tls.key",
+    "tls.client_ca",
+];
+
+/// Keys holding a list of strings: a TOML array (`["110", "112"]`) or a comma-separated list
+/// (`110,112`) whose items are taken as they are (trimmed).
+pub(crate) const STRING_LIST_KEYS: [&str; 2] = ["lifecycle.special_numbers", "bss.webhook_events"];
+
+/// The value an environment variable gives the key at `path` (lower case, sections first).
+fn env_value(path: &[String], value: &str) -> toml::Value {
+    let dotted = path.join(".");
+    if STRING_KEYS.contains(&dotted.as_str()) {
+        return toml::Value::String(value.to_owned());
+    }
+    let parsed = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"));
+    if STRING_LIST_KEYS.contains(&dotted.as_str()) {
+        return match parsed {
+            Some(list @ toml::Value::Array(_)) => list,
+            _ => toml::Value::Array(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|item| !item.is_empty())
+                    .map(|item| toml::Value::String(item.to_owned()))
+                    .collect(),
+            ),
+        };
+    }
+    // Not TOML: kept as a string, so the type error names the key.
+    parsed.unwrap_or_else(|| toml::Value::String(value.to_owned()))
+}
+
+fn deserialize(table: toml::Table) -> Result<Config, String> {
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| e.message().to_owned())
+}
+
+/// The error of a configuration that does not deserialize, naming the environment variable
+/// whose value does not fit its key when the file alone is fine (serde's message names the
+/// type, not the key).
+fn blame_env(
+    file_only: toml::Table,
+    applied: &[(&str, &str, &str)],
+    message: String,
+) -> ConfigError {
+    if deserialize(file_only.clone()).is_ok() {
+        for (name, key, value) in applied {
+            let mut alone = file_only.clone();
+            if overlay_env(&mut alone, name, key, value).is_err() {
+                continue;
+            }
+            if let Err(own) = deserialize(alone) {
+                let dotted = key
+                    .split("__")
+                    .map(str::to_ascii_lowercase)
+                    .collect::<Vec<_>>();
+                return ConfigError(format!("{name} ({}): {own}", dotted.join(".")));
+            }
+        }
+    }
+    ConfigError(message)
+}
+
 fn overlay_env(
     table: &mut toml::Table,
     name: &str,
@@ -467,11 +562,7 @@ fn overlay_env(
     value: &str,
 ) -> Result<(), ConfigError> {
     let path: Vec<String> = key.split("__").map(str::to_ascii_lowercase).collect();
-    let parsed = format!("v = {value}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    let parsed = env_value(&path, value);
     let (last, sections) = path.split_last().expect("split yields at least one part");
     let mut target = table;
     for section in sections {
@@ -645,6 +736,9 @@ mod tests {
             env(&[
                 ("OCS_SERVER", "http://10.0.0.1:50051"),
                 ("OCS_TOKEN", "secret"),
+                ("OCS_CA_CERT", "/etc/ocs/ca.pem"),
+                ("OCS_CLIENT_CERT", "/etc/ocs/client.pem"),
+                ("OCS_CLIENT_KEY", "/etc/ocs/client.key"),
             ]),
         )
         .unwrap();
@@ -686,6 +780,105 @@ mod tests {
         let err =
             Config::load(&Overrides::default(), env(&[("OCS_HTTP_ADDR", "9464")])).unwrap_err();
         assert!(err.to_string().contains("http_addr"), "{err}");
+    }
+
+    #[test]
+    fn string_settings_from_the_environment_are_taken_as_they_are() {
+        let config = Config::load(
+            &Overrides::default(),
+            env(&[
+                ("OCS_LIFECYCLE__RECHARGE_HOTLINE", "10086"),
+                ("OCS_BSS__WEBHOOK_URL", "http://127.0.0.1:9/hook"),
+                ("OCS_BSS__WEBHOOK_SECRET", "0123456789"),
+                ("OCS_LIFECYCLE__SPECIAL_NUMBERS", "110, 112,10010"),
+                ("OCS_BSS__WEBHOOK_EVENTS", "NUMBER_RECYCLED,STATE_CHANGED"),
+                ("OCS_LIFECYCLE__GRACE_DAYS", "60"),
+                ("OCS_INSECURE", "true"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.lifecycle.recharge_hotline, "10086");
+        assert_eq!(config.rules().unwrap().recharge_hotline, "10086");
+        assert_eq!(config.bss.webhook_secret, "0123456789");
+        assert_eq!(config.lifecycle.special_numbers, ["110", "112", "10010"]);
+        assert_eq!(config.bss.event_types().unwrap().len(), 2);
+        assert_eq!(config.lifecycle.grace_days, 60, "numbers are parsed");
+        assert!(config.insecure, "booleans are parsed");
+        // Values that read as other TOML types stay strings too, exactly as given.
+        for secret in ["true", "1.5", "[1]", "\"quoted\"", "1979-05-27", " spaced "] {
+            let config = Config::load(
+                &Overrides::default(),
+                env(&[("OCS_BSS__WEBHOOK_SECRET", secret)]),
+            )
+            .unwrap();
+            assert_eq!(config.bss.webhook_secret, secret);
+        }
+        // A TOML array still works for a list, and a path made of digits is a path.
+        let config = Config::load(
+            &Overrides::default(),
+            env(&[
+                ("OCS_LIFECYCLE__SPECIAL_NUMBERS", "[\"110\", \"120\"]"),
+                ("OCS_TIMEZONE", "UTC"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.lifecycle.special_numbers, ["110", "120"]);
+        let err =
+            Config::load(&Overrides::default(), env(&[("OCS_TLS__CERT", "12345")])).unwrap_err();
+        assert!(err.to_string().contains("tls.key: missing"), "{err}");
+        // A number setting given something else names its key.
+        let err = Config::load(
+            &Overrides::default(),
+            env(&[("OCS_LIFECYCLE__GRACE_DAYS", "ninety")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("grace_days"), "{err}");
+    }
+
+    /// Dotted paths of the leaves of `value` with what they hold.
+    fn leaves(value: &serde_json::Value, prefix: &str, out: &mut Vec<(String, serde_json::Value)>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    let path = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    leaves(value, &path, out);
+                }
+            }
+            other => out.push((prefix.to_owned(), other.clone())),
+        }
+    }
+
+    #[test]
+    fn every_string_key_is_listed() {
+        let mut found = Vec::new();
+        leaves(
+            &serde_json::to_value(Config::default()).unwrap(),
+            "",
+            &mut found,
+        );
+        // Lists of tables, parsed as TOML.
+        let tables = ["tariff", "auth.tokens"];
+        for (path, value) in found {
+            let listed = STRING_KEYS.contains(&path.as_str());
+            let listed_list = STRING_LIST_KEYS.contains(&path.as_str());
+            match value {
+                // Strings, and the optional paths (unset by default).
+                serde_json::Value::String(_) | serde_json::Value::Null => {
+                    assert!(listed, "{path} holds a string: add it to STRING_KEYS")
+                }
+                serde_json::Value::Array(items) if !tables.contains(&path.as_str()) => {
+                    assert!(
+                        listed_list && items.iter().all(|i| i.is_string()),
+                        "{path} is a list of strings: add it to STRING_LIST_KEYS"
+                    )
+                }
+                _ => assert!(!listed && !listed_list, "{path} is not a string"),
+            }
+        }
     }
 
     #[test]

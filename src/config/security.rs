@@ -164,13 +164,7 @@ impl TlsConfig {
             (Some(cert), Some(key)) => (cert, key),
         };
         let cert = read_certificates("tls.cert", cert_path)?;
-        let key = read("tls.key", key_path)?;
-        if PrivateKeyDer::from_pem_slice(&key).is_err() {
-            return Err(ConfigError(format!(
-                "tls.key: {} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)",
-                key_path.display()
-            )));
-        }
+        let key = read_private_key("tls.key", key_path)?;
         let client_ca = match &self.client_ca {
             Some(path) => Some(read_certificates("tls.client_ca", path)?),
             None => None,
@@ -183,13 +177,25 @@ impl TlsConfig {
     }
 }
 
-fn read(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+pub(super) fn read(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
     std::fs::read(path)
         .map_err(|e| ConfigError(format!("{key}: cannot read {}: {e}", path.display())))
 }
 
+/// Reads a PEM file that must hold a private key.
+pub(crate) fn read_private_key(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let pem = read(key, path)?;
+    if PrivateKeyDer::from_pem_slice(&pem).is_err() {
+        return Err(ConfigError(format!(
+            "{key}: {} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)",
+            path.display()
+        )));
+    }
+    Ok(pem)
+}
+
 /// Reads a PEM file that must hold at least one certificate and nothing unreadable.
-fn read_certificates(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+pub(crate) fn read_certificates(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
     let pem = read(key, path)?;
     let mut count = 0;
     for cert in CertificateDer::pem_slice_iter(&pem) {

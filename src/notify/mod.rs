@@ -1,6 +1,9 @@
 //! The BSS webhook: a worker inside `serve` that POSTs selected outbox events, one JSON event per
-//! request, signed with HMAC-SHA256 (`payload`), and retries with exponential backoff and jitter
-//! (`backoff`) until the BSS answers 2xx or the event is dead-lettered.
+//! request, signed with HMAC-SHA256 (`payload`: Standard Webhooks headers and the original
+//! `X-Ocs-Signature`), and retries with exponential backoff and jitter, longer when the BSS
+//! answers 429/503 with `Retry-After` (`backoff`), until the BSS answers 2xx or the event is
+//! dead-lettered. TLS: the public roots, or only `bss.ca_file`; a client certificate with
+//! `bss.client_cert`/`bss.client_key`.
 //!
 //! This module owns the delivery loop and the HTTP client. The delivery state lives in the
 //! database (`webhook_deliveries`, through [`WebhookDeliveries`]), so it survives restarts: a
@@ -135,19 +138,14 @@ pub fn start(
         return Ok(None);
     }
     config.validate()?;
-    let client = reqwest::Client::builder()
-        .timeout(config.timeout())
-        .connect_timeout(config.timeout())
-        // A redirect is an answer other than 2xx: retried, never followed with the signature.
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("ocs-lifecycle/", env!("CARGO_PKG_VERSION")))
-        .build()?;
+    let client = http_client(config)?;
     let counters = Arc::new(WebhookCounters::default());
     let sender = Arc::new(Sender {
         store,
         client,
         url: config.webhook_url.trim().to_owned(),
         secret: config.webhook_secret.as_bytes().to_vec(),
+        signing_key: config.standard_signing_key()?,
         initial_backoff: config.initial_backoff(),
         max_backoff: config.max_backoff(),
         lease: config.timeout() + LEASE_MARGIN,
@@ -156,13 +154,52 @@ pub fn start(
     });
     let types = config.event_types()?;
     tracing::info!(
-        url = %sender.url,
+        // Without a password or query values: the URL may carry credentials.
+        url = %crate::config::redact::url(&sender.url),
         types = ?types,
         max_attempts = config.max_attempts,
+        private_ca = config.ca_file.is_some(),
+        client_certificate = config.client_cert.is_some(),
         "webhook delivery on"
     );
     let task = tokio::spawn(run(sender, types, shutdown));
     Ok(Some(Notifier { counters, task }))
+}
+
+/// The webhook's HTTP client: its timeouts, no redirects, and the TLS of `config`.
+fn http_client(config: &BssConfig) -> Result<reqwest::Client, NotifyError> {
+    let tls = config.tls_files()?;
+    let mut builder = reqwest::Client::builder()
+        .timeout(config.timeout())
+        .connect_timeout(config.timeout())
+        // A redirect is an answer other than 2xx: retried, never followed with the signature.
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("ocs-lifecycle/", env!("CARGO_PKG_VERSION")));
+    if let Some(ca) = &tls.ca {
+        // A private CA replaces the public roots: only the BSS's own certificates are trusted.
+        builder = builder.tls_built_in_root_certs(false);
+        for certificate in reqwest::Certificate::from_pem_bundle(ca)
+            .map_err(|e| crate::config::ConfigError(format!("bss.ca_file: {}", error_chain(&e))))?
+        {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    if let Some(identity) = &tls.identity {
+        let identity = reqwest::Identity::from_pem(identity).map_err(|e| {
+            crate::config::ConfigError(format!(
+                "bss.client_cert / bss.client_key: {}",
+                error_chain(&e)
+            ))
+        })?;
+        builder = builder.identity(identity);
+    }
+    builder.build().map_err(|e| {
+        // Where a key that does not fit its certificate shows.
+        NotifyError::Config(crate::config::ConfigError(format!(
+            "bss TLS settings (ca_file, client_cert, client_key): {}",
+            error_chain(&e)
+        )))
+    })
 }
 
 /// Real time in epoch milliseconds (retry timing never follows the manual clock).
@@ -179,7 +216,10 @@ struct Sender {
     store: Arc<dyn AccountStore>,
     client: reqwest::Client,
     url: String,
+    /// The key of `X-Ocs-Signature`: the secret as configured.
     secret: Vec<u8>,
+    /// The key of `webhook-signature`: the decoded key of a `whsec_` secret, else the secret.
+    signing_key: Vec<u8>,
     initial_backoff: Duration,
     max_backoff: Duration,
     lease: Duration,
@@ -468,7 +508,7 @@ impl Sender {
                 );
                 AttemptOutcome::Delivered
             }
-            Err(error) if attempt >= self.max_attempts => {
+            Err(Failure { error, .. }) if attempt >= self.max_attempts => {
                 self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
                     sequence,
@@ -480,15 +520,19 @@ impl Sender {
                 );
                 AttemptOutcome::Dead { error }
             }
-            Err(error) => {
+            Err(Failure { error, retry_after }) => {
                 self.counters.retried.fetch_add(1, Ordering::Relaxed);
-                let delay = backoff::jittered(attempt, self.initial_backoff, self.max_backoff);
+                let delay = backoff::next_delay(
+                    backoff::jittered(attempt, self.initial_backoff, self.max_backoff),
+                    retry_after,
+                );
                 tracing::warn!(
                     sequence,
                     event_id = %event.event_id,
                     msisdn = %event.msisdn,
                     attempt,
                     retry_in_ms = millis(delay),
+                    retry_after_ms = retry_after.map(millis),
                     %error,
                     "webhook: attempt failed; will retry"
                 );
@@ -502,31 +546,66 @@ impl Sender {
     }
 
     /// POSTs one event; `Err` describes why it was not accepted.
-    async fn post(&self, event: &OutboxEvent) -> Result<(), String> {
-        let body = payload::body(event).map_err(|e| format!("cannot encode the event: {e}"))?;
-        let signature = payload::signature(&self.secret, &body);
+    async fn post(&self, event: &OutboxEvent) -> Result<(), Failure> {
+        let body = payload::body(event).map_err(|e| Failure {
+            error: format!("cannot encode the event: {e}"),
+            retry_after: None,
+        })?;
+        // The attempt's own time (real time, also on the manual clock): a receiver compares it
+        // with its clock to refuse replays.
+        let timestamp = Utc::now().timestamp();
         let response = self
             .client
             .post(&self.url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("webhook-id", &event.event_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header(
+                "webhook-signature",
+                payload::standard_signature(&self.signing_key, &event.event_id, timestamp, &body),
+            )
             .header("X-Ocs-Event-Id", &event.event_id)
-            .header("X-Ocs-Signature", signature)
+            .header("X-Ocs-Signature", payload::signature(&self.secret, &body))
             .body(body)
             .send()
             .await
-            .map_err(|e| truncate(error_chain(&e)))?;
+            // Without the URL: it may carry credentials, and the error is stored and listed.
+            .map_err(|e| Failure {
+                error: truncate(error_chain(&e.without_url())),
+                retry_after: None,
+            })?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
         }
+        let retry_after = match status {
+            reqwest::StatusCode::TOO_MANY_REQUESTS | reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| backoff::retry_after(v, std::time::SystemTime::now()))
+            }
+            _ => None,
+        };
         let text = response.text().await.unwrap_or_default();
         let text = text.trim();
-        Err(truncate(if text.is_empty() {
-            format!("HTTP {status}")
-        } else {
-            format!("HTTP {status}: {text}")
-        }))
+        Err(Failure {
+            error: truncate(if text.is_empty() {
+                format!("HTTP {status}")
+            } else {
+                format!("HTTP {status}: {text}")
+            }),
+            retry_after,
+        })
     }
+}
+
+/// Why an attempt was not accepted, and how long the BSS asked us to wait (`Retry-After` on
+/// 429 or 503).
+struct Failure {
+    error: String,
+    retry_after: Option<Duration>,
 }
 
 /// An error with its causes (reqwest's own message hides them: "error sending request").

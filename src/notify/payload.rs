@@ -1,6 +1,14 @@
-//! The webhook's wire form: the JSON body of one event and its signature. `docs/bss-webhook.md`
-//! documents both for the BSS; change them together.
+//! The webhook's wire form: the JSON body of one event and its signatures. `docs/bss-webhook.md`
+//! documents them for the BSS; change them together.
+//!
+//! Two signatures go with every request:
+//! - `webhook-signature` (Standard Webhooks): `v1,` and the base64 HMAC-SHA256 of
+//!   `{webhook-id}.{webhook-timestamp}.{body}`. The timestamp is the attempt's, so a receiver
+//!   that checks it against its clock refuses a captured request replayed later.
+//! - `X-Ocs-Signature` (the original scheme, kept for existing receivers): `sha256=` and the
+//!   hex HMAC-SHA256 of the body alone, which a replay does not change.
 
+use base64::Engine;
 use chrono::SecondsFormat;
 use hmac::{Hmac, Mac};
 use serde::Serialize;
@@ -47,15 +55,36 @@ pub fn body(event: &OutboxEvent) -> Result<Vec<u8>, serde_json::Error> {
     })
 }
 
-/// The `X-Ocs-Signature` value: `sha256=` and the lower-case hex HMAC-SHA256 of `body`.
-pub fn signature(secret: &[u8], body: &[u8]) -> String {
+fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     // HMAC accepts a key of any length, so this cannot fail.
-    let mut mac = match Hmac::<Sha256>::new_from_slice(secret) {
+    let mut mac = match Hmac::<Sha256>::new_from_slice(key) {
         Ok(mac) => mac,
         Err(_) => unreachable!("HMAC takes keys of any length"),
     };
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// The `X-Ocs-Signature` value: `sha256=` and the lower-case hex HMAC-SHA256 of `body`.
+pub fn signature(secret: &[u8], body: &[u8]) -> String {
+    format!("sha256={}", hex::encode(hmac_sha256(secret, &[body])))
+}
+
+/// The `webhook-signature` value (Standard Webhooks): `v1,` and the base64 (standard
+/// alphabet, padded) HMAC-SHA256 of `{id}.{timestamp}.{body}` with `key` (the decoded key of
+/// a `whsec_` secret, see [`crate::config::BssConfig::standard_signing_key`]).
+pub fn standard_signature(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
+    let timestamp = timestamp.to_string();
+    let mac = hmac_sha256(
+        key,
+        &[id.as_bytes(), b".", timestamp.as_bytes(), b".", body],
+    );
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac)
+    )
 }
 
 #[cfg(test)]
@@ -73,6 +102,36 @@ mod tests {
             signature(b"Jefe", b"what do ya want for nothing?"),
             "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
+    }
+
+    #[test]
+    fn the_standard_signature_reproduces_the_standard_webhooks_test_vector() {
+        // The reference libraries' vector: secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw.
+        let config = crate::config::BssConfig {
+            webhook_secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            ..Default::default()
+        };
+        let key = config.standard_signing_key().unwrap();
+        assert_eq!(
+            standard_signature(
+                &key,
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                1_614_265_330,
+                br#"{"test": 2432232314}"#
+            ),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+        // A secret without the prefix is the key as it is.
+        let plain = crate::config::BssConfig {
+            webhook_secret: "Jefe".into(),
+            ..Default::default()
+        };
+        assert_eq!(plain.standard_signing_key().unwrap(), b"Jefe");
+        let broken = crate::config::BssConfig {
+            webhook_secret: "whsec_not base64!".into(),
+            ..Default::default()
+        };
+        assert!(broken.standard_signing_key().is_err());
     }
 
     #[test]

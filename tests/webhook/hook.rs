@@ -1,17 +1,20 @@
-//! A real HTTP/1.1 listener standing in for the BSS: it accepts TCP connections on 127.0.0.1,
-//! parses each request (request line, headers, `Content-Length` body), records it, and answers
-//! with the status the test's policy chooses (optionally after a delay), then closes the
-//! connection. Small on purpose: the webhook client under test is the real one.
+//! A real HTTP/1.1 listener standing in for the BSS: it accepts TCP connections on 127.0.0.1
+//! (plain, or TLS with a rustls server configuration), parses each request (request line,
+//! headers, `Content-Length` body), records it, and answers with the status the test's policy
+//! chooses (optionally after a delay, with the extra headers set), then closes the connection.
+//! Small on purpose: the webhook client under test is the real one.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
 
 /// One request the listener received.
 #[derive(Clone, Debug)]
@@ -23,6 +26,10 @@ pub struct Received {
     pub body: Vec<u8>,
     /// The status it was answered with.
     pub status: u16,
+    /// When it arrived (complete).
+    pub arrived: Instant,
+    /// Whether the client presented a certificate (TLS only).
+    pub client_certificate: bool,
 }
 
 impl Received {
@@ -45,6 +52,10 @@ struct State {
     /// Requests answered (with their status).
     received: Mutex<Vec<Received>>,
     policy: Mutex<Policy>,
+    /// Headers added to the answers with a status.
+    headers: Mutex<HashMap<u16, Vec<(String, String)>>>,
+    /// TLS handshakes that failed.
+    failed_handshakes: Mutex<Vec<String>>,
     arrived: Notify,
 }
 
@@ -53,6 +64,7 @@ pub struct Hook {
     pub addr: SocketAddr,
     state: Arc<State>,
     task: JoinHandle<()>,
+    tls: bool,
 }
 
 /// The "status" of a policy that closes the connection without answering.
@@ -71,24 +83,68 @@ impl Hook {
 
     /// Listens on `addr` (a port reserved earlier, for "the BSS comes up later").
     pub async fn start_at(addr: SocketAddr, policy: Policy) -> Hook {
-        let listener = TcpListener::bind(addr).await.expect("bind the hook");
+        Self::listen(addr, policy, None).await
+    }
+
+    /// Listens on an ephemeral port with TLS (`https://`).
+    pub async fn start_tls(policy: Policy, tls: Arc<ServerConfig>) -> Hook {
+        let addr = "127.0.0.1:0".parse().expect("address");
+        Self::listen(addr, policy, Some(TlsAcceptor::from(tls))).await
+    }
+
+    async fn listen(addr: SocketAddr, policy: Policy, tls: Option<TlsAcceptor>) -> Hook {
+        let listener = bind_retrying(addr).await;
         let addr = listener.local_addr().expect("hook address");
         let state = Arc::new(State {
             seen: Mutex::new(Vec::new()),
             received: Mutex::new(Vec::new()),
             policy: Mutex::new(policy),
+            headers: Mutex::new(HashMap::new()),
+            failed_handshakes: Mutex::new(Vec::new()),
             arrived: Notify::new(),
         });
-        let task = tokio::spawn(accept(listener, state.clone()));
-        Hook { addr, state, task }
+        let tls_on = tls.is_some();
+        let task = tokio::spawn(accept(listener, state.clone(), tls));
+        Hook {
+            addr,
+            state,
+            task,
+            tls: tls_on,
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/bss/events", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}/bss/events", self.addr)
     }
 
     pub fn set_policy(&self, policy: Policy) {
         *self.state.policy.lock().expect("policy") = policy;
+    }
+
+    /// Headers added to every answer with `status` from now on (e.g. `Retry-After` on 429).
+    pub fn set_response_headers(&self, status: u16, headers: &[(&str, &str)]) {
+        self.state.headers.lock().expect("headers").insert(
+            status,
+            headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+    }
+
+    /// Why the TLS handshakes that failed failed (rustls's errors).
+    pub fn failed_handshakes(&self) -> Vec<String> {
+        self.state
+            .failed_handshakes
+            .lock()
+            .expect("failed handshakes")
+            .clone()
+    }
+
+    /// Waits until `done` holds for the failed TLS handshakes (at most `limit`).
+    pub async fn wait_failed_handshakes(&self, limit: Duration, done: impl Fn(&[String]) -> bool) {
+        self.wait(limit, || done(&self.failed_handshakes())).await
     }
 
     /// Requests that arrived, answered or not (yet).
@@ -142,17 +198,46 @@ pub async fn free_addr() -> SocketAddr {
     listener.local_addr().expect("address")
 }
 
-async fn accept(listener: TcpListener, state: Arc<State>) {
+async fn accept(listener: TcpListener, state: Arc<State>, tls: Option<TlsAcceptor>) {
     let mut connections = tokio::task::JoinSet::new();
     while let Ok((stream, _)) = listener.accept().await {
-        connections.spawn(serve(stream, state.clone()));
+        let state = state.clone();
+        match tls.clone() {
+            None => {
+                connections.spawn(serve(stream, state, false));
+            }
+            Some(acceptor) => {
+                connections.spawn(async move {
+                    match acceptor.accept(stream).await {
+                        Ok(stream) => {
+                            let client_certificate =
+                                stream.get_ref().1.peer_certificates().is_some();
+                            serve(stream, state, client_certificate).await;
+                        }
+                        Err(e) => {
+                            state
+                                .failed_handshakes
+                                .lock()
+                                .expect("failed handshakes")
+                                .push(e.to_string());
+                            state.arrived.notify_waiters();
+                        }
+                    }
+                });
+            }
+        }
     }
 }
 
-async fn serve(mut stream: TcpStream, state: Arc<State>) {
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    state: Arc<State>,
+    client_certificate: bool,
+) {
     let Some(mut request) = read_request(&mut stream).await else {
         return;
     };
+    request.client_certificate = client_certificate;
     state.seen.lock().expect("seen").push(request.clone());
     state.arrived.notify_waiters();
     let (status, delay) = {
@@ -174,8 +259,17 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) {
         return;
     }
     request.status = status;
+    let extra: String = state
+        .headers
+        .lock()
+        .expect("headers")
+        .get(&status)
+        .into_iter()
+        .flatten()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     let response =
-        format!("HTTP/1.1 {status} Test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        format!("HTTP/1.1 {status} Test\r\nContent-Length: 0\r\n{extra}Connection: close\r\n\r\n");
     let answered = stream.write_all(response.as_bytes()).await.is_ok();
     let _ = stream.shutdown().await;
     if answered {
@@ -184,7 +278,7 @@ async fn serve(mut stream: TcpStream, state: Arc<State>) {
     }
 }
 
-async fn read_request(stream: &mut TcpStream) -> Option<Received> {
+async fn read_request<S: AsyncRead + Unpin>(stream: &mut S) -> Option<Received> {
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -225,5 +319,29 @@ async fn read_request(stream: &mut TcpStream) -> Option<Received> {
         headers,
         body,
         status: 0,
+        arrived: Instant::now(),
+        client_certificate: false,
     })
+}
+
+/// Binds `addr`. A port reserved earlier by a test (`free_addr`) may meanwhile be the local
+/// port of some other connection on this busy machine, or linger in TIME_WAIT: the bind
+/// reuses addresses and is retried while the port is in use (bounded).
+async fn bind_retrying(addr: SocketAddr) -> TcpListener {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        let bound = socket.bind(addr).and_then(|()| socket.listen(1024));
+        match bound {
+            Ok(listener) => return listener,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("bind the hook on {addr}: {e}"),
+        }
+    }
 }
