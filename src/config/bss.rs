@@ -109,27 +109,6 @@ impl fmt::Debug for BssConfig {
     }
 }
 
-/// The name of an event type on the webhook and in `bss.webhook_events`.
-pub fn event_type_name(event_type: EventType) -> &'static str {
-    match event_type {
-        EventType::NumberRecycled => "NUMBER_RECYCLED",
-        EventType::StateChanged => "STATE_CHANGED",
-        EventType::ValidityExpiring => "VALIDITY_EXPIRING",
-    }
-}
-
-fn parse_event_type(name: &str) -> Option<EventType> {
-    let name = name.trim().to_ascii_uppercase();
-    let name = name.strip_prefix("EVENT_TYPE_").unwrap_or(&name);
-    [
-        EventType::NumberRecycled,
-        EventType::StateChanged,
-        EventType::ValidityExpiring,
-    ]
-    .into_iter()
-    .find(|t| event_type_name(*t) == name)
-}
-
 impl BssConfig {
     /// Whether a webhook is configured.
     pub fn enabled(&self) -> bool {
@@ -140,7 +119,7 @@ impl BssConfig {
     pub fn event_types(&self) -> Result<Vec<EventType>, ConfigError> {
         let mut types = Vec::new();
         for name in &self.webhook_events {
-            let t = parse_event_type(name).ok_or_else(|| {
+            let t = EventType::parse(name).ok_or_else(|| {
                 ConfigError(format!(
                     "bss.webhook_events: {name:?} is not an event type \
                      (NUMBER_RECYCLED, STATE_CHANGED, VALIDITY_EXPIRING)"

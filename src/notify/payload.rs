@@ -14,7 +14,6 @@ use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::Sha256;
 
-use crate::config::bss::event_type_name;
 use crate::store::OutboxEvent;
 
 /// The JSON body of one event (field order is the order of this struct).
@@ -39,7 +38,7 @@ pub fn body(event: &OutboxEvent) -> Result<Vec<u8>, serde_json::Error> {
     serde_json::to_vec(&EventBody {
         event_id: &event.event_id,
         sequence: event.sequence,
-        event_type: event_type_name(event.event_type),
+        event_type: event.event_type.name(),
         msisdn: event.msisdn.as_str(),
         account_id: &event.account_id,
         generation: event.generation,

@@ -254,7 +254,7 @@ impl Dashboard {
                 .map(|letter| DeadLetterView {
                     sequence: letter.event.sequence,
                     event_id: letter.event.event_id.clone(),
-                    event_type: crate::config::bss::event_type_name(letter.event.event_type),
+                    event_type: letter.event.event_type.name(),
                     msisdn: mask_msisdn(letter.event.msisdn.as_str()),
                     attempts: letter.attempts,
                     dead_at: local(letter.dead_at),
