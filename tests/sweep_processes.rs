@@ -415,20 +415,42 @@ struct Progress {
     done: i64,
 }
 
+/// The four counts in one statement, so one snapshot: a batch committing meanwhile is seen in
+/// all of them or in none.
 async fn progress(db: &Db) -> Progress {
+    let sql = format!(
+        "SELECT (SELECT COUNT(*) FROM outbox), (SELECT COUNT(*) FROM account_history), \
+         (SELECT COUNT(*) FROM accounts WHERE state = {RECYCLED}), \
+         (SELECT COUNT(*) FROM accounts WHERE next_deadline IS NULL)"
+    );
+    let row: Result<(i64, i64, i64, i64), sqlx::Error> =
+        on_pool!(db, |pool| sqlx::query_as(&sql).fetch_one(pool).await);
+    let (outbox, history, recycled, done) = row.unwrap_or_else(|e| panic!("{sql}: {e}"));
     Progress {
-        outbox: db.count("outbox").await,
-        history: db.count("account_history").await,
-        recycled: scalar(
-            db,
-            &format!("SELECT COUNT(*) FROM accounts WHERE state = {RECYCLED}"),
-        )
-        .await,
-        done: scalar(
-            db,
-            "SELECT COUNT(*) FROM accounts WHERE next_deadline IS NULL",
-        )
-        .await,
+        outbox,
+        history,
+        recycled,
+        done,
+    }
+}
+
+/// After a SIGKILL, PostgreSQL may still be finishing a COMMIT the process sent before it died,
+/// or rolling back the transaction it had open. Waits (bounded) until no other session on the
+/// test's database is running a statement or holds a transaction, so what is read next is final.
+/// SQLite has no server: the file is final when the process is gone.
+async fn wait_until_orphaned_sessions_end(db: &Db) {
+    let Db::Postgres(_) = db else {
+        return;
+    };
+    let sql = "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+               AND pid <> pg_backend_pid() AND state IS NOT NULL AND state <> 'idle'";
+    let deadline = tokio::time::Instant::now() + SAFETY;
+    while scalar(db, sql).await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the killed process's sessions did not end"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -648,6 +670,7 @@ async fn a_sweep_killed_with_sigkill_is_finished_by_the_next_run_exactly_once(ba
 
     // Exactly whole batches are committed: each is one transaction of BATCH accounts with
     // their 4 events and 3 history rows.
+    wait_until_orphaned_sessions_end(&db).await;
     let at_kill = progress(&db).await;
     eprintln!(
         "[{backend:?}] SIGKILL after {ran_for:?}: {seen} outbox rows seen by the poll, \

@@ -367,7 +367,7 @@ async fn timeouts_closed_connections_and_slow_answers_are_retried_until_accepted
     let mut answers = vec![
         (200, Duration::from_secs(3)),
         (CLOSE, Duration::ZERO),
-        (200, Duration::from_millis(400)),
+        (200, Duration::from_millis(100)),
     ]
     .into_iter();
     let hook = Hook::start(Box::new(move |_| {
