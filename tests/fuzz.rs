@@ -651,8 +651,12 @@ fn new_york_dates_stay_exact_on_dst_days_year_ends_and_the_end_of_the_calendar()
                 prop_assert_eq!(activated.state, AccountState::Valid);
                 let valid_until = activated.valid_until.expect("valid_until");
                 if day >= far {
-                    // Near the end of the calendar: no panic, dates saturate, never go back.
-                    prop_assert!(valid_until >= day);
+                    // Near the end of the calendar: no panic; the date is the day + 180, or
+                    // the last date there is.
+                    let saturated = day
+                        .checked_add_days(Days::new(180))
+                        .unwrap_or(NaiveDate::MAX);
+                    prop_assert_eq!(valid_until, saturated);
                     return Ok(());
                 }
                 // Activation: the activation's local date + 180, through local midnight.
@@ -706,33 +710,47 @@ fn end_of_calendar_commands_refuse_or_saturate_without_panicking() {
     ] {
         let now = local_instant(&rules, day, 43_200);
         let account = activated_on(&rules, day, 43_200);
-        for command in [
-            Command::Recharge {
-                amount: i64::MAX,
-                channel: RechargeChannel::Bank,
-                validity_days: u32::MAX,
-            },
-            Command::Recharge {
-                amount: 30_000,
-                channel: RechargeChannel::Bank,
-                validity_days: 0,
-            },
-            Command::Charge { amount: i64::MAX },
-            Command::Activate,
-        ] {
-            // Either refused or applied; dates never move backwards.
-            if let Ok(applied) = lifecycle::apply(&account, &command, now, &rules) {
-                assert!(
-                    applied.account.valid_until >= account.valid_until,
-                    "{command:?}"
-                );
+        // Each command is refused or applied as the rules say; an applied one never moves
+        // dates backwards.
+        let expected = [
+            (
+                Command::Recharge {
+                    amount: i64::MAX,
+                    channel: RechargeChannel::Bank,
+                    validity_days: u32::MAX,
+                },
+                false,
+            ),
+            (
+                Command::Recharge {
+                    amount: 30_000,
+                    channel: RechargeChannel::Bank,
+                    validity_days: 0,
+                },
+                true,
+            ),
+            (Command::Charge { amount: i64::MAX }, false),
+            (Command::Activate, true),
+        ];
+        for (command, applies) in expected {
+            match lifecycle::apply(&account, &command, now, &rules) {
+                Ok(applied) => {
+                    assert!(applies, "{command:?} on {day} was applied");
+                    assert!(
+                        applied.account.valid_until >= account.valid_until,
+                        "{command:?} on {day}"
+                    );
+                }
+                Err(e) => assert!(!applies, "{command:?} on {day} was refused: {e}"),
             }
         }
-        // Far in the future the account has moved on, and a sweep can say so.
-        if let Some(far) = now.checked_add_signed(chrono::Duration::days(1000)) {
-            let mut later = account.clone();
-            later.sweep(far, &rules);
-            assert_ne!(later.state, AccountState::Unactivated);
-        }
+        // Far in the future (or at the last instant there is) the account has moved on, and
+        // a sweep can say so without panicking.
+        let far = now
+            .checked_add_signed(chrono::Duration::days(1000))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+        let mut later = account.clone();
+        later.sweep(far, &rules);
+        assert_ne!(later.state, AccountState::Unactivated, "on {day}");
     }
 }
