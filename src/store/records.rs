@@ -1,11 +1,11 @@
 //! The history rows and outbox events a lifecycle change writes, built in one place for every
-//! writer (the API's mutations and the sweep), and the sweep's counts.
+//! writer (the API's mutations and the sweep).
 
 use chrono::{DateTime, Utc};
 
 use super::{EventType, HistoryRecord, OutboxEvent};
 use crate::lifecycle::{
-    Account, AccountState, ExpiringNotice, HistoryKind, Swept, Transition, TransitionReason,
+    Account, AccountState, ExpiringNotice, HistoryKind, Transition, TransitionReason,
 };
 
 /// The actor recorded for boundary transitions, whoever happened to materialise them: the
@@ -85,74 +85,6 @@ pub fn expiring_event(
         effective_at: notice.due_at,
         emitted_at: now,
     }
-}
-
-/// What a sweep did (or, dry, would do). Transitions are counted per boundary: an account
-/// crossing three boundaries adds one to each of three counts.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SweepCounts {
-    /// Due accounts looked at.
-    pub examined: u64,
-    pub to_grace: u64,
-    pub to_locked: u64,
-    pub to_recycled_from_locked: u64,
-    pub to_recycled_unactivated: u64,
-    pub expiring_notified: u64,
-}
-
-impl SweepCounts {
-    /// Counts one examined account and what its sweep did.
-    pub fn tally(&mut self, swept: &Swept) {
-        self.examined += 1;
-        for t in &swept.transitions {
-            match t.reason {
-                TransitionReason::ValidityExpired => self.to_grace += 1,
-                TransitionReason::GraceExpired => self.to_locked += 1,
-                TransitionReason::LockExpired => self.to_recycled_from_locked += 1,
-                TransitionReason::UnactivatedExpired => self.to_recycled_unactivated += 1,
-                TransitionReason::Activated
-                | TransitionReason::Recharged
-                | TransitionReason::Unlocked => {}
-            }
-        }
-        if swept.notice.is_some() {
-            self.expiring_notified += 1;
-        }
-    }
-
-    pub fn add(&mut self, other: &SweepCounts) {
-        self.examined += other.examined;
-        self.to_grace += other.to_grace;
-        self.to_locked += other.to_locked;
-        self.to_recycled_from_locked += other.to_recycled_from_locked;
-        self.to_recycled_unactivated += other.to_recycled_unactivated;
-        self.expiring_notified += other.expiring_notified;
-    }
-}
-
-/// What a sweep is asked to do.
-#[derive(Clone, Copy, Debug)]
-pub struct SweepRequest {
-    /// Every account due by this instant is advanced (dry: would be).
-    pub as_of: DateTime<Utc>,
-    /// The clock's time: `emitted_at` of events, the run's start and end.
-    pub now: DateTime<Utc>,
-    /// Accounts per transaction.
-    pub batch_size: u32,
-    /// Compute the counts (and the forecast) without writing anything.
-    pub dry_run: bool,
-    /// At most this many recycled MSISDNs are listed by a dry run.
-    pub forecast_limit: usize,
-}
-
-/// What a sweep reports.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SweepReport {
-    pub counts: SweepCounts,
-    /// Dry run only: MSISDNs that would be recycled, up to the request's `forecast_limit`.
-    pub recycled_msisdns: Vec<String>,
-    /// The `sweep_runs` row of a real run; `None` for a dry run (which writes nothing).
-    pub run_id: Option<i64>,
 }
 
 /// A new event id: a UUID (spec: `event_id` is a UUID string), version 7 — time-ordered, so the
