@@ -175,11 +175,9 @@ async fn run_sweep(
     println!("as_of: {}", as_of.to_rfc3339());
     println!("dry_run: {dry_run}");
     println!("examined: {}", c.examined);
-    println!("to_grace: {}", c.to_grace);
-    println!("to_locked: {}", c.to_locked);
-    println!("to_recycled_from_locked: {}", c.to_recycled_from_locked);
-    println!("to_recycled_unactivated: {}", c.to_recycled_unactivated);
-    println!("expiring_notified: {}", c.expiring_notified);
+    for (name, count) in c.named() {
+        println!("{name}: {count}");
+    }
     if dry_run {
         println!("recycled_msisdns: {}", report.recycled_msisdns.len());
         for msisdn in &report.recycled_msisdns {

@@ -476,14 +476,15 @@ impl AccountLifecycle for AccountsApi {
             Err(crate::sweep::SweepError::Store(e)) => return Err(e.into()),
         };
         let c = report.counts;
+        use crate::lifecycle::TransitionReason;
         Ok(Response::new(proto::AdvanceStatesResponse {
             as_of: Some(convert::timestamp(as_of)),
             dry_run: r.dry_run,
             examined: c.examined,
-            to_grace: c.to_grace,
-            to_locked: c.to_locked,
-            to_recycled_from_locked: c.to_recycled_from_locked,
-            to_recycled_unactivated: c.to_recycled_unactivated,
+            to_grace: c.transitions(TransitionReason::ValidityExpired),
+            to_locked: c.transitions(TransitionReason::GraceExpired),
+            to_recycled_from_locked: c.transitions(TransitionReason::LockExpired),
+            to_recycled_unactivated: c.transitions(TransitionReason::UnactivatedExpired),
             expiring_notified: c.expiring_notified,
             recycled_msisdns: report.recycled_msisdns,
         }))

@@ -28,7 +28,7 @@
 //! - The stream holds everything from the gap on until the gap fills (the usual case: the
 //!   other transaction commits milliseconds later) or until [`GAP_WINDOW`] has passed since
 //!   `t0`. A transaction of this service inserts its outbox rows at the end of its work and
-//!   commits right after (`store::sql::apply_in`: outbox rows, the idempotency key, COMMIT),
+//!   commits right after (`store::sql::Writes::apply_in`: outbox rows, idempotency key, COMMIT),
 //!   so one still open [`GAP_WINDOW`] after inserting has been rolled back or is about to be;
 //!   a gap that old is a burnt sequence (rollback, retry after a conflict, sequence values
 //!   cached by a crashed session) and is passed.

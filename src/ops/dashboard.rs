@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::metrics::DB_CACHE_TTL;
 use crate::lifecycle::{AccountState, Rules};
 use crate::store::{AccountStore, DeadLetterOverview, RechargeTotals, StoreError, SweepRun};
+use crate::sweep::SweepCounts;
 
 /// The page; it fetches `api/dashboard` and renders it.
 pub const PAGE: &str = include_str!("dashboard.html");
@@ -105,13 +106,10 @@ pub struct SweepRunView {
     pub as_of: String,
     pub started_at: String,
     pub finished_at: Option<String>,
-    pub status: String,
-    pub examined: u64,
-    pub to_grace: u64,
-    pub to_locked: u64,
-    pub to_recycled_from_locked: u64,
-    pub to_recycled_unactivated: u64,
-    pub expiring_notified: u64,
+    pub status: &'static str,
+    /// `examined`, then each count by name (`crate::sweep::SweepCounts`).
+    #[serde(flatten)]
+    pub counts: SweepCounts,
     pub error: Option<String>,
 }
 
@@ -209,13 +207,8 @@ impl Dashboard {
                 as_of: local(run.as_of),
                 started_at: local(run.started_at),
                 finished_at: run.finished_at.map(local),
-                status: run.status.clone(),
-                examined: run.counts.examined,
-                to_grace: run.counts.to_grace,
-                to_locked: run.counts.to_locked,
-                to_recycled_from_locked: run.counts.to_recycled_from_locked,
-                to_recycled_unactivated: run.counts.to_recycled_unactivated,
-                expiring_notified: run.counts.expiring_notified,
+                status: run.status.as_str(),
+                counts: SweepCounts::from(&run.counts),
                 error: run.error.clone(),
             })
             .collect();

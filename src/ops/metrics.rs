@@ -30,8 +30,8 @@ use tokio::time::Instant;
 use crate::clock::Clock;
 use crate::lifecycle::AccountState;
 use crate::notify::WebhookCounters;
-use crate::store::{AccountStore, EventType, StoreError, SweepReport};
-use crate::sweep::SweepObserver;
+use crate::store::{AccountStore, EventType, StoreError, SweepRunStatus};
+use crate::sweep::{SweepCounts, SweepObserver, SweepReport};
 
 /// How long the database-derived values of a scrape are reused.
 pub const DB_CACHE_TTL: Duration = Duration::from_secs(5);
@@ -68,15 +68,6 @@ struct TransitionLabel {
     transition: &'static str,
 }
 
-/// The `transition` label values, in `SweepCounts` order.
-const TRANSITIONS: [&str; 5] = [
-    "to_grace",
-    "to_locked",
-    "to_recycled_from_locked",
-    "to_recycled_unactivated",
-    "expiring_notified",
-];
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: &'static str,
@@ -102,26 +93,21 @@ impl SweepMetrics {
             Ok(report) => report,
             Err(_) => {
                 self.runs
-                    .get_or_create(&StatusLabel { status: "failed" })
+                    .get_or_create(&StatusLabel {
+                        status: SweepRunStatus::Failed.as_str(),
+                    })
                     .inc();
                 return;
             }
         };
         self.runs
             .get_or_create(&StatusLabel {
-                status: "succeeded",
+                status: SweepRunStatus::Succeeded.as_str(),
             })
             .inc();
-        let c = &report.counts;
-        self.examined.inc_by(c.examined);
-        let counts = [
-            c.to_grace,
-            c.to_locked,
-            c.to_recycled_from_locked,
-            c.to_recycled_unactivated,
-            c.expiring_notified,
-        ];
-        for (transition, count) in TRANSITIONS.into_iter().zip(counts) {
+        self.examined.inc_by(report.counts.examined);
+        // The `transition` label values are the counts' names.
+        for (transition, count) in report.counts.named() {
             self.transitions
                 .get_or_create(&TransitionLabel { transition })
                 .inc_by(count);
@@ -135,10 +121,11 @@ impl SweepMetrics {
 
     fn register(&self, registry: &mut Registry) {
         // Every label value from the start, so that rate() and alerts see a 0 before the first.
-        for status in ["succeeded", "failed"] {
+        for status in [SweepRunStatus::Succeeded, SweepRunStatus::Failed] {
+            let status = status.as_str();
             self.runs.get_or_create(&StatusLabel { status }).inc_by(0);
         }
-        for transition in TRANSITIONS {
+        for (transition, _) in SweepCounts::default().named() {
             self.transitions
                 .get_or_create(&TransitionLabel { transition })
                 .inc_by(0);

@@ -9,7 +9,7 @@
 //! - At start-up, a sweep missed while the server was down (the last succeeded run is older
 //!   than the previous occurrence) runs at once.
 //!
-//! The scheduler owns when a sweep runs; what a sweep does is the store's (`AccountStore::sweep`).
+//! The scheduler owns when a sweep runs; what a sweep does is `crate::sweep`'s.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -13,8 +13,12 @@
 //! Times in this table are real time (`next_attempt_at` in epoch milliseconds), never the
 //! service's manual clock: retry timing is outbound I/O timing.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::{ColumnIndex, Encode, Executor, Type};
 
+use super::dialect::{Conn, Db, Dialect, Row, Value};
+use super::rows;
+use super::sql::SqlStore;
 use super::{EventType, OutboxEvent, StoreError};
 
 /// An event waiting for its next attempt, with the attempts made so far.
@@ -118,11 +122,11 @@ pub trait WebhookDeliveries: Send + Sync {
 }
 
 /// Pending deliveries read per statement when looking for due ones.
-pub(crate) const DUE_SCAN_PAGE: usize = 512;
+const DUE_SCAN_PAGE: usize = 512;
 /// Pending deliveries looked at per call at most: events waiting behind an earlier event of
 /// their MSISDN, in flight or waiting for a retry are passed over, and this bounds the walk when
 /// thousands of them head the backlog (their turn comes as the head clears).
-pub(crate) const DUE_SCAN_MAX: usize = 32_768;
+const DUE_SCAN_MAX: usize = 32_768;
 
 /// Outbox columns qualified for a join with `webhook_deliveries` (`o`), in `OutboxRow` order.
 pub(crate) const JOINED_OUTBOX_COLUMNS: &str = "o.sequence, o.event_id, o.event_type, o.msisdn, \
@@ -140,7 +144,7 @@ pub(crate) struct DeadRow {
 impl DeadRow {
     pub(crate) fn into_dead_letter(self) -> Result<DeadLetter, StoreError> {
         Ok(DeadLetter {
-            attempts: attempts(self.attempts),
+            attempts: attempt_count(self.attempts),
             last_error: self.last_error.unwrap_or_default(),
             dead_at: self.dead_at,
             event: self.event.into_event()?,
@@ -148,12 +152,12 @@ impl DeadRow {
     }
 }
 
-pub(crate) fn attempts(value: i32) -> u32 {
+fn attempt_count(value: i32) -> u32 {
     u32::try_from(value).unwrap_or_default()
 }
 
 /// The `IN (…)` list of sequences: integers only, so safe to inline in SQL.
-pub(crate) fn sequence_list(sequences: &[i64]) -> String {
+fn sequence_list(sequences: &[i64]) -> String {
     sequences
         .iter()
         .map(i64::to_string)
@@ -170,250 +174,253 @@ pub(crate) fn type_list(types: &[EventType]) -> String {
         .join(", ")
 }
 
-/// Implements [`WebhookDeliveries`] for a backend with `reader()` and `writer()` pools.
-macro_rules! impl_webhook_deliveries {
-    ($store:ty) => {
-        #[async_trait::async_trait]
-        impl $crate::store::WebhookDeliveries for $store {
-            async fn register_webhook_events(
-                &self,
-                types: &[$crate::store::EventType],
-                now_ms: i64,
-                after_sequence: i64,
-                limit: u32,
-            ) -> Result<$crate::store::Registered, $crate::store::StoreError> {
-                if types.is_empty() {
-                    return Ok($crate::store::Registered::default());
-                }
-                let unregistered = format!(
-                    "FROM outbox o WHERE o.sequence > $1 AND o.event_type IN ({}) \
-                     AND NOT EXISTS \
-                     (SELECT 1 FROM webhook_deliveries d WHERE d.sequence = o.sequence)",
-                    $crate::store::deliveries::type_list(types)
-                );
-                // Read first (cheap, on the readers) so an idle poll writes nothing.
-                let sql = format!(
-                    "SELECT count(*), max(sequence) FROM \
-                     (SELECT o.sequence {unregistered} ORDER BY o.sequence LIMIT $2) AS n"
-                );
-                let (found, last): (i64, Option<i64>) = sqlx::query_as(&sql)
-                    .bind(after_sequence)
-                    .bind(i64::from(limit))
-                    .fetch_one(self.reader())
-                    .await?;
-                let Some(last) = last else {
-                    return Ok($crate::store::Registered::default());
-                };
-                // One statement for the lot, bounded by what was read.
-                let sql = format!(
-                    "INSERT INTO webhook_deliveries \
-                     (sequence, event_id, msisdn, attempts, next_attempt_at) \
-                     SELECT o.sequence, o.event_id, o.msisdn, 0, $3 {unregistered} \
-                     AND o.sequence <= $2 ORDER BY o.sequence \
-                     ON CONFLICT (sequence) DO NOTHING"
-                );
-                let added = sqlx::query(&sql)
-                    .bind(after_sequence)
-                    .bind(last)
-                    .bind(now_ms)
-                    .execute(self.writer())
-                    .await?
-                    .rows_affected();
-                Ok($crate::store::Registered {
-                    added,
-                    found: u64::try_from(found).unwrap_or_default(),
-                    last_sequence: Some(last),
-                })
-            }
+/// The one implementation, over the backend's read and write pools.
+#[async_trait::async_trait]
+impl<D: Dialect> WebhookDeliveries for SqlStore<D>
+where
+    for<'c> &'c mut Conn<D>: Executor<'c, Database = Db<D>>,
+    usize: ColumnIndex<Row<D>>,
+    for<'a> &'a str: ColumnIndex<Row<D>> + Encode<'a, Db<D>> + Type<Db<D>>,
+    for<'a> Option<&'a str>: Encode<'a, Db<D>>,
+    bool: Value<Db<D>>,
+    Vec<u8>: Value<Db<D>>,
+    i32: Value<Db<D>>,
+    Option<i32>: Value<Db<D>>,
+    i64: Value<Db<D>>,
+    Option<i64>: Value<Db<D>>,
+    String: Value<Db<D>>,
+    DateTime<Utc>: Value<Db<D>>,
+    Option<DateTime<Utc>>: Value<Db<D>>,
+    NaiveDate: Value<Db<D>>,
+    Option<NaiveDate>: Value<Db<D>>,
+{
+    async fn register_webhook_events(
+        &self,
+        types: &[EventType],
+        now_ms: i64,
+        after_sequence: i64,
+        limit: u32,
+    ) -> Result<Registered, StoreError> {
+        if types.is_empty() {
+            return Ok(Registered::default());
+        }
+        let unregistered = format!(
+            "FROM outbox o WHERE o.sequence > $1 AND o.event_type IN ({}) \
+             AND NOT EXISTS \
+             (SELECT 1 FROM webhook_deliveries d WHERE d.sequence = o.sequence)",
+            type_list(types)
+        );
+        // Read first (cheap, on the readers) so an idle poll writes nothing.
+        let sql = format!(
+            "SELECT count(*), max(sequence) FROM \
+             (SELECT o.sequence {unregistered} ORDER BY o.sequence LIMIT $2) AS n"
+        );
+        let (found, last): (i64, Option<i64>) = sqlx::query_as(&sql)
+            .bind(after_sequence)
+            .bind(i64::from(limit))
+            .fetch_one(&self.reader)
+            .await?;
+        let Some(last) = last else {
+            return Ok(Registered::default());
+        };
+        // One statement for the lot, bounded by what was read.
+        let sql = format!(
+            "INSERT INTO webhook_deliveries \
+             (sequence, event_id, msisdn, attempts, next_attempt_at) \
+             SELECT o.sequence, o.event_id, o.msisdn, 0, $3 {unregistered} \
+             AND o.sequence <= $2 ORDER BY o.sequence \
+             ON CONFLICT (sequence) DO NOTHING"
+        );
+        let added = sqlx::query(&sql)
+            .bind(after_sequence)
+            .bind(last)
+            .bind(now_ms)
+            .execute(&self.writer)
+            .await
+            .map(|done| D::rows_affected(&done))?;
+        Ok(Registered {
+            added,
+            found: u64::try_from(found).unwrap_or_default(),
+            last_sequence: Some(last),
+        })
+    }
 
-            async fn due_webhook_deliveries(
-                &self,
-                now_ms: i64,
-                limit: u32,
-            ) -> Result<Vec<$crate::store::PendingDelivery>, $crate::store::StoreError> {
-                use $crate::store::deliveries::{DUE_SCAN_MAX, DUE_SCAN_PAGE, sequence_list};
-                // The pending backlog in sequence order, from its start: the first row of an
-                // MSISDN met on the way is that MSISDN's oldest pending event, so it is picked
-                // when due and every later row of the MSISDN is passed over. A plain index
-                // range scan — a per-row "oldest of its MSISDN" subquery left the plan to
-                // PostgreSQL's statistics, and with a backlog that grew since the last ANALYZE
-                // it walked the backlog once per row (20–50 ms per read instead of ~2 ms).
-                let page_sql = "SELECT sequence, msisdn, next_attempt_at, attempts \
-                    FROM webhook_deliveries WHERE delivered_at IS NULL AND dead_at IS NULL \
-                    AND sequence > $1 ORDER BY sequence LIMIT $2";
-                let limit = limit as usize;
-                let mut seen = std::collections::HashSet::new();
-                let mut picked: Vec<(i64, i32)> = Vec::new();
-                let (mut after, mut scanned) = (i64::MIN, 0_usize);
-                'scan: while scanned < DUE_SCAN_MAX {
-                    let page: Vec<(i64, String, i64, i32)> = sqlx::query_as(page_sql)
-                        .bind(after)
-                        .bind(DUE_SCAN_PAGE as i64)
-                        .fetch_all(self.reader())
-                        .await?;
-                    let fetched = page.len();
-                    scanned += fetched;
-                    for (sequence, msisdn, next_attempt_at, attempts) in page {
-                        after = sequence;
-                        if seen.insert(msisdn) && next_attempt_at <= now_ms {
-                            picked.push((sequence, attempts));
-                            if picked.len() >= limit {
-                                break 'scan;
-                            }
-                        }
+    async fn due_webhook_deliveries(
+        &self,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<PendingDelivery>, StoreError> {
+        // The pending backlog in sequence order, from its start: the first row of an
+        // MSISDN met on the way is that MSISDN's oldest pending event, so it is picked
+        // when due and every later row of the MSISDN is passed over. A plain index
+        // range scan — a per-row "oldest of its MSISDN" subquery left the plan to
+        // PostgreSQL's statistics, and with a backlog that grew since the last ANALYZE
+        // it walked the backlog once per row (20–50 ms per read instead of ~2 ms).
+        let page_sql = "SELECT sequence, msisdn, next_attempt_at, attempts \
+            FROM webhook_deliveries WHERE delivered_at IS NULL AND dead_at IS NULL \
+            AND sequence > $1 ORDER BY sequence LIMIT $2";
+        let limit = limit as usize;
+        let mut seen = std::collections::HashSet::new();
+        let mut picked: Vec<(i64, i32)> = Vec::new();
+        let (mut after, mut scanned) = (i64::MIN, 0_usize);
+        'scan: while scanned < DUE_SCAN_MAX {
+            let page: Vec<(i64, String, i64, i32)> = sqlx::query_as(page_sql)
+                .bind(after)
+                .bind(DUE_SCAN_PAGE as i64)
+                .fetch_all(&self.reader)
+                .await?;
+            let fetched = page.len();
+            scanned += fetched;
+            for (sequence, msisdn, next_attempt_at, attempts) in page {
+                after = sequence;
+                if seen.insert(msisdn) && next_attempt_at <= now_ms {
+                    picked.push((sequence, attempts));
+                    if picked.len() >= limit {
+                        break 'scan;
                     }
-                    if fetched < DUE_SCAN_PAGE {
-                        break;
-                    }
                 }
-                if picked.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let sql = format!(
-                    "SELECT {} FROM outbox WHERE sequence IN ({}) ORDER BY sequence",
-                    $crate::store::rows::OUTBOX_COLUMNS,
-                    sequence_list(&picked.iter().map(|(s, _)| *s).collect::<Vec<_>>())
-                );
-                let rows: Vec<$crate::store::rows::OutboxRow> =
-                    sqlx::query_as(&sql).fetch_all(self.reader()).await?;
-                let attempts: std::collections::HashMap<i64, i32> = picked.into_iter().collect();
-                rows.into_iter()
-                    .map(|row| {
-                        let attempts = attempts.get(&row.sequence).copied().unwrap_or_default();
-                        Ok($crate::store::PendingDelivery {
-                            attempts: $crate::store::deliveries::attempts(attempts),
-                            event: row.into_event()?,
-                        })
-                    })
-                    .collect()
             }
-
-            async fn settle_webhook_deliveries(
-                &self,
-                outcomes: &[(i64, $crate::store::AttemptOutcome)],
-                at: chrono::DateTime<chrono::Utc>,
-                claim: &[i64],
-                now_ms: i64,
-                lease_until_ms: i64,
-            ) -> Result<Vec<(i64, u32)>, $crate::store::StoreError> {
-                use $crate::store::AttemptOutcome;
-                use $crate::store::deliveries::sequence_list;
-                if outcomes.is_empty() && claim.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let mut tx = self.writer().begin().await?;
-                let delivered: Vec<i64> = outcomes
-                    .iter()
-                    .filter(|(_, o)| matches!(o, AttemptOutcome::Delivered))
-                    .map(|(sequence, _)| *sequence)
-                    .collect();
-                if !delivered.is_empty() {
-                    let sql = format!(
-                        "UPDATE webhook_deliveries SET delivered_at = $1, last_error = NULL \
-                         WHERE sequence IN ({})",
-                        sequence_list(&delivered)
-                    );
-                    sqlx::query(&sql).bind(at).execute(&mut *tx).await?;
-                }
-                for (sequence, outcome) in outcomes {
-                    let query = match outcome {
-                        AttemptOutcome::Delivered => continue,
-                        AttemptOutcome::Retry {
-                            error,
-                            next_attempt_at,
-                        } => sqlx::query(
-                            "UPDATE webhook_deliveries SET next_attempt_at = $2, last_error = $3 \
-                             WHERE sequence = $1 AND delivered_at IS NULL",
-                        )
-                        .bind(*sequence)
-                        .bind(*next_attempt_at)
-                        .bind(error.as_str()),
-                        AttemptOutcome::Dead { error } => sqlx::query(
-                            "UPDATE webhook_deliveries SET dead_at = $2, last_error = $3 \
-                             WHERE sequence = $1 AND delivered_at IS NULL",
-                        )
-                        .bind(*sequence)
-                        .bind(at)
-                        .bind(error.as_str()),
-                    };
-                    query.execute(&mut *tx).await?;
-                }
-                let mut claimed = Vec::new();
-                if !claim.is_empty() {
-                    let sql = format!(
-                        "UPDATE webhook_deliveries SET attempts = attempts + 1, \
-                         next_attempt_at = $2 WHERE sequence IN ({}) \
-                         AND delivered_at IS NULL AND dead_at IS NULL \
-                         AND next_attempt_at <= $1 RETURNING sequence, attempts",
-                        sequence_list(claim)
-                    );
-                    let rows: Vec<(i64, i32)> = sqlx::query_as(&sql)
-                        .bind(now_ms)
-                        .bind(lease_until_ms)
-                        .fetch_all(&mut *tx)
-                        .await?;
-                    claimed = rows
-                        .into_iter()
-                        .map(|(sequence, attempts)| {
-                            (sequence, $crate::store::deliveries::attempts(attempts))
-                        })
-                        .collect();
-                }
-                tx.commit().await?;
-                Ok(claimed)
-            }
-
-            async fn dead_webhook_deliveries(
-                &self,
-                after_sequence: i64,
-                limit: u32,
-            ) -> Result<Vec<$crate::store::DeadLetter>, $crate::store::StoreError> {
-                let sql = format!(
-                    "SELECT {}, d.attempts, d.last_error, d.dead_at FROM webhook_deliveries d \
-                     JOIN outbox o ON o.sequence = d.sequence \
-                     WHERE d.dead_at IS NOT NULL AND d.sequence > $1 \
-                     ORDER BY d.sequence LIMIT $2",
-                    $crate::store::deliveries::JOINED_OUTBOX_COLUMNS
-                );
-                let rows: Vec<$crate::store::deliveries::DeadRow> = sqlx::query_as(&sql)
-                    .bind(after_sequence)
-                    .bind(i64::from(limit))
-                    .fetch_all(self.reader())
-                    .await?;
-                rows.into_iter()
-                    .map($crate::store::deliveries::DeadRow::into_dead_letter)
-                    .collect()
-            }
-
-            async fn analyze_webhook_deliveries(&self) -> Result<(), $crate::store::StoreError> {
-                sqlx::query("ANALYZE webhook_deliveries")
-                    .execute(self.writer())
-                    .await?;
-                Ok(())
-            }
-
-            async fn requeue_webhook_deliveries(
-                &self,
-                event_ids: &[String],
-                now_ms: i64,
-            ) -> Result<u64, $crate::store::StoreError> {
-                let mut requeued = 0;
-                for event_id in event_ids {
-                    requeued += sqlx::query(
-                        "UPDATE webhook_deliveries \
-                         SET dead_at = NULL, attempts = 0, next_attempt_at = $2 \
-                         WHERE event_id = $1 AND dead_at IS NOT NULL",
-                    )
-                    .bind(event_id.as_str())
-                    .bind(now_ms)
-                    .execute(self.writer())
-                    .await?
-                    .rows_affected();
-                }
-                Ok(requeued)
+            if fetched < DUE_SCAN_PAGE {
+                break;
             }
         }
-    };
-}
+        if picked.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {} FROM outbox WHERE sequence IN ({}) ORDER BY sequence",
+            rows::OUTBOX_COLUMNS,
+            sequence_list(&picked.iter().map(|(s, _)| *s).collect::<Vec<_>>())
+        );
+        let rows: Vec<rows::OutboxRow> = sqlx::query_as(&sql).fetch_all(&self.reader).await?;
+        let attempts: std::collections::HashMap<i64, i32> = picked.into_iter().collect();
+        rows.into_iter()
+            .map(|row| {
+                let attempts = attempts.get(&row.sequence).copied().unwrap_or_default();
+                Ok(PendingDelivery {
+                    attempts: attempt_count(attempts),
+                    event: row.into_event()?,
+                })
+            })
+            .collect()
+    }
 
-pub(crate) use impl_webhook_deliveries;
+    async fn settle_webhook_deliveries(
+        &self,
+        outcomes: &[(i64, AttemptOutcome)],
+        at: chrono::DateTime<chrono::Utc>,
+        claim: &[i64],
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<Vec<(i64, u32)>, StoreError> {
+        if outcomes.is_empty() && claim.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.writer.begin().await?;
+        let delivered: Vec<i64> = outcomes
+            .iter()
+            .filter(|(_, o)| matches!(o, AttemptOutcome::Delivered))
+            .map(|(sequence, _)| *sequence)
+            .collect();
+        if !delivered.is_empty() {
+            let sql = format!(
+                "UPDATE webhook_deliveries SET delivered_at = $1, last_error = NULL \
+                 WHERE sequence IN ({})",
+                sequence_list(&delivered)
+            );
+            sqlx::query(&sql).bind(at).execute(&mut *tx).await?;
+        }
+        for (sequence, outcome) in outcomes {
+            let query = match outcome {
+                AttemptOutcome::Delivered => continue,
+                AttemptOutcome::Retry {
+                    error,
+                    next_attempt_at,
+                } => sqlx::query(
+                    "UPDATE webhook_deliveries SET next_attempt_at = $2, last_error = $3 \
+                     WHERE sequence = $1 AND delivered_at IS NULL",
+                )
+                .bind(*sequence)
+                .bind(*next_attempt_at)
+                .bind(error.as_str()),
+                AttemptOutcome::Dead { error } => sqlx::query(
+                    "UPDATE webhook_deliveries SET dead_at = $2, last_error = $3 \
+                     WHERE sequence = $1 AND delivered_at IS NULL",
+                )
+                .bind(*sequence)
+                .bind(at)
+                .bind(error.as_str()),
+            };
+            query.execute(&mut *tx).await?;
+        }
+        let mut claimed = Vec::new();
+        if !claim.is_empty() {
+            let sql = format!(
+                "UPDATE webhook_deliveries SET attempts = attempts + 1, \
+                 next_attempt_at = $2 WHERE sequence IN ({}) \
+                 AND delivered_at IS NULL AND dead_at IS NULL \
+                 AND next_attempt_at <= $1 RETURNING sequence, attempts",
+                sequence_list(claim)
+            );
+            let rows: Vec<(i64, i32)> = sqlx::query_as(&sql)
+                .bind(now_ms)
+                .bind(lease_until_ms)
+                .fetch_all(&mut *tx)
+                .await?;
+            claimed = rows
+                .into_iter()
+                .map(|(sequence, attempts)| (sequence, attempt_count(attempts)))
+                .collect();
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn dead_webhook_deliveries(
+        &self,
+        after_sequence: i64,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let sql = format!(
+            "SELECT {}, d.attempts, d.last_error, d.dead_at FROM webhook_deliveries d \
+             JOIN outbox o ON o.sequence = d.sequence \
+             WHERE d.dead_at IS NOT NULL AND d.sequence > $1 \
+             ORDER BY d.sequence LIMIT $2",
+            JOINED_OUTBOX_COLUMNS
+        );
+        let rows: Vec<DeadRow> = sqlx::query_as(&sql)
+            .bind(after_sequence)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.into_iter().map(DeadRow::into_dead_letter).collect()
+    }
+
+    async fn analyze_webhook_deliveries(&self) -> Result<(), StoreError> {
+        sqlx::query("ANALYZE webhook_deliveries")
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn requeue_webhook_deliveries(
+        &self,
+        event_ids: &[String],
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let mut requeued = 0;
+        for event_id in event_ids {
+            requeued += sqlx::query(
+                "UPDATE webhook_deliveries \
+                 SET dead_at = NULL, attempts = 0, next_attempt_at = $2 \
+                 WHERE event_id = $1 AND dead_at IS NOT NULL",
+            )
+            .bind(event_id.as_str())
+            .bind(now_ms)
+            .execute(&self.writer)
+            .await
+            .map(|done| D::rows_affected(&done))?;
+        }
+        Ok(requeued)
+    }
+}

@@ -1,17 +1,25 @@
-//! Persistence of accounts, history, idempotency keys and the event outbox, behind one trait
-//! with a SQLite and a PostgreSQL implementation that share their SQL.
+//! Persistence of accounts, history, idempotency keys, the event outbox, the webhook delivery
+//! state and the sweep's run records, behind one trait ([`AccountStore`]).
 //!
-//! The store owns transactions and durability, never the rules: a mutation loads the account,
-//! hands it to a pure `decide` function (the lifecycle core, called by the API) and writes what
-//! that function returns — account, history rows, outbox events and the idempotency record —
-//! in one transaction, or nothing.
+//! The store owns SQL, transactions and durability, never the rules: a mutation loads the
+//! account, hands it to a pure `decide` function (the lifecycle core, called by the API) and
+//! writes what that function returns — account, history rows, outbox events and the idempotency
+//! record — in one transaction, or nothing. The sweep (`crate::sweep`) drives its own batches
+//! over narrow operations ([`SweepBatch`]: claim the due accounts, write what it decided).
+//!
+//! One generic implementation (`sql::SqlStore`) serves both backends; what differs between
+//! them is declared by the `dialect::Dialect` trait and implemented in `sqlite.rs` (group
+//! commit through one writer task) and `postgres.rs` (one transaction per mutation, row locks).
+//! `tests/store_conformance.rs` runs one suite of store-level tests on both.
 
 mod deliveries;
+mod dialect;
 mod postgres;
 mod records;
 mod rows;
 mod sql;
 mod sqlite;
+mod sweeps;
 
 use std::sync::Arc;
 
@@ -21,13 +29,15 @@ use chrono::{DateTime, NaiveDate, Utc};
 use crate::lifecycle::{Account, AccountState, DomainError, ErrorReason, Msisdn, Rules};
 
 pub use crate::lifecycle::{EventType, HistoryRecord, OutboxEvent};
+pub use crate::lifecycle::{SWEEP_ACTOR, VALIDITY_EXPIRING_REASON};
 pub use deliveries::{AttemptOutcome, DeadLetter, PendingDelivery, Registered, WebhookDeliveries};
-pub use postgres::PostgresStore;
-pub use records::{
-    SWEEP_ACTOR, SweepCounts, SweepReport, SweepRequest, VALIDITY_EXPIRING_REASON, expiring_event,
-    new_event_id, record_transitions,
+use postgres::{PostgresDialect, PostgresStore};
+pub use records::new_event_id;
+use sqlite::{SqliteDialect, SqliteStore};
+pub use sweeps::{
+    ClaimPass, DueCursor, DuePage, RunCounts, RunEnd, SweepBatch, SweepRun, SweepRunStatus,
+    SweptBatch,
 };
-pub use sqlite::SqliteStore;
 
 /// Everything one accepted request writes, together.
 #[derive(Clone, Debug)]
@@ -78,21 +88,6 @@ pub enum StoreError {
     Internal(String),
 }
 
-/// One run of the sweep, as `sweep_runs` records it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SweepRun {
-    pub id: i64,
-    pub as_of: DateTime<Utc>,
-    pub started_at: DateTime<Utc>,
-    /// `None` while it runs.
-    pub finished_at: Option<DateTime<Utc>>,
-    /// `running`, `succeeded` or `failed`.
-    pub status: String,
-    /// What its committed batches did (a failed run: up to the failure).
-    pub counts: SweepCounts,
-    pub error: Option<String>,
-}
-
 /// The RECHARGE history rows of a period.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RechargeTotals {
@@ -107,16 +102,6 @@ pub struct DeadLetterOverview {
     pub count: i64,
     /// The latest dead-lettered first.
     pub latest: Vec<DeadLetter>,
-}
-
-/// Row counts, to check that a rejected request wrote nothing.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TableCounts {
-    pub accounts: i64,
-    pub archived: i64,
-    pub history: i64,
-    pub idempotency_keys: i64,
-    pub outbox: i64,
 }
 
 #[async_trait]
@@ -160,14 +145,34 @@ pub trait AccountStore: WebhookDeliveries + Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<OutboxEvent>, StoreError>;
 
-    async fn counts(&self) -> Result<TableCounts, StoreError>;
+    /// The rules the store computes `next_deadline` with (a sweep decides with the same).
+    fn rules(&self) -> &Rules;
 
-    /// The sweep (spec section 6): advances every account whose next deadline is ≤ `as_of`
-    /// through every boundary it crossed and sends the VALIDITY_EXPIRING notices due, in
-    /// batches of `batch_size`, each batch one transaction (accounts, history, outbox). The run
-    /// is recorded in `sweep_runs`; a failure rolls back the current batch only, marks the run
-    /// failed, and the next run finishes the work. A dry run only reads.
-    async fn sweep(&self, request: SweepRequest) -> Result<SweepReport, StoreError>;
+    /// Sweep batches one sweep may claim and write at once (the backend's concurrency).
+    fn sweep_workers(&self) -> usize;
+
+    /// Opens one sweep batch (spec section 6): a transaction on the write path in which the
+    /// sweep claims due accounts and writes what it decided for them, committed as one.
+    async fn begin_sweep_batch(&self) -> Result<Box<dyn SweepBatch>, StoreError>;
+
+    /// Up to `limit` accounts due by `as_of` after `after` (in `next_deadline`, MSISDN order),
+    /// read without locks or a transaction: the pages of a forecast.
+    async fn due_accounts(
+        &self,
+        as_of: DateTime<Utc>,
+        after: &DueCursor,
+        limit: u32,
+    ) -> Result<DuePage, StoreError>;
+
+    /// Records the start of a (real) sweep run as of `as_of`; returns its id.
+    async fn start_sweep_run(
+        &self,
+        as_of: DateTime<Utc>,
+        started_at: DateTime<Utc>,
+    ) -> Result<i64, StoreError>;
+
+    /// Records how run `id` ended.
+    async fn finish_sweep_run(&self, id: i64, end: &RunEnd) -> Result<(), StoreError>;
 
     /// `as_of` of the latest succeeded sweep run, if any.
     async fn last_sweep_as_of(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
@@ -264,36 +269,31 @@ pub(crate) enum SqlFailure {
     Fatal(StoreError),
 }
 
-/// Whether a database error code means "the storage cannot be written": SQLite's FULL (13),
-/// READONLY (8) and IOERR (10), with their extended codes (low byte = primary code; SQLite
-/// codes have at most 4 digits, SQLSTATEs always 5 characters), or PostgreSQL's disk_full
-/// (53100), read_only_sql_transaction (25006) and io_error (58030).
-fn not_writable(code: &str) -> bool {
-    match code.parse::<i32>() {
-        Ok(sqlite) if code.len() < 5 => matches!(sqlite & 0xff, 8 | 10 | 13),
-        _ => matches!(code, "53100" | "25006" | "58030"),
-    }
-}
-
+/// Classifies a database error by its backend's codes ([`dialect::Dialect::classify_code`]); a
+/// unique violation is a race with a concurrent first insert, retried like a transient conflict.
 pub(crate) fn classify(err: sqlx::Error) -> SqlFailure {
+    use dialect::{Dialect, ErrorClass};
     match &err {
-        sqlx::Error::Database(db) if not_writable(&db.code().unwrap_or_default()) => {
-            SqlFailure::Fatal(StoreError::NotWritable(db.message().to_owned()))
-        }
         sqlx::Error::Database(db) => {
             let code = db.code().unwrap_or_default();
-            let retry = db.is_unique_violation()
-                // PostgreSQL: serialization failure, deadlock.
-                || code == "40001"
-                || code == "40P01"
-                // SQLite: BUSY, LOCKED and their extended codes.
-                || matches!(code.as_ref(), "5" | "6" | "261" | "262" | "517");
-            if retry {
-                SqlFailure::Retry
-            } else if code.starts_with("08") || code == "57P01" || code == "57P03" {
-                SqlFailure::Fatal(StoreError::Unavailable(db.message().to_owned()))
+            let class = if db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some()
+            {
+                PostgresDialect::classify_code(&code)
             } else {
-                SqlFailure::Fatal(StoreError::Internal(err.to_string()))
+                SqliteDialect::classify_code(&code)
+            };
+            match class {
+                ErrorClass::NotWritable => {
+                    SqlFailure::Fatal(StoreError::NotWritable(db.message().to_owned()))
+                }
+                ErrorClass::Transient => SqlFailure::Retry,
+                _ if db.is_unique_violation() => SqlFailure::Retry,
+                ErrorClass::Unavailable => {
+                    SqlFailure::Fatal(StoreError::Unavailable(db.message().to_owned()))
+                }
+                ErrorClass::Other => SqlFailure::Fatal(StoreError::Internal(err.to_string())),
             }
         }
         sqlx::Error::Io(_)
@@ -326,22 +326,53 @@ pub(crate) fn request_id_reused(request_id: &str) -> StoreError {
 
 #[cfg(test)]
 mod tests {
-    use super::not_writable;
+    use super::dialect::{Dialect, ErrorClass};
+    use super::{PostgresDialect, SqliteDialect};
 
     #[test]
     fn storage_failures_are_told_apart_from_other_database_errors() {
+        let sqlite = SqliteDialect::classify_code;
+        let postgres = PostgresDialect::classify_code;
         // SQLite: FULL, READONLY, IOERR and extended codes (IOERR_WRITE 778, READONLY_DBMOVED 1032).
         for code in ["13", "8", "10", "778", "1032", "6410"] {
-            assert!(not_writable(code), "{code}");
+            assert_eq!(sqlite(code), ErrorClass::NotWritable, "{code}");
         }
         // PostgreSQL: disk_full, read_only_sql_transaction, io_error.
         for code in ["53100", "25006", "58030"] {
-            assert!(not_writable(code), "{code}");
+            assert_eq!(postgres(code), ErrorClass::NotWritable, "{code}");
         }
         // SQLite BUSY, CONSTRAINT_UNIQUE (2067), CORRUPT (11); PostgreSQL unique violation,
         // connection failure, serialization failure.
-        for code in ["5", "2067", "11", "23505", "08006", "40001", ""] {
-            assert!(!not_writable(code), "{code}");
+        for code in ["5", "2067", "11", ""] {
+            assert_ne!(sqlite(code), ErrorClass::NotWritable, "{code}");
+        }
+        for code in ["23505", "08006", "40001", ""] {
+            assert_ne!(postgres(code), ErrorClass::NotWritable, "{code}");
+        }
+    }
+
+    #[test]
+    fn conflicts_are_transient_and_a_lost_connection_is_unavailable() {
+        for code in ["5", "6", "261", "262", "517"] {
+            assert_eq!(
+                SqliteDialect::classify_code(code),
+                ErrorClass::Transient,
+                "{code}"
+            );
+        }
+        for code in ["40001", "40P01"] {
+            assert_eq!(
+                PostgresDialect::classify_code(code),
+                ErrorClass::Transient,
+                "{code}"
+            );
+        }
+        for code in ["08006", "08001", "57P01", "57P03"] {
+            assert_eq!(
+                PostgresDialect::classify_code(code),
+                ErrorClass::Unavailable,
+                "{code}"
+            );
         }
     }
 }

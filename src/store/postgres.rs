@@ -6,23 +6,25 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
+use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgPool, Postgres, Transaction};
+use sqlx::{Connection, Pool, Postgres, Transaction};
 
-use super::sql::impl_account_store;
+use super::dialect::{Dialect, ErrorClass};
+use super::sql::{SqlStore, Writes};
 use super::{Committed, Decide, MutateFailure, RequestKey, StoreError};
 use crate::lifecycle::{Msisdn, Rules};
 
-static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
-pub struct PostgresStore {
-    pool: PgPool,
-    rules: Arc<Rules>,
-}
+/// The PostgreSQL store: the generic store over [`PostgresDialect`].
+pub(crate) type PostgresStore = SqlStore<PostgresDialect>;
 
-impl PostgresStore {
-    const LOCK_ROW: &'static str = " FOR UPDATE";
+/// PostgreSQL's side of the backend contract (no state of its own).
+pub(crate) struct PostgresDialect;
 
+impl SqlStore<PostgresDialect> {
     /// `acquire_timeout` bounds how long a request waits for a connection (a pooled one, or a
     /// new one while the server is unreachable) before it is answered UNAVAILABLE.
     pub async fn connect(
@@ -50,31 +52,65 @@ impl PostgresStore {
             })
             .connect_with(options)
             .await?;
-        Ok(Self { pool, rules })
+        // One pool for reads and writes: every connection may write.
+        Ok(SqlStore::new(PostgresDialect, pool.clone(), pool, rules))
+    }
+}
+
+#[async_trait]
+impl Dialect for PostgresDialect {
+    type Db = Postgres;
+
+    const NAME: &'static str = "PostgreSQL";
+
+    const LOCK_ROW: &'static str = " FOR UPDATE";
+
+    /// Several instances may sweep at once: each claims the due rows no one else holds, and
+    /// re-checks `next_deadline` on rows a concurrent commit just moved (READ COMMITTED
+    /// re-evaluates the WHERE clause of a locked row), so no account is advanced twice.
+    const CLAIM_DUE: &'static str = " FOR UPDATE SKIP LOCKED";
+
+    /// The last pass waits for the rows skipped above; a row another transaction advanced
+    /// meanwhile no longer matches and is left out.
+    const CLAIM_DUE_WAITING: &'static str = " FOR UPDATE";
+
+    /// Two batches at once overlap one batch's round trips and commit with the other's work
+    /// (measured in BENCHMARKS.md).
+    const SWEEP_WORKERS: usize = 2;
+
+    fn migrator() -> &'static Migrator {
+        &MIGRATIONS
     }
 
-    /// Wraps an existing pool (tests use it to run on a schema of their own).
-    pub fn from_pool(pool: PgPool, rules: Arc<Rules>) -> Self {
-        Self { pool, rules }
+    fn rows_affected(done: &sqlx::postgres::PgQueryResult) -> u64 {
+        done.rows_affected()
     }
 
-    async fn run_migrations(&self) -> Result<(), StoreError> {
-        MIGRATIONS
-            .run(&self.pool)
-            .await
-            .map_err(|e| StoreError::Internal(format!("PostgreSQL migration failed: {e}")))
+    /// disk_full (53100), read_only_sql_transaction (25006) and io_error (58030) cannot write;
+    /// serialization failures (40001) and deadlocks (40P01) are transient; connection
+    /// exceptions (class 08), admin_shutdown (57P01) and cannot_connect_now (57P03) mean the
+    /// server is out of reach.
+    fn classify_code(code: &str) -> ErrorClass {
+        match code {
+            "53100" | "25006" | "58030" => ErrorClass::NotWritable,
+            "40001" | "40P01" => ErrorClass::Transient,
+            "57P01" | "57P03" => ErrorClass::Unavailable,
+            _ if code.starts_with("08") => ErrorClass::Unavailable,
+            _ => ErrorClass::Other,
+        }
     }
 
     /// One mutation, one transaction: concurrent commits of other rows proceed in parallel and
     /// PostgreSQL's own group commit shares their WAL flushes.
     async fn mutate_once(
         &self,
+        store: &SqlStore<Self>,
         msisdn: &Msisdn,
         key: RequestKey<'_>,
         decide: &Decide,
     ) -> Result<Committed, MutateFailure> {
-        let mut tx: Transaction<'static, Postgres> = self.pool.begin().await?;
-        let result = apply_in(&mut tx, &self.rules, Self::LOCK_ROW, msisdn, key, decide).await;
+        let mut tx: Transaction<'static, Postgres> = store.writer.begin().await?;
+        let result = Writes::<Self>::apply_in(&mut tx, &store.rules, msisdn, key, decide).await;
         match &result {
             Ok(Committed::Applied(_)) => tx.commit().await?,
             // Nothing was written.
@@ -91,36 +127,9 @@ impl PostgresStore {
         result
     }
 
-    fn reader(&self) -> &PgPool {
-        &self.pool
-    }
-
-    fn rules(&self) -> &Rules {
-        &self.rules
-    }
-
-    fn write_pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    /// Several instances may sweep at once: each claims the due rows no one else holds, and
-    /// re-checks `next_deadline` on rows a concurrent commit just moved (READ COMMITTED
-    /// re-evaluates the WHERE clause of a locked row), so no account is advanced twice.
-    const CLAIM_DUE: &'static str = " FOR UPDATE SKIP LOCKED";
-    /// The last pass waits for the rows skipped above; a row another transaction advanced
-    /// meanwhile no longer matches and is left out.
-    const CLAIM_DUE_WAITING: &'static str = " FOR UPDATE";
-    /// Batches claimed and written at once by one sweep (1 or 2): two overlap one batch's
-    /// round trips and commit with the other's work (measured in BENCHMARKS.md).
-    const SWEEP_WORKERS: usize = 2;
-
-    async fn begin_sweep_batch(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-        self.pool.begin().await
-    }
-    fn writer(&self) -> &PgPool {
-        &self.pool
+    async fn begin_batch(
+        writer: &Pool<Postgres>,
+    ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        writer.begin().await
     }
 }
-
-impl_account_store!(PostgresStore, Postgres);
-super::deliveries::impl_webhook_deliveries!(PostgresStore);

@@ -2,7 +2,8 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 
-use super::{EventType, HistoryRecord, OutboxEvent, StoreError, SweepCounts, SweepRun};
+use super::sweeps::{RunCounts, SWEPT_REASONS, SweepRun, SweepRunStatus, transition_column};
+use super::{EventType, HistoryRecord, OutboxEvent, StoreError};
 use crate::lifecycle::{Account, AccountState, HistoryKind, Msisdn, Rules};
 
 pub(crate) const ACCOUNT_COLUMNS: &str = "msisdn, account_id, generation, state, balance, \
@@ -36,7 +37,7 @@ fn corrupt(what: &str, value: impl std::fmt::Debug) -> StoreError {
     StoreError::Internal(format!("stored {what} {value:?} is not valid"))
 }
 
-fn state(value: i32) -> Result<AccountState, StoreError> {
+pub(crate) fn state(value: i32) -> Result<AccountState, StoreError> {
     AccountState::from_i32(value).ok_or_else(|| corrupt("state", value))
 }
 
@@ -164,9 +165,10 @@ impl OutboxRow {
     }
 }
 
-/// The SQL expression of the effective state on local date `$1` (a pure function of the dates,
-/// as in `Account::state_on`); ISO dates compare correctly as text in SQLite and as DATE in
-/// PostgreSQL.
+/// The SQL expression of the effective state on local date `$1`: `Account::state_on` in SQL, so
+/// that listing by state uses no Rust per row. ISO dates compare correctly as text in SQLite and
+/// as DATE in PostgreSQL. The conformance suite (`tests/store_conformance.rs`) proves it equal to
+/// `state_on` on both backends for random accounts and days.
 pub(crate) const EFFECTIVE_STATE_SQL: &str = "CASE \
     WHEN state = 5 THEN 5 \
     WHEN activated_at IS NULL THEN (CASE WHEN card_expiry < $1 THEN 5 ELSE 1 END) \
@@ -174,6 +176,12 @@ pub(crate) const EFFECTIVE_STATE_SQL: &str = "CASE \
     WHEN grace_until >= $1 THEN 3 \
     WHEN lock_until >= $1 THEN 4 \
     ELSE 5 END";
+
+/// The SQL expression of an account's last day before it is recycled (it is RECYCLED from the
+/// next day on, as `Account::state_on` says): `lock_until`, or `card_expiry` while unactivated.
+/// Checked against `state_on` by the conformance suite, like [`EFFECTIVE_STATE_SQL`].
+pub(crate) const LAST_DAY_BEFORE_RECYCLING_SQL: &str =
+    "CASE WHEN activated_at IS NULL THEN card_expiry ELSE lock_until END";
 
 pub(crate) const SWEEP_RUN_COLUMNS: &str = "id, as_of, started_at, finished_at, status, examined, \
     to_grace, to_locked, to_recycled_from_locked, to_recycled_unactivated, expiring_notified, \
@@ -198,24 +206,30 @@ pub(crate) struct SweepRunRow {
 impl SweepRunRow {
     pub fn into_run(self) -> Result<SweepRun, StoreError> {
         let count = |what: &str, value: i64| u64::try_from(value).map_err(|_| corrupt(what, value));
+        // In `SWEPT_REASONS` order.
+        let transitions = [
+            self.to_grace,
+            self.to_locked,
+            self.to_recycled_from_locked,
+            self.to_recycled_unactivated,
+        ];
         Ok(SweepRun {
             id: self.id,
             as_of: self.as_of,
             started_at: self.started_at,
             finished_at: self.finished_at,
-            status: self.status,
-            counts: SweepCounts {
+            status: SweepRunStatus::parse(&self.status)
+                .ok_or_else(|| corrupt("status", &self.status))?,
+            counts: RunCounts {
                 examined: count("examined", self.examined)?,
-                to_grace: count("to_grace", self.to_grace)?,
-                to_locked: count("to_locked", self.to_locked)?,
-                to_recycled_from_locked: count(
-                    "to_recycled_from_locked",
-                    self.to_recycled_from_locked,
-                )?,
-                to_recycled_unactivated: count(
-                    "to_recycled_unactivated",
-                    self.to_recycled_unactivated,
-                )?,
+                transitions: SWEPT_REASONS
+                    .into_iter()
+                    .zip(transitions)
+                    .map(|(reason, value)| {
+                        let column = transition_column(reason).unwrap_or("transitions");
+                        Ok((reason, count(column, value)?))
+                    })
+                    .collect::<Result<_, StoreError>>()?,
                 expiring_notified: count("expiring_notified", self.expiring_notified)?,
             },
             error: self.error,

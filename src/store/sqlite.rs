@@ -12,26 +12,30 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Acquire, Connection, Sqlite, SqlitePool, Transaction};
+use sqlx::{Acquire, Connection, Pool, Sqlite, SqlitePool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::sql::impl_account_store;
+use super::dialect::{Dialect, ErrorClass};
+use super::sql::{SqlStore, Writes};
 use super::{Committed, Decide, MutateFailure, RequestKey, SqlFailure, StoreError, classify};
 use crate::lifecycle::{Msisdn, Rules};
 
-static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Mutations committed together at most; bounds the latency one commit adds.
 const MAX_GROUP: usize = 128;
 /// Mutations waiting for the writer at most, before callers wait to enqueue.
 const QUEUE_DEPTH: usize = 4096;
 
-pub struct SqliteStore {
-    writer: SqlitePool,
-    rules: Arc<Rules>,
-    readers: SqlitePool,
+/// The SQLite store: the generic store over [`SqliteDialect`].
+pub(crate) type SqliteStore = SqlStore<SqliteDialect>;
+
+/// SQLite's side of the backend contract; holds the queue of the writer task.
+pub(crate) struct SqliteDialect {
     jobs: mpsc::Sender<Job>,
 }
 
@@ -45,10 +49,7 @@ struct Job {
     reply: oneshot::Sender<Result<Committed, MutateFailure>>,
 }
 
-impl SqliteStore {
-    /// Row locks are implicit: `BEGIN IMMEDIATE` holds the database's write lock.
-    const LOCK_ROW: &'static str = "";
-
+impl SqlStore<SqliteDialect> {
     /// Opens (creating if missing) the database `url` names, e.g. `sqlite://ocs-lifecycle.db`.
     pub async fn connect(url: &str, pool_size: u32, rules: Arc<Rules>) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)
@@ -83,23 +84,56 @@ impl SqliteStore {
             .await?;
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
         tokio::spawn(write_loop(writer.clone(), rules.clone(), queue));
-        Ok(Self {
+        Ok(SqlStore::new(
+            SqliteDialect { jobs },
+            readers,
             writer,
             rules,
-            readers,
-            jobs,
-        })
+        ))
+    }
+}
+
+#[async_trait]
+impl Dialect for SqliteDialect {
+    type Db = Sqlite;
+
+    const NAME: &'static str = "SQLite";
+
+    /// Row locks are implicit: `BEGIN IMMEDIATE` holds the database's write lock.
+    const LOCK_ROW: &'static str = "";
+
+    /// The sweep claims every due row by holding the database's write lock.
+    const CLAIM_DUE: &'static str = "";
+
+    /// Nothing was skipped: the last pass finds no due row.
+    const CLAIM_DUE_WAITING: &'static str = "";
+
+    /// One batch at a time: the database has one writer.
+    const SWEEP_WORKERS: usize = 1;
+
+    fn migrator() -> &'static Migrator {
+        &MIGRATIONS
     }
 
-    async fn run_migrations(&self) -> Result<(), StoreError> {
-        MIGRATIONS
-            .run(&self.writer)
-            .await
-            .map_err(|e| StoreError::Internal(format!("SQLite migration failed: {e}")))
+    fn rows_affected(done: &sqlx::sqlite::SqliteQueryResult) -> u64 {
+        done.rows_affected()
     }
 
+    /// FULL (13), READONLY (8) and IOERR (10) with their extended codes (low byte = primary
+    /// code) cannot write; BUSY (5), LOCKED (6) and their extended codes are transient.
+    fn classify_code(code: &str) -> ErrorClass {
+        match code.parse::<i32>() {
+            Ok(primary) if matches!(primary & 0xff, 8 | 10 | 13) => ErrorClass::NotWritable,
+            _ if matches!(code, "5" | "6" | "261" | "262" | "517") => ErrorClass::Transient,
+            _ => ErrorClass::Other,
+        }
+    }
+
+    /// The mutation goes to the writer task, which commits it with the others waiting at that
+    /// moment and answers after the COMMIT.
     async fn mutate_once(
         &self,
+        _store: &SqlStore<Self>,
         msisdn: &Msisdn,
         key: RequestKey<'_>,
         decide: &Decide,
@@ -118,35 +152,13 @@ impl SqliteStore {
         answer.await.map_err(|_| stopped())?
     }
 
-    fn reader(&self) -> &SqlitePool {
-        &self.readers
-    }
-
-    fn rules(&self) -> &Rules {
-        &self.rules
-    }
-
-    /// Sweep bookkeeping (`sweep_runs`) goes straight to the write connection.
-    fn write_pool(&self) -> &SqlitePool {
-        &self.writer
-    }
-
-    /// The sweep claims every due row by holding the database's write lock.
-    const CLAIM_DUE: &'static str = "";
-    /// Nothing was skipped: the last pass finds no due row.
-    const CLAIM_DUE_WAITING: &'static str = "";
-    /// One batch at a time: the database has one writer.
-    const SWEEP_WORKERS: usize = 1;
-
     /// A sweep batch takes the write connection (the pool has exactly one) under
     /// `BEGIN IMMEDIATE`: the writer task waits for it, so the batch and the group commits
     /// serialise, and requests resume between batches.
-    async fn begin_sweep_batch(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
-        self.writer.begin_with("BEGIN IMMEDIATE").await
-    }
-    /// The write connection, for the webhook delivery bookkeeping (small single-row writes).
-    fn writer(&self) -> &SqlitePool {
-        &self.writer
+    async fn begin_batch(
+        writer: &Pool<Sqlite>,
+    ) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        writer.begin_with("BEGIN IMMEDIATE").await
     }
 }
 
@@ -179,15 +191,8 @@ async fn commit_group(
             };
             let mut savepoint = tx.begin().await?;
             let conn = savepoint.acquire().await?;
-            let result = apply_in(
-                conn,
-                rules,
-                SqliteStore::LOCK_ROW,
-                &job.msisdn,
-                key,
-                &job.decide,
-            )
-            .await;
+            let result =
+                Writes::<SqliteDialect>::apply_in(conn, rules, &job.msisdn, key, &job.decide).await;
             match &result {
                 Ok(Committed::Applied(_)) => savepoint.commit().await?,
                 _ => savepoint.rollback().await?,
@@ -212,6 +217,3 @@ async fn commit_group(
         }
     }
 }
-
-impl_account_store!(SqliteStore, Sqlite);
-super::deliveries::impl_webhook_deliveries!(SqliteStore);

@@ -1,0 +1,448 @@
+//! The one implementation of [`AccountStore`] and [`WebhookDeliveries`] both backends run:
+//! [`SqlStore`] over a [`Dialect`], which supplies only what differs (how a mutation and a sweep
+//! batch get their transaction, the locking clauses, the sweep's workers, the error codes).
+//!
+//! Rust does not imply `where` clauses, so each generic `impl` states the same bounds: what the
+//! generic SQL needs from a backend's sqlx types (an executor over `&mut` connection, owned
+//! arguments, and the Rust types it binds and reads). Both `sqlx::Sqlite` and `sqlx::Postgres`
+//! meet them; the compiler checks it where `connect` builds each store.
+//!
+//! [`WebhookDeliveries`]: super::WebhookDeliveries
+
+mod writes;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::{ColumnIndex, Encode, Executor, Pool, Type};
+
+use super::deliveries::{DeadRow, JOINED_OUTBOX_COLUMNS, type_list};
+use super::dialect::{Conn, Db, Dialect, Row, Value};
+use super::rows::{self, ACCOUNT_COLUMNS, AccountRow, HistoryRow, OutboxRow, SweepRunRow};
+use super::sweeps::{
+    DueCursor, DuePage, RunEnd, SWEPT_REASONS, SweepBatch, SweepRun, SweepRunStatus,
+    transition_column,
+};
+use super::{
+    AccountStore, Committed, DeadLetterOverview, Decide, EventType, HistoryRecord, MutateFailure,
+    OutboxEvent, RechargeTotals, RequestKey, SqlFailure, StoreError, classify,
+};
+use crate::lifecycle::{Account, AccountState, HistoryKind, Msisdn, Rules};
+
+use writes::SqlSweepBatch;
+pub(crate) use writes::Writes;
+
+/// Attempts at a mutation whose transaction hit a transient conflict (a concurrent first insert
+/// of the same MSISDN or request_id, a serialization failure, a busy database).
+const MAX_ATTEMPTS: u32 = 8;
+
+/// Rows per multi-row statement: 10 binds a row stays far below SQLite's 32 766 and
+/// PostgreSQL's 65 535 bind parameters.
+pub(crate) const ROWS_PER_STATEMENT: usize = 500;
+
+/// The store of one backend: its dialect (and the dialect's own state), a pool for reads and
+/// one for writes (the same pool on PostgreSQL), and the rules `next_deadline` is computed with.
+pub(crate) struct SqlStore<D: Dialect> {
+    pub(crate) dialect: D,
+    pub(crate) reader: Pool<D::Db>,
+    pub(crate) writer: Pool<D::Db>,
+    pub(crate) rules: Arc<Rules>,
+}
+
+impl<D: Dialect> SqlStore<D> {
+    pub(crate) fn new(
+        dialect: D,
+        reader: Pool<D::Db>,
+        writer: Pool<D::Db>,
+        rules: Arc<Rules>,
+    ) -> Self {
+        Self {
+            dialect,
+            reader,
+            writer,
+            rules,
+        }
+    }
+}
+
+#[async_trait]
+impl<D: Dialect> AccountStore for SqlStore<D>
+where
+    for<'c> &'c mut Conn<D>: Executor<'c, Database = Db<D>>,
+    usize: ColumnIndex<Row<D>>,
+    for<'a> &'a str: ColumnIndex<Row<D>> + Encode<'a, Db<D>> + Type<Db<D>>,
+    for<'a> Option<&'a str>: Encode<'a, Db<D>>,
+    bool: Value<Db<D>>,
+    Vec<u8>: Value<Db<D>>,
+    i32: Value<Db<D>>,
+    Option<i32>: Value<Db<D>>,
+    i64: Value<Db<D>>,
+    Option<i64>: Value<Db<D>>,
+    String: Value<Db<D>>,
+    DateTime<Utc>: Value<Db<D>>,
+    Option<DateTime<Utc>>: Value<Db<D>>,
+    NaiveDate: Value<Db<D>>,
+    Option<NaiveDate>: Value<Db<D>>,
+{
+    async fn migrate(&self) -> Result<(), StoreError> {
+        D::migrator()
+            .run(&self.writer)
+            .await
+            .map_err(|e| StoreError::Internal(format!("{} migration failed: {e}", D::NAME)))
+    }
+
+    async fn mutate(
+        &self,
+        msisdn: &Msisdn,
+        key: RequestKey<'_>,
+        decide: Decide,
+    ) -> Result<Committed, StoreError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let failure = match self.dialect.mutate_once(self, msisdn, key, &decide).await {
+                Ok(committed) => return Ok(committed),
+                Err(MutateFailure::Store(e)) => return Err(e),
+                Err(MutateFailure::Retry) => SqlFailure::Retry,
+                Err(MutateFailure::Sql(err)) => classify(err),
+            };
+            match failure {
+                SqlFailure::Retry if attempt < MAX_ATTEMPTS => {
+                    tokio::time::sleep(std::time::Duration::from_millis(u64::from(attempt) * 2))
+                        .await;
+                }
+                SqlFailure::Retry => {
+                    return Err(StoreError::Unavailable(
+                        "the database stayed busy; retry with the same request_id".into(),
+                    ));
+                }
+                SqlFailure::Fatal(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn get(&self, msisdn: &Msisdn) -> Result<Option<Account>, StoreError> {
+        let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE msisdn = $1");
+        let row: Option<AccountRow> = sqlx::query_as(&sql)
+            .bind(msisdn.as_str())
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(AccountRow::into_account).transpose()
+    }
+
+    async fn list(
+        &self,
+        state: Option<AccountState>,
+        today: NaiveDate,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Account>, StoreError> {
+        let sql = format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE msisdn > $2 AND ($3 = 0 OR ({}) = $3) \
+             ORDER BY msisdn LIMIT $4",
+            rows::EFFECTIVE_STATE_SQL
+        );
+        let rows: Vec<AccountRow> = sqlx::query_as(&sql)
+            .bind(today)
+            .bind(after.unwrap_or(""))
+            .bind(state.map_or(0, |s| s as i32))
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.into_iter().map(AccountRow::into_account).collect()
+    }
+
+    async fn history(
+        &self,
+        msisdn: &Msisdn,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<HistoryRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM account_history WHERE msisdn = $1 AND id > $2 ORDER BY id LIMIT $3",
+            rows::HISTORY_COLUMNS
+        );
+        let rows: Vec<HistoryRow> = sqlx::query_as(&sql)
+            .bind(msisdn.as_str())
+            .bind(after_id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.into_iter().map(HistoryRow::into_record).collect()
+    }
+
+    async fn events_after(
+        &self,
+        after_sequence: i64,
+        limit: u32,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM outbox WHERE sequence > $1 ORDER BY sequence LIMIT $2",
+            rows::OUTBOX_COLUMNS
+        );
+        let rows: Vec<OutboxRow> = sqlx::query_as(&sql)
+            .bind(after_sequence)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.into_iter().map(OutboxRow::into_event).collect()
+    }
+
+    fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    fn sweep_workers(&self) -> usize {
+        D::SWEEP_WORKERS
+    }
+
+    async fn begin_sweep_batch(&self) -> Result<Box<dyn SweepBatch>, StoreError> {
+        let tx = D::begin_batch(&self.writer).await?;
+        Ok(Box::new(SqlSweepBatch::<D> {
+            tx,
+            rules: self.rules.clone(),
+        }))
+    }
+
+    async fn due_accounts(
+        &self,
+        as_of: DateTime<Utc>,
+        after: &DueCursor,
+        limit: u32,
+    ) -> Result<DuePage, StoreError> {
+        let sql = format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts \
+             WHERE next_deadline IS NOT NULL AND next_deadline <= $1 \
+             AND (next_deadline > $2 OR (next_deadline = $2 AND msisdn > $3)) \
+             ORDER BY next_deadline, msisdn LIMIT $4"
+        );
+        let rows: Vec<AccountRow> = sqlx::query_as(&sql)
+            .bind(as_of.timestamp())
+            .bind(after.next_deadline)
+            .bind(&after.msisdn)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        let mut page = DuePage {
+            accounts: Vec::with_capacity(rows.len()),
+            next: after.clone(),
+        };
+        for row in rows {
+            page.next = DueCursor {
+                next_deadline: row.next_deadline.unwrap_or(i64::MAX),
+                msisdn: row.msisdn.clone(),
+            };
+            page.accounts.push(row.into_account()?);
+        }
+        Ok(page)
+    }
+
+    async fn start_sweep_run(
+        &self,
+        as_of: DateTime<Utc>,
+        started_at: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO sweep_runs (as_of, started_at, status, dry_run) \
+             VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(as_of)
+        .bind(started_at)
+        .bind(SweepRunStatus::Running.as_str())
+        .bind(false)
+        .fetch_one(&self.writer)
+        .await?;
+        Ok(id)
+    }
+
+    async fn finish_sweep_run(&self, id: i64, end: &RunEnd) -> Result<(), StoreError> {
+        // One column per reason a sweep counts (`$6`, `$7`, … in `SWEPT_REASONS` order).
+        let transitions: String = SWEPT_REASONS
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| transition_column(*r).map(|c| format!(", {c} = ${}", i + 7)))
+            .collect();
+        let sql = format!(
+            "UPDATE sweep_runs SET status = $2, finished_at = $3, examined = $4, \
+             expiring_notified = $5, error = $6{transitions} WHERE id = $1"
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(id)
+            .bind(end.status.as_str())
+            .bind(end.finished_at)
+            .bind(count(end.counts.examined))
+            .bind(count(end.counts.expiring_notified))
+            .bind(end.error.as_deref());
+        for reason in SWEPT_REASONS {
+            query = query.bind(count(end.counts.transitions_of(reason)));
+        }
+        query.execute(&self.writer).await?;
+        Ok(())
+    }
+
+    async fn last_sweep_as_of(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let as_of: Option<DateTime<Utc>> = sqlx::query_scalar(
+            "SELECT as_of FROM sweep_runs WHERE status = $1 AND dry_run = $2 \
+             ORDER BY as_of DESC LIMIT 1",
+        )
+        .bind(SweepRunStatus::Succeeded.as_str())
+        .bind(false)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(as_of)
+    }
+
+    async fn recent_sweep_runs(&self, limit: u32) -> Result<Vec<SweepRun>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM sweep_runs ORDER BY id DESC LIMIT $1",
+            rows::SWEEP_RUN_COLUMNS
+        );
+        let rows: Vec<SweepRunRow> = sqlx::query_as(&sql)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.into_iter().map(SweepRunRow::into_run).collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    async fn probe_write(&self, now: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO storage_probe (id, probed_at) VALUES (1, $1) \
+             ON CONFLICT (id) DO UPDATE SET probed_at = excluded.probed_at",
+        )
+        .bind(now)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn accounts_by_state(&self) -> Result<Vec<(AccountState, i64)>, StoreError> {
+        let rows: Vec<(i32, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM accounts GROUP BY state ORDER BY state")
+                .fetch_all(&self.reader)
+                .await?;
+        rows.into_iter()
+            .map(|(state, count)| Ok((rows::state(state)?, count)))
+            .collect()
+    }
+
+    async fn recharge_totals(
+        &self,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<RechargeTotals, StoreError> {
+        // The kind is a literal so that the partial index `account_history_recharges`
+        // (migration 0005) applies; SUM of BIGINT is NUMERIC in PostgreSQL, hence the cast.
+        let sql = format!(
+            "SELECT COUNT(*), CAST(COALESCE(SUM(amount), 0) AS BIGINT) \
+             FROM account_history WHERE kind = {} AND at >= $1 AND at < $2",
+            HistoryKind::Recharge as i32
+        );
+        let (count, amount): (i64, i64) = sqlx::query_as(&sql)
+            .bind(from)
+            .bind(until)
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(RechargeTotals { count, amount })
+    }
+
+    async fn recycles_by_day(
+        &self,
+        through: NaiveDate,
+    ) -> Result<Vec<(NaiveDate, i64)>, StoreError> {
+        let Some(last_day) = through.pred_opt() else {
+            return Ok(Vec::new());
+        };
+        // Recycled on day R means the last day before it (`lock_until`, or `card_expiry`
+        // unactivated) is R - 1 (`Account::state_on`; the conformance suite checks that both
+        // agree). Every state of a live account ends on or before that last day, and its
+        // notice is due earlier still, so its `next_deadline` is at most the end of that day:
+        // the indexed bound keeps the scan to the accounts due within the window.
+        let deadline_bound = self.rules.end_of_day(last_day).timestamp();
+        let sql = format!(
+            "SELECT last_day, COUNT(*) FROM ( \
+               SELECT {} AS last_day FROM accounts \
+               WHERE next_deadline IS NOT NULL AND next_deadline <= $1 AND state <> {} \
+             ) due WHERE last_day IS NOT NULL AND last_day <= $2 \
+             GROUP BY last_day ORDER BY last_day",
+            rows::LAST_DAY_BEFORE_RECYCLING_SQL,
+            AccountState::Recycled as i32
+        );
+        let rows: Vec<(NaiveDate, i64)> = sqlx::query_as(&sql)
+            .bind(deadline_bound)
+            .bind(last_day)
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(last_day, count)| (last_day.succ_opt().unwrap_or(last_day), count))
+            .collect())
+    }
+
+    async fn dead_letter_overview(&self, limit: u32) -> Result<DeadLetterOverview, StoreError> {
+        let count: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM webhook_deliveries WHERE dead_at IS NOT NULL")
+                .fetch_one(&self.reader)
+                .await?;
+        let sql = format!(
+            "SELECT {JOINED_OUTBOX_COLUMNS}, d.attempts, d.last_error, d.dead_at \
+             FROM webhook_deliveries d JOIN outbox o ON o.sequence = d.sequence \
+             WHERE d.dead_at IS NOT NULL \
+             ORDER BY d.dead_at DESC, d.sequence DESC LIMIT $1"
+        );
+        let rows: Vec<DeadRow> = sqlx::query_as(&sql)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        let latest = rows
+            .into_iter()
+            .map(DeadRow::into_dead_letter)
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(DeadLetterOverview { count, latest })
+    }
+
+    async fn last_outbox_sequence(&self) -> Result<i64, StoreError> {
+        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(sequence) FROM outbox")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(last.unwrap_or(0))
+    }
+
+    async fn oldest_undelivered_event(
+        &self,
+        types: &[EventType],
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        if types.is_empty() {
+            return Ok(None);
+        }
+        // The oldest pending delivery row (the partial index holds only those), or the oldest
+        // event above every registered one (not registered yet): no scan of the delivered past.
+        // An event committed late below the registered ones is counted once the worker
+        // registers it (within seconds).
+        let sql = format!(
+            "SELECT o.emitted_at FROM outbox o WHERE o.sequence = (SELECT min(s) FROM ( \
+               SELECT min(d.sequence) AS s FROM webhook_deliveries d \
+                 WHERE d.delivered_at IS NULL AND d.dead_at IS NULL \
+               UNION ALL \
+               SELECT min(n.sequence) AS s FROM outbox n WHERE n.event_type IN ({}) \
+                 AND n.sequence > (SELECT COALESCE(max(w.sequence), 0) \
+                   FROM webhook_deliveries w) \
+             ) AS m)",
+            type_list(types)
+        );
+        let oldest: Option<DateTime<Utc>> = sqlx::query_scalar(&sql)
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(oldest)
+    }
+}
+
+/// A count as the `BIGINT` columns of `sweep_runs` hold it.
+fn count(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}

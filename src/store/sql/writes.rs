@@ -1,0 +1,380 @@
+//! The writes inside an open transaction, shared by both backends: one mutation
+//! ([`Writes::apply_in`], whichever way the dialect got its transaction), and one sweep batch
+//! ([`SqlSweepBatch`]: claim the due rows, write what the sweep decided).
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::error::BoxDynError;
+use sqlx::query::Query;
+use sqlx::{Arguments, ColumnIndex, Encode, Executor, Transaction, Type};
+
+use super::ROWS_PER_STATEMENT;
+use crate::lifecycle::{Account, Msisdn, Rules};
+use crate::store::dialect::{Args, Conn, Db, Dialect, Row, Value};
+use crate::store::rows::{ACCOUNT_COLUMNS, AccountRow};
+use crate::store::sweeps::{ClaimPass, SweepBatch, SweptBatch};
+use crate::store::{
+    Committed, Decide, HistoryRecord, MutateFailure, OutboxEvent, RequestKey, StoreError,
+    request_id_reused,
+};
+
+/// The generic writes of dialect `D` (a namespace: the bounds are stated once for all of them).
+pub(crate) struct Writes<D>(PhantomData<D>);
+
+impl<D: Dialect> Writes<D>
+where
+    for<'c> &'c mut Conn<D>: Executor<'c, Database = Db<D>>,
+    usize: ColumnIndex<Row<D>>,
+    for<'a> &'a str: ColumnIndex<Row<D>> + Encode<'a, Db<D>> + Type<Db<D>>,
+    for<'a> Option<&'a str>: Encode<'a, Db<D>>,
+    bool: Value<Db<D>>,
+    Vec<u8>: Value<Db<D>>,
+    i32: Value<Db<D>>,
+    Option<i32>: Value<Db<D>>,
+    i64: Value<Db<D>>,
+    Option<i64>: Value<Db<D>>,
+    String: Value<Db<D>>,
+    DateTime<Utc>: Value<Db<D>>,
+    Option<DateTime<Utc>>: Value<Db<D>>,
+    NaiveDate: Value<Db<D>>,
+    Option<NaiveDate>: Value<Db<D>>,
+{
+    /// Carries out one mutation inside the caller's open transaction, without committing.
+    /// `Applied` means writes were made and must be committed; `Replayed` and refusals wrote
+    /// nothing; an SQL error may leave partial writes that the caller rolls back.
+    pub(crate) async fn apply_in(
+        conn: &mut Conn<D>,
+        rules: &Rules,
+        msisdn: &Msisdn,
+        key: RequestKey<'_>,
+        decide: &Decide,
+    ) -> Result<Committed, MutateFailure> {
+        let stored: Option<(String, Vec<u8>)> = sqlx::query_as(
+            "SELECT fingerprint, response FROM idempotency_keys WHERE request_id = $1",
+        )
+        .bind(key.request_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some((fingerprint, response)) = stored {
+            return if fingerprint == key.fingerprint {
+                Ok(Committed::Replayed(response))
+            } else {
+                Err(MutateFailure::Store(request_id_reused(key.request_id)))
+            };
+        }
+        let sql = format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE msisdn = $1{}",
+            D::LOCK_ROW
+        );
+        let current: Option<AccountRow> = sqlx::query_as(&sql)
+            .bind(msisdn.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+        let existed = current.is_some();
+        let current = current
+            .map(AccountRow::into_account)
+            .transpose()
+            .map_err(MutateFailure::Store)?;
+        // A panic in the pure decision must not take the (shared) writer down with it.
+        let decided =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decide(current.as_ref())));
+        let mutation = match decided {
+            Ok(Ok(m)) => m,
+            Ok(Err(refused)) => return Err(MutateFailure::Store(refused.into())),
+            Err(_) => {
+                tracing::error!(%msisdn, "the lifecycle decision panicked; nothing written");
+                return Err(MutateFailure::Store(StoreError::Internal(
+                    "the lifecycle decision failed".into(),
+                )));
+            }
+        };
+        let insert = format!(
+            "({ACCOUNT_COLUMNS}) VALUES \
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+        );
+        if let Some(retired) = &mutation.archive {
+            let row = AccountRow::from_account(retired, rules);
+            let sql = format!("INSERT INTO account_archive {insert}");
+            Self::bind_account(sqlx::query(&sql), &row)
+                .execute(&mut *conn)
+                .await?;
+        }
+        let row = AccountRow::from_account(&mutation.account, rules);
+        let sql = if existed {
+            "UPDATE accounts SET account_id = $2, generation = $3, state = $4, \
+             balance = $5, preset_balance = $6, sold = $7, initial_validity_days = $8, \
+             provisioned_at = $9, activated_at = $10, valid_until = $11, \
+             grace_until = $12, lock_until = $13, card_expiry = $14, recycled_at = $15, \
+             updated_at = $16, next_deadline = $17, expiring_notified_for = $18 \
+             WHERE msisdn = $1"
+                .to_owned()
+        } else {
+            format!("INSERT INTO accounts {insert}")
+        };
+        Self::bind_account(sqlx::query(&sql), &row)
+            .execute(&mut *conn)
+            .await?;
+        Self::insert_history(&mut *conn, &mutation.history).await?;
+        Self::insert_events(&mut *conn, &mutation.events).await?;
+        sqlx::query(
+            "INSERT INTO idempotency_keys (request_id, fingerprint, response, created_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(key.request_id)
+        .bind(key.fingerprint)
+        .bind(&mutation.response)
+        .bind(key.now)
+        .execute(&mut *conn)
+        .await?;
+        Ok(Committed::Applied(mutation.response))
+    }
+
+    /// Locks and reads up to `limit` due accounts with the dialect's claim for `pass`.
+    async fn claim_due(
+        conn: &mut Conn<D>,
+        as_of: DateTime<Utc>,
+        limit: u32,
+        pass: ClaimPass,
+    ) -> Result<Vec<Account>, StoreError> {
+        let claim = match pass {
+            ClaimPass::Free => D::CLAIM_DUE,
+            ClaimPass::Waiting => D::CLAIM_DUE_WAITING,
+        };
+        let sql = format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts \
+             WHERE next_deadline IS NOT NULL AND next_deadline <= $1 \
+             ORDER BY next_deadline, msisdn LIMIT $2{claim}"
+        );
+        let rows: Vec<AccountRow> = sqlx::query_as(&sql)
+            .bind(as_of.timestamp())
+            .bind(i64::from(limit))
+            .fetch_all(&mut *conn)
+            .await?;
+        rows.into_iter().map(AccountRow::into_account).collect()
+    }
+
+    /// Writes back what a sweep changes (state, recycled_at, updated_at, next_deadline, the
+    /// expiry notice) for a whole batch in one statement per chunk, then its history and events.
+    async fn write_swept(
+        conn: &mut Conn<D>,
+        rules: &Rules,
+        swept: &SweptBatch,
+    ) -> Result<(), sqlx::Error> {
+        let rows: Vec<AccountRow> = swept
+            .accounts
+            .iter()
+            .map(|account| AccountRow::from_account(account, rules))
+            .collect();
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut values = ValuesRows::<D>::new(
+                "WITH v (msisdn, state, recycled_at, updated_at, next_deadline, \
+                 expiring_notified_for) AS (",
+            );
+            for row in chunk {
+                values
+                    .row()
+                    .bind(&row.msisdn)
+                    .bind(row.state)
+                    .bind(row.recycled_at)
+                    .bind(row.updated_at)
+                    .bind(row.next_deadline)
+                    .bind(row.expiring_notified_for);
+            }
+            let (sql, args) = values.finish(
+                ") UPDATE accounts SET state = v.state, recycled_at = v.recycled_at, \
+                 updated_at = v.updated_at, next_deadline = v.next_deadline, \
+                 expiring_notified_for = v.expiring_notified_for \
+                 FROM v WHERE accounts.msisdn = v.msisdn",
+            )?;
+            sqlx::query_with(&sql, args).execute(&mut *conn).await?;
+        }
+        Self::insert_history(&mut *conn, &swept.history).await?;
+        Self::insert_events(&mut *conn, &swept.events).await
+    }
+
+    /// History rows, as multi-row INSERTs.
+    async fn insert_history(
+        conn: &mut Conn<D>,
+        history: &[HistoryRecord],
+    ) -> Result<(), sqlx::Error> {
+        for chunk in history.chunks(ROWS_PER_STATEMENT) {
+            let mut values = ValuesRows::<D>::new(
+                "INSERT INTO account_history (msisdn, account_id, generation, at, kind, \
+                 from_state, to_state, amount, actor, request_id) ",
+            );
+            for entry in chunk {
+                values
+                    .row()
+                    .bind(entry.msisdn.as_str())
+                    .bind(&entry.account_id)
+                    .bind(i64::from(entry.generation))
+                    .bind(entry.at)
+                    .bind(entry.kind as i32)
+                    .bind(entry.from_state.map(|s| s as i32))
+                    .bind(entry.to_state.map(|s| s as i32))
+                    .bind(entry.amount)
+                    .bind(&entry.actor)
+                    .bind(entry.request_id.as_deref());
+            }
+            let (sql, args) = values.finish("")?;
+            sqlx::query_with(&sql, args).execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Outbox events, as multi-row INSERTs in the given order (their sequence order).
+    async fn insert_events(conn: &mut Conn<D>, events: &[OutboxEvent]) -> Result<(), sqlx::Error> {
+        for chunk in events.chunks(ROWS_PER_STATEMENT) {
+            let mut values = ValuesRows::<D>::new(
+                "INSERT INTO outbox (event_id, event_type, msisdn, account_id, \
+                 generation, from_state, to_state, reason, effective_at, emitted_at) ",
+            );
+            for event in chunk {
+                values
+                    .row()
+                    .bind(&event.event_id)
+                    .bind(event.event_type as i32)
+                    .bind(event.msisdn.as_str())
+                    .bind(&event.account_id)
+                    .bind(i64::from(event.generation))
+                    .bind(event.from_state as i32)
+                    .bind(event.to_state as i32)
+                    .bind(&event.reason)
+                    .bind(event.effective_at)
+                    .bind(event.emitted_at);
+            }
+            let (sql, args) = values.finish("")?;
+            sqlx::query_with(&sql, args).execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    fn bind_account<'q>(
+        query: Query<'q, Db<D>, Args<'q, D>>,
+        row: &'q AccountRow,
+    ) -> Query<'q, Db<D>, Args<'q, D>> {
+        query
+            .bind(&row.msisdn)
+            .bind(&row.account_id)
+            .bind(row.generation)
+            .bind(row.state)
+            .bind(row.balance)
+            .bind(row.preset_balance)
+            .bind(row.sold)
+            .bind(row.initial_validity_days)
+            .bind(row.provisioned_at)
+            .bind(row.activated_at)
+            .bind(row.valid_until)
+            .bind(row.grace_until)
+            .bind(row.lock_until)
+            .bind(row.card_expiry)
+            .bind(row.recycled_at)
+            .bind(row.updated_at)
+            .bind(row.next_deadline)
+            .bind(row.expiring_notified_for)
+    }
+}
+
+/// One sweep batch: its transaction (the dialect opened it) and the rules `next_deadline` is
+/// written with.
+pub(crate) struct SqlSweepBatch<D: Dialect> {
+    pub(crate) tx: Transaction<'static, Db<D>>,
+    pub(crate) rules: Arc<Rules>,
+}
+
+#[async_trait]
+impl<D: Dialect> SweepBatch for SqlSweepBatch<D>
+where
+    for<'c> &'c mut Conn<D>: Executor<'c, Database = Db<D>>,
+    usize: ColumnIndex<Row<D>>,
+    for<'a> &'a str: ColumnIndex<Row<D>> + Encode<'a, Db<D>> + Type<Db<D>>,
+    for<'a> Option<&'a str>: Encode<'a, Db<D>>,
+    bool: Value<Db<D>>,
+    Vec<u8>: Value<Db<D>>,
+    i32: Value<Db<D>>,
+    Option<i32>: Value<Db<D>>,
+    i64: Value<Db<D>>,
+    Option<i64>: Value<Db<D>>,
+    String: Value<Db<D>>,
+    DateTime<Utc>: Value<Db<D>>,
+    Option<DateTime<Utc>>: Value<Db<D>>,
+    NaiveDate: Value<Db<D>>,
+    Option<NaiveDate>: Value<Db<D>>,
+{
+    async fn claim_due(
+        &mut self,
+        as_of: DateTime<Utc>,
+        limit: u32,
+        pass: ClaimPass,
+    ) -> Result<Vec<Account>, StoreError> {
+        Writes::<D>::claim_due(&mut self.tx, as_of, limit, pass).await
+    }
+
+    async fn write_batch(&mut self, swept: &SweptBatch) -> Result<(), StoreError> {
+        Ok(Writes::<D>::write_swept(&mut self.tx, &self.rules, swept).await?)
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        Ok(self.tx.commit().await?)
+    }
+}
+
+/// The `VALUES` rows of a multi-row statement and their arguments, written as
+/// `sqlx::QueryBuilder::push_values` writes them (the backend's own placeholders). The builder
+/// itself does not serve generic code: it owns the arguments, and dropping it after the query
+/// borrowed it does not type-check for an unknown backend.
+struct ValuesRows<'q, D: Dialect> {
+    sql: String,
+    args: Args<'q, D>,
+    /// The first value that failed to encode, if any: the statement is not run.
+    encoded: Result<(), BoxDynError>,
+    /// A row is open; its first value is not written yet.
+    open: bool,
+    first: bool,
+}
+
+impl<'q, D: Dialect> ValuesRows<'q, D> {
+    fn new(head: &str) -> Self {
+        Self {
+            sql: format!("{head}VALUES "),
+            args: Args::<D>::default(),
+            encoded: Ok(()),
+            open: false,
+            first: true,
+        }
+    }
+
+    /// Starts the next row.
+    fn row(&mut self) -> &mut Self {
+        self.sql.push_str(if self.open { "), (" } else { "(" });
+        self.open = true;
+        self.first = true;
+        self
+    }
+
+    fn bind<V: 'q + Encode<'q, Db<D>> + Type<Db<D>>>(&mut self, value: V) -> &mut Self {
+        if !self.first {
+            self.sql.push_str(", ");
+        }
+        self.first = false;
+        if self.encoded.is_ok() {
+            self.encoded = self.args.add(value);
+        }
+        // Writing to a `String` cannot fail.
+        let _ = self.args.format_placeholder(&mut self.sql);
+        self
+    }
+
+    /// The statement (the rows, then `tail`) and its arguments.
+    fn finish(mut self, tail: &str) -> Result<(String, Args<'q, D>), sqlx::Error> {
+        if self.open {
+            self.sql.push(')');
+        }
+        self.sql.push_str(tail);
+        self.encoded.map_err(sqlx::Error::Encode)?;
+        Ok((self.sql, self.args))
+    }
+}

@@ -1,0 +1,163 @@
+//! A real sweep: batches of due accounts, each claimed, swept and written in one transaction of
+//! the store, by one or two workers, with the run recorded in `sweep_runs` and its progress
+//! logged.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::{SweepCounts, SweepReport, SweepRequest};
+use crate::lifecycle::{Account, Effects, Rules};
+use crate::store::{
+    AccountStore, ClaimPass, RunEnd, StoreError, SweepRunStatus, SweptBatch, new_event_id,
+};
+
+/// A long sweep reports its progress this often.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+pub(super) async fn sweep(
+    store: &dyn AccountStore,
+    request: &SweepRequest,
+) -> Result<SweepReport, StoreError> {
+    let run_id = store.start_sweep_run(request.as_of, request.now).await?;
+    let started = Instant::now();
+    let progress = Mutex::new((SweepCounts::default(), started));
+    // Set when a batch fails: the other workers finish the batch they hold (it commits and is
+    // counted) and start no new one.
+    let failed = AtomicBool::new(false);
+    // Claims and writes batches with `pass` until a batch comes back short.
+    let drain = |pass: ClaimPass| {
+        let (progress, failed) = (&progress, &failed);
+        async move {
+            loop {
+                if failed.load(Ordering::Acquire) {
+                    return Ok(());
+                }
+                let (claimed, batch) = sweep_batch(store, request, pass)
+                    .await
+                    .inspect_err(|_| failed.store(true, Ordering::Release))?;
+                let mut progress = progress.lock().unwrap_or_else(|e| e.into_inner());
+                let (counts, last_report) = &mut *progress;
+                counts.add(&batch);
+                tracing::debug!(
+                    run_id,
+                    claimed,
+                    examined = counts.examined,
+                    "sweep batch committed"
+                );
+                if last_report.elapsed() >= PROGRESS_EVERY {
+                    *last_report = Instant::now();
+                    let rate = counts.examined as f64 / started.elapsed().as_secs_f64();
+                    tracing::info!(
+                        run_id,
+                        examined = counts.examined,
+                        accounts_per_s = rate as u64,
+                        "sweep in progress"
+                    );
+                }
+                if claimed < request.batch_size as usize {
+                    return Ok::<(), StoreError>(());
+                }
+            }
+        }
+    };
+    let outcome: Result<(), StoreError> = async {
+        // First the rows nobody holds, by two batches at once where the backend allows it
+        // (one batch's database work and commit overlap the other's reading and deciding);
+        // then, waiting for their locks, the rows skipped because a request or another sweep
+        // held them (those are usually done by then: the lock holder advanced them, and they
+        // no longer match).
+        if store.sweep_workers() > 1 {
+            let (first, second) = tokio::join!(drain(ClaimPass::Free), drain(ClaimPass::Free));
+            first.and(second)?;
+        } else {
+            drain(ClaimPass::Free).await?;
+        }
+        drain(ClaimPass::Waiting).await
+    }
+    .await;
+    let counts = progress.into_inner().unwrap_or_else(|e| e.into_inner()).0;
+    let (status, error) = match &outcome {
+        Ok(()) => (SweepRunStatus::Succeeded, None),
+        Err(e) => (SweepRunStatus::Failed, Some(e.to_string())),
+    };
+    let end = RunEnd {
+        status,
+        finished_at: request.now,
+        counts: counts.to_run_counts(),
+        error,
+    };
+    let recorded = store.finish_sweep_run(run_id, &end).await;
+    match (outcome, recorded) {
+        (Err(e), recorded) => {
+            if let Err(not_recorded) = recorded {
+                tracing::error!(run_id, error = %not_recorded, "cannot mark the sweep run failed");
+            }
+            tracing::error!(run_id, error = %e, ?counts, "sweep failed; the next run finishes the work");
+            Err(e)
+        }
+        (Ok(()), Err(e)) => Err(e),
+        (Ok(()), Ok(())) => {
+            let elapsed = started.elapsed();
+            let rate = counts.examined as f64 / elapsed.as_secs_f64().max(1e-6);
+            tracing::info!(
+                run_id,
+                as_of = %request.as_of,
+                ?counts,
+                elapsed_ms = elapsed.as_millis() as u64,
+                accounts_per_s = rate as u64,
+                "sweep done"
+            );
+            Ok(SweepReport {
+                counts,
+                recycled_msisdns: Vec::new(),
+                run_id: Some(run_id),
+            })
+        }
+    }
+}
+
+/// One batch, one transaction: claims up to `batch_size` due accounts, sweeps them, writes the
+/// result and commits. Returns how many were claimed and what their sweep did.
+async fn sweep_batch(
+    store: &dyn AccountStore,
+    request: &SweepRequest,
+    pass: ClaimPass,
+) -> Result<(usize, SweepCounts), StoreError> {
+    let mut batch = store.begin_sweep_batch().await?;
+    let accounts = batch
+        .claim_due(request.as_of, request.batch_size, pass)
+        .await?;
+    let claimed = accounts.len();
+    let (swept, counts) = sweep_accounts(accounts, request, store.rules());
+    batch.write_batch(&swept).await?;
+    batch.commit().await?;
+    Ok((claimed, counts))
+}
+
+/// The sweep of claimed accounts as of `request.as_of`: each account with every boundary it
+/// crossed materialised, and the history rows and outbox events of those transitions and of
+/// the notices due. Pure.
+fn sweep_accounts(
+    accounts: Vec<Account>,
+    request: &SweepRequest,
+    rules: &Rules,
+) -> (SweptBatch, SweepCounts) {
+    let mut counts = SweepCounts::default();
+    let mut batch = SweptBatch {
+        accounts: Vec::with_capacity(accounts.len()),
+        ..SweptBatch::default()
+    };
+    for mut account in accounts {
+        let swept = account.sweep(request.as_of, rules);
+        counts.tally(&swept);
+        if !swept.transitions.is_empty() || swept.notice.is_some() {
+            account.updated_at = request.now;
+        }
+        let mut effects = Effects::of_sweep(&account, &swept, request.now, &mut new_event_id);
+        batch.history.append(&mut effects.history);
+        batch.events.append(&mut effects.events);
+        batch.accounts.push(account);
+    }
+    (batch, counts)
+}
