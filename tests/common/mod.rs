@@ -30,6 +30,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
 
+pub mod api;
 pub mod pg_cluster;
 
 pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -557,23 +558,40 @@ pub fn assert_rejected<T: std::fmt::Debug>(
     code: Code,
     expected_reason: &str,
 ) -> Status {
+    assert_case_rejected("", result, code, expected_reason)
+}
+
+/// [`assert_rejected`] for one case of a table: `case` (what was sent) heads each failure
+/// message.
+#[track_caller]
+pub fn assert_case_rejected<T: std::fmt::Debug>(
+    case: &str,
+    result: Result<T, Status>,
+    code: Code,
+    expected_reason: &str,
+) -> Status {
+    let case = if case.is_empty() {
+        String::new()
+    } else {
+        format!("{case}: ")
+    };
     let status = match result {
-        Ok(value) => panic!("expected {code:?} {expected_reason}, got Ok({value:?})"),
+        Ok(value) => panic!("{case}expected {code:?} {expected_reason}, got Ok({value:?})"),
         Err(status) => status,
     };
-    assert_eq!(status.code(), code, "unexpected status: {status:?}");
+    assert_eq!(status.code(), code, "{case}unexpected status: {status:?}");
     if !expected_reason.is_empty() {
         assert_eq!(
             reason(&status),
             expected_reason,
-            "unexpected ErrorInfo: {status:?}"
+            "{case}unexpected ErrorInfo: {status:?}"
         );
     }
     // (UNIMPLEMENTED comes from the transport for a service that is not registered.)
     if code != Code::Unimplemented {
         assert!(
             !status.message().is_empty(),
-            "an error needs a message a person understands"
+            "{case}an error needs a message a person understands"
         );
     }
     status
