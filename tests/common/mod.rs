@@ -31,7 +31,11 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
 
 pub mod api;
+pub mod faults;
 pub mod pg_cluster;
+pub mod process;
+
+pub use process::free_port;
 
 pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
