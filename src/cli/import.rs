@@ -727,19 +727,15 @@ mod tests {
             ]
         );
         // The quoted line break makes the record two lines long: the next one starts on line 6.
-        let lines: Vec<_> = rejected
-            .iter()
-            .map(|r| (r.line, r.msisdn.as_str()))
-            .collect();
-        assert_eq!(lines, [(6, "86138\"4"), (7, "8613800000005")]);
-        assert!(
-            rejected[0].reason.contains("INVALID_MSISDN"),
-            "{rejected:?}"
-        );
-        assert!(
-            rejected[1].reason.contains("preset_balance"),
-            "{rejected:?}"
-        );
+        let expected = [
+            (6, "86138\"4", "INVALID_MSISDN"),
+            (7, "8613800000005", "preset_balance \"1,00\""),
+        ];
+        assert_eq!(rejected.len(), expected.len(), "{rejected:?}");
+        for (got, (line, msisdn, reason)) in rejected.iter().zip(expected) {
+            assert_eq!((got.line, got.msisdn.as_str()), (line, msisdn));
+            assert!(got.reason.contains(reason), "{got:?}");
+        }
     }
 
     #[test]

@@ -30,8 +30,7 @@ fn provisioning_creates_an_unactivated_card_with_a_540_day_life() {
 
 #[test]
 fn a_recycled_msisdn_is_provisioned_as_the_next_generation() {
-    let rules = shanghai();
-    let now = at(&rules, "2026-03-01", 10);
+    let (rules, now) = shanghai_at("2026-03-01", 10);
     let p = params(0, true, 0);
     let second = provision(msisdn(), "acct-2".into(), Some(1), &p, now, &rules).unwrap();
     assert_eq!(second.generation, 2);
@@ -150,14 +149,9 @@ fn activate_of_an_activated_account_returns_it_unchanged() {
 
 #[test]
 fn activate_of_a_recycled_account_is_refused() {
-    let rules = shanghai();
+    let (rules, now) = shanghai_at("2026-03-01", 10);
     let expired_card = card(&rules, "2024-01-01", 0);
-    let err = refused(
-        &expired_card,
-        &Command::Activate,
-        at(&rules, "2026-03-01", 10),
-        &rules,
-    );
+    let err = refused(&expired_card, &Command::Activate, now, &rules);
     assert_precondition(&err, ErrorReason::AccountRecycled);
 }
 

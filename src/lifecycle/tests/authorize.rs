@@ -51,8 +51,7 @@ fn emergency_and(more: &[&'static str]) -> Vec<&'static str> {
 
 #[test]
 fn authorize_unactivated_sold_card_reaches_special_numbers_only() {
-    let rules = shanghai();
-    let now = at(&rules, "2026-03-01", 10);
+    let (rules, now) = shanghai_at("2026-03-01", 10);
     let account = card(&rules, "2026-02-01", 5000);
     assert_auth(
         Some(&account),
@@ -69,8 +68,7 @@ fn authorize_unactivated_sold_card_reaches_special_numbers_only() {
 
 #[test]
 fn authorize_unsold_card_is_denied_everything() {
-    let rules = shanghai();
-    let now = at(&rules, "2026-03-01", 10);
+    let (rules, now) = shanghai_at("2026-03-01", 10);
     let account = provision_at(&rules, at(&rules, "2026-02-01", 9), &params(5000, false, 0));
     assert_auth(
         Some(&account),
@@ -81,8 +79,7 @@ fn authorize_unsold_card_is_denied_everything() {
 
 #[test]
 fn authorize_valid_with_credit_allows_everything() {
-    let rules = shanghai();
-    let now = at(&rules, "2026-03-01", 10);
+    let (rules, now) = shanghai_at("2026-03-01", 10);
     for (balance, preset) in [(1, 0), (0, 1), (5000, 300)] {
         let account = valid_account(&rules, "2026-06-30", balance, preset);
         assert_auth(
@@ -97,8 +94,7 @@ fn authorize_valid_with_credit_allows_everything() {
 
 #[test]
 fn authorize_valid_without_credit_reaches_special_numbers_and_10011_only() {
-    let rules = shanghai();
-    let now = at(&rules, "2026-03-01", 10);
+    let (rules, now) = shanghai_at("2026-03-01", 10);
     let account = valid_account(&rules, "2026-06-30", 0, 0);
     assert_auth(
         Some(&account),
@@ -113,8 +109,7 @@ fn authorize_valid_without_credit_reaches_special_numbers_and_10011_only() {
 
 #[test]
 fn authorize_grace_is_one_way_barred() {
-    let rules = shanghai();
-    let now = at(&rules, "2026-08-01", 10);
+    let (rules, now) = shanghai_at("2026-08-01", 10);
     // Stored VALID with credit, due GRACE: the effective state decides.
     let account = valid_account(&rules, "2026-06-30", 5000, 0);
     assert_auth(
@@ -132,8 +127,7 @@ fn authorize_grace_is_one_way_barred() {
 
 #[test]
 fn authorize_locked_is_two_way_barred_except_emergency_and_10010() {
-    let rules = shanghai();
-    let now = at(&rules, "2026-10-08", 10);
+    let (rules, now) = shanghai_at("2026-10-08", 10);
     let account = valid_account(&rules, "2026-06-30", 5000, 0);
     assert_auth(
         Some(&account),
@@ -150,8 +144,7 @@ fn authorize_locked_is_two_way_barred_except_emergency_and_10010() {
 
 #[test]
 fn authorize_recycled_and_unknown_numbers_are_denied_everything() {
-    let rules = shanghai();
-    let now = at(&rules, "2027-01-16", 10);
+    let (rules, now) = shanghai_at("2027-01-16", 10);
     let (services, numbers) = (every_service(), all_numbers());
     let recycled = valid_account(&rules, "2026-06-30", 5000, 0);
     let expired_card = card(&rules, "2024-01-01", 5000);

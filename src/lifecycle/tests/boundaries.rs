@@ -204,26 +204,7 @@ fn a_sweep_200_days_late_crosses_three_boundaries_at_their_own_instants() {
     let rules = shanghai();
     let mut account = valid_account(&rules, "2026-06-30", 100, 0);
     let now = at(&rules, "2027-01-16", 12); // valid_until + 200
-    let expected = vec![
-        transition(
-            Valid,
-            Grace,
-            at(&rules, "2026-07-01", 0),
-            TransitionReason::ValidityExpired,
-        ),
-        transition(
-            Grace,
-            Locked,
-            at(&rules, "2026-09-29", 0),
-            TransitionReason::GraceExpired,
-        ),
-        transition(
-            Locked,
-            Recycled,
-            at(&rules, "2026-10-29", 0),
-            TransitionReason::LockExpired,
-        ),
-    ];
+    let expected = boundaries(&rules, Valid, &["2026-07-01", "2026-09-29", "2026-10-29"]);
     assert_eq!(account.pending_transitions(now, &rules), expected);
     assert_eq!(account.state, Valid, "pending_transitions only reads");
 
@@ -261,15 +242,7 @@ fn a_sweep_stops_at_the_state_due_now() {
     assert_eq!(account.state, Grace);
     assert_eq!(account.recycled_at, None);
     let locked = account.catch_up(at(&rules, "2026-10-28", 23), &rules);
-    assert_eq!(
-        locked,
-        vec![transition(
-            Grace,
-            Locked,
-            at(&rules, "2026-09-29", 0),
-            TransitionReason::GraceExpired
-        )]
-    );
+    assert_eq!(locked, boundaries(&rules, Grace, &["2026-09-29"]));
     assert_eq!(account.state, Locked);
 }
 
@@ -278,12 +251,7 @@ fn an_unactivated_card_past_its_life_expires_with_unactivated_expired() {
     let rules = shanghai();
     let mut account = card(&rules, "2026-03-01", 1000);
     let now = at(&rules, "2028-01-01", 0);
-    let expected = vec![transition(
-        Unactivated,
-        Recycled,
-        at(&rules, "2027-08-24", 0),
-        TransitionReason::UnactivatedExpired,
-    )];
+    let expected = boundaries(&rules, Unactivated, &["2027-08-24"]);
     assert_eq!(account.catch_up(now, &rules), expected);
     assert_eq!(account.state, Recycled);
     assert_eq!(account.recycled_at, Some(at(&rules, "2027-08-24", 0)));
@@ -359,26 +327,7 @@ fn periods_are_configuration() {
     assert_dates(&account, "2026-03-31", "2026-04-10", "2026-04-15");
     assert_eq!(
         account.pending_transitions(at(&rules, "2026-04-16", 0), &rules),
-        vec![
-            transition(
-                Valid,
-                Grace,
-                at(&rules, "2026-04-01", 0),
-                TransitionReason::ValidityExpired
-            ),
-            transition(
-                Grace,
-                Locked,
-                at(&rules, "2026-04-11", 0),
-                TransitionReason::GraceExpired
-            ),
-            transition(
-                Locked,
-                Recycled,
-                at(&rules, "2026-04-16", 0),
-                TransitionReason::LockExpired
-            ),
-        ]
+        boundaries(&rules, Valid, &["2026-04-01", "2026-04-11", "2026-04-16"])
     );
 
     // A 540-day recharge in GRACE is capped at today + 100.

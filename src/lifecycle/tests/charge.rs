@@ -4,8 +4,7 @@ use super::*;
 
 #[test]
 fn charge_takes_the_preset_bucket_first_then_cash() {
-    let rules = shanghai();
-    let now = at(&rules, "2026-03-01", 10);
+    let (rules, now) = shanghai_at("2026-03-01", 10);
     let account = valid_account(&rules, "2026-06-30", 1000, 300);
     let applied = ok(&account, &charge(500), now, &rules);
     assert_eq!(applied.account.preset_balance, 0);
@@ -33,8 +32,7 @@ fn charge_takes_the_preset_bucket_first_then_cash() {
 
 #[test]
 fn a_charge_beyond_the_credit_is_refused_and_debits_nothing() {
-    let rules = shanghai();
-    let now = at(&rules, "2026-03-01", 10);
+    let (rules, now) = shanghai_at("2026-03-01", 10);
     let account = valid_account(&rules, "2026-06-30", 100, 300);
     let err = refused(&account, &charge(401), now, &rules);
     assert_precondition(&err, ErrorReason::InsufficientBalance);

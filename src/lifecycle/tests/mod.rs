@@ -46,6 +46,13 @@ fn shanghai() -> Rules {
     Rules::default()
 }
 
+/// The default rules (Asia/Shanghai) and the instant `hour`:00 local on `date`.
+fn shanghai_at(date: &str, hour: u32) -> (Rules, DateTime<Utc>) {
+    let rules = shanghai();
+    let now = at(&rules, date, hour);
+    (rules, now)
+}
+
 fn new_york() -> Rules {
     Rules {
         timezone: chrono_tz::America::New_York,
@@ -227,6 +234,20 @@ fn assert_states(account: &Account, rules: &Rules, expected: &[(DateTime<Utc>, A
             "effective state at {instant}"
         );
     }
+}
+
+/// The boundary transitions a sweep records from `from`, one at 00:00 local of each of `days`
+/// (the days the following states begin).
+fn boundaries(rules: &Rules, from: AccountState, days: &[&str]) -> Vec<Transition> {
+    let mut state = from;
+    days.iter()
+        .map(|day| {
+            let (next, reason) = model::successor(state).expect("a state that ends");
+            let crossed = transition(state, next, at(rules, day, 0), reason);
+            state = next;
+            crossed
+        })
+        .collect()
 }
 
 fn transition(

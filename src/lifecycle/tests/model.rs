@@ -29,6 +29,29 @@ fn model_midnight(rules: &Rules, day: NaiveDate) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
+/// The state that follows `state` once its last day has passed, and the reason recorded
+/// (UNACTIVATED → RECYCLED; VALID → GRACE → LOCKED → RECYCLED); `None` for RECYCLED.
+pub(super) fn successor(state: AccountState) -> Option<(AccountState, TransitionReason)> {
+    match state {
+        Unactivated => Some((Recycled, TransitionReason::UnactivatedExpired)),
+        Valid => Some((Grace, TransitionReason::ValidityExpired)),
+        Grace => Some((Locked, TransitionReason::GraceExpired)),
+        Locked => Some((Recycled, TransitionReason::LockExpired)),
+        Recycled => None,
+    }
+}
+
+/// The last day of `state` on `account` (`None` for RECYCLED, which never ends).
+pub(super) fn last_day(account: &Account, state: AccountState) -> Option<NaiveDate> {
+    match state {
+        Unactivated => account.card_expiry,
+        Valid => account.valid_until,
+        Grace => account.grace_until,
+        Locked => account.lock_until,
+        Recycled => None,
+    }
+}
+
 /// The spec's calendar walked one local day at a time: starting from the state materialised at
 /// the last write, on each following day every state whose last day has passed gives way to its
 /// successor (UNACTIVATED → RECYCLED, VALID → GRACE → LOCKED → RECYCLED), at 00:00 local.
@@ -44,23 +67,8 @@ pub(super) fn walk_days(
     let today = rules.local_date(now);
     while day < today && state != Recycled {
         day = day.succ_opt().expect("a representable date");
-        loop {
-            let (last_day, next, reason) = match state {
-                Unactivated => (
-                    account.card_expiry,
-                    Recycled,
-                    TransitionReason::UnactivatedExpired,
-                ),
-                Valid => (
-                    account.valid_until,
-                    Grace,
-                    TransitionReason::ValidityExpired,
-                ),
-                Grace => (account.grace_until, Locked, TransitionReason::GraceExpired),
-                Locked => (account.lock_until, Recycled, TransitionReason::LockExpired),
-                Recycled => break,
-            };
-            let last_day = last_day.expect("a live state has a last day");
+        while let Some((next, reason)) = successor(state) {
+            let last_day = last_day(account, state).expect("a live state has a last day");
             if day <= last_day {
                 break;
             }

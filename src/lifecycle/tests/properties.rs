@@ -4,7 +4,7 @@
 use chrono::Duration;
 use proptest::prelude::*;
 
-use super::model::{expected_refusal, expected_validity, spec_tariff_days, walk_days};
+use super::model::{expected_refusal, expected_validity, last_day, spec_tariff_days, walk_days};
 use super::scenarios::{Jump, Scenario, Step, scenario_strategy};
 use super::*;
 
@@ -111,14 +111,8 @@ impl Life {
             Jump::Days(days) => days,
             Jump::NearBoundary { shift } => {
                 let (rules, account) = (&self.rules, &self.account);
-                let last_day = match account.effective_state(self.now, rules) {
-                    Unactivated => account.card_expiry,
-                    Valid => account.valid_until,
-                    Grace => account.grace_until,
-                    Locked => account.lock_until,
-                    Recycled => None,
-                };
-                last_day.map_or(1, |last_day| {
+                let state = account.effective_state(self.now, rules);
+                last_day(account, state).map_or(1, |last_day| {
                     let days = (last_day - rules.local_date(self.now)).num_days() + shift;
                     u32::try_from(days.clamp(0, 400)).expect("clamped")
                 })
@@ -130,7 +124,7 @@ impl Life {
     fn step(&mut self, step: &Step) {
         self.jump(step.jump, step.seconds);
         let (state, walked) = self.check_calendar();
-        let Some(command) = step.op.command() else {
+        let Some(command) = step.command.clone() else {
             self.sweep(state, walked);
             return;
         };

@@ -30,54 +30,6 @@ impl RulesKind {
     }
 }
 
-#[derive(Clone, Debug)]
-pub(super) enum Op {
-    /// The sweep: materialises the boundaries crossed (`catch_up`).
-    Sweep,
-    MarkSold,
-    Activate,
-    Recharge {
-        amount: i64,
-        channel: RechargeChannel,
-        validity_days: u32,
-    },
-    Charge {
-        amount: i64,
-    },
-    Unlock {
-        operator_id: &'static str,
-        recharge_amount: i64,
-    },
-}
-
-impl Op {
-    pub(super) fn command(&self) -> Option<Command> {
-        Some(match self {
-            Op::Sweep => return None,
-            Op::MarkSold => Command::MarkSold,
-            Op::Activate => Command::Activate,
-            Op::Recharge {
-                amount,
-                channel,
-                validity_days,
-            } => Command::Recharge {
-                amount: *amount,
-                channel: *channel,
-                validity_days: *validity_days,
-            },
-            Op::Charge { amount } => Command::Charge { amount: *amount },
-            Op::Unlock {
-                operator_id,
-                recharge_amount,
-            } => Command::Unlock(Unlock {
-                operator_id: (*operator_id).into(),
-                branch_id: "hall.01".into(),
-                recharge_amount: *recharge_amount,
-            }),
-        })
-    }
-}
-
 /// How far the clock moves before a step.
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Jump {
@@ -93,7 +45,8 @@ pub(super) struct Step {
     pub(super) jump: Jump,
     /// Added to the jump, so commands land at any time of day.
     pub(super) seconds: u32,
-    pub(super) op: Op,
+    /// `None`: the sweep.
+    pub(super) command: Option<Command>,
 }
 
 #[derive(Clone, Debug)]
@@ -115,7 +68,9 @@ fn amount_strategy() -> impl Strategy<Value = i64> {
     ]
 }
 
-fn op_strategy() -> impl Strategy<Value = Op> {
+/// What a step does: a command, or `None` for the sweep (which materialises the boundaries
+/// crossed, `catch_up`).
+fn action_strategy() -> impl Strategy<Value = Option<Command>> {
     let channel = prop_oneof![
         Just(RechargeChannel::Card10011),
         Just(RechargeChannel::Bank),
@@ -134,21 +89,24 @@ fn op_strategy() -> impl Strategy<Value = Op> {
     ];
     let operator = prop_oneof![8 => Just("op-7"), 1 => Just("")];
     prop_oneof![
-        1 => Just(Op::Sweep),
-        1 => Just(Op::MarkSold),
-        2 => Just(Op::Activate),
+        1 => Just(None),
+        1 => Just(Some(Command::MarkSold)),
+        2 => Just(Some(Command::Activate)),
         5 => (amount_strategy(), channel, validity_days).prop_map(
-            |(amount, channel, validity_days)| Op::Recharge {
+            |(amount, channel, validity_days)| Some(Command::Recharge {
                 amount,
                 channel,
                 validity_days,
-            }
+            })
         ),
         4 => prop_oneof![4 => 1i64..=20_000, 1 => amount_strategy()]
-            .prop_map(|amount| Op::Charge { amount }),
-        4 => (operator, unlock_amount).prop_map(|(operator_id, recharge_amount)| Op::Unlock {
-            operator_id,
-            recharge_amount,
+            .prop_map(|amount| Some(Command::Charge { amount })),
+        4 => (operator, unlock_amount).prop_map(|(operator_id, recharge_amount)| {
+            Some(Command::Unlock(Unlock {
+                operator_id: operator_id.into(),
+                branch_id: "hall.01".into(),
+                recharge_amount,
+            }))
         }),
     ]
 }
@@ -160,58 +118,36 @@ fn step_strategy() -> impl Strategy<Value = Step> {
         1 => (0u32..=400).prop_map(Jump::Days),
         6 => (-1i64..=1).prop_map(|shift| Jump::NearBoundary { shift }),
     ];
-    (jump, 0u32..86_400, op_strategy()).prop_map(|(jump, seconds, op)| Step { jump, seconds, op })
+    (jump, 0u32..86_400, action_strategy()).prop_map(|(jump, seconds, command)| Step {
+        jump,
+        seconds,
+        command,
+    })
 }
 
-pub(super) fn scenario_strategy() -> impl Strategy<Value = Scenario> {
-    let rules = prop_oneof![
-        Just(RulesKind::Shanghai),
-        Just(RulesKind::NewYork),
-        Just(RulesKind::Short),
-        Just(RulesKind::LongUnlockGrace),
-    ];
-    let preset = prop_oneof![Just(0i64), 0i64..=20_000];
-    (
-        rules,
-        0u32..=1500,
-        0u32..86_400,
-        preset,
-        prop_oneof![3 => Just(true), 1 => Just(false)],
-        prop_oneof![Just(0u32), 1u32..=540],
-        prop_oneof![3 => Just(true), 1 => Just(false)],
-        prop::collection::vec(step_strategy(), 1..50),
-    )
-        .prop_map(
-            |(
-                rules,
-                start_day,
-                start_second,
-                preset,
-                sold,
-                initial_validity_days,
-                activate,
-                steps,
-            )| {
-                // Most lives start with the first call, so that the later states are reached.
-                let first_call = Step {
-                    jump: Jump::Days(0),
-                    seconds: 3600,
-                    op: Op::Activate,
-                };
-                let steps = if activate {
-                    std::iter::once(first_call).chain(steps).collect()
-                } else {
-                    steps
-                };
-                Scenario {
-                    rules,
-                    start_day,
-                    start_second,
-                    preset,
-                    sold,
-                    initial_validity_days,
-                    steps,
-                }
-            },
-        )
+prop_compose! {
+    /// A random life: rules, a start, a card, and up to 50 steps (most lives begin with the first
+    /// call, so that the later states are reached).
+    pub(super) fn scenario_strategy()(
+        rules in prop_oneof![
+            Just(RulesKind::Shanghai),
+            Just(RulesKind::NewYork),
+            Just(RulesKind::Short),
+            Just(RulesKind::LongUnlockGrace),
+        ],
+        start_day in 0u32..=1500,
+        start_second in 0u32..86_400,
+        preset in prop_oneof![Just(0i64), 0i64..=20_000],
+        sold in prop_oneof![3 => Just(true), 1 => Just(false)],
+        initial_validity_days in prop_oneof![Just(0u32), 1u32..=540],
+        activate in prop_oneof![3 => Just(true), 1 => Just(false)],
+        steps in prop::collection::vec(step_strategy(), 1..50),
+    ) -> Scenario {
+        let first_call = Step { jump: Jump::Days(0), seconds: 3600, command: Some(Command::Activate) };
+        let steps = match activate {
+            true => std::iter::once(first_call).chain(steps).collect(),
+            false => steps,
+        };
+        Scenario { rules, start_day, start_second, preset, sold, initial_validity_days, steps }
+    }
 }

@@ -4,8 +4,7 @@ use super::*;
 
 #[test]
 fn unlock_is_for_locked_accounts_only() {
-    let rules = shanghai();
-    let now = at(&rules, "2026-03-01", 10);
+    let (rules, now) = shanghai_at("2026-03-01", 10);
     let unactivated = card(&rules, "2026-02-01", 0);
     let valid = valid_account(&rules, "2026-06-30", 100, 0);
     let grace = account_swept_at(&rules, "2026-01-31", 100, now);
@@ -22,8 +21,7 @@ fn unlock_is_for_locked_accounts_only() {
 
 #[test]
 fn unlock_without_recharge_grants_a_fresh_grace_period() {
-    let rules = shanghai();
-    let now = at(&rules, "2026-10-08", 10); // valid_until + 100: LOCKED
+    let (rules, now) = shanghai_at("2026-10-08", 10); // valid_until + 100: LOCKED
     let account = account_swept_at(&rules, "2026-06-30", 100, now);
     assert_eq!(account.state, Locked);
     let applied = ok(&account, &unlock(0), now, &rules);
@@ -58,20 +56,7 @@ fn unlock_without_recharge_grants_a_fresh_grace_period() {
     );
     assert_eq!(
         after.pending_transitions(at(&rules, "2027-02-06", 0), &rules),
-        vec![
-            transition(
-                Grace,
-                Locked,
-                at(&rules, "2027-01-07", 0),
-                TransitionReason::GraceExpired
-            ),
-            transition(
-                Locked,
-                Recycled,
-                at(&rules, "2027-02-06", 0),
-                TransitionReason::LockExpired
-            ),
-        ]
+        boundaries(&rules, Grace, &["2027-01-07", "2027-02-06"])
     );
 }
 
@@ -94,8 +79,7 @@ fn the_grace_an_unlock_grants_is_its_own_setting() {
 
 #[test]
 fn unlock_with_recharge_acts_as_a_recharge_from_grace() {
-    let rules = shanghai();
-    let now = at(&rules, "2026-10-08", 10);
+    let (rules, now) = shanghai_at("2026-10-08", 10);
     // Not swept: stored VALID, due LOCKED.
     let account = valid_account(&rules, "2026-06-30", 500, 0);
     let applied = ok(&account, &unlock(5000), now, &rules);
@@ -105,21 +89,11 @@ fn unlock_with_recharge_acts_as_a_recharge_from_grace() {
     assert_eq!(after.balance, 5500);
     assert_eq!(
         applied.transitions,
-        vec![
-            transition(
-                Valid,
-                Grace,
-                at(&rules, "2026-07-01", 0),
-                TransitionReason::ValidityExpired
-            ),
-            transition(
-                Grace,
-                Locked,
-                at(&rules, "2026-09-29", 0),
-                TransitionReason::GraceExpired
-            ),
-            transition(Locked, Valid, now, TransitionReason::Unlocked),
+        [
+            boundaries(&rules, Valid, &["2026-07-01", "2026-09-29"]),
+            vec![transition(Locked, Valid, now, TransitionReason::Unlocked)],
         ]
+        .concat()
     );
     let change = applied.change.as_ref().unwrap();
     assert_eq!(
@@ -135,8 +109,7 @@ fn unlock_with_recharge_acts_as_a_recharge_from_grace() {
 
 #[test]
 fn unlock_needs_an_operator_and_a_branch() {
-    let rules = shanghai();
-    let now = at(&rules, "2026-10-08", 10);
+    let (rules, now) = shanghai_at("2026-10-08", 10);
     let account = account_swept_at(&rules, "2026-06-30", 100, now);
     let with = |operator_id: &str, branch_id: &str, recharge_amount: i64| {
         Command::Unlock(Unlock {

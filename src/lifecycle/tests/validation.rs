@@ -5,8 +5,7 @@ use super::*;
 
 #[test]
 fn amounts_must_be_positive() {
-    let rules = shanghai();
-    let now = at(&rules, "2026-03-01", 10);
+    let (rules, now) = shanghai_at("2026-03-01", 10);
     let account = valid_account(&rules, "2026-06-30", 100, 0);
     for amount in [0, -1, i64::MIN] {
         for command in [recharge(amount), recharge_card(amount, 30), charge(amount)] {
@@ -24,8 +23,7 @@ fn amounts_must_be_positive() {
 
 #[test]
 fn a_recharge_that_would_overflow_the_balance_is_refused() {
-    let rules = shanghai();
-    let now = at(&rules, "2026-03-01", 10);
+    let (rules, now) = shanghai_at("2026-03-01", 10);
     let account = valid_account(&rules, "2026-06-30", i64::MAX - 10, 0);
     let err = refused(&account, &recharge(11), now, &rules);
     assert_invalid(&err, ErrorReason::AmountOverflow);
@@ -49,8 +47,7 @@ fn a_recharge_that_would_overflow_the_balance_is_refused() {
 
 #[test]
 fn a_printed_validity_beyond_100_years_is_invalid() {
-    let rules = shanghai();
-    let now = at(&rules, "2026-03-01", 10);
+    let (rules, now) = shanghai_at("2026-03-01", 10);
     let account = valid_account(&rules, "2026-06-30", 100, 0);
     assert_invalid(
         &refused(&account, &recharge_card(100, 36_501), now, &rules),
@@ -73,8 +70,7 @@ fn provisioning_refused(
 
 #[test]
 fn provisioning_rejects_a_negative_preset() {
-    let rules = shanghai();
-    let now = at(&rules, "2026-03-01", 10);
+    let (rules, now) = shanghai_at("2026-03-01", 10);
     let err = provisioning_refused(&params(-1, true, 0), now, &rules);
     assert_invalid(&err, ErrorReason::InvalidAmount);
     assert!(provision(msisdn(), "a".into(), None, &params(0, true, 0), now, &rules).is_ok());
@@ -82,8 +78,7 @@ fn provisioning_rejects_a_negative_preset() {
 
 #[test]
 fn provisioning_rejects_an_initial_validity_beyond_the_cap() {
-    let rules = shanghai();
-    let now = at(&rules, "2026-03-01", 10);
+    let (rules, now) = shanghai_at("2026-03-01", 10);
     for days in [541, 36_500, 36_501, u32::MAX] {
         let err = provisioning_refused(&params(0, true, days), now, &rules);
         assert_invalid(&err, ErrorReason::InvalidArgument);
