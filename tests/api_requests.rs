@@ -93,45 +93,32 @@ async fn a_repeated_request_id_replays_the_first_result_and_applies_once(server:
     assert_eq!(db.account("8613800000007").await.unwrap().balance, 1000);
 
     // The same key with other parameters, or for another method, is refused.
-    let other_amount = proto::RechargeRequest {
-        amount: 2000,
-        ..recharge.clone()
-    };
-    assert_rejected(
-        api.0.recharge(other_amount).await,
-        Code::AlreadyExists,
-        "REQUEST_ID_REUSED",
-    );
-    let other_channel = proto::RechargeRequest {
-        channel: RechargeChannel::Bank as i32,
-        ..recharge.clone()
-    };
-    assert_rejected(
-        api.0.recharge(other_channel).await,
-        Code::AlreadyExists,
-        "REQUEST_ID_REUSED",
-    );
-    let charge = proto::ChargeRequest {
-        msisdn: "8613800000007".into(),
-        amount: 1000,
-        request_id: "rch-7".into(),
-    };
-    assert_rejected(
-        api.0.charge(charge).await,
-        Code::AlreadyExists,
-        "REQUEST_ID_REUSED",
-    );
-    let provision = proto::ProvisionAccountRequest {
-        msisdn: "8613800000077".into(),
-        sold: true,
-        request_id: "rch-7".into(),
-        ..Default::default()
-    };
-    assert_rejected(
-        api.0.provision_account(provision).await,
-        Code::AlreadyExists,
-        "REQUEST_ID_REUSED",
-    );
+    let reused = [
+        Request::Recharge(proto::RechargeRequest {
+            amount: 2000,
+            ..recharge.clone()
+        }),
+        Request::Recharge(proto::RechargeRequest {
+            channel: RechargeChannel::Bank as i32,
+            ..recharge.clone()
+        }),
+        Request::Charge(proto::ChargeRequest {
+            msisdn: "8613800000007".into(),
+            amount: 1000,
+            request_id: "rch-7".into(),
+        }),
+        Request::Provision(proto::ProvisionAccountRequest {
+            msisdn: "8613800000077".into(),
+            sold: true,
+            request_id: "rch-7".into(),
+            ..Default::default()
+        }),
+    ];
+    for request in reused {
+        let case = format!("{request:?}");
+        let answer = request.send(&mut api.0).await;
+        assert_case_rejected(&case, answer, Code::AlreadyExists, "REQUEST_ID_REUSED");
+    }
     assert_eq!(db.raw_account("8613800000077").await, None);
     assert_eq!(db.snapshot("8613800000007").await, after_first);
 

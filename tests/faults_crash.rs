@@ -19,15 +19,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::faults::{
-    SAFETY, assert_recharges_applied_once, integrity_check, open_sqlite, recharge, serve,
-    serve_sqlite, valid_account,
+    SAFETY, assert_recharges_applied_once, integrity_check, join_workers, open_sqlite,
+    provision_card, recharge, serve, serve_sqlite, valid_account, wait_until,
 };
 use common::process::{Log, ServeCommand, Served};
 use common::{Backend, TestDb};
 use hook::Hook;
 use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
 use ocs_lifecycle::proto::test_clock_client::TestClockClient;
-use ocs_lifecycle::proto::{AdvanceStatesRequest, ProvisionAccountRequest, SetTimeRequest};
+use ocs_lifecycle::proto::{AdvanceStatesRequest, SetTimeRequest};
 
 // ---------------------------------------------------------------------------------------------
 // SIGKILL during recharges.
@@ -74,22 +74,11 @@ async fn sqlite_serve_killed_during_recharges_loses_no_acknowledged_recharge() {
             })
         })
         .collect();
-    let deadline = tokio::time::Instant::now() + SAFETY;
-    while acked_count.load(Ordering::Relaxed) < 60 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the recharges did not progress\n{}",
-            served.log()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let progressed = || acked_count.load(Ordering::Relaxed) >= 60;
+    let what = "the recharges did not progress";
+    wait_until(what, Duration::from_millis(10), || served.log(), progressed).await;
     served.kill();
-    for worker in workers {
-        tokio::time::timeout(SAFETY, worker)
-            .await
-            .expect("a worker did not stop after the kill")
-            .expect("worker");
-    }
+    join_workers(workers, "a worker did not stop after the kill", "worker").await;
     let acked = acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
 
     // The file opens cleanly, before any recovery by the service.
@@ -232,16 +221,7 @@ async fn serve_killed_during_webhook_delivery_loses_no_event(db: Arc<TestDb>) {
             let mut client = AccountLifecycleClient::new(channel.clone());
             tokio::spawn(async move {
                 for i in (worker..WEBHOOK_CARDS).step_by(4) {
-                    let msisdn = format!("861350{i:05}");
-                    client
-                        .provision_account(ProvisionAccountRequest {
-                            msisdn: msisdn.clone(),
-                            sold: true,
-                            request_id: format!("p-{msisdn}"),
-                            ..Default::default()
-                        })
-                        .await
-                        .unwrap_or_else(|e| panic!("provision {msisdn}: {e:?}"));
+                    provision_card(&mut client, &format!("861350{i:05}")).await;
                 }
             })
         })
@@ -265,15 +245,9 @@ async fn serve_killed_during_webhook_delivery_loses_no_event(db: Arc<TestDb>) {
     let all: BTreeSet<String> = events.iter().map(|e| e.1.clone()).collect();
 
     // Kill once a quarter has been answered: dozens of POSTs are in flight then.
-    let deadline = tokio::time::Instant::now() + SAFETY;
-    while answered(&hook).len() < all.len() / 4 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the webhook did not deliver\n{}",
-            served.log()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let quarter = || answered(&hook).len() >= all.len() / 4;
+    let what = "the webhook did not deliver";
+    wait_until(what, Duration::from_millis(5), || served.log(), quarter).await;
     served.kill();
     // Let the hook finish what it was answering (a dead client's request is not answered).
     tokio::time::sleep(HOOK_DELAY * 3).await;

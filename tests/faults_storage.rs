@@ -26,8 +26,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::faults::{
-    SAFETY, assert_recharges_applied_once, balance, integrity_check, open_sqlite, recharge,
-    recharge_rows, serve, serve_sqlite, valid_account,
+    SAFETY, assert_recharges_applied_once, balance, integrity_check, join_workers, open_sqlite,
+    recharge, recharge_rows, serve, serve_sqlite, valid_account, wait_until,
 };
 use common::pg_cluster::PgCluster;
 use common::process::{DbProxy, Log, ServeCommand, Served, health_status};
@@ -135,11 +135,8 @@ async fn recharge_until_stopped(
 }
 
 async fn wait_for_acks(load: &Load, at_least: usize, what: &str) {
-    let deadline = tokio::time::Instant::now() + SAFETY;
-    while load.acked_count.load(Ordering::Relaxed) < at_least {
-        assert!(tokio::time::Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let acked = || load.acked_count.load(Ordering::Relaxed) >= at_least;
+    wait_until(what, Duration::from_millis(20), String::new, acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,17 +195,7 @@ async fn postgres_unreachable_during_recharges_answers_unavailable_and_retries_a
     proxy.restore();
 
     // Recovered without a restart: the retried request applies once, the load goes on.
-    let deadline = tokio::time::Instant::now() + SAFETY;
-    let replayed = loop {
-        match client.recharge(while_down.clone()).await {
-            Ok(result) => break result.into_inner().replayed,
-            Err(status) if status.code() == Code::Unavailable => {
-                assert!(tokio::time::Instant::now() < deadline, "never recovered");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(status) => panic!("after the restore: {status:?}"),
-        }
-    };
+    let replayed = recharge_until_applied(&mut client, &while_down, String::new).await;
     assert!(
         !replayed,
         "the recharge refused while down was not applied then"
@@ -221,12 +208,7 @@ async fn postgres_unreachable_during_recharges_answers_unavailable_and_retries_a
     assert!(replay.replayed, "the same request_id again is a replay");
     wait_for_acks(&load, acked_while_down + 20, "the load did not resume").await;
     stop.cancel();
-    for worker in workers {
-        tokio::time::timeout(SAFETY, worker)
-            .await
-            .expect("a worker did not finish")
-            .expect("worker");
-    }
+    join_workers(workers, "a worker did not finish", "worker").await;
     assert!(
         load.unavailable.load(Ordering::Relaxed) > 0,
         "the load saw the outage"
@@ -572,12 +554,8 @@ async fn postgres_server_stopped_and_restarted_during_recharges_answers_unavaila
         assert_eq!(served.pid(), pid);
     }
     stop.cancel();
-    for worker in workers {
-        tokio::time::timeout(SAFETY, worker)
-            .await
-            .expect("a worker did not finish")
-            .expect("a worker saw an error other than UNAVAILABLE");
-    }
+    let failed = "a worker saw an error other than UNAVAILABLE";
+    join_workers(workers, "a worker did not finish", failed).await;
     assert!(
         load.unavailable.load(Ordering::Relaxed) > 0,
         "the load saw the outages"

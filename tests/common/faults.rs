@@ -23,8 +23,8 @@ pub const SAFETY: Duration = Duration::from_secs(120);
 
 pub const HISTORY_RECHARGE: i32 = ocs_lifecycle::proto::HistoryKind::Recharge as i32;
 
-/// Provisions a sold card and activates it, so it can be recharged.
-pub async fn valid_account(client: &mut AccountLifecycleClient<Channel>, msisdn: &str) {
+/// Provisions a sold card (request_id `p-<msisdn>`).
+pub async fn provision_card(client: &mut AccountLifecycleClient<Channel>, msisdn: &str) {
     client
         .provision_account(ProvisionAccountRequest {
             msisdn: msisdn.into(),
@@ -34,6 +34,11 @@ pub async fn valid_account(client: &mut AccountLifecycleClient<Channel>, msisdn:
         })
         .await
         .unwrap_or_else(|e| panic!("provision {msisdn}: {e:?}"));
+}
+
+/// Provisions a sold card and activates it, so it can be recharged.
+pub async fn valid_account(client: &mut AccountLifecycleClient<Channel>, msisdn: &str) {
+    provision_card(client, msisdn).await;
     client
         .activate(ActivateRequest {
             msisdn: msisdn.into(),
@@ -150,4 +155,30 @@ pub fn serve(dir: &Path, database_url: &str) -> ServeCommand {
 /// [`serve`] on the SQLite file `db`.
 pub fn serve_sqlite(dir: &Path, db: &Path) -> ServeCommand {
     serve(dir, &format!("sqlite://{}", db.display()))
+}
+
+/// Polls `done` every `every` until it holds; past [`SAFETY`] panics with `what` and `log()`
+/// (the server's log, say).
+pub async fn wait_until(
+    what: &str,
+    every: Duration,
+    log: impl Fn() -> String,
+    mut done: impl FnMut() -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + SAFETY;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}\n{}", log());
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Waits for every worker, bounded by [`SAFETY`]: panics with `late` when one does not finish
+/// and with `failed` when one panicked.
+pub async fn join_workers(workers: Vec<tokio::task::JoinHandle<()>>, late: &str, failed: &str) {
+    for worker in workers {
+        tokio::time::timeout(SAFETY, worker)
+            .await
+            .expect(late)
+            .expect(failed);
+    }
 }
