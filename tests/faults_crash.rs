@@ -122,39 +122,21 @@ const HOOK_DELAY: Duration = Duration::from_millis(80);
 
 /// (sequence, event_id, msisdn) of the outbox events the webhook sends.
 async fn webhook_events(db: &common::Db) -> Vec<(i64, String, String)> {
-    let sql = "SELECT sequence, event_id, msisdn FROM outbox WHERE event_type IN ($1, $2) \
-               ORDER BY sequence";
     let (recycled, changed) = (
         ocs_lifecycle::proto::EventType::NumberRecycled as i32,
         ocs_lifecycle::proto::EventType::StateChanged as i32,
     );
-    let rows: Result<Vec<(i64, String, String)>, sqlx::Error> = match db {
-        common::Db::Sqlite(pool) => {
-            sqlx::query_as(sql)
-                .bind(recycled)
-                .bind(changed)
-                .fetch_all(pool)
-                .await
-        }
-        common::Db::Postgres(pool) => {
-            sqlx::query_as(sql)
-                .bind(recycled)
-                .bind(changed)
-                .fetch_all(pool)
-                .await
-        }
-    };
-    rows.expect("read the outbox")
+    db.rows(&format!(
+        "SELECT sequence, event_id, msisdn FROM outbox WHERE event_type IN ({recycled}, \
+         {changed}) ORDER BY sequence"
+    ))
+    .await
 }
 
 /// event_id → delivered, of every `webhook_deliveries` row.
 async fn delivery_rows(db: &common::Db) -> BTreeMap<String, bool> {
     let sql = "SELECT event_id, delivered_at IS NOT NULL FROM webhook_deliveries";
-    let rows: Result<Vec<(String, bool)>, sqlx::Error> = match db {
-        common::Db::Sqlite(pool) => sqlx::query_as(sql).fetch_all(pool).await,
-        common::Db::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await,
-    };
-    rows.expect("read webhook_deliveries").into_iter().collect()
+    db.rows::<(String, bool)>(sql).await.into_iter().collect()
 }
 
 /// Event ids the hook answered 2xx, in the order of the answers.

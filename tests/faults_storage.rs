@@ -31,12 +31,11 @@ use common::faults::{
 };
 use common::pg_cluster::PgCluster;
 use common::process::{DbProxy, Log, ServeCommand, Served, health_status};
-use common::{Backend, TestDb, reason, test_config};
+use common::{Backend, TestDb, TestServer, reason, test_config};
 use ocs_lifecycle::config::ClockMode;
 use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
 use ocs_lifecycle::proto::{GetAccountRequest, RechargeRequest};
 use sqlx::Connection;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -139,6 +138,29 @@ async fn wait_for_acks(load: &Load, at_least: usize, what: &str) {
     wait_until(what, Duration::from_millis(20), String::new, acked).await;
 }
 
+/// While the database is down (`down` says how): `recharge` answers UNAVAILABLE
+/// `STORAGE_UNAVAILABLE` and a read of `msisdn` UNAVAILABLE, never INTERNAL.
+async fn assert_unavailable(
+    client: &mut AccountLifecycleClient<Channel>,
+    recharge: &RechargeRequest,
+    msisdn: &str,
+    down: &str,
+) {
+    let status = client
+        .recharge(recharge.clone())
+        .await
+        .expect_err(&format!("no recharge can be applied while {down}"));
+    assert_eq!(status.code(), Code::Unavailable, "{down}: {status:?}");
+    assert_eq!(reason(&status), "STORAGE_UNAVAILABLE", "{status:?}");
+    let status = client
+        .get_account(GetAccountRequest {
+            msisdn: msisdn.into(),
+        })
+        .await
+        .expect_err(&format!("no read can be answered while {down}"));
+    assert_eq!(status.code(), Code::Unavailable, "{down}: {status:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_unreachable_during_recharges_answers_unavailable_and_retries_apply_once() {
     let Some(db) = TestDb::create(Backend::Postgres).await else {
@@ -150,19 +172,8 @@ async fn postgres_unreachable_during_recharges_answers_unavailable_and_retries_a
     config.http_addr = None;
     config.db_acquire_timeout_ms = 1000;
     config.database_url = proxy.url.clone();
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(ocs_lifecycle::api::serve_with_listeners(
-        config,
-        listener,
-        None,
-        shutdown.clone(),
-    ));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .expect("endpoint")
-        .connect_lazy();
-    wait_health(&channel, ServingStatus::Serving, "start-up").await;
+    let server = TestServer::start_through(db.clone(), config).await;
+    let channel = server.channel();
     let mut client = AccountLifecycleClient::new(channel.clone());
 
     let accounts: Vec<String> = (0..4).map(|i| format!("861390000{i:04}")).collect();
@@ -177,19 +188,8 @@ async fn postgres_unreachable_during_recharges_answers_unavailable_and_retries_a
     proxy.cut();
     // While the database is unreachable: UNAVAILABLE (never INTERNAL), for reads and writes.
     let while_down = recharge(&accounts[0], 4321, "while-down");
-    let status = client
-        .recharge(while_down.clone())
-        .await
-        .expect_err("a recharge cannot be applied while PostgreSQL is unreachable");
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert_eq!(reason(&status), "STORAGE_UNAVAILABLE", "{status:?}");
-    let status = client
-        .get_account(GetAccountRequest {
-            msisdn: accounts[1].clone(),
-        })
-        .await
-        .expect_err("a read cannot be answered while PostgreSQL is unreachable");
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let unreachable = "PostgreSQL is unreachable";
+    assert_unavailable(&mut client, &while_down, &accounts[1], unreachable).await;
     let acked_while_down = load.acked_count.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(500)).await;
     proxy.restore();
@@ -233,12 +233,7 @@ async fn postgres_unreachable_during_recharges_answers_unavailable_and_retries_a
         assert_eq!(balance(&mut client, msisdn).await, expected, "{msisdn}");
     }
     direct.close().await;
-    shutdown.cancel();
-    tokio::time::timeout(SAFETY, server)
-        .await
-        .expect("the server did not stop")
-        .expect("server task")
-        .expect("server result");
+    server.stop().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -513,19 +508,8 @@ async fn postgres_server_stopped_and_restarted_during_recharges_answers_unavaila
 
         // Down: UNAVAILABLE for writes and reads, never INTERNAL; /readyz 503.
         let while_down = recharge(&accounts[0], 4321, &format!("while-down-{mode}"));
-        let status = client
-            .recharge(while_down.clone())
-            .await
-            .expect_err("no recharge can be applied while PostgreSQL is stopped");
-        assert_eq!(status.code(), Code::Unavailable, "{mode}: {status:?}");
-        assert_eq!(reason(&status), "STORAGE_UNAVAILABLE", "{status:?}");
-        let status = client
-            .get_account(GetAccountRequest {
-                msisdn: accounts[1].clone(),
-            })
-            .await
-            .expect_err("no read can be answered while PostgreSQL is stopped");
-        assert_eq!(status.code(), Code::Unavailable, "{mode}: {status:?}");
+        let stopped = format!("PostgreSQL is stopped ({mode})");
+        assert_unavailable(&mut client, &while_down, &accounts[1], &stopped).await;
         let (ready, body) = readyz(http_addr).await;
         assert_eq!(ready, 503, "{mode}: /readyz while stopped: {body}");
         let acked_while_down = load.acked_count.load(Ordering::Relaxed);

@@ -71,20 +71,11 @@ pub async fn balance(client: &mut AccountLifecycleClient<Channel>, msisdn: &str)
 
 /// Per (msisdn, request_id): the RECHARGE history rows and their amounts, read directly.
 pub async fn recharge_rows(db: &Db) -> BTreeMap<String, (String, i64, i64)> {
-    let sql = "SELECT request_id, msisdn, COUNT(*), CAST(SUM(amount) AS BIGINT) FROM account_history \
-               WHERE kind = $1 GROUP BY request_id, msisdn";
-    let rows: Vec<(String, String, i64, i64)> = match db {
-        Db::Sqlite(pool) => sqlx::query_as(sql)
-            .bind(HISTORY_RECHARGE)
-            .fetch_all(pool)
-            .await
-            .expect("read history"),
-        Db::Postgres(pool) => sqlx::query_as(sql)
-            .bind(HISTORY_RECHARGE)
-            .fetch_all(pool)
-            .await
-            .expect("read history"),
-    };
+    let sql = format!(
+        "SELECT request_id, msisdn, COUNT(*), CAST(SUM(amount) AS BIGINT) FROM account_history \
+         WHERE kind = {HISTORY_RECHARGE} GROUP BY request_id, msisdn"
+    );
+    let rows: Vec<(String, String, i64, i64)> = db.rows(&sql).await;
     rows.into_iter()
         .map(|(id, msisdn, count, sum)| (id, (msisdn, count, sum)))
         .collect()

@@ -332,6 +332,19 @@ impl Db {
         counted.expect("count history rows")
     }
 
+    /// Every row `sql` (a query without parameters) returns, as `T`.
+    pub async fn rows<T>(&self, sql: &str) -> Vec<T>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+            + Send
+            + Unpin,
+    {
+        let rows: Result<Vec<T>, sqlx::Error> =
+            on_pool!(self, |pool| sqlx::query_as(sql).fetch_all(pool).await);
+        rows.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
     pub async fn outbox(&self) -> Vec<OutboxRow> {
         let sql = "SELECT sequence, event_type, msisdn, account_id, generation, from_state, \
                    to_state, reason, effective_at FROM outbox ORDER BY sequence";
@@ -393,12 +406,13 @@ impl TestServer {
 
     /// A server with `config` (its `database_url` is replaced by the test database's).
     pub async fn start_with(db: Arc<TestDb>, config: Config) -> TestServer {
-        Self::start_with_channel(db, config, |addr| {
-            Channel::from_shared(format!("http://{addr}"))
-                .expect("endpoint")
-                .connect_lazy()
-        })
-        .await
+        Self::start_with_channel(db, config, plaintext).await
+    }
+
+    /// A server with `config` as it is, its `database_url` included: `db`'s database reached
+    /// another way (through a proxy, say).
+    pub async fn start_through(db: Arc<TestDb>, config: Config) -> TestServer {
+        Self::launch(db, config, plaintext).await
     }
 
     /// A server with `config` whose clients use the channel `connect` makes for its address
@@ -409,6 +423,14 @@ impl TestServer {
         connect: impl FnOnce(SocketAddr) -> Channel,
     ) -> TestServer {
         config.database_url = db.url.clone();
+        Self::launch(db, config, connect).await
+    }
+
+    async fn launch(
+        db: Arc<TestDb>,
+        config: Config,
+        connect: impl FnOnce(SocketAddr) -> Channel,
+    ) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -527,6 +549,13 @@ impl TestServer {
             finished.expect("server task").expect("server result");
         }
     }
+}
+
+/// A plaintext channel to `addr`, connected on first use.
+fn plaintext(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_lazy()
 }
 
 impl Drop for TestServer {
