@@ -15,7 +15,8 @@
 //!
 //! The file is streamed: read and sent [`CHUNK`] rows at a time, so a file of millions of rows is
 //! never held in memory. What grows with the file is the set of MSISDNs already seen (a second
-//! row of one is rejected: 16 bytes a row) and the list of rejected rows.
+//! row of one is rejected: a 64-bit key and a line number per row, in a hash map) and the list of
+//! rejected rows.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, IsTerminal, Read};
