@@ -23,12 +23,17 @@
 //! dates already written. So a restart closes a gate: no new request is sent until the clock
 //! has been set back to where it was (a real deployment uses the system clock and needs no
 //! gate). Requests in flight at the SIGKILL are cut as in a real crash.
+//!
+//! The `serve` process and the PostgreSQL proxy come from the process harness
+//! (`tests/common/process.rs`), shared with the fault suites.
 #![allow(dead_code)] // The bench and the test each use part of this module.
+
+#[path = "../tests/common/process.rs"]
+mod process;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,14 +46,12 @@ use chrono::{DateTime, Utc};
 use ocs_lifecycle::proto;
 use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
 use ocs_lifecycle::proto::test_clock_client::TestClockClient;
-use tokio::net::{TcpListener, TcpStream};
+use process::{DbProxy, Log, NotServing, ServeCommand, Served};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 pub const WEBHOOK_SECRET: &str = "soak-webhook-secret";
 /// Days the manual clock moves over the run: the longest-lived expiring account (90 days of
@@ -387,100 +390,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The PostgreSQL connection cutter: a TCP proxy between the server and PostgreSQL.
-
-struct DbProxy {
-    addr: SocketAddr,
-    up: Arc<AtomicBool>,
-    /// Cancelled to drop every connection opened while up.
-    open: Arc<Mutex<CancellationToken>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl DbProxy {
-    async fn start(upstream: String) -> DbProxy {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the proxy");
-        let addr = listener.local_addr().expect("proxy address");
-        let up = Arc::new(AtomicBool::new(true));
-        let open = Arc::new(Mutex::new(CancellationToken::new()));
-        let (task_up, task_open) = (up.clone(), open.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if !task_up.load(Ordering::Acquire) {
-                    continue; // closed at once: the database "refuses" while cut
-                }
-                let cut = lock(&task_open).clone();
-                let upstream = upstream.clone();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(&upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut.cancelled() => {}
-                    }
-                });
-            }
-        });
-        DbProxy {
-            addr,
-            up,
-            open,
-            task,
-        }
-    }
-
-    fn cut(&self) {
-        self.up.store(false, Ordering::Release);
-        let mut open = lock(&self.open);
-        open.cancel();
-        *open = CancellationToken::new();
-    }
-
-    fn restore(&self) {
-        self.up.store(true, Ordering::Release);
-    }
-}
-
-impl Drop for DbProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-        lock(&self.open).cancel();
-    }
-}
-
-/// The `host:port` a PostgreSQL URL names, and the URL with them replaced by `via`.
-fn split_postgres_url(url: &str, via: SocketAddr) -> (String, String) {
-    let start = url.find("://").map_or(0, |i| i + 3);
-    let rest = &url[start..];
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let authority = &rest[..end];
-    let (credentials, host_port) = match authority.rfind('@') {
-        Some(at) => (&authority[..=at], &authority[at + 1..]),
-        None => ("", authority),
-    };
-    let upstream = if host_port.contains(':') {
-        host_port.to_owned()
-    } else {
-        format!("{host_port}:5432")
-    };
-    let proxied = format!("{}{credentials}{via}{}", &url[..start], &rest[end..]);
-    (upstream, proxied)
-}
-
-// ---------------------------------------------------------------------------------------------
 // The server process.
 
+/// The soak's server: a `serve` process (`process::Served`) restarted on the same address and
+/// database after each SIGKILL, behind a gate that holds requests back until its clock is back.
 struct Server {
-    bin: PathBuf,
-    work_dir: PathBuf,
-    addr: SocketAddr,
-    /// The database URL the server is given (through the proxy on PostgreSQL).
-    database_url: String,
-    webhook_url: String,
-    child: Mutex<Option<Child>>,
+    command: ServeCommand,
+    process: Mutex<Option<Served>>,
     pid: AtomicU32,
     /// Starts so far (1 = the first process).
     starts: AtomicU32,
@@ -492,106 +408,68 @@ struct Server {
 }
 
 impl Server {
-    fn spawn(&self) -> Child {
-        let n = self.starts.fetch_add(1, Ordering::Relaxed) + 1;
-        let log = std::fs::File::create(self.work_dir.join(format!("serve-{n}.log")))
-            .expect("server log file");
-        let mut command = Command::new(&self.bin);
-        command
-            .arg("serve")
-            .arg("--listen")
-            .arg(self.addr.to_string())
-            .args(["--http-addr", "off", "--clock", "manual"])
-            .arg("--database-url")
-            .arg(&self.database_url);
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("OCS_") {
-                command.env_remove(name);
-            }
+    /// `serve --clock manual --http-addr off` on `database_url`, its webhook at `webhook_url`.
+    fn command(opts: &SoakOptions, database_url: String, webhook_url: String) -> ServeCommand {
+        ServeCommand {
+            clock: "manual",
+            rust_log: "warn",
+            ..ServeCommand::new(&opts.server_bin, &opts.work_dir, database_url)
         }
-        command
-            .env("RUST_LOG", "warn")
-            .env("OCS_BSS__WEBHOOK_URL", &self.webhook_url)
-            .env("OCS_BSS__WEBHOOK_SECRET", WEBHOOK_SECRET)
-            .env(
+        .with_env([
+            ("OCS_BSS__WEBHOOK_URL", webhook_url.as_str()),
+            ("OCS_BSS__WEBHOOK_SECRET", WEBHOOK_SECRET),
+            (
                 "OCS_BSS__WEBHOOK_EVENTS",
                 r#"["NUMBER_RECYCLED", "STATE_CHANGED", "VALIDITY_EXPIRING"]"#,
-            )
+            ),
             // Retries every 2 s at most, so the drain after the 500s is short; the outage stays
             // well inside the 30 attempts before a dead letter.
-            .env("OCS_BSS__INITIAL_BACKOFF_MS", "200")
-            .env("OCS_BSS__MAX_BACKOFF_MS", "2000")
+            ("OCS_BSS__INITIAL_BACKOFF_MS", "200"),
+            ("OCS_BSS__MAX_BACKOFF_MS", "2000"),
             // A request waits at most 2 s for a PostgreSQL connection while the path is cut.
-            .env("OCS_DB_ACQUIRE_TIMEOUT_MS", "2000")
-            .current_dir(&self.work_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", self.bin.display()))
+            ("OCS_DB_ACQUIRE_TIMEOUT_MS", "2000"),
+        ])
     }
 
     /// Starts a process and waits until it reports SERVING (retrying a start that exits, e.g.
     /// while the port is still held by the killed process).
     async fn start(&self) {
-        let deadline = Instant::now() + SAFETY;
-        'start: loop {
-            let child = self.spawn();
-            self.pid.store(child.id(), Ordering::Relaxed);
-            *lock(&self.child) = Some(child);
-            loop {
-                let status = HealthClient::new(self.channel.clone())
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await
-                    .map(|r| r.into_inner().status);
-                if status.ok() == Some(ServingStatus::Serving as i32) {
+        let deadline = tokio::time::Instant::now() + SAFETY;
+        loop {
+            let n = self.starts.fetch_add(1, Ordering::Relaxed) + 1;
+            let log = self.command.dir.join(format!("serve-{n}.log"));
+            let mut served = Served::spawn(&self.command, Log::File(log));
+            self.pid.store(served.pid(), Ordering::Relaxed);
+            match served.wait_serving(deadline).await {
+                Ok(_) => {
+                    *lock(&self.process) = Some(served);
                     return;
                 }
-                let exited = lock(&self.child)
-                    .as_mut()
-                    .and_then(|c| c.try_wait().ok().flatten());
-                assert!(
-                    Instant::now() < deadline,
-                    "serve did not become SERVING (logs in {})",
-                    self.work_dir.display()
-                );
-                if let Some(status) = exited {
+                Err(NotServing::Exited(status)) if tokio::time::Instant::now() < deadline => {
                     eprintln!("soak: serve exited at start ({status}); starting it again");
                     tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue 'start;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(_) => panic!(
+                    "serve did not become SERVING (logs in {})",
+                    self.command.dir.display()
+                ),
             }
         }
     }
 
     fn kill(&self) {
-        if let Some(mut child) = lock(&self.child).take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        let served = lock(&self.process).take();
+        if let Some(served) = served {
+            served.kill();
         }
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within 30 s.
     async fn stop(&self) {
-        let Some(mut child) = lock(&self.child).take() else {
-            return;
-        };
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let served = lock(&self.process).take();
+        if let Some(served) = served {
+            served.terminate(Duration::from_secs(30)).await;
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 
     async fn wait_gate(&self) {
@@ -1357,33 +1235,25 @@ pub async fn run(opts: SoakOptions) -> SoakReport {
     let bss = Arc::new(Bss::default());
     let bss_addr = start_bss(bss.clone()).await;
     let proxy = if opts.is_postgres() {
-        let (upstream, _) =
-            split_postgres_url(&opts.database_url, SocketAddr::from(([127, 0, 0, 1], 0)));
-        Some(Arc::new(DbProxy::start(upstream).await))
+        Some(Arc::new(DbProxy::start(&opts.database_url).await))
     } else {
         None
     };
     let server_db_url = match &proxy {
-        Some(p) => split_postgres_url(&opts.database_url, p.addr).1,
+        Some(p) => p.url.clone(),
         None => opts.database_url.clone(),
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .expect("endpoint")
-        .connect_lazy();
+    let command = Server::command(
+        &opts,
+        server_db_url,
+        format!("http://{bss_addr}/bss/events"),
+    );
+    let channel = command.channel();
     let expiring_n = (opts.accounts / 5).max(10);
     let soak = Arc::new(Soak {
         server: Server {
-            bin: opts.server_bin.clone(),
-            work_dir: opts.work_dir.clone(),
-            addr,
-            database_url: server_db_url,
-            webhook_url: format!("http://{bss_addr}/bss/events"),
-            child: Mutex::new(None),
+            command,
+            process: Mutex::new(None),
             pid: AtomicU32::new(0),
             starts: AtomicU32::new(0),
             channel,

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Backend, TestDb, TestServer, assert_rejected, test_config};
+use common::{Backend, TestDb, TestServer, assert_rejected, free_port, test_config};
 use ocs_lifecycle::auth::{Role, token_sha256};
 use ocs_lifecycle::config::{ClockMode, Config, TokenEntry};
 use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
@@ -857,14 +857,6 @@ fn ocs(dir: &Path) -> std::process::Command {
         }
     }
     command
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("address")
-        .port()
 }
 
 /// Waits (bounded) for `child` to exit; kills it and panics when it does not.

@@ -3,10 +3,15 @@
 //! run gets a temporary working directory and an environment without `OCS_*` variables, so
 //! only what the test passes configures it.
 
+#[allow(dead_code)]
+#[path = "common/process.rs"]
+mod process;
+
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use process::free_port;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -27,15 +32,6 @@ fn ocs(dir: &Path) -> Command {
         }
     }
     command
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Waits for `child` to exit; kills it and panics when it outlives the safety bound.

@@ -26,7 +26,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{TestDb, TestServer};
+use common::{TestDb, TestServer, free_port};
 use hook::{Hook, always_ok};
 use ocs_lifecycle::config::{BssConfig, ClockMode, Config};
 use ocs_lifecycle::proto;
@@ -152,6 +152,7 @@ both_backends! {
     provision_activate_recharge_get_and_history_round_trip_in_tables_and_json,
     a_bad_msisdn_is_refused_with_exit_2_and_server_errors_are_one_line,
     import_applies_good_rows_reports_bad_ones_and_a_rerun_applies_nothing_twice,
+    import_reads_columns_by_name_and_quoted_fields_and_warns_once_of_unknown_columns,
     accounts_list_filters_by_effective_state_and_pages,
     forecast_until_a_date_lists_the_numbers_recycled_by_its_end_and_writes_nothing,
     events_tail_without_follow_prints_the_backlog,
@@ -373,12 +374,7 @@ async fn a_bad_msisdn_is_refused_with_exit_2_and_server_errors_are_one_line(serv
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_is_down_is_one_line_saying_it_cannot_connect() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("address")
-        .port();
-    let server = format!("http://127.0.0.1:{port}");
+    let server = format!("http://127.0.0.1:{}", free_port());
     let run = ocs_at(&server, &["account", "get", "8613800138000"]).await;
     assert_eq!(run.code, 1, "{run:#?}");
     assert!(
@@ -491,6 +487,90 @@ async fn import_applies_good_rows_reports_bad_ones_and_a_rerun_applies_nothing_t
     let run = ocs(&server, &["import", &wrong]).await;
     assert_eq!(run.code, 2, "{run:#?}");
     assert!(run.error_line().contains("header"), "{run:#?}");
+    db.close().await;
+}
+
+/// The import reads CSV as CSV: columns by name in any order, unknown ones ignored with one
+/// warning, quoted fields with commas, doubled quotes and line breaks (rows are reported at the
+/// line they start on); a header without `msisdn` is bad input naming it.
+async fn import_reads_columns_by_name_and_quoted_fields_and_warns_once_of_unknown_columns(
+    server: TestServer,
+) {
+    server.set_time(T0).await;
+    let db = server.db().await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let file = write_file(
+        dir.path(),
+        "cards.csv",
+        "note,sold,MSISDN,colour,preset_balance\n\
+         plain,yes,8613800000021,red,\"1,000\"\n\
+         \"say \"\"hi\"\", twice\",no,+8613800000022,blue,5\n\
+         \"two\nlines\",true,8613800000023,,0\n\
+         x,maybe,8613800000024,,0\n\
+         x,yes,\"86138\"\"25\",,0\n\
+         x,yes,8613800000026,red\n",
+    );
+    let before = db.counts().await;
+    let run = ocs(&server, &["import", &file]).await;
+    assert_eq!(run.code, 1, "rows are rejected: {run:#?}");
+    let stderr: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(stderr.len(), 1, "one warning, not one per row: {run:#?}");
+    assert!(stderr[0].starts_with("warning: "), "{run:#?}");
+    assert!(
+        stderr[0].contains("note, colour"),
+        "the warning names the unknown columns: {run:#?}"
+    );
+    assert!(
+        run.stdout.contains("line 6: 8613800000024: sold \"maybe\""),
+        "the row after a quoted line break is on line 6: {run:#?}"
+    );
+    assert!(
+        run.stdout.contains("line 7: 86138\"25: INVALID_MSISDN"),
+        "{run:#?}"
+    );
+    assert!(
+        run.stdout
+            .contains("line 8: 8613800000026: 4 cells, the header has 5 columns"),
+        "{run:#?}"
+    );
+    let summary: Vec<&str> = run.stdout.lines().rev().take(3).collect();
+    assert_eq!(
+        summary,
+        [
+            "rejected          3",
+            "already imported  0",
+            "imported          3"
+        ],
+        "{run:#?}"
+    );
+    assert_eq!(db.counts().await.accounts, before.accounts + 3);
+    for (msisdn, preset_balance) in [
+        ("8613800000021", 1000),
+        ("8613800000022", 5),
+        ("8613800000023", 0),
+    ] {
+        let card = db.account(msisdn).await.expect("imported");
+        assert_eq!(card.preset_balance, preset_balance, "{msisdn}");
+    }
+    let json = ocs(&server, &["import", &file, "--output", "json"])
+        .await
+        .json();
+    assert_eq!(json["already_imported"], 3, "{json}");
+    let lines: Vec<u64> = json["rejections"]
+        .as_array()
+        .expect("rejections")
+        .iter()
+        .map(|r| r["line"].as_u64().expect("line"))
+        .collect();
+    assert_eq!(lines, [6, 7, 8]);
+
+    // Without the msisdn column the file is bad input, and the error names the column.
+    let counts = db.counts().await;
+    let no_msisdn = write_file(dir.path(), "no-msisdn.csv", "preset_balance,sold\n5,yes\n");
+    let run = ocs(&server, &["import", &no_msisdn]).await;
+    assert_eq!(run.code, 2, "{run:#?}");
+    assert!(run.error_line().contains("no msisdn column"), "{run:#?}");
+    assert_eq!(db.counts().await, counts, "nothing was sent");
     db.close().await;
 }
 

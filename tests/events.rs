@@ -12,7 +12,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Backend, Db, OutboxRow, TestServer, assert_rejected};
+use common::{Backend, Db, OutboxRow, TestServer, assert_rejected, rid};
 use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
 use ocs_lifecycle::proto::bss_events_client::BssEventsClient;
 use ocs_lifecycle::proto::{self, AccountState, EventType, LifecycleEvent, RechargeChannel};
@@ -34,10 +34,6 @@ both_backends! {
     unspecified_or_unknown_types_are_invalid_arguments,
     the_stream_ends_when_the_server_shuts_down,
     many_concurrent_writers_one_subscriber_every_event_exactly_once,
-}
-
-fn rid() -> String {
-    uuid::Uuid::new_v4().to_string()
 }
 
 fn channel(server: &TestServer) -> Channel {

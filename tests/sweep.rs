@@ -13,7 +13,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use common::{Backend, Db, TestDb, TestServer, assert_rejected, ts};
+use common::{Backend, Db, TestDb, TestServer, assert_rejected, rid, ts};
 use ocs_lifecycle::config::{ClockMode, Config};
 use ocs_lifecycle::proto::{self, AdvanceStatesResponse, HistoryKind};
 use tonic::Code;
@@ -39,10 +39,6 @@ both_backends! {
     validity_expiring_is_emitted_exactly_once,
     an_unactivated_card_is_recycled_after_540_days,
     every_run_is_recorded_in_sweep_runs,
-}
-
-fn rid() -> String {
-    uuid::Uuid::new_v4().to_string()
 }
 
 fn instant(rfc3339: &str) -> DateTime<Utc> {

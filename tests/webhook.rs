@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Db, TestDb, TestServer};
+use common::{Db, TestDb, TestServer, rid};
 use hmac::{Hmac, Mac};
 use hook::{CLOSE, Hook, Policy, Received, always_ok, free_addr};
 use ocs_lifecycle::config::{BssConfig, ClockMode, Config};
@@ -110,10 +110,6 @@ async fn start(db: &Arc<TestDb>, bss: BssConfig) -> TestServer {
         ..common::test_config(ClockMode::Manual)
     };
     TestServer::start_with(db.clone(), config).await
-}
-
-fn rid() -> String {
-    uuid::Uuid::new_v4().to_string()
 }
 
 fn events_client(server: &TestServer) -> BssEventsClient<Channel> {

@@ -1,20 +1,29 @@
 //! `ocs-lifecycle import cards.csv`: provisions cards in bulk.
 //!
-//! The file is CSV with a header line naming the columns `msisdn,preset_balance,sold,
-//! initial_validity_days` in this order; the later columns may be left out (the header then
-//! ends earlier) and an empty cell is the default (0 fen, not sold, the server's validity).
-//! Cells are separated by commas, may be wrapped in double quotes and are trimmed; blank lines
-//! are skipped. Every good row becomes a ProvisionAccount whose `request_id` is
-//! `import:<hex SHA-256 of the normalised row>`, so importing the same file again applies
-//! nothing twice: the server replays those rows, and they count as "already imported". A bad
-//! row is reported with its line number and reason, and skipped; the good rows are still
-//! applied.
+//! The file is CSV (RFC 4180, read with the `csv` crate) whose first record is a header naming
+//! the columns: `msisdn` (required), `preset_balance`, `sold` and `initial_validity_days`, in any
+//! order and any letter case. A column left out, or an empty cell, is the default (0 fen, not
+//! sold, the server's validity); a column the import does not know is ignored, with one warning
+//! on stderr. A field may be quoted, and then holds commas (`"1,000"`), doubled quotes (`""`) and
+//! line breaks; fields are trimmed; blank lines are skipped; a row is reported at the line it
+//! starts on. A number may group its digits by thousands with commas (`"1,000"` is 1000).
+//!
+//! Every good row becomes a ProvisionAccount whose `request_id` is `import:<hex SHA-256 of the
+//! normalised row>`, so importing the same file again applies nothing twice: the server replays
+//! those rows, and they count as "already imported". A bad row is reported with its line number
+//! and reason, and skipped; the good rows are still applied.
+//!
+//! The file is streamed: read and sent [`CHUNK`] rows at a time, so a file of millions of rows is
+//! never held in memory. What grows with the file is the set of MSISDNs already seen (a second
+//! row of one is rejected: a 64-bit key and a line number per row, in a hash map) and the list of
+//! rejected rows.
 
-use std::io::IsTerminal;
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufRead, BufReader, IsTerminal, Read};
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
@@ -26,13 +35,20 @@ use super::output::{self, Document};
 use crate::lifecycle::Msisdn;
 use crate::proto;
 
-/// The columns of an import file, in order; every one after `msisdn` is optional.
+/// The columns an import file may have; only `msisdn` is required.
 const COLUMNS: [&str; 4] = ["msisdn", "preset_balance", "sold", "initial_validity_days"];
+const MSISDN: usize = 0;
+const PRESET_BALANCE: usize = 1;
+const SOLD: usize = 2;
+const INITIAL_VALIDITY_DAYS: usize = 3;
+
+/// Rows read before they are sent (`--concurrency` at a time): the most the import holds.
+pub const CHUNK: usize = 2048;
 
 /// One good row of the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImportRow {
-    /// 1-based line number in the file (the header is line 1).
+    /// 1-based line number in the file where the row starts (the header is line 1).
     pub line: usize,
     /// Normalised (no leading `+`).
     pub msisdn: String,
@@ -44,7 +60,7 @@ pub struct ImportRow {
 
 impl ImportRow {
     /// The idempotency key: the same row content always gives the same key, whatever the
-    /// spelling in the file (`+86…` or `86…`, `yes` or `true`, spaces).
+    /// spelling in the file (`+86…` or `86…`, `yes` or `true`, `1,000` or `1000`, spaces).
     pub fn request_id(&self) -> String {
         let normalised = format!(
             "{},{},{},{}",
@@ -66,104 +82,272 @@ pub struct Rejection {
     pub reason: String,
 }
 
-/// Splits an import file into good rows and rejected ones; `Err` when the file as a whole
-/// cannot be read as one (no header, or a wrong one).
-pub fn parse_csv(text: &str) -> Result<(Vec<ImportRow>, Vec<Rejection>), String> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l))
-        .filter(|(_, l)| !l.trim().is_empty());
-    let Some((header_line, header)) = lines.next() else {
-        return Err(format!(
-            "the file is empty; it needs a header line: {}",
-            COLUMNS.join(",")
-        ));
-    };
-    let names: Vec<String> = split(header)
-        .iter()
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    if names.is_empty()
-        || names.len() > COLUMNS.len()
-        || names.iter().zip(COLUMNS).any(|(n, c)| n != c)
-    {
-        return Err(format!(
-            "line {header_line}: the header must be {} (the later columns may be left out), found {:?}",
-            COLUMNS.join(","),
-            header.trim()
-        ));
+/// Reads an import file one row at a time (see the module docs for the format).
+pub struct ImportReader<R> {
+    csv: csv::Reader<Lines<R>>,
+    lines: Arc<Mutex<LineCounter>>,
+    record: csv::ByteRecord,
+    /// The number of columns of the header.
+    width: usize,
+    /// Where each of [`COLUMNS`] is in a record (`msisdn` always is).
+    index: [Option<usize>; 4],
+    /// The header's columns the import does not know, as written.
+    unknown: Vec<String>,
+    /// The MSISDN of each good row so far, with its line.
+    seen: HashMap<u64, usize>,
+}
+
+impl<R: Read> ImportReader<R> {
+    /// Reads the header; `Err` when the input cannot be read as an import file as a whole (empty,
+    /// no `msisdn` column, a column named twice).
+    pub fn new(input: R) -> Result<Self, String> {
+        let mut input = BufReader::new(input);
+        if input
+            .fill_buf()
+            .map_err(|e| e.to_string())?
+            .starts_with(BOM)
+        {
+            input.consume(BOM.len());
+        }
+        let lines = Arc::new(Mutex::new(LineCounter {
+            line: 1,
+            ..LineCounter::default()
+        }));
+        let mut csv = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(Lines {
+                input,
+                counter: lines.clone(),
+            });
+        let mut record = csv::ByteRecord::new();
+        let (line, names) = loop {
+            if !csv
+                .read_byte_record(&mut record)
+                .map_err(|e| e.to_string())?
+            {
+                return Err(format!(
+                    "the file is empty; it needs a header line naming its columns: {}",
+                    COLUMNS.join(",")
+                ));
+            }
+            let line = line_of(&lines, &record);
+            let names =
+                cells(&record).map_err(|_| format!("line {line}: the header is not UTF-8 text"))?;
+            if !is_blank(&names) {
+                break (line, names);
+            }
+        };
+        let mut index = [None; 4];
+        let mut unknown = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            match COLUMNS.iter().position(|c| c.eq_ignore_ascii_case(name)) {
+                Some(column) if index[column].is_some() => {
+                    return Err(format!(
+                        "line {line}: the header names the column {} twice",
+                        COLUMNS[column]
+                    ));
+                }
+                Some(column) => index[column] = Some(i),
+                None => unknown.push(name.clone()),
+            }
+        }
+        if index[MSISDN].is_none() {
+            return Err(format!(
+                "line {line}: the header has no msisdn column (the columns are msisdn, \
+                 and optionally preset_balance, sold, initial_validity_days, in any order), \
+                 found {:?}",
+                names.join(",")
+            ));
+        }
+        Ok(ImportReader {
+            csv,
+            lines,
+            record,
+            width: names.len(),
+            index,
+            unknown,
+            seen: HashMap::new(),
+        })
     }
-    let mut rows: Vec<ImportRow> = Vec::new();
-    let mut rejections = Vec::new();
-    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    for (line, text) in lines {
-        let cells = split(text);
-        let raw_msisdn = cells.first().cloned().unwrap_or_default();
+
+    /// The header's columns the import does not know (they are ignored).
+    pub fn unknown_columns(&self) -> &[String] {
+        &self.unknown
+    }
+
+    /// The next row, good or rejected; `None` at the end of the file.
+    pub fn next_row(&mut self) -> std::io::Result<Option<Result<ImportRow, Rejection>>> {
+        loop {
+            if !self.csv.read_byte_record(&mut self.record)? {
+                return Ok(None);
+            }
+            let line = line_of(&self.lines, &self.record);
+            let Ok(cells) = cells(&self.record) else {
+                return Ok(Some(Err(Rejection {
+                    line,
+                    msisdn: String::new(),
+                    reason: "the row is not UTF-8 text".into(),
+                })));
+            };
+            if is_blank(&cells) {
+                continue;
+            }
+            return Ok(Some(self.check(line, &cells)));
+        }
+    }
+
+    fn check(&mut self, line: usize, cells: &[String]) -> Result<ImportRow, Rejection> {
+        let raw_msisdn = self.index[MSISDN]
+            .and_then(|i| cells.get(i))
+            .cloned()
+            .unwrap_or_default();
         let reject = |reason: String| Rejection {
             line,
             msisdn: raw_msisdn.clone(),
             reason,
         };
-        let row = match parse_row(line, &cells, names.len()) {
-            Ok(row) => row,
-            Err(reason) => {
-                rejections.push(reject(reason));
-                continue;
-            }
-        };
-        if let Some(first) = seen.get(&row.msisdn) {
-            rejections.push(reject(format!(
+        if cells.len() != self.width {
+            return Err(reject(format!(
+                "{} cells, the header has {} columns",
+                cells.len(),
+                self.width
+            )));
+        }
+        let cell = |column: usize| self.index[column].map_or("", |i| cells[i].as_str());
+        let row = parse_row(line, cell).map_err(reject)?;
+        // At most 15 digits: the MSISDN is its own compact key.
+        let key: u64 = row.msisdn.parse().expect("a parsed MSISDN is digits");
+        if let Some(first) = self.seen.get(&key) {
+            return Err(reject(format!(
                 "msisdn {} is already on line {first}",
                 row.msisdn
             )));
-            continue;
         }
-        seen.insert(row.msisdn.clone(), line);
-        rows.push(row);
+        self.seen.insert(key, line);
+        Ok(row)
+    }
+}
+
+/// The line `record` starts on.
+fn line_of(lines: &Mutex<LineCounter>, record: &csv::ByteRecord) -> usize {
+    let offset = record.position().map_or(0, csv::Position::byte);
+    lock(lines).line_at(offset)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// The input of the CSV reader, handing what it reads to a [`LineCounter`] too.
+struct Lines<R> {
+    input: BufReader<R>,
+    counter: Arc<Mutex<LineCounter>>,
+}
+
+impl<R: Read> Read for Lines<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.input.read(buf)?;
+        lock(&self.counter).pending.extend(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Line numbers counted from the bytes themselves: the `csv` crate positions a record before
+/// the blank lines it skips, and counts a line break at the end of a record only once the
+/// record after it is read. Holds the bytes read ahead of the rows passed, no more.
+#[derive(Default)]
+struct LineCounter {
+    /// The offset of `pending[0]` in the input.
+    offset: u64,
+    /// The line `offset` is on.
+    line: usize,
+    pending: VecDeque<u8>,
+}
+
+impl LineCounter {
+    /// The line of a record positioned at `offset`: where its first byte that is not a line
+    /// break is (records come in order: the bytes before `offset` are passed for good).
+    fn line_at(&mut self, offset: u64) -> usize {
+        let passed = usize::try_from(offset.saturating_sub(self.offset))
+            .unwrap_or(usize::MAX)
+            .min(self.pending.len());
+        let (front, back) = self.pending.as_slices();
+        let newlines = |bytes: &[u8]| bytes.iter().filter(|b| **b == b'\n').count();
+        self.line += newlines(&front[..passed.min(front.len())])
+            + newlines(&back[..passed.saturating_sub(front.len())]);
+        self.pending.drain(..passed);
+        self.offset += passed as u64;
+        let breaks = self
+            .pending
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'));
+        self.line + breaks.filter(|b| **b == b'\n').count()
+    }
+}
+
+/// The fields of a record as trimmed text.
+fn cells(record: &csv::ByteRecord) -> Result<Vec<String>, std::str::Utf8Error> {
+    record
+        .iter()
+        .map(|field| std::str::from_utf8(field).map(|text| text.trim().to_owned()))
+        .collect()
+}
+
+/// A blank line (nothing but white space).
+fn is_blank(cells: &[String]) -> bool {
+    matches!(cells, [only] if only.is_empty())
+}
+
+/// Splits an import file held in memory into good rows and rejected ones; `Err` when the file
+/// as a whole cannot be read as one (see [`ImportReader::new`]). The import itself streams.
+pub fn parse_csv(text: &str) -> Result<(Vec<ImportRow>, Vec<Rejection>), String> {
+    let mut reader = ImportReader::new(text.as_bytes())?;
+    let (mut rows, mut rejections) = (Vec::new(), Vec::new());
+    while let Some(row) = reader.next_row().map_err(|e| e.to_string())? {
+        match row {
+            Ok(row) => rows.push(row),
+            Err(rejection) => rejections.push(rejection),
+        }
     }
     Ok((rows, rejections))
 }
 
-/// The cells of a line: comma-separated, trimmed, one pair of surrounding quotes removed.
-fn split(line: &str) -> Vec<String> {
-    line.split(',')
-        .map(|cell| {
-            let cell = cell.trim();
-            cell.strip_prefix('"')
-                .and_then(|c| c.strip_suffix('"'))
-                .unwrap_or(cell)
-                .trim()
-                .to_owned()
-        })
-        .collect()
+/// A whole number written plainly or with its digits grouped by thousands (`1,000`).
+fn whole_number<T: std::str::FromStr>(raw: &str) -> Option<T> {
+    let mut groups = raw.split(',');
+    let first = groups.next()?;
+    let mut digits = first.to_owned();
+    for group in groups {
+        let grouped = (1..=3).contains(&first.len())
+            && group.len() == 3
+            && first.bytes().all(|b| b.is_ascii_digit());
+        if !grouped || !group.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.push_str(group);
+    }
+    digits.parse().ok()
 }
 
-fn parse_row(line: usize, cells: &[String], columns: usize) -> Result<ImportRow, String> {
-    if cells.len() != columns {
-        return Err(format!(
-            "{} cells, the header has {columns} columns",
-            cells.len()
-        ));
-    }
-    let cell = |i: usize| cells.get(i).map(String::as_str).unwrap_or("");
-    let msisdn = Msisdn::parse(cell(0)).map_err(|e| e.to_string())?;
-    let preset_balance =
-        match cell(1) {
-            "" => 0,
-            raw => raw.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| {
-                format!("preset_balance {raw:?} is not a whole number of fen ≥ 0")
-            })?,
-        };
-    let sold = match cell(2).to_ascii_lowercase().as_str() {
+fn parse_row<'a>(line: usize, cell: impl Fn(usize) -> &'a str) -> Result<ImportRow, String> {
+    let msisdn = Msisdn::parse(cell(MSISDN)).map_err(|e| e.to_string())?;
+    let preset_balance = match cell(PRESET_BALANCE) {
+        "" => 0,
+        raw => whole_number::<i64>(raw)
+            .filter(|v| *v >= 0)
+            .ok_or_else(|| format!("preset_balance {raw:?} is not a whole number of fen ≥ 0"))?,
+    };
+    let sold = match cell(SOLD).to_ascii_lowercase().as_str() {
         "" | "false" | "0" | "no" => false,
         "true" | "1" | "yes" => true,
         raw => return Err(format!("sold {raw:?} is not true/false (or 1/0, yes/no)")),
     };
-    let initial_validity_days = match cell(3) {
+    let initial_validity_days = match cell(INITIAL_VALIDITY_DAYS) {
         "" => 0,
-        raw => raw.parse::<u32>().map_err(|_| {
+        raw => whole_number::<u32>(raw).ok_or_else(|| {
             format!("initial_validity_days {raw:?} is not a whole number of days ≥ 0")
         })?,
     };
@@ -189,16 +373,46 @@ pub async fn run(
     dry_run: bool,
     concurrency: usize,
 ) -> Result<ExitCode, CliError> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", file.display())))?;
-    let (rows, mut rejections) =
-        parse_csv(&text).map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
-    let (mut imported, mut already_imported) = (0usize, 0usize);
-    let valid = rows.len();
-    if !dry_run {
-        let client = Client::connect(connection).await?;
-        let outcomes = provision_all(&client, Arc::new(rows.clone()), concurrency).await;
-        for (row, outcome) in rows.iter().zip(outcomes) {
+    let unreadable =
+        |e: &dyn std::fmt::Display| CliError::Usage(format!("cannot read {}: {e}", file.display()));
+    let input = std::fs::File::open(file).map_err(|e| unreadable(&e))?;
+    let mut reader = ImportReader::new(std::io::BufReader::new(input))
+        .map_err(|e| CliError::Usage(format!("{}: {e}", file.display())))?;
+    if !reader.unknown_columns().is_empty() {
+        eprintln!(
+            "warning: {}: ignoring the column(s) {} (the import reads {})",
+            file.display(),
+            reader.unknown_columns().join(", "),
+            COLUMNS.join(", ")
+        );
+    }
+    let client = if dry_run {
+        None
+    } else {
+        Some(Client::connect(connection).await?)
+    };
+    let progress = Progress::start();
+    let (mut valid, mut imported, mut already_imported) = (0usize, 0usize, 0usize);
+    let mut rejections = Vec::new();
+    loop {
+        let mut chunk = Vec::with_capacity(CHUNK);
+        while chunk.len() < CHUNK {
+            match reader.next_row().map_err(|e| unreadable(&e))? {
+                Some(Ok(row)) => chunk.push(row),
+                Some(Err(rejection)) => rejections.push(rejection),
+                None => break,
+            }
+        }
+        if chunk.is_empty() {
+            break;
+        }
+        valid += chunk.len();
+        let Some(client) = &client else {
+            continue;
+        };
+        let chunk = Arc::new(chunk);
+        let outcomes = provision_all(client, chunk.clone(), concurrency, &progress.done).await;
+        for (row, outcome) in chunk.iter().zip(outcomes) {
             match outcome {
                 Outcome::Imported => imported += 1,
                 Outcome::AlreadyImported => already_imported += 1,
@@ -210,6 +424,7 @@ pub async fn run(
             }
         }
     }
+    progress.stop();
     rejections.sort_by_key(|r| r.line);
     output::print(
         connection.output,
@@ -229,17 +444,15 @@ pub async fn run(
     })
 }
 
-/// Sends every row, `concurrency` at a time; the outcomes in row order.
+/// Sends every row, `concurrency` at a time, counting each answered one in `done`; the outcomes
+/// in row order.
 async fn provision_all(
     client: &Client,
     rows: Arc<Vec<ImportRow>>,
     concurrency: usize,
+    done: &Arc<AtomicUsize>,
 ) -> Vec<Outcome> {
     let next = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicUsize::new(0));
-    let progress = std::io::stderr()
-        .is_terminal()
-        .then(|| tokio::spawn(show_progress(done.clone(), rows.len())));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency.clamp(1, rows.len().max(1)) {
         let (client, rows, next, done) = (client.clone(), rows.clone(), next.clone(), done.clone());
@@ -267,10 +480,6 @@ async fn provision_all(
             Err(e) => eprintln!("import: a worker failed: {e}"),
         }
     }
-    if let Some(progress) = progress {
-        progress.abort();
-        eprint!("\r\x1b[K");
-    }
     outcomes
         .into_iter()
         .map(|o| o.unwrap_or_else(|| Outcome::Rejected("not sent (internal error)".into())))
@@ -296,12 +505,33 @@ async fn provision(client: &Client, row: &ImportRow) -> Outcome {
     }
 }
 
-/// `import: 1200/5000` on a terminal's stderr, rewritten in place.
-async fn show_progress(done: Arc<AtomicUsize>, total: usize) {
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    loop {
-        tick.tick().await;
-        eprint!("\rimport: {}/{total}", done.load(Ordering::Relaxed));
+/// `import: 1200 rows sent` on a terminal's stderr, rewritten in place; nothing elsewhere.
+struct Progress {
+    done: Arc<AtomicUsize>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn start() -> Progress {
+        let done = Arc::new(AtomicUsize::new(0));
+        let task = std::io::stderr().is_terminal().then(|| {
+            let done = done.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(200));
+                loop {
+                    tick.tick().await;
+                    eprint!("\rimport: {} rows sent", done.load(Ordering::Relaxed));
+                }
+            })
+        });
+        Progress { done, task }
+    }
+
+    fn stop(self) {
+        if let Some(task) = self.task {
+            task.abort();
+            eprint!("\r\x1b[K");
+        }
     }
 }
 
@@ -357,73 +587,4 @@ fn report(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn good_rows_are_parsed_and_bad_ones_rejected_by_line() {
-        let text = "msisdn,preset_balance,sold,initial_validity_days\n\
-                    +8613800000001,500,true,365\n\
-                    \n\
-                    8613800000002,,,\n\
-                    12ab,0,true,0\n\
-                    8613800000003,-1,true,0\n\
-                    8613800000004,0,maybe,0\n\
-                    8613800000005,0,true\n\
-                    \"8613800000001\",0,no,0\n";
-        let (rows, rejected) = parse_csv(text).unwrap();
-        assert_eq!(
-            rows,
-            vec![
-                ImportRow {
-                    line: 2,
-                    msisdn: "8613800000001".into(),
-                    preset_balance: 500,
-                    sold: true,
-                    initial_validity_days: 365,
-                },
-                ImportRow {
-                    line: 4,
-                    msisdn: "8613800000002".into(),
-                    preset_balance: 0,
-                    sold: false,
-                    initial_validity_days: 0,
-                },
-            ]
-        );
-        let lines: Vec<usize> = rejected.iter().map(|r| r.line).collect();
-        assert_eq!(lines, vec![5, 6, 7, 8, 9]);
-        assert!(
-            rejected[0].reason.contains("INVALID_MSISDN"),
-            "{rejected:?}"
-        );
-        assert!(
-            rejected[1].reason.contains("preset_balance"),
-            "{rejected:?}"
-        );
-        assert!(rejected[2].reason.contains("sold"), "{rejected:?}");
-        assert!(rejected[3].reason.contains("3 cells"), "{rejected:?}");
-        assert!(rejected[4].reason.contains("line 2"), "{rejected:?}");
-    }
-
-    #[test]
-    fn later_columns_may_be_left_out_but_the_order_is_fixed() {
-        let (rows, rejected) = parse_csv("msisdn,preset_balance\r\n8613800000001,100\r\n").unwrap();
-        assert!(rejected.is_empty());
-        assert_eq!(rows[0].preset_balance, 100);
-        assert!(parse_csv("preset_balance,msisdn\n").is_err());
-        assert!(parse_csv("").is_err());
-        assert!(parse_csv("msisdn,colour\n").is_err());
-    }
-
-    #[test]
-    fn the_request_id_depends_on_the_content_only() {
-        let (a, _) = parse_csv("msisdn,preset_balance,sold\n+8613800000001,,yes\n").unwrap();
-        let (b, _) = parse_csv("msisdn,preset_balance,sold\n\n 8613800000001 ,0,true\n").unwrap();
-        assert_eq!(a[0].request_id(), b[0].request_id());
-        assert!(a[0].request_id().starts_with("import:"));
-        assert!(a[0].request_id().len() <= 128);
-        let (c, _) = parse_csv("msisdn,preset_balance,sold\n8613800000001,0,no\n").unwrap();
-        assert_ne!(a[0].request_id(), c[0].request_id());
-    }
-}
+mod tests;

@@ -30,7 +30,12 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
 
+pub mod api;
+pub mod faults;
 pub mod pg_cluster;
+pub mod process;
+
+pub use process::free_port;
 
 pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -327,6 +332,19 @@ impl Db {
         counted.expect("count history rows")
     }
 
+    /// Every row `sql` (a query without parameters) returns, as `T`.
+    pub async fn rows<T>(&self, sql: &str) -> Vec<T>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+            + Send
+            + Unpin,
+    {
+        let rows: Result<Vec<T>, sqlx::Error> =
+            on_pool!(self, |pool| sqlx::query_as(sql).fetch_all(pool).await);
+        rows.unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
     pub async fn outbox(&self) -> Vec<OutboxRow> {
         let sql = "SELECT sequence, event_type, msisdn, account_id, generation, from_state, \
                    to_state, reason, effective_at FROM outbox ORDER BY sequence";
@@ -388,12 +406,13 @@ impl TestServer {
 
     /// A server with `config` (its `database_url` is replaced by the test database's).
     pub async fn start_with(db: Arc<TestDb>, config: Config) -> TestServer {
-        Self::start_with_channel(db, config, |addr| {
-            Channel::from_shared(format!("http://{addr}"))
-                .expect("endpoint")
-                .connect_lazy()
-        })
-        .await
+        Self::start_with_channel(db, config, plaintext).await
+    }
+
+    /// A server with `config` as it is, its `database_url` included: `db`'s database reached
+    /// another way (through a proxy, say).
+    pub async fn start_through(db: Arc<TestDb>, config: Config) -> TestServer {
+        Self::launch(db, config, plaintext).await
     }
 
     /// A server with `config` whose clients use the channel `connect` makes for its address
@@ -404,6 +423,14 @@ impl TestServer {
         connect: impl FnOnce(SocketAddr) -> Channel,
     ) -> TestServer {
         config.database_url = db.url.clone();
+        Self::launch(db, config, connect).await
+    }
+
+    async fn launch(
+        db: Arc<TestDb>,
+        config: Config,
+        connect: impl FnOnce(SocketAddr) -> Channel,
+    ) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -524,6 +551,13 @@ impl TestServer {
     }
 }
 
+/// A plaintext channel to `addr`, connected on first use.
+fn plaintext(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_lazy()
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.shutdown.cancel();
@@ -557,23 +591,40 @@ pub fn assert_rejected<T: std::fmt::Debug>(
     code: Code,
     expected_reason: &str,
 ) -> Status {
+    assert_case_rejected("", result, code, expected_reason)
+}
+
+/// [`assert_rejected`] for one case of a table: `case` (what was sent) heads each failure
+/// message.
+#[track_caller]
+pub fn assert_case_rejected<T: std::fmt::Debug>(
+    case: &str,
+    result: Result<T, Status>,
+    code: Code,
+    expected_reason: &str,
+) -> Status {
+    let case = if case.is_empty() {
+        String::new()
+    } else {
+        format!("{case}: ")
+    };
     let status = match result {
-        Ok(value) => panic!("expected {code:?} {expected_reason}, got Ok({value:?})"),
+        Ok(value) => panic!("{case}expected {code:?} {expected_reason}, got Ok({value:?})"),
         Err(status) => status,
     };
-    assert_eq!(status.code(), code, "unexpected status: {status:?}");
+    assert_eq!(status.code(), code, "{case}unexpected status: {status:?}");
     if !expected_reason.is_empty() {
         assert_eq!(
             reason(&status),
             expected_reason,
-            "unexpected ErrorInfo: {status:?}"
+            "{case}unexpected ErrorInfo: {status:?}"
         );
     }
     // (UNIMPLEMENTED comes from the transport for a service that is not registered.)
     if code != Code::Unimplemented {
         assert!(
             !status.message().is_empty(),
-            "an error needs a message a person understands"
+            "{case}an error needs a message a person understands"
         );
     }
     status

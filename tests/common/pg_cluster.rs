@@ -71,15 +71,6 @@ fn find_bindir() -> Option<PathBuf> {
     versions.pop().map(|(_, bin)| bin)
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("address")
-        .port()
-}
-
 impl PgCluster {
     /// Creates the cluster and starts its server; `None` = skipped (see the module docs).
     pub fn start() -> Option<PgCluster> {
@@ -131,7 +122,7 @@ impl PgCluster {
         // A port taken between the check and the start fails the start: try a few.
         let mut last = String::new();
         for _ in 0..3 {
-            cluster.port = free_port();
+            cluster.port = super::free_port();
             match cluster.pg_ctl_start() {
                 Ok(()) => return Some(cluster),
                 Err(e) => last = e,

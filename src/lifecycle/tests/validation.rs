@@ -1,0 +1,92 @@
+//! Validation of amounts, printed validity and provisioning parameters: INVALID_ARGUMENT and
+//! INVALID_AMOUNT come before the state of the account.
+
+use super::*;
+
+#[test]
+fn amounts_must_be_positive() {
+    let (rules, now) = shanghai_at("2026-03-01", 10);
+    let account = valid_account(&rules, "2026-06-30", 100, 0);
+    for amount in [0, -1, i64::MIN] {
+        for command in [recharge(amount), recharge_card(amount, 30), charge(amount)] {
+            let err = refused(&account, &command, now, &rules);
+            assert_invalid(&err, ErrorReason::InvalidAmount);
+        }
+    }
+    // Validation comes before the state: even a recycled number answers INVALID_AMOUNT.
+    let recycled = at(&rules, "2027-01-16", 10);
+    assert_invalid(
+        &refused(&account, &recharge(0), recycled, &rules),
+        ErrorReason::InvalidAmount,
+    );
+}
+
+#[test]
+fn a_recharge_that_would_overflow_the_balance_is_refused() {
+    let (rules, now) = shanghai_at("2026-03-01", 10);
+    let account = valid_account(&rules, "2026-06-30", i64::MAX - 10, 0);
+    let err = refused(&account, &recharge(11), now, &rules);
+    assert_invalid(&err, ErrorReason::AmountOverflow);
+    let full = ok(&account, &recharge(10), now, &rules);
+    assert_eq!(full.account.balance, i64::MAX);
+
+    let mut unactivated = card(&rules, "2026-02-01", 0);
+    unactivated.balance = i64::MAX;
+    assert_invalid(
+        &refused(&unactivated, &recharge(1), now, &rules),
+        ErrorReason::AmountOverflow,
+    );
+
+    let locked_at = at(&rules, "2026-10-08", 10);
+    let locked = account_swept_at(&rules, "2026-06-30", i64::MAX, locked_at);
+    assert_invalid(
+        &refused(&locked, &unlock(1), locked_at, &rules),
+        ErrorReason::AmountOverflow,
+    );
+}
+
+#[test]
+fn a_printed_validity_beyond_100_years_is_invalid() {
+    let (rules, now) = shanghai_at("2026-03-01", 10);
+    let account = valid_account(&rules, "2026-06-30", 100, 0);
+    assert_invalid(
+        &refused(&account, &recharge_card(100, 36_501), now, &rules),
+        ErrorReason::InvalidArgument,
+    );
+    ok(&account, &recharge_card(100, 36_500), now, &rules);
+}
+
+/// Provisions with `params`, which must be refused; returns the error.
+fn provisioning_refused(
+    params: &ProvisionParams,
+    now: DateTime<Utc>,
+    rules: &Rules,
+) -> DomainError {
+    match provision(msisdn(), "a".into(), None, params, now, rules) {
+        Ok(account) => panic!("{params:?} was provisioned: {account:?}"),
+        Err(err) => err,
+    }
+}
+
+#[test]
+fn provisioning_rejects_a_negative_preset() {
+    let (rules, now) = shanghai_at("2026-03-01", 10);
+    let err = provisioning_refused(&params(-1, true, 0), now, &rules);
+    assert_invalid(&err, ErrorReason::InvalidAmount);
+    assert!(provision(msisdn(), "a".into(), None, &params(0, true, 0), now, &rules).is_ok());
+}
+
+#[test]
+fn provisioning_rejects_an_initial_validity_beyond_the_cap() {
+    let (rules, now) = shanghai_at("2026-03-01", 10);
+    for days in [541, 36_500, 36_501, u32::MAX] {
+        let err = provisioning_refused(&params(0, true, days), now, &rules);
+        assert_invalid(&err, ErrorReason::InvalidArgument);
+    }
+    let longest = provision_at(&rules, now, &params(0, true, 540));
+    assert_eq!(longest.initial_validity_days, 540);
+    let default = provision_at(&rules, now, &params(0, true, 0));
+    assert_eq!(default.initial_validity_days, 180);
+    let err = provisioning_refused(&params(0, true, 101), now, &short_periods());
+    assert_invalid(&err, ErrorReason::InvalidArgument);
+}

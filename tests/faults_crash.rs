@@ -1,0 +1,370 @@
+//! Crashes with real processes and real databases (issue 7): `ocs-lifecycle serve` killed with
+//! SIGKILL during concurrent recharges (SQLite) and while webhook deliveries are in flight (SQLite
+//! and the shared PostgreSQL), then restarted on the same database.
+//!
+//! Storage faults are in tests/faults_storage.rs. No test asserts on elapsed time; every wait
+//! has a generous safety bound.
+
+#[allow(unused_macros)]
+#[macro_use]
+mod common;
+#[allow(dead_code)]
+#[path = "webhook/hook.rs"]
+mod hook;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::faults::{
+    SAFETY, assert_recharges_applied_once, integrity_check, join_workers, open_sqlite,
+    provision_card, recharge, serve, serve_sqlite, valid_account, wait_until,
+};
+use common::process::{Log, ServeCommand, Served};
+use common::{Backend, TestDb};
+use hook::Hook;
+use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
+use ocs_lifecycle::proto::test_clock_client::TestClockClient;
+use ocs_lifecycle::proto::{AdvanceStatesRequest, SetTimeRequest};
+
+// ---------------------------------------------------------------------------------------------
+// SIGKILL during recharges.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_serve_killed_during_recharges_loses_no_acknowledged_recharge() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let db_path = dir.path().join("ocs.db");
+    let mut served = Served::spawn(&serve_sqlite(dir.path(), &db_path), Log::Collected);
+    let channel = served.serving(SAFETY).await;
+    let mut client = AccountLifecycleClient::new(channel.clone());
+    let accounts: Vec<String> = (0..6).map(|i| format!("861380000{i:04}")).collect();
+    for msisdn in &accounts {
+        valid_account(&mut client, msisdn).await;
+    }
+
+    // Concurrent recharges; each worker stops at its first error (the kill).
+    let acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let acked_count = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = accounts
+        .iter()
+        .enumerate()
+        .map(|(worker, msisdn)| {
+            let mut client = AccountLifecycleClient::new(channel.clone());
+            let (msisdn, acked, acked_count) = (msisdn.clone(), acked.clone(), acked_count.clone());
+            tokio::spawn(async move {
+                for i in 1.. {
+                    let request_id = format!("k{worker}-{i}");
+                    let amount = 1000 + i64::from(i % 500);
+                    match client
+                        .recharge(recharge(&msisdn, amount, &request_id))
+                        .await
+                    {
+                        Ok(_) => {
+                            acked
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .insert(request_id, (msisdn.clone(), amount));
+                            acked_count.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    let progressed = || acked_count.load(Ordering::Relaxed) >= 60;
+    let what = "the recharges did not progress";
+    wait_until(what, Duration::from_millis(10), || served.log(), progressed).await;
+    served.kill();
+    join_workers(workers, "a worker did not stop after the kill", "worker").await;
+    let acked = acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
+
+    // The file opens cleanly, before any recovery by the service.
+    assert_eq!(integrity_check(&db_path).await, "ok");
+    let direct = open_sqlite(&db_path).await;
+    assert_recharges_applied_once(&direct, &acked, &accounts).await;
+    direct.close().await;
+
+    // The restarted service serves the same data: an acknowledged recharge is a replay.
+    let mut served = Served::spawn(&serve_sqlite(dir.path(), &db_path), Log::Collected);
+    let channel = served.serving(SAFETY).await;
+    let mut client = AccountLifecycleClient::new(channel);
+    let (request_id, (msisdn, amount)) = acked.iter().next().expect("a recharge was acked");
+    let replay = client
+        .recharge(recharge(msisdn, *amount, request_id))
+        .await
+        .expect("replay after the restart")
+        .into_inner();
+    assert!(
+        replay.replayed,
+        "{request_id} was committed before the kill"
+    );
+    let direct = open_sqlite(&db_path).await;
+    assert_recharges_applied_once(&direct, &acked, &accounts).await;
+    direct.close().await;
+    served.kill();
+    assert_eq!(integrity_check(&db_path).await, "ok");
+}
+
+// ---------------------------------------------------------------------------------------------
+// SIGKILL during webhook delivery.
+
+/// Unactivated cards provisioned at `CARD_T0` die after 540 days; the sweep at `CARD_T1`
+/// recycles them: one STATE_CHANGED and one NUMBER_RECYCLED event each.
+const CARD_T0: &str = "2030-03-01T02:00:00Z";
+const CARD_T1: &str = "2031-09-01T02:00:00Z";
+/// Cards recycled: twice as many events.
+const WEBHOOK_CARDS: usize = 200;
+/// The hook answers each POST after this delay, so deliveries are in flight at the kill.
+const HOOK_DELAY: Duration = Duration::from_millis(80);
+
+/// (sequence, event_id, msisdn) of the outbox events the webhook sends.
+async fn webhook_events(db: &common::Db) -> Vec<(i64, String, String)> {
+    let (recycled, changed) = (
+        ocs_lifecycle::proto::EventType::NumberRecycled as i32,
+        ocs_lifecycle::proto::EventType::StateChanged as i32,
+    );
+    db.rows(&format!(
+        "SELECT sequence, event_id, msisdn FROM outbox WHERE event_type IN ({recycled}, \
+         {changed}) ORDER BY sequence"
+    ))
+    .await
+}
+
+/// event_id → delivered, of every `webhook_deliveries` row.
+async fn delivery_rows(db: &common::Db) -> BTreeMap<String, bool> {
+    let sql = "SELECT event_id, delivered_at IS NOT NULL FROM webhook_deliveries";
+    db.rows::<(String, bool)>(sql).await.into_iter().collect()
+}
+
+/// Event ids the hook answered 2xx, in the order of the answers.
+fn answered(hook: &Hook) -> Vec<String> {
+    hook.received()
+        .iter()
+        .filter(|r| (200..300).contains(&r.status))
+        .map(|r| r.header("x-ocs-event-id").unwrap_or_default().to_owned())
+        .collect()
+}
+
+fn counts(ids: &[String]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for id in ids {
+        *counts.entry(id.clone()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// `serve --clock manual` on `database_url` with its webhook pointed at `hook`.
+fn serve_with_webhook(dir: &Path, database_url: &str, hook: &Hook) -> ServeCommand {
+    let env = [
+        ("OCS_BSS__WEBHOOK_URL", hook.url()),
+        ("OCS_BSS__WEBHOOK_SECRET", "fault-test-secret".to_owned()),
+        (
+            "OCS_BSS__WEBHOOK_EVENTS",
+            r#"["NUMBER_RECYCLED", "STATE_CHANGED"]"#.to_owned(),
+        ),
+        // The lease of an attempt a crash abandoned is timeout + 2 s.
+        ("OCS_BSS__TIMEOUT_MS", "1000".to_owned()),
+        ("OCS_BSS__INITIAL_BACKOFF_MS", "50".to_owned()),
+        ("OCS_BSS__MAX_BACKOFF_MS", "200".to_owned()),
+        // Events come only from the sweep the test asks for.
+        ("OCS_SWEEP__SCHEDULER", "false".to_owned()),
+    ];
+    ServeCommand {
+        clock: "manual",
+        ..serve(dir, database_url)
+    }
+    .with_env(env)
+}
+
+async fn serve_killed_during_webhook_delivery_loses_no_event(db: Arc<TestDb>) {
+    let hook = Hook::start(Box::new(|_| (200, HOOK_DELAY))).await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let serve = serve_with_webhook(dir.path(), &db.url, &hook);
+    let mut served = Served::spawn(&serve, Log::Collected);
+    let channel = served.serving(SAFETY).await;
+    let clock = TestClockClient::new(channel.clone());
+    let set_time = |rfc3339: &'static str| {
+        let mut clock = clock.clone();
+        async move {
+            clock
+                .set_time(SetTimeRequest {
+                    time: Some(common::ts(rfc3339)),
+                })
+                .await
+                .unwrap_or_else(|e| panic!("SetTime {rfc3339}: {e:?}"));
+        }
+    };
+    set_time(CARD_T0).await;
+    let provisioners: Vec<_> = (0..4)
+        .map(|worker| {
+            let mut client = AccountLifecycleClient::new(channel.clone());
+            tokio::spawn(async move {
+                for i in (worker..WEBHOOK_CARDS).step_by(4) {
+                    provision_card(&mut client, &format!("861350{i:05}")).await;
+                }
+            })
+        })
+        .collect();
+    for provisioner in provisioners {
+        provisioner.await.expect("provisioning");
+    }
+    set_time(CARD_T1).await;
+    let swept = AccountLifecycleClient::new(channel.clone())
+        .advance_states(AdvanceStatesRequest {
+            as_of: None,
+            dry_run: false,
+        })
+        .await
+        .expect("AdvanceStates")
+        .into_inner();
+    assert_eq!(swept.to_recycled_unactivated, WEBHOOK_CARDS as u64);
+    let check = db.open().await;
+    let events = webhook_events(&check).await;
+    assert_eq!(events.len(), 2 * WEBHOOK_CARDS, "two events per card");
+    let all: BTreeSet<String> = events.iter().map(|e| e.1.clone()).collect();
+
+    // Kill once a quarter has been answered: dozens of POSTs are in flight then.
+    let quarter = || answered(&hook).len() >= all.len() / 4;
+    let what = "the webhook did not deliver";
+    wait_until(what, Duration::from_millis(5), || served.log(), quarter).await;
+    served.kill();
+    // Let the hook finish what it was answering (a dead client's request is not answered).
+    tokio::time::sleep(HOOK_DELAY * 3).await;
+    let answered_at_kill = counts(&answered(&hook));
+    let seen_at_kill: BTreeSet<String> = hook
+        .seen()
+        .iter()
+        .map(|r| r.header("x-ocs-event-id").unwrap_or_default().to_owned())
+        .collect();
+    let delivered_at_kill: BTreeSet<String> = delivery_rows(&check)
+        .await
+        .into_iter()
+        .filter_map(|(id, delivered)| delivered.then_some(id))
+        .collect();
+    assert!(
+        delivered_at_kill.len() < all.len(),
+        "the kill came after every delivery"
+    );
+    for id in &delivered_at_kill {
+        assert!(
+            answered_at_kill.contains_key(id),
+            "{id} recorded as delivered but never answered by the BSS"
+        );
+    }
+    // Confirmed by the BSS, not yet recorded: the only events that may arrive twice.
+    let unrecorded: BTreeSet<String> = answered_at_kill
+        .keys()
+        .filter(|id| !delivered_at_kill.contains(*id))
+        .cloned()
+        .collect();
+    // Posted but not answered before the kill.
+    let unanswered = seen_at_kill
+        .iter()
+        .filter(|id| !answered_at_kill.contains_key(*id))
+        .count();
+
+    // A new process on the same database delivers the rest.
+    let serve = serve_with_webhook(dir.path(), &db.url, &hook);
+    let mut served = Served::spawn(&serve, Log::Collected);
+    served.serving(SAFETY).await;
+    let deadline = tokio::time::Instant::now() + SAFETY;
+    loop {
+        let received: BTreeSet<String> = answered(&hook).into_iter().collect();
+        let rows = delivery_rows(&check).await;
+        let done = received.is_superset(&all)
+            && rows.len() == all.len()
+            && rows.values().all(|delivered| *delivered);
+        if done {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every event was delivered after the restart: {} of {} answered, {} of {} rows \
+             delivered\n{}",
+            received.intersection(&all).count(),
+            all.len(),
+            rows.values().filter(|d| **d).count(),
+            rows.len(),
+            served.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Nothing more is sent (a few poll intervals).
+    let settled = hook.seen().len();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        hook.seen().len(),
+        settled,
+        "nothing is sent after all is delivered"
+    );
+
+    let order = answered(&hook);
+    let final_counts = counts(&order);
+    let unknown: Vec<_> = final_counts
+        .keys()
+        .filter(|id| !all.contains(*id))
+        .collect();
+    assert!(unknown.is_empty(), "events nobody emitted: {unknown:?}");
+    let duplicates: BTreeSet<String> = final_counts
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in &duplicates {
+        assert!(
+            unrecorded.contains(id),
+            "{id} was sent again although its delivery was recorded before the kill"
+        );
+        assert_eq!(
+            final_counts[id], 2,
+            "{id}: once before the kill, once after"
+        );
+    }
+    // Per MSISDN, the first answers come in sequence order.
+    let first_answer: BTreeMap<&str, usize> = order
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    let mut last_of_msisdn: BTreeMap<&str, (i64, usize)> = BTreeMap::new();
+    for (sequence, id, msisdn) in &events {
+        let at = first_answer[id.as_str()];
+        if let Some((previous, previous_at)) = last_of_msisdn.get(msisdn.as_str()) {
+            assert!(
+                *previous_at < at,
+                "{msisdn}: event {sequence} was answered before event {previous}"
+            );
+        }
+        last_of_msisdn.insert(msisdn, (*sequence, at));
+    }
+    eprintln!(
+        "webhook kill ({:?}): {} events; at the kill {} answered and recorded, {} answered but \
+         not recorded, {} posted and unanswered; duplicates after the restart: {}",
+        db.backend,
+        all.len(),
+        delivered_at_kill.len(),
+        unrecorded.len(),
+        unanswered,
+        duplicates.len()
+    );
+    check.close().await;
+    served.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_serve_killed_during_webhook_delivery_loses_no_event() {
+    let db = TestDb::create(Backend::Sqlite).await.expect("SQLite");
+    serve_killed_during_webhook_delivery_loses_no_event(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_serve_killed_during_webhook_delivery_loses_no_event() {
+    let Some(db) = TestDb::create(Backend::Postgres).await else {
+        return;
+    };
+    serve_killed_during_webhook_delivery_loses_no_event(db).await;
+}

@@ -1,0 +1,583 @@
+//! Storage faults with real processes and real databases (issue 7):
+//!
+//! - PostgreSQL unreachable during recharge load: the service reaches PostgreSQL through a TCP
+//!   proxy in the test (`common::process::DbProxy`), which is cut (every connection dropped, new
+//!   ones refused) and restored; the shared PostgreSQL server itself is never stopped.
+//! - Storage not writable: the file-size limit of a running `serve` (`RLIMIT_FSIZE`, set with
+//!   `prlimit`) is put to 0, so every `write(2)` to its database files fails with EFBIG as on
+//!   a full disk — a mechanism that also stops root (the tests may run as root, where a
+//!   read-only file mode does not), then lifted again; gRPC health and `/readyz` follow.
+//! - PostgreSQL stopped for real (`pg_ctl stop -m fast`, then `-m immediate`) and started again
+//!   under a real `serve` and recharge load: a private cluster of the test
+//!   (`common::pg_cluster`), never the shared server.
+//!
+//! Crashes (SIGKILL of `serve`) are in tests/faults_crash.rs. No test asserts on elapsed time;
+//! every wait has a generous safety bound.
+
+#[allow(unused_macros)]
+#[macro_use]
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::faults::{
+    SAFETY, assert_recharges_applied_once, balance, integrity_check, join_workers, open_sqlite,
+    recharge, recharge_rows, serve, serve_sqlite, valid_account, wait_until,
+};
+use common::pg_cluster::PgCluster;
+use common::process::{DbProxy, Log, ServeCommand, Served, health_status};
+use common::{Backend, TestDb, TestServer, reason, test_config};
+use ocs_lifecycle::config::ClockMode;
+use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
+use ocs_lifecycle::proto::{GetAccountRequest, RechargeRequest};
+use sqlx::Connection;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+/// Polls gRPC health until it reports `want` (bounded by [`SAFETY`]).
+async fn wait_health(channel: &Channel, want: ServingStatus, what: &str) {
+    let deadline = tokio::time::Instant::now() + SAFETY;
+    while health_status(channel).await != Some(want as i32) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "health never became {want:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL unreachable: a cuttable TCP proxy.
+
+/// What the recharge load saw.
+#[derive(Default)]
+struct Load {
+    /// request_id → (msisdn, amount) of every recharge answered OK.
+    acked: Mutex<BTreeMap<String, (String, i64)>>,
+    acked_count: AtomicUsize,
+    unavailable: AtomicUsize,
+    /// The distinct messages of the UNAVAILABLE answers (what the outage looked like).
+    unavailable_messages: Mutex<BTreeSet<String>>,
+}
+
+/// Recharges `msisdn` until `stop`, each request retried with the same request_id until it
+/// is answered OK; UNAVAILABLE is the only error accepted.
+/// One [`recharge_until_stopped`] task per account, on `channel`.
+fn spawn_recharge_workers(
+    channel: &Channel,
+    accounts: &[String],
+    load: &Arc<Load>,
+    stop: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    accounts
+        .iter()
+        .enumerate()
+        .map(|(worker, msisdn)| {
+            tokio::spawn(recharge_until_stopped(
+                AccountLifecycleClient::new(channel.clone()),
+                msisdn.clone(),
+                worker,
+                load.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect()
+}
+
+async fn recharge_until_stopped(
+    mut client: AccountLifecycleClient<Channel>,
+    msisdn: String,
+    worker: usize,
+    load: Arc<Load>,
+    stop: CancellationToken,
+) {
+    let mut i = 0;
+    while !stop.is_cancelled() {
+        i += 1;
+        let request_id = format!("w{worker}-{i}");
+        let amount = 1000 + (worker as i64 * 37 + i * 11) % 1000;
+        let deadline = tokio::time::Instant::now() + SAFETY;
+        loop {
+            match client
+                .recharge(recharge(&msisdn, amount, &request_id))
+                .await
+            {
+                Ok(_) => break,
+                Err(status) if status.code() == Code::Unavailable => {
+                    load.unavailable.fetch_add(1, Ordering::Relaxed);
+                    load.unavailable_messages
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(status.message().to_owned());
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "{request_id} never applied after the database came back: {status:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(status) => panic!("{request_id}: only UNAVAILABLE is expected: {status:?}"),
+            }
+        }
+        load.acked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(request_id, (msisdn.clone(), amount));
+        load.acked_count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn wait_for_acks(load: &Load, at_least: usize, what: &str) {
+    let acked = || load.acked_count.load(Ordering::Relaxed) >= at_least;
+    wait_until(what, Duration::from_millis(20), String::new, acked).await;
+}
+
+/// While the database is down (`down` says how): `recharge` answers UNAVAILABLE
+/// `STORAGE_UNAVAILABLE` and a read of `msisdn` UNAVAILABLE, never INTERNAL.
+async fn assert_unavailable(
+    client: &mut AccountLifecycleClient<Channel>,
+    recharge: &RechargeRequest,
+    msisdn: &str,
+    down: &str,
+) {
+    let status = client
+        .recharge(recharge.clone())
+        .await
+        .expect_err(&format!("no recharge can be applied while {down}"));
+    assert_eq!(status.code(), Code::Unavailable, "{down}: {status:?}");
+    assert_eq!(reason(&status), "STORAGE_UNAVAILABLE", "{status:?}");
+    let status = client
+        .get_account(GetAccountRequest {
+            msisdn: msisdn.into(),
+        })
+        .await
+        .expect_err(&format!("no read can be answered while {down}"));
+    assert_eq!(status.code(), Code::Unavailable, "{down}: {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_unreachable_during_recharges_answers_unavailable_and_retries_apply_once() {
+    let Some(db) = TestDb::create(Backend::Postgres).await else {
+        return;
+    };
+    let proxy = DbProxy::start(&db.url).await;
+
+    let mut config = test_config(ClockMode::Manual);
+    config.http_addr = None;
+    config.db_acquire_timeout_ms = 1000;
+    config.database_url = proxy.url.clone();
+    let server = TestServer::start_through(db.clone(), config).await;
+    let channel = server.channel();
+    let mut client = AccountLifecycleClient::new(channel.clone());
+
+    let accounts: Vec<String> = (0..4).map(|i| format!("861390000{i:04}")).collect();
+    for msisdn in &accounts {
+        valid_account(&mut client, msisdn).await;
+    }
+    let load = Arc::new(Load::default());
+    let stop = CancellationToken::new();
+    let workers = spawn_recharge_workers(&channel, &accounts, &load, &stop);
+
+    wait_for_acks(&load, 20, "no recharge was applied before the cut").await;
+    proxy.cut();
+    // While the database is unreachable: UNAVAILABLE (never INTERNAL), for reads and writes.
+    let while_down = recharge(&accounts[0], 4321, "while-down");
+    let unreachable = "PostgreSQL is unreachable";
+    assert_unavailable(&mut client, &while_down, &accounts[1], unreachable).await;
+    let acked_while_down = load.acked_count.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.restore();
+
+    // Recovered without a restart: the retried request applies once, the load goes on.
+    let replayed = recharge_until_applied(&mut client, &while_down, String::new).await;
+    assert!(
+        !replayed,
+        "the recharge refused while down was not applied then"
+    );
+    let replay = client
+        .recharge(while_down.clone())
+        .await
+        .expect("replay")
+        .into_inner();
+    assert!(replay.replayed, "the same request_id again is a replay");
+    wait_for_acks(&load, acked_while_down + 20, "the load did not resume").await;
+    stop.cancel();
+    join_workers(workers, "a worker did not finish", "worker").await;
+    assert!(
+        load.unavailable.load(Ordering::Relaxed) > 0,
+        "the load saw the outage"
+    );
+
+    let mut acked = load.acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    acked.insert("while-down".into(), (accounts[0].clone(), 4321));
+    let direct = db.open().await;
+    assert_recharges_applied_once(&direct, &acked, &accounts).await;
+    let rows = recharge_rows(&direct).await;
+    assert_eq!(
+        rows.len(),
+        acked.len(),
+        "a history row for every acknowledged recharge and no other"
+    );
+    for msisdn in &accounts {
+        let expected: i64 = acked
+            .values()
+            .filter(|(m, _)| m == msisdn)
+            .map(|(_, amount)| amount)
+            .sum();
+        assert_eq!(balance(&mut client, msisdn).await, expected, "{msisdn}");
+    }
+    direct.close().await;
+    server.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Storage not writable: a file-size limit of 0 on a real `serve` process on SQLite.
+
+/// `GET /readyz` of the operations endpoint: (status code, body).
+async fn readyz(http_addr: SocketAddr) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .get(format!("http://{http_addr}/readyz"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET /readyz: {e}"));
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+/// Polls `/readyz` until it answers `want` (bounded by [`SAFETY`]).
+async fn wait_readyz(http_addr: SocketAddr, want: u16, what: &str) -> String {
+    let deadline = tokio::time::Instant::now() + SAFETY;
+    loop {
+        let (status, body) = readyz(http_addr).await;
+        if status == want {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz never answered {want} ({what}); last: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sets the file-size limit (soft:hard, `prlimit` syntax) of a running process.
+fn set_file_size_limit(pid: u32, limit: &str) {
+    let status = Command::new("prlimit")
+        .arg("--pid")
+        .arg(pid.to_string())
+        .arg(format!("--fsize={limit}"))
+        .status()
+        .expect("run prlimit (util-linux)");
+    assert!(status.success(), "prlimit --fsize={limit} failed: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_storage_not_writable_answers_unavailable_and_health_recovers_after_a_probe() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let db_path = dir.path().join("ocs.db");
+    let serve = ServeCommand {
+        ignore_sigxfsz: true,
+        http_addr: "127.0.0.1:0",
+        ..serve_sqlite(dir.path(), &db_path)
+    };
+    let mut served = Served::spawn(&serve, Log::Collected);
+    let channel = served.serving(SAFETY).await;
+    let http_addr = served.http_addr();
+    assert_eq!(readyz(http_addr).await.0, 200, "ready before the fault");
+    let mut client = AccountLifecycleClient::new(channel.clone());
+    let msisdn = "8613700000001";
+    valid_account(&mut client, msisdn).await;
+    client
+        .recharge(recharge(msisdn, 5000, "before"))
+        .await
+        .expect("a recharge while the storage is writable");
+    let pid = served.pid();
+
+    // The disk is "full": no write of the process to a regular file succeeds.
+    set_file_size_limit(pid, "0:unlimited");
+    let full = recharge(msisdn, 3000, "while-full");
+    let status = client
+        .recharge(full.clone())
+        .await
+        .expect_err("a write cannot succeed while the storage is not writable");
+    assert_eq!(
+        status.code(),
+        Code::Unavailable,
+        "{status:?}\n{}",
+        served.log()
+    );
+    assert_eq!(reason(&status), "STORAGE_NOT_WRITABLE", "{status:?}");
+    assert!(
+        status.message().contains("cannot be written"),
+        "a clear message: {status:?}"
+    );
+    wait_health(
+        &channel,
+        ServingStatus::NotServing,
+        "after the failed write",
+    )
+    .await;
+    // /readyz says so too, with the reason.
+    let body = wait_readyz(http_addr, 503, "after the failed write").await;
+    assert!(body.contains("cannot be written"), "{body}");
+    // Reads still work and show nothing of the refused recharge.
+    assert_eq!(balance(&mut client, msisdn).await, 5000);
+    // The probe keeps failing while the limit holds: still NOT_SERVING a few probes later.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        health_status(&channel).await,
+        Some(ServingStatus::NotServing as i32)
+    );
+    assert_eq!(readyz(http_addr).await.0, 503, "still not writable");
+
+    // Space again: the probe succeeds, health is SERVING, the retry applies once.
+    set_file_size_limit(pid, "unlimited:unlimited");
+    wait_health(
+        &channel,
+        ServingStatus::Serving,
+        "after the limit was lifted",
+    )
+    .await;
+    wait_readyz(http_addr, 200, "after the limit was lifted").await;
+    let applied = client
+        .recharge(full.clone())
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "the retry after the storage came back: {e:?}\n{}",
+                served.log()
+            )
+        })
+        .into_inner();
+    assert!(
+        !applied.replayed,
+        "the refused recharge had not been applied"
+    );
+    assert_eq!(balance(&mut client, msisdn).await, 8000);
+    served.kill();
+
+    assert_eq!(integrity_check(&db_path).await, "ok");
+    let direct = open_sqlite(&db_path).await;
+    let acked: BTreeMap<_, _> = [
+        ("before".to_owned(), (msisdn.to_owned(), 5000)),
+        ("while-full".to_owned(), (msisdn.to_owned(), 3000)),
+    ]
+    .into_iter()
+    .collect();
+    assert_recharges_applied_once(&direct, &acked, &[msisdn.to_owned()]).await;
+    let ids: BTreeSet<String> = recharge_rows(&direct).await.into_keys().collect();
+    assert_eq!(ids, acked.keys().cloned().collect());
+    direct.close().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL stopped for real: a private cluster (`tests/common/pg_cluster.rs`).
+
+/// Retries `request` (same request_id) until it is answered; UNAVAILABLE is the only error
+/// accepted meanwhile. Returns whether the answer was a replay.
+async fn recharge_until_applied(
+    client: &mut AccountLifecycleClient<Channel>,
+    request: &RechargeRequest,
+    log: impl Fn() -> String,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + SAFETY;
+    loop {
+        match client.recharge(request.clone()).await {
+            Ok(result) => return result.into_inner().replayed,
+            Err(status) if status.code() == Code::Unavailable => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{} never applied: {status:?}\n{}",
+                    request.request_id,
+                    log()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("{}: {status:?}\n{}", request.request_id, log()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_server_stopped_and_restarted_during_recharges_answers_unavailable_and_recovers() {
+    let Some(cluster) = PgCluster::start() else {
+        return;
+    };
+    let cluster = Arc::new(cluster);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let serve = ServeCommand {
+        http_addr: "127.0.0.1:0",
+        ..serve(dir.path(), &cluster.url())
+    }
+    .with_env([("OCS_DB_ACQUIRE_TIMEOUT_MS", "1000")]);
+    let mut served = Served::spawn(&serve, Log::Collected);
+    let channel = served.serving(SAFETY).await;
+    let http_addr = served.http_addr();
+    let pid = served.pid();
+    let mut client = AccountLifecycleClient::new(channel.clone());
+    let accounts: Vec<String> = (0..4).map(|i| format!("861360000{i:04}")).collect();
+    for msisdn in &accounts {
+        valid_account(&mut client, msisdn).await;
+    }
+
+    let load = Arc::new(Load::default());
+    let stop = CancellationToken::new();
+    let workers = spawn_recharge_workers(&channel, &accounts, &load, &stop);
+
+    // Recharged only by a request held in flight across each stop.
+    let held = "8613600009999".to_owned();
+    valid_account(&mut client, &held).await;
+    let mut acked = BTreeMap::new();
+    // `fast`: sessions are ended with 57P01 (admin shutdown), then the server is gone;
+    // `immediate`: the postmaster kills its backends without a checkpoint, like a crash, and
+    // the restart replays the WAL.
+    for mode in ["fast", "immediate"] {
+        let before = load.acked_count.load(Ordering::Relaxed);
+        wait_for_acks(&load, before + 20, "the load did not progress").await;
+
+        // A recharge whose transaction is inside PostgreSQL when it stops: it waits for the
+        // lock of its account row, which the test holds.
+        let mut locker = sqlx::PgConnection::connect(&cluster.url())
+            .await
+            .expect("connect to the private cluster");
+        sqlx::query("BEGIN")
+            .execute(&mut locker)
+            .await
+            .expect("BEGIN");
+        sqlx::query("SELECT balance FROM accounts WHERE msisdn = $1 FOR UPDATE")
+            .bind(&held)
+            .fetch_one(&mut locker)
+            .await
+            .expect("lock the account row");
+        let held_request = recharge(&held, 777, &format!("held-{mode}"));
+        let in_flight = {
+            let mut client = client.clone();
+            let request = held_request.clone();
+            tokio::spawn(async move { client.recharge(request).await })
+        };
+        let deadline = tokio::time::Instant::now() + SAFETY;
+        loop {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+            )
+            .fetch_one(&mut locker)
+            .await
+            .expect("pg_stat_activity");
+            if waiting > 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the held recharge never reached PostgreSQL\n{}",
+                served.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        let stopping = cluster.clone();
+        tokio::task::spawn_blocking(move || stopping.stop(mode))
+            .await
+            .expect("pg_ctl stop");
+        drop(locker);
+        let status = tokio::time::timeout(SAFETY, in_flight)
+            .await
+            .expect("the held recharge was never answered")
+            .expect("held recharge task")
+            .expect_err("the held recharge cannot commit: PostgreSQL stopped under it");
+        assert_eq!(
+            status.code(),
+            Code::Unavailable,
+            "{mode}: {status:?}\n{}",
+            served.log()
+        );
+        if mode == "fast" {
+            // The backend's FATAL 57P01 reached the service as such.
+            assert!(
+                status.message().contains("administrator command"),
+                "{mode}: the 57P01 admin-shutdown error: {status:?}"
+            );
+        }
+        eprintln!("{mode}: the recharge in flight was answered {status:?}");
+
+        // Down: UNAVAILABLE for writes and reads, never INTERNAL; /readyz 503.
+        let while_down = recharge(&accounts[0], 4321, &format!("while-down-{mode}"));
+        let stopped = format!("PostgreSQL is stopped ({mode})");
+        assert_unavailable(&mut client, &while_down, &accounts[1], &stopped).await;
+        let (ready, body) = readyz(http_addr).await;
+        assert_eq!(ready, 503, "{mode}: /readyz while stopped: {body}");
+        let acked_while_down = load.acked_count.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let starting = cluster.clone();
+        tokio::task::spawn_blocking(move || starting.restart())
+            .await
+            .expect("pg_ctl start");
+
+        // The same process recovers: the refused recharge applies once, then is a replay.
+        let replayed = recharge_until_applied(&mut client, &while_down, || served.log()).await;
+        assert!(
+            !replayed,
+            "{mode}: the refused recharge was not applied then"
+        );
+        let replayed = recharge_until_applied(&mut client, &while_down, || served.log()).await;
+        assert!(replayed, "{mode}: the same request_id again is a replay");
+        acked.insert(while_down.request_id.clone(), (accounts[0].clone(), 4321));
+        let replayed = recharge_until_applied(&mut client, &held_request, || served.log()).await;
+        assert!(!replayed, "{mode}: the held recharge was rolled back");
+        acked.insert(held_request.request_id.clone(), (held.clone(), 777));
+        wait_for_acks(&load, acked_while_down + 20, "the load did not resume").await;
+        wait_readyz(http_addr, 200, "after the restart").await;
+        assert!(served.running(), "{mode}: serve must survive the outage");
+        assert_eq!(served.pid(), pid);
+    }
+    stop.cancel();
+    let failed = "a worker saw an error other than UNAVAILABLE";
+    join_workers(workers, "a worker did not finish", failed).await;
+    assert!(
+        load.unavailable.load(Ordering::Relaxed) > 0,
+        "the load saw the outages"
+    );
+    let messages = load
+        .unavailable_messages
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    eprintln!(
+        "{} UNAVAILABLE answers to the load; messages: {messages:#?}",
+        load.unavailable.load(Ordering::Relaxed)
+    );
+
+    acked.extend(load.acked.lock().unwrap_or_else(|e| e.into_inner()).clone());
+    let mut accounts = accounts;
+    accounts.push(held);
+    let direct = common::Db::Postgres(
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&cluster.url())
+            .await
+            .expect("connect to the private cluster"),
+    );
+    assert_recharges_applied_once(&direct, &acked, &accounts).await;
+    assert_eq!(
+        recharge_rows(&direct).await.len(),
+        acked.len(),
+        "a history row for every acknowledged recharge and no other"
+    );
+    for msisdn in &accounts {
+        let expected: i64 = acked
+            .values()
+            .filter(|(m, _)| m == msisdn)
+            .map(|(_, amount)| amount)
+            .sum();
+        assert_eq!(balance(&mut client, msisdn).await, expected, "{msisdn}");
+    }
+    direct.close().await;
+    served.kill();
+}
