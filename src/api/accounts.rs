@@ -13,8 +13,8 @@ use super::requests::{Mutating, note, required_enum};
 use crate::auth::Caller;
 use crate::clock::Clock;
 use crate::lifecycle::{
-    self, Account, AccountState, Applied, Command, DomainError, Effects, ErrorReason, Msisdn,
-    Origin, Outcome, ProvisionParams, RequestId, Rules, ServiceType,
+    self, Account, AccountState, Applied, Barring, Command, DomainError, Effects, ErrorReason,
+    Msisdn, Origin, Outcome, ProvisionParams, RequestId, Rules, ServiceType,
 };
 use crate::proto;
 use crate::proto::account_lifecycle_server::AccountLifecycle;
@@ -506,7 +506,7 @@ impl AccountLifecycle for AccountsApi {
             lifecycle::authorize(account.as_ref(), service, destination, now, &self.ctx.rules);
         Ok(Response::new(proto::AuthorizeResponse {
             allowed: decision.allowed,
-            reason: decision.reason.to_owned(),
+            reason: decision.barring.map_or("", Barring::as_str).to_owned(),
             state: decision.state.map_or(0, convert::state),
         }))
     }

@@ -7,11 +7,44 @@ use super::error::{DomainError, ErrorReason};
 use super::rules::Rules;
 use super::types::{AccountState, ServiceType};
 
+/// Why a service is barred (the Authorize answer's `reason`; spec section 5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Barring {
+    /// The MSISDN has no account.
+    NotFound,
+    /// An unsold card: nothing until MarkSold.
+    SaleLocked,
+    /// UNACTIVATED: only the special numbers.
+    NotActivated,
+    /// VALID without credit: incoming, the special numbers and the recharge hotline.
+    InsufficientBalance,
+    /// GRACE: outgoing barred except the special numbers and the hotline.
+    OneWayBarred,
+    /// LOCKED: only the special numbers, outgoing.
+    TwoWayBarred,
+    AccountRecycled,
+}
+
+impl Barring {
+    /// The name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Barring::NotFound => "NOT_FOUND",
+            Barring::SaleLocked => "SALE_LOCKED",
+            Barring::NotActivated => "NOT_ACTIVATED",
+            Barring::InsufficientBalance => "INSUFFICIENT_BALANCE",
+            Barring::OneWayBarred => "ONE_WAY_BARRED",
+            Barring::TwoWayBarred => "TWO_WAY_BARRED",
+            Barring::AccountRecycled => "ACCOUNT_RECYCLED",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Authorization {
     pub allowed: bool,
-    /// Why the service is barred; empty when allowed.
-    pub reason: &'static str,
+    /// Why the service is barred; `None` when allowed.
+    pub barring: Option<Barring>,
     /// The effective state; `None` for an unknown MSISDN.
     pub state: Option<AccountState>,
 }
@@ -43,7 +76,7 @@ pub fn authorize(
     let Some(account) = account else {
         return Authorization {
             allowed: false,
-            reason: "NOT_FOUND",
+            barring: Some(Barring::NotFound),
             state: None,
         };
     };
@@ -55,19 +88,26 @@ pub fn authorize(
     // An outgoing service towards one of the numbers a state still allows.
     let outgoing_to = |allowed: bool| !incoming && allowed;
 
-    let (allowed, reason) = match state {
-        AccountState::Unactivated if !account.sold => (false, "SALE_LOCKED"),
-        AccountState::Unactivated => (outgoing_to(special), "NOT_ACTIVATED"),
-        AccountState::Valid if incoming || account.total_balance() > 0 => (true, ""),
-        AccountState::Valid => (outgoing_to(special || hotline), "INSUFFICIENT_BALANCE"),
-        AccountState::Grace if incoming => (true, ""),
-        AccountState::Grace => (special || hotline, "ONE_WAY_BARRED"),
-        AccountState::Locked => (outgoing_to(special && !hotline), "TWO_WAY_BARRED"),
-        AccountState::Recycled => (false, "ACCOUNT_RECYCLED"),
+    // What the state allows, and the barring named when it does not.
+    let (allowed, barring) = match state {
+        AccountState::Unactivated if !account.sold => (false, Some(Barring::SaleLocked)),
+        AccountState::Unactivated => (outgoing_to(special), Some(Barring::NotActivated)),
+        AccountState::Valid if incoming || account.total_balance() > 0 => (true, None),
+        AccountState::Valid => (
+            outgoing_to(special || hotline),
+            Some(Barring::InsufficientBalance),
+        ),
+        AccountState::Grace if incoming => (true, None),
+        AccountState::Grace => (special || hotline, Some(Barring::OneWayBarred)),
+        AccountState::Locked => (
+            outgoing_to(special && !hotline),
+            Some(Barring::TwoWayBarred),
+        ),
+        AccountState::Recycled => (false, Some(Barring::AccountRecycled)),
     };
     Authorization {
         allowed,
-        reason: if allowed { "" } else { reason },
+        barring: if allowed { None } else { barring },
         state: Some(state),
     }
 }

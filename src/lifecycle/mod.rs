@@ -17,7 +17,7 @@ mod types;
 mod tests;
 
 pub use account::{Account, ExpiringNotice, Swept, Transition, TransitionReason};
-pub use authorize::{Authorization, MAX_DESTINATION_DIGITS, authorize, parse_destination};
+pub use authorize::{Authorization, Barring, MAX_DESTINATION_DIGITS, authorize, parse_destination};
 pub use commands::{
     Applied, Change, ChargeOutcome, Command, Outcome, ProvisionParams, RechargeOutcome, Unlock,
     apply, provision, provision_over,

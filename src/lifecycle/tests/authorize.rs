@@ -24,7 +24,7 @@ fn assert_auth(
             for destination in *destinations {
                 let auth = authorize(account, *service, destination, now, &rules);
                 assert_eq!(
-                    (auth.allowed, auth.reason),
+                    (auth.allowed, auth.barring.map_or("", Barring::as_str)),
                     (allowed, *verdict),
                     "{service:?} to {destination} in {:?}",
                     auth.state

@@ -450,7 +450,7 @@ proptest! {
             }
             let auth = authorize(Some(&life.account), VoiceOut, "110", life.now, &life.rules);
             prop_assert!(!auth.allowed);
-            prop_assert_eq!(auth.reason, "ACCOUNT_RECYCLED");
+            prop_assert_eq!(auth.barring, Some(Barring::AccountRecycled));
         }
         let mut swept = life.account.clone();
         swept.catch_up(life.now, &life.rules);
