@@ -9,7 +9,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, invalid};
-use super::requests::{Mutating, note, required_enum};
+use super::requests::{Mutating, note, required_enum, validate};
 use crate::auth::Caller;
 use crate::clock::Clock;
 use crate::lifecycle::{
@@ -151,6 +151,21 @@ impl AccountsApi {
         Ok(response)
     }
 
+    /// [`Self::execute`] with the stored answer decoded, and whether it was a replay.
+    async fn execute_decoded<M: Message + Default>(
+        &self,
+        actor: String,
+        request: Mutating<Command>,
+        respond: impl Fn(&Applied, DateTime<Utc>, &Rules) -> M + Send + Sync + 'static,
+    ) -> Result<(M, bool), Status> {
+        let committed = self
+            .execute(actor, request, move |applied, now, rules| {
+                respond(applied, now, rules).encode_to_vec()
+            })
+            .await?;
+        decode_committed(committed)
+    }
+
     /// A command whose answer is the account (MarkSold, Activate, Unlock).
     async fn execute_for_account(
         &self,
@@ -187,12 +202,7 @@ impl AccountLifecycle for AccountsApi {
         &self,
         request: Request<proto::ProvisionAccountRequest>,
     ) -> Result<Response<proto::Account>, Status> {
-        note(
-            &request,
-            &request.get_ref().msisdn,
-            &request.get_ref().request_id,
-        );
-        let provisioning = Mutating::<ProvisionParams>::try_from(request.get_ref())?;
+        let provisioning: Mutating<ProvisionParams> = validate(&request)?;
         let actor = actor(&request);
         self.ctx.check_ready()?;
         let now = self.ctx.clock.now();
@@ -245,12 +255,7 @@ impl AccountLifecycle for AccountsApi {
         &self,
         request: Request<proto::MarkSoldRequest>,
     ) -> Result<Response<proto::Account>, Status> {
-        note(
-            &request,
-            &request.get_ref().msisdn,
-            &request.get_ref().request_id,
-        );
-        let mutating = Mutating::try_from(request.get_ref())?;
+        let mutating = validate(&request)?;
         self.execute_for_account(actor(&request), mutating).await
     }
 
@@ -258,12 +263,7 @@ impl AccountLifecycle for AccountsApi {
         &self,
         request: Request<proto::ActivateRequest>,
     ) -> Result<Response<proto::Account>, Status> {
-        note(
-            &request,
-            &request.get_ref().msisdn,
-            &request.get_ref().request_id,
-        );
-        let mutating = Mutating::try_from(request.get_ref())?;
+        let mutating = validate(&request)?;
         self.execute_for_account(actor(&request), mutating).await
     }
 
@@ -271,14 +271,9 @@ impl AccountLifecycle for AccountsApi {
         &self,
         request: Request<proto::RechargeRequest>,
     ) -> Result<Response<proto::RechargeResult>, Status> {
-        note(
-            &request,
-            &request.get_ref().msisdn,
-            &request.get_ref().request_id,
-        );
-        let mutating = Mutating::try_from(request.get_ref())?;
-        let committed = self
-            .execute(actor(&request), mutating, |applied, now, rules| {
+        let mutating = validate(&request)?;
+        let (mut result, replayed) = self
+            .execute_decoded(actor(&request), mutating, |applied, now, rules| {
                 let mut result = proto::RechargeResult {
                     account: Some(convert::account(&applied.account, now, rules)),
                     ..Default::default()
@@ -291,10 +286,9 @@ impl AccountLifecycle for AccountsApi {
                     result.balance_before = o.balance_before;
                     result.balance_after = o.balance_after;
                 }
-                result.encode_to_vec()
+                result
             })
             .await?;
-        let (mut result, replayed): (proto::RechargeResult, _) = decode_committed(committed)?;
         result.replayed = replayed;
         Ok(Response::new(result))
     }
@@ -303,14 +297,9 @@ impl AccountLifecycle for AccountsApi {
         &self,
         request: Request<proto::ChargeRequest>,
     ) -> Result<Response<proto::ChargeResult>, Status> {
-        note(
-            &request,
-            &request.get_ref().msisdn,
-            &request.get_ref().request_id,
-        );
-        let mutating = Mutating::try_from(request.get_ref())?;
-        let committed = self
-            .execute(actor(&request), mutating, |applied, now, rules| {
+        let mutating = validate(&request)?;
+        let (mut result, replayed) = self
+            .execute_decoded(actor(&request), mutating, |applied, now, rules| {
                 let mut result = proto::ChargeResult {
                     account: Some(convert::account(&applied.account, now, rules)),
                     ..Default::default()
@@ -319,10 +308,9 @@ impl AccountLifecycle for AccountsApi {
                     result.charged_preset = o.charged_preset;
                     result.charged_balance = o.charged_balance;
                 }
-                result.encode_to_vec()
+                result
             })
             .await?;
-        let (mut result, replayed): (proto::ChargeResult, _) = decode_committed(committed)?;
         result.replayed = replayed;
         Ok(Response::new(result))
     }
@@ -331,13 +319,8 @@ impl AccountLifecycle for AccountsApi {
         &self,
         request: Request<proto::UnlockRequest>,
     ) -> Result<Response<proto::Account>, Status> {
-        note(
-            &request,
-            &request.get_ref().msisdn,
-            &request.get_ref().request_id,
-        );
+        let mutating = validate(&request)?;
         let r = request.get_ref();
-        let mutating = Mutating::try_from(r)?;
         // Unlocks are recorded as done by the business hall's operator.
         let actor = format!("{}@{}", r.operator_id, r.branch_id);
         self.execute_for_account(actor, mutating).await

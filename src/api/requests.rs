@@ -56,6 +56,40 @@ pub(super) fn note<T>(request: &tonic::Request<T>, msisdn: &str, request_id: &st
     }
 }
 
+/// A mutating request's account and idempotency key, as written.
+pub(super) trait Keyed {
+    fn key(&self) -> (&str, &str);
+}
+
+macro_rules! keyed {
+    ($($request:ty),* $(,)?) => {
+        $(impl Keyed for $request {
+            fn key(&self) -> (&str, &str) {
+                (&self.msisdn, &self.request_id)
+            }
+        })*
+    };
+}
+
+keyed!(
+    proto::ProvisionAccountRequest,
+    proto::MarkSoldRequest,
+    proto::ActivateRequest,
+    proto::RechargeRequest,
+    proto::ChargeRequest,
+    proto::UnlockRequest,
+);
+
+/// Notes the call's account and key for its log line, then validates the request.
+pub(super) fn validate<R: Keyed, C>(request: &tonic::Request<R>) -> Result<Mutating<C>, Status>
+where
+    for<'a> Mutating<C>: TryFrom<&'a R, Error = Status>,
+{
+    let (msisdn, request_id) = request.get_ref().key();
+    note(request, msisdn, request_id);
+    Mutating::try_from(request.get_ref())
+}
+
 /// A proto enum value that must name a known value (UNSPECIFIED is refused).
 pub(super) fn required_enum<T>(
     value: i32,
