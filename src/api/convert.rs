@@ -56,6 +56,17 @@ impl From<StoreError> for Status {
                     ),
                 )
             }
+            StoreError::Failover(message) => {
+                tracing::warn!(%message, "storage failover");
+                status(
+                    Code::Unavailable,
+                    "STORAGE_FAILOVER",
+                    format!(
+                        "the database is failing over to a new primary, nothing was applied; \
+                         retry with the same request_id: {message}"
+                    ),
+                )
+            }
             StoreError::Internal(message) => {
                 tracing::error!(%message, "storage error");
                 status(

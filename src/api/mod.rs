@@ -184,7 +184,7 @@ pub async fn serve_with_listeners(
         }
         _ => (None, None),
     };
-    let store = store::connect(
+    let (store, primary) = store::connect_following_primary(
         &config.database_url,
         config.db_pool_size,
         config.db_acquire_timeout(),
@@ -193,6 +193,9 @@ pub async fn serve_with_listeners(
     .await?;
     let ready = Arc::new(AtomicBool::new(false));
     let metrics = Arc::new(Metrics::new());
+    if let Some(primary) = &primary {
+        metrics.watch_primary(primary.clone());
+    }
     let (health, health_service) = tonic_health::server::health_reporter();
     let storage_health = Arc::new(StorageHealth::new(
         health.clone(),
@@ -221,6 +224,7 @@ pub async fn serve_with_listeners(
                 clock: clock.clone(),
                 ready: ready.clone(),
                 storage_writable: storage_health.writable(),
+                storage_primary_found: storage_health.primary_found(),
                 dashboard: Arc::new(ops::Dashboard::new(
                     rules.clone(),
                     config
@@ -323,6 +327,9 @@ pub async fn serve_with_listeners(
             .await;
     }
     tracing::info!("migrations done, serving");
+    if let Some(primary) = primary {
+        storage_health.follow_primary(primary);
+    }
     let notifier = match crate::notify::start(&config.bss, store.clone(), shutdown.clone()) {
         Ok(notifier) => notifier,
         Err(e) => {

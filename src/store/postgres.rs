@@ -2,6 +2,10 @@
 //! `SELECT … FOR UPDATE`, so concurrent requests on one account serialise and requests on
 //! different accounts run in parallel. A first insert that races another (same MSISDN or same
 //! request_id) fails on the unique index and the whole mutation is retried.
+//!
+//! A multi-host `database_url` (several hosts or `target_session_attrs`) puts the pool under a
+//! [`FollowedPrimary`], which points it at the writable host and moves it after a failover;
+//! every query takes the pool through [`PostgresStore::pool`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +13,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool, Postgres, Transaction};
 
+use super::pg_failover::{FollowedPrimary, PgTargets, PrimaryWatch};
 use super::sql::impl_account_store;
 use super::{Committed, Decide, MutateFailure, RequestKey, StoreError};
 use crate::lifecycle::{Msisdn, Rules};
@@ -17,6 +22,8 @@ static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgr
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// A multi-host `database_url`: owns `pool` and follows the primary.
+    primary: Option<Arc<FollowedPrimary>>,
     rules: Arc<Rules>,
 }
 
@@ -31,11 +38,9 @@ impl PostgresStore {
         acquire_timeout: Duration,
         rules: Arc<Rules>,
     ) -> Result<Self, StoreError> {
-        // No JIT compilation: the service runs short queries whose cost estimates can still
-        // pass `jit_above_cost` (the webhook's due query, planned from a correlated min(),
-        // was estimated at 10^5 and spent 10–35 ms compiling to run in 4 ms).
-        let options = url.parse::<PgConnectOptions>()?.options([("jit", "off")]);
-        let pool = PgPoolOptions::new()
+        let targets =
+            PgTargets::parse(url).map_err(|e| StoreError::Internal(format!("database_url: {e}")))?;
+        let pool_options = PgPoolOptions::new()
             .max_connections(pool_size.max(1))
             .acquire_timeout(acquire_timeout)
             // A connection whose failed COMMIT left sqlx counting an open transaction is
@@ -47,20 +52,63 @@ impl PostgresStore {
                     }
                     Ok(!conn.is_in_transaction())
                 })
-            })
-            .connect_with(options)
+            });
+        // No JIT compilation: the service runs short queries whose cost estimates can still
+        // pass `jit_above_cost` (the webhook's due query, planned from a correlated min(),
+        // was estimated at 10^5 and spent 10–35 ms compiling to run in 4 ms).
+        let no_jit = |options: PgConnectOptions| options.options([("jit", "off")]);
+        if targets.follows_primary() {
+            let primary = FollowedPrimary::connect(&targets, pool_options, no_jit).await?;
+            return Ok(Self {
+                pool: primary.pool().clone(),
+                primary: Some(primary),
+                rules,
+            });
+        }
+        let pool = pool_options
+            .connect_with(no_jit(url.parse::<PgConnectOptions>()?))
             .await?;
-        Ok(Self { pool, rules })
+        Ok(Self {
+            pool,
+            primary: None,
+            rules,
+        })
+    }
+
+    /// With a multi-host `database_url`: whether the service knows its primary.
+    pub fn primary_watch(&self) -> Option<PrimaryWatch> {
+        self.primary.as_ref().map(|p| p.watch())
+    }
+
+    /// The pool to query now (a multi-host URL: the current primary's).
+    fn pool(&self) -> &PgPool {
+        match &self.primary {
+            Some(primary) => primary.pool(),
+            None => &self.pool,
+        }
+    }
+
+    /// A write transaction (a multi-host URL: on the primary, failing at once while the
+    /// service searches for it).
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        match &self.primary {
+            Some(primary) => primary.begin().await,
+            None => self.pool.begin().await,
+        }
     }
 
     /// Wraps an existing pool (tests use it to run on a schema of their own).
     pub fn from_pool(pool: PgPool, rules: Arc<Rules>) -> Self {
-        Self { pool, rules }
+        Self {
+            pool,
+            primary: None,
+            rules,
+        }
     }
 
     async fn run_migrations(&self) -> Result<(), StoreError> {
         MIGRATIONS
-            .run(&self.pool)
+            .run(self.pool())
             .await
             .map_err(|e| StoreError::Internal(format!("PostgreSQL migration failed: {e}")))
     }
@@ -73,7 +121,23 @@ impl PostgresStore {
         key: RequestKey<'_>,
         decide: &Decide,
     ) -> Result<Committed, MutateFailure> {
-        let mut tx: Transaction<'static, Postgres> = self.pool.begin().await?;
+        let outcome = self.mutate_in_transaction(msisdn, key, decide).await;
+        // After a failover every attempt would fail the same way: answer now.
+        if let (Some(primary), Err(MutateFailure::Sql(err))) = (&self.primary, &outcome)
+            && let Some(failover) = primary.failover_error(err)
+        {
+            return Err(MutateFailure::Store(failover));
+        }
+        outcome
+    }
+
+    async fn mutate_in_transaction(
+        &self,
+        msisdn: &Msisdn,
+        key: RequestKey<'_>,
+        decide: &Decide,
+    ) -> Result<Committed, MutateFailure> {
+        let mut tx: Transaction<'static, Postgres> = self.begin().await?;
         let result = apply_in(&mut tx, &self.rules, Self::LOCK_ROW, msisdn, key, decide).await;
         match &result {
             Ok(Committed::Applied(_)) => tx.commit().await?,
@@ -92,7 +156,7 @@ impl PostgresStore {
     }
 
     fn reader(&self) -> &PgPool {
-        &self.pool
+        self.pool()
     }
 
     fn rules(&self) -> &Rules {
@@ -100,7 +164,7 @@ impl PostgresStore {
     }
 
     fn write_pool(&self) -> &PgPool {
-        &self.pool
+        self.pool()
     }
 
     /// Several instances may sweep at once: each claims the due rows no one else holds, and
@@ -115,10 +179,10 @@ impl PostgresStore {
     const SWEEP_WORKERS: usize = 2;
 
     async fn begin_sweep_batch(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-        self.pool.begin().await
+        self.begin().await
     }
     fn writer(&self) -> &PgPool {
-        &self.pool
+        self.pool()
     }
 }
 
