@@ -293,9 +293,11 @@ pub async fn connect(
     acquire_timeout: std::time::Duration,
     rules: Arc<Rules>,
 ) -> Result<Arc<dyn AccountStore>, StoreError> {
-    Ok(connect_following_primary(url, pool_size, acquire_timeout, rules)
-        .await?
-        .0)
+    Ok(
+        connect_following_primary(url, pool_size, acquire_timeout, rules)
+            .await?
+            .0,
+    )
 }
 
 /// [`connect`], and with a multi-host PostgreSQL URL the [`PrimaryWatch`] that says whether

@@ -37,7 +37,7 @@ const HOST_TIMEOUT: Duration = Duration::from_secs(2);
 /// The first pause between two searches of every host, doubled up to [`MAX_SEARCH_DELAY`].
 const MIN_SEARCH_DELAY: Duration = Duration::from_millis(50);
 /// The longest pause between two searches.
-pub const MAX_SEARCH_DELAY: Duration = Duration::from_secs(1);
+pub const MAX_SEARCH_DELAY: Duration = Duration::from_millis(500);
 
 /// libpq's `target_session_attrs`, restricted to what a service that writes can use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -628,7 +628,10 @@ mod tests {
                 "needs the hosts",
             ),
             ("mysql://u:pw@a,b/db", "starts with postgres://"),
-            ("postgres://u:pw@a,b/db?sslmode=sometimes", "not a valid URL"),
+            (
+                "postgres://u:pw@a,b/db?sslmode=sometimes",
+                "not a valid URL",
+            ),
         ] {
             let err = PgTargets::parse(url).expect_err(url);
             assert!(err.contains(expected), "{url}: {err}");

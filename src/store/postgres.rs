@@ -38,8 +38,8 @@ impl PostgresStore {
         acquire_timeout: Duration,
         rules: Arc<Rules>,
     ) -> Result<Self, StoreError> {
-        let targets =
-            PgTargets::parse(url).map_err(|e| StoreError::Internal(format!("database_url: {e}")))?;
+        let targets = PgTargets::parse(url)
+            .map_err(|e| StoreError::Internal(format!("database_url: {e}")))?;
         let pool_options = PgPoolOptions::new()
             .max_connections(pool_size.max(1))
             .acquire_timeout(acquire_timeout)

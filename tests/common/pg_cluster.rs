@@ -219,8 +219,19 @@ impl PgCluster {
         let out = self.run(
             "psql",
             &[
-                "-X", "-A", "-t", "-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d",
-                "postgres", "-c", sql,
+                "-X",
+                "-A",
+                "-t",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                sql,
             ],
         );
         assert!(
@@ -256,7 +267,12 @@ impl PgCluster {
         let pid_file = self.dir.path().join("data").join("postmaster.pid");
         let postmaster = std::fs::read_to_string(&pid_file)
             .unwrap_or_else(|e| panic!("read {}: {e}", pid_file.display()));
-        let postmaster = postmaster.lines().next().unwrap_or_default().trim().to_owned();
+        let postmaster = postmaster
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
         let mut pids = vec![postmaster.clone()];
         for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
             let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
