@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::pg_auto_failover::PgAutoFailover;
 use common::pg_cluster::PgCluster;
 use common::reason;
 use hook::Hook;
@@ -64,13 +65,13 @@ const HISTORY_RECHARGE: i32 = ocs_lifecycle::proto::HistoryKind::Recharge as i32
 const HISTORY_STATE_CHANGED: i32 = ocs_lifecycle::proto::HistoryKind::StateChanged as i32;
 const STATE_RECYCLED: i32 = ocs_lifecycle::proto::AccountState::Recycled as i32;
 
-/// How long each throughput phase (asynchronous, then synchronous standby) runs; longer with
-/// `OCS_HA_THROUGHPUT_SECS` for the figure in BENCHMARKS.md.
+/// How long each of the four throughput phases (asynchronous, synchronous standby, twice)
+/// runs; longer with `OCS_HA_THROUGHPUT_SECS` for the figure in BENCHMARKS.md.
 fn throughput_window() -> Duration {
     let secs = std::env::var("OCS_HA_THROUGHPUT_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(2.0);
+        .unwrap_or(1.0);
     Duration::from_secs_f64(secs)
 }
 
@@ -261,8 +262,8 @@ fn recharge(msisdn: &str, amount: i64, request_id: &str) -> RechargeRequest {
 struct Load {
     /// request_id → (msisdn, amount) of every recharge answered OK.
     acked: Mutex<BTreeMap<String, (String, i64)>>,
-    /// When each was answered, in order.
-    acked_at: Mutex<Vec<Instant>>,
+    /// When the attempt that was answered OK was sent, and when it was answered.
+    acked_at: Mutex<Vec<(Instant, Instant)>>,
     acked_count: AtomicUsize,
     unavailable: AtomicUsize,
     /// ErrorInfo reason → how many UNAVAILABLE answers carried it.
@@ -274,10 +275,15 @@ impl Load {
         self.acked_count.load(Ordering::Relaxed)
     }
 
-    /// The first answer after `instant`.
-    fn first_ack_after(&self, instant: Instant) -> Option<Instant> {
+    /// The first OK answer to an attempt sent after `instant` (after the kill: committed on the
+    /// new primary, not answered late by the old one).
+    fn first_ack_sent_after(&self, instant: Instant) -> Option<Instant> {
         let acked_at = self.acked_at.lock().unwrap_or_else(|e| e.into_inner());
-        acked_at.iter().copied().find(|at| *at > instant)
+        acked_at
+            .iter()
+            .filter(|(sent, _)| *sent > instant)
+            .map(|(_, answered)| *answered)
+            .min()
     }
 
     async fn wait_for_acks(&self, at_least: usize, what: &str) {
@@ -304,12 +310,13 @@ async fn recharge_until_stopped(
         let request_id = format!("w{worker}-{i}");
         let amount = 100 + (worker as i64 * 37 + i * 11) % 100;
         let deadline = tokio::time::Instant::now() + SAFETY;
-        loop {
+        let sent = loop {
+            let sent = Instant::now();
             match client
                 .recharge(recharge(&msisdn, amount, &request_id))
                 .await
             {
-                Ok(_) => break,
+                Ok(_) => break sent,
                 Err(status) if status.code() == Code::Unavailable => {
                     load.unavailable.fetch_add(1, Ordering::Relaxed);
                     *load
@@ -326,17 +333,127 @@ async fn recharge_until_stopped(
                 }
                 Err(status) => panic!("{request_id}: only UNAVAILABLE is expected: {status:?}"),
             }
-        }
+        };
         load.acked_at
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(Instant::now());
+            .push((sent, Instant::now()));
         load.acked
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(request_id, (msisdn.clone(), amount));
         load.acked_count.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// One [`recharge_until_stopped`] client per account.
+fn spawn_load(
+    channel: &Channel,
+    accounts: &[String],
+    load: &Arc<Load>,
+    stop: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    accounts
+        .iter()
+        .enumerate()
+        .map(|(worker, msisdn)| {
+            tokio::spawn(recharge_until_stopped(
+                AccountLifecycleClient::new(channel.clone()),
+                msisdn.clone(),
+                worker,
+                load.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect()
+}
+
+/// Stops the load; each client finishes the recharge it is retrying.
+async fn stop_load(stop: &CancellationToken, workers: Vec<tokio::task::JoinHandle<()>>) {
+    stop.cancel();
+    for worker in workers {
+        tokio::time::timeout(SAFETY, worker)
+            .await
+            .expect("a client did not finish")
+            .expect("a client saw an error other than UNAVAILABLE");
+    }
+}
+
+/// On `db` (the new primary): every acknowledged recharge has exactly one history row with its
+/// amount, there is no row of a recharge nobody was told about, and each balance is the sum
+/// of its account's acknowledged recharges.
+async fn assert_applied_once(
+    db: &sqlx::PgPool,
+    acked: &BTreeMap<String, (String, i64)>,
+    accounts: &[String],
+) {
+    let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+        "SELECT request_id, msisdn, COUNT(*), CAST(SUM(amount) AS BIGINT) FROM account_history \
+         WHERE kind = $1 GROUP BY request_id, msisdn",
+    )
+    .bind(HISTORY_RECHARGE)
+    .fetch_all(db)
+    .await
+    .expect("read the recharges");
+    let rows: BTreeMap<String, (String, i64, i64)> = rows
+        .into_iter()
+        .map(|(id, msisdn, count, sum)| (id, (msisdn, count, sum)))
+        .collect();
+    for (request_id, (msisdn, amount)) in acked {
+        assert_eq!(
+            rows.get(request_id),
+            Some(&(msisdn.clone(), 1, *amount)),
+            "acknowledged recharge {request_id} must have exactly one history row"
+        );
+    }
+    assert_eq!(
+        rows.len(),
+        acked.len(),
+        "a history row for every acknowledged recharge and no other"
+    );
+    for msisdn in accounts {
+        let expected: i64 = acked
+            .values()
+            .filter(|(m, _)| m == msisdn)
+            .map(|(_, amount)| amount)
+            .sum();
+        let balance: i64 = sqlx::query_scalar("SELECT balance FROM accounts WHERE msisdn = $1")
+            .bind(msisdn)
+            .fetch_one(db)
+            .await
+            .expect("balance");
+        assert_eq!(
+            balance, expected,
+            "{msisdn}: balance = its acknowledged recharges"
+        );
+    }
+}
+
+/// The failover as the log and `/metrics` show it; never the password.
+async fn assert_operator_sees_the_failover(served: &Served, http_addr: SocketAddr) {
+    let metrics = reqwest::get(format!("http://{http_addr}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    for line in [
+        "ocs_storage_primary_found 1",
+        "ocs_storage_primary_lost_total 1",
+    ] {
+        assert!(
+            metrics.contains(line),
+            "no {line:?} in /metrics:\n{metrics}"
+        );
+    }
+    let log = served.log();
+    for line in ["database primary lost", "database primary found"] {
+        assert!(log.contains(line), "no {line:?} in the log:\n{log}");
+    }
+    assert!(
+        !log.contains(PASSWORD),
+        "the password is in the log:\n{log}"
+    );
 }
 
 /// Provisions a sold card and activates it, so it can be recharged.
@@ -453,32 +570,35 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
 
     let load = Arc::new(Load::default());
     let stop = CancellationToken::new();
-    let workers: Vec<_> = accounts
-        .iter()
-        .enumerate()
-        .map(|(worker, msisdn)| {
-            tokio::spawn(recharge_until_stopped(
-                AccountLifecycleClient::new(channel.clone()),
-                msisdn.clone(),
-                worker,
-                load.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect();
+    let workers = spawn_load(&channel, &accounts, &load, &stop);
     load.wait_for_acks(20, "the load did not start").await;
 
-    // Throughput with an asynchronous standby, then with a synchronous one (the same load,
-    // the same service process; only the primary's setting changes).
+    // Throughput with an asynchronous standby and with a synchronous one, alternated twice
+    // (the same load, the same service process; only the primary's setting changes).
     let window = throughput_window();
     let measure = || async {
         let (before, start) = (load.acked_count(), Instant::now());
         tokio::time::sleep(window).await;
-        (load.acked_count() - before) as f64 / start.elapsed().as_secs_f64()
+        (
+            (load.acked_count() - before) as f64,
+            start.elapsed().as_secs_f64(),
+        )
     };
-    let asynchronous = measure().await;
+    let (mut asynchronous, mut synchronous) = ((0.0, 0.0), (0.0, 0.0));
+    for _ in 0..2 {
+        let (acks, secs) = measure().await;
+        asynchronous = (asynchronous.0 + acks, asynchronous.1 + secs);
+        primary.make_standbys_synchronous();
+        let (acks, secs) = measure().await;
+        synchronous = (synchronous.0 + acks, synchronous.1 + secs);
+        primary.make_standbys_asynchronous();
+    }
+    let (asynchronous, synchronous) = (
+        asynchronous.0 / asynchronous.1,
+        synchronous.0 / synchronous.1,
+    );
+    // From here on an acknowledged recharge is on the standby too.
     primary.make_standbys_synchronous();
-    let synchronous = measure().await;
 
     // The sweep and the webhook run while the primary dies: it is killed once the webhook
     // has delivered some of the sweep's events (the outbox is read on the standby: hot standby
@@ -561,7 +681,7 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
     // A failover manager takes a moment to decide; the service keeps searching meanwhile.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(
-        load.first_ack_after(killed_at + Duration::from_millis(100)),
+        load.first_ack_sent_after(killed_at),
         None,
         "nothing can be acknowledged without a primary"
     );
@@ -586,7 +706,7 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
     )
     .await;
     let first_commit = load
-        .first_ack_after(promoting)
+        .first_ack_sent_after(killed_at)
         .expect("a recharge acknowledged after the promotion");
     let (ready, body) = readyz(http_addr).await;
     assert_eq!(ready, 200, "/readyz after the failover: {body}");
@@ -602,13 +722,7 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
         "{applied:?} {replayed:?}"
     );
     assert_eq!(applied.balance_after, replayed.balance_after);
-    stop.cancel();
-    for worker in workers {
-        tokio::time::timeout(SAFETY, worker)
-            .await
-            .expect("a worker did not finish")
-            .expect("a worker saw an error other than UNAVAILABLE");
-    }
+    stop_load(&stop, workers).await;
     assert!(served.running(), "serve must survive the failover");
     assert_eq!(served.child.id(), pid, "the same process, never restarted");
 
@@ -645,46 +759,7 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
         .expect("connect to the new primary");
     let mut acked = load.acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
     acked.insert(probe.request_id.clone(), (accounts[0].clone(), 4321));
-    let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
-        "SELECT request_id, msisdn, COUNT(*), CAST(SUM(amount) AS BIGINT) FROM account_history \
-         WHERE kind = $1 GROUP BY request_id, msisdn",
-    )
-    .bind(HISTORY_RECHARGE)
-    .fetch_all(&db)
-    .await
-    .expect("read the recharges");
-    let rows: BTreeMap<String, (String, i64, i64)> = rows
-        .into_iter()
-        .map(|(id, msisdn, count, sum)| (id, (msisdn, count, sum)))
-        .collect();
-    for (request_id, (msisdn, amount)) in &acked {
-        assert_eq!(
-            rows.get(request_id),
-            Some(&(msisdn.clone(), 1, *amount)),
-            "acknowledged recharge {request_id} must have exactly one history row"
-        );
-    }
-    assert_eq!(
-        rows.len(),
-        acked.len(),
-        "a history row for every acknowledged recharge and no other"
-    );
-    for msisdn in &accounts {
-        let expected: i64 = acked
-            .values()
-            .filter(|(m, _)| m == msisdn)
-            .map(|(_, amount)| amount)
-            .sum();
-        let balance: i64 = sqlx::query_scalar("SELECT balance FROM accounts WHERE msisdn = $1")
-            .bind(msisdn)
-            .fetch_one(&db)
-            .await
-            .expect("balance");
-        assert_eq!(
-            balance, expected,
-            "{msisdn}: balance = its acknowledged recharges"
-        );
-    }
+    assert_applied_once(&db, &acked, &accounts).await;
 
     // Every card recycled by exactly one transition, announced by exactly two events.
     let transitions: Vec<(String, i64)> = sqlx::query_as(
@@ -763,30 +838,7 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
     let twice: Vec<(&String, &usize)> = sent.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "events sent more than once: {twice:?}");
 
-    // What the operator sees: the failover in the metrics and the log, never the password.
-    let metrics = reqwest::get(format!("http://{http_addr}/metrics"))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    for line in [
-        "ocs_storage_primary_found 1",
-        "ocs_storage_primary_lost_total 1",
-    ] {
-        assert!(
-            metrics.contains(line),
-            "no {line:?} in /metrics:\n{metrics}"
-        );
-    }
-    let log = served.log();
-    for line in ["database primary lost", "database primary found"] {
-        assert!(log.contains(line), "no {line:?} in the log:\n{log}");
-    }
-    assert!(
-        !log.contains(PASSWORD),
-        "the password is in the log:\n{log}"
-    );
+    assert_operator_sees_the_failover(&served, http_addr).await;
 
     let reasons = load
         .reasons
@@ -828,4 +880,107 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
         posted_at_kill,
     );
     db.close().await;
+}
+
+/// The same service against pg_auto_failover: a monitor and two nodes, the monitor fails over
+/// by itself when the primary node (its `pg_autoctl` and PostgreSQL) is killed. The URL is the
+/// one `pg_autoctl show uri` gives applications, with a user and password added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_auto_failover_promotes_by_itself_and_the_service_follows_without_losing_a_recharge() {
+    let formation = tokio::task::spawn_blocking(PgAutoFailover::start)
+        .await
+        .expect("start pg_auto_failover");
+    let Some(mut formation) = formation else {
+        return;
+    };
+    let uri = formation.formation_uri();
+    assert!(
+        uri.contains("target_session_attrs=read-write"),
+        "pg_autoctl show uri: {uri}"
+    );
+    let url = uri.replacen(
+        "postgres://",
+        &format!("postgres://postgres:{PASSWORD}@"),
+        1,
+    );
+    let mut served = Served::spawn(&url, &[("OCS_DB_ACQUIRE_TIMEOUT_MS", "2000".to_owned())]);
+    let channel = served.wait_serving().await;
+    let http_addr = served.http_addr();
+    let pid = served.child.id();
+    let mut client = AccountLifecycleClient::new(channel.clone());
+    let accounts: Vec<String> = (0..CLIENTS).map(|i| format!("861370000{i:04}")).collect();
+    for msisdn in &accounts {
+        valid_account(&mut client, msisdn).await;
+    }
+    let load = Arc::new(Load::default());
+    let stop = CancellationToken::new();
+    let workers = spawn_load(&channel, &accounts, &load, &stop);
+    load.wait_for_acks(50, "the load did not start").await;
+
+    let acked_before_kill = load.acked_count();
+    formation.kill9_node(0);
+    let killed_at = Instant::now();
+    let not_serving_at = wait_health(
+        &channel,
+        ServingStatus::NotServing,
+        "after the primary node was killed",
+        &served,
+    )
+    .await;
+    let (ready, body) = readyz(http_addr).await;
+    assert_eq!(ready, 503, "/readyz while no primary: {body}");
+    let serving_at = wait_health(
+        &channel,
+        ServingStatus::Serving,
+        "after pg_auto_failover promoted the secondary",
+        &served,
+    )
+    .await;
+    load.wait_for_acks(
+        load.acked_count() + 40,
+        "the load did not resume on the new primary",
+    )
+    .await;
+    let first_commit = load
+        .first_ack_sent_after(killed_at)
+        .expect("a recharge acknowledged after the kill");
+    stop_load(&stop, workers).await;
+    assert!(served.running(), "serve must survive the failover");
+    assert_eq!(served.child.id(), pid, "the same process, never restarted");
+
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&format!(
+            "postgres://postgres@127.0.0.1:{}/postgres",
+            formation.nodes[1].port
+        ))
+        .await
+        .expect("connect to the new primary");
+    let acked = load.acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert_applied_once(&db, &acked, &accounts).await;
+    assert_operator_sees_the_failover(&served, http_addr).await;
+    let reasons = load
+        .reasons
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    eprintln!(
+        "HA figures with pg_auto_failover (monitor settings {:?}):\n  \
+         primary node killed -> health NOT_SERVING: {} ms\n  \
+         primary node killed -> health SERVING (secondary promoted by the monitor): {} ms\n  \
+         primary node killed -> first recharge committed on the new primary: {} ms\n  \
+         acknowledged recharges: {} ({acked_before_kill} before the kill); UNAVAILABLE answers \
+         to the load: {} {reasons:?}",
+        common::pg_auto_failover::MONITOR_SETTINGS,
+        millis(not_serving_at - killed_at),
+        millis(serving_at - killed_at),
+        millis(first_commit - killed_at),
+        acked.len(),
+        load.unavailable.load(Ordering::Relaxed),
+    );
+    db.close().await;
+    drop(served);
+    tokio::task::spawn_blocking(move || drop(formation))
+        .await
+        .expect("stop pg_auto_failover");
 }

@@ -33,12 +33,12 @@ pub struct PgCluster {
     pub port: u16,
 }
 
-fn in_ci() -> bool {
+pub(super) fn in_ci() -> bool {
     std::env::var("CI").as_deref() == Ok("true")
 }
 
 /// Not available here: `None` with a visible message, or a panic under `CI=true`.
-fn unavailable(why: &str) -> Option<PgCluster> {
+pub(super) fn unavailable<T>(why: &str) -> Option<T> {
     if in_ci() {
         panic!("CI=true but a private PostgreSQL cluster cannot be started: {why}");
     }
@@ -51,7 +51,7 @@ fn unavailable(why: &str) -> Option<PgCluster> {
 }
 
 /// The directory of `initdb`, `pg_ctl` and `postgres`.
-fn find_bindir() -> Option<PathBuf> {
+pub(super) fn find_bindir() -> Option<PathBuf> {
     let complete = |dir: &Path| {
         ["initdb", "pg_ctl", "postgres", "pg_basebackup", "psql"]
             .iter()
@@ -79,7 +79,7 @@ fn find_bindir() -> Option<PathBuf> {
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
-fn free_port() -> u16 {
+pub(super) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -211,6 +211,17 @@ impl PgCluster {
             "1",
         );
         assert_eq!(self.psql("SHOW synchronous_commit"), "on");
+    }
+
+    /// `synchronous_standby_names = ''`: commits no longer wait for a standby.
+    pub fn make_standbys_asynchronous(&self) {
+        self.psql("ALTER SYSTEM SET synchronous_standby_names = ''");
+        self.psql("SELECT pg_reload_conf()");
+        self.wait_for(
+            "no synchronous standby",
+            "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'",
+            "0",
+        );
     }
 
     /// Runs one SQL statement with `psql` and returns its unaligned output; panics on failure.
@@ -398,7 +409,7 @@ impl Drop for PgCluster {
     }
 }
 
-fn describe(out: &Output) -> String {
+pub(super) fn describe(out: &Output) -> String {
     format!(
         "{}; stdout: {}; stderr: {}",
         out.status,
