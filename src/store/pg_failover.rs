@@ -517,7 +517,7 @@ async fn follow(followed: Weak<FollowedPrimary>, mut index: usize, mut monitor: 
                 Ok(found) => break found,
                 Err(report) => {
                     // The first round and every tenth: enough to follow, not a flood.
-                    if rounds == 1 || rounds % 10 == 0 {
+                    if rounds == 1 || rounds.is_multiple_of(10) {
                         tracing::warn!(rounds, %report, retry_in_ms = delay.as_millis() as u64, "searching for the database primary: no host accepts writes yet");
                     }
                 }
