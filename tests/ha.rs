@@ -346,9 +346,9 @@ async fn recharge_until_stopped(
     }
 }
 
-/// One [`recharge_until_stopped`] client per account.
+/// One [`recharge_until_stopped`] client per account, spread over `channels` (instances).
 fn spawn_load(
-    channel: &Channel,
+    channels: &[Channel],
     accounts: &[String],
     load: &Arc<Load>,
     stop: &CancellationToken,
@@ -358,7 +358,7 @@ fn spawn_load(
         .enumerate()
         .map(|(worker, msisdn)| {
             tokio::spawn(recharge_until_stopped(
-                AccountLifecycleClient::new(channel.clone()),
+                AccountLifecycleClient::new(channels[worker % channels.len()].clone()),
                 msisdn.clone(),
                 worker,
                 load.clone(),
@@ -536,6 +536,17 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
     let http_addr = served.http_addr();
     let pid = served.child.id();
     let mut client = AccountLifecycleClient::new(channel.clone());
+    // A second instance on the same URL (as behind a load balancer), without the webhook; half
+    // of the clients use it.
+    let second_env = [
+        env[0].clone(),
+        env[1].clone(),
+        ("OCS_SWEEP__SCHEDULER", "false".to_owned()),
+    ];
+    let mut second = Served::spawn(&url, &second_env);
+    let second_channel = second.wait_serving().await;
+    let second_http = second.http_addr();
+    let second_pid = second.child.id();
 
     // Cards for the sweep, provisioned at T0 and recycled at T1; then the recharged accounts,
     // fresh at T1.
@@ -562,7 +573,9 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
     for provisioner in provisioners {
         provisioner.await.expect("provisioning");
     }
+    // Both instances' manual clocks show the same instant.
     set_time(&channel, CARD_T1).await;
+    set_time(&second_channel, CARD_T1).await;
     let accounts: Vec<String> = (0..CLIENTS).map(|i| format!("861360000{i:04}")).collect();
     for msisdn in &accounts {
         valid_account(&mut client, msisdn).await;
@@ -570,7 +583,12 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
 
     let load = Arc::new(Load::default());
     let stop = CancellationToken::new();
-    let workers = spawn_load(&channel, &accounts, &load, &stop);
+    let workers = spawn_load(
+        &[channel.clone(), second_channel.clone()],
+        &accounts,
+        &load,
+        &stop,
+    );
     load.wait_for_acks(20, "the load did not start").await;
 
     // Throughput with an asynchronous standby and with a synchronous one, alternated twice
@@ -658,9 +676,18 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
         &served,
     )
     .await;
-    let (ready, body) = readyz(http_addr).await;
-    assert_eq!(ready, 503, "/readyz while no primary: {body}");
-    assert!(body.contains("primary"), "{body}");
+    wait_health(
+        &second_channel,
+        ServingStatus::NotServing,
+        "the second instance, after the primary was killed",
+        &second,
+    )
+    .await;
+    for addr in [http_addr, second_http] {
+        let (ready, body) = readyz(addr).await;
+        assert_eq!(ready, 503, "/readyz while no primary: {body}");
+        assert!(body.contains("primary"), "{body}");
+    }
     let probe = recharge(&accounts[0], 4321, "during-the-failover");
     let asked = Instant::now();
     let status = client
@@ -700,6 +727,13 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
         &served,
     )
     .await;
+    wait_health(
+        &second_channel,
+        ServingStatus::Serving,
+        "the second instance, after the promotion",
+        &second,
+    )
+    .await;
     load.wait_for_acks(
         load.acked_count() + 40,
         "the load did not resume on the new primary",
@@ -725,6 +759,11 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
     stop_load(&stop, workers).await;
     assert!(served.running(), "serve must survive the failover");
     assert_eq!(served.child.id(), pid, "the same process, never restarted");
+    assert!(
+        second.running(),
+        "the second instance must survive the failover"
+    );
+    assert_eq!(second.child.id(), second_pid);
 
     // The sweep: answered UNAVAILABLE when the primary died under it (or done before); run
     // again it finishes the work.
@@ -839,6 +878,7 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
     assert!(twice.is_empty(), "events sent more than once: {twice:?}");
 
     assert_operator_sees_the_failover(&served, http_addr).await;
+    assert_operator_sees_the_failover(&second, second_http).await;
 
     let reasons = load
         .reasons
@@ -846,7 +886,8 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     eprintln!(
-        "HA figures (primary + streaming standby on one 2-core machine, {CLIENTS} clients):\n  \
+        "HA figures (primary + streaming standby on one 2-core machine, {CLIENTS} clients on \
+         two instances):\n  \
          recharge throughput: asynchronous standby {asynchronous:.0}/s, synchronous standby \
          {synchronous:.0}/s, ratio sync/async {:.2}\n  \
          primary killed -> health NOT_SERVING: {} ms\n  \
@@ -914,7 +955,7 @@ async fn pg_auto_failover_promotes_by_itself_and_the_service_follows_without_los
     }
     let load = Arc::new(Load::default());
     let stop = CancellationToken::new();
-    let workers = spawn_load(&channel, &accounts, &load, &stop);
+    let workers = spawn_load(std::slice::from_ref(&channel), &accounts, &load, &stop);
     load.wait_for_acks(50, "the load did not start").await;
 
     let acked_before_kill = load.acked_count();
