@@ -454,6 +454,15 @@ async fn assert_operator_sees_the_failover(served: &Served, http_addr: SocketAdd
         !log.contains(PASSWORD),
         "the password is in the log:\n{log}"
     );
+    let failover: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("pg_failover:") || l.contains("health follows"))
+        .collect();
+    eprintln!(
+        "the failover in the log of {}:\n{}",
+        served.addr,
+        failover.join("\n")
+    );
 }
 
 /// Provisions a sold card and activates it, so it can be recharged.

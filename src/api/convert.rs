@@ -57,7 +57,9 @@ impl From<StoreError> for Status {
                 )
             }
             StoreError::Failover(message) => {
-                tracing::warn!(%message, "storage failover");
+                // The store logs the loss and the return of the primary once (warn, info);
+                // a line per refused request would flood the log during a switch.
+                tracing::debug!(%message, "storage failover");
                 status(
                     Code::Unavailable,
                     "STORAGE_FAILOVER",
