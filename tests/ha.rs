@@ -809,6 +809,12 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
     acked.insert(probe.request_id.clone(), (accounts[0].clone(), 4321));
     assert_applied_once(&db, &acked, &accounts).await;
 
+    let sweep_runs: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM sweep_runs GROUP BY status ORDER BY status")
+            .fetch_all(&db)
+            .await
+            .expect("read sweep_runs");
+
     // Every card recycled by exactly one transition, announced by exactly two events.
     let transitions: Vec<(String, i64)> = sqlx::query_as(
         "SELECT msisdn, COUNT(*) FROM account_history WHERE kind = $1 AND to_state = $2 \
@@ -910,7 +916,7 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
          {reasons:?}\n  \
          sweep across the kill: killed {} ms after it started, {} of {} card events on the \
          standby then; first run \
-         {first_sweep}; run after: {again:?}\n  \
+         {first_sweep}; run after: {again:?}; sweep_runs on the new primary: {sweep_runs:?}\n  \
          webhook: {} events answered before the kill ({} posted), none sent twice",
         synchronous / asynchronous,
         millis(not_serving_at - killed_at),
