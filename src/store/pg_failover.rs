@@ -17,6 +17,13 @@
 //! `STORAGE_FAILOVER`), reads through a closed stand-in pool, and [`PrimaryWatch`] tells gRPC
 //! health and `/readyz` (NOT_SERVING, 503) until a primary is found.
 //!
+//! Why one pool pointed elsewhere (`Pool::set_connect_options`) rather than a new pool per
+//! primary: the shared SQL borrows the pool (`&PgPool`) from the store for each statement, so
+//! the pool must live as long as the store; the stand-in is closed once and kept for the same
+//! reason. A read already waiting for a connection when the primary dies is not cut short: it
+//! waits up to `db_acquire_timeout_ms` (writes and sweep batches are, see
+//! [`FollowedPrimary::begin`]).
+//!
 //! This module owns the URL form and the choice of host; the SQL stays in `sql.rs`.
 
 use std::fmt;
@@ -404,7 +411,9 @@ pub fn signals_failover(err: &sqlx::Error) -> bool {
             let code = db.code().unwrap_or_default();
             code.starts_with("08") || matches!(code.as_ref(), "25006" | "57P01" | "57P02" | "57P03")
         }
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => true,
+        // Not `PoolTimedOut`: all connections busy is overload (STORAGE_UNAVAILABLE); a host
+        // that stopped answering is caught by the check of the primary, which times out.
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
         sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
         _ => false,
     }
@@ -641,11 +650,11 @@ mod tests {
 
     #[test]
     fn lost_connections_read_only_servers_and_shutdowns_signal_a_failover() {
-        assert!(signals_failover(&sqlx::Error::PoolTimedOut));
         assert!(signals_failover(&sqlx::Error::Io(std::io::Error::from(
             std::io::ErrorKind::ConnectionReset
         ))));
         assert!(!signals_failover(&sqlx::Error::RowNotFound));
         assert!(!signals_failover(&sqlx::Error::PoolClosed));
+        assert!(!signals_failover(&sqlx::Error::PoolTimedOut));
     }
 }
