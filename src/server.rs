@@ -252,7 +252,8 @@ pub async fn serve_with_listeners(
         }
         _ => (None, None),
     };
-    let store = store::connect(
+    // `primary`: a PostgreSQL store that follows the primary of a multi-host URL.
+    let (store, primary) = store::connect_following_primary(
         &config.database_url,
         config.db_pool_size,
         config.db_acquire_timeout(),
@@ -261,6 +262,9 @@ pub async fn serve_with_listeners(
     .await?;
     let ready = Arc::new(AtomicBool::new(false));
     let metrics = Arc::new(Metrics::new());
+    if let Some(primary) = &primary {
+        metrics.watch_primary(primary.clone());
+    }
     let (health, health_service) = tonic_health::server::health_reporter();
     let storage_health = Arc::new(StorageHealth::new(
         health.clone(),
@@ -296,6 +300,7 @@ pub async fn serve_with_listeners(
                 clock: clock.clone(),
                 ready: ready.clone(),
                 storage_writable: storage_health.writable(),
+                storage_primary_found: storage_health.primary_found(),
                 dashboard: Arc::new(ops::Dashboard::new(
                     rules.clone(),
                     config
@@ -382,6 +387,9 @@ pub async fn serve_with_listeners(
     }
     set_health(&health, &serving, ServingStatus::Serving).await;
     tracing::info!("migrations done, serving");
+    if let Some(primary) = primary {
+        storage_health.follow_primary(primary);
+    }
     tasks.notifier = match crate::notify::start(&config.bss, store.clone(), shutdown.clone()) {
         Ok(notifier) => notifier,
         Err(e) => {

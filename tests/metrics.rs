@@ -567,6 +567,7 @@ async fn readyz_is_503_with_a_reason_until_the_migrations_ran(db: Arc<TestDb>) {
         clock: Arc::new(SystemClock::default()),
         ready: ready.clone(),
         storage_writable: Arc::new(AtomicBool::new(true)),
+        storage_primary_found: Arc::new(AtomicBool::new(true)),
         dashboard: Arc::new(ocs_lifecycle::ops::Dashboard::new(rules, None)),
         authenticator: None,
     };

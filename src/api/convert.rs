@@ -55,6 +55,19 @@ impl From<StoreError> for Status {
                     ),
                 )
             }
+            StoreError::Failover(message) => {
+                // The store logs the loss and the return of the primary once (warn, info);
+                // a line per refused request would flood the log during a switch.
+                tracing::debug!(%message, "storage failover");
+                status(
+                    Code::Unavailable,
+                    "STORAGE_FAILOVER",
+                    format!(
+                        "the database is failing over to a new primary, nothing was applied; \
+                         retry with the same request_id: {message}"
+                    ),
+                )
+            }
             StoreError::Internal(message) => {
                 tracing::error!(%message, "storage error");
                 status(

@@ -13,6 +13,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 
 use super::{Config, ConfigError, Overrides};
 use crate::lifecycle::{Rules, Tariff, TariffTier};
+use crate::store::PgTargets;
 
 /// The longest period any key may name (100 years), so date arithmetic cannot overflow.
 const MAX_DAYS: u32 = 36_500;
@@ -187,7 +188,10 @@ impl Config {
         let parsed = if url.starts_with("sqlite:") {
             SqliteConnectOptions::from_str(url).map(drop)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            PgConnectOptions::from_str(url).map(drop)
+            // libpq's multi-host form too: postgres://user@h1:5432,h2:5432/db?target_session_attrs=…
+            return PgTargets::parse(url)
+                .map(drop)
+                .map_err(|e| ConfigError(format!("database_url: {e}")));
         } else {
             return Err(ConfigError(
                 "database_url must start with sqlite: (sqlite://PATH) or postgres:// \
@@ -327,6 +331,20 @@ fn database_summary(url: &str) -> String {
             Ok(options) => format!("sqlite {}", options.get_filename().display()),
             Err(_) => "sqlite".into(),
         };
+    }
+    if let Ok(targets) = PgTargets::parse(url)
+        && targets.follows_primary()
+    {
+        let database = url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('/'))
+            .map(|(_, path)| path.split(['?', '#']).next().unwrap_or_default())
+            .unwrap_or_default();
+        return format!(
+            "postgresql {}/{database} (the host that is {}; followed across a failover)",
+            targets.host_list(),
+            targets.target().as_str()
+        );
     }
     match PgConnectOptions::from_str(url) {
         Ok(options) => format!(
@@ -502,6 +520,38 @@ mod tests {
         let summary = String::from_utf8(summary).unwrap();
         assert!(summary.contains("postgresql db:5433/ocs"), "{summary}");
         assert!(!summary.contains("hunter2"), "{summary}");
+        let config: Config = toml::from_str(
+            "database_url = \"postgres://u:hunter2@db1:5433,db2/ocs?target_session_attrs=primary\"\n",
+        )
+        .unwrap();
+        assert!(config.problems().is_empty(), "{:?}", config.problems());
+        let mut summary = Vec::new();
+        config.write_summary(&mut summary).unwrap();
+        let summary = String::from_utf8(summary).unwrap();
+        assert!(
+            summary.contains("postgresql db1:5433, db2:5432/ocs (the host that is primary"),
+            "{summary}"
+        );
+        assert!(!summary.contains("hunter2"), "{summary}");
+        for (url, expected) in [
+            (
+                "postgres://u:hunter2@db1,,db2/ocs",
+                "database_url: host 2: empty host name",
+            ),
+            (
+                "postgres://u:hunter2@db1,db2:70000/ocs",
+                "database_url: host 2: port \"70000\" is not a number from 1 to 65535",
+            ),
+            (
+                "postgres://u:hunter2@db1,db2/ocs?target_session_attrs=standby",
+                "database_url: target_session_attrs=standby selects a read-only server",
+            ),
+        ] {
+            let problems = problems_of(&format!("database_url = \"{url}\"\n"));
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(problems[0].starts_with(expected), "{problems:?}");
+            assert!(!problems[0].contains("hunter2"), "{problems:?}");
+        }
         assert_eq!(
             url_origin("https://u:p@bss.example:8443/hook?x=1"),
             "https://bss.example:8443"

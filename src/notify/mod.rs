@@ -467,17 +467,24 @@ impl Sender {
             .store
             .settle_webhook_deliveries(done, Utc::now(), &sequences, now, lease_until)
             .await;
-        for (sequence, _) in done.drain(..) {
-            busy.remove(&sequence);
-        }
         let claimed: HashMap<i64, u32> = match settled {
-            Ok(claimed) => claimed.into_iter().collect(),
+            Ok(claimed) => {
+                for (sequence, _) in done.drain(..) {
+                    busy.remove(&sequence);
+                }
+                claimed.into_iter().collect()
+            }
             Err(e) => {
-                // The leases expire and the events are sent again: at-least-once.
+                // The outcomes stay in `done` and their events stay busy: the next turn that
+                // reaches the database (after a failover: the new primary) records them, so an
+                // event the BSS confirmed is not sent again. Recording twice is harmless (a
+                // failed attempt's update skips a delivered row). The events picked here were
+                // not claimed; they are read again.
                 tracing::warn!(
                     error = %e,
-                    "webhook: cannot record attempts or claim events; \
-                     they are sent again after their lease"
+                    kept = done.len(),
+                    "webhook: cannot record attempts or claim events; the outcomes are \
+                     recorded by a later turn"
                 );
                 return Vec::new();
             }

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use crate::clock::Clock;
 use crate::lifecycle::AccountState;
 use crate::notify::WebhookCounters;
-use crate::store::{AccountStore, EventType, StoreError, SweepRunStatus};
+use crate::store::{AccountStore, EventType, PrimaryWatch, StoreError, SweepRunStatus};
 use crate::sweep::{SweepCounts, SweepObserver, SweepReport};
 
 /// How long the database-derived values of a scrape are reused.
@@ -186,6 +186,8 @@ pub struct Metrics {
     /// caller cannot make up label values).
     methods: HashSet<String>,
     webhook: OnceLock<WebhookSource>,
+    /// A multi-host PostgreSQL URL: the primary the store follows.
+    primary: OnceLock<PrimaryWatch>,
     db_cache: Mutex<Option<(Instant, DbSnapshot)>>,
 }
 
@@ -255,6 +257,7 @@ impl Metrics {
             sweep,
             methods,
             webhook: OnceLock::new(),
+            primary: OnceLock::new(),
             db_cache: Mutex::new(None),
         }
     }
@@ -287,6 +290,12 @@ impl Metrics {
     /// Exposes the webhook worker's counters and lag (called once, when the worker starts).
     pub fn watch_webhook(&self, counters: Arc<WebhookCounters>, types: Vec<EventType>) {
         let _ = self.webhook.set(WebhookSource { counters, types });
+    }
+
+    /// Exposes whether the store knows its primary and how many it lost (a multi-host
+    /// PostgreSQL URL; called once, at start).
+    pub fn watch_primary(&self, primary: PrimaryWatch) {
+        let _ = self.primary.set(primary);
     }
 
     /// The exposition: the recorded metrics and what is read now.
@@ -361,6 +370,25 @@ impl Metrics {
                 counter.inc_by(value);
                 read.register(name, help, counter);
             }
+        }
+        if let Some(primary) = self.primary.get() {
+            let status = primary.borrow().clone();
+            let found = Gauge::<i64>::default();
+            found.set(i64::from(status.primary.is_some()));
+            read.register(
+                "ocs_storage_primary_found",
+                "1 while the service knows the writable host of its multi-host database_url, 0 \
+                 while it searches for it after losing the primary",
+                found,
+            );
+            let failovers = Counter::<u64>::default();
+            failovers.inc_by(status.failovers);
+            read.register(
+                "ocs_storage_primary_lost",
+                "Times the service lost its PostgreSQL primary and searched for a new one, since \
+                 start",
+                failovers,
+            );
         }
         if let Some(bytes) = resident_memory_bytes() {
             let rss = Gauge::<i64>::default();

@@ -55,6 +55,9 @@ pub struct OpsState {
     /// False while a write has found the storage not writable and no probe write has
     /// succeeded since (`crate::api::StorageHealth`).
     pub storage_writable: Arc<AtomicBool>,
+    /// False while a multi-host PostgreSQL URL has lost its primary and the service searches
+    /// for the new one (`crate::api::StorageHealth::follow_primary`).
+    pub storage_primary_found: Arc<AtomicBool>,
     pub dashboard: Arc<Dashboard>,
     /// The gRPC server's tokens; `None` (authentication off): the dashboard's data is open.
     pub authenticator: Option<Arc<Authenticator>>,
@@ -226,6 +229,12 @@ async fn readyz(State(state): State<OpsState>) -> (StatusCode, String) {
         return not_ready(
             "the database cannot be written (disk full, read-only or I/O error); \
              a probe retries every second",
+        );
+    }
+    if !state.storage_primary_found.load(Ordering::Acquire) {
+        return not_ready(
+            "the database primary is lost: searching for the writable host of database_url \
+             (failover)",
         );
     }
     match tokio::time::timeout(READY_QUERY_TIMEOUT, state.store.ping()).await {

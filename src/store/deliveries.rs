@@ -218,7 +218,7 @@ where
         let (found, last): (i64, Option<i64>) = sqlx::query_as(&sql)
             .bind(after_sequence)
             .bind(i64::from(limit))
-            .fetch_one(&self.reader)
+            .fetch_one(self.reader())
             .await?;
         let Some(last) = last else {
             return Ok(Registered::default());
@@ -235,7 +235,7 @@ where
             .bind(after_sequence)
             .bind(last)
             .bind(now_ms)
-            .execute(&self.writer)
+            .execute(self.writer())
             .await
             .map(|done| D::rows_affected(&done))?;
         Ok(Registered {
@@ -267,7 +267,7 @@ where
             let page: Vec<(i64, String, i64, i32)> = sqlx::query_as(page_sql)
                 .bind(after)
                 .bind(DUE_SCAN_PAGE as i64)
-                .fetch_all(&self.reader)
+                .fetch_all(self.reader())
                 .await?;
             let fetched = page.len();
             scanned += fetched;
@@ -292,7 +292,7 @@ where
             rows::OUTBOX_COLUMNS,
             sequence_list(&picked.iter().map(|(s, _)| *s).collect::<Vec<_>>())
         );
-        let rows: Vec<rows::OutboxRow> = sqlx::query_as(&sql).fetch_all(&self.reader).await?;
+        let rows: Vec<rows::OutboxRow> = sqlx::query_as(&sql).fetch_all(self.reader()).await?;
         let attempts: std::collections::HashMap<i64, i32> = picked.into_iter().collect();
         rows.into_iter()
             .map(|row| {
@@ -316,7 +316,7 @@ where
         if outcomes.is_empty() && claim.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.writer().begin().await?;
         let delivered: Vec<i64> = outcomes
             .iter()
             .filter(|(_, o)| matches!(o, AttemptOutcome::Delivered))
@@ -391,14 +391,14 @@ where
         let rows: Vec<DeadRow> = sqlx::query_as(&sql)
             .bind(after_sequence)
             .bind(i64::from(limit))
-            .fetch_all(&self.reader)
+            .fetch_all(self.reader())
             .await?;
         rows.into_iter().map(DeadRow::into_dead_letter).collect()
     }
 
     async fn analyze_webhook_deliveries(&self) -> Result<(), StoreError> {
         sqlx::query("ANALYZE webhook_deliveries")
-            .execute(&self.writer)
+            .execute(self.writer())
             .await?;
         Ok(())
     }
@@ -417,7 +417,7 @@ where
             )
             .bind(event_id.as_str())
             .bind(now_ms)
-            .execute(&self.writer)
+            .execute(self.writer())
             .await
             .map(|done| D::rows_affected(&done))?;
         }

@@ -72,8 +72,22 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
 
     /// Opens the transaction of one sweep batch on the write pool.
     async fn begin_batch(
+        &self,
         writer: &Pool<Self::Db>,
     ) -> Result<Transaction<'static, Self::Db>, sqlx::Error>;
+
+    /// The pool to query now, given the store's own (`reader` or `writer`). A backend whose
+    /// server can move (PostgreSQL following the primary of a multi-host URL) answers its
+    /// current one.
+    fn pool<'a>(&'a self, own: &'a Pool<Self::Db>) -> &'a Pool<Self::Db> {
+        own
+    }
+
+    /// What a write reports for `err` when the error says the server may have moved (a
+    /// failover): `None` for every other error, and for backends that do not move.
+    fn failover(&self, _err: &sqlx::Error) -> Option<super::StoreError> {
+        None
+    }
 }
 
 /// A Rust type a backend binds as a parameter and reads from a column.

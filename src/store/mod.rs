@@ -14,6 +14,7 @@
 
 mod deliveries;
 mod dialect;
+mod pg_failover;
 mod postgres;
 mod records;
 mod rows;
@@ -31,6 +32,7 @@ use crate::lifecycle::{Account, AccountState, DomainError, ErrorReason, Msisdn, 
 pub use crate::lifecycle::{EventType, HistoryRecord, OutboxEvent};
 pub use crate::lifecycle::{SWEEP_ACTOR, VALIDITY_EXPIRING_REASON};
 pub use deliveries::{AttemptOutcome, DeadLetter, PendingDelivery, Registered, WebhookDeliveries};
+pub use pg_failover::{PgHost, PgTargets, PrimaryStatus, PrimaryWatch, TargetSessionAttrs};
 use postgres::{PostgresDialect, PostgresStore};
 pub use records::new_event_id;
 use sqlite::{SqliteDialect, SqliteStore};
@@ -84,6 +86,11 @@ pub enum StoreError {
     /// until a probe write succeeds (`crate::api::StorageHealth`).
     #[error("storage cannot be written: {0}")]
     NotWritable(String),
+    /// PostgreSQL with a multi-host `database_url`: the primary is lost and the service is
+    /// searching for the new one (`pg_failover`). Nothing was written; retry with the same
+    /// request_id.
+    #[error("storage failover: {0}")]
+    Failover(String),
     #[error("storage error: {0}")]
     Internal(String),
 }
@@ -236,12 +243,30 @@ pub async fn connect(
     acquire_timeout: std::time::Duration,
     rules: Arc<Rules>,
 ) -> Result<Arc<dyn AccountStore>, StoreError> {
+    Ok(
+        connect_following_primary(url, pool_size, acquire_timeout, rules)
+            .await?
+            .0,
+    )
+}
+
+/// [`connect`], and with a multi-host PostgreSQL URL the [`PrimaryWatch`] that says whether
+/// the service knows its primary (`serve` turns health NOT_SERVING while it does not).
+pub async fn connect_following_primary(
+    url: &str,
+    pool_size: u32,
+    acquire_timeout: std::time::Duration,
+    rules: Arc<Rules>,
+) -> Result<(Arc<dyn AccountStore>, Option<PrimaryWatch>), StoreError> {
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(url, pool_size, rules).await?))
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(
-            PostgresStore::connect(url, pool_size, acquire_timeout, rules).await?,
+        Ok((
+            Arc::new(SqliteStore::connect(url, pool_size, rules).await?),
+            None,
         ))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store = PostgresStore::connect(url, pool_size, acquire_timeout, rules).await?;
+        let watch = store.primary_watch();
+        Ok((Arc::new(store), watch))
     } else {
         Err(StoreError::Internal(format!(
             "unsupported database URL {url:?}: use sqlite://PATH or postgres://…"
@@ -296,9 +321,13 @@ pub(crate) fn classify(err: sqlx::Error) -> SqlFailure {
                 ErrorClass::Other => SqlFailure::Fatal(StoreError::Internal(err.to_string())),
             }
         }
+        // The service never closes its pools: a closed one is the stand-in of a multi-host
+        // URL while no primary is known (`pg_failover`).
+        sqlx::Error::PoolClosed => SqlFailure::Fatal(StoreError::Failover(
+            "no database primary: searching for the writable host of database_url".into(),
+        )),
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::Tls(_) => SqlFailure::Fatal(StoreError::Unavailable(err.to_string())),
         _ => SqlFailure::Fatal(StoreError::Internal(err.to_string())),

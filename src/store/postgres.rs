@@ -2,6 +2,10 @@
 //! `SELECT … FOR UPDATE`, so concurrent requests on one account serialise and requests on
 //! different accounts run in parallel. A first insert that races another (same MSISDN or same
 //! request_id) fails on the unique index and the whole mutation is retried.
+//!
+//! A multi-host `database_url` (several hosts or `target_session_attrs`) gives the dialect a
+//! [`FollowedPrimary`], which points the pool at the writable host and moves it after a
+//! failover; every query takes its pool through [`Dialect::pool`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +16,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, Pool, Postgres, Transaction};
 
 use super::dialect::{Dialect, ErrorClass};
+use super::pg_failover::{FollowedPrimary, PgTargets, PrimaryWatch};
 use super::sql::{SqlStore, Writes};
 use super::{Committed, Decide, MutateFailure, RequestKey, StoreError};
 use crate::lifecycle::{Msisdn, Rules};
@@ -21,8 +26,10 @@ static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 /// The PostgreSQL store: the generic store over [`PostgresDialect`].
 pub(crate) type PostgresStore = SqlStore<PostgresDialect>;
 
-/// PostgreSQL's side of the backend contract (no state of its own).
-pub(crate) struct PostgresDialect;
+/// PostgreSQL's side of the backend contract; with a multi-host URL it follows the primary.
+pub(crate) struct PostgresDialect {
+    primary: Option<Arc<FollowedPrimary>>,
+}
 
 impl SqlStore<PostgresDialect> {
     /// `acquire_timeout` bounds how long a request waits for a connection (a pooled one, or a
@@ -33,11 +40,9 @@ impl SqlStore<PostgresDialect> {
         acquire_timeout: Duration,
         rules: Arc<Rules>,
     ) -> Result<Self, StoreError> {
-        // No JIT compilation: the service runs short queries whose cost estimates can still
-        // pass `jit_above_cost` (the webhook's due query, planned from a correlated min(),
-        // was estimated at 10^5 and spent 10–35 ms compiling to run in 4 ms).
-        let options = url.parse::<PgConnectOptions>()?.options([("jit", "off")]);
-        let pool = PgPoolOptions::new()
+        let targets = PgTargets::parse(url)
+            .map_err(|e| StoreError::Internal(format!("database_url: {e}")))?;
+        let pool_options = PgPoolOptions::new()
             .max_connections(pool_size.max(1))
             .acquire_timeout(acquire_timeout)
             // A connection whose failed COMMIT left sqlx counting an open transaction is
@@ -49,11 +54,44 @@ impl SqlStore<PostgresDialect> {
                     }
                     Ok(!conn.is_in_transaction())
                 })
-            })
-            .connect_with(options)
-            .await?;
+            });
+        // No JIT compilation: the service runs short queries whose cost estimates can still
+        // pass `jit_above_cost` (the webhook's due query, planned from a correlated min(),
+        // was estimated at 10^5 and spent 10–35 ms compiling to run in 4 ms).
+        let no_jit = |options: PgConnectOptions| options.options([("jit", "off")]);
+        let (pool, primary) = if targets.follows_primary() {
+            let primary = FollowedPrimary::connect(&targets, pool_options, no_jit).await?;
+            (primary.pool().clone(), Some(primary))
+        } else {
+            let options = no_jit(url.parse::<PgConnectOptions>()?);
+            (pool_options.connect_with(options).await?, None)
+        };
         // One pool for reads and writes: every connection may write.
-        Ok(SqlStore::new(PostgresDialect, pool.clone(), pool, rules))
+        Ok(SqlStore::new(
+            PostgresDialect { primary },
+            pool.clone(),
+            pool,
+            rules,
+        ))
+    }
+
+    /// With a multi-host `database_url`: whether the service knows its primary.
+    pub fn primary_watch(&self) -> Option<PrimaryWatch> {
+        self.dialect.primary.as_ref().map(|p| p.watch())
+    }
+}
+
+impl PostgresDialect {
+    /// A write transaction (a multi-host URL: on the primary, failing at once while the
+    /// service searches for it).
+    async fn begin(
+        &self,
+        own: &Pool<Postgres>,
+    ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        match &self.primary {
+            Some(primary) => primary.begin().await,
+            None => own.begin().await,
+        }
     }
 }
 
@@ -88,13 +126,13 @@ impl Dialect for PostgresDialect {
 
     /// disk_full (53100), read_only_sql_transaction (25006) and io_error (58030) cannot write;
     /// serialization failures (40001) and deadlocks (40P01) are transient; connection
-    /// exceptions (class 08), admin_shutdown (57P01) and cannot_connect_now (57P03) mean the
-    /// server is out of reach.
+    /// exceptions (class 08), admin_shutdown (57P01), crash_shutdown (57P02) and
+    /// cannot_connect_now (57P03) mean the server is out of reach.
     fn classify_code(code: &str) -> ErrorClass {
         match code {
             "53100" | "25006" | "58030" => ErrorClass::NotWritable,
             "40001" | "40P01" => ErrorClass::Transient,
-            "57P01" | "57P03" => ErrorClass::Unavailable,
+            "57P01" | "57P02" | "57P03" => ErrorClass::Unavailable,
             _ if code.starts_with("08") => ErrorClass::Unavailable,
             _ => ErrorClass::Other,
         }
@@ -109,7 +147,44 @@ impl Dialect for PostgresDialect {
         key: RequestKey<'_>,
         decide: &Decide,
     ) -> Result<Committed, MutateFailure> {
-        let mut tx: Transaction<'static, Postgres> = store.writer.begin().await?;
+        let outcome = self.mutate_in_transaction(store, msisdn, key, decide).await;
+        // After a failover every attempt would fail the same way: answer now.
+        if let Err(MutateFailure::Sql(err)) = &outcome
+            && let Some(failover) = self.failover(err)
+        {
+            return Err(MutateFailure::Store(failover));
+        }
+        outcome
+    }
+
+    async fn begin_batch(
+        &self,
+        writer: &Pool<Postgres>,
+    ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        self.begin(writer).await
+    }
+
+    fn pool<'a>(&'a self, own: &'a Pool<Postgres>) -> &'a Pool<Postgres> {
+        match &self.primary {
+            Some(primary) => primary.pool(),
+            None => own,
+        }
+    }
+
+    fn failover(&self, err: &sqlx::Error) -> Option<StoreError> {
+        self.primary.as_ref()?.failover_error(err)
+    }
+}
+
+impl PostgresDialect {
+    async fn mutate_in_transaction(
+        &self,
+        store: &SqlStore<Self>,
+        msisdn: &Msisdn,
+        key: RequestKey<'_>,
+        decide: &Decide,
+    ) -> Result<Committed, MutateFailure> {
+        let mut tx: Transaction<'static, Postgres> = self.begin(&store.writer).await?;
         let result = Writes::<Self>::apply_in(&mut tx, &store.rules, msisdn, key, decide).await;
         match &result {
             Ok(Committed::Applied(_)) => tx.commit().await?,
@@ -125,11 +200,5 @@ impl Dialect for PostgresDialect {
             }
         }
         result
-    }
-
-    async fn begin_batch(
-        writer: &Pool<Postgres>,
-    ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-        writer.begin().await
     }
 }

@@ -156,6 +156,7 @@ impl Dialect for SqliteDialect {
     /// `BEGIN IMMEDIATE`: the writer task waits for it, so the batch and the group commits
     /// serialise, and requests resume between batches.
     async fn begin_batch(
+        &self,
         writer: &Pool<Sqlite>,
     ) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
         writer.begin_with("BEGIN IMMEDIATE").await

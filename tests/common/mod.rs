@@ -32,6 +32,7 @@ use tonic_types::StatusExt;
 
 pub mod api;
 pub mod faults;
+pub mod pg_auto_failover;
 pub mod pg_cluster;
 pub mod process;
 

@@ -12,6 +12,13 @@
 //! [`PgCluster::start`] returns `None` (and says `SKIPPED` on stderr) when the binaries are
 //! missing, unless `CI=true`, where it panics. Dropping the cluster stops its server
 //! (`-m immediate`) and deletes the directory.
+//!
+//! Replication (tests/ha.rs): [`PgCluster::start_standby`] makes a streaming standby of a
+//! running cluster (`pg_basebackup -R`: `standby.signal` and `primary_conninfo`, its own port),
+//! [`PgCluster::make_standbys_synchronous`] turns on `synchronous_standby_names = '*'` (with
+//! the default `synchronous_commit = on`, a commit returns once a standby has flushed it),
+//! [`PgCluster::kill9`] kills the postmaster and every server process with SIGKILL, like a
+//! crashed machine, and [`PgCluster::promote`] turns a standby into a primary.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -26,12 +33,12 @@ pub struct PgCluster {
     pub port: u16,
 }
 
-fn in_ci() -> bool {
+pub(super) fn in_ci() -> bool {
     std::env::var("CI").as_deref() == Ok("true")
 }
 
 /// Not available here: `None` with a visible message, or a panic under `CI=true`.
-fn unavailable(why: &str) -> Option<PgCluster> {
+pub(super) fn unavailable<T>(why: &str) -> Option<T> {
     if in_ci() {
         panic!("CI=true but a private PostgreSQL cluster cannot be started: {why}");
     }
@@ -44,9 +51,9 @@ fn unavailable(why: &str) -> Option<PgCluster> {
 }
 
 /// The directory of `initdb`, `pg_ctl` and `postgres`.
-fn find_bindir() -> Option<PathBuf> {
+pub(super) fn find_bindir() -> Option<PathBuf> {
     let complete = |dir: &Path| {
-        ["initdb", "pg_ctl", "postgres"]
+        ["initdb", "pg_ctl", "postgres", "pg_basebackup", "psql"]
             .iter()
             .all(|b| dir.join(b).is_file())
     };
@@ -72,8 +79,9 @@ fn find_bindir() -> Option<PathBuf> {
 }
 
 impl PgCluster {
-    /// Creates the cluster and starts its server; `None` = skipped (see the module docs).
-    pub fn start() -> Option<PgCluster> {
+    /// An empty directory for a cluster (owned by `postgres` when the test is root), not
+    /// started; `None` = skipped.
+    fn prepare() -> Option<PgCluster> {
         let Some(bin) = find_bindir() else {
             return unavailable(
                 "no PostgreSQL server binaries (pg_config --bindir, /usr/lib/postgresql/*/bin)",
@@ -95,12 +103,32 @@ impl PgCluster {
                 ));
             }
         }
-        let mut cluster = PgCluster {
+        Some(PgCluster {
             dir,
             bin,
             as_postgres,
             port: 0,
-        };
+        })
+    }
+
+    /// Starts the server of a prepared data directory on a free port (a port taken between
+    /// the check and the start fails the start: a few are tried).
+    fn start_on_free_port(mut self) -> Option<PgCluster> {
+        let mut last = String::new();
+        for _ in 0..3 {
+            self.port = super::free_port();
+            match self.pg_ctl_start() {
+                Ok(()) => return Some(self),
+                Err(e) => last = e,
+            }
+        }
+        self.port = 0;
+        unavailable(&format!("pg_ctl start failed: {last}"))
+    }
+
+    /// Creates the cluster and starts its server; `None` = skipped (see the module docs).
+    pub fn start() -> Option<PgCluster> {
+        let cluster = Self::prepare()?;
         let data = cluster.data_dir();
         let initdb = cluster.run(
             "initdb",
@@ -119,16 +147,165 @@ impl PgCluster {
         if !initdb.status.success() {
             return unavailable(&format!("initdb failed: {}", describe(&initdb)));
         }
-        // A port taken between the check and the start fails the start: try a few.
-        let mut last = String::new();
-        for _ in 0..3 {
-            cluster.port = super::free_port();
-            match cluster.pg_ctl_start() {
-                Ok(()) => return Some(cluster),
-                Err(e) => last = e,
+        cluster.start_on_free_port()
+    }
+
+    /// A streaming standby of this running cluster, started: `pg_basebackup -R` (the backup
+    /// writes `standby.signal` and `primary_conninfo`), its own directory and port. Replication
+    /// connections are trusted by `initdb -A trust`'s `pg_hba.conf`.
+    pub fn start_standby(&self) -> Option<PgCluster> {
+        let standby = Self::prepare()?;
+        let data = standby.data_dir();
+        let port = self.port.to_string();
+        let backup = standby.run(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+                &data,
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+            ],
+        );
+        if !backup.status.success() {
+            return unavailable(&format!("pg_basebackup failed: {}", describe(&backup)));
+        }
+        let standby = standby.start_on_free_port()?;
+        // Streaming before anyone waits on it.
+        standby.wait_for(
+            "the standby streams from the primary",
+            "SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'",
+            "1",
+        );
+        Some(standby)
+    }
+
+    /// `synchronous_standby_names = '*'`: from now on a commit waits until a standby has
+    /// flushed it (`synchronous_commit` keeps its default, `on`). Returns once a standby is
+    /// `sync`. Set after the standby exists (with none, every commit would wait), and after
+    /// its base backup, so a promoted standby does not wait for a standby of its own.
+    pub fn make_standbys_synchronous(&self) {
+        self.psql("ALTER SYSTEM SET synchronous_standby_names = '*'");
+        self.psql("SELECT pg_reload_conf()");
+        self.wait_for(
+            "a synchronous standby",
+            "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'",
+            "1",
+        );
+        assert_eq!(self.psql("SHOW synchronous_commit"), "on");
+    }
+
+    /// `synchronous_standby_names = ''`: commits no longer wait for a standby.
+    pub fn make_standbys_asynchronous(&self) {
+        self.psql("ALTER SYSTEM SET synchronous_standby_names = ''");
+        self.psql("SELECT pg_reload_conf()");
+        self.wait_for(
+            "no synchronous standby",
+            "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'",
+            "0",
+        );
+    }
+
+    /// Runs one SQL statement with `psql` and returns its unaligned output; panics on failure.
+    pub fn psql(&self, sql: &str) -> String {
+        let port = self.port.to_string();
+        let out = self.run(
+            "psql",
+            &[
+                "-X",
+                "-A",
+                "-t",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "psql {sql:?}: {}\nserver log:\n{}",
+            describe(&out),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Polls `sql` until it prints `want` (bounded).
+    fn wait_for(&self, what: &str, sql: &str, want: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let got = self.psql(sql);
+            if got == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: {sql} gave {got:?}, not {want:?}\nserver log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL to the postmaster and every process it started, at once: the server vanishes
+    /// as on a crashed machine (no shutdown, no goodbye to clients or standbys). The
+    /// processes are found by pid (`postmaster.pid`, then their parent in `/proc`).
+    pub fn kill9(&self) {
+        let pid_file = self.dir.path().join("data").join("postmaster.pid");
+        let postmaster = std::fs::read_to_string(&pid_file)
+            .unwrap_or_else(|e| panic!("read {}: {e}", pid_file.display()));
+        let postmaster = postmaster
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let mut pids = vec![postmaster.clone()];
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid …; comm may hold spaces, so split after its ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1));
+            if ppid == Some(postmaster.as_str()) {
+                pids.push(entry.file_name().to_string_lossy().into_owned());
             }
         }
-        unavailable(&format!("pg_ctl start failed: {last}"))
+        let status = Command::new("kill")
+            .arg("-9")
+            .args(&pids)
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -9 {pids:?}: {status}");
+    }
+
+    /// `pg_ctl promote -w`: the standby leaves recovery and accepts writes.
+    pub fn promote(&self) {
+        let data = self.data_dir();
+        let out = self.run("pg_ctl", &["promote", "-w", "-t", "60", "-D", &data]);
+        assert!(
+            out.status.success(),
+            "pg_ctl promote failed: {}\nserver log:\n{}",
+            describe(&out),
+            self.log()
+        );
     }
 
     /// `postgres://postgres@127.0.0.1:<port>/postgres`.
@@ -223,7 +400,7 @@ impl Drop for PgCluster {
     }
 }
 
-fn describe(out: &Output) -> String {
+pub(super) fn describe(out: &Output) -> String {
     format!(
         "{}; stdout: {}; stderr: {}",
         out.status,

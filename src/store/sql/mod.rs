@@ -51,6 +51,16 @@ pub(crate) struct SqlStore<D: Dialect> {
 }
 
 impl<D: Dialect> SqlStore<D> {
+    /// The pool for reads now (the dialect may have moved it, see [`Dialect::pool`]).
+    pub(crate) fn reader(&self) -> &Pool<D::Db> {
+        self.dialect.pool(&self.reader)
+    }
+
+    /// The pool for writes now.
+    pub(crate) fn writer(&self) -> &Pool<D::Db> {
+        self.dialect.pool(&self.writer)
+    }
+
     pub(crate) fn new(
         dialect: D,
         reader: Pool<D::Db>,
@@ -87,7 +97,7 @@ where
 {
     async fn migrate(&self) -> Result<(), StoreError> {
         D::migrator()
-            .run(&self.writer)
+            .run(self.writer())
             .await
             .map_err(|e| StoreError::Internal(format!("{} migration failed: {e}", D::NAME)))
     }
@@ -126,7 +136,7 @@ where
         let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE msisdn = $1");
         let row: Option<AccountRow> = sqlx::query_as(&sql)
             .bind(msisdn.as_str())
-            .fetch_optional(&self.reader)
+            .fetch_optional(self.reader())
             .await?;
         row.map(AccountRow::into_account).transpose()
     }
@@ -148,7 +158,7 @@ where
             .bind(after.unwrap_or(""))
             .bind(state.map_or(0, |s| s as i32))
             .bind(i64::from(limit))
-            .fetch_all(&self.reader)
+            .fetch_all(self.reader())
             .await?;
         rows.into_iter().map(AccountRow::into_account).collect()
     }
@@ -167,7 +177,7 @@ where
             .bind(msisdn.as_str())
             .bind(after_id)
             .bind(i64::from(limit))
-            .fetch_all(&self.reader)
+            .fetch_all(self.reader())
             .await?;
         rows.into_iter().map(HistoryRow::into_record).collect()
     }
@@ -184,7 +194,7 @@ where
         let rows: Vec<OutboxRow> = sqlx::query_as(&sql)
             .bind(after_sequence)
             .bind(i64::from(limit))
-            .fetch_all(&self.reader)
+            .fetch_all(self.reader())
             .await?;
         rows.into_iter().map(OutboxRow::into_event).collect()
     }
@@ -198,7 +208,7 @@ where
     }
 
     async fn begin_sweep_batch(&self) -> Result<Box<dyn SweepBatch>, StoreError> {
-        let tx = D::begin_batch(&self.writer).await?;
+        let tx = self.dialect.begin_batch(self.writer()).await?;
         Ok(Box::new(SqlSweepBatch::<D> {
             tx,
             rules: self.rules.clone(),
@@ -222,7 +232,7 @@ where
             .bind(after.next_deadline)
             .bind(&after.msisdn)
             .bind(i64::from(limit))
-            .fetch_all(&self.reader)
+            .fetch_all(self.reader())
             .await?;
         let mut page = DuePage {
             accounts: Vec::with_capacity(rows.len()),
@@ -251,7 +261,7 @@ where
         .bind(started_at)
         .bind(SweepRunStatus::Running.as_str())
         .bind(false)
-        .fetch_one(&self.writer)
+        .fetch_one(self.writer())
         .await?;
         Ok(id)
     }
@@ -277,7 +287,7 @@ where
         for reason in SWEPT_REASONS {
             query = query.bind(count(end.counts.transitions_of(reason)));
         }
-        query.execute(&self.writer).await?;
+        query.execute(self.writer()).await?;
         Ok(())
     }
 
@@ -288,7 +298,7 @@ where
         )
         .bind(SweepRunStatus::Succeeded.as_str())
         .bind(false)
-        .fetch_optional(&self.reader)
+        .fetch_optional(self.reader())
         .await?;
         Ok(as_of)
     }
@@ -300,13 +310,13 @@ where
         );
         let rows: Vec<SweepRunRow> = sqlx::query_as(&sql)
             .bind(i64::from(limit))
-            .fetch_all(&self.reader)
+            .fetch_all(self.reader())
             .await?;
         rows.into_iter().map(SweepRunRow::into_run).collect()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        sqlx::query("SELECT 1").execute(self.reader()).await?;
         Ok(())
     }
 
@@ -316,7 +326,7 @@ where
              ON CONFLICT (id) DO UPDATE SET probed_at = excluded.probed_at",
         )
         .bind(now)
-        .execute(&self.writer)
+        .execute(self.writer())
         .await?;
         Ok(())
     }
@@ -324,7 +334,7 @@ where
     async fn accounts_by_state(&self) -> Result<Vec<(AccountState, i64)>, StoreError> {
         let rows: Vec<(i32, i64)> =
             sqlx::query_as("SELECT state, COUNT(*) FROM accounts GROUP BY state ORDER BY state")
-                .fetch_all(&self.reader)
+                .fetch_all(self.reader())
                 .await?;
         rows.into_iter()
             .map(|(state, count)| Ok((rows::state(state)?, count)))
@@ -346,7 +356,7 @@ where
         let (count, amount): (i64, i64) = sqlx::query_as(&sql)
             .bind(from)
             .bind(until)
-            .fetch_one(&self.reader)
+            .fetch_one(self.reader())
             .await?;
         Ok(RechargeTotals { count, amount })
     }
@@ -376,7 +386,7 @@ where
         let rows: Vec<(NaiveDate, i64)> = sqlx::query_as(&sql)
             .bind(deadline_bound)
             .bind(last_day)
-            .fetch_all(&self.reader)
+            .fetch_all(self.reader())
             .await?;
         Ok(rows
             .into_iter()
@@ -387,7 +397,7 @@ where
     async fn dead_letter_overview(&self, limit: u32) -> Result<DeadLetterOverview, StoreError> {
         let count: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM webhook_deliveries WHERE dead_at IS NOT NULL")
-                .fetch_one(&self.reader)
+                .fetch_one(self.reader())
                 .await?;
         let sql = format!(
             "SELECT {JOINED_OUTBOX_COLUMNS}, d.attempts, d.last_error, d.dead_at \
@@ -397,7 +407,7 @@ where
         );
         let rows: Vec<DeadRow> = sqlx::query_as(&sql)
             .bind(i64::from(limit))
-            .fetch_all(&self.reader)
+            .fetch_all(self.reader())
             .await?;
         let latest = rows
             .into_iter()
@@ -408,7 +418,7 @@ where
 
     async fn last_outbox_sequence(&self) -> Result<i64, StoreError> {
         let last: Option<i64> = sqlx::query_scalar("SELECT MAX(sequence) FROM outbox")
-            .fetch_one(&self.reader)
+            .fetch_one(self.reader())
             .await?;
         Ok(last.unwrap_or(0))
     }
@@ -436,7 +446,7 @@ where
             type_list(types)
         );
         let oldest: Option<DateTime<Utc>> = sqlx::query_scalar(&sql)
-            .fetch_optional(&self.reader)
+            .fetch_optional(self.reader())
             .await?;
         Ok(oldest)
     }
