@@ -11,7 +11,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, Pool, Postgres, Transaction};
 
-use super::dialect::{Dialect, ErrorClass};
+use super::dialect::{Dialect, ErrorClass, SqlDatabase};
 use super::sql::{SqlStore, Writes};
 use super::{Committed, Decide, MutateFailure, RequestKey, StoreError};
 use crate::lifecycle::{Msisdn, Rules};
@@ -56,6 +56,9 @@ impl SqlStore<PostgresDialect> {
         Ok(SqlStore::new(PostgresDialect, pool.clone(), pool, rules))
     }
 }
+
+/// sqlx's Postgres meets what the shared SQL needs (the compiler checks it here).
+impl SqlDatabase for Postgres {}
 
 #[async_trait]
 impl Dialect for PostgresDialect {
