@@ -13,10 +13,9 @@
 //! Times in this table are real time (`next_attempt_at` in epoch milliseconds), never the
 //! service's manual clock: retry timing is outbound I/O timing.
 
-use chrono::{DateTime, NaiveDate, Utc};
-use sqlx::{ColumnIndex, Encode, Executor, Type};
+use chrono::{DateTime, Utc};
 
-use super::dialect::{Conn, Db, Dialect, Row, Value};
+use super::dialect::{Dialect, Executes, Param, Reads};
 use super::rows;
 use super::sql::SqlStore;
 use super::{EventType, OutboxEvent, StoreError};
@@ -176,24 +175,7 @@ pub(crate) fn type_list(types: &[EventType]) -> String {
 
 /// The one implementation, over the backend's read and write pools.
 #[async_trait::async_trait]
-impl<D: Dialect> WebhookDeliveries for SqlStore<D>
-where
-    for<'c> &'c mut Conn<D>: Executor<'c, Database = Db<D>>,
-    usize: ColumnIndex<Row<D>>,
-    for<'a> &'a str: ColumnIndex<Row<D>> + Encode<'a, Db<D>> + Type<Db<D>>,
-    for<'a> Option<&'a str>: Encode<'a, Db<D>>,
-    bool: Value<Db<D>>,
-    Vec<u8>: Value<Db<D>>,
-    i32: Value<Db<D>>,
-    Option<i32>: Value<Db<D>>,
-    i64: Value<Db<D>>,
-    Option<i64>: Value<Db<D>>,
-    String: Value<Db<D>>,
-    DateTime<Utc>: Value<Db<D>>,
-    Option<DateTime<Utc>>: Value<Db<D>>,
-    NaiveDate: Value<Db<D>>,
-    Option<NaiveDate>: Value<Db<D>>,
-{
+impl<D: Dialect> WebhookDeliveries for SqlStore<D> {
     async fn register_webhook_events(
         &self,
         types: &[EventType],
@@ -215,11 +197,13 @@ where
             "SELECT count(*), max(sequence) FROM \
              (SELECT o.sequence {unregistered} ORDER BY o.sequence LIMIT $2) AS n"
         );
-        let (found, last): (i64, Option<i64>) = sqlx::query_as(&sql)
-            .bind(after_sequence)
-            .bind(i64::from(limit))
-            .fetch_one(self.reader())
-            .await?;
+        let (found, last): (i64, Option<i64>) = D::Db::read(
+            &sqlx::query(&sql)
+                .param(after_sequence)
+                .param(i64::from(limit))
+                .fetch_one(D::Db::on_pool(self.reader()))
+                .await?,
+        )?;
         let Some(last) = last else {
             return Ok(Registered::default());
         };
@@ -232,10 +216,10 @@ where
              ON CONFLICT (sequence) DO NOTHING"
         );
         let added = sqlx::query(&sql)
-            .bind(after_sequence)
-            .bind(last)
-            .bind(now_ms)
-            .execute(self.writer())
+            .param(after_sequence)
+            .param(last)
+            .param(now_ms)
+            .execute(D::Db::on_pool(self.writer()))
             .await
             .map(|done| D::rows_affected(&done))?;
         Ok(Registered {
@@ -264,11 +248,13 @@ where
         let mut picked: Vec<(i64, i32)> = Vec::new();
         let (mut after, mut scanned) = (i64::MIN, 0_usize);
         'scan: while scanned < DUE_SCAN_MAX {
-            let page: Vec<(i64, String, i64, i32)> = sqlx::query_as(page_sql)
-                .bind(after)
-                .bind(DUE_SCAN_PAGE as i64)
-                .fetch_all(self.reader())
-                .await?;
+            let page: Vec<(i64, String, i64, i32)> = D::Db::read_all(
+                sqlx::query(page_sql)
+                    .param(after)
+                    .param(DUE_SCAN_PAGE as i64)
+                    .fetch_all(D::Db::on_pool(self.reader()))
+                    .await?,
+            )?;
             let fetched = page.len();
             scanned += fetched;
             for (sequence, msisdn, next_attempt_at, attempts) in page {
@@ -292,7 +278,11 @@ where
             rows::OUTBOX_COLUMNS,
             sequence_list(&picked.iter().map(|(s, _)| *s).collect::<Vec<_>>())
         );
-        let rows: Vec<rows::OutboxRow> = sqlx::query_as(&sql).fetch_all(self.reader()).await?;
+        let rows: Vec<rows::OutboxRow> = D::Db::read_all(
+            sqlx::query(&sql)
+                .fetch_all(D::Db::on_pool(self.reader()))
+                .await?,
+        )?;
         let attempts: std::collections::HashMap<i64, i32> = picked.into_iter().collect();
         rows.into_iter()
             .map(|row| {
@@ -328,7 +318,10 @@ where
                  WHERE sequence IN ({})",
                 sequence_list(&delivered)
             );
-            sqlx::query(&sql).bind(at).execute(&mut *tx).await?;
+            sqlx::query(&sql)
+                .param(at)
+                .execute(D::Db::on(&mut *tx))
+                .await?;
         }
         for (sequence, outcome) in outcomes {
             let query = match outcome {
@@ -340,18 +333,18 @@ where
                     "UPDATE webhook_deliveries SET next_attempt_at = $2, last_error = $3 \
                      WHERE sequence = $1 AND delivered_at IS NULL",
                 )
-                .bind(*sequence)
-                .bind(*next_attempt_at)
-                .bind(error.as_str()),
+                .param(*sequence)
+                .param(*next_attempt_at)
+                .param(error.as_str()),
                 AttemptOutcome::Dead { error } => sqlx::query(
                     "UPDATE webhook_deliveries SET dead_at = $2, last_error = $3 \
                      WHERE sequence = $1 AND delivered_at IS NULL",
                 )
-                .bind(*sequence)
-                .bind(at)
-                .bind(error.as_str()),
+                .param(*sequence)
+                .param(at)
+                .param(error.as_str()),
             };
-            query.execute(&mut *tx).await?;
+            query.execute(D::Db::on(&mut *tx)).await?;
         }
         let mut claimed = Vec::new();
         if !claim.is_empty() {
@@ -362,11 +355,13 @@ where
                  AND next_attempt_at <= $1 RETURNING sequence, attempts",
                 sequence_list(claim)
             );
-            let rows: Vec<(i64, i32)> = sqlx::query_as(&sql)
-                .bind(now_ms)
-                .bind(lease_until_ms)
-                .fetch_all(&mut *tx)
-                .await?;
+            let rows: Vec<(i64, i32)> = D::Db::read_all(
+                sqlx::query(&sql)
+                    .param(now_ms)
+                    .param(lease_until_ms)
+                    .fetch_all(D::Db::on(&mut *tx))
+                    .await?,
+            )?;
             claimed = rows
                 .into_iter()
                 .map(|(sequence, attempts)| (sequence, attempt_count(attempts)))
@@ -388,17 +383,19 @@ where
              ORDER BY d.sequence LIMIT $2",
             JOINED_OUTBOX_COLUMNS
         );
-        let rows: Vec<DeadRow> = sqlx::query_as(&sql)
-            .bind(after_sequence)
-            .bind(i64::from(limit))
-            .fetch_all(self.reader())
-            .await?;
+        let rows: Vec<DeadRow> = D::Db::read_all(
+            sqlx::query(&sql)
+                .param(after_sequence)
+                .param(i64::from(limit))
+                .fetch_all(D::Db::on_pool(self.reader()))
+                .await?,
+        )?;
         rows.into_iter().map(DeadRow::into_dead_letter).collect()
     }
 
     async fn analyze_webhook_deliveries(&self) -> Result<(), StoreError> {
         sqlx::query("ANALYZE webhook_deliveries")
-            .execute(self.writer())
+            .execute(D::Db::on_pool(self.writer()))
             .await?;
         Ok(())
     }
@@ -415,9 +412,9 @@ where
                  SET dead_at = NULL, attempts = 0, next_attempt_at = $2 \
                  WHERE event_id = $1 AND dead_at IS NOT NULL",
             )
-            .bind(event_id.as_str())
-            .bind(now_ms)
-            .execute(self.writer())
+            .param(event_id.as_str())
+            .param(now_ms)
+            .execute(D::Db::on_pool(self.writer()))
             .await
             .map(|done| D::rows_affected(&done))?;
         }

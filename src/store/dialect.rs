@@ -7,9 +7,14 @@
 //! add a method here, not a branch in the generic code.
 
 use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migrate, Migrator};
-use sqlx::{Database, Decode, Encode, Pool, Transaction, Type};
+use sqlx::query::Query;
+use sqlx::{Arguments, Database, Encode, Executor, FromRow, Pool, Transaction, Type};
 
+use super::deliveries::DeadRow;
+use super::rows::{AccountRow, HistoryRow, OutboxRow, SweepRunRow};
 use super::sql::SqlStore;
 use super::{Committed, Decide, MutateFailure, RequestKey};
 use crate::lifecycle::Msisdn;
@@ -32,8 +37,8 @@ pub(crate) enum ErrorClass {
 /// `PostgresDialect`; a value of it is the backend's own state (SQLite: its writer task).
 #[async_trait]
 pub(crate) trait Dialect: Send + Sync + Sized + 'static {
-    /// The sqlx database; its connection runs the migrations and its arguments make queries.
-    type Db: Database<Connection: Migrate> + for<'q> DatabaseArgs<'q>;
+    /// The sqlx database, with what the shared SQL needs of it.
+    type Db: SqlDatabase;
 
     /// The backend's name, in messages.
     const NAME: &'static str;
@@ -58,7 +63,7 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
     fn classify_code(code: &str) -> ErrorClass;
 
     /// One attempt at a mutation: how it gets its transaction (its own, or a share of a group
-    /// commit), runs [`super::sql::apply_in`] in it and commits. Retries are the caller's.
+    /// commit), runs `Writes::apply_in` in it and commits. Retries are the caller's.
     async fn mutate_once(
         &self,
         store: &SqlStore<Self>,
@@ -90,22 +95,127 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
     }
 }
 
-/// A Rust type a backend binds as a parameter and reads from a column.
-pub(crate) trait Value<DB: Database>:
-    for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB> + Send + Sync
+/// What the shared SQL needs from a backend's sqlx database, stated once: it runs migrations,
+/// executes on a pool and on a connection, binds the parameter types the SQL uses and reads its
+/// row types. `sqlx::Sqlite` and `sqlx::Postgres` meet it (checked by the empty impls in
+/// `sqlite.rs` and `postgres.rs`).
+///
+/// Generic code goes through this trait instead of sqlx's own `bind`, `query_as` and executor
+/// impls, whose bounds are about the bound types (`i64: Encode<DB>`), not about the database:
+/// Rust does not carry such `where` clauses from a trait to its users, so every generic `impl`
+/// would have to repeat them. Bounds on `Self` carry over.
+pub(crate) trait SqlDatabase:
+    Database<Connection: Migrate>
+    + for<'q> DatabaseArgs<'q>
+    + Executes
+    + for<'q> Binds<'q, i64>
+    + for<'q> Binds<'q, Option<i64>>
+    + for<'q> Binds<'q, i32>
+    + for<'q> Binds<'q, Option<i32>>
+    + for<'q> Binds<'q, bool>
+    + for<'q> Binds<'q, &'q str>
+    + for<'q> Binds<'q, Option<&'q str>>
+    + for<'q> Binds<'q, &'q [u8]>
+    + for<'q> Binds<'q, DateTime<Utc>>
+    + for<'q> Binds<'q, Option<DateTime<Utc>>>
+    + for<'q> Binds<'q, NaiveDate>
+    + for<'q> Binds<'q, Option<NaiveDate>>
+    + Reads<AccountRow>
+    + Reads<HistoryRow>
+    + Reads<OutboxRow>
+    + Reads<SweepRunRow>
+    + Reads<DeadRow>
+    + Reads<(i64,)>
+    + Reads<(Option<i64>,)>
+    + Reads<(i64, i64)>
+    + Reads<(i64, Option<i64>)>
+    + Reads<(i32, i64)>
+    + Reads<(i64, i32)>
+    + Reads<(i64, String, i64, i32)>
+    + Reads<(String, Vec<u8>)>
+    + Reads<(DateTime<Utc>,)>
+    + Reads<(NaiveDate, i64)>
 {
 }
 
-impl<DB: Database, T> Value<DB> for T where
-    T: for<'q> Encode<'q, DB> + for<'r> Decode<'r, DB> + Type<DB> + Send + Sync
+/// Runs queries on a pool and on a connection (sqlx's executor impls, whose bound is about
+/// `&mut Connection`).
+pub(crate) trait Executes: Database {
+    fn on<'c>(conn: &'c mut Self::Connection) -> impl Executor<'c, Database = Self>;
+    fn on_pool<'p>(pool: &'p Pool<Self>) -> impl Executor<'p, Database = Self>;
+}
+
+impl<DB: Database> Executes for DB
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
 {
+    fn on<'c>(conn: &'c mut DB::Connection) -> impl Executor<'c, Database = DB> {
+        conn
+    }
+
+    fn on_pool<'p>(pool: &'p Pool<DB>) -> impl Executor<'p, Database = DB> {
+        pool
+    }
+}
+
+/// Binds a `T` as a query parameter (sqlx's `bind`, whose bound is about `T`).
+pub(crate) trait Binds<'q, T>: Database {
+    fn bind(
+        query: Query<'q, Self, Self::Arguments<'q>>,
+        value: T,
+    ) -> Query<'q, Self, Self::Arguments<'q>>;
+    fn add(arguments: &mut Self::Arguments<'q>, value: T) -> Result<(), BoxDynError>;
+}
+
+impl<'q, DB: Database, T: 'q + Encode<'q, DB> + Type<DB>> Binds<'q, T> for DB {
+    fn bind(query: Query<'q, DB, DB::Arguments<'q>>, value: T) -> Query<'q, DB, DB::Arguments<'q>> {
+        query.bind(value)
+    }
+
+    fn add(arguments: &mut DB::Arguments<'q>, value: T) -> Result<(), BoxDynError> {
+        arguments.add(value)
+    }
+}
+
+/// Reads a row as a `T` (sqlx's `FromRow`, whose bound is about `T`).
+pub(crate) trait Reads<T>: Database {
+    fn read(row: &Self::Row) -> Result<T, sqlx::Error>;
+
+    fn read_optional(row: Option<Self::Row>) -> Result<Option<T>, sqlx::Error> {
+        row.as_ref().map(Self::read).transpose()
+    }
+
+    fn read_all(rows: Vec<Self::Row>) -> Result<Vec<T>, sqlx::Error> {
+        rows.iter().map(Self::read).collect()
+    }
+}
+
+impl<DB: Database, T: for<'r> FromRow<'r, DB::Row>> Reads<T> for DB {
+    fn read(row: &DB::Row) -> Result<T, sqlx::Error> {
+        T::from_row(row)
+    }
+}
+
+/// A parameter of `SqlDatabase`'s types: `sqlx::query(sql).param(a).param(b)`.
+pub(crate) trait Param<'q, DB: Database>: Sized {
+    fn param<T>(self, value: T) -> Self
+    where
+        DB: Binds<'q, T>;
+}
+
+impl<'q, DB: Database> Param<'q, DB> for Query<'q, DB, DB::Arguments<'q>> {
+    fn param<T>(self, value: T) -> Self
+    where
+        DB: Binds<'q, T>,
+    {
+        DB::bind(self, value)
+    }
 }
 
 /// The database of a dialect, its connection, its row and its bound arguments.
 pub(crate) type Db<D> = <D as Dialect>::Db;
 pub(crate) type Args<'q, D> = <Db<D> as Database>::Arguments<'q>;
 pub(crate) type Conn<D> = <Db<D> as Database>::Connection;
-pub(crate) type Row<D> = <Db<D> as Database>::Row;
 
 /// `Database::Arguments<'q>` can be bound into a query of `'q` (sqlx states it per backend).
 pub(crate) trait DatabaseArgs<'q>:

@@ -15,7 +15,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, Pool, Postgres, Transaction};
 
-use super::dialect::{Dialect, ErrorClass};
+use super::dialect::{Dialect, ErrorClass, SqlDatabase};
 use super::pg_failover::{FollowedPrimary, PgTargets, PrimaryWatch};
 use super::sql::{SqlStore, Writes};
 use super::{Committed, Decide, MutateFailure, RequestKey, StoreError};
@@ -94,6 +94,9 @@ impl PostgresDialect {
         }
     }
 }
+
+/// sqlx's Postgres meets what the shared SQL needs (the compiler checks it here).
+impl SqlDatabase for Postgres {}
 
 #[async_trait]
 impl Dialect for PostgresDialect {

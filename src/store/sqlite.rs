@@ -19,7 +19,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Acquire, Connection, Pool, Sqlite, SqlitePool, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::dialect::{Dialect, ErrorClass};
+use super::dialect::{Dialect, ErrorClass, SqlDatabase};
 use super::sql::{SqlStore, Writes};
 use super::{Committed, Decide, MutateFailure, RequestKey, SqlFailure, StoreError, classify};
 use crate::lifecycle::{Msisdn, Rules};
@@ -92,6 +92,9 @@ impl SqlStore<SqliteDialect> {
         ))
     }
 }
+
+/// sqlx's Sqlite meets what the shared SQL needs (the compiler checks it here).
+impl SqlDatabase for Sqlite {}
 
 #[async_trait]
 impl Dialect for SqliteDialect {

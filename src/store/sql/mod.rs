@@ -2,10 +2,10 @@
 //! [`SqlStore`] over a [`Dialect`], which supplies only what differs (how a mutation and a sweep
 //! batch get their transaction, the locking clauses, the sweep's workers, the error codes).
 //!
-//! Rust does not imply `where` clauses, so each generic `impl` states the same bounds: what the
-//! generic SQL needs from a backend's sqlx types (an executor over `&mut` connection, owned
-//! arguments, and the Rust types it binds and reads). Both `sqlx::Sqlite` and `sqlx::Postgres`
-//! meet them; the compiler checks it where `connect` builds each store.
+//! What the SQL needs from a backend's sqlx database (the parameter types it binds, the rows it
+//! reads, its executors) is declared once by `dialect::SqlDatabase`; queries bind with
+//! `.param(…)` and read rows with `D::Db::read…` through it rather than with sqlx's own `bind`
+//! and `query_as`, whose bounds every generic `impl` would have to repeat.
 //!
 //! [`WebhookDeliveries`]: super::WebhookDeliveries
 
@@ -15,10 +15,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
-use sqlx::{ColumnIndex, Encode, Executor, Pool, Type};
+use sqlx::{Executor, Pool};
 
 use super::deliveries::{DeadRow, JOINED_OUTBOX_COLUMNS, type_list};
-use super::dialect::{Conn, Db, Dialect, Row, Value};
+use super::dialect::{Dialect, Executes, Param, Reads};
 use super::rows::{self, ACCOUNT_COLUMNS, AccountRow, HistoryRow, OutboxRow, SweepRunRow};
 use super::sweeps::{
     DueCursor, DuePage, RunEnd, SWEPT_REASONS, SweepBatch, SweepRun, SweepRunStatus,
@@ -61,6 +61,16 @@ impl<D: Dialect> SqlStore<D> {
         self.dialect.pool(&self.writer)
     }
 
+    /// Where reads run.
+    fn read(&self) -> impl Executor<'_, Database = D::Db> {
+        D::Db::on_pool(self.reader())
+    }
+
+    /// Where single-statement writes run.
+    fn write(&self) -> impl Executor<'_, Database = D::Db> {
+        D::Db::on_pool(self.writer())
+    }
+
     pub(crate) fn new(
         dialect: D,
         reader: Pool<D::Db>,
@@ -77,24 +87,7 @@ impl<D: Dialect> SqlStore<D> {
 }
 
 #[async_trait]
-impl<D: Dialect> AccountStore for SqlStore<D>
-where
-    for<'c> &'c mut Conn<D>: Executor<'c, Database = Db<D>>,
-    usize: ColumnIndex<Row<D>>,
-    for<'a> &'a str: ColumnIndex<Row<D>> + Encode<'a, Db<D>> + Type<Db<D>>,
-    for<'a> Option<&'a str>: Encode<'a, Db<D>>,
-    bool: Value<Db<D>>,
-    Vec<u8>: Value<Db<D>>,
-    i32: Value<Db<D>>,
-    Option<i32>: Value<Db<D>>,
-    i64: Value<Db<D>>,
-    Option<i64>: Value<Db<D>>,
-    String: Value<Db<D>>,
-    DateTime<Utc>: Value<Db<D>>,
-    Option<DateTime<Utc>>: Value<Db<D>>,
-    NaiveDate: Value<Db<D>>,
-    Option<NaiveDate>: Value<Db<D>>,
-{
+impl<D: Dialect> AccountStore for SqlStore<D> {
     async fn migrate(&self) -> Result<(), StoreError> {
         D::migrator()
             .run(self.writer())
@@ -134,10 +127,12 @@ where
 
     async fn get(&self, msisdn: &Msisdn) -> Result<Option<Account>, StoreError> {
         let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE msisdn = $1");
-        let row: Option<AccountRow> = sqlx::query_as(&sql)
-            .bind(msisdn.as_str())
-            .fetch_optional(self.reader())
-            .await?;
+        let row: Option<AccountRow> = D::Db::read_optional(
+            sqlx::query(&sql)
+                .param(msisdn.as_str())
+                .fetch_optional(self.read())
+                .await?,
+        )?;
         row.map(AccountRow::into_account).transpose()
     }
 
@@ -153,13 +148,15 @@ where
              ORDER BY msisdn LIMIT $4",
             rows::EFFECTIVE_STATE_SQL
         );
-        let rows: Vec<AccountRow> = sqlx::query_as(&sql)
-            .bind(today)
-            .bind(after.unwrap_or(""))
-            .bind(state.map_or(0, |s| s as i32))
-            .bind(i64::from(limit))
-            .fetch_all(self.reader())
-            .await?;
+        let rows: Vec<AccountRow> = D::Db::read_all(
+            sqlx::query(&sql)
+                .param(today)
+                .param(after.unwrap_or(""))
+                .param(state.map_or(0, |s| s as i32))
+                .param(i64::from(limit))
+                .fetch_all(self.read())
+                .await?,
+        )?;
         rows.into_iter().map(AccountRow::into_account).collect()
     }
 
@@ -173,12 +170,14 @@ where
             "SELECT {} FROM account_history WHERE msisdn = $1 AND id > $2 ORDER BY id LIMIT $3",
             rows::HISTORY_COLUMNS
         );
-        let rows: Vec<HistoryRow> = sqlx::query_as(&sql)
-            .bind(msisdn.as_str())
-            .bind(after_id)
-            .bind(i64::from(limit))
-            .fetch_all(self.reader())
-            .await?;
+        let rows: Vec<HistoryRow> = D::Db::read_all(
+            sqlx::query(&sql)
+                .param(msisdn.as_str())
+                .param(after_id)
+                .param(i64::from(limit))
+                .fetch_all(self.read())
+                .await?,
+        )?;
         rows.into_iter().map(HistoryRow::into_record).collect()
     }
 
@@ -191,11 +190,13 @@ where
             "SELECT {} FROM outbox WHERE sequence > $1 ORDER BY sequence LIMIT $2",
             rows::OUTBOX_COLUMNS
         );
-        let rows: Vec<OutboxRow> = sqlx::query_as(&sql)
-            .bind(after_sequence)
-            .bind(i64::from(limit))
-            .fetch_all(self.reader())
-            .await?;
+        let rows: Vec<OutboxRow> = D::Db::read_all(
+            sqlx::query(&sql)
+                .param(after_sequence)
+                .param(i64::from(limit))
+                .fetch_all(self.read())
+                .await?,
+        )?;
         rows.into_iter().map(OutboxRow::into_event).collect()
     }
 
@@ -227,13 +228,15 @@ where
              AND (next_deadline > $2 OR (next_deadline = $2 AND msisdn > $3)) \
              ORDER BY next_deadline, msisdn LIMIT $4"
         );
-        let rows: Vec<AccountRow> = sqlx::query_as(&sql)
-            .bind(as_of.timestamp())
-            .bind(after.next_deadline)
-            .bind(&after.msisdn)
-            .bind(i64::from(limit))
-            .fetch_all(self.reader())
-            .await?;
+        let rows: Vec<AccountRow> = D::Db::read_all(
+            sqlx::query(&sql)
+                .param(as_of.timestamp())
+                .param(after.next_deadline)
+                .param(after.msisdn.as_str())
+                .param(i64::from(limit))
+                .fetch_all(self.read())
+                .await?,
+        )?;
         let mut page = DuePage {
             accounts: Vec::with_capacity(rows.len()),
             next: after.clone(),
@@ -253,16 +256,18 @@ where
         as_of: DateTime<Utc>,
         started_at: DateTime<Utc>,
     ) -> Result<i64, StoreError> {
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO sweep_runs (as_of, started_at, status, dry_run) \
+        let (id,): (i64,) = D::Db::read(
+            &sqlx::query(
+                "INSERT INTO sweep_runs (as_of, started_at, status, dry_run) \
              VALUES ($1, $2, $3, $4) RETURNING id",
-        )
-        .bind(as_of)
-        .bind(started_at)
-        .bind(SweepRunStatus::Running.as_str())
-        .bind(false)
-        .fetch_one(self.writer())
-        .await?;
+            )
+            .param(as_of)
+            .param(started_at)
+            .param(SweepRunStatus::Running.as_str())
+            .param(false)
+            .fetch_one(self.write())
+            .await?,
+        )?;
         Ok(id)
     }
 
@@ -278,28 +283,31 @@ where
              expiring_notified = $5, error = $6{transitions} WHERE id = $1"
         );
         let mut query = sqlx::query(&sql)
-            .bind(id)
-            .bind(end.status.as_str())
-            .bind(end.finished_at)
-            .bind(count(end.counts.examined))
-            .bind(count(end.counts.expiring_notified))
-            .bind(end.error.as_deref());
+            .param(id)
+            .param(end.status.as_str())
+            .param(end.finished_at)
+            .param(count(end.counts.examined))
+            .param(count(end.counts.expiring_notified))
+            .param(end.error.as_deref());
         for reason in SWEPT_REASONS {
-            query = query.bind(count(end.counts.transitions_of(reason)));
+            query = query.param(count(end.counts.transitions_of(reason)));
         }
-        query.execute(self.writer()).await?;
+        query.execute(self.write()).await?;
         Ok(())
     }
 
     async fn last_sweep_as_of(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let as_of: Option<DateTime<Utc>> = sqlx::query_scalar(
-            "SELECT as_of FROM sweep_runs WHERE status = $1 AND dry_run = $2 \
+        let as_of: Option<DateTime<Utc>> = D::Db::read_optional(
+            sqlx::query(
+                "SELECT as_of FROM sweep_runs WHERE status = $1 AND dry_run = $2 \
              ORDER BY as_of DESC LIMIT 1",
-        )
-        .bind(SweepRunStatus::Succeeded.as_str())
-        .bind(false)
-        .fetch_optional(self.reader())
-        .await?;
+            )
+            .param(SweepRunStatus::Succeeded.as_str())
+            .param(false)
+            .fetch_optional(self.read())
+            .await?,
+        )?
+        .map(|(value,): (DateTime<Utc>,)| value);
         Ok(as_of)
     }
 
@@ -308,15 +316,17 @@ where
             "SELECT {} FROM sweep_runs ORDER BY id DESC LIMIT $1",
             rows::SWEEP_RUN_COLUMNS
         );
-        let rows: Vec<SweepRunRow> = sqlx::query_as(&sql)
-            .bind(i64::from(limit))
-            .fetch_all(self.reader())
-            .await?;
+        let rows: Vec<SweepRunRow> = D::Db::read_all(
+            sqlx::query(&sql)
+                .param(i64::from(limit))
+                .fetch_all(self.read())
+                .await?,
+        )?;
         rows.into_iter().map(SweepRunRow::into_run).collect()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(self.reader()).await?;
+        sqlx::query("SELECT 1").execute(self.read()).await?;
         Ok(())
     }
 
@@ -325,17 +335,18 @@ where
             "INSERT INTO storage_probe (id, probed_at) VALUES (1, $1) \
              ON CONFLICT (id) DO UPDATE SET probed_at = excluded.probed_at",
         )
-        .bind(now)
-        .execute(self.writer())
+        .param(now)
+        .execute(self.write())
         .await?;
         Ok(())
     }
 
     async fn accounts_by_state(&self) -> Result<Vec<(AccountState, i64)>, StoreError> {
-        let rows: Vec<(i32, i64)> =
-            sqlx::query_as("SELECT state, COUNT(*) FROM accounts GROUP BY state ORDER BY state")
-                .fetch_all(self.reader())
-                .await?;
+        let rows: Vec<(i32, i64)> = D::Db::read_all(
+            sqlx::query("SELECT state, COUNT(*) FROM accounts GROUP BY state ORDER BY state")
+                .fetch_all(self.read())
+                .await?,
+        )?;
         rows.into_iter()
             .map(|(state, count)| Ok((rows::state(state)?, count)))
             .collect()
@@ -353,11 +364,13 @@ where
              FROM account_history WHERE kind = {} AND at >= $1 AND at < $2",
             HistoryKind::Recharge as i32
         );
-        let (count, amount): (i64, i64) = sqlx::query_as(&sql)
-            .bind(from)
-            .bind(until)
-            .fetch_one(self.reader())
-            .await?;
+        let (count, amount): (i64, i64) = D::Db::read(
+            &sqlx::query(&sql)
+                .param(from)
+                .param(until)
+                .fetch_one(self.read())
+                .await?,
+        )?;
         Ok(RechargeTotals { count, amount })
     }
 
@@ -383,11 +396,13 @@ where
             rows::LAST_DAY_BEFORE_RECYCLING_SQL,
             AccountState::Recycled as i32
         );
-        let rows: Vec<(NaiveDate, i64)> = sqlx::query_as(&sql)
-            .bind(deadline_bound)
-            .bind(last_day)
-            .fetch_all(self.reader())
-            .await?;
+        let rows: Vec<(NaiveDate, i64)> = D::Db::read_all(
+            sqlx::query(&sql)
+                .param(deadline_bound)
+                .param(last_day)
+                .fetch_all(self.read())
+                .await?,
+        )?;
         Ok(rows
             .into_iter()
             .map(|(last_day, count)| (last_day.succ_opt().unwrap_or(last_day), count))
@@ -395,20 +410,23 @@ where
     }
 
     async fn dead_letter_overview(&self, limit: u32) -> Result<DeadLetterOverview, StoreError> {
-        let count: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM webhook_deliveries WHERE dead_at IS NOT NULL")
-                .fetch_one(self.reader())
-                .await?;
+        let (count,): (i64,) = D::Db::read(
+            &sqlx::query("SELECT COUNT(*) FROM webhook_deliveries WHERE dead_at IS NOT NULL")
+                .fetch_one(self.read())
+                .await?,
+        )?;
         let sql = format!(
             "SELECT {JOINED_OUTBOX_COLUMNS}, d.attempts, d.last_error, d.dead_at \
              FROM webhook_deliveries d JOIN outbox o ON o.sequence = d.sequence \
              WHERE d.dead_at IS NOT NULL \
              ORDER BY d.dead_at DESC, d.sequence DESC LIMIT $1"
         );
-        let rows: Vec<DeadRow> = sqlx::query_as(&sql)
-            .bind(i64::from(limit))
-            .fetch_all(self.reader())
-            .await?;
+        let rows: Vec<DeadRow> = D::Db::read_all(
+            sqlx::query(&sql)
+                .param(i64::from(limit))
+                .fetch_all(self.read())
+                .await?,
+        )?;
         let latest = rows
             .into_iter()
             .map(DeadRow::into_dead_letter)
@@ -417,9 +435,11 @@ where
     }
 
     async fn last_outbox_sequence(&self) -> Result<i64, StoreError> {
-        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(sequence) FROM outbox")
-            .fetch_one(self.reader())
-            .await?;
+        let (last,): (Option<i64>,) = D::Db::read(
+            &sqlx::query("SELECT MAX(sequence) FROM outbox")
+                .fetch_one(self.read())
+                .await?,
+        )?;
         Ok(last.unwrap_or(0))
     }
 
@@ -445,9 +465,9 @@ where
              ) AS m)",
             type_list(types)
         );
-        let oldest: Option<DateTime<Utc>> = sqlx::query_scalar(&sql)
-            .fetch_optional(self.reader())
-            .await?;
+        let oldest: Option<DateTime<Utc>> =
+            D::Db::read_optional(sqlx::query(&sql).fetch_optional(self.read()).await?)?
+                .map(|(value,): (DateTime<Utc>,)| value);
         Ok(oldest)
     }
 }

@@ -6,14 +6,14 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use sqlx::error::BoxDynError;
 use sqlx::query::Query;
-use sqlx::{Arguments, ColumnIndex, Encode, Executor, Transaction, Type};
+use sqlx::{Arguments, Transaction};
 
 use super::ROWS_PER_STATEMENT;
 use crate::lifecycle::{Account, Msisdn, Rules};
-use crate::store::dialect::{Args, Conn, Db, Dialect, Row, Value};
+use crate::store::dialect::{Args, Binds, Conn, Db, Dialect, Executes, Param, Reads};
 use crate::store::rows::{ACCOUNT_COLUMNS, AccountRow};
 use crate::store::sweeps::{ClaimPass, SweepBatch, SweptBatch};
 use crate::store::{
@@ -24,24 +24,7 @@ use crate::store::{
 /// The generic writes of dialect `D` (a namespace: the bounds are stated once for all of them).
 pub(crate) struct Writes<D>(PhantomData<D>);
 
-impl<D: Dialect> Writes<D>
-where
-    for<'c> &'c mut Conn<D>: Executor<'c, Database = Db<D>>,
-    usize: ColumnIndex<Row<D>>,
-    for<'a> &'a str: ColumnIndex<Row<D>> + Encode<'a, Db<D>> + Type<Db<D>>,
-    for<'a> Option<&'a str>: Encode<'a, Db<D>>,
-    bool: Value<Db<D>>,
-    Vec<u8>: Value<Db<D>>,
-    i32: Value<Db<D>>,
-    Option<i32>: Value<Db<D>>,
-    i64: Value<Db<D>>,
-    Option<i64>: Value<Db<D>>,
-    String: Value<Db<D>>,
-    DateTime<Utc>: Value<Db<D>>,
-    Option<DateTime<Utc>>: Value<Db<D>>,
-    NaiveDate: Value<Db<D>>,
-    Option<NaiveDate>: Value<Db<D>>,
-{
+impl<D: Dialect> Writes<D> {
     /// Carries out one mutation inside the caller's open transaction, without committing.
     /// `Applied` means writes were made and must be committed; `Replayed` and refusals wrote
     /// nothing; an SQL error may leave partial writes that the caller rolls back.
@@ -52,12 +35,12 @@ where
         key: RequestKey<'_>,
         decide: &Decide,
     ) -> Result<Committed, MutateFailure> {
-        let stored: Option<(String, Vec<u8>)> = sqlx::query_as(
-            "SELECT fingerprint, response FROM idempotency_keys WHERE request_id = $1",
-        )
-        .bind(key.request_id)
-        .fetch_optional(&mut *conn)
-        .await?;
+        let stored: Option<(String, Vec<u8>)> = D::Db::read_optional(
+            sqlx::query("SELECT fingerprint, response FROM idempotency_keys WHERE request_id = $1")
+                .param(key.request_id)
+                .fetch_optional(D::Db::on(&mut *conn))
+                .await?,
+        )?;
         if let Some((fingerprint, response)) = stored {
             return if fingerprint == key.fingerprint {
                 Ok(Committed::Replayed(response))
@@ -69,10 +52,12 @@ where
             "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE msisdn = $1{}",
             D::LOCK_ROW
         );
-        let current: Option<AccountRow> = sqlx::query_as(&sql)
-            .bind(msisdn.as_str())
-            .fetch_optional(&mut *conn)
-            .await?;
+        let current: Option<AccountRow> = D::Db::read_optional(
+            sqlx::query(&sql)
+                .param(msisdn.as_str())
+                .fetch_optional(D::Db::on(&mut *conn))
+                .await?,
+        )?;
         let existed = current.is_some();
         let current = current
             .map(AccountRow::into_account)
@@ -99,7 +84,7 @@ where
             let row = AccountRow::from_account(retired, rules);
             let sql = format!("INSERT INTO account_archive {insert}");
             Self::bind_account(sqlx::query(&sql), &row)
-                .execute(&mut *conn)
+                .execute(D::Db::on(&mut *conn))
                 .await?;
         }
         let row = AccountRow::from_account(&mutation.account, rules);
@@ -115,7 +100,7 @@ where
             format!("INSERT INTO accounts {insert}")
         };
         Self::bind_account(sqlx::query(&sql), &row)
-            .execute(&mut *conn)
+            .execute(D::Db::on(&mut *conn))
             .await?;
         Self::insert_history(&mut *conn, &mutation.history).await?;
         Self::insert_events(&mut *conn, &mutation.events).await?;
@@ -123,11 +108,11 @@ where
             "INSERT INTO idempotency_keys (request_id, fingerprint, response, created_at) \
              VALUES ($1, $2, $3, $4)",
         )
-        .bind(key.request_id)
-        .bind(key.fingerprint)
-        .bind(&mutation.response)
-        .bind(key.now)
-        .execute(&mut *conn)
+        .param(key.request_id)
+        .param(key.fingerprint)
+        .param(mutation.response.as_slice())
+        .param(key.now)
+        .execute(D::Db::on(&mut *conn))
         .await?;
         Ok(Committed::Applied(mutation.response))
     }
@@ -148,11 +133,13 @@ where
              WHERE next_deadline IS NOT NULL AND next_deadline <= $1 \
              ORDER BY next_deadline, msisdn LIMIT $2{claim}"
         );
-        let rows: Vec<AccountRow> = sqlx::query_as(&sql)
-            .bind(as_of.timestamp())
-            .bind(i64::from(limit))
-            .fetch_all(&mut *conn)
-            .await?;
+        let rows: Vec<AccountRow> = D::Db::read_all(
+            sqlx::query(&sql)
+                .param(as_of.timestamp())
+                .param(i64::from(limit))
+                .fetch_all(D::Db::on(&mut *conn))
+                .await?,
+        )?;
         rows.into_iter().map(AccountRow::into_account).collect()
     }
 
@@ -176,12 +163,12 @@ where
             for row in chunk {
                 values
                     .row()
-                    .bind(&row.msisdn)
-                    .bind(row.state)
-                    .bind(row.recycled_at)
-                    .bind(row.updated_at)
-                    .bind(row.next_deadline)
-                    .bind(row.expiring_notified_for);
+                    .param(row.msisdn.as_str())
+                    .param(row.state)
+                    .param(row.recycled_at)
+                    .param(row.updated_at)
+                    .param(row.next_deadline)
+                    .param(row.expiring_notified_for);
             }
             let (sql, args) = values.finish(
                 ") UPDATE accounts SET state = v.state, recycled_at = v.recycled_at, \
@@ -189,7 +176,9 @@ where
                  expiring_notified_for = v.expiring_notified_for \
                  FROM v WHERE accounts.msisdn = v.msisdn",
             )?;
-            sqlx::query_with(&sql, args).execute(&mut *conn).await?;
+            sqlx::query_with(&sql, args)
+                .execute(D::Db::on(&mut *conn))
+                .await?;
         }
         Self::insert_history(&mut *conn, &swept.history).await?;
         Self::insert_events(&mut *conn, &swept.events).await
@@ -208,19 +197,21 @@ where
             for entry in chunk {
                 values
                     .row()
-                    .bind(entry.msisdn.as_str())
-                    .bind(&entry.account_id)
-                    .bind(i64::from(entry.generation))
-                    .bind(entry.at)
-                    .bind(entry.kind as i32)
-                    .bind(entry.from_state.map(|s| s as i32))
-                    .bind(entry.to_state.map(|s| s as i32))
-                    .bind(entry.amount)
-                    .bind(&entry.actor)
-                    .bind(entry.request_id.as_deref());
+                    .param(entry.msisdn.as_str())
+                    .param(entry.account_id.as_str())
+                    .param(i64::from(entry.generation))
+                    .param(entry.at)
+                    .param(entry.kind as i32)
+                    .param(entry.from_state.map(|s| s as i32))
+                    .param(entry.to_state.map(|s| s as i32))
+                    .param(entry.amount)
+                    .param(entry.actor.as_str())
+                    .param(entry.request_id.as_deref());
             }
             let (sql, args) = values.finish("")?;
-            sqlx::query_with(&sql, args).execute(&mut *conn).await?;
+            sqlx::query_with(&sql, args)
+                .execute(D::Db::on(&mut *conn))
+                .await?;
         }
         Ok(())
     }
@@ -235,19 +226,21 @@ where
             for event in chunk {
                 values
                     .row()
-                    .bind(&event.event_id)
-                    .bind(event.event_type as i32)
-                    .bind(event.msisdn.as_str())
-                    .bind(&event.account_id)
-                    .bind(i64::from(event.generation))
-                    .bind(event.from_state as i32)
-                    .bind(event.to_state as i32)
-                    .bind(&event.reason)
-                    .bind(event.effective_at)
-                    .bind(event.emitted_at);
+                    .param(event.event_id.as_str())
+                    .param(event.event_type as i32)
+                    .param(event.msisdn.as_str())
+                    .param(event.account_id.as_str())
+                    .param(i64::from(event.generation))
+                    .param(event.from_state as i32)
+                    .param(event.to_state as i32)
+                    .param(event.reason.as_str())
+                    .param(event.effective_at)
+                    .param(event.emitted_at);
             }
             let (sql, args) = values.finish("")?;
-            sqlx::query_with(&sql, args).execute(&mut *conn).await?;
+            sqlx::query_with(&sql, args)
+                .execute(D::Db::on(&mut *conn))
+                .await?;
         }
         Ok(())
     }
@@ -257,24 +250,24 @@ where
         row: &'q AccountRow,
     ) -> Query<'q, Db<D>, Args<'q, D>> {
         query
-            .bind(&row.msisdn)
-            .bind(&row.account_id)
-            .bind(row.generation)
-            .bind(row.state)
-            .bind(row.balance)
-            .bind(row.preset_balance)
-            .bind(row.sold)
-            .bind(row.initial_validity_days)
-            .bind(row.provisioned_at)
-            .bind(row.activated_at)
-            .bind(row.valid_until)
-            .bind(row.grace_until)
-            .bind(row.lock_until)
-            .bind(row.card_expiry)
-            .bind(row.recycled_at)
-            .bind(row.updated_at)
-            .bind(row.next_deadline)
-            .bind(row.expiring_notified_for)
+            .param(row.msisdn.as_str())
+            .param(row.account_id.as_str())
+            .param(row.generation)
+            .param(row.state)
+            .param(row.balance)
+            .param(row.preset_balance)
+            .param(row.sold)
+            .param(row.initial_validity_days)
+            .param(row.provisioned_at)
+            .param(row.activated_at)
+            .param(row.valid_until)
+            .param(row.grace_until)
+            .param(row.lock_until)
+            .param(row.card_expiry)
+            .param(row.recycled_at)
+            .param(row.updated_at)
+            .param(row.next_deadline)
+            .param(row.expiring_notified_for)
     }
 }
 
@@ -286,24 +279,7 @@ pub(crate) struct SqlSweepBatch<D: Dialect> {
 }
 
 #[async_trait]
-impl<D: Dialect> SweepBatch for SqlSweepBatch<D>
-where
-    for<'c> &'c mut Conn<D>: Executor<'c, Database = Db<D>>,
-    usize: ColumnIndex<Row<D>>,
-    for<'a> &'a str: ColumnIndex<Row<D>> + Encode<'a, Db<D>> + Type<Db<D>>,
-    for<'a> Option<&'a str>: Encode<'a, Db<D>>,
-    bool: Value<Db<D>>,
-    Vec<u8>: Value<Db<D>>,
-    i32: Value<Db<D>>,
-    Option<i32>: Value<Db<D>>,
-    i64: Value<Db<D>>,
-    Option<i64>: Value<Db<D>>,
-    String: Value<Db<D>>,
-    DateTime<Utc>: Value<Db<D>>,
-    Option<DateTime<Utc>>: Value<Db<D>>,
-    NaiveDate: Value<Db<D>>,
-    Option<NaiveDate>: Value<Db<D>>,
-{
+impl<D: Dialect> SweepBatch for SqlSweepBatch<D> {
     async fn claim_due(
         &mut self,
         as_of: DateTime<Utc>,
@@ -355,13 +331,16 @@ impl<'q, D: Dialect> ValuesRows<'q, D> {
         self
     }
 
-    fn bind<V: 'q + Encode<'q, Db<D>> + Type<Db<D>>>(&mut self, value: V) -> &mut Self {
+    fn param<V>(&mut self, value: V) -> &mut Self
+    where
+        D::Db: Binds<'q, V>,
+    {
         if !self.first {
             self.sql.push_str(", ");
         }
         self.first = false;
         if self.encoded.is_ok() {
-            self.encoded = self.args.add(value);
+            self.encoded = D::Db::add(&mut self.args, value);
         }
         // Writing to a `String` cannot fail.
         let _ = self.args.format_placeholder(&mut self.sql);
