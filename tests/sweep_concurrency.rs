@@ -93,8 +93,9 @@ async fn duplicates(db: &Db, table: &str, filter: &str, columns: &str) -> i64 {
     .await
 }
 
-async fn concurrent_sweeps_and_recharges_never_fail_each_other(backend: Backend) {
-    let Some(db) = TestDb::create(backend).await else {
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_concurrent_sweeps_and_recharges_never_fail_each_other() {
+    let Some(db) = TestDb::create(Backend::Postgres).await else {
         return;
     };
     let (one, two) = (start(&db).await, start(&db).await);
@@ -147,11 +148,5 @@ async fn concurrent_sweeps_and_recharges_never_fail_each_other(backend: Backend)
         "one STATE_CHANGED per boundary row"
     );
     conn.close().await;
-    one.stop().await;
-    two.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_concurrent_sweeps_and_recharges_never_fail_each_other() {
-    concurrent_sweeps_and_recharges_never_fail_each_other(Backend::Postgres).await;
+    tokio::join!(one.stop(), two.stop());
 }
