@@ -36,7 +36,7 @@ impl From<StoreError> for Status {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::Domain(e) => e.into(),
-            StoreError::Unavailable(message) => {
+            StoreError::Unavailable(message) | StoreError::Busy(message) => {
                 tracing::warn!(%message, "storage unavailable");
                 status(
                     Code::Unavailable,

@@ -47,12 +47,9 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
     /// until the mutation commits.
     const LOCK_ROW: &'static str;
 
-    /// Appended to the sweep's claim of due rows on its first passes: rows another
-    /// transaction holds are left for the last pass.
+    /// Appended to the sweep's claim of due rows: locks them without ever waiting for a row
+    /// another transaction holds (that row is left out; the sweep comes back for it).
     const CLAIM_DUE: &'static str;
-
-    /// Appended to the claim of the sweep's last pass, which waits for the rows skipped above.
-    const CLAIM_DUE_WAITING: &'static str;
 
     /// Sweep batches claimed and written at once by one sweep (1 or 2).
     const SWEEP_WORKERS: usize;

@@ -37,8 +37,7 @@ use postgres::{PostgresDialect, PostgresStore};
 pub use records::new_event_id;
 use sqlite::{SqliteDialect, SqliteStore};
 pub use sweeps::{
-    ClaimPass, DueCursor, DuePage, RunCounts, RunEnd, SweepBatch, SweepRun, SweepRunStatus,
-    SweptBatch,
+    DueCursor, DuePage, RunCounts, RunEnd, SweepBatch, SweepRun, SweepRunStatus, SweptBatch,
 };
 
 /// Everything one accepted request writes, together.
@@ -81,6 +80,11 @@ pub enum StoreError {
     /// The database cannot be reached or is overloaded; the request may be retried.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// A transient conflict with a concurrent transaction (a deadlock, a serialization failure,
+    /// a busy database): nothing was written and the same work may be tried again at once. The
+    /// caller sees it as [`StoreError::Unavailable`].
+    #[error("storage unavailable: {0}")]
+    Busy(String),
     /// The database answers but cannot write: disk full, read-only file, I/O error. The
     /// request may be retried once the operator has fixed the storage; health is NOT_SERVING
     /// until a probe write succeeds (`crate::api::StorageHealth`).
@@ -337,7 +341,7 @@ pub(crate) fn classify(err: sqlx::Error) -> SqlFailure {
 impl From<sqlx::Error> for StoreError {
     fn from(err: sqlx::Error) -> Self {
         match classify(err) {
-            SqlFailure::Retry => StoreError::Unavailable("the database is busy".into()),
+            SqlFailure::Retry => StoreError::Busy("the database is busy".into()),
             SqlFailure::Fatal(e) => e,
         }
     }

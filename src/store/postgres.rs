@@ -108,12 +108,11 @@ impl Dialect for PostgresDialect {
 
     /// Several instances may sweep at once: each claims the due rows no one else holds, and
     /// re-checks `next_deadline` on rows a concurrent commit just moved (READ COMMITTED
-    /// re-evaluates the WHERE clause of a locked row), so no account is advanced twice.
+    /// re-evaluates the WHERE clause of a locked row), so no account is advanced twice. It
+    /// never waits for a row lock: a claim that waited (`FOR UPDATE`) could hold one row while
+    /// waiting for another, and two sweeps whose rows a recharge moved within the order
+    /// deadlocked (40P01).
     const CLAIM_DUE: &'static str = " FOR UPDATE SKIP LOCKED";
-
-    /// The last pass waits for the rows skipped above; a row another transaction advanced
-    /// meanwhile no longer matches and is left out.
-    const CLAIM_DUE_WAITING: &'static str = " FOR UPDATE";
 
     /// Two batches at once overlap one batch's round trips and commit with the other's work
     /// (measured in BENCHMARKS.md).

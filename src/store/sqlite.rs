@@ -108,9 +108,6 @@ impl Dialect for SqliteDialect {
     /// The sweep claims every due row by holding the database's write lock.
     const CLAIM_DUE: &'static str = "";
 
-    /// Nothing was skipped: the last pass finds no due row.
-    const CLAIM_DUE_WAITING: &'static str = "";
-
     /// One batch at a time: the database has one writer.
     const SWEEP_WORKERS: usize = 1;
 

@@ -9,17 +9,6 @@ use chrono::{DateTime, Utc};
 use super::{HistoryRecord, OutboxEvent, StoreError};
 use crate::lifecycle::{Account, TransitionReason};
 
-/// Which rows a claim takes (the backend decides how it locks them).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClaimPass {
-    /// Due rows no other transaction holds (PostgreSQL skips locked rows; SQLite holds the
-    /// database's write lock, so every due row).
-    Free,
-    /// Due rows, waiting for those another transaction holds; a row the holder advanced
-    /// meanwhile no longer matches and is left out.
-    Waiting,
-}
-
 /// What one sweep batch writes, together.
 #[derive(Clone, Debug, Default)]
 pub struct SweptBatch {
@@ -37,12 +26,13 @@ pub struct SweptBatch {
 #[async_trait]
 pub trait SweepBatch: Send {
     /// Locks and reads up to `limit` accounts whose `next_deadline` is ≤ `as_of`, the earliest
-    /// deadline first.
+    /// deadline first, leaving out those another transaction holds (PostgreSQL: `SKIP
+    /// LOCKED`; SQLite has one writer, so nobody else holds any): a claim never waits for a
+    /// row lock, so two sweeps, or a sweep and the requests, cannot deadlock.
     async fn claim_due(
         &mut self,
         as_of: DateTime<Utc>,
         limit: u32,
-        pass: ClaimPass,
     ) -> Result<Vec<Account>, StoreError>;
 
     /// Writes the swept accounts (state, `recycled_at`, `updated_at`, `next_deadline`, the
@@ -50,6 +40,10 @@ pub trait SweepBatch: Send {
     async fn write_batch(&mut self, swept: &SweptBatch) -> Result<(), StoreError>;
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+
+    /// Undoes the batch now and releases its row locks (dropping it also rolls back, but only
+    /// when the connection is next used).
+    async fn rollback(self: Box<Self>) -> Result<(), StoreError>;
 }
 
 /// Where a page of due accounts ends; the next page starts after it.

@@ -1,6 +1,12 @@
 //! A real sweep: batches of due accounts, each claimed, swept and written in one transaction of
 //! the store, by one or two workers, with the run recorded in `sweep_runs` and its progress
 //! logged.
+//!
+//! Concurrent sweeps (several instances on one PostgreSQL database) and requests never fail one
+//! another: a claim never waits for a row lock (it leaves out the rows another transaction
+//! holds, and the sweep comes back for those until no due account is left), so nothing can
+//! deadlock; and a batch that still meets a transient conflict (`StoreError::Busy`: deadlock,
+//! serialization failure, busy database) was rolled back whole and runs again.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,11 +15,19 @@ use std::time::{Duration, Instant};
 use super::{SweepCounts, SweepReport, SweepRequest};
 use crate::lifecycle::{Account, Effects, Rules};
 use crate::store::{
-    AccountStore, ClaimPass, RunEnd, StoreError, SweepRunStatus, SweptBatch, new_event_id,
+    AccountStore, DueCursor, RunEnd, StoreError, SweepRunStatus, SweptBatch, new_event_id,
 };
 
 /// A long sweep reports its progress this often.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// Attempts at a batch that meets a transient conflict.
+const BATCH_ATTEMPTS: u32 = 8;
+
+/// How long a sweep waits, at most, for due accounts other transactions hold (a request holds
+/// its row for milliseconds, another sweep's batch for well under a second) before it fails
+/// and leaves them to the next run.
+const HELD_ROWS_WAIT: Duration = Duration::from_secs(60);
 
 pub(super) async fn sweep(
     store: &dyn AccountStore,
@@ -25,15 +39,15 @@ pub(super) async fn sweep(
     // Set when a batch fails: the other workers finish the batch they hold (it commits and is
     // counted) and start no new one.
     let failed = AtomicBool::new(false);
-    // Claims and writes batches with `pass` until a batch comes back short.
-    let drain = |pass: ClaimPass| {
+    // Claims and writes batches until a batch comes back short.
+    let drain = || {
         let (progress, failed) = (&progress, &failed);
         async move {
             loop {
                 if failed.load(Ordering::Acquire) {
                     return Ok(());
                 }
-                let (claimed, batch) = sweep_batch(store, request, pass)
+                let (claimed, batch) = sweep_batch(store, request)
                     .await
                     .inspect_err(|_| failed.store(true, Ordering::Release))?;
                 let mut progress = progress.lock().unwrap_or_else(|e| e.into_inner());
@@ -63,17 +77,30 @@ pub(super) async fn sweep(
     };
     let outcome: Result<(), StoreError> = async {
         // First the rows nobody holds, by two batches at once where the backend allows it
-        // (one batch's database work and commit overlap the other's reading and deciding);
-        // then, waiting for their locks, the rows skipped because a request or another sweep
-        // held them (those are usually done by then: the lock holder advanced them, and they
-        // no longer match).
+        // (one batch's database work and commit overlap the other's reading and deciding).
         if store.sweep_workers() > 1 {
-            let (first, second) = tokio::join!(drain(ClaimPass::Free), drain(ClaimPass::Free));
+            let (first, second) = tokio::join!(drain(), drain());
             first.and(second)?;
         } else {
-            drain(ClaimPass::Free).await?;
+            drain().await?;
         }
-        drain(ClaimPass::Waiting).await
+        // Then the rows left out because a request or another sweep held them: usually done
+        // by then (the holder advanced them, and they are no longer due), else claimed once
+        // their holder lets go.
+        let waited = Instant::now();
+        let mut pause = Duration::from_millis(2);
+        while any_due(store, request).await? {
+            if waited.elapsed() >= HELD_ROWS_WAIT {
+                return Err(StoreError::Unavailable(format!(
+                    "due accounts stayed locked by other transactions for {} s",
+                    HELD_ROWS_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+            drain().await?;
+        }
+        Ok(())
     }
     .await;
     let counts = progress.into_inner().unwrap_or_else(|e| e.into_inner()).0;
@@ -117,17 +144,40 @@ pub(super) async fn sweep(
     }
 }
 
-/// One batch, one transaction: claims up to `batch_size` due accounts, sweeps them, writes the
-/// result and commits. Returns how many were claimed and what their sweep did.
+/// Whether an account is still due by `request.as_of` (read without locks).
+async fn any_due(store: &dyn AccountStore, request: &SweepRequest) -> Result<bool, StoreError> {
+    let page = store
+        .due_accounts(request.as_of, &DueCursor::default(), 1)
+        .await?;
+    Ok(!page.accounts.is_empty())
+}
+
+/// One batch ([`try_sweep_batch`]), run again after a transient conflict, which rolled it back.
 async fn sweep_batch(
     store: &dyn AccountStore,
     request: &SweepRequest,
-    pass: ClaimPass,
+) -> Result<(usize, SweepCounts), StoreError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match try_sweep_batch(store, request).await {
+            Err(StoreError::Busy(conflict)) if attempt < BATCH_ATTEMPTS => {
+                tracing::debug!(attempt, %conflict, "sweep batch rolled back; running it again");
+                tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt))).await;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// One batch, one transaction: claims up to `batch_size` due accounts, sweeps them, writes the
+/// result and commits. Returns how many were claimed and what their sweep did.
+async fn try_sweep_batch(
+    store: &dyn AccountStore,
+    request: &SweepRequest,
 ) -> Result<(usize, SweepCounts), StoreError> {
     let mut batch = store.begin_sweep_batch().await?;
-    let accounts = batch
-        .claim_due(request.as_of, request.batch_size, pass)
-        .await?;
+    let accounts = batch.claim_due(request.as_of, request.batch_size).await?;
     let claimed = accounts.len();
     let (swept, counts) = sweep_accounts(accounts, request, store.rules());
     batch.write_batch(&swept).await?;

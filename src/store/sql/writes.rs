@@ -15,7 +15,7 @@ use super::ROWS_PER_STATEMENT;
 use crate::lifecycle::{Account, Msisdn, Rules};
 use crate::store::dialect::{Args, Binds, Conn, Db, Dialect, Executes, Param, Reads};
 use crate::store::rows::{ACCOUNT_COLUMNS, AccountRow};
-use crate::store::sweeps::{ClaimPass, SweepBatch, SweptBatch};
+use crate::store::sweeps::{SweepBatch, SweptBatch};
 use crate::store::{
     Committed, Decide, HistoryRecord, MutateFailure, OutboxEvent, RequestKey, StoreError,
     request_id_reused,
@@ -117,17 +117,13 @@ impl<D: Dialect> Writes<D> {
         Ok(Committed::Applied(mutation.response))
     }
 
-    /// Locks and reads up to `limit` due accounts with the dialect's claim for `pass`.
+    /// Locks and reads up to `limit` due accounts with the dialect's claim.
     async fn claim_due(
         conn: &mut Conn<D>,
         as_of: DateTime<Utc>,
         limit: u32,
-        pass: ClaimPass,
     ) -> Result<Vec<Account>, StoreError> {
-        let claim = match pass {
-            ClaimPass::Free => D::CLAIM_DUE,
-            ClaimPass::Waiting => D::CLAIM_DUE_WAITING,
-        };
+        let claim = D::CLAIM_DUE;
         let sql = format!(
             "SELECT {ACCOUNT_COLUMNS} FROM accounts \
              WHERE next_deadline IS NOT NULL AND next_deadline <= $1 \
@@ -284,9 +280,8 @@ impl<D: Dialect> SweepBatch for SqlSweepBatch<D> {
         &mut self,
         as_of: DateTime<Utc>,
         limit: u32,
-        pass: ClaimPass,
     ) -> Result<Vec<Account>, StoreError> {
-        Writes::<D>::claim_due(&mut self.tx, as_of, limit, pass).await
+        Writes::<D>::claim_due(&mut self.tx, as_of, limit).await
     }
 
     async fn write_batch(&mut self, swept: &SweptBatch) -> Result<(), StoreError> {
@@ -295,6 +290,10 @@ impl<D: Dialect> SweepBatch for SqlSweepBatch<D> {
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {
         Ok(self.tx.commit().await?)
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<(), StoreError> {
+        Ok(self.tx.rollback().await?)
     }
 }
 
