@@ -52,11 +52,10 @@ pub enum ServeError {
     Other(String),
 }
 
-/// The gRPC services health reports on (besides the server as a whole, `""`).
-const ACCOUNT_LIFECYCLE: &str = "ocs.lifecycle.v1.AccountLifecycle";
-const TEST_CLOCK: &str = "ocs.lifecycle.v1.TestClock";
-const BSS_EVENTS: &str = "ocs.lifecycle.v1.BssEvents";
-const SERVICE_NAMES: [&str; 3] = [ACCOUNT_LIFECYCLE, TEST_CLOCK, BSS_EVENTS];
+use crate::wire::{
+    ACCOUNT_LIFECYCLE_SERVICE as ACCOUNT_LIFECYCLE, BSS_EVENTS_SERVICE as BSS_EVENTS,
+    SERVICE_NAMES, TEST_CLOCK_SERVICE as TEST_CLOCK,
+};
 
 /// Binds `config.listen` and serves until `shutdown` is cancelled.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {

@@ -293,11 +293,39 @@ fn sweep_prints_its_counts_and_refuses_the_future_unless_dry() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(
-        stdout.contains("as_of: 2039-12-31T16:05:00+00:00"),
-        "{stdout}"
-    );
+    // Times as every other command prints them (issue 16.3; was `+00:00`).
+    assert!(stdout.contains("as_of: 2039-12-31T16:05:00Z"), "{stdout}");
     assert!(stdout.contains("recycled_msisdns: 0"), "{stdout}");
+
+    let mut command = ocs(dir.path());
+    command.args([
+        "sweep",
+        "--database-url",
+        &url,
+        "--dry-run",
+        "--as-of",
+        "2040-01-01T00:05:00+08:00",
+        "--output",
+        "json",
+    ]);
+    let output = run(command, "sweep --output json");
+    assert!(output.status.success(), "{output:?}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("one JSON document");
+    assert_eq!(
+        report,
+        serde_json::json!({
+            "as_of": "2039-12-31T16:05:00Z",
+            "dry_run": true,
+            "examined": 0,
+            "to_grace": 0,
+            "to_locked": 0,
+            "to_recycled_from_locked": 0,
+            "to_recycled_unactivated": 0,
+            "expiring_notified": 0,
+            "recycled_msisdns": [],
+        })
+    );
 
     let mut command = ocs(dir.path());
     command.args([
@@ -498,5 +526,56 @@ async fn log_full_msisdn_logs_the_whole_number() {
         rpc.iter()
             .any(|l| l["fields"]["msisdn"] == "+8613800138000"),
         "{rpc:#?}"
+    );
+}
+
+/// What `serve` says at start and about its first sweep, read from the file a real server
+/// wrote: the configuration file it read, no "missed" sweep on a brand-new database, and the
+/// sweep's counts as plain fields of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_its_configuration_file_and_its_first_sweep_as_plain_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ocs-lifecycle.toml"),
+        "[sweep]\nbatch_size = 500\n",
+    )
+    .unwrap();
+    let lines = serve_and_log(dir.path(), &[], |_| async {}).await;
+    let message = |l: &serde_json::Value| l["fields"]["message"].as_str().unwrap_or("").to_owned();
+    let start = lines
+        .iter()
+        .find(|l| message(l) == "ocs-lifecycle starting")
+        .unwrap_or_else(|| panic!("no start line: {lines:#?}"));
+    assert_eq!(
+        start["fields"]["config_file"], "ocs-lifecycle.toml",
+        "{start}"
+    );
+    assert!(
+        lines.iter().all(|l| !message(l).contains("missed")),
+        "a brand-new database missed no sweep: {lines:#?}"
+    );
+    let done = lines
+        .iter()
+        .find(|l| message(l) == "scheduled sweep done")
+        .unwrap_or_else(|| panic!("no sweep line: {lines:#?}"));
+    let fields = &done["fields"];
+    assert_eq!(fields["examined"], 0, "{done}");
+    for (name, _) in ocs_lifecycle::store::SweepCounts::default().named() {
+        assert_eq!(fields[name], 0, "{name} is a field of its own: {done}");
+    }
+    assert!(fields.get("counts").is_none(), "{done}");
+
+    // Without a file in the working directory: says so.
+    let bare = tempfile::tempdir().unwrap();
+    let lines = serve_and_log(bare.path(), &[], |_| async {}).await;
+    let start = lines
+        .iter()
+        .find(|l| message(l) == "ocs-lifecycle starting")
+        .unwrap_or_else(|| panic!("no start line: {lines:#?}"));
+    assert!(
+        start["fields"]["config_file"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("none")),
+        "{start}"
     );
 }

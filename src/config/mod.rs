@@ -348,6 +348,22 @@ pub struct Overrides {
     pub bss_webhook_secret: Option<String>,
 }
 
+/// The configuration file [`Config::layered`] reads: `--config`, else `OCS_CONFIG` in `env`, else
+/// `ocs-lifecycle.toml` in the working directory when it exists; `None`: no file (defaults,
+/// environment and flags only).
+pub fn config_file(overrides: &Overrides, env: &[(String, String)]) -> Option<PathBuf> {
+    let explicit = overrides.config.clone().or_else(|| {
+        env.iter()
+            .find(|(k, _)| k == "OCS_CONFIG")
+            .map(|(_, v)| PathBuf::from(v))
+    });
+    explicit.or_else(|| {
+        Path::new(DEFAULT_CONFIG_FILE)
+            .exists()
+            .then(|| PathBuf::from(DEFAULT_CONFIG_FILE))
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
 pub struct ConfigError(pub String);
@@ -376,16 +392,8 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let env: Vec<(String, String)> = env.into_iter().collect();
-        let explicit = overrides.config.clone().or_else(|| {
-            env.iter()
-                .find(|(k, _)| k == "OCS_CONFIG")
-                .map(|(_, v)| PathBuf::from(v))
-        });
-        let mut table = match &explicit {
-            Some(path) => read_file(path)?,
-            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
-                read_file(Path::new(DEFAULT_CONFIG_FILE))?
-            }
+        let mut table = match config_file(overrides, &env) {
+            Some(path) => read_file(&path)?,
             None => toml::Table::new(),
         };
         let mut ignored_env = Vec::new();

@@ -68,6 +68,19 @@ impl SweepCounts {
         }
     }
 
+    /// Every count but `examined`, by name, in output order (the JSON field, the CLI line,
+    /// the log field, the metrics' `transition` label): the transitions, then the notices.
+    pub fn named(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        [
+            ("to_grace", self.to_grace),
+            ("to_locked", self.to_locked),
+            ("to_recycled_from_locked", self.to_recycled_from_locked),
+            ("to_recycled_unactivated", self.to_recycled_unactivated),
+            ("expiring_notified", self.expiring_notified),
+        ]
+        .into_iter()
+    }
+
     pub fn add(&mut self, other: &SweepCounts) {
         self.examined += other.examined;
         self.to_grace += other.to_grace;
