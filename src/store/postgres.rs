@@ -58,6 +58,10 @@ impl PostgresStore {
         Self { pool, rules }
     }
 
+    fn connections(&self) -> super::PoolConnections {
+        super::PoolConnections::of(&self.pool)
+    }
+
     async fn run_migrations(&self) -> Result<(), StoreError> {
         MIGRATIONS
             .run(&self.pool)

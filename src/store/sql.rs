@@ -18,6 +18,10 @@ macro_rules! impl_account_store {
                 self.run_migrations().await
             }
 
+            fn pool_connections(&self) -> $crate::store::PoolConnections {
+                self.connections()
+            }
+
             async fn mutate(
                 &self,
                 msisdn: &$crate::lifecycle::Msisdn,

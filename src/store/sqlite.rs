@@ -91,6 +91,18 @@ impl SqliteStore {
         })
     }
 
+    /// The write connection and the readers.
+    fn connections(&self) -> super::PoolConnections {
+        let (writer, readers) = (
+            super::PoolConnections::of(&self.writer),
+            super::PoolConnections::of(&self.readers),
+        );
+        super::PoolConnections {
+            open: writer.open + readers.open,
+            idle: writer.idle + readers.idle,
+        }
+    }
+
     async fn run_migrations(&self) -> Result<(), StoreError> {
         MIGRATIONS
             .run(&self.writer)
