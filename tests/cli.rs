@@ -579,3 +579,101 @@ async fn serve_logs_its_configuration_file_and_its_first_sweep_as_plain_fields()
         "{start}"
     );
 }
+
+/// A BSS that refuses every connection: the attempts are summarised (the first failure at once,
+/// the rest with their counts), not logged one line each, in what a real server wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_failures_are_summarised_with_counts_not_one_line_per_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens there: every attempt fails to connect.
+    let bss = format!("http://127.0.0.1:{}/hook", free_port());
+    let env = [
+        ("OCS_BSS__WEBHOOK_URL", bss.as_str()),
+        ("OCS_BSS__WEBHOOK_SECRET", "test-webhook-secret"),
+        ("OCS_BSS__WEBHOOK_EVENTS", "STATE_CHANGED"),
+        ("OCS_BSS__INITIAL_BACKOFF_MS", "10"),
+        ("OCS_BSS__MAX_BACKOFF_MS", "20"),
+        ("OCS_BSS__MAX_ATTEMPTS", "12"),
+    ];
+    let lines = serve_and_log(dir.path(), &env, activate_and_wait_for_the_dead_letter).await;
+    let failures: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("webhook: attempts failed"))
+        })
+        .collect();
+    assert!(
+        (1..=3).contains(&failures.len()),
+        "12 attempts are at most three lines (at once, at the dead letter's interval, at \
+         shutdown): {failures:#?}"
+    );
+    let sum = |field: &str| -> u64 {
+        failures
+            .iter()
+            .map(|l| l["fields"][field].as_u64().expect(field))
+            .sum()
+    };
+    assert_eq!(sum("failed"), 12, "{failures:#?}");
+    assert_eq!(sum("will_retry"), 11, "{failures:#?}");
+    assert_eq!(sum("dead_lettered"), 1, "{failures:#?}");
+    assert_eq!(failures[0]["fields"]["endpoint"], bss.as_str());
+    assert!(
+        failures.iter().all(|l| l["fields"]["last_error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty())),
+        "{failures:#?}"
+    );
+    let dead = failures
+        .iter()
+        .find(|l| l["fields"]["dead_lettered"] == 1)
+        .expect("the dead letter's line");
+    assert_eq!(dead["level"], "ERROR");
+    // No other line about a single attempt at info or above.
+    let per_attempt = lines
+        .iter()
+        .filter(|l| l["fields"].get("attempt").is_some())
+        .count();
+    assert_eq!(per_attempt, 0, "{lines:#?}");
+}
+
+async fn activate_and_wait_for_the_dead_letter(server: String) {
+    use ocs_lifecycle::proto;
+    use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
+    use ocs_lifecycle::proto::bss_events_client::BssEventsClient;
+    let mut api = AccountLifecycleClient::connect(server.clone())
+        .await
+        .expect("connect");
+    api.provision_account(proto::ProvisionAccountRequest {
+        msisdn: "8613800138000".into(),
+        sold: true,
+        request_id: "hook-p-1".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("provision");
+    api.activate(proto::ActivateRequest {
+        msisdn: "8613800138000".into(),
+        request_id: "hook-a-1".into(),
+    })
+    .await
+    .expect("activate: a STATE_CHANGED event");
+    let mut events = BssEventsClient::connect(server).await.expect("connect");
+    let deadline = tokio::time::Instant::now() + SAFETY;
+    loop {
+        let dead = events
+            .list_dead_letters(proto::ListDeadLettersRequest::default())
+            .await
+            .expect("ListDeadLetters")
+            .into_inner();
+        if !dead.events.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the event was never dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
