@@ -295,13 +295,21 @@ pub async fn serve_with_listeners(
                 clock: clock.clone(),
                 ready: ready.clone(),
                 storage_writable: storage_health.writable(),
-                dashboard: Arc::new(ops::Dashboard::new(
-                    rules.clone(),
-                    config
-                        .sweep
-                        .scheduler
-                        .then(|| (schedule.clone(), config.sweep.cron.clone())),
-                )),
+                dashboard: Arc::new({
+                    let dashboard = ops::Dashboard::new(
+                        rules.clone(),
+                        config
+                            .sweep
+                            .scheduler
+                            .then(|| (schedule.clone(), config.sweep.cron.clone())),
+                    )
+                    .with_manual_clock(manual.is_some());
+                    // `notify::start` refuses unknown types before anything is delivered.
+                    match config.bss.event_types() {
+                        Ok(types) if config.bss.enabled() => dashboard.with_webhook(types),
+                        _ => dashboard,
+                    }
+                }),
                 authenticator: authenticator.clone(),
             };
             tracing::info!(%http_addr, "operations endpoint listening (/, /api/dashboard, /metrics, /healthz, /readyz)");

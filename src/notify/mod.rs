@@ -766,8 +766,35 @@ impl FailureLog {
     }
 }
 
+/// Why an attempt was not accepted, and how long the BSS asked us to wait (`Retry-After` on
+/// 429 or 503).
+struct Failure {
+    error: String,
+    retry_after: Option<Duration>,
+}
+
+/// An error with its causes (reqwest's own message hides them: "error sending request").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn truncate(mut text: String) -> String {
+    if let Some((index, _)) = text.char_indices().nth(MAX_ERROR_CHARS) {
+        text.truncate(index);
+        text.push('…');
+    }
+    text
+}
+
 #[cfg(test)]
-mod failure_log_tests {
+mod tests {
     use super::*;
 
     #[test]
@@ -822,31 +849,4 @@ mod failure_log_tests {
             "shutdown logs what is left"
         );
     }
-}
-
-/// Why an attempt was not accepted, and how long the BSS asked us to wait (`Retry-After` on
-/// 429 or 503).
-struct Failure {
-    error: String,
-    retry_after: Option<Duration>,
-}
-
-/// An error with its causes (reqwest's own message hides them: "error sending request").
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-fn truncate(mut text: String) -> String {
-    if let Some((index, _)) = text.char_indices().nth(MAX_ERROR_CHARS) {
-        text.truncate(index);
-        text.push('…');
-    }
-    text
 }

@@ -118,6 +118,15 @@ impl SweepMetrics {
         self.last_success.set(now.as_secs_f64());
     }
 
+    /// How long the last sweep run of this process took; `None` before the first.
+    pub fn last_duration(&self) -> Option<Duration> {
+        let runs: u64 = ["succeeded", "failed"]
+            .into_iter()
+            .map(|status| self.runs.get_or_create(&StatusLabel { status }).get())
+            .sum();
+        (runs > 0).then(|| Duration::from_secs_f64(self.last_duration.get().max(0.0)))
+    }
+
     fn register(&self, registry: &mut Registry) {
         // Every label value from the start, so that rate() and alerts see a 0 before the first.
         for status in ["succeeded", "failed"] {

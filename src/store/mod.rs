@@ -217,6 +217,10 @@ pub trait AccountStore: WebhookDeliveries + Send + Sync + 'static {
         types: &[EventType],
     ) -> Result<Option<DateTime<Utc>>, StoreError>;
 
+    /// How many outbox events of `types` are neither delivered to the webhook nor
+    /// dead-lettered (the webhook's backlog); 0 without types.
+    async fn undelivered_event_count(&self, types: &[EventType]) -> Result<i64, StoreError>;
+
     /// The connections the store's pools hold now, for the metrics (reads no database).
     fn pool_connections(&self) -> PoolConnections;
 }

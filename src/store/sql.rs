@@ -472,6 +472,26 @@ macro_rules! impl_account_store {
                     .await?;
                 Ok(oldest)
             }
+
+            async fn undelivered_event_count(
+                &self,
+                types: &[$crate::store::EventType],
+            ) -> Result<i64, $crate::store::StoreError> {
+                if types.is_empty() {
+                    return Ok(0);
+                }
+                // The same two parts as `oldest_undelivered_event`, counted.
+                let sql = format!(
+                    "SELECT (SELECT COUNT(*) FROM webhook_deliveries d \
+                       WHERE d.delivered_at IS NULL AND d.dead_at IS NULL) \
+                     + (SELECT COUNT(*) FROM outbox n WHERE n.event_type IN ({}) \
+                       AND n.sequence > (SELECT COALESCE(max(w.sequence), 0) \
+                         FROM webhook_deliveries w))",
+                    $crate::store::deliveries::type_list(types)
+                );
+                let count: i64 = sqlx::query_scalar(&sql).fetch_one(self.reader()).await?;
+                Ok(count)
+            }
         }
 
         /// Carries out one mutation inside the caller's open transaction, without committing.
