@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -65,6 +65,19 @@ enum Command {
     /// Bearer tokens for the gRPC API (needs no configuration).
     #[command(subcommand)]
     Token(ocs_lifecycle::auth::TokenCommand),
+    /// Print a shell completion script to stdout (e.g. `ocs-lifecycle completions bash >
+    /// /etc/bash_completion.d/ocs-lifecycle`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout (`ocs-lifecycle man | man -l -`), or with --dir write
+    /// one page per command there (ocs-lifecycle.1, ocs-lifecycle-serve.1, …).
+    Man {
+        /// Write the pages into this directory instead.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Client commands: talk gRPC to a running server (`--server`), need no configuration.
     #[command(flatten)]
     Client(ocs_lifecycle::cli::ClientCommand),
@@ -84,6 +97,30 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             };
+        }
+        // Into a buffer first: the generators panic on a closed stdout (`| head`).
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "ocs-lifecycle", &mut script);
+            return write_stdout(&script);
+        }
+        Command::Man { dir: Some(dir) } => {
+            return match clap_mangen::generate_to(Cli::command(), &dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!(
+                        "ocs-lifecycle: cannot write the man pages to {}: {e}",
+                        dir.display()
+                    );
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Man { dir: None } => {
+            let mut page = Vec::new();
+            // Writing to a Vec cannot fail.
+            let _ = clap_mangen::Man::new(Cli::command()).render(&mut page);
+            return write_stdout(&page);
         }
         // Before the configuration: a client reads no server configuration and warns about
         // nothing.
@@ -183,6 +220,20 @@ fn main() -> ExitCode {
         // Once, in the log (stderr, in the configured format).
         Err(e) => {
             tracing::error!(error = %e, "ocs-lifecycle stopped on an error");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `bytes` on stdout; a reader that went away (`| head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ocs-lifecycle: cannot write to stdout: {e}");
             ExitCode::FAILURE
         }
     }
