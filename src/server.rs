@@ -52,11 +52,10 @@ pub enum ServeError {
     Other(String),
 }
 
-/// The gRPC services health reports on (besides the server as a whole, `""`).
-const ACCOUNT_LIFECYCLE: &str = "ocs.lifecycle.v1.AccountLifecycle";
-const TEST_CLOCK: &str = "ocs.lifecycle.v1.TestClock";
-const BSS_EVENTS: &str = "ocs.lifecycle.v1.BssEvents";
-const SERVICE_NAMES: [&str; 3] = [ACCOUNT_LIFECYCLE, TEST_CLOCK, BSS_EVENTS];
+use crate::wire::{
+    ACCOUNT_LIFECYCLE_SERVICE as ACCOUNT_LIFECYCLE, BSS_EVENTS_SERVICE as BSS_EVENTS,
+    SERVICE_NAMES, TEST_CLOCK_SERVICE as TEST_CLOCK,
+};
 
 /// Binds `config.listen` and serves until `shutdown` is cancelled.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
@@ -301,13 +300,21 @@ pub async fn serve_with_listeners(
                 ready: ready.clone(),
                 storage_writable: storage_health.writable(),
                 storage_primary_found: storage_health.primary_found(),
-                dashboard: Arc::new(ops::Dashboard::new(
-                    rules.clone(),
-                    config
-                        .sweep
-                        .scheduler
-                        .then(|| (schedule.clone(), config.sweep.cron.clone())),
-                )),
+                dashboard: Arc::new({
+                    let dashboard = ops::Dashboard::new(
+                        rules.clone(),
+                        config
+                            .sweep
+                            .scheduler
+                            .then(|| (schedule.clone(), config.sweep.cron.clone())),
+                    )
+                    .with_manual_clock(manual.is_some());
+                    // `notify::start` refuses unknown types before anything is delivered.
+                    match config.bss.event_types() {
+                        Ok(types) if config.bss.enabled() => dashboard.with_webhook(types),
+                        _ => dashboard,
+                    }
+                }),
                 authenticator: authenticator.clone(),
             };
             tracing::info!(%http_addr, "operations endpoint listening (/, /api/dashboard, /metrics, /healthz, /readyz)");

@@ -289,11 +289,39 @@ fn sweep_prints_its_counts_and_refuses_the_future_unless_dry() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(
-        stdout.contains("as_of: 2039-12-31T16:05:00+00:00"),
-        "{stdout}"
-    );
+    // Times as every other command prints them (issue 16.3; was `+00:00`).
+    assert!(stdout.contains("as_of: 2039-12-31T16:05:00Z"), "{stdout}");
     assert!(stdout.contains("recycled_msisdns: 0"), "{stdout}");
+
+    let mut command = ocs(dir.path());
+    command.args([
+        "sweep",
+        "--database-url",
+        &url,
+        "--dry-run",
+        "--as-of",
+        "2040-01-01T00:05:00+08:00",
+        "--output",
+        "json",
+    ]);
+    let output = run(command, "sweep --output json");
+    assert!(output.status.success(), "{output:?}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("one JSON document");
+    assert_eq!(
+        report,
+        serde_json::json!({
+            "as_of": "2039-12-31T16:05:00Z",
+            "dry_run": true,
+            "examined": 0,
+            "to_grace": 0,
+            "to_locked": 0,
+            "to_recycled_from_locked": 0,
+            "to_recycled_unactivated": 0,
+            "expiring_notified": 0,
+            "recycled_msisdns": [],
+        })
+    );
 
     let mut command = ocs(dir.path());
     command.args([
@@ -494,5 +522,218 @@ async fn log_full_msisdn_logs_the_whole_number() {
         rpc.iter()
             .any(|l| l["fields"]["msisdn"] == "+8613800138000"),
         "{rpc:#?}"
+    );
+}
+
+/// What `serve` says at start and about its first sweep, read from the file a real server
+/// wrote: the configuration file it read, no "missed" sweep on a brand-new database, and the
+/// sweep's counts as plain fields of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_its_configuration_file_and_its_first_sweep_as_plain_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ocs-lifecycle.toml"),
+        "[sweep]\nbatch_size = 500\n",
+    )
+    .unwrap();
+    let lines = serve_and_log(dir.path(), &[], |_| async {}).await;
+    let message = |l: &serde_json::Value| l["fields"]["message"].as_str().unwrap_or("").to_owned();
+    let start = lines
+        .iter()
+        .find(|l| message(l) == "ocs-lifecycle starting")
+        .unwrap_or_else(|| panic!("no start line: {lines:#?}"));
+    assert_eq!(
+        start["fields"]["config_file"], "ocs-lifecycle.toml",
+        "{start}"
+    );
+    assert!(
+        lines.iter().all(|l| !message(l).contains("missed")),
+        "a brand-new database missed no sweep: {lines:#?}"
+    );
+    let done = lines
+        .iter()
+        .find(|l| message(l) == "scheduled sweep done")
+        .unwrap_or_else(|| panic!("no sweep line: {lines:#?}"));
+    let fields = &done["fields"];
+    assert_eq!(fields["examined"], 0, "{done}");
+    for (name, _) in ocs_lifecycle::sweep::SweepCounts::default().named() {
+        assert_eq!(fields[name], 0, "{name} is a field of its own: {done}");
+    }
+    assert!(fields.get("counts").is_none(), "{done}");
+
+    // Without a file in the working directory: says so.
+    let bare = tempfile::tempdir().unwrap();
+    let lines = serve_and_log(bare.path(), &[], |_| async {}).await;
+    let start = lines
+        .iter()
+        .find(|l| message(l) == "ocs-lifecycle starting")
+        .unwrap_or_else(|| panic!("no start line: {lines:#?}"));
+    assert!(
+        start["fields"]["config_file"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("none")),
+        "{start}"
+    );
+}
+
+/// A BSS that refuses every connection: the attempts are summarised (the first failure at once,
+/// the rest with their counts), not logged one line each, in what a real server wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_failures_are_summarised_with_counts_not_one_line_per_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens there: every attempt fails to connect.
+    let bss = format!("http://127.0.0.1:{}/hook", free_port());
+    let env = [
+        ("OCS_BSS__WEBHOOK_URL", bss.as_str()),
+        ("OCS_BSS__WEBHOOK_SECRET", "test-webhook-secret"),
+        ("OCS_BSS__WEBHOOK_EVENTS", "STATE_CHANGED"),
+        ("OCS_BSS__INITIAL_BACKOFF_MS", "10"),
+        ("OCS_BSS__MAX_BACKOFF_MS", "20"),
+        ("OCS_BSS__MAX_ATTEMPTS", "12"),
+    ];
+    let lines = serve_and_log(dir.path(), &env, activate_and_wait_for_the_dead_letter).await;
+    let failures: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| {
+            l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("webhook: attempts failed"))
+        })
+        .collect();
+    assert!(
+        (1..=3).contains(&failures.len()),
+        "12 attempts are at most three lines (at once, at the dead letter's interval, at \
+         shutdown): {failures:#?}"
+    );
+    let sum = |field: &str| -> u64 {
+        failures
+            .iter()
+            .map(|l| l["fields"][field].as_u64().expect(field))
+            .sum()
+    };
+    assert_eq!(sum("failed"), 12, "{failures:#?}");
+    assert_eq!(sum("will_retry"), 11, "{failures:#?}");
+    assert_eq!(sum("dead_lettered"), 1, "{failures:#?}");
+    assert_eq!(failures[0]["fields"]["endpoint"], bss.as_str());
+    assert!(
+        failures.iter().all(|l| l["fields"]["last_error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty())),
+        "{failures:#?}"
+    );
+    let dead = failures
+        .iter()
+        .find(|l| l["fields"]["dead_lettered"] == 1)
+        .expect("the dead letter's line");
+    assert_eq!(dead["level"], "ERROR");
+    // No other line about a single attempt at info or above.
+    let per_attempt = lines
+        .iter()
+        .filter(|l| l["fields"].get("attempt").is_some())
+        .count();
+    assert_eq!(per_attempt, 0, "{lines:#?}");
+}
+
+async fn activate_and_wait_for_the_dead_letter(server: String) {
+    use ocs_lifecycle::proto;
+    use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
+    use ocs_lifecycle::proto::bss_events_client::BssEventsClient;
+    let mut api = AccountLifecycleClient::connect(server.clone())
+        .await
+        .expect("connect");
+    api.provision_account(proto::ProvisionAccountRequest {
+        msisdn: "8613800138000".into(),
+        sold: true,
+        request_id: "hook-p-1".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("provision");
+    api.activate(proto::ActivateRequest {
+        msisdn: "8613800138000".into(),
+        request_id: "hook-a-1".into(),
+    })
+    .await
+    .expect("activate: a STATE_CHANGED event");
+    let mut events = BssEventsClient::connect(server).await.expect("connect");
+    let deadline = tokio::time::Instant::now() + SAFETY;
+    loop {
+        let dead = events
+            .list_dead_letters(proto::ListDeadLettersRequest::default())
+            .await
+            .expect("ListDeadLetters")
+            .into_inner();
+        if !dead.events.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the event was never dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Shell completions and the man page are generated by the binary itself, from the same
+/// command definitions, and read no configuration (a broken file beside them is ignored).
+#[test]
+fn completions_and_the_man_page_come_from_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ocs-lifecycle.toml"),
+        "this is = not [toml\n",
+    )
+    .unwrap();
+    for (shell, marker) in [
+        ("bash", "_ocs__lifecycle()"),
+        ("zsh", "#compdef ocs-lifecycle"),
+        ("fish", "complete -c ocs-lifecycle"),
+    ] {
+        let mut command = ocs(dir.path());
+        command.args(["completions", shell]);
+        // Read while it runs: a script is larger than a pipe's buffer.
+        let output = command.output().expect("run completions");
+        assert!(output.status.success(), "{shell}: {output:?}");
+        let script = String::from_utf8_lossy(&output.stdout);
+        assert!(script.contains(marker), "{shell}: {script}");
+        for subcommand in [
+            "serve",
+            "authorize",
+            "health",
+            "dead-letters",
+            "database-url",
+        ] {
+            assert!(script.contains(subcommand), "{shell} lacks {subcommand}");
+        }
+    }
+    let mut command = ocs(dir.path());
+    command.arg("man");
+    let output = command.output().expect("run man");
+    assert!(output.status.success(), "{output:?}");
+    let page = String::from_utf8_lossy(&output.stdout);
+    assert!(page.contains(".TH ocs-lifecycle 1"), "{page}");
+    assert!(page.contains(env!("CARGO_PKG_VERSION")), "{page}");
+    assert!(page.contains("ocs\\-lifecycle\\-authorize(1)"), "{page}");
+
+    let pages = dir.path().join("man");
+    std::fs::create_dir(&pages).unwrap();
+    let mut command = ocs(dir.path());
+    command.args(["man", "--dir"]).arg(&pages);
+    let output = run(command, "man --dir");
+    assert!(output.status.success(), "{output:?}");
+    for name in [
+        "ocs-lifecycle.1",
+        "ocs-lifecycle-serve.1",
+        "ocs-lifecycle-clock-advance.1",
+    ] {
+        let text = std::fs::read_to_string(pages.join(name)).unwrap_or_default();
+        assert!(text.starts_with(".ie"), "{name}: {text}");
+    }
+    let mut command = ocs(dir.path());
+    command.args(["completions", "tcsh"]);
+    assert_eq!(
+        run(command, "tcsh").status.code(),
+        Some(2),
+        "not a shell clap knows"
     );
 }

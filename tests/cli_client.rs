@@ -157,6 +157,8 @@ both_backends! {
     forecast_until_a_date_lists_the_numbers_recycled_by_its_end_and_writes_nothing,
     events_tail_without_follow_prints_the_backlog,
     events_tail_follow_prints_the_backlog_then_live_events,
+    authorize_clock_and_health_speak_to_a_real_server,
+    mark_sold_on_a_sold_card_says_nothing_changed,
 }
 
 async fn provision_activate_recharge_get_and_history_round_trip_in_tables_and_json(
@@ -955,6 +957,10 @@ mod dead_letters {
         .json();
         assert_eq!(redelivered["asked"], 2);
         assert_eq!(redelivered["requeued"], 1);
+        assert_eq!(
+            redelivered["not_dead_letters"],
+            serde_json::json!([unknown.clone()])
+        );
         hook.wait_for(SAFETY, |r| r.iter().any(|r| r.status == 200))
             .await;
         let none = ocs(&server, &["dead-letters", "redeliver", "--all"])
@@ -963,6 +969,19 @@ mod dead_letters {
         assert!(none.stdout.contains("requeued  0"), "{none:#?}");
         let usage = ocs(&server, &["dead-letters", "redeliver"]).await;
         assert_eq!(usage.code, 2, "{usage:#?}");
+        // The delivered one is no longer a dead letter: the table says so.
+        let again = ocs(&server, &["dead-letters", "redeliver", &event_id])
+            .await
+            .ok();
+        assert!(again.stdout.contains("requeued  0"), "{again:#?}");
+        assert!(
+            again.stdout.contains(&format!(
+                "not dead letters (1; unknown, delivered or already queued again):
+  {event_id}
+"
+            )),
+            "{again:#?}"
+        );
         server.stop().await;
     }
 
@@ -1170,4 +1189,298 @@ mod tls {
             assert!(run.error_line().contains(expected), "{expected}: {run:#?}");
         }
     }
+}
+
+async fn authorize_clock_and_health_speak_to_a_real_server(server: TestServer) {
+    // The manual clock, set and moved from the command line.
+    let set = ocs(&server, &["clock", "set", "2030-03-01T10:00:00+08:00"])
+        .await
+        .ok();
+    assert_eq!(set.stdout, format!("now  {T0}\n"), "{set:#?}");
+    let moved = ocs(&server, &["clock", "advance", "1d12h", "--output", "json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(moved["now"], "2030-03-02T14:00:00Z");
+    let got = ocs(&server, &["clock", "get"]).await.ok();
+    assert_eq!(got.stdout, "now  2030-03-02T14:00:00Z\n", "{got:#?}");
+    let backwards = ocs(&server, &["clock", "set", T0]).await;
+    assert!(
+        backwards.error_line().contains("TIME_BACKWARDS"),
+        "{backwards:#?}"
+    );
+    let nonsense = ocs(&server, &["clock", "advance", "soon"]).await;
+    assert_eq!(nonsense.code, 2, "{nonsense:#?}");
+
+    // Authorize: a sold, activated card may call; an unsold one may not.
+    ocs(
+        &server,
+        &["account", "provision", "8613800000001", "--sold"],
+    )
+    .await
+    .ok();
+    ocs(&server, &["account", "activate", "8613800000001"])
+        .await
+        .ok();
+    ocs(&server, &["account", "provision", "8613800000002"])
+        .await
+        .ok();
+    let broke = ocs(
+        &server,
+        &["authorize", "8613800000001", "--service", "voice-out"],
+    )
+    .await
+    .ok();
+    assert!(broke.stdout.contains("INSUFFICIENT_BALANCE"), "{broke:#?}");
+    // Channels in any case too.
+    ocs(
+        &server,
+        &[
+            "account",
+            "recharge",
+            "8613800000001",
+            "--amount",
+            "5000",
+            "--channel",
+            "Online",
+        ],
+    )
+    .await
+    .ok();
+    let allowed = ocs(
+        &server,
+        &[
+            "authorize",
+            "8613800000001",
+            "--service",
+            "VOICE_OUT",
+            "--destination",
+            "8613900000000",
+            "--output",
+            "json",
+        ],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(allowed["allowed"], true, "{allowed}");
+    assert_eq!(allowed["state"], "VALID", "{allowed}");
+    assert_eq!(allowed["service"], "VOICE_OUT", "{allowed}");
+    let refused = ocs(
+        &server,
+        &["authorize", "8613800000002", "--service", "data"],
+    )
+    .await
+    .ok();
+    assert!(
+        refused.stdout.lines().any(|l| l == "allowed      false"),
+        "{refused:#?}"
+    );
+    assert!(
+        refused
+            .stdout
+            .lines()
+            .any(|l| l == "reason       SALE_LOCKED"),
+        "{refused:#?}"
+    );
+
+    // Health: the server and each service.
+    let health = ocs(&server, &["health"]).await.ok();
+    let lines: Vec<&str> = health.stdout.lines().collect();
+    assert_eq!(
+        lines[0], "SERVICE                            STATUS",
+        "{health:#?}"
+    );
+    assert_eq!(
+        lines[1], "(server)                           SERVING",
+        "{health:#?}"
+    );
+    assert!(
+        lines.contains(&"ocs.lifecycle.v1.TestClock         SERVING"),
+        "{health:#?}"
+    );
+    let one = ocs(
+        &server,
+        &[
+            "health",
+            "--service",
+            "ocs.lifecycle.v1.BssEvents",
+            "--output",
+            "json",
+        ],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(
+        one,
+        serde_json::json!({"services": [
+            {"service": "ocs.lifecycle.v1.BssEvents", "status": "SERVING"}
+        ]})
+    );
+    let unknown = ocs(&server, &["health", "--service", "no.such.Service"]).await;
+    assert_eq!(unknown.code, 1, "{unknown:#?}");
+    assert!(unknown.stdout.contains("UNKNOWN"), "{unknown:#?}");
+
+    // States, channels and output formats in any case.
+    let grace = ocs(
+        &server,
+        &["accounts", "list", "--state", "GRACE", "--output", "JSON"],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(grace["accounts"], serde_json::json!([]));
+}
+
+async fn mark_sold_on_a_sold_card_says_nothing_changed(server: TestServer) {
+    server.set_time(T0).await;
+    ocs(&server, &["account", "provision", "8613800000001"])
+        .await
+        .ok();
+    let first = ocs(
+        &server,
+        &["account", "mark-sold", "8613800000001", "--output", "json"],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(first["changed"], true, "{first}");
+    assert_eq!(first["account"]["sold"], true, "{first}");
+    let again = ocs(&server, &["account", "mark-sold", "8613800000001"])
+        .await
+        .ok();
+    assert!(
+        again
+            .stdout
+            .ends_with("the card was already sold: nothing changed\n"),
+        "{again:#?}"
+    );
+    let again = ocs(
+        &server,
+        &["account", "mark-sold", "8613800000001", "--output", "json"],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(again["changed"], false, "{again}");
+    // One SOLD row in the history: the first mark-sold's.
+    let history = ocs(
+        &server,
+        &["account", "history", "8613800000001", "--output", "json"],
+    )
+    .await
+    .ok()
+    .json();
+    let sold = history["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["kind"] == "SOLD")
+        .count();
+    assert_eq!(sold, 1, "{history}");
+}
+
+/// Client commands take only client options: a server option is refused (exit 2) with a line
+/// saying where it belongs, and `--help` lists none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_commands_refuse_server_options_and_list_only_their_own() {
+    let server = "http://127.0.0.1:1";
+    let refused = ocs_at(
+        server,
+        &[
+            "account",
+            "get",
+            "8613800138000",
+            "--database-url",
+            "mysql://x",
+            "--clock",
+            "manual",
+        ],
+    )
+    .await;
+    assert_eq!(refused.code, 2, "{refused:#?}");
+    assert!(refused.stderr.contains("'--database-url'"), "{refused:#?}");
+    assert!(
+        refused
+            .stderr
+            .contains("--database-url is a server option (serve, migrate, sweep, config check)"),
+        "{refused:#?}"
+    );
+    assert!(refused.stdout.is_empty(), "{refused:#?}");
+    let server_flags = [
+        "--config",
+        "--listen",
+        "--http-addr",
+        "--database-url",
+        "--clock ",
+        "--log-format",
+        "--insecure",
+        "--bss-webhook",
+    ];
+    for command in [
+        &["account", "get", "--help"][..],
+        &["accounts", "list", "--help"],
+        &["authorize", "--help"],
+        &["clock", "advance", "--help"],
+        &["health", "--help"],
+        &["forecast", "--help"],
+        &["events", "tail", "--help"],
+        &["dead-letters", "redeliver", "--help"],
+        &["import", "--help"],
+    ] {
+        let help = ocs_at(server, command).await.ok();
+        assert!(help.stdout.contains("--server"), "{command:?}: {help:#?}");
+        for flag in server_flags {
+            assert!(
+                !help.stdout.contains(flag),
+                "{command:?} lists {flag}: {help:#?}"
+            );
+        }
+    }
+    // The server's commands still take them.
+    let help = ocs_at(server, &["serve", "--help"]).await.ok();
+    for flag in server_flags {
+        assert!(help.stdout.contains(flag.trim()), "serve: {flag} {help:#?}");
+    }
+    assert!(!help.stdout.contains("--server"), "{help:#?}");
+
+    // A token pasted with its scheme gets a hint, before anything is sent.
+    let pasted = ocs_at(
+        server,
+        &[
+            "account",
+            "get",
+            "8613800138000",
+            "--token",
+            "Bearer ocs_abc",
+        ],
+    )
+    .await;
+    assert_eq!(pasted.code, 2, "{pasted:#?}");
+    assert!(
+        pasted.error_line().contains("without \"Bearer \""),
+        "{pasted:#?}"
+    );
+}
+
+/// `clock` against a server on the system clock says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_on_a_system_clock_server_says_it_needs_the_manual_clock() {
+    let Some(db) = TestDb::create(common::Backend::Sqlite).await else {
+        return;
+    };
+    let server = TestServer::start_on(db, ClockMode::System).await;
+    let run = ocs(&server, &["clock", "get"]).await;
+    assert_eq!(run.code, 2, "{run:#?}");
+    assert!(run.error_line().contains("--clock manual"), "{run:#?}");
+    let health = ocs(&server, &["health"]).await.ok();
+    assert!(
+        health
+            .stdout
+            .lines()
+            .any(|l| l == "ocs.lifecycle.v1.TestClock         NOT_SERVING"),
+        "{health:#?}"
+    );
+    server.stop().await;
 }

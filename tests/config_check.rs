@@ -207,3 +207,85 @@ fn serve_migrate_and_sweep_refuse_what_config_check_refuses() {
         "nothing was created"
     );
 }
+
+#[test]
+fn type_errors_name_file_line_column_key_and_value_and_every_problem_is_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "[sweep]\nbatch_size = \"big\"\ncron = \"0 5 25 * * *\"\n\
+         [lifecycle]\ngrace_days = \"ninety\"\ngrace_dayz = 1\n",
+    );
+    let output = check(dir.path(), &file);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = lines(&output.stderr);
+    assert_eq!(stderr.len(), 4, "{stderr:?}");
+    let path = file.display().to_string();
+    for (at, key, value) in [
+        (":2:1: ", "sweep.batch_size: ", "\"big\""),
+        (":5:1: ", "lifecycle.grace_days: ", "\"ninety\""),
+        (":6:1: ", "lifecycle.grace_dayz: ", "unknown field"),
+    ] {
+        let expected = format!("{path}{at}{key}");
+        assert!(
+            stderr
+                .iter()
+                .any(|l| l.contains(&expected) && l.contains(value)),
+            "{expected} … {value}: {stderr:?}"
+        );
+    }
+    // Hour 25: the bound said right (the crate's own message says "less than 23").
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("sweep.cron") && l.contains("Hours must be at most 23")),
+        "{stderr:?}"
+    );
+}
+
+#[test]
+fn syntax_errors_name_their_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "timezone = \"Asia/Shanghai\"\n[sweep\nbatch_size = 10\n",
+    );
+    let output = check(dir.path(), &file);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = lines(&output.stderr);
+    assert!(!stderr.is_empty(), "{output:?}");
+    let expected = format!("{}:2:", file.display());
+    assert!(
+        stderr
+            .iter()
+            .all(|l| l.contains(&expected) && l.contains("not TOML")),
+        "{stderr:?}"
+    );
+}
+
+#[test]
+fn a_value_from_the_environment_names_its_variable_beside_the_files_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "db_pool_size = \"many\"\n");
+    let mut command = ocs(dir.path());
+    command
+        .env("OCS_SWEEP__BATCH_SIZE", "big")
+        .args(["config", "check", "--config"])
+        .arg(&file);
+    let output = run(command);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = lines(&output.stderr);
+    assert_eq!(stderr.len(), 2, "{stderr:?}");
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains(&format!("{}:1:1: db_pool_size: ", file.display()))),
+        "{stderr:?}"
+    );
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("OCS_SWEEP__BATCH_SIZE (sweep.batch_size): ") && l.contains("big")),
+        "{stderr:?}"
+    );
+}

@@ -1,6 +1,7 @@
 //! The operations dashboard of a real server: its store queries on SQLite and PostgreSQL,
-//! `GET /api/dashboard` after real gRPC requests, clock moves and scheduled sweeps, and the page
-//! `GET /` rendered by a real headless Chromium (`--dump-dom`), checked for the numbers; with
+//! `GET /api/dashboard` after real gRPC requests, clock moves and scheduled sweeps, the page
+//! `GET /` as the server renders it (its data without a script), and the page rendered by a
+//! real headless Chromium (`--dump-dom`), checked for the numbers; with
 //! bearer tokens configured, the data needs an admin or bss token (401/403 otherwise) while
 //! the page and the probes stay open, and the page sends the token of its `#token=` fragment.
 //!
@@ -46,6 +47,7 @@ both_backends! {
 both_databases! {
     scenario_sqlite, scenario_postgres:
     the_dashboard_json_shows_states_recharges_sweeps_recycles_and_dead_letters,
+    before_a_sweep_the_page_shows_effective_states_and_the_webhook_backlog,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -423,11 +425,139 @@ async fn the_dashboard_json_shows_states_recharges_sweeps_recycles_and_dead_lett
         "{latest:?}"
     );
 
-    // Read-only: reading the dashboard wrote nothing.
+    // The service itself: version, the manual clock, readiness, the last sweep's duration.
+    assert_eq!(json["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(json["clock"], "manual");
+    assert_eq!(
+        json["readiness"],
+        serde_json::json!({"ready": true, "reason": null})
+    );
+    assert!(
+        json["last_sweep_seconds"]
+            .as_f64()
+            .is_some_and(|s| s >= 0.0),
+        "{json}"
+    );
+    // Everything was swept as of now: the effective states are the stored ones.
+    assert_eq!(json["accounts_now"], json["accounts"]);
+    // The webhook's one event was dead-lettered: nothing is waiting.
+    assert_eq!(
+        json["webhook"],
+        serde_json::json!({"lag_seconds": 0.0, "backlog": 0, "oldest_undelivered": null})
+    );
+    // What the next sweep would do, the VALIDITY_EXPIRING notices last.
+    let names: Vec<&str> = json["next_sweep"]["forecast"]
+        .as_array()
+        .expect("the next sweep's forecast")
+        .iter()
+        .map(|c| c["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "to_grace",
+            "to_locked",
+            "to_recycled_from_locked",
+            "to_recycled_unactivated",
+            "expiring_notified"
+        ]
+    );
+
+    // Read-only: reading the dashboard (JSON, page and part) wrote nothing.
     let before = server.db().await.counts().await;
     get_json(&server.http_url("/api/dashboard")).await;
+    get_html(&server.http_url("/")).await;
+    get_html(&server.http_url("/api/dashboard/html")).await;
     assert_eq!(server.db().await.counts().await, before);
     server.stop().await;
+}
+
+/// GET `url` as text/html: its body.
+async fn get_html(url: &str) -> String {
+    let response = reqwest::get(url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(response.status().as_u16(), 200, "GET {url}");
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(content_type, "text/html; charset=utf-8");
+    response.text().await.expect("body")
+}
+
+/// No sweep runs (scheduler off): on 2030-03-20 an account valid through 03-11 is stored VALID
+/// but GRACE now, and its activation's STATE_CHANGED waits for a BSS that answers 500.
+async fn before_a_sweep_the_page_shows_effective_states_and_the_webhook_backlog(db: Arc<TestDb>) {
+    let failing: Policy = Box::new(|_| (500, Duration::ZERO));
+    let hook = Hook::start(failing).await;
+    let config = Config {
+        bss: BssConfig {
+            webhook_url: hook.url(),
+            webhook_secret: "dashboard-test-secret".into(),
+            webhook_events: vec!["STATE_CHANGED".into()],
+            initial_backoff_ms: 60_000,
+            max_backoff_ms: 60_000,
+            max_attempts: 100,
+            ..BssConfig::default()
+        },
+        ..common::test_config(ClockMode::Manual)
+    };
+    let server = TestServer::start_with(db, config).await;
+    let mut api = server.accounts();
+    server.set_time("2030-03-01T02:00:00Z").await;
+    provision(&mut api, "8613800000001", 10).await;
+    activate(&mut api, "8613800000001").await;
+    provision(&mut api, "8613800000002", 0).await;
+    server.set_time("2030-03-20T02:00:00Z").await;
+
+    let json = get_json(&server.http_url("/api/dashboard")).await;
+    let counts = |key: &str| -> Vec<i64> {
+        json[key]
+            .as_array()
+            .expect(key)
+            .iter()
+            .map(|c| c["count"].as_i64().expect("count"))
+            .collect()
+    };
+    // UNACTIVATED, VALID, GRACE, LOCKED, RECYCLED.
+    assert_eq!(counts("accounts"), [1, 1, 0, 0, 0]);
+    assert_eq!(counts("accounts_now"), [1, 0, 1, 0, 0]);
+    assert_eq!(json["next_sweep"]["scheduler"], false);
+    assert_eq!(json["next_sweep"]["forecast"], Value::Null);
+    assert_eq!(json["last_sweep_seconds"], Value::Null);
+    // One event waiting since the activation, 19 days ago on the service clock.
+    assert_eq!(json["webhook"]["backlog"], 1);
+    assert_eq!(json["webhook"]["lag_seconds"], 19.0 * 86_400.0);
+    assert_eq!(
+        json["webhook"]["oldest_undelivered"],
+        "2030-03-01T10:00:00+08:00"
+    );
+
+    // The page arrives with the same numbers: no script has to run for the first view.
+    let page = get_html(&server.http_url("/")).await;
+    assert!(page.contains("<body data-loaded=\"true\">"), "{page}");
+    assert!(!page.contains("id=\"waiting\""), "no placeholder: {page}");
+    for (marker, text) in [
+        ("id=\"state-VALID\"", "1"),
+        ("id=\"now-VALID\"", "0"),
+        ("id=\"now-GRACE\"", "1"),
+        ("id=\"now-total\"", "2"),
+        ("id=\"webhook-backlog\"", "1"),
+        ("id=\"next-sweep\"", "scheduler off"),
+        ("id=\"clock-now\"", "2030-03-20 10:00:00"),
+        ("id=\"readiness\"", "ready"),
+        ("id=\"version\"", env!("CARGO_PKG_VERSION")),
+    ] {
+        assert_eq!(text_after(&page, marker), text, "{marker}");
+    }
+    // The part the script fetches is the page's data part.
+    let part = get_html(&server.http_url("/api/dashboard/html")).await;
+    assert!(page.contains(&part), "the page holds the part: {part}");
+    server.stop().await;
+    drop(hook);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -590,6 +720,25 @@ async fn the_page_renders_the_numbers_in_a_real_browser() {
     assert_eq!(text_after(&dom, "id=\"dead-count\""), "1");
     assert_eq!(dom.matches("class=\"dead-letter-row\"").count(), 1);
     assert!(dom.contains("*********0005"));
+    // The manual clock says so, with its time.
+    assert_eq!(text_after(&dom, "id=\"clock-now\""), "2030-06-15 10:00:00");
+
+    // A plain headless run (no time for the page's own fetches) sees the same first view:
+    // the server rendered it.
+    let static_dom = run_chromium(chromium.clone(), vec!["--dump-dom".into()], url.clone()).await;
+    for marker in [
+        "id=\"state-total\"",
+        "id=\"recharges-count\"",
+        "id=\"dead-count\"",
+    ] {
+        assert_eq!(
+            text_after(&static_dom, marker),
+            text_after(&dom, marker),
+            "{marker}"
+        );
+    }
+    assert_eq!(static_dom.matches("class=\"recycle-day\"").count(), 30);
+    assert!(!static_dom.contains("id=\"waiting\""), "{static_dom}");
 
     if let Some(path) = std::env::var_os("OCS_DASHBOARD_SCREENSHOT").filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
@@ -599,7 +748,9 @@ async fn the_page_renders_the_numbers_in_a_real_browser() {
             vec![
                 "--virtual-time-budget=5000".into(),
                 "--hide-scrollbars".into(),
-                "--window-size=1200,900".into(),
+                "--window-size=1400,1400".into(),
+                // Every tile painted before the shot (a plain run can cut the last rows).
+                "--run-all-compositor-stages-before-draw".into(),
                 format!("--screenshot={}", path.display()),
             ],
             url,

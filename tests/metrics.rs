@@ -239,6 +239,26 @@ async fn healthz_and_readyz_answer_200_once_serving(server: TestServer) {
         1.0
     );
     assert!(metrics.expect("process_resident_memory_bytes", &[]) > 0.0);
+    // The process, as Prometheus's own clients name it.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = metrics.expect("process_start_time_seconds", &[]);
+    assert!(
+        started > now - 86_400.0 && started <= now + 1.0,
+        "{started} vs {now}"
+    );
+    assert!(metrics.expect("process_cpu_seconds_total", &[]) > 0.0);
+    let open_fds = metrics.expect("process_open_fds", &[]);
+    assert!(open_fds > 0.0);
+    assert!(metrics.expect("process_max_fds", &[]) >= open_fds);
+    // The database pool: the server holds connections, none in use between requests.
+    let in_use = metrics.expect("ocs_db_pool_connections", &[("state", "in_use")]);
+    let idle = metrics.expect("ocs_db_pool_connections", &[("state", "idle")]);
+    assert!(in_use >= 0.0 && idle >= 1.0, "in_use {in_use}, idle {idle}");
+    // No gRPC request is in flight while /metrics is read.
+    assert_eq!(metrics.expect("ocs_rpc_in_flight", &[]), 0.0);
     // No webhook configured: no webhook metrics.
     assert!(!metrics.has("ocs_webhook_delivered_total"));
     assert!(!metrics.has("ocs_webhook_lag_seconds"));
@@ -443,7 +463,9 @@ async fn advance_states_counts_its_sweep_and_a_forecast_counts_nothing(server: T
         swept.examined as f64
     );
     assert!(metrics.expect("ocs_sweep_last_success_timestamp_seconds", &[]) > 1.0e9);
-    assert!(metrics.expect("ocs_sweep_duration_seconds", &[]) >= 0.0);
+    // A gauge of the last run, named so (issue 16.7; was ocs_sweep_duration_seconds).
+    assert!(metrics.expect("ocs_sweep_last_duration_seconds", &[]) >= 0.0);
+    assert!(!metrics.has("ocs_sweep_duration_seconds"));
     assert_eq!(
         metrics.expect(
             "ocs_rpc_requests_total",

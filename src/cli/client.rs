@@ -14,6 +14,7 @@ use super::{Connection, OutputFormat};
 use crate::proto;
 use crate::proto::account_lifecycle_client::AccountLifecycleClient;
 use crate::proto::bss_events_client::BssEventsClient;
+use crate::proto::test_clock_client::TestClockClient;
 use crate::wire::REPLAYED_METADATA;
 
 /// How long connecting may take before the server counts as down.
@@ -165,6 +166,14 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// The `authorization` metadata value for `token`.
 fn bearer(token: &str) -> Result<MetadataValue<Ascii>, CliError> {
+    let scheme = token.trim_start().get(..7);
+    if scheme.is_some_and(|s| s.eq_ignore_ascii_case("bearer ")) {
+        return Err(CliError::Usage(
+            "--token takes the token alone (ocs_…), without \"Bearer \": the client sends \
+             `authorization: Bearer <token>` itself"
+                .into(),
+        ));
+    }
     format!("Bearer {token}").parse().map_err(|_| {
         CliError::Usage(
             "--token may only hold visible ASCII characters (it is sent as a header)".into(),
@@ -269,6 +278,49 @@ impl Client {
     pub fn events(&self) -> crate::proto::bss_events_client::BssEventsClient<Channel> {
         BssEventsClient::new(self.channel.clone())
     }
+
+    pub fn test_clock(&self) -> TestClockClient<Channel> {
+        TestClockClient::new(self.channel.clone())
+    }
+}
+
+/// A TestClock call's error; UNIMPLEMENTED means the server runs on the system clock.
+pub fn without_manual_clock(status: Status) -> CliError {
+    if status.code() == Code::Unimplemented {
+        return CliError::Usage(
+            "the server runs on the system clock: the TestClock service (clock get|set|advance) \
+             exists only on a server started with --clock manual"
+                .into(),
+        );
+    }
+    CliError::from(status)
+}
+
+/// The gRPC health status of each of `services` (`""`: the server as a whole), by name:
+/// `SERVING`, `NOT_SERVING`, or `UNKNOWN` for a service the server does not know.
+pub async fn health(
+    client: &Client,
+    services: &[String],
+) -> Result<Vec<(String, String)>, CliError> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let mut health = HealthClient::new(client.channel.clone());
+    let mut statuses = Vec::new();
+    for service in services {
+        let request = client.request(HealthCheckRequest {
+            service: service.clone(),
+        });
+        let status = match health.check(request).await {
+            Ok(answer) => ServingStatus::try_from(answer.into_inner().status)
+                .map(|s| s.as_str_name().to_owned())
+                .unwrap_or_else(|_| "UNKNOWN".into()),
+            Err(status) if status.code() == Code::NotFound => "UNKNOWN".into(),
+            Err(status) => return Err(status.into()),
+        };
+        statuses.push((service.clone(), status));
+    }
+    Ok(statuses)
 }
 
 /// Whether an Account-returning mutation was a replay (`ocs-replayed: true` metadata).
@@ -341,6 +393,12 @@ mod tests {
         let request = anonymous.request(proto::GetAccountRequest::default());
         assert!(request.metadata().get("authorization").is_none());
         assert_eq!(bearer("bad\ntoken").unwrap_err().exit_code(), 2);
+        let pasted = bearer("Bearer ocs_abc").unwrap_err();
+        assert_eq!(pasted.exit_code(), 2);
+        assert!(
+            pasted.to_string().contains("without \"Bearer \""),
+            "{pasted}"
+        );
     }
 
     #[test]

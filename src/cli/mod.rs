@@ -1,5 +1,5 @@
-//! The command-line client: `ocs-lifecycle account|accounts|forecast|events|dead-letters|import`
-//! talk gRPC to a running server (`--server`, env `OCS_SERVER`; `https://` with `--ca-cert`,
+//! The command-line client: `ocs-lifecycle account|accounts|authorize|forecast|events|dead-letters|
+//! import|clock|health` talk gRPC to a running server (`--server`, env `OCS_SERVER`; `https://` with `--ca-cert`,
 //! `--client-cert`, `--client-key` for TLS and mTLS). They read no server configuration and
 //! open no database.
 //!
@@ -56,7 +56,13 @@ pub struct Connection {
     pub client_key: Option<PathBuf>,
     /// `table` (aligned columns for people) or `json` (one JSON document; `events tail`: one
     /// JSON object per line).
-    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        ignore_case = true,
+        default_value_t = OutputFormat::Table
+    )]
     pub output: OutputFormat,
 }
 
@@ -99,14 +105,30 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: AccountsCommand,
     },
+    /// May this account use a service now (Authorize: the state, the sale lock, the balance)?
+    Authorize {
+        #[command(flatten)]
+        connection: Connection,
+        msisdn: String,
+        /// The service asked for.
+        #[arg(long, value_enum, ignore_case = true)]
+        service: ServiceArg,
+        /// The called number of an outgoing call or SMS (customer service and emergency
+        /// numbers stay reachable from GRACE and LOCKED).
+        #[arg(long, default_value = "", hide_default_value = true)]
+        destination: String,
+    },
     /// What a sweep at the end of DATE would do (AdvanceStates dry run; writes nothing).
     Forecast {
         #[command(flatten)]
         connection: Connection,
-        /// The last local day (YYYY-MM-DD, operator time zone from --timezone or
-        /// OCS_TIMEZONE, default Asia/Shanghai): as of 23:59:59 local that day.
+        /// The last local day (YYYY-MM-DD, operator time zone from --timezone): as of
+        /// 23:59:59 local that day.
         #[arg(long)]
         until: NaiveDate,
+        /// The operator's IANA time zone.
+        #[arg(long, env = "OCS_TIMEZONE", default_value = DEFAULT_TIMEZONE)]
+        timezone: String,
     },
     /// The lifecycle event stream.
     Events {
@@ -134,6 +156,39 @@ pub enum ClientCommand {
         /// Requests in flight at once (1 to 64).
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
         concurrency: u16,
+    },
+    /// The manual clock of a server started with `--clock manual` (the TestClock service).
+    Clock {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        command: ClockCommand,
+    },
+    /// Whether the server is serving (gRPC health: the server and each of its services).
+    /// Exit code 0 when SERVING, 1 otherwise.
+    Health {
+        #[command(flatten)]
+        connection: Connection,
+        /// Only this service (e.g. ocs.lifecycle.v1.AccountLifecycle) [default: the server
+        /// and every service].
+        #[arg(long)]
+        service: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Clone, Debug)]
+pub enum ClockCommand {
+    /// The clock's time.
+    Get,
+    /// Set the clock to an instant (RFC 3339, e.g. 2030-03-01T10:00:00+08:00); never backwards.
+    Set {
+        #[arg(value_parser = parse_instant)]
+        time: DateTime<Utc>,
+    },
+    /// Move the clock forward by a duration: 90d, 36h, 15m, 30s, 1d12h, or seconds.
+    Advance {
+        #[arg(value_parser = parse_duration)]
+        by: i64,
     },
 }
 
@@ -179,7 +234,7 @@ pub enum AccountCommand {
         /// Amount in fen (5000 = 50.00 yuan).
         #[arg(long, allow_negative_numbers = true)]
         amount: i64,
-        #[arg(long, value_enum)]
+        #[arg(long, value_enum, ignore_case = true)]
         channel: ChannelArg,
         /// The recharge card's printed validity [default: the tariff table decides].
         #[arg(long, default_value_t = 0, hide_default_value = true)]
@@ -224,8 +279,8 @@ pub enum AccountCommand {
 pub enum AccountsCommand {
     /// Accounts ordered by MSISDN, in their effective state now.
     List {
-        /// Only accounts in this state.
-        #[arg(long, value_enum)]
+        /// Only accounts in this state (any case).
+        #[arg(long, value_enum, ignore_case = true)]
         state: Option<StateArg>,
         /// Accounts per page (1 to 1000) [default: the server's, 100].
         #[arg(long)]
@@ -247,7 +302,7 @@ pub enum EventsCommand {
         #[arg(long, default_value_t = 0)]
         after: u64,
         /// Only these event types (repeatable) [default: every type].
-        #[arg(long = "type", value_enum)]
+        #[arg(long = "type", value_enum, ignore_case = true)]
         types: Vec<EventTypeArg>,
         /// Keep printing live events until interrupted.
         #[arg(long)]
@@ -316,6 +371,74 @@ impl ChannelArg {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ServiceArg {
+    #[value(name = "voice_out", alias = "voice-out")]
+    VoiceOut,
+    #[value(name = "voice_in", alias = "voice-in")]
+    VoiceIn,
+    #[value(name = "sms_out", alias = "sms-out")]
+    SmsOut,
+    #[value(name = "sms_in", alias = "sms-in")]
+    SmsIn,
+    Data,
+}
+
+impl ServiceArg {
+    fn wire(self) -> proto::ServiceType {
+        match self {
+            ServiceArg::VoiceOut => proto::ServiceType::VoiceOut,
+            ServiceArg::VoiceIn => proto::ServiceType::VoiceIn,
+            ServiceArg::SmsOut => proto::ServiceType::SmsOut,
+            ServiceArg::SmsIn => proto::ServiceType::SmsIn,
+            ServiceArg::Data => proto::ServiceType::Data,
+        }
+    }
+}
+
+/// An RFC 3339 instant, in UTC.
+pub fn parse_instant(raw: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(raw)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            format!("{raw:?} is not an RFC 3339 instant (e.g. 2030-03-01T10:00:00+08:00): {e}")
+        })
+}
+
+/// `90d`, `36h`, `15m`, `30s`, `1d12h` or a number of seconds, in seconds (> 0).
+fn parse_duration(raw: &str) -> Result<i64, String> {
+    let bad = || format!("{raw:?} is not a duration (e.g. 90d, 36h, 15m, 30s, 1d12h, or seconds)");
+    let text = raw.trim();
+    if let Ok(seconds) = text.parse::<i64>() {
+        return (seconds > 0).then_some(seconds).ok_or_else(bad);
+    }
+    let mut total: i64 = 0;
+    let mut number = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            'd' => 86_400,
+            'h' => 3_600,
+            'm' => 60,
+            's' => 1,
+            _ => return Err(bad()),
+        };
+        let n: i64 = number.parse().map_err(|_| bad())?;
+        number.clear();
+        total = n
+            .checked_mul(unit)
+            .and_then(|part| total.checked_add(part))
+            .ok_or_else(bad)?;
+    }
+    if !number.is_empty() || total <= 0 {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum EventTypeArg {
     #[value(name = "number_recycled", alias = "number-recycled")]
     NumberRecycled,
@@ -339,8 +462,7 @@ impl EventTypeArg {
 const DEFAULT_TIMEZONE: &str = "Asia/Shanghai";
 
 /// Runs one client command to completion: its output on stdout, an error as one line on stderr.
-/// `timezone` is the global `--timezone` flag (used by `forecast` only).
-pub fn run(command: ClientCommand, timezone: Option<&str>) -> ExitCode {
+pub fn run(command: ClientCommand) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -352,11 +474,7 @@ pub fn run(command: ClientCommand, timezone: Option<&str>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let timezone = timezone
-        .map(str::to_owned)
-        .or_else(|| std::env::var("OCS_TIMEZONE").ok())
-        .unwrap_or_else(|| DEFAULT_TIMEZONE.to_owned());
-    match runtime.block_on(execute(command, &timezone)) {
+    match runtime.block_on(execute(command)) {
         Ok(code) => code,
         Err(CliError::StdoutClosed) => ExitCode::SUCCESS,
         Err(e) => {
@@ -366,7 +484,7 @@ pub fn run(command: ClientCommand, timezone: Option<&str>) -> ExitCode {
     }
 }
 
-async fn execute(command: ClientCommand, timezone: &str) -> Result<ExitCode, CliError> {
+async fn execute(command: ClientCommand) -> Result<ExitCode, CliError> {
     match command {
         ClientCommand::Account {
             connection,
@@ -393,8 +511,86 @@ async fn execute(command: ClientCommand, timezone: &str) -> Result<ExitCode, Cli
             )
             .await
         }
-        ClientCommand::Forecast { connection, until } => {
-            let as_of = end_of_local_day(until, timezone)?;
+        ClientCommand::Authorize {
+            connection,
+            msisdn,
+            service,
+            destination,
+        } => {
+            let msisdn = parse_msisdn(&msisdn)?;
+            let client = Client::connect(&connection).await?;
+            let request = proto::AuthorizeRequest {
+                msisdn: msisdn.clone(),
+                service: service.wire() as i32,
+                destination: destination.clone(),
+            };
+            let answer = client
+                .accounts()
+                .authorize(client.request(request))
+                .await?
+                .into_inner();
+            let document = output::authorization(&msisdn, service.wire(), &destination, &answer);
+            output::print(connection.output, &document)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ClientCommand::Clock {
+            connection,
+            command,
+        } => {
+            let client = Client::connect(&connection).await?;
+            let mut clock = client.test_clock();
+            let answer = match command {
+                ClockCommand::Get => {
+                    clock
+                        .get_time(client.request(proto::GetTimeRequest {}))
+                        .await
+                }
+                ClockCommand::Set { time } => {
+                    let request = proto::SetTimeRequest {
+                        time: Some(output::to_timestamp(time)),
+                    };
+                    clock.set_time(client.request(request)).await
+                }
+                ClockCommand::Advance { by } => {
+                    let request = proto::AdvanceTimeRequest { seconds: by };
+                    clock.advance_time(client.request(request)).await
+                }
+            }
+            .map_err(client::without_manual_clock)?
+            .into_inner();
+            output::print(connection.output, &output::clock(&answer))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ClientCommand::Health {
+            connection,
+            service,
+        } => {
+            let client = Client::connect(&connection).await?;
+            let services: Vec<String> = match service {
+                Some(name) => vec![name],
+                None => std::iter::once("")
+                    .chain(crate::wire::SERVICE_NAMES)
+                    .map(str::to_owned)
+                    .collect(),
+            };
+            let statuses = client::health(&client, &services).await?;
+            output::print(connection.output, &output::health(&statuses))?;
+            // The first one asked decides: the server as a whole, or the one service named.
+            let serving = statuses
+                .first()
+                .is_some_and(|(_, status)| status == "SERVING");
+            Ok(if serving {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        ClientCommand::Forecast {
+            connection,
+            until,
+            timezone,
+        } => {
+            let as_of = end_of_local_day(until, &timezone)?;
             let client = Client::connect(&connection).await?;
             let request = proto::AdvanceStatesRequest {
                 as_of: Some(output::to_timestamp(as_of)),
@@ -523,6 +719,15 @@ async fn account(connection: &Connection, command: AccountCommand) -> Result<Exi
         }
         AccountCommand::MarkSold { request_id, .. } => {
             let request_id = request_id.resolve();
+            // MarkSold on a sold card succeeds and changes nothing; the account as it was
+            // tells which (a failed read leaves it unsaid: MarkSold reports its own error).
+            let was_sold = api
+                .get_account(client.request(proto::GetAccountRequest {
+                    msisdn: msisdn.clone(),
+                }))
+                .await
+                .ok()
+                .map(|a| a.into_inner().sold);
             let request = proto::MarkSoldRequest {
                 msisdn,
                 request_id: request_id.clone(),
@@ -531,7 +736,15 @@ async fn account(connection: &Connection, command: AccountCommand) -> Result<Exi
                 .mark_sold(client.request(request))
                 .await
                 .map_err(|s| CliError::mutation(s, &request_id))?;
-            output::account_mutation(&request_id, client::replayed(&response), response.get_ref())
+            let replayed = client::replayed(&response);
+            // A replay answers as the first request did; whether that one changed anything
+            // is not known here.
+            let changed = if replayed {
+                None
+            } else {
+                was_sold.map(|sold| !sold)
+            };
+            output::mark_sold(&request_id, replayed, changed, response.get_ref())
         }
         AccountCommand::Activate { request_id, .. } => {
             let request_id = request_id.resolve();
@@ -696,15 +909,25 @@ async fn dead_letters(
             output::print(format, &output::dead_letters(&letters))?;
         }
         DeadLettersCommand::Redeliver { event_ids, all } => {
-            let event_ids = if all {
-                all_dead_letters(client)
-                    .await?
-                    .into_iter()
-                    .filter_map(|d| d.event.map(|e| e.event_id))
-                    .collect()
+            let dead: Vec<String> = all_dead_letters(client)
+                .await?
+                .into_iter()
+                .filter_map(|d| d.event.map(|e| e.event_id))
+                .collect();
+            // Ids that are not dead letters now (unknown, delivered, or already queued again):
+            // the server ignores them; the operator is told which.
+            let not_dead: Vec<String> = if all {
+                Vec::new()
             } else {
+                let dead: std::collections::HashSet<&str> =
+                    dead.iter().map(String::as_str).collect();
                 event_ids
+                    .iter()
+                    .filter(|id| !dead.contains(id.as_str()))
+                    .cloned()
+                    .collect()
             };
+            let event_ids = if all { dead } else { event_ids };
             let mut requeued = 0u64;
             // The server takes at most 1000 ids per request.
             for chunk in event_ids.chunks(1000) {
@@ -718,12 +941,26 @@ async fn dead_letters(
                     .into_inner();
                 requeued += u64::from(response.requeued);
             }
+            let mut table = output::fields(&[
+                ("asked", event_ids.len().to_string()),
+                ("requeued", requeued.to_string()),
+            ]);
+            if !not_dead.is_empty() {
+                table.push_str(&format!(
+                    "not dead letters ({}; unknown, delivered or already queued again):\n",
+                    not_dead.len()
+                ));
+                for id in &not_dead {
+                    table.push_str(&format!("  {id}\n"));
+                }
+            }
             let document = output::Document {
-                json: json!({ "asked": event_ids.len(), "requeued": requeued }),
-                table: output::fields(&[
-                    ("asked", event_ids.len().to_string()),
-                    ("requeued", requeued.to_string()),
-                ]),
+                json: json!({
+                    "asked": event_ids.len(),
+                    "requeued": requeued,
+                    "not_dead_letters": not_dead,
+                }),
+                table,
             };
             output::print(format, &document)?;
         }
@@ -731,9 +968,34 @@ async fn dead_letters(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `ocs-lifecycle sweep`'s report on stdout: `name: value` lines (times as the client prints
+/// them, RFC 3339 UTC), or the JSON document `forecast --output json` prints.
+pub fn print_sweep(
+    format: OutputFormat,
+    as_of: DateTime<Utc>,
+    dry_run: bool,
+    report: &crate::sweep::SweepReport,
+) -> Result<(), CliError> {
+    match output::print(format, &output::sweep(as_of, dry_run, report)) {
+        Err(CliError::StdoutClosed) => Ok(()),
+        printed => printed,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_as_days_hours_minutes_and_seconds() {
+        assert_eq!(parse_duration("90"), Ok(90));
+        assert_eq!(parse_duration("90d"), Ok(90 * 86_400));
+        assert_eq!(parse_duration("1d12h"), Ok(36 * 3_600));
+        assert_eq!(parse_duration("15m30s"), Ok(930));
+        for bad in ["", "0", "-5", "5x", "d", "12h5", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn forecast_until_a_date_is_its_last_second_in_the_operator_zone() {

@@ -38,8 +38,9 @@ impl ConfigCommand {
     ) -> Result<(), Vec<ConfigError>> {
         match self {
             ConfigCommand::Check => {
-                let config = Config::layered(overrides, env).map_err(|e| vec![e])?;
-                let problems = config.problems();
+                // Every problem at once: the keys whose values do not fit, then the values.
+                let (config, mut problems) = Config::layered_all(overrides, env)?;
+                problems.extend(config.problems());
                 if !problems.is_empty() {
                     return Err(problems);
                 }

@@ -213,6 +213,8 @@ impl SweepConfig {
                 .rfind(|l| !l.is_empty() && !l.chars().all(|c| c == '^' || c == ' '))
                 .unwrap_or("invalid")
                 .to_owned();
+            // The crate says "Hours must be less than 23" of an hour 25, meaning at most 23.
+            let reason = reason.replace(" must be less than ", " must be at most ");
             ConfigError(format!(
                 "sweep.cron: {:?} is not a cron expression (sec min hour dom month dow): {reason}",
                 self.cron
@@ -348,6 +350,22 @@ pub struct Overrides {
     pub bss_webhook_secret: Option<String>,
 }
 
+/// The configuration file [`Config::layered`] reads: `--config`, else `OCS_CONFIG` in `env`, else
+/// `ocs-lifecycle.toml` in the working directory when it exists; `None`: no file (defaults,
+/// environment and flags only).
+pub fn config_file(overrides: &Overrides, env: &[(String, String)]) -> Option<PathBuf> {
+    let explicit = overrides.config.clone().or_else(|| {
+        env.iter()
+            .find(|(k, _)| k == "OCS_CONFIG")
+            .map(|(_, v)| PathBuf::from(v))
+    });
+    explicit.or_else(|| {
+        Path::new(DEFAULT_CONFIG_FILE)
+            .exists()
+            .then(|| PathBuf::from(DEFAULT_CONFIG_FILE))
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
 pub struct ConfigError(pub String);
@@ -370,23 +388,35 @@ impl Config {
     }
 
     /// Layers the file, the `OCS_*` variables of `env` and the flags over the defaults; checks
-    /// only the syntax and the types (unknown keys, wrong types), not the values.
+    /// only the syntax and the types (unknown keys, wrong types), not the values. The first
+    /// problem of [`Config::layered_all`] is the error.
     pub fn layered(
         overrides: &Overrides,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        match Self::layered_all(overrides, env) {
+            Ok((config, problems)) => match problems.into_iter().next() {
+                Some(problem) => Err(problem),
+                None => Ok(config),
+            },
+            Err(mut problems) => Err(problems.swap_remove(0)),
+        }
+    }
+
+    /// [`Config::layered`], finding every problem at once. `Err`: the file cannot be read, or
+    /// each of its syntax errors with its line and column (nothing else is read then). `Ok`:
+    /// the configuration with every key whose value does not fit left at its default, and one
+    /// problem per such key (the key, the file's line and column or the environment variable
+    /// that set it, and the value), so that the values can be checked too.
+    pub fn layered_all(
+        overrides: &Overrides,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(Self, Vec<ConfigError>), Vec<ConfigError>> {
         let env: Vec<(String, String)> = env.into_iter().collect();
-        let explicit = overrides.config.clone().or_else(|| {
-            env.iter()
-                .find(|(k, _)| k == "OCS_CONFIG")
-                .map(|(_, v)| PathBuf::from(v))
-        });
-        let mut table = match &explicit {
+        let file = config_file(overrides, &env);
+        let (mut table, text) = match &file {
             Some(path) => read_file(path)?,
-            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
-                read_file(Path::new(DEFAULT_CONFIG_FILE))?
-            }
-            None => toml::Table::new(),
+            None => (toml::Table::new(), String::new()),
         };
         let mut ignored_env = Vec::new();
         let mut applied: Vec<(&str, &str, &str)> = Vec::new();
@@ -411,14 +441,44 @@ impl Config {
             }
             applied.push((name.as_str(), key, value.as_str()));
         }
-        let file_only = table.clone();
         for (name, key, value) in &applied {
-            overlay_env(&mut table, name, key, value)?;
+            overlay_env(&mut table, name, key, value).map_err(|e| vec![e])?;
         }
-        let mut config = match deserialize(table) {
-            Ok(config) => config,
-            Err(message) => return Err(blame_env(file_only, &applied, message)),
+        // With where the file says it, to list them in the file's order.
+        let mut problems: Vec<(Option<(usize, usize)>, ConfigError)> = Vec::new();
+        let mut config = loop {
+            let error = match deserialize(table.clone()) {
+                Ok(config) => break config,
+                Err(error) => error,
+            };
+            let path = error_path(&error);
+            let mut at = None;
+            let problem = match applied.iter().rev().find(|(_, key, _)| {
+                let set = dotted(key);
+                path == set || path.starts_with(&format!("{set}."))
+            }) {
+                Some((name, _, _)) => format!("{name} ({path}): {}", error.message()),
+                None => {
+                    let message = error.message();
+                    let message = message
+                        .strip_prefix(&format!("{path}: "))
+                        .unwrap_or(message);
+                    at = locate(&text, &path);
+                    match (&file, at) {
+                        (Some(file), Some((line, column))) => {
+                            format!("{}:{line}:{column}: {path}: {message}", file.display())
+                        }
+                        _ => format!("{path}: {message}"),
+                    }
+                }
+            };
+            problems.push((at, ConfigError(problem)));
+            // Left at its default, so the rest is checked too.
+            if path.is_empty() || !remove_path(&mut table, &path) || problems.len() > 100 {
+                return Err(in_file_order(problems));
+            }
         };
+        let problems = in_file_order(problems);
         if let Some(v) = overrides.listen {
             config.listen = v;
         }
@@ -445,7 +505,7 @@ impl Config {
         if let Some(v) = &overrides.bss_webhook_secret {
             config.bss.webhook_secret = v.clone();
         }
-        Ok(config)
+        Ok((config, problems))
     }
 
     /// The lifecycle rules this configuration describes, validated (with the sweep and pool
@@ -463,11 +523,136 @@ impl Config {
     }
 }
 
-fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
+/// The file's table and its text; every syntax error with its line and column.
+fn read_file(path: &Path) -> Result<(toml::Table, String), Vec<ConfigError>> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
-    text.parse()
-        .map_err(|e: toml::de::Error| ConfigError(format!("{}: {}", path.display(), e.message())))
+        .map_err(|e| vec![ConfigError(format!("cannot read {}: {e}", path.display()))])?;
+    match text.parse::<toml::Table>() {
+        Ok(table) => Ok((table, text)),
+        Err(first) => {
+            let (_, mut errors) = toml::de::DeTable::parse_recoverable(&text);
+            if errors.is_empty() {
+                errors.push(first);
+            }
+            Err(errors
+                .iter()
+                .map(|e| {
+                    let at = e
+                        .span()
+                        .map(|span| line_column(&text, span.start))
+                        .map(|(line, column)| format!(":{line}:{column}"))
+                        .unwrap_or_default();
+                    ConfigError(format!(
+                        "{}{at}: not TOML: {}",
+                        path.display(),
+                        e.message().replace('\n', "; ")
+                    ))
+                })
+                .collect())
+        }
+    }
+}
+
+/// The problems in the order the file has them (the environment's last).
+fn in_file_order(mut problems: Vec<(Option<(usize, usize)>, ConfigError)>) -> Vec<ConfigError> {
+    problems.sort_by_key(|(at, _)| at.unwrap_or((usize::MAX, 0)));
+    problems.into_iter().map(|(_, problem)| problem).collect()
+}
+
+/// 1-based line and column (in characters) of byte `offset` of `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, column)
+}
+
+/// `SWEEP__BATCH_SIZE` → `sweep.batch_size`.
+fn dotted(env_key: &str) -> String {
+    env_key
+        .split("__")
+        .map(str::to_ascii_lowercase)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The dotted key a deserialization error is about: the keys it went through, and the field
+/// an unknown-field error names.
+fn error_path(error: &toml::de::Error) -> String {
+    // A table's errors carry the keys they passed; without a span (a `toml::Value` has none)
+    // the error's text ends with them: "…\nin `sweep.batch_size`".
+    let text = error.to_string();
+    let mut path: Vec<String> = text
+        .rfind("\nin `")
+        .and_then(|at| text[at + 5..].split('`').next())
+        .filter(|keys| !keys.is_empty())
+        .map(|keys| keys.split('.').map(str::to_owned).collect())
+        .unwrap_or_default();
+    if let Some(field) = error
+        .message()
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        path.push(field.to_owned());
+    }
+    path.join(".")
+}
+
+/// Line and column where the file writes `path` (the value, or the nearest enclosing key it
+/// writes; in an array of tables, the first table that has the key).
+fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
+    let document = toml::de::DeTable::parse(text).ok()?;
+    let mut table = document.get_ref();
+    let mut found = None;
+    for key in path.split('.') {
+        let Some((name, value)) = table.iter().find(|(name, _)| name.get_ref() == key) else {
+            break;
+        };
+        found = Some(name.span().start);
+        match value.get_ref() {
+            toml::de::DeValue::Table(inner) => table = inner,
+            toml::de::DeValue::Array(items) => {
+                let next = path.split('.').skip_while(|k| *k != key).nth(1);
+                let inner = items.iter().find_map(|item| match item.get_ref() {
+                    toml::de::DeValue::Table(t)
+                        if next.is_some_and(|n| t.iter().any(|(k, _)| k.get_ref() == n)) =>
+                    {
+                        Some(t)
+                    }
+                    _ => None,
+                });
+                match inner {
+                    Some(inner) => table = inner,
+                    None => break,
+                }
+            }
+            _ => break,
+        }
+    }
+    found.map(|offset| line_column(text, offset))
+}
+
+/// Removes the key at the dotted `path` (in an array of tables, the whole array): the default
+/// applies. False when nothing was removed.
+fn remove_path(table: &mut toml::Table, path: &str) -> bool {
+    let keys: Vec<&str> = path.split('.').collect();
+    let mut target = table;
+    for (i, key) in keys.iter().enumerate() {
+        let last = i + 1 == keys.len();
+        let descend = match target.get(*key) {
+            None => return false,
+            Some(toml::Value::Table(_)) => !last,
+            Some(_) => false,
+        };
+        if !descend {
+            return target.remove(*key).is_some();
+        }
+        match target.get_mut(*key) {
+            Some(toml::Value::Table(inner)) => target = inner,
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// Keys whose value is a string or a path: an environment variable gives them its value as it
@@ -523,36 +708,8 @@ fn env_value(path: &[String], value: &str) -> toml::Value {
     parsed.unwrap_or_else(|| toml::Value::String(value.to_owned()))
 }
 
-fn deserialize(table: toml::Table) -> Result<Config, String> {
-    toml::Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| e.message().to_owned())
-}
-
-/// The error of a configuration that does not deserialize, naming the environment variable
-/// whose value does not fit its key when the file alone is fine (serde's message names the
-/// type, not the key).
-fn blame_env(
-    file_only: toml::Table,
-    applied: &[(&str, &str, &str)],
-    message: String,
-) -> ConfigError {
-    if deserialize(file_only.clone()).is_ok() {
-        for (name, key, value) in applied {
-            let mut alone = file_only.clone();
-            if overlay_env(&mut alone, name, key, value).is_err() {
-                continue;
-            }
-            if let Err(own) = deserialize(alone) {
-                let dotted = key
-                    .split("__")
-                    .map(str::to_ascii_lowercase)
-                    .collect::<Vec<_>>();
-                return ConfigError(format!("{name} ({}): {own}", dotted.join(".")));
-            }
-        }
-    }
-    ConfigError(message)
+fn deserialize(table: toml::Table) -> Result<Config, toml::de::Error> {
+    toml::Value::Table(table).try_into()
 }
 
 fn overlay_env(

@@ -1,10 +1,17 @@
 //! The read-only operations dashboard: `GET /` (a self-contained HTML page, no external
-//! resources) and `GET /api/dashboard` (the JSON it renders).
+//! resources, rendered on the server with its data: [`super::page`]), `GET /api/dashboard/html`
+//! (the same data part alone, which the page's script fetches to refresh it and to send a
+//! bearer token), and `GET /api/dashboard` (the data as JSON, for programs).
 //!
 //! Everything it shows is read from the store (cached for [`DB_CACHE_TTL`], like the metrics,
-//! so an open dashboard cannot load the database) or computed from the configuration and the
-//! service clock. Dates are local dates of the operator's time zone and instants are written
-//! in that zone (RFC 3339 with its offset), whatever the browser's zone. It never writes.
+//! so an open dashboard cannot load the database), computed from the configuration and the
+//! service clock, or told by the server (readiness, the last sweep's duration). Dates are local
+//! dates of the operator's time zone and instants are written in that zone (RFC 3339 with its
+//! offset), whatever the browser's zone. It never writes.
+//!
+//! Accounts by effective state (now) are the stored counts moved along by what a sweep as of
+//! now would do (a forecast: it reads only the accounts due since the last sweep), and the
+//! next sweep's work (VALIDITY_EXPIRING notices included) is a forecast as of its time.
 
 use std::sync::Arc;
 
@@ -14,12 +21,16 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::metrics::DB_CACHE_TTL;
-use crate::lifecycle::{AccountState, Rules};
+use crate::lifecycle::{AccountState, EventType, Rules};
 use crate::store::{AccountStore, DeadLetterOverview, RechargeTotals, StoreError, SweepRun};
 use crate::sweep::SweepCounts;
 
-/// The page; it fetches `api/dashboard` and renders it.
+/// The page without its data (what `GET /` answers when the data needs a token it was not
+/// sent); its script fetches `api/dashboard/html` and puts it in.
 pub const PAGE: &str = include_str!("dashboard.html");
+
+/// Accounts per query of the forecasts.
+const FORECAST_BATCH: u32 = 1000;
 
 /// Days of the upcoming-recycles chart, today included.
 pub const RECYCLE_WINDOW_DAYS: u32 = 30;
@@ -35,6 +46,10 @@ pub struct Dashboard {
     rules: Arc<Rules>,
     /// `sweep.cron` and its text when the scheduler runs; `None`: scheduler off.
     schedule: Option<(cron::Schedule, String)>,
+    /// The event types the webhook delivers; `None`: no webhook.
+    webhook: Option<Vec<EventType>>,
+    /// The service runs on the manual clock (`--clock manual`).
+    manual_clock: bool,
     /// The last database read and the local day it was made for.
     cache: Mutex<Option<(Instant, NaiveDate, DbView)>>,
 }
@@ -54,13 +69,34 @@ struct DbView {
     sweeps: Vec<SweepRun>,
     recycles: Vec<(NaiveDate, i64)>,
     dead_letters: DeadLetterOverview,
+    /// What a sweep as of `read_at` would do: the stored states' way to the effective ones.
+    due_now: SweepCounts,
+    /// What the next scheduled sweep would do, as of its time.
+    next_sweep: Option<SweepCounts>,
+    /// The oldest undelivered event's `emitted_at` and how many there are (webhook on).
+    webhook: Option<(Option<DateTime<Utc>>, i64)>,
+}
+
+/// What the server tells the dashboard about itself.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceStatus {
+    /// `None`: ready; else why not (as `/readyz` says).
+    pub not_ready: Option<String>,
+    /// How long the last sweep run of this process took (real time); `None`: none yet.
+    pub last_sweep: Option<std::time::Duration>,
 }
 
 /// The JSON of `GET /api/dashboard`.
 #[derive(Debug, Serialize)]
 pub struct DashboardView {
+    /// The running build.
+    pub version: &'static str,
     /// The service clock's time of this answer.
     pub generated_at: String,
+    /// `system`, or `manual` (`--clock manual`: the time moves only when told).
+    pub clock: &'static str,
+    /// What `/readyz` says.
+    pub readiness: Readiness,
     /// When the database was read (up to the cache's few seconds earlier).
     pub read_at: String,
     pub timezone: String,
@@ -68,12 +104,44 @@ pub struct DashboardView {
     pub today: String,
     /// Accounts per stored state, every state, in lifecycle order.
     pub accounts: Vec<StateCount>,
+    /// Accounts per effective state at `generated_at` (the stored ones, advanced past the
+    /// boundaries no sweep has materialised yet), in lifecycle order.
+    pub accounts_now: Vec<StateCount>,
     pub recharges_today: RechargesToday,
     pub next_sweep: NextSweep,
+    /// How long the last sweep run of this process took, in seconds (real time); `None`: none
+    /// since start.
+    pub last_sweep_seconds: Option<f64>,
     /// The latest first.
     pub recent_sweeps: Vec<SweepRunView>,
     pub upcoming_recycles: UpcomingRecycles,
+    /// `None`: no webhook configured.
+    pub webhook: Option<WebhookView>,
     pub dead_letters: DeadLettersView,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    /// Why not, when not.
+    pub reason: Option<String>,
+}
+
+/// A count by name (`SweepCounts::named`).
+#[derive(Debug, Serialize)]
+pub struct NamedCount {
+    pub name: &'static str,
+    pub count: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WebhookView {
+    /// Age (service clock) of the oldest event neither delivered nor dead-lettered; 0: none.
+    pub lag_seconds: f64,
+    /// Events neither delivered nor dead-lettered.
+    pub backlog: i64,
+    /// `emitted_at` of the oldest of them.
+    pub oldest_undelivered: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -98,6 +166,9 @@ pub struct NextSweep {
     pub cron: Option<String>,
     /// The next occurrence of `sweep.cron` after the service clock's now.
     pub at: Option<String>,
+    /// What it would do as of `at` (forecast): the transitions by name, then
+    /// `expiring_notified`, the VALIDITY_EXPIRING notices it would send.
+    pub forecast: Option<Vec<NamedCount>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -156,8 +227,28 @@ impl Dashboard {
         Self {
             rules,
             schedule,
+            webhook: None,
+            manual_clock: false,
             cache: Mutex::new(None),
         }
+    }
+
+    /// Shows the webhook's lag and backlog over `types` (the webhook is on).
+    pub fn with_webhook(mut self, types: Vec<EventType>) -> Self {
+        self.webhook = Some(types);
+        self
+    }
+
+    /// Says the service runs on the manual clock, and its time.
+    pub fn with_manual_clock(mut self, manual: bool) -> Self {
+        self.manual_clock = manual;
+        self
+    }
+
+    /// The next scheduled sweep after `now`, when the scheduler runs.
+    fn next_sweep_at(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let (schedule, _) = self.schedule.as_ref()?;
+        crate::scheduler::next_after(schedule, self.rules.timezone, now)
     }
 
     /// The dashboard at `now` (the service clock).
@@ -165,6 +256,7 @@ impl Dashboard {
         &self,
         store: &dyn AccountStore,
         now: DateTime<Utc>,
+        status: ServiceStatus,
     ) -> Result<DashboardView, StoreError> {
         let rules = self.rules.as_ref();
         let today = rules.local_date(now);
@@ -186,18 +278,41 @@ impl Dashboard {
             })
             .collect();
 
+        let accounts_now = effective_counts(&db.accounts, &db.due_now)
+            .into_iter()
+            .map(|(state, count)| StateCount {
+                state: state.name(),
+                count,
+            })
+            .collect();
+
         let next_sweep = match &self.schedule {
-            Some((schedule, cron)) => NextSweep {
+            Some((_, cron)) => NextSweep {
                 scheduler: true,
                 cron: Some(cron.clone()),
-                at: crate::scheduler::next_after(schedule, rules.timezone, now).map(local),
+                at: self.next_sweep_at(now).map(local),
+                forecast: db.next_sweep.as_ref().map(|counts| {
+                    counts
+                        .named()
+                        .map(|(name, count)| NamedCount { name, count })
+                        .collect()
+                }),
             },
             None => NextSweep {
                 scheduler: false,
                 cron: None,
                 at: None,
+                forecast: None,
             },
         };
+
+        let webhook = db.webhook.map(|(oldest, backlog)| WebhookView {
+            lag_seconds: oldest.map_or(0.0, |at| {
+                (now - at).num_milliseconds().max(0) as f64 / 1000.0
+            }),
+            backlog,
+            oldest_undelivered: oldest.map(local),
+        });
 
         let recent_sweeps = db
             .sweeps
@@ -257,19 +372,32 @@ impl Dashboard {
         };
 
         Ok(DashboardView {
+            version: env!("CARGO_PKG_VERSION"),
             generated_at: local(now),
+            clock: if self.manual_clock {
+                "manual"
+            } else {
+                "system"
+            },
+            readiness: Readiness {
+                ready: status.not_ready.is_none(),
+                reason: status.not_ready,
+            },
             read_at: local(db.read_at),
             timezone: rules.timezone.name().to_owned(),
             today: today.to_string(),
             accounts,
+            accounts_now,
             recharges_today: RechargesToday {
                 since: local(rules.start_of_day(today)),
                 count: db.recharges_today.count,
                 amount: db.recharges_today.amount,
             },
             next_sweep,
+            last_sweep_seconds: status.last_sweep.map(|d| d.as_secs_f64()),
             recent_sweeps,
             upcoming_recycles,
+            webhook,
             dead_letters,
         })
     }
@@ -300,10 +428,73 @@ impl Dashboard {
             sweeps: store.recent_sweep_runs(RECENT_SWEEPS).await?,
             recycles: store.recycles_by_day(through).await?,
             dead_letters: store.dead_letter_overview(LATEST_DEAD_LETTERS).await?,
+            due_now: forecast(store, now, now).await?,
+            next_sweep: match self.next_sweep_at(now) {
+                Some(at) => Some(forecast(store, at, now).await?),
+                None => None,
+            },
+            webhook: match &self.webhook {
+                Some(types) => Some((
+                    store.oldest_undelivered_event(types).await?,
+                    store.undelivered_event_count(types).await?,
+                )),
+                None => None,
+            },
         };
         *cache = Some((Instant::now(), today, view.clone()));
         Ok(view)
     }
+}
+
+/// What a sweep as of `as_of` would do (reads only).
+async fn forecast(
+    store: &dyn AccountStore,
+    as_of: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<SweepCounts, StoreError> {
+    match crate::sweep::run(store, FORECAST_BATCH, Some(as_of), now, true).await {
+        Ok((_, report)) => Ok(report.counts),
+        Err(crate::sweep::SweepError::Store(e)) => Err(e),
+        // A dry run may look ahead: not refused.
+        Err(e) => Err(StoreError::Internal(e.to_string())),
+    }
+}
+
+/// The count of `name` in `counts` (0 when it names none).
+fn count_of(counts: &SweepCounts, name: &str) -> i64 {
+    counts
+        .named()
+        .find(|(named, _)| *named == name)
+        .map_or(0, |(_, count)| i64::try_from(count).unwrap_or(i64::MAX))
+}
+
+/// Accounts per effective state: the stored counts, each account moved along the boundaries a
+/// sweep now would take it across (`due`: an account crossing two boundaries counts in both,
+/// so it leaves the first state and passes through the second).
+fn effective_counts(stored: &[(AccountState, i64)], due: &SweepCounts) -> Vec<(AccountState, i64)> {
+    let stored_in = |state| {
+        stored
+            .iter()
+            .find(|(s, _)| *s == state)
+            .map_or(0, |(_, n)| *n)
+    };
+    let to_grace = count_of(due, "to_grace");
+    let to_locked = count_of(due, "to_locked");
+    let from_locked = count_of(due, "to_recycled_from_locked");
+    let unactivated = count_of(due, "to_recycled_unactivated");
+    AccountState::ALL
+        .into_iter()
+        .map(|state| {
+            let moved = match state {
+                AccountState::Unactivated => -unactivated,
+                AccountState::Valid => -to_grace,
+                AccountState::Grace => to_grace - to_locked,
+                AccountState::Locked => to_locked - from_locked,
+                AccountState::Recycled => from_locked + unactivated,
+            };
+            (state, stored_in(state) + moved)
+        })
+        .collect()
 }
 
 /// The days of the upcoming-recycles chart: today and the following days.
@@ -327,11 +518,40 @@ fn mask_msisdn(msisdn: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lifecycle::TransitionReason;
 
     #[test]
     fn an_msisdn_keeps_only_its_last_four_digits() {
         assert_eq!(mask_msisdn("8613800138000"), "*********8000");
         assert_eq!(mask_msisdn("1234"), "1234");
+    }
+
+    #[test]
+    fn effective_counts_move_accounts_along_the_boundaries_due() {
+        let stored = [
+            (AccountState::Unactivated, 4),
+            (AccountState::Valid, 10),
+            (AccountState::Grace, 3),
+            (AccountState::Locked, 2),
+        ];
+        // Two VALID accounts to GRACE, one of them on to LOCKED; one LOCKED recycled; one
+        // card recycled unactivated.
+        let due = SweepCounts::from(&crate::store::RunCounts {
+            examined: 4,
+            transitions: vec![
+                (TransitionReason::ValidityExpired, 2),
+                (TransitionReason::GraceExpired, 1),
+                (TransitionReason::LockExpired, 1),
+                (TransitionReason::UnactivatedExpired, 1),
+            ],
+            expiring_notified: 0,
+        });
+        let now: Vec<i64> = effective_counts(&stored, &due)
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
+        assert_eq!(now, [3, 8, 4, 2, 2]);
+        assert_eq!(now.iter().sum::<i64>(), 19, "no account is lost or made");
     }
 
     #[test]

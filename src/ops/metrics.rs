@@ -2,13 +2,14 @@
 //! Prometheus project's `prometheus-client`).
 //!
 //! Two kinds of metric:
-//! - *recorded* as things happen, in memory: gRPC requests (the [`super::rpc`] layer), sweeps
-//!   ([`SweepMetrics`]), the build;
+//! - *recorded* as things happen, in memory: gRPC requests and those in flight (the
+//!   [`super::rpc`] layer), sweeps ([`SweepMetrics`]), the build;
 //! - *read at scrape*: accounts per state, the last outbox sequence and the webhook lag from the
-//!   database (cached for [`DB_CACHE_TTL`], so frequent scrapes cannot hammer it), the webhook
-//!   worker's counters (`notify::WebhookCounters`), the process's resident memory. They are
-//!   encoded into a registry made for each scrape, so a value that cannot be read is left out
-//!   rather than repeated stale.
+//!   database (cached for [`DB_CACHE_TTL`], so frequent scrapes cannot hammer it), the database
+//!   pool's connections, the webhook worker's counters (`notify::WebhookCounters`), and the
+//!   process (`process_*`, as Prometheus's own clients name them: start time, CPU, memory, file
+//!   descriptors, from `/proc/self` on Linux). They are encoded into a registry made for each
+//!   scrape, so a value that cannot be read is left out rather than repeated stale.
 
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
@@ -119,6 +120,15 @@ impl SweepMetrics {
         self.last_success.set(now.as_secs_f64());
     }
 
+    /// How long the last sweep run of this process took; `None` before the first.
+    pub fn last_duration(&self) -> Option<Duration> {
+        let runs: u64 = ["succeeded", "failed"]
+            .into_iter()
+            .map(|status| self.runs.get_or_create(&StatusLabel { status }).get())
+            .sum();
+        (runs > 0).then(|| Duration::from_secs_f64(self.last_duration.get().max(0.0)))
+    }
+
     fn register(&self, registry: &mut Registry) {
         // Every label value from the start, so that rate() and alerts see a 0 before the first.
         for status in [SweepRunStatus::Succeeded, SweepRunStatus::Failed] {
@@ -145,8 +155,9 @@ impl SweepMetrics {
             "Due accounts the succeeded sweeps looked at",
             self.examined.clone(),
         );
+        // A gauge of the last run (not a histogram of all runs): named so.
         registry.register_with_unit(
-            "ocs_sweep_duration",
+            "ocs_sweep_last_duration",
             "How long the last sweep run took",
             Unit::Seconds,
             self.last_duration.clone(),
@@ -181,6 +192,7 @@ pub struct Metrics {
     registry: Registry,
     rpc_requests: Family<RpcLabels, Counter>,
     rpc_duration: Family<MethodLabel, Histogram>,
+    rpc_in_flight: Gauge,
     pub sweep: SweepMetrics,
     /// `/package.Service/Method` paths the server serves (other paths count as "unknown", so a
     /// caller cannot make up label values).
@@ -223,8 +235,14 @@ impl Metrics {
             Family::<MethodLabel, Histogram>::new_with_constructor(|| -> Histogram {
                 Histogram::new(RPC_BUCKETS)
             });
+        let rpc_in_flight = Gauge::default();
         let sweep = SweepMetrics::default();
         let mut registry = Registry::default();
+        registry.register(
+            "ocs_rpc_in_flight",
+            "gRPC requests received and not answered yet (a stream counts until it starts)",
+            rpc_in_flight.clone(),
+        );
         registry.register(
             "ocs_rpc_requests",
             "gRPC requests answered, by method and status code (streams count when they start)",
@@ -254,6 +272,7 @@ impl Metrics {
             registry,
             rpc_requests,
             rpc_duration,
+            rpc_in_flight,
             sweep,
             methods,
             webhook: OnceLock::new(),
@@ -270,6 +289,13 @@ impl Metrics {
         } else {
             UNKNOWN_METHOD.to_owned()
         }
+    }
+
+    /// A gRPC request came in: counted in flight until the guard is dropped (answered, or
+    /// given up by the caller).
+    pub fn rpc_started(&self) -> InFlight {
+        self.rpc_in_flight.inc();
+        InFlight(self.rpc_in_flight.clone())
     }
 
     /// Records one answered gRPC request.
@@ -390,16 +416,19 @@ impl Metrics {
                 failovers,
             );
         }
-        if let Some(bytes) = resident_memory_bytes() {
-            let rss = Gauge::<i64>::default();
-            rss.set(bytes);
-            read.register_with_unit(
-                "process_resident_memory",
-                "Resident memory of the process",
-                Unit::Bytes,
-                rss,
-            );
+        let pool = store.pool_connections();
+        let connections = Family::<ConnectionLabel, Gauge>::default();
+        for (state, count) in [("in_use", pool.in_use()), ("idle", pool.idle)] {
+            connections
+                .get_or_create(&ConnectionLabel { state })
+                .set(i64::from(count));
         }
+        read.register(
+            "ocs_db_pool_connections",
+            "Open database connections of the pool, by state (in_use, idle)",
+            connections,
+        );
+        register_process(&mut read);
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = encode_registry(&mut text, &self.registry);
@@ -479,6 +508,127 @@ fn method_paths(encoded: &[u8]) -> Vec<String> {
     paths
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectionLabel {
+    state: &'static str,
+}
+
+/// A gRPC request in flight; dropping it counts it out.
+#[derive(Debug)]
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Clock ticks per second of `/proc` times: the kernel reports them in USER_HZ, which is 100 on
+/// every Linux architecture in use (Prometheus's Go `procfs` assumes the same).
+const USER_HZ: f64 = 100.0;
+
+/// What `/proc/self/stat` and `/proc/stat` say of the process.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct ProcessTimes {
+    /// Unix time the process started, in seconds.
+    start_time: f64,
+    /// User and system CPU time, in seconds.
+    cpu_seconds: f64,
+}
+
+/// Parses `/proc/self/stat` (`stat`) with the boot time (`btime` of `/proc/stat`).
+fn process_times(stat: &str, boot_time: f64) -> Option<ProcessTimes> {
+    // The command name (field 2) is in parentheses and may hold spaces: fields 3… follow the
+    // last ')'.
+    let fields: Vec<&str> = stat
+        .get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .collect();
+    let field = |n: usize| -> Option<f64> { fields.get(n - 3)?.parse().ok() };
+    Some(ProcessTimes {
+        cpu_seconds: (field(14)? + field(15)?) / USER_HZ,
+        start_time: boot_time + field(22)? / USER_HZ,
+    })
+}
+
+fn boot_time(proc_stat: &str) -> Option<f64> {
+    proc_stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The soft limit of open files, from `/proc/self/limits`.
+fn max_fds(limits: &str) -> Option<i64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The `process_*` metrics, each left out when it cannot be read (not Linux).
+fn register_process(read: &mut Registry) {
+    let times = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .as_deref()
+        .and_then(boot_time)
+        .and_then(|boot| {
+            let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+            process_times(&stat, boot)
+        });
+    if let Some(times) = times {
+        let start = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        start.set(times.start_time);
+        read.register_with_unit(
+            "process_start_time",
+            "Start time of the process since the Unix epoch",
+            Unit::Seconds,
+            start,
+        );
+        let cpu = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        cpu.inc_by(times.cpu_seconds);
+        read.register_with_unit(
+            "process_cpu",
+            "User and system CPU time spent",
+            Unit::Seconds,
+            cpu,
+        );
+    }
+    if let Some(bytes) = resident_memory_bytes() {
+        let rss = Gauge::<i64>::default();
+        rss.set(bytes);
+        read.register_with_unit(
+            "process_resident_memory",
+            "Resident memory of the process",
+            Unit::Bytes,
+            rss,
+        );
+    }
+    if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+        let open = Gauge::<i64>::default();
+        // The directory's own descriptor is one of them while it is read.
+        open.set(entries.count().saturating_sub(1) as i64);
+        read.register("process_open_fds", "Open file descriptors", open);
+    }
+    if let Some(limit) = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .as_deref()
+        .and_then(max_fds)
+    {
+        let max = Gauge::<i64>::default();
+        max.set(limit);
+        read.register(
+            "process_max_fds",
+            "The most file descriptors the process may open",
+            max,
+        );
+    }
+}
+
 /// Resident memory from `/proc/self/status` (Linux); `None` elsewhere.
 fn resident_memory_bytes() -> Option<i64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -520,6 +670,33 @@ mod tests {
         ] {
             assert_eq!(metrics.method_label(made_up), UNKNOWN_METHOD, "{made_up:?}");
         }
+    }
+
+    #[test]
+    fn process_times_are_read_after_the_command_name() {
+        let stat = "4242 (ocs (life) cycle) S 1 4242 4242 0 -1 4194560 1000 0 0 0 \
+                    250 150 0 0 20 0 9 0 360000 100000000 5000 18446744073709551615";
+        let times = process_times(stat, 1_700_000_000.0).expect("parsed");
+        assert_eq!(times.cpu_seconds, 4.0);
+        assert_eq!(times.start_time, 1_700_003_600.0);
+        assert_eq!(
+            boot_time("cpu  1 2 3\nbtime 1700000000\nprocesses 9\n"),
+            Some(1.7e9)
+        );
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max open files            1024                 524288               files\n";
+        assert_eq!(max_fds(limits), Some(1024));
+    }
+
+    #[test]
+    fn an_rpc_is_in_flight_until_its_guard_is_dropped() {
+        let metrics = Metrics::new();
+        let first = metrics.rpc_started();
+        let second = metrics.rpc_started();
+        assert_eq!(metrics.rpc_in_flight.get(), 2);
+        drop(first);
+        drop(second);
+        assert_eq!(metrics.rpc_in_flight.get(), 0);
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! The operations HTTP listener inside `serve` (`http_addr`): `GET /metrics` (Prometheus),
 //! `GET /healthz` (the process runs), `GET /readyz` (migrations ran and the database
-//! answers), and the dashboard, `GET /` and `GET /api/dashboard` ([`dashboard`]). It stops with
-//! the gRPC server (the shutdown token).
+//! answers), and the dashboard, `GET /`, `GET /api/dashboard/html` and `GET /api/dashboard`
+//! ([`dashboard`], rendered by [`page`]). It stops with the gRPC server (the shutdown token).
 //!
 //! Who may read what: with bearer tokens configured (`[[auth.tokens]]`, the gRPC server's), the
-//! dashboard's data, `GET /api/dashboard` (account counts per state, recharges, masked dead
-//! letters), needs `Authorization: Bearer <token>` of role `admin` or `bss` ([`DASHBOARD_ROLES`]);
-//! 401 without a valid token, 403 for another role. The page `GET /` is static code that holds
-//! no data, so a browser can open it and send the token on its own fetch. `/metrics`,
+//! dashboard's data, `GET /api/dashboard` and `GET /api/dashboard/html` (account counts per
+//! state, recharges, masked dead letters), needs `Authorization: Bearer <token>` of role `admin`
+//! or `bss` ([`DASHBOARD_ROLES`]); 401 without a valid token, 403 for another role. The page
+//! `GET /` comes with its data when the request may read it (no tokens configured, or such a
+//! header); otherwise it is the page without data, so a browser can open it and send the token
+//! on its own fetch. `/metrics`,
 //! `/healthz` and `/readyz` stay open: scrapers and probes (Prometheus, the kubelet, a load
 //! balancer) reach them without credentials, and they expose counts and up/down, never an
 //! account. Without tokens nothing needs one, and `http_addr` keeps to loopback unless
@@ -19,6 +21,7 @@
 
 pub mod dashboard;
 mod metrics;
+mod page;
 mod rpc;
 
 use std::sync::Arc;
@@ -75,6 +78,7 @@ pub fn router(state: OpsState) -> Router {
         .route("/readyz", get(readyz))
         .route("/", get(dashboard_page))
         .route("/api/dashboard", get(dashboard_json))
+        .route("/api/dashboard/html", get(dashboard_part))
         .with_state(state)
 }
 
@@ -97,13 +101,78 @@ async fn metrics(State(state): State<OpsState>) -> Response {
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
 }
 
-async fn dashboard_page() -> Response {
+fn html(status: StatusCode, body: String) -> Response {
     (
+        status,
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        dashboard::PAGE,
+        body,
+    )
+        .into_response()
+}
+
+/// The page, with its data when this request may read it (the first view needs no script);
+/// without, when the data needs a token it was not sent (the script asks for one).
+async fn dashboard_page(State(state): State<OpsState>, headers: HeaderMap) -> Response {
+    if dashboard_refusal(&state, &headers).is_some() {
+        return html(StatusCode::OK, dashboard::PAGE.to_owned());
+    }
+    let body = match dashboard_view(&state).await {
+        Ok(view) => page::page(Ok(&page::part(&view))),
+        Err((_, message)) => page::page(Err(&message)),
+    };
+    html(StatusCode::OK, body)
+}
+
+/// The data part of the page, which its script fetches (401/403 and 503 as `/api/dashboard`).
+async fn dashboard_part(State(state): State<OpsState>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = dashboard_refusal(&state, &headers) {
+        return refusal;
+    }
+    match dashboard_view(&state).await {
+        Ok(view) => html(StatusCode::OK, page::part(&view)),
+        Err((status, message)) => json_error(status, message),
+    }
+}
+
+/// The dashboard now, or the status and message of why not.
+async fn dashboard_view(
+    state: &OpsState,
+) -> Result<dashboard::DashboardView, (StatusCode, String)> {
+    if !state.ready.load(Ordering::Acquire) {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the migrations have not run yet".into(),
+        ));
+    }
+    let status = dashboard::ServiceStatus {
+        not_ready: readiness(state).await.err(),
+        last_sweep: state.metrics.sweep.last_duration(),
+    };
+    state
+        .dashboard
+        .view(state.store.as_ref(), state.clock.now(), status)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "dashboard: cannot read the database");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot read the database: {e}"),
+            )
+        })
+}
+
+/// `{"error": message}` with `status`.
+fn json_error(status: StatusCode, message: String) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        serde_json::json!({ "error": message }).to_string(),
     )
         .into_response()
 }
@@ -178,43 +247,22 @@ async fn dashboard_json(State(state): State<OpsState>, headers: HeaderMap) -> Re
     if let Some(refusal) = dashboard_refusal(&state, &headers) {
         return refusal;
     }
-    let error = |status: StatusCode, message: String| {
-        (status, serde_json::json!({ "error": message }).to_string())
-    };
-    let (status, body) = if !state.ready.load(Ordering::Acquire) {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the migrations have not run yet".into(),
-        )
-    } else {
-        match state
-            .dashboard
-            .view(state.store.as_ref(), state.clock.now())
-            .await
-        {
-            // Serialized from the struct, so the fields keep their documented order.
-            Ok(view) => match serde_json::to_string(&view) {
-                Ok(json) => (StatusCode::OK, json),
-                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "dashboard: cannot read the database");
-                error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("cannot read the database: {e}"),
-                )
-            }
-        }
-    };
-    (
-        status,
-        [
-            (header::CONTENT_TYPE, "application/json"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        body,
-    )
-        .into_response()
+    match dashboard_view(&state).await {
+        // Serialized from the struct, so the fields keep their documented order.
+        Ok(view) => match serde_json::to_string(&view) {
+            Ok(json) => (
+                StatusCode::OK,
+                [
+                    (header::CONTENT_TYPE, "application/json"),
+                    (header::CACHE_CONTROL, "no-store"),
+                ],
+                json,
+            )
+                .into_response(),
+            Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+        Err((status, message)) => json_error(status, message),
+    }
 }
 
 async fn healthz() -> &'static str {
@@ -222,25 +270,35 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<OpsState>) -> (StatusCode, String) {
+    match readiness(&state).await {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(reason) => not_ready(&reason),
+    }
+}
+
+/// Ready, or why not: the migrations ran, the storage can be written, the database answers.
+async fn readiness(state: &OpsState) -> Result<(), String> {
     if !state.ready.load(Ordering::Acquire) {
-        return not_ready("the migrations have not run yet");
+        return Err("the migrations have not run yet".into());
     }
     if !state.storage_writable.load(Ordering::Acquire) {
-        return not_ready(
+        return Err(
             "the database cannot be written (disk full, read-only or I/O error); \
-             a probe retries every second",
+             a probe retries every second"
+                .into(),
         );
     }
     if !state.storage_primary_found.load(Ordering::Acquire) {
-        return not_ready(
+        return Err(
             "the database primary is lost: searching for the writable host of database_url \
-             (failover)",
+             (failover)"
+                .into(),
         );
     }
     match tokio::time::timeout(READY_QUERY_TIMEOUT, state.store.ping()).await {
-        Ok(Ok(())) => (StatusCode::OK, "ready\n".to_owned()),
-        Ok(Err(e)) => not_ready(&format!("the database does not answer: {e}")),
-        Err(_) => not_ready(&format!(
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("the database does not answer: {e}")),
+        Err(_) => Err(format!(
             "the database did not answer within {} s",
             READY_QUERY_TIMEOUT.as_secs()
         )),

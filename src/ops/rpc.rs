@@ -88,8 +88,12 @@ where
         let full_msisdn = self.full_msisdn;
         let answer = self.inner.call(request);
         let metrics = self.metrics.clone();
+        // Counted in flight from now; the guard goes with the future, so a call the client
+        // gives up on (the future dropped) is counted out too.
+        let in_flight = metrics.rpc_started();
         Box::pin(async move {
             let answered = answer.await;
+            drop(in_flight);
             let (code, reason) = match &answered {
                 Ok(response) => status_of(response.headers()),
                 // The transport answers the caller itself; for the metrics it is an error.

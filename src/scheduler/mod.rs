@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::store::AccountStore;
+use crate::sweep::SweepCounts;
 use crate::sweep::SweepObserver;
 
 /// A move of the manual clock, acknowledged once any sweep it triggered has finished.
@@ -92,9 +93,7 @@ impl Scheduler {
             None => crate::sweep::run(store, self.batch_size, None, now, false).await,
         };
         match ran {
-            Ok((as_of, report)) => {
-                tracing::info!(%as_of, counts = ?report.counts, why, "scheduled sweep done");
-            }
+            Ok((as_of, report)) => log_sweep_done(as_of, &report.counts, why),
             Err(e) => tracing::error!(error = %e, why, "scheduled sweep failed"),
         }
     }
@@ -107,9 +106,15 @@ impl Scheduler {
         };
         match self.store.last_sweep_as_of().await {
             Ok(Some(last)) if last >= previous => {}
-            Ok(last) => {
-                tracing::info!(?last, %previous, "a scheduled sweep was missed; running it now");
+            Ok(Some(last)) => {
+                tracing::info!(%last, %previous, "a scheduled sweep was missed; running it now");
                 self.sweep_now("missed while the server was down").await;
+            }
+            // A new database (or one only ever swept by hand before the runs were recorded):
+            // nothing was missed, but nothing says the states are current either.
+            Ok(None) => {
+                tracing::debug!(%previous, "no sweep has run on this database yet");
+                self.sweep_now("first sweep on this database").await;
             }
             Err(e) => tracing::error!(error = %e, "cannot read the last sweep run"),
         }
@@ -158,6 +163,28 @@ impl Scheduler {
             let _ = moved.done.send(());
         }
     }
+}
+
+/// One line per sweep, each count its own field (plain numbers, in text and JSON logs), read
+/// through [`SweepCounts::named`] like every other output of the counts.
+fn log_sweep_done(as_of: DateTime<Utc>, counts: &SweepCounts, why: &str) {
+    let count = |name: &str| {
+        counts
+            .named()
+            .find(|(named, _)| *named == name)
+            .map_or(0, |(_, count)| count)
+    };
+    tracing::info!(
+        %as_of,
+        examined = counts.examined,
+        to_grace = count("to_grace"),
+        to_locked = count("to_locked"),
+        to_recycled_from_locked = count("to_recycled_from_locked"),
+        to_recycled_unactivated = count("to_recycled_unactivated"),
+        expiring_notified = count("expiring_notified"),
+        why,
+        "scheduled sweep done"
+    );
 }
 
 /// The first occurrence strictly after `at`.

@@ -232,6 +232,37 @@ pub trait AccountStore: WebhookDeliveries + Send + Sync + 'static {
         &self,
         types: &[EventType],
     ) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    /// How many outbox events of `types` are neither delivered to the webhook nor
+    /// dead-lettered (the webhook's backlog); 0 without types.
+    async fn undelivered_event_count(&self, types: &[EventType]) -> Result<i64, StoreError>;
+
+    /// The connections the store's pools hold now, for the metrics (reads no database).
+    fn pool_connections(&self) -> PoolConnections;
+}
+
+/// Connections of a store's pools (SQLite: the write connection and the readers together).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolConnections {
+    /// Open connections, in use or idle.
+    pub open: u32,
+    /// Open connections no one holds.
+    pub idle: u32,
+}
+
+impl PoolConnections {
+    /// What `pool` holds now.
+    pub fn of<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> Self {
+        Self {
+            open: pool.size(),
+            idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Connections held by someone.
+    pub fn in_use(&self) -> u32 {
+        self.open.saturating_sub(self.idle)
+    }
 }
 
 /// How long a PostgreSQL request waits for a pooled connection (or a new one) before it is

@@ -470,6 +470,37 @@ impl<D: Dialect> AccountStore for SqlStore<D> {
                 .map(|(value,): (DateTime<Utc>,)| value);
         Ok(oldest)
     }
+
+    async fn undelivered_event_count(&self, types: &[EventType]) -> Result<i64, StoreError> {
+        if types.is_empty() {
+            return Ok(0);
+        }
+        // The same two parts as `oldest_undelivered_event`, counted.
+        let sql = format!(
+            "SELECT (SELECT COUNT(*) FROM webhook_deliveries d \
+               WHERE d.delivered_at IS NULL AND d.dead_at IS NULL) \
+             + (SELECT COUNT(*) FROM outbox n WHERE n.event_type IN ({}) \
+               AND n.sequence > (SELECT COALESCE(max(w.sequence), 0) \
+                 FROM webhook_deliveries w))",
+            type_list(types)
+        );
+        let (count,): (i64,) = D::Db::read(&sqlx::query(&sql).fetch_one(self.read()).await?)?;
+        Ok(count)
+    }
+
+    fn pool_connections(&self) -> super::PoolConnections {
+        let (writer, reader) = (
+            super::PoolConnections::of(self.writer()),
+            super::PoolConnections::of(self.reader()),
+        );
+        if std::ptr::eq(self.writer(), self.reader()) {
+            return writer;
+        }
+        super::PoolConnections {
+            open: writer.open + reader.open,
+            idle: writer.idle + reader.idle,
+        }
+    }
 }
 
 /// A count as the `BIGINT` columns of `sweep_runs` hold it.
