@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 use super::Db;
 use super::process::ServeCommand;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_ocs-lifecycle");
+pub use super::binary::BIN;
 
 /// Safety bound of every wait (a loaded 2-core machine); never an assertion on speed.
 pub const SAFETY: Duration = Duration::from_secs(120);

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use ocs_lifecycle::config::{ClockMode, Config};
+use ocs_lifecycle::auth::{Role, token_sha256};
+use ocs_lifecycle::config::{ClockMode, Config, TokenEntry};
 use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
 use ocs_lifecycle::proto::test_clock_client::TestClockClient;
 use sqlx::Connection;
@@ -31,6 +32,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
 
 pub mod api;
+pub mod binary;
 pub mod faults;
 pub mod pg_auto_failover;
 pub mod pg_cluster;
@@ -380,6 +382,19 @@ pub fn test_config(clock: ClockMode) -> Config {
     config
 }
 
+/// `config` with bearer tokens, each `(token, configured name, role)` (stored as its hash).
+pub fn with_tokens(mut config: Config, tokens: &[(&str, &str, Role)]) -> Config {
+    config.auth.tokens = tokens
+        .iter()
+        .map(|(token, name, role)| TokenEntry {
+            name: (*name).into(),
+            role: *role,
+            sha256: token_sha256(token),
+        })
+        .collect();
+    config
+}
+
 /// A server running in-process on 127.0.0.1:<ephemeral>.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -705,6 +720,21 @@ macro_rules! both_databases {
         }
     };
 }
+
+/// Every method of the `AccountLifecycle` service.
+pub const ACCOUNT_LIFECYCLE_METHODS: [&str; 11] = [
+    "ProvisionAccount",
+    "MarkSold",
+    "Activate",
+    "Recharge",
+    "Charge",
+    "Unlock",
+    "GetAccount",
+    "ListAccounts",
+    "GetAccountHistory",
+    "Authorize",
+    "AdvanceStates",
+];
 
 /// A fresh idempotency key.
 pub fn rid() -> String {
