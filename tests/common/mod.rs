@@ -513,12 +513,16 @@ impl TestServer {
 
     /// A client on a connection of its own (for concurrent callers).
     pub async fn new_accounts_client(&self) -> AccountLifecycleClient<Channel> {
-        let channel = Channel::from_shared(format!("http://{}", self.addr))
+        AccountLifecycleClient::new(self.new_channel().await)
+    }
+
+    /// A connection of its own to the server.
+    pub async fn new_channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
             .expect("endpoint")
             .connect()
             .await
-            .expect("connect");
-        AccountLifecycleClient::new(channel)
+            .expect("connect")
     }
 
     /// The server's channel (shared by `accounts()`, `clock()` and `health()`).

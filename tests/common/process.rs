@@ -311,7 +311,7 @@ pub async fn health_status(channel: &Channel) -> Option<i32> {
 }
 
 /// `text` without the terminal colour sequences (`ESC [ … m`) of the text log format.
-fn strip_ansi(text: &str) -> String {
+pub fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
