@@ -258,21 +258,7 @@ fn a_recycled_account_takes_no_recharge() {
 fn the_tariff_grants_the_days_of_the_highest_tier_reached_at_each_edge() {
     let (rules, now) = shanghai_at("2026-03-01", 10);
     let in_grace = account_swept_at(&rules, "2026-01-31", 0, now);
-    let edges = [
-        (1, 7),
-        (999, 7),
-        (1000, 30),
-        (2999, 30),
-        (3000, 90),
-        (4999, 90),
-        (5000, 180),
-        (9999, 180),
-        (10000, 365),
-        (29999, 365),
-        (30000, 540),
-        (1_000_000, 540),
-    ];
-    for (amount, days) in edges {
+    for (amount, days) in TARIFF_EDGES.into_iter().chain([(1_000_000, 540)]) {
         assert_eq!(spec_tariff_days(amount), days);
         let applied = ok(&in_grace, &recharge(amount), now, &rules);
         assert_eq!(
