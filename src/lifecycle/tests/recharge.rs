@@ -7,6 +7,12 @@ use super::*;
 // Recharge
 // ---------------------------------------------------------------------------------------------
 
+/// The validity a recharge left ends on `date` (`why`: how that follows).
+#[track_caller]
+fn assert_valid_until(applied: &Applied, date: &str, why: &str) {
+    assert_eq!(applied.account.valid_until, Some(d(date)), "{why}");
+}
+
 #[test]
 fn recharge_while_valid_with_credit_adds_days_to_the_remaining_validity() {
     let rules = shanghai();
@@ -38,11 +44,7 @@ fn preset_credit_alone_carries_the_remaining_validity_over() {
     let (rules, now) = shanghai_at("2026-03-01", 10);
     let account = valid_account(&rules, "2026-06-30", 0, 1);
     let applied = ok(&account, &recharge(1000), now, &rules);
-    assert_eq!(
-        applied.account.valid_until,
-        Some(d("2026-07-30")),
-        "06-30 + 30"
-    );
+    assert_valid_until(&applied, "2026-07-30", "06-30 + 30");
     assert_eq!(
         applied.account.preset_balance, 1,
         "the preset bucket is untouched"
@@ -107,11 +109,7 @@ fn recharge_on_a_day_due_in_grace_acts_as_grace_without_a_sweep() {
     assert_eq!(account.state, Valid);
     let now = at(&rules, "2026-03-01", 10);
     let applied = ok(&account, &recharge(3000), now, &rules);
-    assert_eq!(
-        applied.account.valid_until,
-        Some(d("2026-05-30")),
-        "today + 90"
-    );
+    assert_valid_until(&applied, "2026-05-30", "today + 90");
     assert_eq!(applied.account.state, Valid);
     assert_eq!(
         applied.transitions,
@@ -131,11 +129,7 @@ fn recharge_is_capped_at_540_days_from_today() {
     let (rules, now) = shanghai_at("2026-03-01", 10);
     let account = valid_account(&rules, "2027-06-01", 100, 0);
     let applied = ok(&account, &recharge(30000), now, &rules);
-    assert_eq!(
-        applied.account.valid_until,
-        Some(d("2027-08-23")),
-        "today + 540"
-    );
+    assert_valid_until(&applied, "2027-08-23", "today + 540");
     assert_eq!(applied.account.grace_until, Some(d("2027-11-21")));
     let outcome = recharge_outcome(&applied);
     assert!(outcome.capped);
@@ -163,15 +157,13 @@ fn a_recharge_that_lands_exactly_on_the_cap_is_not_capped() {
 fn the_cap_also_applies_in_grace_and_without_credit() {
     let (rules, now) = shanghai_at("2026-03-01", 10);
     let in_grace = account_swept_at(&rules, "2026-01-31", 0, now);
-    let applied = ok(&in_grace, &recharge_card(100, 600), now, &rules);
-    assert_eq!(applied.account.valid_until, Some(d("2027-08-23")));
-    assert!(recharge_outcome(&applied).capped);
-    assert_eq!(recharge_outcome(&applied).days_granted, 600);
-
     let no_credit = valid_account(&rules, "2026-03-10", 0, 0);
-    let applied = ok(&no_credit, &recharge_card(100, 600), now, &rules);
-    assert_eq!(applied.account.valid_until, Some(d("2027-08-23")));
-    assert!(recharge_outcome(&applied).capped);
+    for account in [&in_grace, &no_credit] {
+        let applied = ok(account, &recharge_card(100, 600), now, &rules);
+        assert_eq!(applied.account.valid_until, Some(d("2027-08-23")));
+        assert!(recharge_outcome(&applied).capped);
+        assert_eq!(recharge_outcome(&applied).days_granted, 600);
+    }
 }
 
 #[test]
@@ -241,13 +233,11 @@ fn a_recycled_account_takes_no_recharge() {
     let (rules, now) = shanghai_at("2027-01-16", 10);
     let unswept = valid_account(&rules, "2026-06-30", 100, 0);
     let swept = account_swept_at(&rules, "2026-06-30", 100, now);
-    for account in [&unswept, &swept] {
+    let expired_card = card(&rules, "2024-01-01", 0);
+    for account in [&unswept, &swept, &expired_card] {
         let err = refused(account, &recharge(5000), now, &rules);
         assert_precondition(&err, ErrorReason::AccountRecycled);
     }
-    let expired_card = card(&rules, "2024-01-01", 0);
-    let err = refused(&expired_card, &recharge(5000), now, &rules);
-    assert_precondition(&err, ErrorReason::AccountRecycled);
 }
 
 // ---------------------------------------------------------------------------------------------
