@@ -286,8 +286,9 @@ async fn an_expired_account_is_in_grace_without_a_sweep_and_a_recharge_counts_fr
 
 async fn a_locked_account_refuses_recharge_and_the_business_hall_unlocks_it(server: TestServer) {
     let (mut api, db) = Api::at_t0(&server).await;
-    api.active("8613800000003").await;
-    api.active("8613800000004").await;
+    for msisdn in ["8613800000003", "8613800000004"] {
+        api.active(msisdn).await;
+    }
 
     // valid_until 2030-08-28: GRACE through 2030-11-26, LOCKED from 2030-11-27.
     server.set_time("2030-11-26T15:59:59Z").await;

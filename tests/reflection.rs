@@ -5,22 +5,22 @@
 #[allow(unused_macros)]
 mod common;
 
-use common::{Backend, TestServer};
-
-/// A client of one version of the reflection service (`v1`, or `v1alpha`, which grpcurl builds
-/// that speak only v1alpha use): `ask` sends one request, `services` lists the services.
-macro_rules! reflection_client {
+/// The reflection service of one version, `v1`, or `v1alpha` (which grpcurl builds that speak
+/// only v1alpha use): a client (`ask` one request) and the test that each version lists the
+/// services and resolves the lifecycle contract and the ErrorInfo every error carries.
+macro_rules! reflection_suite {
     ($version:ident) => {
         mod $version {
+            use common::{Backend, TestServer};
             use tokio_stream::StreamExt;
             use tonic_reflection::pb::$version::ServerReflectionRequest;
             use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
-            pub use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
-            pub use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+            use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+            use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
 
-            use super::TestServer;
+            use super::common;
 
-            pub async fn ask(server: &TestServer, request: MessageRequest) -> MessageResponse {
+            async fn ask(server: &TestServer, request: MessageRequest) -> MessageResponse {
                 let outbound = tokio_stream::iter([ServerReflectionRequest {
                     host: String::new(),
                     message_request: Some(request),
@@ -38,75 +38,37 @@ macro_rules! reflection_client {
                 answer.message_response.expect("a message")
             }
 
-            pub async fn services(server: &TestServer) -> Vec<String> {
+            #[tokio::test]
+            async fn reflection_lists_the_services_and_resolves_the_contract_and_error_details() {
+                let server = TestServer::start(Backend::Sqlite)
+                    .await
+                    .expect("SQLite always runs");
                 let request = MessageRequest::ListServices(String::new());
-                let MessageResponse::ListServicesResponse(list) = ask(server, request).await else {
+                let MessageResponse::ListServicesResponse(list) = ask(&server, request).await
+                else {
                     panic!("expected a service list");
                 };
-                list.service.into_iter().map(|s| s.name).collect()
+                let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+                for expected in ["ocs.lifecycle.v1.AccountLifecycle", "grpc.health.v1.Health"] {
+                    assert!(
+                        names.iter().any(|n| n == expected),
+                        "{expected} missing from {names:?}"
+                    );
+                }
+                // The contract, and the ErrorInfo every error carries.
+                for symbol in ["ocs.lifecycle.v1.AccountLifecycle", "google.rpc.ErrorInfo"] {
+                    let request = MessageRequest::FileContainingSymbol(symbol.into());
+                    let answer = ask(&server, request).await;
+                    let MessageResponse::FileDescriptorResponse(files) = answer else {
+                        panic!("{symbol} does not resolve: {answer:?}");
+                    };
+                    assert!(!files.file_descriptor_proto.is_empty(), "{symbol}");
+                }
+                server.stop().await;
             }
         }
     };
 }
 
-reflection_client!(v1);
-reflection_client!(v1alpha);
-
-#[tokio::test]
-async fn reflection_lists_the_services_and_serves_the_lifecycle_contract() {
-    use v1::{MessageRequest, MessageResponse};
-    let server = TestServer::start(Backend::Sqlite)
-        .await
-        .expect("SQLite always runs");
-    let names = v1::services(&server).await;
-    for expected in ["ocs.lifecycle.v1.AccountLifecycle", "grpc.health.v1.Health"] {
-        assert!(
-            names.iter().any(|n| n == expected),
-            "{expected} missing from {names:?}"
-        );
-    }
-    let answer = v1::ask(
-        &server,
-        MessageRequest::FileContainingSymbol("ocs.lifecycle.v1.AccountLifecycle".into()),
-    )
-    .await;
-    let MessageResponse::FileDescriptorResponse(files) = answer else {
-        panic!("expected file descriptors, got {answer:?}");
-    };
-    assert!(!files.file_descriptor_proto.is_empty());
-    server.stop().await;
-}
-
-#[tokio::test]
-async fn reflection_v1alpha_is_served_too_and_error_details_resolve() {
-    let server = TestServer::start(Backend::Sqlite)
-        .await
-        .expect("SQLite always runs");
-    let names = v1alpha::services(&server).await;
-    assert!(
-        names
-            .iter()
-            .any(|n| n == "ocs.lifecycle.v1.AccountLifecycle"),
-        "{names:?}"
-    );
-    // The ErrorInfo every error carries is resolvable, on both versions.
-    let answer = v1alpha::ask(
-        &server,
-        v1alpha::MessageRequest::FileContainingSymbol("google.rpc.ErrorInfo".into()),
-    )
-    .await;
-    let v1alpha::MessageResponse::FileDescriptorResponse(files) = answer else {
-        panic!("google.rpc.ErrorInfo does not resolve on v1alpha: {answer:?}");
-    };
-    assert!(!files.file_descriptor_proto.is_empty());
-    let answer = v1::ask(
-        &server,
-        v1::MessageRequest::FileContainingSymbol("google.rpc.ErrorInfo".into()),
-    )
-    .await;
-    assert!(
-        matches!(answer, v1::MessageResponse::FileDescriptorResponse(_)),
-        "google.rpc.ErrorInfo does not resolve on v1: {answer:?}"
-    );
-    server.stop().await;
-}
+reflection_suite!(v1);
+reflection_suite!(v1alpha);
