@@ -13,6 +13,14 @@ fn assert_valid_until(applied: &Applied, date: &str, why: &str) {
     assert_eq!(applied.account.valid_until, Some(d(date)), "{why}");
 }
 
+/// A recharge of `amount` at 10:00 on 2026-03-01 (Shanghai) of an account VALID through
+/// `valid_until` with `balance` cash and `preset` credit.
+fn recharged_on_march_1st(valid_until: &str, balance: i64, preset: i64, amount: i64) -> Applied {
+    let (rules, now) = shanghai_at("2026-03-01", 10);
+    let account = valid_account(&rules, valid_until, balance, preset);
+    ok(&account, &recharge(amount), now, &rules)
+}
+
 #[test]
 fn recharge_while_valid_with_credit_adds_days_to_the_remaining_validity() {
     let rules = shanghai();
@@ -41,9 +49,7 @@ fn recharge_while_valid_with_credit_adds_days_to_the_remaining_validity() {
 
 #[test]
 fn preset_credit_alone_carries_the_remaining_validity_over() {
-    let (rules, now) = shanghai_at("2026-03-01", 10);
-    let account = valid_account(&rules, "2026-06-30", 0, 1);
-    let applied = ok(&account, &recharge(1000), now, &rules);
+    let applied = recharged_on_march_1st("2026-06-30", 0, 1, 1000);
     assert_valid_until(&applied, "2026-07-30", "06-30 + 30");
     assert_eq!(
         applied.account.preset_balance, 1,
@@ -53,9 +59,7 @@ fn preset_credit_alone_carries_the_remaining_validity_over() {
 
 #[test]
 fn recharge_without_credit_counts_the_days_from_today() {
-    let (rules, now) = shanghai_at("2026-03-01", 10);
-    let account = valid_account(&rules, "2026-03-10", 0, 0);
-    let applied = ok(&account, &recharge(1000), now, &rules);
+    let applied = recharged_on_march_1st("2026-03-10", 0, 0, 1000);
     // max(2026-03-10, 2026-03-01 + 30): the old remainder is not carried over.
     assert_dates(&applied.account, "2026-03-31", "2026-06-29", "2026-07-29");
     let outcome = recharge_outcome(&applied);
@@ -65,9 +69,7 @@ fn recharge_without_credit_counts_the_days_from_today() {
 
 #[test]
 fn recharge_without_credit_never_shortens_validity() {
-    let (rules, now) = shanghai_at("2026-03-01", 10);
-    let account = valid_account(&rules, "2026-06-30", 0, 0);
-    let applied = ok(&account, &recharge(1000), now, &rules);
+    let applied = recharged_on_march_1st("2026-06-30", 0, 0, 1000);
     assert_eq!(applied.account.valid_until, Some(d("2026-06-30")));
     assert_eq!(applied.account.grace_until, Some(d("2026-09-28")));
     assert_eq!(applied.account.balance, 1000);
@@ -126,9 +128,7 @@ fn recharge_on_a_day_due_in_grace_acts_as_grace_without_a_sweep() {
 
 #[test]
 fn recharge_is_capped_at_540_days_from_today() {
-    let (rules, now) = shanghai_at("2026-03-01", 10);
-    let account = valid_account(&rules, "2027-06-01", 100, 0);
-    let applied = ok(&account, &recharge(30000), now, &rules);
+    let applied = recharged_on_march_1st("2027-06-01", 100, 0, 30000);
     assert_valid_until(&applied, "2027-08-23", "today + 540");
     assert_eq!(applied.account.grace_until, Some(d("2027-11-21")));
     let outcome = recharge_outcome(&applied);
