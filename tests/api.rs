@@ -10,7 +10,7 @@
 #[macro_use]
 mod common;
 
-use common::api::{Api, T0};
+use common::api::{Api, T0, answer};
 use common::{TestServer, assert_rejected, rid, ts};
 use ocs_lifecycle::config::ClockMode;
 use ocs_lifecycle::proto::{
@@ -67,6 +67,12 @@ fn assert_boundary(entry: &HistoryEntry, from: AccountState, to: AccountState, a
     assert_eq!(entry.request_id, "", "{entry:?}");
 }
 
+/// Asserts that `result` was refused FAILED_PRECONDITION with `reason`.
+#[track_caller]
+fn assert_precondition<T: std::fmt::Debug>(result: Result<T, tonic::Status>, reason: &str) {
+    assert_rejected(result, Code::FailedPrecondition, reason);
+}
+
 /// Asserts a request's history entry: the caller as actor, its request_id.
 #[track_caller]
 fn assert_caller_entry(entry: &HistoryEntry, kind: HistoryKind, amount: i64) {
@@ -96,9 +102,7 @@ both_backends! {
 }
 
 async fn provisioned_card_activates_recharges_and_charges_with_exact_dates(server: TestServer) {
-    server.set_time(T0).await;
-    let mut api = Api::of(&server);
-    let db = server.db().await;
+    let (mut api, db) = Api::at_t0(&server).await;
 
     // The leading '+' of E.164 is accepted and not stored.
     let card = api.provision_with("+8613800000001", 500, true, 0).await;
@@ -201,9 +205,7 @@ async fn provisioned_card_activates_recharges_and_charges_with_exact_dates(serve
 async fn an_expired_account_is_in_grace_without_a_sweep_and_a_recharge_counts_from_today(
     server: TestServer,
 ) {
-    server.set_time(T0).await;
-    let mut api = Api::of(&server);
-    let db = server.db().await;
+    let (mut api, db) = Api::at_t0(&server).await;
     api.active("8613800000002").await;
 
     // The last valid day, to its last second.
@@ -233,12 +235,7 @@ async fn an_expired_account_is_in_grace_without_a_sweep_and_a_recharge_counts_fr
         validity_days: 0,
         request_id: request_id.clone(),
     };
-    let result = api
-        .0
-        .recharge(request)
-        .await
-        .expect("Recharge")
-        .into_inner();
+    let result = answer("Recharge", api.0.recharge(request).await);
     assert_eq!(result.valid_until_before, "2030-08-28");
     assert_eq!(result.valid_until_after, "2030-10-10");
     assert_eq!(result.days_granted, 30);
@@ -288,11 +285,10 @@ async fn an_expired_account_is_in_grace_without_a_sweep_and_a_recharge_counts_fr
 }
 
 async fn a_locked_account_refuses_recharge_and_the_business_hall_unlocks_it(server: TestServer) {
-    server.set_time(T0).await;
-    let mut api = Api::of(&server);
-    let db = server.db().await;
-    api.active("8613800000003").await;
-    api.active("8613800000004").await;
+    let (mut api, db) = Api::at_t0(&server).await;
+    for msisdn in ["8613800000003", "8613800000004"] {
+        api.active(msisdn).await;
+    }
 
     // valid_until 2030-08-28: GRACE through 2030-11-26, LOCKED from 2030-11-27.
     server.set_time("2030-11-26T15:59:59Z").await;
@@ -302,29 +298,10 @@ async fn a_locked_account_refuses_recharge_and_the_business_hall_unlocks_it(serv
 
     let before = db.snapshot("8613800000003").await;
     for channel in [RechargeChannel::Card10011, RechargeChannel::BusinessHall] {
-        let request = proto::RechargeRequest {
-            msisdn: "8613800000003".into(),
-            amount: 5000,
-            channel: channel as i32,
-            validity_days: 0,
-            request_id: rid(),
-        };
-        assert_rejected(
-            api.0.recharge(request).await,
-            Code::FailedPrecondition,
-            "ACCOUNT_LOCKED",
-        );
+        let refused = api.try_recharge("8613800000003", 5000, channel).await;
+        assert_precondition(refused, "ACCOUNT_LOCKED");
     }
-    let charge = proto::ChargeRequest {
-        msisdn: "8613800000003".into(),
-        amount: 1,
-        request_id: rid(),
-    };
-    assert_rejected(
-        api.0.charge(charge).await,
-        Code::FailedPrecondition,
-        "ACCOUNT_LOCKED",
-    );
+    assert_precondition(api.try_charge("8613800000003", 1).await, "ACCOUNT_LOCKED");
     assert_eq!(
         db.snapshot("8613800000003").await,
         before,
@@ -332,14 +309,7 @@ async fn a_locked_account_refuses_recharge_and_the_business_hall_unlocks_it(serv
     );
 
     // Unlock without a recharge: GRACE again, for 90 days from today, then 30 locked.
-    let unlock = proto::UnlockRequest {
-        msisdn: "8613800000003".into(),
-        operator_id: "op7".into(),
-        branch_id: "bh01".into(),
-        recharge_amount: 0,
-        request_id: rid(),
-    };
-    let unlocked = api.0.unlock(unlock).await.expect("Unlock").into_inner();
+    let unlocked = api.unlock("8613800000003", ("op7", "bh01"), 0).await;
     assert_eq!(unlocked.state(), AccountState::Grace);
     assert_eq!(unlocked.grace_until, "2031-03-01");
     assert_eq!(unlocked.lock_until, "2031-03-31");
@@ -382,33 +352,11 @@ async fn a_locked_account_refuses_recharge_and_the_business_hall_unlocks_it(serv
     );
 
     // Only a LOCKED account is unlocked.
-    let again = proto::UnlockRequest {
-        msisdn: "8613800000003".into(),
-        operator_id: "op7".into(),
-        branch_id: "bh01".into(),
-        recharge_amount: 0,
-        request_id: rid(),
-    };
-    assert_rejected(
-        api.0.unlock(again).await,
-        Code::FailedPrecondition,
-        "ACCOUNT_NOT_LOCKED",
-    );
+    let again = api.try_unlock("8613800000003", ("op7", "bh01"), 0).await;
+    assert_precondition(again, "ACCOUNT_NOT_LOCKED");
 
     // Unlock with a recharge: VALID, as a recharge from GRACE (180 days from today).
-    let unlock = proto::UnlockRequest {
-        msisdn: "8613800000004".into(),
-        operator_id: "op8".into(),
-        branch_id: "bh02".into(),
-        recharge_amount: 5000,
-        request_id: rid(),
-    };
-    let unlocked = api
-        .0
-        .unlock(unlock)
-        .await
-        .expect("Unlock with recharge")
-        .into_inner();
+    let unlocked = api.unlock("8613800000004", ("op8", "bh02"), 5000).await;
     assert_eq!(unlocked.state(), AccountState::Valid);
     assert_eq!(unlocked.balance, 5000);
     assert_eq!(unlocked.valid_until, "2031-05-30");
@@ -439,22 +387,12 @@ async fn a_locked_account_refuses_recharge_and_the_business_hall_unlocks_it(serv
 }
 
 async fn an_unsold_card_is_sale_locked_until_marked_sold(server: TestServer) {
-    server.set_time(T0).await;
-    let mut api = Api::of(&server);
-    let db = server.db().await;
+    let (mut api, db) = Api::at_t0(&server).await;
     let card = api.provision_with("8613800000005", 2000, false, 0).await;
     assert!(!card.sold);
 
     let before = db.snapshot("8613800000005").await;
-    let activate = proto::ActivateRequest {
-        msisdn: "8613800000005".into(),
-        request_id: rid(),
-    };
-    assert_rejected(
-        api.0.activate(activate).await,
-        Code::FailedPrecondition,
-        "SALE_LOCKED",
-    );
+    assert_precondition(api.try_activate("8613800000005").await, "SALE_LOCKED");
     assert_eq!(db.snapshot("8613800000005").await, before);
     // Preset credit cannot be used before the sale: everything is denied.
     for (service, destination) in [
@@ -514,22 +452,12 @@ async fn an_unsold_card_is_sale_locked_until_marked_sold(server: TestServer) {
 }
 
 async fn charges_use_the_preset_first_and_never_overdraw(server: TestServer) {
-    server.set_time(T0).await;
-    let mut api = Api::of(&server);
-    let db = server.db().await;
+    let (mut api, db) = Api::at_t0(&server).await;
     api.provision_with("8613800000006", 300, true, 0).await;
 
     // Only a VALID account is charged.
-    let early = proto::ChargeRequest {
-        msisdn: "8613800000006".into(),
-        amount: 1,
-        request_id: rid(),
-    };
-    assert_rejected(
-        api.0.charge(early).await,
-        Code::FailedPrecondition,
-        "NOT_ACTIVATED",
-    );
+    let early = api.try_charge("8613800000006", 1).await;
+    assert_precondition(early, "NOT_ACTIVATED");
 
     api.activate("8613800000006").await;
     api.recharge("8613800000006", 1000).await;
@@ -542,16 +470,8 @@ async fn charges_use_the_preset_first_and_never_overdraw(server: TestServer) {
     assert_eq!((account.balance, account.preset_balance), (600, 0));
 
     let before = db.snapshot("8613800000006").await;
-    let short = proto::ChargeRequest {
-        msisdn: "8613800000006".into(),
-        amount: 601,
-        request_id: rid(),
-    };
-    assert_rejected(
-        api.0.charge(short).await,
-        Code::FailedPrecondition,
-        "INSUFFICIENT_BALANCE",
-    );
+    let short = api.try_charge("8613800000006", 601).await;
+    assert_precondition(short, "INSUFFICIENT_BALANCE");
     assert_eq!(
         db.snapshot("8613800000006").await,
         before,
@@ -567,25 +487,15 @@ async fn charges_use_the_preset_first_and_never_overdraw(server: TestServer) {
 
     // In GRACE (the 30 days of the recharge ran out on 2030-09-27) nothing is charged.
     server.set_time("2030-09-28T02:00:00Z").await;
-    let grace = proto::ChargeRequest {
-        msisdn: "8613800000006".into(),
-        amount: 1,
-        request_id: rid(),
-    };
-    assert_rejected(
-        api.0.charge(grace).await,
-        Code::FailedPrecondition,
-        "ACCOUNT_IN_GRACE",
-    );
+    let grace = api.try_charge("8613800000006", 1).await;
+    assert_precondition(grace, "ACCOUNT_IN_GRACE");
     db.close().await;
 }
 
 async fn an_unactivated_card_is_recycled_after_540_days_and_the_number_reprovisioned(
     server: TestServer,
 ) {
-    server.set_time(T0).await;
-    let mut api = Api::of(&server);
-    let db = server.db().await;
+    let (mut api, db) = Api::at_t0(&server).await;
     const M: &str = "8613800000010";
     let first = api.provision_with(M, 1000, true, 0).await;
     assert_eq!(first.card_expiry, "2031-08-23");
@@ -599,27 +509,9 @@ async fn an_unactivated_card_is_recycled_after_540_days_and_the_number_reprovisi
 
     // A recycled number takes nothing and allows nothing.
     let before = db.snapshot(M).await;
-    let activate = proto::ActivateRequest {
-        msisdn: M.into(),
-        request_id: rid(),
-    };
-    assert_rejected(
-        api.0.activate(activate).await,
-        Code::FailedPrecondition,
-        "ACCOUNT_RECYCLED",
-    );
-    let recharge = proto::RechargeRequest {
-        msisdn: M.into(),
-        amount: 1000,
-        channel: RechargeChannel::Online as i32,
-        validity_days: 0,
-        request_id: rid(),
-    };
-    assert_rejected(
-        api.0.recharge(recharge).await,
-        Code::FailedPrecondition,
-        "ACCOUNT_RECYCLED",
-    );
+    assert_precondition(api.try_activate(M).await, "ACCOUNT_RECYCLED");
+    let recharge = api.try_recharge(M, 1000, RechargeChannel::Online).await;
+    assert_precondition(recharge, "ACCOUNT_RECYCLED");
     assert_eq!(db.snapshot(M).await, before);
     let decision = api.authorize(M, ServiceType::VoiceOut, "110").await;
     assert_eq!(
@@ -692,9 +584,7 @@ async fn an_unactivated_card_is_recycled_after_540_days_and_the_number_reprovisi
 async fn an_account_left_alone_passes_grace_and_lock_and_is_recycled_at_each_boundary(
     server: TestServer,
 ) {
-    server.set_time(T0).await;
-    let mut api = Api::of(&server);
-    let db = server.db().await;
+    let (mut api, db) = Api::at_t0(&server).await;
     const M: &str = "8613800000011";
     let first = api.active(M).await;
     assert_eq!(
@@ -713,18 +603,8 @@ async fn an_account_left_alone_passes_grace_and_lock_and_is_recycled_at_each_bou
     assert_eq!(recycled.state(), AccountState::Recycled);
     assert_eq!(recycled.recycled_at, Some(ts("2030-12-26T16:00:00Z")));
     assert_eq!(api.list_all(STATE_RECYCLED, 10).await, [M]);
-    let unlock = proto::UnlockRequest {
-        msisdn: M.into(),
-        operator_id: "op".into(),
-        branch_id: "bh".into(),
-        recharge_amount: 0,
-        request_id: rid(),
-    };
-    assert_rejected(
-        api.0.unlock(unlock).await,
-        Code::FailedPrecondition,
-        "ACCOUNT_RECYCLED",
-    );
+    let unlock = api.try_unlock(M, ("op", "bh"), 0).await;
+    assert_precondition(unlock, "ACCOUNT_RECYCLED");
     // So far the outbox holds the activation only: no sweep ran, nothing is materialised.
     let activation = db.outbox().await;
     assert_eq!(activation.len(), 1, "{activation:?}");
@@ -832,9 +712,7 @@ async fn an_account_left_alone_passes_grace_and_lock_and_is_recycled_at_each_bou
 }
 
 async fn list_accounts_pages_by_msisdn_and_filters_by_effective_state(server: TestServer) {
-    server.set_time(T0).await;
-    let mut api = Api::of(&server);
-    let db = server.db().await;
+    let (mut api, db) = Api::at_t0(&server).await;
     for m in [
         "8613800000025",
         "8613800000021",
@@ -913,9 +791,7 @@ async fn list_accounts_pages_by_msisdn_and_filters_by_effective_state(server: Te
 async fn authorize_bars_services_per_effective_state(server: TestServer) {
     use AccountState::{Grace, Locked, Unspecified, Valid};
     use ServiceType::{Data, SmsIn, SmsOut, VoiceIn, VoiceOut};
-    server.set_time(T0).await;
-    let mut api = Api::of(&server);
-    let db = server.db().await;
+    let (mut api, db) = Api::at_t0(&server).await;
     const FUNDED: &str = "8613800000031"; // VALID with a balance
     const EMPTY: &str = "8613800000032"; // VALID, nothing to spend
     const GRACE: &str = "8613800000033"; // valid until 2030-04-30: GRACE from 2030-05-01
@@ -1034,15 +910,7 @@ async fn authorize_reuses_cached_facts_yet_turns_at_the_exact_second_and_after_m
         "served from the cache: the other server's write is seen within authorize_cache_ms"
     );
     // Any mutation request through this server evicts the entry, even one it refuses.
-    let refused = api
-        .0
-        .charge(proto::ChargeRequest {
-            msisdn: M.into(),
-            amount: 1,
-            request_id: rid(),
-        })
-        .await;
-    assert_rejected(refused, Code::FailedPrecondition, "INSUFFICIENT_BALANCE");
+    assert_precondition(api.try_charge(M, 1).await, "INSUFFICIENT_BALANCE");
     assert_eq!(
         api.authorize(M, VoiceOut, OTHER).await.reason,
         "INSUFFICIENT_BALANCE"

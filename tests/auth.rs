@@ -13,13 +13,17 @@ mod common;
 mod pki;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Backend, TestDb, TestServer, assert_rejected, free_port, test_config};
+use common::api::Api;
+use common::binary::{assert_no_database, ocs, serve, stop_cleanly};
+use common::{
+    ACCOUNT_LIFECYCLE_METHODS, Backend, TestDb, TestServer, assert_rejected, test_config,
+    with_tokens,
+};
 use ocs_lifecycle::auth::{Role, token_sha256};
-use ocs_lifecycle::config::{ClockMode, Config, TokenEntry};
+use ocs_lifecycle::config::{ClockMode, Config};
 use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
 use ocs_lifecycle::proto::bss_events_client::BssEventsClient;
 use ocs_lifecycle::proto::test_clock_client::TestClockClient;
@@ -56,16 +60,7 @@ const TOKENS: [(&str, &str, Role); 4] = [
 ];
 
 fn auth_config(clock: ClockMode) -> Config {
-    let mut config = test_config(clock);
-    config.auth.tokens = TOKENS
-        .iter()
-        .map(|(token, name, role)| TokenEntry {
-            name: (*name).into(),
-            role: *role,
-            sha256: token_sha256(token),
-        })
-        .collect();
-    config
+    with_tokens(test_config(clock), &TOKENS)
 }
 
 /// A manual-clock server with the four tokens on a fresh database; `None` = skipped.
@@ -117,26 +112,17 @@ fn authorized<T>(message: T, token: Option<&str>) -> Request<T> {
     request
 }
 
-/// Every gRPC method of the service (the manual clock registers TestClock).
-const METHODS: [&str; 17] = [
-    "ProvisionAccount",
-    "MarkSold",
-    "Activate",
-    "Recharge",
-    "Charge",
-    "Unlock",
-    "GetAccount",
-    "ListAccounts",
-    "GetAccountHistory",
-    "Authorize",
-    "AdvanceStates",
-    "Subscribe",
-    "ListDeadLetters",
-    "Redeliver",
-    "GetTime",
-    "SetTime",
-    "AdvanceTime",
-];
+/// Every gRPC method of the services (the manual clock registers TestClock).
+fn methods() -> impl Iterator<Item = &'static str> {
+    ACCOUNT_LIFECYCLE_METHODS.into_iter().chain([
+        "Subscribe",
+        "ListDeadLetters",
+        "Redeliver",
+        "GetTime",
+        "SetTime",
+        "AdvanceTime",
+    ])
+}
 
 /// Calls `method` once with `token`, with a request the handler can answer without changing
 /// anything that matters to the other calls (`n` makes MSISDNs and request ids unique).
@@ -240,7 +226,7 @@ fn granted(role: Role, method: &str) -> bool {
 async fn every_method_is_refused_without_a_valid_token(server: TestServer) {
     let channel = server.channel();
     let before = server.db().await.counts().await;
-    for (n, method) in METHODS.iter().enumerate() {
+    for (n, method) in methods().enumerate() {
         let missing = call(&channel, method, None, n).await;
         let status = assert_rejected(missing, Code::Unauthenticated, "TOKEN_MISSING");
         assert!(status.message().contains("Bearer"), "{method}: {status:?}");
@@ -284,7 +270,7 @@ async fn each_role_reaches_exactly_its_methods(server: TestServer) {
     let channel = server.channel();
     let mut n = 0;
     for (token, name, role) in TOKENS {
-        for method in METHODS {
+        for method in methods() {
             n += 1;
             let result = call(&channel, method, Some(token), n).await;
             if granted(role, method) {
@@ -518,27 +504,12 @@ both_backends! {
 }
 
 async fn without_tokens_the_actor_is_anonymous(server: TestServer) {
-    let channel = server.channel();
-    let mut accounts = server.accounts();
+    let mut api = Api::of(&server);
     let msisdn = "8613800138002";
-    accounts
-        .provision_account(proto::ProvisionAccountRequest {
-            msisdn: msisdn.into(),
-            sold: true,
-            request_id: "p-1".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("no token needed with authentication off");
-    let history = AccountLifecycleClient::new(channel)
-        .get_account_history(proto::GetAccountHistoryRequest {
-            msisdn: msisdn.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("history")
-        .into_inner();
-    let actors: Vec<&str> = history.entries.iter().map(|e| e.actor.as_str()).collect();
+    // No token needed with authentication off.
+    api.provision(msisdn).await;
+    let history = api.history(msisdn).await;
+    let actors: Vec<&str> = history.iter().map(|e| e.actor.as_str()).collect();
     assert_eq!(actors, ["anonymous"]);
     server.stop().await;
 }
@@ -845,74 +816,6 @@ async fn with_tokens_or_insecure_the_operations_endpoint_may_listen_on_any_addre
 
 // ---- the real binary -----------------------------------------------------------------------
 
-const BIN: &str = env!("CARGO_BIN_EXE_ocs-lifecycle");
-
-/// The binary, run in `dir`, without the `OCS_*` variables of the test environment.
-fn ocs(dir: &Path) -> std::process::Command {
-    let mut command = std::process::Command::new(BIN);
-    command.current_dir(dir).env_remove("RUST_LOG");
-    for (name, _) in std::env::vars() {
-        if name.starts_with("OCS_") {
-            command.env_remove(name);
-        }
-    }
-    command
-}
-
-/// Waits (bounded) for `child` to exit; kills it and panics when it does not.
-fn wait_bounded(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + SAFETY;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// `ocs-lifecycle serve --listen <addr>` in `dir` (its stderr in `dir/server.log`), once its
-/// health is SERVING.
-async fn spawn_serve(dir: &Path, addr: &str) -> std::process::Child {
-    let log = std::fs::File::create(dir.join("server.log")).expect("log file");
-    let mut child = ocs(dir)
-        .args(["serve", "--listen", addr, "--http-addr", "off"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn ocs-lifecycle serve");
-    let channel = plaintext_channel(addr.parse().expect("address"));
-    let deadline = tokio::time::Instant::now() + SAFETY;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-            panic!("the server exited before serving: {status}\n{log}");
-        }
-        if health_check(channel.clone()).await.ok() == Some(ServingStatus::Serving as i32) {
-            return child;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never SERVING");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// SIGTERM, and a clean exit.
-fn stop(mut child: std::process::Child, dir: &Path) {
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(killed.success(), "kill -TERM failed");
-    let status = tokio::task::block_in_place(|| wait_bounded(&mut child, "serve after SIGTERM"));
-    let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-    assert_eq!(status.code(), Some(0), "server log:\n{log}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generated_token_configured_as_printed_authenticates_its_holder() {
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -945,9 +848,8 @@ async fn a_generated_token_configured_as_printed_authenticates_its_holder() {
     );
     std::fs::write(dir.path().join("ocs-lifecycle.toml"), entry).expect("write config");
 
-    let addr = format!("127.0.0.1:{}", free_port());
-    let child = spawn_serve(dir.path(), &addr).await;
-    let mut accounts = AccountLifecycleClient::new(plaintext_channel(addr.parse().expect("addr")));
+    let (served, channel) = serve(dir.path(), &[]).await;
+    let mut accounts = AccountLifecycleClient::new(channel);
     let msisdn = "8613800138000";
     let provision = || proto::ProvisionAccountRequest {
         msisdn: msisdn.into(),
@@ -989,7 +891,7 @@ async fn a_generated_token_configured_as_printed_authenticates_its_holder() {
         ))
         .await;
     assert_rejected(unlock, Code::PermissionDenied, "ROLE_NOT_ALLOWED");
-    stop(child, dir.path());
+    stop_cleanly(served, dir.path()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -999,7 +901,7 @@ async fn the_binary_without_tokens_warns_and_refuses_a_non_loopback_address() {
         .args([
             "serve",
             "--listen",
-            &format!("0.0.0.0:{}", free_port()),
+            &format!("0.0.0.0:{}", common::free_port()),
             "--http-addr",
             "off",
         ])
@@ -1008,15 +910,10 @@ async fn the_binary_without_tokens_warns_and_refuses_a_non_loopback_address() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "served 0.0.0.0 without tokens");
     assert!(stderr.contains("--insecure"), "{stderr}");
-    assert!(
-        !dir.path().join("ocs-lifecycle.db").exists(),
-        "a refused start created the database"
-    );
+    assert_no_database(dir.path(), "a refused start created the database");
 
-    let addr = format!("127.0.0.1:{}", free_port());
-    let child = spawn_serve(dir.path(), &addr).await;
-    stop(child, dir.path());
-    let log = std::fs::read_to_string(dir.path().join("server.log")).expect("server log");
+    let (served, _) = serve(dir.path(), &[]).await;
+    let log = stop_cleanly(served, dir.path()).await;
     assert!(log.contains("authentication is off"), "{log}");
 
     let output = ocs(dir.path())

@@ -3,45 +3,26 @@
 //! refusing what `config check` refuses. Each run gets a temporary working directory and an
 //! environment without `OCS_*` variables.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+#[allow(unused_macros)]
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ocs-lifecycle");
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::binary::{assert_no_database, ocs, run};
+use tempfile::TempDir;
+
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/ocs-lifecycle.example.toml");
 
-/// Safety bound only: no test asserts on elapsed time.
-const SAFETY: Duration = Duration::from_secs(60);
-
-fn ocs(dir: &Path) -> Command {
-    let mut command = Command::new(BIN);
-    command.current_dir(dir).env_remove("RUST_LOG");
-    for (name, _) in std::env::vars() {
-        if name.starts_with("OCS_") {
-            command.env_remove(name);
-        }
-    }
-    command
+/// A configuration file holding `text` in a temporary working directory of its own.
+fn config_file(text: &str) -> (TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
 }
 
-fn run(mut command: Command) -> Output {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ocs-lifecycle");
-    let deadline = Instant::now() + SAFETY;
-    while child.try_wait().expect("try_wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("ocs-lifecycle did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("output")
-}
-
+/// `text` as `c.toml` in `dir`.
 fn write(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("c.toml");
     std::fs::write(&path, text).unwrap();
@@ -79,24 +60,17 @@ fn the_example_file_is_ok_and_summarised() {
     ] {
         assert!(stdout.contains(expected), "{expected:?} in\n{stdout}");
     }
-    assert!(
-        !dir.path().join("ocs-lifecycle.db").exists(),
-        "config check creates no database"
-    );
+    assert_no_database(dir.path(), "config check creates no database");
 }
 
 #[test]
 fn the_summary_shows_auth_and_webhook_without_secrets() {
-    let dir = tempfile::tempdir().unwrap();
     let hash = "ab".repeat(32);
-    let file = write(
-        dir.path(),
-        &format!(
-            "listen = \"0.0.0.0:50051\"\ntimezone = \"America/New_York\"\n\
+    let (dir, file) = config_file(&format!(
+        "listen = \"0.0.0.0:50051\"\ntimezone = \"America/New_York\"\n\
              [bss]\nwebhook_url = \"https://bss.example:8443/hook\"\nwebhook_secret = \"s3cret\"\n\
-             [[auth.tokens]]\nname = \"gw\"\nrole = \"billing\"\nsha256 = \"{hash}\"\n"
-        ),
-    );
+         [[auth.tokens]]\nname = \"gw\"\nrole = \"billing\"\nsha256 = \"{hash}\"\n"
+    ));
     let output = check(dir.path(), &file);
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -159,8 +133,7 @@ fn each_bad_key_is_one_line_naming_it_and_exit_code_2() {
         ("[lifecycle]\ngrace_dayz = 1\n".into(), "grace_dayz"),
     ];
     for (text, key) in cases {
-        let dir = tempfile::tempdir().unwrap();
-        let file = write(dir.path(), &text);
+        let (dir, file) = config_file(&text);
         let output = check(dir.path(), &file);
         assert_eq!(output.status.code(), Some(2), "{key}: {output:?}");
         let stderr = lines(&output.stderr);
@@ -172,9 +145,7 @@ fn each_bad_key_is_one_line_naming_it_and_exit_code_2() {
 
 #[test]
 fn every_problem_is_listed_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = write(
-        dir.path(),
+    let (dir, file) = config_file(
         "timezone = \"Mars/Base\"\n[lifecycle]\ngrace_days = 0\n[sweep]\ncron = \"nope\"\n",
     );
     let output = check(dir.path(), &file);
@@ -188,9 +159,7 @@ fn every_problem_is_listed_at_once() {
 
 #[test]
 fn serve_migrate_and_sweep_refuse_what_config_check_refuses() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = write(
-        dir.path(),
+    let (dir, file) = config_file(
         "[[tariff]]\nmin_amount = 1000\ndays = 90\n[[tariff]]\nmin_amount = 5000\ndays = 30\n",
     );
     for subcommand in ["serve", "migrate", "sweep"] {
@@ -202,10 +171,7 @@ fn serve_migrate_and_sweep_refuse_what_config_check_refuses() {
         assert_eq!(stderr.len(), 1, "{subcommand}: {stderr:?}");
         assert!(stderr[0].contains("tariff"), "{subcommand}: {}", stderr[0]);
     }
-    assert!(
-        !dir.path().join("ocs-lifecycle.db").exists(),
-        "nothing was created"
-    );
+    assert_no_database(dir.path(), "nothing was created");
 }
 
 #[test]

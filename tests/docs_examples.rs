@@ -16,11 +16,12 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestDb, TestServer, test_config};
-use ocs_lifecycle::auth::{Role, token_sha256};
-use ocs_lifecycle::config::{ClockMode, TokenEntry};
+use common::binary::BIN;
+use common::process::{command_in, run_bounded};
+use common::{Backend, TestDb, TestServer, test_config, with_tokens};
+use ocs_lifecycle::auth::Role;
+use ocs_lifecycle::config::ClockMode;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ocs-lifecycle");
 const INTEGRATION: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/integration.md");
 const MARKER: &str = "<!-- tested -->";
 /// Safety bound only: no test asserts on elapsed time.
@@ -117,15 +118,7 @@ async fn the_integration_guide_examples_run_against_a_real_server() {
         ("ocs_docs_hall", "hall-7", Role::BusinessHall),
         ("ocs_docs_bss", "bss-1", Role::Bss),
     ];
-    let mut config = test_config(ClockMode::System);
-    config.auth.tokens = tokens
-        .iter()
-        .map(|(token, name, role)| TokenEntry {
-            name: (*name).into(),
-            role: *role,
-            sha256: token_sha256(token),
-        })
-        .collect();
+    let config = with_tokens(test_config(ClockMode::System), &tokens);
     let db = TestDb::create(Backend::Sqlite).await.expect("SQLite");
     let server = TestServer::start_with(db, config).await;
 
@@ -138,38 +131,17 @@ async fn the_integration_guide_examples_run_against_a_real_server() {
         bin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let mut command = Command::new("sh");
+    let mut command = command_in("sh", dir.path());
     command
         .arg(&script_path)
-        .current_dir(dir.path())
-        .env_remove("RUST_LOG")
         .env("PATH", path)
         .env("OCS_SERVER", format!("http://{}", server.addr))
         .env("OCS_TOKEN", tokens[0].0)
         .env("HALL_TOKEN", tokens[1].0)
-        .env("BSS_TOKEN", tokens[2].0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (name, _) in std::env::vars() {
-        if name.starts_with("OCS_") && name != "OCS_SERVER" && name != "OCS_TOKEN" {
-            command.env_remove(name);
-        }
-    }
-    let output = tokio::task::spawn_blocking(move || {
-        let mut child = command.spawn().expect("spawn sh");
-        let deadline = Instant::now() + SAFETY;
-        while child.try_wait().expect("try_wait").is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("the examples did not finish");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        child.wait_with_output().expect("output")
-    })
-    .await
-    .unwrap();
+        .env("BSS_TOKEN", tokens[2].0);
+    let output = tokio::task::spawn_blocking(move || run_bounded(command, SAFETY, "the examples"))
+        .await
+        .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

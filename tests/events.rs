@@ -12,16 +12,14 @@ mod common;
 
 use std::time::Duration;
 
+use common::api::{Api, T0};
 use common::{Backend, Db, OutboxRow, TestServer, assert_rejected, rid};
-use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
 use ocs_lifecycle::proto::bss_events_client::BssEventsClient;
-use ocs_lifecycle::proto::{self, AccountState, EventType, LifecycleEvent, RechargeChannel};
+use ocs_lifecycle::proto::{self, AccountState, EventType, LifecycleEvent};
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-
-const T0: &str = "2030-03-01T02:00:00Z";
 
 /// Safety bound for one event to arrive; tests never assert on elapsed time.
 const WAIT: Duration = Duration::from_secs(30);
@@ -150,65 +148,8 @@ fn last_sequence(rows: &[OutboxRow]) -> u64 {
         .map_or(0, |r| u64::try_from(r.sequence).expect("positive sequence"))
 }
 
-struct Api(AccountLifecycleClient<Channel>);
-
-impl Api {
-    fn of(server: &TestServer) -> Self {
-        Api(server.accounts())
-    }
-
-    async fn provision(&mut self, msisdn: &str) -> proto::Account {
-        let request = proto::ProvisionAccountRequest {
-            msisdn: msisdn.into(),
-            preset_balance: 0,
-            sold: true,
-            initial_validity_days: 0,
-            request_id: rid(),
-        };
-        self.0
-            .provision_account(request)
-            .await
-            .expect("ProvisionAccount")
-            .into_inner()
-    }
-
-    async fn activate(&mut self, msisdn: &str) -> proto::Account {
-        let request = proto::ActivateRequest {
-            msisdn: msisdn.into(),
-            request_id: rid(),
-        };
-        self.0
-            .activate(request)
-            .await
-            .expect("Activate")
-            .into_inner()
-    }
-
-    async fn active(&mut self, msisdn: &str) -> proto::Account {
-        self.provision(msisdn).await;
-        self.activate(msisdn).await
-    }
-
-    async fn recharge(&mut self, msisdn: &str, amount: i64) -> proto::RechargeResult {
-        let request = proto::RechargeRequest {
-            msisdn: msisdn.into(),
-            amount,
-            channel: RechargeChannel::Online as i32,
-            validity_days: 0,
-            request_id: rid(),
-        };
-        self.0
-            .recharge(request)
-            .await
-            .expect("Recharge")
-            .into_inner()
-    }
-}
-
 async fn the_backlog_comes_first_then_live_events(server: TestServer) {
-    server.set_time(T0).await;
-    let mut api = Api::of(&server);
-    let db = server.db().await;
+    let (mut api, db) = Api::at_t0(&server).await;
     for msisdn in ["8613800000001", "8613800000002", "8613800000003"] {
         api.active(msisdn).await;
     }
@@ -268,12 +209,10 @@ async fn the_backlog_comes_first_then_live_events(server: TestServer) {
 }
 
 async fn a_stream_opened_before_any_event_receives_them_live(server: TestServer) {
-    server.set_time(T0).await;
-    let db = server.db().await;
+    let (mut api, db) = Api::at_t0(&server).await;
     let mut stream = subscribe(&server, 0, &[]).await;
     assert_quiet(&mut stream).await;
 
-    let mut api = Api::of(&server);
     api.active("8613800000011").await;
     let first = next(&mut stream).await;
     assert_eq!(first.msisdn, "8613800000011");
@@ -289,9 +228,7 @@ async fn a_stream_opened_before_any_event_receives_them_live(server: TestServer)
 async fn a_reconnect_after_the_last_sequence_misses_nothing_and_repeats_nothing(
     server: TestServer,
 ) {
-    server.set_time(T0).await;
-    let mut api = Api::of(&server);
-    let db = server.db().await;
+    let (mut api, db) = Api::at_t0(&server).await;
     for i in 0..6 {
         api.active(&format!("86138000001{i:02}")).await;
     }
@@ -329,9 +266,7 @@ async fn a_reconnect_after_the_last_sequence_misses_nothing_and_repeats_nothing(
 }
 
 async fn types_filter_the_stream_on_the_server(server: TestServer) {
-    server.set_time(T0).await;
-    let mut api = Api::of(&server);
-    let db = server.db().await;
+    let (mut api, db) = Api::at_t0(&server).await;
     api.active("8613800000021").await;
     // An unactivated card reaches the end of its life (2031-08-23) and the number is
     // provisioned again: STATE_CHANGED and NUMBER_RECYCLED of the first life.
@@ -443,9 +378,7 @@ async fn the_stream_ends_when_the_server_shuts_down(server: TestServer) {
 
 async fn many_concurrent_writers_one_subscriber_every_event_exactly_once(server: TestServer) {
     const ACCOUNTS: usize = 50;
-    server.set_time(T0).await;
-    let db = server.db().await;
-    let mut api = Api::of(&server);
+    let (mut api, db) = Api::at_t0(&server).await;
     let msisdns: Vec<String> = (0..ACCOUNTS).map(|i| format!("86139000{i:05}")).collect();
     for msisdn in &msisdns {
         api.provision(msisdn).await;
@@ -494,9 +427,7 @@ async fn postgres_a_lower_sequence_committed_later_is_not_skipped() {
     let Some(server) = TestServer::start(Backend::Postgres).await else {
         return;
     };
-    server.set_time(T0).await;
-    let mut api = Api::of(&server);
-    let db = server.db().await;
+    let (mut api, db) = Api::at_t0(&server).await;
     let Db::Postgres(pool) = &db else {
         unreachable!("a PostgreSQL server");
     };
@@ -506,12 +437,7 @@ async fn postgres_a_lower_sequence_committed_later_is_not_skipped() {
 
     // Another writer takes the next sequence and stays open.
     let mut open = pool.begin().await.expect("BEGIN");
-    let held: i64 = sqlx::query_scalar(INSERT_EVENT)
-        .bind(rid())
-        .bind("8613800000049")
-        .fetch_one(&mut *open)
-        .await
-        .expect("INSERT in the open transaction");
+    let held = insert_event(&mut open, "8613800000049").await;
     // A later sequence commits first.
     api.active("8613800000042").await;
     assert_quiet(&mut stream).await;
@@ -528,12 +454,7 @@ async fn postgres_a_lower_sequence_committed_later_is_not_skipped() {
 
     // A rolled-back writer burns a sequence for good: the stream passes it and goes on.
     let mut rolled_back = pool.begin().await.expect("BEGIN");
-    let burnt: i64 = sqlx::query_scalar(INSERT_EVENT)
-        .bind(rid())
-        .bind("8613800000048")
-        .fetch_one(&mut *rolled_back)
-        .await
-        .expect("INSERT in the rolled-back transaction");
+    let burnt = insert_event(&mut rolled_back, "8613800000048").await;
     rolled_back.rollback().await.expect("ROLLBACK");
     api.active("8613800000043").await;
     let next_event = next(&mut stream).await;
@@ -550,6 +471,17 @@ async fn postgres_a_lower_sequence_committed_later_is_not_skipped() {
     db.close().await;
 }
 
-const INSERT_EVENT: &str = "INSERT INTO outbox (event_id, event_type, msisdn, account_id, \
-    generation, from_state, to_state, reason, effective_at, emitted_at) \
-    VALUES ($1, 2, $2, 'test-account', 1, 1, 2, 'ACTIVATED', now(), now()) RETURNING sequence";
+/// Writes an outbox event of `msisdn` in the transaction `tx` (another writer than the
+/// service); its sequence.
+async fn insert_event(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, msisdn: &str) -> i64 {
+    const INSERT_EVENT: &str = "INSERT INTO outbox (event_id, event_type, msisdn, account_id, \
+        generation, from_state, to_state, reason, effective_at, emitted_at) \
+        VALUES ($1, 2, $2, 'test-account', 1, 1, 2, 'ACTIVATED', now(), now()) \
+        RETURNING sequence";
+    sqlx::query_scalar(INSERT_EVENT)
+        .bind(rid())
+        .bind(msisdn)
+        .fetch_one(&mut **tx)
+        .await
+        .unwrap_or_else(|e| panic!("INSERT an event of {msisdn}: {e}"))
+}

@@ -20,14 +20,14 @@ use std::time::Duration;
 
 use common::faults::{
     SAFETY, assert_recharges_applied_once, integrity_check, join_workers, open_sqlite,
-    provision_card, recharge, serve, serve_sqlite, valid_account, wait_until,
+    provision_cards, recharge, serve, serve_sqlite, set_time, valid_accounts, wait_until,
+    webhook_env,
 };
 use common::process::{Log, ServeCommand, Served};
 use common::{Backend, TestDb};
-use hook::Hook;
+use hook::{Hook, Received};
+use ocs_lifecycle::proto::AdvanceStatesRequest;
 use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
-use ocs_lifecycle::proto::test_clock_client::TestClockClient;
-use ocs_lifecycle::proto::{AdvanceStatesRequest, SetTimeRequest};
 
 // ---------------------------------------------------------------------------------------------
 // SIGKILL during recharges.
@@ -39,10 +39,7 @@ async fn sqlite_serve_killed_during_recharges_loses_no_acknowledged_recharge() {
     let mut served = Served::spawn(&serve_sqlite(dir.path(), &db_path), Log::Collected);
     let channel = served.serving(SAFETY).await;
     let mut client = AccountLifecycleClient::new(channel.clone());
-    let accounts: Vec<String> = (0..6).map(|i| format!("861380000{i:04}")).collect();
-    for msisdn in &accounts {
-        valid_account(&mut client, msisdn).await;
-    }
+    let accounts = valid_accounts(&mut client, "861380000", 6).await;
 
     // Concurrent recharges; each worker stops at its first error (the kill).
     let acked = Arc::new(Mutex::new(BTreeMap::new()));
@@ -139,15 +136,6 @@ async fn delivery_rows(db: &common::Db) -> BTreeMap<String, bool> {
     db.rows::<(String, bool)>(sql).await.into_iter().collect()
 }
 
-/// Event ids the hook answered 2xx, in the order of the answers.
-fn answered(hook: &Hook) -> Vec<String> {
-    hook.received()
-        .iter()
-        .filter(|r| (200..300).contains(&r.status))
-        .map(|r| r.header("x-ocs-event-id").unwrap_or_default().to_owned())
-        .collect()
-}
-
 fn counts(ids: &[String]) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for id in ids {
@@ -158,25 +146,11 @@ fn counts(ids: &[String]) -> BTreeMap<String, usize> {
 
 /// `serve --clock manual` on `database_url` with its webhook pointed at `hook`.
 fn serve_with_webhook(dir: &Path, database_url: &str, hook: &Hook) -> ServeCommand {
-    let env = [
-        ("OCS_BSS__WEBHOOK_URL", hook.url()),
-        ("OCS_BSS__WEBHOOK_SECRET", "fault-test-secret".to_owned()),
-        (
-            "OCS_BSS__WEBHOOK_EVENTS",
-            r#"["NUMBER_RECYCLED", "STATE_CHANGED"]"#.to_owned(),
-        ),
-        // The lease of an attempt a crash abandoned is timeout + 2 s.
-        ("OCS_BSS__TIMEOUT_MS", "1000".to_owned()),
-        ("OCS_BSS__INITIAL_BACKOFF_MS", "50".to_owned()),
-        ("OCS_BSS__MAX_BACKOFF_MS", "200".to_owned()),
-        // Events come only from the sweep the test asks for.
-        ("OCS_SWEEP__SCHEDULER", "false".to_owned()),
-    ];
     ServeCommand {
         clock: "manual",
         ..serve(dir, database_url)
     }
-    .with_env(env)
+    .with_env(webhook_env(hook.url()))
 }
 
 async fn serve_killed_during_webhook_delivery_loses_no_event(db: Arc<TestDb>) {
@@ -185,33 +159,9 @@ async fn serve_killed_during_webhook_delivery_loses_no_event(db: Arc<TestDb>) {
     let serve = serve_with_webhook(dir.path(), &db.url, &hook);
     let mut served = Served::spawn(&serve, Log::Collected);
     let channel = served.serving(SAFETY).await;
-    let clock = TestClockClient::new(channel.clone());
-    let set_time = |rfc3339: &'static str| {
-        let mut clock = clock.clone();
-        async move {
-            clock
-                .set_time(SetTimeRequest {
-                    time: Some(common::ts(rfc3339)),
-                })
-                .await
-                .unwrap_or_else(|e| panic!("SetTime {rfc3339}: {e:?}"));
-        }
-    };
-    set_time(CARD_T0).await;
-    let provisioners: Vec<_> = (0..4)
-        .map(|worker| {
-            let mut client = AccountLifecycleClient::new(channel.clone());
-            tokio::spawn(async move {
-                for i in (worker..WEBHOOK_CARDS).step_by(4) {
-                    provision_card(&mut client, &format!("861350{i:05}")).await;
-                }
-            })
-        })
-        .collect();
-    for provisioner in provisioners {
-        provisioner.await.expect("provisioning");
-    }
-    set_time(CARD_T1).await;
+    set_time(&channel, CARD_T0).await;
+    provision_cards(&channel, WEBHOOK_CARDS).await;
+    set_time(&channel, CARD_T1).await;
     let swept = AccountLifecycleClient::new(channel.clone())
         .advance_states(AdvanceStatesRequest {
             as_of: None,
@@ -227,18 +177,14 @@ async fn serve_killed_during_webhook_delivery_loses_no_event(db: Arc<TestDb>) {
     let all: BTreeSet<String> = events.iter().map(|e| e.1.clone()).collect();
 
     // Kill once a quarter has been answered: dozens of POSTs are in flight then.
-    let quarter = || answered(&hook).len() >= all.len() / 4;
+    let quarter = || hook.answered().len() >= all.len() / 4;
     let what = "the webhook did not deliver";
     wait_until(what, Duration::from_millis(5), || served.log(), quarter).await;
     served.kill();
     // Let the hook finish what it was answering (a dead client's request is not answered).
     tokio::time::sleep(HOOK_DELAY * 3).await;
-    let answered_at_kill = counts(&answered(&hook));
-    let seen_at_kill: BTreeSet<String> = hook
-        .seen()
-        .iter()
-        .map(|r| r.header("x-ocs-event-id").unwrap_or_default().to_owned())
-        .collect();
+    let answered_at_kill = counts(&hook.answered());
+    let seen_at_kill: BTreeSet<String> = hook.seen().iter().map(Received::event_id).collect();
     let delivered_at_kill: BTreeSet<String> = delivery_rows(&check)
         .await
         .into_iter()
@@ -272,7 +218,7 @@ async fn serve_killed_during_webhook_delivery_loses_no_event(db: Arc<TestDb>) {
     served.serving(SAFETY).await;
     let deadline = tokio::time::Instant::now() + SAFETY;
     loop {
-        let received: BTreeSet<String> = answered(&hook).into_iter().collect();
+        let received: BTreeSet<String> = hook.answered().into_iter().collect();
         let rows = delivery_rows(&check).await;
         let done = received.is_superset(&all)
             && rows.len() == all.len()
@@ -301,7 +247,7 @@ async fn serve_killed_during_webhook_delivery_loses_no_event(db: Arc<TestDb>) {
         "nothing is sent after all is delivered"
     );
 
-    let order = answered(&hook);
+    let order = hook.answered();
     let final_counts = counts(&order);
     let unknown: Vec<_> = final_counts
         .keys()

@@ -21,13 +21,13 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::faults::{
-    SAFETY, assert_recharges_applied_once, balance, integrity_check, join_workers, open_sqlite,
-    recharge, recharge_rows, serve, serve_sqlite, valid_account, wait_until,
+    Load, SAFETY, assert_balances_acknowledged, assert_only_acknowledged_recharges,
+    assert_recharges_applied_once, balance, integrity_check, open_sqlite, readyz, recharge,
+    recharge_rows, serve, serve_sqlite, valid_account, valid_accounts,
 };
 use common::pg_cluster::PgCluster;
 use common::process::{DbProxy, Log, ServeCommand, Served, health_status};
@@ -36,7 +36,6 @@ use ocs_lifecycle::config::ClockMode;
 use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
 use ocs_lifecycle::proto::{GetAccountRequest, RechargeRequest};
 use sqlx::Connection;
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -56,86 +55,14 @@ async fn wait_health(channel: &Channel, want: ServingStatus, what: &str) {
 // ---------------------------------------------------------------------------------------------
 // PostgreSQL unreachable: a cuttable TCP proxy.
 
-/// What the recharge load saw.
-#[derive(Default)]
-struct Load {
-    /// request_id → (msisdn, amount) of every recharge answered OK.
-    acked: Mutex<BTreeMap<String, (String, i64)>>,
-    acked_count: AtomicUsize,
-    unavailable: AtomicUsize,
-    /// The distinct messages of the UNAVAILABLE answers (what the outage looked like).
-    unavailable_messages: Mutex<BTreeSet<String>>,
-}
-
-/// Recharges `msisdn` until `stop`, each request retried with the same request_id until it
-/// is answered OK; UNAVAILABLE is the only error accepted.
-/// One [`recharge_until_stopped`] task per account, on `channel`.
-fn spawn_recharge_workers(
-    channel: &Channel,
-    accounts: &[String],
-    load: &Arc<Load>,
-    stop: &CancellationToken,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    accounts
-        .iter()
-        .enumerate()
-        .map(|(worker, msisdn)| {
-            tokio::spawn(recharge_until_stopped(
-                AccountLifecycleClient::new(channel.clone()),
-                msisdn.clone(),
-                worker,
-                load.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect()
-}
-
-async fn recharge_until_stopped(
-    mut client: AccountLifecycleClient<Channel>,
-    msisdn: String,
-    worker: usize,
-    load: Arc<Load>,
-    stop: CancellationToken,
-) {
-    let mut i = 0;
-    while !stop.is_cancelled() {
-        i += 1;
-        let request_id = format!("w{worker}-{i}");
-        let amount = 1000 + (worker as i64 * 37 + i * 11) % 1000;
-        let deadline = tokio::time::Instant::now() + SAFETY;
-        loop {
-            match client
-                .recharge(recharge(&msisdn, amount, &request_id))
-                .await
-            {
-                Ok(_) => break,
-                Err(status) if status.code() == Code::Unavailable => {
-                    load.unavailable.fetch_add(1, Ordering::Relaxed);
-                    load.unavailable_messages
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(status.message().to_owned());
-                    assert!(
-                        tokio::time::Instant::now() < deadline,
-                        "{request_id} never applied after the database came back: {status:?}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(status) => panic!("{request_id}: only UNAVAILABLE is expected: {status:?}"),
-            }
-        }
-        load.acked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(request_id, (msisdn.clone(), amount));
-        load.acked_count.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-async fn wait_for_acks(load: &Load, at_least: usize, what: &str) {
-    let acked = || load.acked_count.load(Ordering::Relaxed) >= at_least;
-    wait_until(what, Duration::from_millis(20), String::new, acked).await;
+/// The recharge load of these tests: a client per account on `channel`, retrying every 100 ms.
+fn recharge_load(channel: &Channel, accounts: &[String]) -> Arc<Load> {
+    Load::start(
+        std::slice::from_ref(channel),
+        accounts,
+        1000,
+        Duration::from_millis(100),
+    )
 }
 
 /// While the database is down (`down` says how): `recharge` answers UNAVAILABLE
@@ -176,21 +103,17 @@ async fn postgres_unreachable_during_recharges_answers_unavailable_and_retries_a
     let channel = server.channel();
     let mut client = AccountLifecycleClient::new(channel.clone());
 
-    let accounts: Vec<String> = (0..4).map(|i| format!("861390000{i:04}")).collect();
-    for msisdn in &accounts {
-        valid_account(&mut client, msisdn).await;
-    }
-    let load = Arc::new(Load::default());
-    let stop = CancellationToken::new();
-    let workers = spawn_recharge_workers(&channel, &accounts, &load, &stop);
+    let accounts = valid_accounts(&mut client, "861390000", 4).await;
+    let load = recharge_load(&channel, &accounts);
 
-    wait_for_acks(&load, 20, "no recharge was applied before the cut").await;
+    load.wait_for_acks(20, "no recharge was applied before the cut")
+        .await;
     proxy.cut();
     // While the database is unreachable: UNAVAILABLE (never INTERNAL), for reads and writes.
     let while_down = recharge(&accounts[0], 4321, "while-down");
     let unreachable = "PostgreSQL is unreachable";
     assert_unavailable(&mut client, &while_down, &accounts[1], unreachable).await;
-    let acked_while_down = load.acked_count.load(Ordering::Relaxed);
+    let acked_while_down = load.acked_count();
     tokio::time::sleep(Duration::from_millis(500)).await;
     proxy.restore();
 
@@ -206,50 +129,22 @@ async fn postgres_unreachable_during_recharges_answers_unavailable_and_retries_a
         .expect("replay")
         .into_inner();
     assert!(replay.replayed, "the same request_id again is a replay");
-    wait_for_acks(&load, acked_while_down + 20, "the load did not resume").await;
-    stop.cancel();
-    join_workers(workers, "a worker did not finish", "worker").await;
-    assert!(
-        load.unavailable.load(Ordering::Relaxed) > 0,
-        "the load saw the outage"
-    );
+    load.wait_for_acks(acked_while_down + 20, "the load did not resume")
+        .await;
+    load.stop().await;
+    assert!(load.unavailable() > 0, "the load saw the outage");
 
-    let mut acked = load.acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut acked = load.acked();
     acked.insert("while-down".into(), (accounts[0].clone(), 4321));
     let direct = db.open().await;
-    assert_recharges_applied_once(&direct, &acked, &accounts).await;
-    let rows = recharge_rows(&direct).await;
-    assert_eq!(
-        rows.len(),
-        acked.len(),
-        "a history row for every acknowledged recharge and no other"
-    );
-    for msisdn in &accounts {
-        let expected: i64 = acked
-            .values()
-            .filter(|(m, _)| m == msisdn)
-            .map(|(_, amount)| amount)
-            .sum();
-        assert_eq!(balance(&mut client, msisdn).await, expected, "{msisdn}");
-    }
+    assert_only_acknowledged_recharges(&direct, &acked, &accounts).await;
+    assert_balances_acknowledged(&mut client, &acked, &accounts).await;
     direct.close().await;
     server.stop().await;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Storage not writable: a file-size limit of 0 on a real `serve` process on SQLite.
-
-/// `GET /readyz` of the operations endpoint: (status code, body).
-async fn readyz(http_addr: SocketAddr) -> (u16, String) {
-    let response = reqwest::Client::new()
-        .get(format!("http://{http_addr}/readyz"))
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET /readyz: {e}"));
-    let status = response.status().as_u16();
-    (status, response.text().await.unwrap_or_default())
-}
 
 /// Polls `/readyz` until it answers `want` (bounded by [`SAFETY`]).
 async fn wait_readyz(http_addr: SocketAddr, want: u16, what: &str) -> String {
@@ -422,14 +317,8 @@ async fn postgres_server_stopped_and_restarted_during_recharges_answers_unavaila
     let http_addr = served.http_addr();
     let pid = served.pid();
     let mut client = AccountLifecycleClient::new(channel.clone());
-    let accounts: Vec<String> = (0..4).map(|i| format!("861360000{i:04}")).collect();
-    for msisdn in &accounts {
-        valid_account(&mut client, msisdn).await;
-    }
-
-    let load = Arc::new(Load::default());
-    let stop = CancellationToken::new();
-    let workers = spawn_recharge_workers(&channel, &accounts, &load, &stop);
+    let accounts = valid_accounts(&mut client, "861360000", 4).await;
+    let load = recharge_load(&channel, &accounts);
 
     // Recharged only by a request held in flight across each stop.
     let held = "8613600009999".to_owned();
@@ -439,8 +328,9 @@ async fn postgres_server_stopped_and_restarted_during_recharges_answers_unavaila
     // `immediate`: the postmaster kills its backends without a checkpoint, like a crash, and
     // the restart replays the WAL.
     for mode in ["fast", "immediate"] {
-        let before = load.acked_count.load(Ordering::Relaxed);
-        wait_for_acks(&load, before + 20, "the load did not progress").await;
+        let before = load.acked_count();
+        load.wait_for_acks(before + 20, "the load did not progress")
+            .await;
 
         // A recharge whose transaction is inside PostgreSQL when it stops: it waits for the
         // lock of its account row, which the test holds.
@@ -512,7 +402,7 @@ async fn postgres_server_stopped_and_restarted_during_recharges_answers_unavaila
         assert_unavailable(&mut client, &while_down, &accounts[1], &stopped).await;
         let (ready, body) = readyz(http_addr).await;
         assert_eq!(ready, 503, "{mode}: /readyz while stopped: {body}");
-        let acked_while_down = load.acked_count.load(Ordering::Relaxed);
+        let acked_while_down = load.acked_count();
         tokio::time::sleep(Duration::from_millis(300)).await;
 
         let starting = cluster.clone();
@@ -532,29 +422,21 @@ async fn postgres_server_stopped_and_restarted_during_recharges_answers_unavaila
         let replayed = recharge_until_applied(&mut client, &held_request, || served.log()).await;
         assert!(!replayed, "{mode}: the held recharge was rolled back");
         acked.insert(held_request.request_id.clone(), (held.clone(), 777));
-        wait_for_acks(&load, acked_while_down + 20, "the load did not resume").await;
+        load.wait_for_acks(acked_while_down + 20, "the load did not resume")
+            .await;
         wait_readyz(http_addr, 200, "after the restart").await;
         assert!(served.running(), "{mode}: serve must survive the outage");
         assert_eq!(served.pid(), pid);
     }
-    stop.cancel();
-    let failed = "a worker saw an error other than UNAVAILABLE";
-    join_workers(workers, "a worker did not finish", failed).await;
-    assert!(
-        load.unavailable.load(Ordering::Relaxed) > 0,
-        "the load saw the outages"
-    );
-    let messages = load
-        .unavailable_messages
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    load.stop().await;
+    assert!(load.unavailable() > 0, "the load saw the outages");
     eprintln!(
-        "{} UNAVAILABLE answers to the load; messages: {messages:#?}",
-        load.unavailable.load(Ordering::Relaxed)
+        "{} UNAVAILABLE answers to the load; messages: {:#?}",
+        load.unavailable(),
+        load.unavailable_messages()
     );
 
-    acked.extend(load.acked.lock().unwrap_or_else(|e| e.into_inner()).clone());
+    acked.extend(load.acked());
     let mut accounts = accounts;
     accounts.push(held);
     let direct = common::Db::Postgres(
@@ -564,20 +446,8 @@ async fn postgres_server_stopped_and_restarted_during_recharges_answers_unavaila
             .await
             .expect("connect to the private cluster"),
     );
-    assert_recharges_applied_once(&direct, &acked, &accounts).await;
-    assert_eq!(
-        recharge_rows(&direct).await.len(),
-        acked.len(),
-        "a history row for every acknowledged recharge and no other"
-    );
-    for msisdn in &accounts {
-        let expected: i64 = acked
-            .values()
-            .filter(|(m, _)| m == msisdn)
-            .map(|(_, amount)| amount)
-            .sum();
-        assert_eq!(balance(&mut client, msisdn).await, expected, "{msisdn}");
-    }
+    assert_only_acknowledged_recharges(&direct, &acked, &accounts).await;
+    assert_balances_acknowledged(&mut client, &acked, &accounts).await;
     direct.close().await;
     served.kill();
 }

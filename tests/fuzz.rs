@@ -22,7 +22,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{Buf, BufMut};
 use chrono::{DateTime, Days, NaiveDate, NaiveTime, TimeZone, Utc};
-use common::{Backend, TestServer};
+use common::faults::valid_account;
+use common::process::health_status;
+use common::{ACCOUNT_LIFECYCLE_METHODS as METHODS, Backend, TestServer};
 use http::uri::PathAndQuery;
 use ocs_lifecycle::api::codec::MALFORMED_REQUEST;
 use ocs_lifecycle::lifecycle::{
@@ -39,9 +41,7 @@ use prost::Message;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 // ---------------------------------------------------------------------------------------------
 // A codec that sends and receives raw bytes: the request body is whatever the test built.
@@ -80,20 +80,6 @@ impl Codec for RawCodec {
         RawDecoder
     }
 }
-
-const METHODS: [&str; 11] = [
-    "ProvisionAccount",
-    "MarkSold",
-    "Activate",
-    "Recharge",
-    "Charge",
-    "Unlock",
-    "GetAccount",
-    "ListAccounts",
-    "GetAccountHistory",
-    "Authorize",
-    "AdvanceStates",
-];
 
 /// Whether `body` decodes as the request message of `method` (what the server's codec does
 /// before any handler runs).
@@ -146,22 +132,7 @@ impl Fixture {
         let server = runtime.block_on(async {
             let server = TestServer::start(Backend::Sqlite).await?;
             let mut client = server.accounts();
-            client
-                .provision_account(ProvisionAccountRequest {
-                    msisdn: MSISDN.into(),
-                    sold: true,
-                    request_id: "p-1".into(),
-                    ..Default::default()
-                })
-                .await
-                .expect("provision");
-            client
-                .activate(ActivateRequest {
-                    msisdn: MSISDN.into(),
-                    request_id: "a-1".into(),
-                })
-                .await
-                .expect("activate");
+            valid_account(&mut client, MSISDN).await;
             client.recharge(valid_recharge()).await.expect("recharge");
             Some(server)
         })?;
@@ -192,16 +163,26 @@ impl Fixture {
                     what
                 );
             }
-            let health = HealthClient::new(self.server.channel())
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .map(|r| r.into_inner().status);
-            prop_assert_eq!(health.ok(), Some(ServingStatus::Serving as i32));
+            let health = health_status(&self.server.channel()).await;
+            prop_assert_eq!(health, Some(ServingStatus::Serving as i32));
             db.close().await;
             Ok(())
         })
+    }
+
+    /// Runs `test` with a fresh fixture on `n` cases of `strategy`; a failure panics with
+    /// proptest's minimal case.
+    fn run<S: Strategy>(
+        n: u32,
+        strategy: &S,
+        test: impl Fn(&Fixture, S::Value) -> Result<(), TestCaseError>,
+    ) {
+        let Some(fixture) = Fixture::start() else {
+            return;
+        };
+        TestRunner::new(cases(n))
+            .run(strategy, |value| test(&fixture, value))
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 }
 
@@ -285,9 +266,6 @@ fn any_recharge_encoding() -> impl Strategy<Value = Vec<u8>> {
 
 #[test]
 fn random_and_mutated_protobuf_bytes_are_answered_without_a_write_on_rejection() {
-    let Some(fixture) = Fixture::start() else {
-        return;
-    };
     let bodies = prop_oneof![
         prop::collection::vec(any::<u8>(), 0..256),
         mutated_encoding(),
@@ -295,9 +273,10 @@ fn random_and_mutated_protobuf_bytes_are_answered_without_a_write_on_rejection()
     ];
     let undecodable_bodies = AtomicUsize::new(0);
     let decodable_bodies = AtomicUsize::new(0);
-    let mut runner = TestRunner::new(cases(160));
-    runner
-        .run(&(0..METHODS.len(), bodies), |(method, body)| {
+    Fixture::run(
+        160,
+        &(0..METHODS.len(), bodies),
+        |fixture, (method, body)| {
             let channel = fixture.server.channel();
             let name = METHODS[method];
             let what = format!("{name} {body:02x?}");
@@ -323,8 +302,8 @@ fn random_and_mutated_protobuf_bytes_are_answered_without_a_write_on_rejection()
                 },
                 &[Code::InvalidArgument],
             )
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
+        },
+    );
     // Both kinds were sent (a mutated encoding often still decodes).
     let (undecodable, decodable) = (
         undecodable_bodies.into_inner(),
@@ -407,9 +386,6 @@ fn hostile_request_id() -> impl Strategy<Value = String> {
 
 #[test]
 fn hostile_recharge_fields_are_refused_without_a_write_or_applied_within_the_rules() {
-    let Some(fixture) = Fixture::start() else {
-        return;
-    };
     let requests = (
         hostile_msisdn(),
         hostile_amount(),
@@ -417,80 +393,69 @@ fn hostile_recharge_fields_are_refused_without_a_write_or_applied_within_the_rul
         prop_oneof![Just(0u32), Just(u32::MAX), any::<u32>(), 1u32..600],
         hostile_request_id(),
     );
-    let mut runner = TestRunner::new(cases(128));
-    runner
-        .run(
-            &requests,
-            |(msisdn, amount, channel, validity_days, request_id)| {
-                let request = RechargeRequest {
-                    msisdn,
-                    amount,
-                    channel,
-                    validity_days,
-                    request_id,
-                };
-                let mut client = fixture.server.accounts();
-                let described = format!("{request:?}");
-                let before = fixture
-                    .runtime
-                    .block_on(async { fixture.server.db().await.account(MSISDN).await });
-                fixture.check(
-                    &described,
-                    async {
-                        let answer = client.recharge(request.clone()).await?.into_inner();
-                        // Accepted: a well-formed recharge of the one account, balance exact.
-                        let before = before.expect("the account").balance;
-                        if answer.replayed {
-                            assert_eq!(request.request_id, "r-1", "{described}");
-                        } else {
-                            assert!(request.amount > 0, "{described}");
-                            assert_eq!(
-                                answer.balance_after,
-                                before + request.amount,
-                                "{described}"
-                            );
-                        }
-                        Ok(answer)
-                    },
-                    &REJECTIONS,
-                )
-            },
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+    Fixture::run(
+        128,
+        &requests,
+        |fixture, (msisdn, amount, channel, validity_days, request_id)| {
+            let request = RechargeRequest {
+                msisdn,
+                amount,
+                channel,
+                validity_days,
+                request_id,
+            };
+            let mut client = fixture.server.accounts();
+            let described = format!("{request:?}");
+            let before = fixture
+                .runtime
+                .block_on(async { fixture.server.db().await.account(MSISDN).await });
+            fixture.check(
+                &described,
+                async {
+                    let answer = client.recharge(request.clone()).await?.into_inner();
+                    // Accepted: a well-formed recharge of the one account, balance exact.
+                    let before = before.expect("the account").balance;
+                    if answer.replayed {
+                        assert_eq!(request.request_id, "r-1", "{described}");
+                    } else {
+                        assert!(request.amount > 0, "{described}");
+                        assert_eq!(answer.balance_after, before + request.amount, "{described}");
+                    }
+                    Ok(answer)
+                },
+                &REJECTIONS,
+            )
+        },
+    );
 }
 
 #[test]
 fn hostile_provisioning_fields_are_refused_without_a_write() {
-    let Some(fixture) = Fixture::start() else {
-        return;
-    };
     let requests = (
         hostile_msisdn(),
         hostile_amount(),
         prop_oneof![Just(u32::MAX), Just(541u32), any::<u32>(), 0u32..600],
         hostile_request_id(),
     );
-    let mut runner = TestRunner::new(cases(96));
-    runner
-        .run(
-            &requests,
-            |(msisdn, preset_balance, initial_validity_days, request_id)| {
-                let request = ProvisionAccountRequest {
-                    msisdn,
-                    preset_balance,
-                    sold: true,
-                    initial_validity_days,
-                    request_id,
-                };
-                let mut client = fixture.server.accounts();
-                fixture.check(
-                    &format!("{request:?}"),
-                    client.provision_account(request.clone()),
-                    &REJECTIONS,
-                )
-            },
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+    Fixture::run(
+        96,
+        &requests,
+        |fixture, (msisdn, preset_balance, initial_validity_days, request_id)| {
+            let request = ProvisionAccountRequest {
+                msisdn,
+                preset_balance,
+                sold: true,
+                initial_validity_days,
+                request_id,
+            };
+            let mut client = fixture.server.accounts();
+            fixture.check(
+                &format!("{request:?}"),
+                client.provision_account(request.clone()),
+                &REJECTIONS,
+            )
+        },
+    );
 }
 
 #[test]

@@ -21,35 +21,27 @@ mod common;
 mod hook;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::Db;
+use common::faults::{
+    Load, SAFETY, assert_only_acknowledged_recharges, provision_cards, readyz, recharge, serve,
+    set_time, valid_accounts, webhook_env,
+};
 use common::pg_auto_failover::PgAutoFailover;
 use common::pg_cluster::PgCluster;
-use common::{free_port, reason};
+use common::process::{Log, ServeCommand, Served, health_status, strip_ansi};
+use common::reason;
 use hook::Hook;
 use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
-use ocs_lifecycle::proto::test_clock_client::TestClockClient;
-use ocs_lifecycle::proto::{
-    ActivateRequest, AdvanceStatesRequest, GetAccountRequest, ProvisionAccountRequest,
-    RechargeChannel, RechargeRequest, SetTimeRequest,
-};
+use ocs_lifecycle::proto::{AdvanceStatesRequest, GetAccountRequest};
 use sqlx::Connection;
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::Channel;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-
-const BIN: &str = env!("CARGO_BIN_EXE_ocs-lifecycle");
-
-/// Safety bound of every wait (a loaded 2-core machine); never an assertion on speed.
-const SAFETY: Duration = Duration::from_secs(90);
 
 /// Clients recharging, one account each.
 const CLIENTS: usize = 8;
@@ -61,7 +53,6 @@ const CARD_T1: &str = "2031-09-01T02:00:00Z";
 /// In the URL, to check that no log line shows it (trust authentication ignores it).
 const PASSWORD: &str = "ha-secret-do-not-log";
 
-const HISTORY_RECHARGE: i32 = ocs_lifecycle::proto::HistoryKind::Recharge as i32;
 const HISTORY_STATE_CHANGED: i32 = ocs_lifecycle::proto::HistoryKind::StateChanged as i32;
 const STATE_RECYCLED: i32 = ocs_lifecycle::proto::AccountState::Recycled as i32;
 
@@ -78,422 +69,135 @@ fn throughput_window() -> Duration {
 // ---------------------------------------------------------------------------------------------
 // The service: one real `serve` process.
 
-/// A running `ocs-lifecycle serve` whose stderr is collected.
-struct Served {
-    child: Child,
-    addr: String,
-    log: Arc<Mutex<String>>,
+/// One `serve` process of a test, how it is reached, and the pid it started with.
+struct Instance {
+    served: Served,
+    channel: Channel,
+    http_addr: SocketAddr,
+    pid: u32,
 }
 
-impl Served {
-    /// `serve` with the manual clock, the operations endpoint on an ephemeral port, and `env`
-    /// (every other `OCS_*` variable of the test is removed).
-    fn spawn(database_url: &str, env: &[(&str, String)]) -> Served {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let mut command = Command::new(BIN);
-        command.args([
-            "serve",
-            "--listen",
-            &addr,
-            "--http-addr",
-            "127.0.0.1:0",
-            "--clock",
-            "manual",
-            "--database-url",
-            database_url,
-        ]);
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("OCS_") {
-                command.env_remove(name);
-            }
+impl Instance {
+    /// `serve` on `database_url` with the manual clock, the operations endpoint on an ephemeral
+    /// port, and `env` (every other `OCS_*` variable of the test is removed), once SERVING; its
+    /// log is collected.
+    async fn start(dir: &Path, database_url: &str, env: &[(&str, String)]) -> Instance {
+        let command = ServeCommand {
+            clock: "manual",
+            http_addr: "127.0.0.1:0",
+            ..serve(dir, database_url)
         }
-        command.envs(env.iter().map(|(k, v)| (k, v)));
-        let mut child = command
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ocs-lifecycle serve");
-        let log = Arc::new(Mutex::new(String::new()));
-        let mut stderr = child.stderr.take().expect("stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Served { child, addr, log }
+        .with_env(env.iter().cloned());
+        let mut served = Served::spawn(&command, Log::Collected);
+        let channel = served.serving(SAFETY).await;
+        let http_addr = served.http_addr();
+        let pid = served.pid();
+        Instance {
+            served,
+            channel,
+            http_addr,
+            pid,
+        }
     }
 
-    /// The log so far, without terminal colours.
-    fn log(&self) -> String {
-        strip_ansi(&self.log.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    /// The operations endpoint's address, from its start-up log line.
-    fn http_addr(&self) -> SocketAddr {
-        let log = self.log();
-        log.lines()
-            .filter(|line| line.contains("operations endpoint listening"))
-            .find_map(|line| {
-                let value = line.split("http_addr=").nth(1)?;
-                value.split_whitespace().next()?.parse().ok()
-            })
-            .unwrap_or_else(|| panic!("no operations endpoint address in the log:\n{log}"))
-    }
-
-    async fn wait_serving(&mut self) -> Channel {
-        let channel = Channel::from_shared(format!("http://{}", self.addr))
-            .expect("endpoint")
-            .connect_lazy();
+    /// Polls gRPC health until it reports `want`; the moment it did.
+    async fn wait_health(&self, want: ServingStatus, what: &str) -> Instant {
         let deadline = tokio::time::Instant::now() + SAFETY;
-        while health(&channel).await != Some(ServingStatus::Serving as i32) {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!("serve exited before serving: {status}\n{}", self.log());
+        loop {
+            if health_status(&self.channel).await == Some(want as i32) {
+                return Instant::now();
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "serve never became SERVING\n{}",
-                self.log()
+                "health never became {want:?}: {what}\n{}",
+                self.served.log()
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        channel
-    }
-
-    /// Still the same running process (not exited).
-    fn running(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_none()
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    out
-}
 
-async fn health(channel: &Channel) -> Option<i32> {
-    HealthClient::new(channel.clone())
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .ok()
-        .map(|r| r.into_inner().status)
-}
+    /// `GET /readyz`: (status code, body).
+    async fn readyz(&self) -> (u16, String) {
+        readyz(self.http_addr).await
+    }
 
-/// Polls gRPC health until it reports `want`; the moment it did.
-async fn wait_health(channel: &Channel, want: ServingStatus, what: &str, log: &Served) -> Instant {
-    let deadline = tokio::time::Instant::now() + SAFETY;
-    loop {
-        if health(channel).await == Some(want as i32) {
-            return Instant::now();
+    /// The process that started is still running (`what` names it).
+    fn assert_survived(&mut self, what: &str) {
+        assert!(self.served.running(), "{what} must survive the failover");
+        assert_eq!(
+            self.served.pid(),
+            self.pid,
+            "{what}: the same process, never restarted"
+        );
+    }
+
+    /// The failover as the log and `/metrics` show it; never the password.
+    async fn assert_operator_sees_the_failover(&self) {
+        let metrics = reqwest::get(format!("http://{}/metrics", self.http_addr))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        for line in [
+            "ocs_storage_primary_found 1",
+            "ocs_storage_primary_lost_total 1",
+        ] {
+            assert!(
+                metrics.contains(line),
+                "no {line:?} in /metrics:\n{metrics}"
+            );
+        }
+        let log = strip_ansi(&self.served.log());
+        for line in ["database primary lost", "database primary found"] {
+            assert!(log.contains(line), "no {line:?} in the log:\n{log}");
         }
         assert!(
-            tokio::time::Instant::now() < deadline,
-            "health never became {want:?}: {what}\n{}",
-            log.log()
+            !log.contains(PASSWORD),
+            "the password is in the log:\n{log}"
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        let failover: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("pg_failover:") || l.contains("health follows"))
+            .collect();
+        eprintln!(
+            "the failover in the log of {}:\n{}",
+            self.served.addr,
+            failover.join("\n")
+        );
     }
 }
 
-/// `GET /readyz`: (status code, body).
-async fn readyz(http_addr: SocketAddr) -> (u16, String) {
-    let response = reqwest::Client::new()
-        .get(format!("http://{http_addr}/readyz"))
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET /readyz: {e}"));
-    let status = response.status().as_u16();
-    (status, response.text().await.unwrap_or_default())
+/// Waits until both instances report `want` (`what`: after what); the moment the first did.
+async fn wait_both(instances: [&Instance; 2], want: ServingStatus, what: &str) -> Instant {
+    let at = instances[0].wait_health(want, what).await;
+    let second = format!("the second instance, {what}");
+    instances[1].wait_health(want, &second).await;
+    at
+}
+
+/// Once the load has resumed (40 more recharges acknowledged): the first acknowledged recharge
+/// that was sent after `killed_at`.
+async fn first_commit_after(load: &Load, killed_at: Instant) -> Instant {
+    load.wait_for_acks(
+        load.acked_count() + 40,
+        "the load did not resume on the new primary",
+    )
+    .await;
+    load.first_ack_sent_after(killed_at)
+        .expect("a recharge acknowledged after the kill")
+}
+
+/// Every card has `per_card` rows in `counts` ((msisdn, count) of `what`).
+#[track_caller]
+fn assert_per_card(counts: &[(String, i64)], per_card: i64, what: &str) {
+    assert_eq!(counts.len(), CARDS, "{what} of every card");
+    let other: Vec<_> = counts.iter().filter(|(_, n)| *n != per_card).collect();
+    assert!(other.is_empty(), "{per_card} {what} per card: {other:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
 // The load.
-
-fn recharge(msisdn: &str, amount: i64, request_id: &str) -> RechargeRequest {
-    RechargeRequest {
-        msisdn: msisdn.into(),
-        amount,
-        channel: RechargeChannel::Online as i32,
-        validity_days: 0,
-        request_id: request_id.into(),
-    }
-}
-
-/// What the recharge load saw.
-#[derive(Default)]
-struct Load {
-    /// request_id → (msisdn, amount) of every recharge answered OK.
-    acked: Mutex<BTreeMap<String, (String, i64)>>,
-    /// When the attempt that was answered OK was sent, and when it was answered.
-    acked_at: Mutex<Vec<(Instant, Instant)>>,
-    acked_count: AtomicUsize,
-    unavailable: AtomicUsize,
-    /// ErrorInfo reason → how many UNAVAILABLE answers carried it.
-    reasons: Mutex<BTreeMap<String, usize>>,
-}
-
-impl Load {
-    fn acked_count(&self) -> usize {
-        self.acked_count.load(Ordering::Relaxed)
-    }
-
-    /// The first OK answer to an attempt sent after `instant` (after the kill: committed on the
-    /// new primary, not answered late by the old one).
-    fn first_ack_sent_after(&self, instant: Instant) -> Option<Instant> {
-        let acked_at = self.acked_at.lock().unwrap_or_else(|e| e.into_inner());
-        acked_at
-            .iter()
-            .filter(|(sent, _)| *sent > instant)
-            .map(|(_, answered)| *answered)
-            .min()
-    }
-
-    async fn wait_for_acks(&self, at_least: usize, what: &str) {
-        let deadline = tokio::time::Instant::now() + SAFETY;
-        while self.acked_count() < at_least {
-            assert!(tokio::time::Instant::now() < deadline, "{what}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-/// Recharges `msisdn` until `stop`, each request retried with the same request_id until it
-/// is answered OK; UNAVAILABLE is the only error accepted.
-async fn recharge_until_stopped(
-    mut client: AccountLifecycleClient<Channel>,
-    msisdn: String,
-    worker: usize,
-    load: Arc<Load>,
-    stop: CancellationToken,
-) {
-    let mut i: i64 = 0;
-    while !stop.is_cancelled() {
-        i += 1;
-        let request_id = format!("w{worker}-{i}");
-        let amount = 100 + (worker as i64 * 37 + i * 11) % 100;
-        let deadline = tokio::time::Instant::now() + SAFETY;
-        let sent = loop {
-            let sent = Instant::now();
-            match client
-                .recharge(recharge(&msisdn, amount, &request_id))
-                .await
-            {
-                Ok(_) => break sent,
-                Err(status) if status.code() == Code::Unavailable => {
-                    load.unavailable.fetch_add(1, Ordering::Relaxed);
-                    *load
-                        .reasons
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .entry(reason(&status))
-                        .or_insert(0) += 1;
-                    assert!(
-                        tokio::time::Instant::now() < deadline,
-                        "{request_id} never applied after the failover: {status:?}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(status) => panic!("{request_id}: only UNAVAILABLE is expected: {status:?}"),
-            }
-        };
-        load.acked_at
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((sent, Instant::now()));
-        load.acked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(request_id, (msisdn.clone(), amount));
-        load.acked_count.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// One [`recharge_until_stopped`] client per account, spread over `channels` (instances).
-fn spawn_load(
-    channels: &[Channel],
-    accounts: &[String],
-    load: &Arc<Load>,
-    stop: &CancellationToken,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    accounts
-        .iter()
-        .enumerate()
-        .map(|(worker, msisdn)| {
-            tokio::spawn(recharge_until_stopped(
-                AccountLifecycleClient::new(channels[worker % channels.len()].clone()),
-                msisdn.clone(),
-                worker,
-                load.clone(),
-                stop.clone(),
-            ))
-        })
-        .collect()
-}
-
-/// Stops the load; each client finishes the recharge it is retrying.
-async fn stop_load(stop: &CancellationToken, workers: Vec<tokio::task::JoinHandle<()>>) {
-    stop.cancel();
-    for worker in workers {
-        tokio::time::timeout(SAFETY, worker)
-            .await
-            .expect("a client did not finish")
-            .expect("a client saw an error other than UNAVAILABLE");
-    }
-}
-
-/// On `db` (the new primary): every acknowledged recharge has exactly one history row with its
-/// amount, there is no row of a recharge nobody was told about, and each balance is the sum
-/// of its account's acknowledged recharges.
-async fn assert_applied_once(
-    db: &sqlx::PgPool,
-    acked: &BTreeMap<String, (String, i64)>,
-    accounts: &[String],
-) {
-    let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
-        "SELECT request_id, msisdn, COUNT(*), CAST(SUM(amount) AS BIGINT) FROM account_history \
-         WHERE kind = $1 GROUP BY request_id, msisdn",
-    )
-    .bind(HISTORY_RECHARGE)
-    .fetch_all(db)
-    .await
-    .expect("read the recharges");
-    let rows: BTreeMap<String, (String, i64, i64)> = rows
-        .into_iter()
-        .map(|(id, msisdn, count, sum)| (id, (msisdn, count, sum)))
-        .collect();
-    for (request_id, (msisdn, amount)) in acked {
-        assert_eq!(
-            rows.get(request_id),
-            Some(&(msisdn.clone(), 1, *amount)),
-            "acknowledged recharge {request_id} must have exactly one history row"
-        );
-    }
-    assert_eq!(
-        rows.len(),
-        acked.len(),
-        "a history row for every acknowledged recharge and no other"
-    );
-    for msisdn in accounts {
-        let expected: i64 = acked
-            .values()
-            .filter(|(m, _)| m == msisdn)
-            .map(|(_, amount)| amount)
-            .sum();
-        let balance: i64 = sqlx::query_scalar("SELECT balance FROM accounts WHERE msisdn = $1")
-            .bind(msisdn)
-            .fetch_one(db)
-            .await
-            .expect("balance");
-        assert_eq!(
-            balance, expected,
-            "{msisdn}: balance = its acknowledged recharges"
-        );
-    }
-}
-
-/// The failover as the log and `/metrics` show it; never the password.
-async fn assert_operator_sees_the_failover(served: &Served, http_addr: SocketAddr) {
-    let metrics = reqwest::get(format!("http://{http_addr}/metrics"))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    for line in [
-        "ocs_storage_primary_found 1",
-        "ocs_storage_primary_lost_total 1",
-    ] {
-        assert!(
-            metrics.contains(line),
-            "no {line:?} in /metrics:\n{metrics}"
-        );
-    }
-    let log = served.log();
-    for line in ["database primary lost", "database primary found"] {
-        assert!(log.contains(line), "no {line:?} in the log:\n{log}");
-    }
-    assert!(
-        !log.contains(PASSWORD),
-        "the password is in the log:\n{log}"
-    );
-    let failover: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("pg_failover:") || l.contains("health follows"))
-        .collect();
-    eprintln!(
-        "the failover in the log of {}:\n{}",
-        served.addr,
-        failover.join("\n")
-    );
-}
-
-/// Provisions a sold card and activates it, so it can be recharged.
-async fn valid_account(client: &mut AccountLifecycleClient<Channel>, msisdn: &str) {
-    client
-        .provision_account(ProvisionAccountRequest {
-            msisdn: msisdn.into(),
-            sold: true,
-            request_id: format!("p-{msisdn}"),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("provision {msisdn}: {e:?}"));
-    client
-        .activate(ActivateRequest {
-            msisdn: msisdn.into(),
-            request_id: format!("a-{msisdn}"),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("activate {msisdn}: {e:?}"));
-}
-
-async fn set_time(channel: &Channel, rfc3339: &str) {
-    TestClockClient::new(channel.clone())
-        .set_time(SetTimeRequest {
-            time: Some(common::ts(rfc3339)),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("SetTime {rfc3339}: {e:?}"));
-}
-
-/// Event ids the hook answered 2xx, in the order of the answers.
-fn answered(hook: &Hook) -> Vec<String> {
-    hook.received()
-        .iter()
-        .filter(|r| (200..300).contains(&r.status))
-        .map(|r| r.header("x-ocs-event-id").unwrap_or_default().to_owned())
-        .collect()
-}
 
 fn millis(d: Duration) -> u128 {
     d.as_millis()
@@ -516,26 +220,16 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
     );
     // Answers take a moment, so deliveries are in flight when the primary dies.
     let hook = Hook::start(Box::new(|_| (200, Duration::from_millis(20)))).await;
-    let env = [
+    let mut env = vec![
         ("OCS_DB_ACQUIRE_TIMEOUT_MS", "2000".to_owned()),
         ("OCS_DB_POOL_SIZE", "16".to_owned()),
-        ("OCS_BSS__WEBHOOK_URL", hook.url()),
-        ("OCS_BSS__WEBHOOK_SECRET", "ha-test-secret".to_owned()),
-        (
-            "OCS_BSS__WEBHOOK_EVENTS",
-            r#"["NUMBER_RECYCLED", "STATE_CHANGED"]"#.to_owned(),
-        ),
-        ("OCS_BSS__TIMEOUT_MS", "1000".to_owned()),
-        ("OCS_BSS__INITIAL_BACKOFF_MS", "50".to_owned()),
-        ("OCS_BSS__MAX_BACKOFF_MS", "200".to_owned()),
-        ("OCS_SWEEP__SCHEDULER", "false".to_owned()),
-        // Many small batches, so the sweep is still running when the primary dies.
-        ("OCS_SWEEP__BATCH_SIZE", "10".to_owned()),
     ];
-    let mut served = Served::spawn(&url, &env);
-    let channel = served.wait_serving().await;
-    let http_addr = served.http_addr();
-    let pid = served.child.id();
+    env.extend(webhook_env(hook.url()));
+    // Many small batches, so the sweep is still running when the primary dies.
+    env.push(("OCS_SWEEP__BATCH_SIZE", "10".to_owned()));
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut served = Instance::start(dir.path(), &url, &env).await;
+    let channel = served.channel.clone();
     let mut client = AccountLifecycleClient::new(channel.clone());
     // A second instance on the same URL (as behind a load balancer), without the webhook; half
     // of the clients use it.
@@ -544,52 +238,19 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
         env[1].clone(),
         ("OCS_SWEEP__SCHEDULER", "false".to_owned()),
     ];
-    let mut second = Served::spawn(&url, &second_env);
-    let second_channel = second.wait_serving().await;
-    let second_http = second.http_addr();
-    let second_pid = second.child.id();
+    let mut second = Instance::start(dir.path(), &url, &second_env).await;
+    let second_channel = second.channel.clone();
 
     // Cards for the sweep, provisioned at T0 and recycled at T1; then the recharged accounts,
     // fresh at T1.
     set_time(&channel, CARD_T0).await;
-    let provisioners: Vec<_> = (0..4)
-        .map(|worker| {
-            let mut client = client.clone();
-            tokio::spawn(async move {
-                for i in (worker..CARDS).step_by(4) {
-                    let msisdn = format!("861350{i:05}");
-                    client
-                        .provision_account(ProvisionAccountRequest {
-                            msisdn: msisdn.clone(),
-                            sold: true,
-                            request_id: format!("p-{msisdn}"),
-                            ..Default::default()
-                        })
-                        .await
-                        .unwrap_or_else(|e| panic!("provision {msisdn}: {e:?}"));
-                }
-            })
-        })
-        .collect();
-    for provisioner in provisioners {
-        provisioner.await.expect("provisioning");
-    }
+    provision_cards(&channel, CARDS).await;
     // Both instances' manual clocks show the same instant.
     set_time(&channel, CARD_T1).await;
     set_time(&second_channel, CARD_T1).await;
-    let accounts: Vec<String> = (0..CLIENTS).map(|i| format!("861360000{i:04}")).collect();
-    for msisdn in &accounts {
-        valid_account(&mut client, msisdn).await;
-    }
-
-    let load = Arc::new(Load::default());
-    let stop = CancellationToken::new();
-    let workers = spawn_load(
-        &[channel.clone(), second_channel.clone()],
-        &accounts,
-        &load,
-        &stop,
-    );
+    let accounts = valid_accounts(&mut client, "861360000", CLIENTS).await;
+    let channels = [channel.clone(), second_channel.clone()];
+    let load = Load::start(&channels, &accounts, 100, Duration::from_millis(20));
     load.wait_for_acks(20, "the load did not start").await;
 
     // Throughput with an asynchronous standby and with a synchronous one, alternated twice
@@ -628,7 +289,7 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
     ))
     .await
     .expect("connect to the standby");
-    let activation_events = answered(&hook).len();
+    let activation_events = hook.answered().len();
     let sweep_started = Instant::now();
     let sweep = {
         let mut client = client.clone();
@@ -642,7 +303,7 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
         })
     };
     let deadline = tokio::time::Instant::now() + SAFETY;
-    while answered(&hook).len() < activation_events + 10 && !sweep.is_finished() {
+    while hook.answered().len() < activation_events + 10 && !sweep.is_finished() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the webhook never delivered the sweep's events"
@@ -661,7 +322,7 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
 
     primary.kill9();
     let killed_at = Instant::now();
-    let answered_at_kill: BTreeSet<String> = answered(&hook).into_iter().collect();
+    let answered_at_kill: BTreeSet<String> = hook.answered().into_iter().collect();
     let posted_at_kill = hook.seen().len();
     assert!(
         !sweep_done_before_kill,
@@ -670,22 +331,14 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
     );
 
     // No primary: NOT_SERVING, /readyz 503, requests UNAVAILABLE STORAGE_FAILOVER at once.
-    let not_serving_at = wait_health(
-        &channel,
+    let not_serving_at = wait_both(
+        [&served, &second],
         ServingStatus::NotServing,
         "after the primary was killed",
-        &served,
     )
     .await;
-    wait_health(
-        &second_channel,
-        ServingStatus::NotServing,
-        "the second instance, after the primary was killed",
-        &second,
-    )
-    .await;
-    for addr in [http_addr, second_http] {
-        let (ready, body) = readyz(addr).await;
+    for instance in [&served, &second] {
+        let (ready, body) = instance.readyz().await;
         assert_eq!(ready, 503, "/readyz while no primary: {body}");
         assert!(body.contains("primary"), "{body}");
     }
@@ -721,29 +374,14 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
         .await
         .expect("pg_ctl promote");
     let promoted_at = Instant::now();
-    let serving_at = wait_health(
-        &channel,
+    let serving_at = wait_both(
+        [&served, &second],
         ServingStatus::Serving,
         "after the promotion",
-        &served,
     )
     .await;
-    wait_health(
-        &second_channel,
-        ServingStatus::Serving,
-        "the second instance, after the promotion",
-        &second,
-    )
-    .await;
-    load.wait_for_acks(
-        load.acked_count() + 40,
-        "the load did not resume on the new primary",
-    )
-    .await;
-    let first_commit = load
-        .first_ack_sent_after(killed_at)
-        .expect("a recharge acknowledged after the promotion");
-    let (ready, body) = readyz(http_addr).await;
+    let first_commit = first_commit_after(&load, killed_at).await;
+    let (ready, body) = served.readyz().await;
     assert_eq!(ready, 200, "/readyz after the failover: {body}");
     // The recharge refused during the switch applies once now, then replays.
     let applied = client
@@ -757,14 +395,9 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
         "{applied:?} {replayed:?}"
     );
     assert_eq!(applied.balance_after, replayed.balance_after);
-    stop_load(&stop, workers).await;
-    assert!(served.running(), "serve must survive the failover");
-    assert_eq!(served.child.id(), pid, "the same process, never restarted");
-    assert!(
-        second.running(),
-        "the second instance must survive the failover"
-    );
-    assert_eq!(second.child.id(), second_pid);
+    load.stop().await;
+    served.assert_survived("serve");
+    second.assert_survived("the second instance");
 
     // The sweep: answered UNAVAILABLE when the primary died under it (or done before); run
     // again it finishes the work.
@@ -797,9 +430,9 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
         ))
         .await
         .expect("connect to the new primary");
-    let mut acked = load.acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut acked = load.acked();
     acked.insert(probe.request_id.clone(), (accounts[0].clone(), 4321));
-    assert_applied_once(&db, &acked, &accounts).await;
+    assert_only_acknowledged_recharges(&Db::Postgres(db.clone()), &acked, &accounts).await;
 
     let sweep_runs: Vec<(String, i64)> =
         sqlx::query_as("SELECT status, count(*) FROM sweep_runs GROUP BY status ORDER BY status")
@@ -817,27 +450,14 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
     .fetch_all(&db)
     .await
     .expect("read the transitions");
-    assert_eq!(transitions.len(), CARDS, "every card recycled");
-    assert!(
-        transitions.iter().all(|(_, n)| *n == 1),
-        "each card recycled once: {:?}",
-        transitions
-            .iter()
-            .filter(|(_, n)| *n != 1)
-            .collect::<Vec<_>>()
-    );
+    assert_per_card(&transitions, 1, "recycling transitions");
     let events: Vec<(String, i64)> = sqlx::query_as(
         "SELECT msisdn, COUNT(*) FROM outbox WHERE msisdn LIKE '861350%' GROUP BY msisdn",
     )
     .fetch_all(&db)
     .await
     .expect("read the outbox");
-    assert_eq!(events.len(), CARDS, "events for every card");
-    assert!(
-        events.iter().all(|(_, n)| *n == 2),
-        "two events per card: {:?}",
-        events.iter().filter(|(_, n)| *n != 2).collect::<Vec<_>>()
-    );
+    assert_per_card(&events, 2, "events");
     let event_ids: Vec<String> = sqlx::query_scalar("SELECT event_id FROM outbox")
         .fetch_all(&db)
         .await
@@ -847,7 +467,7 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
     // The webhook worker resumes: every event answered, every delivery recorded.
     let deadline = tokio::time::Instant::now() + SAFETY;
     loop {
-        let received: BTreeSet<String> = answered(&hook).into_iter().collect();
+        let received: BTreeSet<String> = hook.answered().into_iter().collect();
         let undelivered: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM webhook_deliveries WHERE delivered_at IS NULL",
         )
@@ -867,12 +487,12 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
              rows undelivered\n{}",
             received.intersection(&event_ids).count(),
             event_ids.len(),
-            served.log()
+            served.served.log()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut sent: BTreeMap<String, usize> = BTreeMap::new();
-    for id in answered(&hook) {
+    for id in hook.answered() {
         *sent.entry(id).or_insert(0) += 1;
     }
     assert!(
@@ -884,14 +504,10 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
     let twice: Vec<(&String, &usize)> = sent.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "events sent more than once: {twice:?}");
 
-    assert_operator_sees_the_failover(&served, http_addr).await;
-    assert_operator_sees_the_failover(&second, second_http).await;
+    served.assert_operator_sees_the_failover().await;
+    second.assert_operator_sees_the_failover().await;
 
-    let reasons = load
-        .reasons
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let reasons = load.reasons();
     eprintln!(
         "HA figures (primary + streaming standby on one 2-core machine, {CLIENTS} clients on \
          two instances):\n  \
@@ -920,7 +536,7 @@ async fn primary_killed_and_standby_promoted_under_load_loses_and_doubles_nothin
         millis(promoting - killed_at),
         acked.len(),
         acked_before_kill,
-        load.unavailable.load(Ordering::Relaxed),
+        load.unavailable(),
         millis(sweep_ran_for),
         outbox_at_kill,
         2 * CARDS,
@@ -951,50 +567,40 @@ async fn pg_auto_failover_promotes_by_itself_and_the_service_follows_without_los
         &format!("postgres://postgres:{PASSWORD}@"),
         1,
     );
-    let mut served = Served::spawn(&url, &[("OCS_DB_ACQUIRE_TIMEOUT_MS", "2000".to_owned())]);
-    let channel = served.wait_serving().await;
-    let http_addr = served.http_addr();
-    let pid = served.child.id();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let env = [("OCS_DB_ACQUIRE_TIMEOUT_MS", "2000".to_owned())];
+    let mut served = Instance::start(dir.path(), &url, &env).await;
+    let channel = served.channel.clone();
     let mut client = AccountLifecycleClient::new(channel.clone());
-    let accounts: Vec<String> = (0..CLIENTS).map(|i| format!("861370000{i:04}")).collect();
-    for msisdn in &accounts {
-        valid_account(&mut client, msisdn).await;
-    }
-    let load = Arc::new(Load::default());
-    let stop = CancellationToken::new();
-    let workers = spawn_load(std::slice::from_ref(&channel), &accounts, &load, &stop);
+    let accounts = valid_accounts(&mut client, "861370000", CLIENTS).await;
+    let load = Load::start(
+        std::slice::from_ref(&channel),
+        &accounts,
+        100,
+        Duration::from_millis(20),
+    );
     load.wait_for_acks(50, "the load did not start").await;
 
     let acked_before_kill = load.acked_count();
     formation.kill9_node(0);
     let killed_at = Instant::now();
-    let not_serving_at = wait_health(
-        &channel,
-        ServingStatus::NotServing,
-        "after the primary node was killed",
-        &served,
-    )
-    .await;
-    let (ready, body) = readyz(http_addr).await;
+    let not_serving_at = served
+        .wait_health(
+            ServingStatus::NotServing,
+            "after the primary node was killed",
+        )
+        .await;
+    let (ready, body) = served.readyz().await;
     assert_eq!(ready, 503, "/readyz while no primary: {body}");
-    let serving_at = wait_health(
-        &channel,
-        ServingStatus::Serving,
-        "after pg_auto_failover promoted the secondary",
-        &served,
-    )
-    .await;
-    load.wait_for_acks(
-        load.acked_count() + 40,
-        "the load did not resume on the new primary",
-    )
-    .await;
-    let first_commit = load
-        .first_ack_sent_after(killed_at)
-        .expect("a recharge acknowledged after the kill");
-    stop_load(&stop, workers).await;
-    assert!(served.running(), "serve must survive the failover");
-    assert_eq!(served.child.id(), pid, "the same process, never restarted");
+    let serving_at = served
+        .wait_health(
+            ServingStatus::Serving,
+            "after pg_auto_failover promoted the secondary",
+        )
+        .await;
+    let first_commit = first_commit_after(&load, killed_at).await;
+    load.stop().await;
+    served.assert_survived("serve");
 
     let db = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
@@ -1004,14 +610,10 @@ async fn pg_auto_failover_promotes_by_itself_and_the_service_follows_without_los
         ))
         .await
         .expect("connect to the new primary");
-    let acked = load.acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    assert_applied_once(&db, &acked, &accounts).await;
-    assert_operator_sees_the_failover(&served, http_addr).await;
-    let reasons = load
-        .reasons
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let acked = load.acked();
+    assert_only_acknowledged_recharges(&Db::Postgres(db.clone()), &acked, &accounts).await;
+    served.assert_operator_sees_the_failover().await;
+    let reasons = load.reasons();
     eprintln!(
         "HA figures with pg_auto_failover (monitor settings {:?}):\n  \
          primary node killed -> health NOT_SERVING: {} ms\n  \
@@ -1024,7 +626,7 @@ async fn pg_auto_failover_promotes_by_itself_and_the_service_follows_without_los
         millis(serving_at - killed_at),
         millis(first_commit - killed_at),
         acked.len(),
-        load.unavailable.load(Ordering::Relaxed),
+        load.unavailable(),
     );
     db.close().await;
     drop(served);

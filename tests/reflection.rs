@@ -5,133 +5,70 @@
 #[allow(unused_macros)]
 mod common;
 
-use common::{Backend, TestServer};
-use tokio_stream::StreamExt;
-use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
+/// The reflection service of one version, `v1`, or `v1alpha` (which grpcurl builds that speak
+/// only v1alpha use): a client (`ask` one request) and the test that each version lists the
+/// services and resolves the lifecycle contract and the ErrorInfo every error carries.
+macro_rules! reflection_suite {
+    ($version:ident) => {
+        mod $version {
+            use common::{Backend, TestServer};
+            use tokio_stream::StreamExt;
+            use tonic_reflection::pb::$version::ServerReflectionRequest;
+            use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+            use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+            use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
 
-async fn ask(server: &TestServer, request: MessageRequest) -> MessageResponse {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
-    let mut client = ServerReflectionClient::new(channel);
-    let outbound = tokio_stream::iter([ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(request),
-    }]);
-    let mut answers = client
-        .server_reflection_info(outbound)
-        .await
-        .expect("reflection")
-        .into_inner();
-    let answer: ServerReflectionResponse = answers
-        .next()
-        .await
-        .expect("one answer")
-        .expect("answer ok");
-    answer.message_response.expect("a message")
+            use super::common;
+
+            async fn ask(server: &TestServer, request: MessageRequest) -> MessageResponse {
+                let outbound = tokio_stream::iter([ServerReflectionRequest {
+                    host: String::new(),
+                    message_request: Some(request),
+                }]);
+                let mut answers = ServerReflectionClient::new(server.new_channel().await)
+                    .server_reflection_info(outbound)
+                    .await
+                    .expect(concat!(stringify!($version), " reflection is served"))
+                    .into_inner();
+                let answer = answers
+                    .next()
+                    .await
+                    .expect("one answer")
+                    .expect("answer ok");
+                answer.message_response.expect("a message")
+            }
+
+            #[tokio::test]
+            async fn reflection_lists_the_services_and_resolves_the_contract_and_error_details() {
+                let server = TestServer::start(Backend::Sqlite)
+                    .await
+                    .expect("SQLite always runs");
+                let request = MessageRequest::ListServices(String::new());
+                let MessageResponse::ListServicesResponse(list) = ask(&server, request).await
+                else {
+                    panic!("expected a service list");
+                };
+                let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+                for expected in ["ocs.lifecycle.v1.AccountLifecycle", "grpc.health.v1.Health"] {
+                    assert!(
+                        names.iter().any(|n| n == expected),
+                        "{expected} missing from {names:?}"
+                    );
+                }
+                // The contract, and the ErrorInfo every error carries.
+                for symbol in ["ocs.lifecycle.v1.AccountLifecycle", "google.rpc.ErrorInfo"] {
+                    let request = MessageRequest::FileContainingSymbol(symbol.into());
+                    let answer = ask(&server, request).await;
+                    let MessageResponse::FileDescriptorResponse(files) = answer else {
+                        panic!("{symbol} does not resolve: {answer:?}");
+                    };
+                    assert!(!files.file_descriptor_proto.is_empty(), "{symbol}");
+                }
+                server.stop().await;
+            }
+        }
+    };
 }
 
-#[tokio::test]
-async fn reflection_lists_the_services_and_serves_the_lifecycle_contract() {
-    let server = TestServer::start(Backend::Sqlite)
-        .await
-        .expect("SQLite always runs");
-    let MessageResponse::ListServicesResponse(list) =
-        ask(&server, MessageRequest::ListServices(String::new())).await
-    else {
-        panic!("expected a service list");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for expected in ["ocs.lifecycle.v1.AccountLifecycle", "grpc.health.v1.Health"] {
-        assert!(
-            names.iter().any(|n| n == expected),
-            "{expected} missing from {names:?}"
-        );
-    }
-    let answer = ask(
-        &server,
-        MessageRequest::FileContainingSymbol("ocs.lifecycle.v1.AccountLifecycle".into()),
-    )
-    .await;
-    let MessageResponse::FileDescriptorResponse(files) = answer else {
-        panic!("expected file descriptors, got {answer:?}");
-    };
-    assert!(!files.file_descriptor_proto.is_empty());
-    server.stop().await;
-}
-
-/// The v1alpha reflection service answers like v1 (grpcurl builds that speak only v1alpha).
-async fn ask_v1alpha(
-    server: &TestServer,
-    request: tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest,
-) -> tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse {
-    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
-    let mut client = ServerReflectionClient::new(channel);
-    let outbound = tokio_stream::iter([ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(request),
-    }]);
-    let mut answers = client
-        .server_reflection_info(outbound)
-        .await
-        .expect("v1alpha reflection is served")
-        .into_inner();
-    let answer = answers
-        .next()
-        .await
-        .expect("one answer")
-        .expect("answer ok");
-    answer.message_response.expect("a message")
-}
-
-#[tokio::test]
-async fn reflection_v1alpha_is_served_too_and_error_details_resolve() {
-    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as Alpha;
-    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse as AlphaAnswer;
-    let server = TestServer::start(Backend::Sqlite)
-        .await
-        .expect("SQLite always runs");
-    let AlphaAnswer::ListServicesResponse(list) =
-        ask_v1alpha(&server, Alpha::ListServices(String::new())).await
-    else {
-        panic!("expected a service list");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(
-        names
-            .iter()
-            .any(|n| n == "ocs.lifecycle.v1.AccountLifecycle"),
-        "{names:?}"
-    );
-    // The ErrorInfo every error carries is resolvable, on both versions.
-    let answer = ask_v1alpha(
-        &server,
-        Alpha::FileContainingSymbol("google.rpc.ErrorInfo".into()),
-    )
-    .await;
-    let AlphaAnswer::FileDescriptorResponse(files) = answer else {
-        panic!("google.rpc.ErrorInfo does not resolve on v1alpha: {answer:?}");
-    };
-    assert!(!files.file_descriptor_proto.is_empty());
-    let answer = ask(
-        &server,
-        MessageRequest::FileContainingSymbol("google.rpc.ErrorInfo".into()),
-    )
-    .await;
-    assert!(
-        matches!(answer, MessageResponse::FileDescriptorResponse(_)),
-        "google.rpc.ErrorInfo does not resolve on v1: {answer:?}"
-    );
-    server.stop().await;
-}
+reflection_suite!(v1);
+reflection_suite!(v1alpha);

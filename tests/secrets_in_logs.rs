@@ -16,12 +16,14 @@ mod common;
 #[allow(dead_code)]
 mod hook;
 
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
-use common::{Backend, TestDb, ts};
+use common::binary::{SAFETY, ocs, serving, stop_cleanly};
+use common::process::Served;
+use common::{Backend, TestDb, free_port, ts};
 use hook::Hook;
 use ocs_lifecycle::auth::token_sha256;
 use ocs_lifecycle::proto;
@@ -29,14 +31,6 @@ use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
 use ocs_lifecycle::proto::test_clock_client::TestClockClient;
 use tonic::Request;
 use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-
-const BIN: &str = env!("CARGO_BIN_EXE_ocs-lifecycle");
-/// Safety bound only: no test asserts on elapsed time.
-const SAFETY: Duration = Duration::from_secs(60);
 
 const TOKEN: &str = "ocs_tok3n-Sekr1t-admin";
 const WRONG_TOKEN: &str = "ocs_wr0ng-Sekr1t-guess";
@@ -47,14 +41,6 @@ const HOOK_QUERY_KEY: &str = "qk3y-Sekr1t";
 const DB_PASSWORD: &str = "dbPw-Sekr1t-userinfo";
 const DB_QUERY_PASSWORD: &str = "dbPw-Sekr1t-query";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("address")
-        .port()
-}
-
 fn bearer<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
     let value: MetadataValue<_> = format!("Bearer {token}").parse().expect("header value");
@@ -64,7 +50,7 @@ fn bearer<T>(message: T, token: &str) -> Request<T> {
 
 /// `ocs-lifecycle serve --clock manual` with `RUST_LOG=trace`, its stderr in `dir/server.log`;
 /// returned once health is SERVING.
-async fn serve(dir: &Path, database_url: &str, hook: &Hook, grpc: u16, http: u16) -> Child {
+async fn serve(dir: &Path, database_url: &str, hook: &Hook, grpc: u16, http: u16) -> Served {
     let hook_url = format!(
         "http://{HOOK_USER}:{HOOK_PASSWORD}@{}/bss/events?code={HOOK_QUERY_KEY}",
         hook.addr
@@ -73,15 +59,9 @@ async fn serve(dir: &Path, database_url: &str, hook: &Hook, grpc: u16, http: u16
         r#"[{{name = "ops", role = "admin", sha256 = "{}"}}]"#,
         token_sha256(TOKEN)
     );
-    let log = std::fs::File::create(dir.join("server.log")).expect("log file");
-    let mut command = Command::new(BIN);
-    for (name, _) in std::env::vars() {
-        if name.starts_with("OCS_") {
-            command.env_remove(name);
-        }
-    }
-    let mut child = command
-        .current_dir(dir)
+    let addr = SocketAddr::from(([127, 0, 0, 1], grpc));
+    let mut command = ocs(dir);
+    command
         .env("RUST_LOG", "trace")
         .env("OCS_DATABASE_URL", database_url)
         .env("OCS_BSS__WEBHOOK_URL", &hook_url)
@@ -94,35 +74,11 @@ async fn serve(dir: &Path, database_url: &str, hook: &Hook, grpc: u16, http: u16
             "--clock",
             "manual",
             "--listen",
-            &format!("127.0.0.1:{grpc}"),
+            &addr.to_string(),
             "--http-addr",
             &format!("127.0.0.1:{http}"),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn ocs-lifecycle serve");
-    let channel = Channel::from_shared(format!("http://127.0.0.1:{grpc}"))
-        .expect("endpoint")
-        .connect_lazy();
-    let deadline = Instant::now() + SAFETY;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-            panic!("the server exited before serving: {status}\n{log}");
-        }
-        let health = HealthClient::new(channel.clone())
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await;
-        if health.is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32) {
-            return child;
-        }
-        assert!(Instant::now() < deadline, "never SERVING");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        ]);
+    serving(command, addr, dir).await.0
 }
 
 /// Requests with the token (and a wrong one), a recycled number delivered to the hook after a
@@ -134,10 +90,8 @@ async fn exercise(dir: &Path, database_url: &str) -> String {
     }))
     .await;
     let (grpc, http) = (free_port(), free_port());
-    let mut child = serve(dir, database_url, &hook, grpc, http).await;
-    let channel = Channel::from_shared(format!("http://127.0.0.1:{grpc}"))
-        .expect("endpoint")
-        .connect_lazy();
+    let served = serve(dir, database_url, &hook, grpc, http).await;
+    let channel = served.channel();
     let mut accounts = AccountLifecycleClient::new(channel.clone());
     let mut clock = TestClockClient::new(channel);
     let msisdn = "8613800138000";
@@ -155,22 +109,20 @@ async fn exercise(dir: &Path, database_url: &str) -> String {
         refused.expect_err("wrong token").code(),
         tonic::Code::Unauthenticated
     );
-    clock
-        .set_time(bearer(set_time("2030-03-01T02:00:00Z"), TOKEN))
-        .await
-        .expect("SetTime");
-    accounts
-        .provision_account(bearer(provision("p-1"), TOKEN))
-        .await
-        .expect("ProvisionAccount");
-    clock
-        .set_time(bearer(set_time("2031-09-01T02:00:00Z"), TOKEN))
-        .await
-        .expect("SetTime");
-    accounts
-        .provision_account(bearer(provision("p-2"), TOKEN))
-        .await
-        .expect("ProvisionAccount of the recycled number");
+    // The card, then the same number again once the unactivated card has been recycled.
+    for (at, request_id) in [
+        ("2030-03-01T02:00:00Z", "p-1"),
+        ("2031-09-01T02:00:00Z", "p-2"),
+    ] {
+        clock
+            .set_time(bearer(set_time(at), TOKEN))
+            .await
+            .expect("SetTime");
+        accounts
+            .provision_account(bearer(provision(request_id), TOKEN))
+            .await
+            .unwrap_or_else(|e| panic!("ProvisionAccount {request_id}: {e:?}"));
+    }
     hook.wait_for(SAFETY, |r| r.iter().any(|r| r.status == 200))
         .await;
     let delivered = hook.received();
@@ -201,22 +153,7 @@ async fn exercise(dir: &Path, database_url: &str) -> String {
         .await
         .expect("metrics");
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(killed.success());
-    let deadline = Instant::now() + SAFETY;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "serve did not stop");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let log = std::fs::read_to_string(dir.join("server.log")).expect("server log");
-    assert!(status.success(), "{log}");
-    log
+    stop_cleanly(served, dir).await
 }
 
 /// Asserts that `log` holds none of the secrets, and that it is a real trace log.

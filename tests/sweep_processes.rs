@@ -23,15 +23,12 @@ use std::fs::File;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Days, NaiveDate, TimeZone, Utc};
 use chrono_tz::Asia::Shanghai;
 use common::{Backend, Db, TestDb};
 use ocs_lifecycle::proto;
-use sqlx::postgres::PgPoolOptions;
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ocs-lifecycle");
 
@@ -310,32 +307,6 @@ impl SweepCounts {
 // ---------------------------------------------------------------------------------------------
 // The database.
 
-/// A read-write connection to the test database (the harness's `TestDb::open` is read-only on
-/// SQLite).
-async fn open_writable(db: &TestDb) -> Db {
-    match db.backend {
-        Backend::Sqlite => {
-            let options = SqliteConnectOptions::from_str(&db.url)
-                .expect("SQLite URL")
-                .busy_timeout(Duration::from_secs(60));
-            let pool = SqlitePoolOptions::new()
-                .max_connections(1)
-                .connect_with(options)
-                .await
-                .expect("open the test SQLite database");
-            Db::Sqlite(pool)
-        }
-        Backend::Postgres => {
-            let pool = PgPoolOptions::new()
-                .max_connections(2)
-                .connect(&db.url)
-                .await
-                .expect("open the test PostgreSQL database");
-            Db::Postgres(pool)
-        }
-    }
-}
-
 const ACCOUNT_INSERT_COLUMNS: &str = "msisdn, account_id, generation, state, balance, \
     preset_balance, sold, initial_validity_days, provisioned_at, activated_at, valid_until, \
     grace_until, lock_until, card_expiry, recycled_at, updated_at, next_deadline, \
@@ -602,7 +573,7 @@ async fn prepared(
 ) -> Option<(std::sync::Arc<TestDb>, Db)> {
     let test_db = TestDb::create(backend).await?;
     migrate(dir, &test_db.url).await;
-    let db = open_writable(&test_db).await;
+    let db = test_db.open_for_writing().await;
     let started = Instant::now();
     insert_accounts(&db, dates).await;
     eprintln!(

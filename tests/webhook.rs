@@ -214,10 +214,6 @@ async fn wait_deliveries(db: &Db, done: impl Fn(&HashMap<String, Delivery>) -> b
     }
 }
 
-fn event_id(r: &Received) -> String {
-    r.header("x-ocs-event-id").unwrap_or_default().to_owned()
-}
-
 fn msisdn_of(r: &Received) -> String {
     r.json()["msisdn"].as_str().unwrap_or_default().to_owned()
 }
@@ -226,7 +222,7 @@ fn msisdn_of(r: &Received) -> String {
 fn successes(received: &[Received]) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for r in received.iter().filter(|r| (200..300).contains(&r.status)) {
-        *counts.entry(event_id(r)).or_insert(0) += 1;
+        *counts.entry(r.event_id()).or_insert(0) += 1;
     }
     counts
 }
@@ -325,7 +321,7 @@ async fn failed_answers_are_retried_until_the_bss_answers_2xx(db: Arc<TestDb>) {
         [500, 503, 500, 200]
     );
     // Every attempt is the same event, byte for byte.
-    assert!(received.iter().all(|r| event_id(r) == expected[0].1
+    assert!(received.iter().all(|r| r.event_id() == expected[0].1
         && r.body == received[0].body
         && r.header("x-ocs-signature") == received[0].header("x-ocs-signature")));
     let row = &deliveries(&check).await[&expected[0].1];
@@ -351,7 +347,7 @@ async fn a_bss_that_is_down_at_first_receives_the_event_once_it_listens(db: Arc<
     hook.wait_for(WAIT, |r| !r.is_empty()).await;
     wait_deliveries(&check, |d| d.values().all(|d| d.delivered)).await;
     assert_quiet(&hook, 1).await;
-    assert_eq!(event_id(&hook.received()[0]), expected[0].1);
+    assert_eq!(hook.received()[0].event_id(), expected[0].1);
     check.close().await;
     server.stop().await;
 }
@@ -380,7 +376,7 @@ async fn timeouts_closed_connections_and_slow_answers_are_retried_until_accepted
     let seen = hook.seen();
     assert!(
         seen.iter()
-            .all(|r| event_id(r) == expected[0].1 && r.body == seen[0].body),
+            .all(|r| r.event_id() == expected[0].1 && r.body == seen[0].body),
         "every attempt is the same event"
     );
     // Only the slow answer in time counts; the one after the timeout was never written.
@@ -419,7 +415,7 @@ async fn an_event_committed_below_the_last_seen_sequence_is_still_delivered(db: 
         ))
         .await;
     writer.close().await;
-    hook.wait_for(WAIT, |r| r.iter().any(|r| event_id(r) == late_id))
+    hook.wait_for(WAIT, |r| r.iter().any(|r| r.event_id() == late_id))
         .await;
     wait_deliveries(&check, |d| d.len() == 2 && d.values().all(|d| d.delivered)).await;
     check.close().await;
@@ -468,7 +464,7 @@ async fn a_poisoned_event_is_dead_lettered_others_flow_and_redeliver_requeues_it
     assert_eq!(
         hook.received()
             .iter()
-            .filter(|r| event_id(r) == poisoned_id)
+            .filter(|r| r.event_id() == poisoned_id)
             .count(),
         3
     );
@@ -595,7 +591,7 @@ async fn an_msisdns_events_arrive_in_sequence_order_even_when_the_first_fails(db
     let tried: Vec<String> = received
         .iter()
         .filter(|r| msisdn_of(r) == ORDERED)
-        .map(event_id)
+        .map(Received::event_id)
         .collect();
     let mut expected_tries = vec![ordered[0].clone(); 6];
     expected_tries.extend(ordered[1..].iter().cloned());
@@ -604,7 +600,7 @@ async fn an_msisdns_events_arrive_in_sequence_order_even_when_the_first_fails(db
     let other_tried: Vec<String> = received
         .iter()
         .filter(|r| msisdn_of(r) == OTHER)
-        .map(event_id)
+        .map(Received::event_id)
         .collect();
     assert_eq!(other_tried, other);
     let first_ok = received
@@ -651,7 +647,7 @@ async fn a_restart_sends_what_was_not_confirmed_and_never_resends_what_was(db: A
         d.len() == 3 && d[&done].delivered && d[&retrying].attempts >= 2
     })
     .await;
-    hook.wait_seen(WAIT, |r| r.iter().any(|r| event_id(r) == in_flight))
+    hook.wait_seen(WAIT, |r| r.iter().any(|r| r.event_id() == in_flight))
         .await;
     server.stop().await;
     check.close().await;

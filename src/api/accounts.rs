@@ -40,7 +40,8 @@ pub struct Context {
 }
 
 impl Context {
-    fn check_ready(&self) -> Result<(), Status> {
+    /// UNAVAILABLE `NOT_READY` until the migrations have run.
+    pub(super) fn check_ready(&self) -> Result<(), Status> {
         if self.ready.load(Ordering::Acquire) {
             Ok(())
         } else {

@@ -32,41 +32,33 @@ impl From<DomainError> for Status {
     }
 }
 
+/// UNAVAILABLE with `reason`: `why` (ending in its punctuation), that a retry with the same
+/// request_id is safe, and the storage's own `message`.
+fn retry_later(reason: &str, why: &str, message: &str) -> Status {
+    let message = format!("{why} retry with the same request_id: {message}");
+    status(Code::Unavailable, reason, message)
+}
+
 impl From<StoreError> for Status {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::Domain(e) => e.into(),
             StoreError::Unavailable(message) | StoreError::Busy(message) => {
                 tracing::warn!(%message, "storage unavailable");
-                status(
-                    Code::Unavailable,
-                    "STORAGE_UNAVAILABLE",
-                    format!("storage unavailable, retry with the same request_id: {message}"),
-                )
+                retry_later("STORAGE_UNAVAILABLE", "storage unavailable,", &message)
             }
             StoreError::NotWritable(message) => {
                 tracing::warn!(%message, "storage not writable");
-                status(
-                    Code::Unavailable,
-                    "STORAGE_NOT_WRITABLE",
-                    format!(
-                        "the database cannot be written (disk full, read-only or I/O error), \
-                         nothing was applied; retry with the same request_id: {message}"
-                    ),
-                )
+                let why = "the database cannot be written (disk full, read-only or I/O error), \
+                           nothing was applied;";
+                retry_later("STORAGE_NOT_WRITABLE", why, &message)
             }
             StoreError::Failover(message) => {
                 // The store logs the loss and the return of the primary once (warn, info);
                 // a line per refused request would flood the log during a switch.
                 tracing::debug!(%message, "storage failover");
-                status(
-                    Code::Unavailable,
-                    "STORAGE_FAILOVER",
-                    format!(
-                        "the database is failing over to a new primary, nothing was applied; \
-                         retry with the same request_id: {message}"
-                    ),
-                )
+                let why = "the database is failing over to a new primary, nothing was applied;";
+                retry_later("STORAGE_FAILOVER", why, &message)
             }
             StoreError::Internal(message) => {
                 tracing::error!(%message, "storage error");

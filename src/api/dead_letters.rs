@@ -2,9 +2,7 @@
 //! deliveries that exhausted their attempts (`crate::notify`), and their re-queue. Reads and
 //! writes only the delivery state, never the outbox.
 
-use std::sync::atomic::Ordering;
-
-use tonic::Status;
+use tonic::{Response, Status};
 
 use super::Context;
 use super::convert::{self, invalid};
@@ -16,22 +14,10 @@ const DEFAULT_PAGE_SIZE: u32 = 100;
 /// Event ids per Redeliver request at most.
 const MAX_REDELIVER: usize = 1000;
 
-fn ready(ctx: &Context) -> Result<(), Status> {
-    if ctx.ready.load(Ordering::Acquire) {
-        Ok(())
-    } else {
-        Err(convert::status(
-            tonic::Code::Unavailable,
-            "NOT_READY",
-            "the service is starting (migrations running); retry shortly",
-        ))
-    }
-}
-
 pub(super) async fn list(
     ctx: &Context,
     request: &proto::ListDeadLettersRequest,
-) -> Result<proto::ListDeadLettersResponse, Status> {
+) -> Result<Response<proto::ListDeadLettersResponse>, Status> {
     let page_size = convert::page_size(request.page_size, DEFAULT_PAGE_SIZE)?;
     let after = match request.page_token.as_str() {
         "" => 0,
@@ -41,7 +27,7 @@ pub(super) async fn list(
             .filter(|s| *s >= 0)
             .ok_or_else(|| invalid(ErrorReason::InvalidArgument, "page_token is not valid"))?,
     };
-    ready(ctx)?;
+    ctx.check_ready()?;
     let mut dead = ctx
         .store
         .dead_webhook_deliveries(after, page_size + 1)
@@ -63,16 +49,16 @@ pub(super) async fn list(
             event: Some(convert::lifecycle_event(d.event)),
         })
         .collect();
-    Ok(proto::ListDeadLettersResponse {
+    Ok(Response::new(proto::ListDeadLettersResponse {
         events,
         next_page_token,
-    })
+    }))
 }
 
 pub(super) async fn redeliver(
     ctx: &Context,
     request: &proto::RedeliverRequest,
-) -> Result<proto::RedeliverResponse, Status> {
+) -> Result<Response<proto::RedeliverResponse>, Status> {
     if request.event_ids.len() > MAX_REDELIVER {
         return Err(invalid(
             ErrorReason::InvalidArgument,
@@ -89,7 +75,7 @@ pub(super) async fn redeliver(
             format!("event_ids: {bad:?} is not an event id (a UUID)"),
         ));
     }
-    ready(ctx)?;
+    ctx.check_ready()?;
     // Real time, like every webhook timing: due at once.
     let now_ms = chrono::Utc::now().timestamp_millis();
     let requeued = ctx
@@ -101,7 +87,7 @@ pub(super) async fn redeliver(
         requeued,
         "webhook dead letters requeued"
     );
-    Ok(proto::RedeliverResponse {
+    Ok(Response::new(proto::RedeliverResponse {
         requeued: u32::try_from(requeued).unwrap_or(u32::MAX),
-    })
+    }))
 }

@@ -268,18 +268,14 @@ impl BssEvents for EventsApi {
         &self,
         request: Request<proto::ListDeadLettersRequest>,
     ) -> Result<Response<proto::ListDeadLettersResponse>, Status> {
-        super::dead_letters::list(&self.ctx, request.get_ref())
-            .await
-            .map(Response::new)
+        super::dead_letters::list(&self.ctx, request.get_ref()).await
     }
 
     async fn redeliver(
         &self,
         request: Request<proto::RedeliverRequest>,
     ) -> Result<Response<proto::RedeliverResponse>, Status> {
-        super::dead_letters::redeliver(&self.ctx, request.get_ref())
-            .await
-            .map(Response::new)
+        super::dead_letters::redeliver(&self.ctx, request.get_ref()).await
     }
 }
 
@@ -310,62 +306,68 @@ mod tests {
         sequences.iter().copied().map(event).collect()
     }
 
+    /// Reads of one horizon with a 5 s window, in order: (cursor, the sequences of the page read,
+    /// when (ms after the first read), how many of them are deliverable).
+    #[track_caller]
+    fn assert_reads(reads: &[(i64, &[i64], u64, usize)]) {
+        let horizon = Horizon::new(Duration::from_secs(5));
+        let t0 = Instant::now();
+        for &(cursor, sequences, after_ms, deliverable) in reads {
+            let now = t0 + Duration::from_millis(after_ms);
+            assert_eq!(
+                horizon.deliverable(cursor, &page(sequences), now),
+                deliverable,
+                "cursor {cursor}, page {sequences:?}, at {after_ms} ms"
+            );
+        }
+    }
+
     #[test]
     fn contiguous_sequences_are_delivered_at_once() {
-        let horizon = Horizon::new(Duration::from_secs(5));
-        let now = Instant::now();
-        assert_eq!(horizon.deliverable(0, &page(&[1, 2, 3]), now), 3);
-        assert_eq!(horizon.deliverable(3, &page(&[4, 5]), now), 2);
+        assert_reads(&[(0, &[1, 2, 3], 0, 3), (3, &[4, 5], 0, 2)]);
     }
 
     #[test]
     fn a_gap_holds_until_it_fills() {
-        let horizon = Horizon::new(Duration::from_secs(5));
-        let t0 = Instant::now();
-        // 3 is taken by a transaction that has not committed yet.
-        assert_eq!(horizon.deliverable(0, &page(&[1, 2, 4, 5]), t0), 2);
-        let t1 = t0 + Duration::from_millis(100);
-        assert_eq!(horizon.deliverable(2, &page(&[4, 5]), t1), 0);
-        // It commits: everything goes.
-        assert_eq!(horizon.deliverable(2, &page(&[3, 4, 5]), t1), 3);
+        assert_reads(&[
+            // 3 is taken by a transaction that has not committed yet.
+            (0, &[1, 2, 4, 5], 0, 2),
+            (2, &[4, 5], 100, 0),
+            // It commits: everything goes.
+            (2, &[3, 4, 5], 100, 3),
+        ]);
     }
 
     #[test]
     fn a_gap_older_than_the_window_is_passed_once_for_every_stream() {
-        let horizon = Horizon::new(Duration::from_secs(5));
-        let t0 = Instant::now();
-        assert_eq!(horizon.deliverable(0, &page(&[1, 4]), t0), 1);
-        let almost = t0 + Duration::from_millis(4_999);
-        assert_eq!(horizon.deliverable(1, &page(&[4]), almost), 0);
-        let later = t0 + Duration::from_secs(5);
-        assert_eq!(horizon.deliverable(1, &page(&[4, 5]), later), 2);
-        // Another stream from the start does not wait for the settled gap again.
-        assert_eq!(horizon.deliverable(0, &page(&[1, 4, 5]), later), 3);
+        assert_reads(&[
+            (0, &[1, 4], 0, 1),
+            (1, &[4], 4_999, 0),
+            (1, &[4, 5], 5_000, 2),
+            // Another stream from the start does not wait for the settled gap again.
+            (0, &[1, 4, 5], 5_000, 3),
+        ]);
     }
 
     #[test]
     fn a_cursor_ahead_of_what_was_checked_settles_nothing_for_others() {
-        let horizon = Horizon::new(Duration::from_secs(5));
-        let t0 = Instant::now();
-        // A client resumes at 10 though nobody has looked at 1..=10.
-        assert_eq!(horizon.deliverable(10, &page(&[11, 12]), t0), 2);
-        // A stream from the start still waits at the gap before 11.
-        assert_eq!(horizon.deliverable(0, &page(&[1, 11, 12]), t0), 1);
+        assert_reads(&[
+            // A client resumes at 10 though nobody has looked at 1..=10.
+            (10, &[11, 12], 0, 2),
+            // A stream from the start still waits at the gap before 11.
+            (0, &[1, 11, 12], 0, 1),
+        ]);
     }
 
     #[test]
     fn a_gap_at_the_cursor_holds_and_a_new_gap_waits_its_own_window() {
-        let horizon = Horizon::new(Duration::from_secs(5));
-        let t0 = Instant::now();
-        assert_eq!(horizon.deliverable(0, &page(&[1, 2]), t0), 2);
-        // 3 missing right after the cursor.
-        assert_eq!(horizon.deliverable(2, &page(&[4]), t0), 0);
-        let t1 = t0 + Duration::from_secs(6);
-        // 4 passes its gap; 7 is a new gap, first seen now.
-        assert_eq!(horizon.deliverable(2, &page(&[4, 7]), t1), 1);
-        assert_eq!(
-            horizon.deliverable(4, &page(&[7]), t1 + Duration::from_secs(1)),
-            0
-        );
+        assert_reads(&[
+            (0, &[1, 2], 0, 2),
+            // 3 missing right after the cursor.
+            (2, &[4], 0, 0),
+            // 4 passes its gap; 7 is a new gap, first seen now.
+            (2, &[4, 7], 6_000, 1),
+            (4, &[7], 7_000, 0),
+        ]);
     }
 }

@@ -13,7 +13,7 @@ mod token;
 
 pub use grants::{GRANTS, is_open, permits};
 pub use layer::{AuthLayer, AuthService, Authenticator, TokenRefusal};
-pub use tls::{server_tls, with_tls};
+pub use tls::{error_chain, server_tls, with_tls};
 pub use token::{TOKEN_PREFIX, TokenCommand, generate_token, token_sha256};
 
 /// Roles are configuration values (`[[auth.tokens]] role`); what each may do is [`GRANTS`].

@@ -54,8 +54,9 @@ pub fn with_tls(builder: Server, config: &TlsConfig) -> Result<(Server, bool), C
     Ok((builder, true))
 }
 
-/// An error and its sources, `a: b: c` (tonic's transport error says little by itself).
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// An error and its sources, `a: b: c`: tonic's transport errors and reqwest's ("error sending
+/// request") say little by themselves. Also the webhook client's (`crate::notify`).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {

@@ -377,23 +377,14 @@ mod tests {
 
     /// Dotted paths of every key: tables are walked, anything else (arrays too) is a key.
     fn key_paths(value: &serde_json::Value, prefix: &str, paths: &mut BTreeSet<String>) {
-        match value {
-            serde_json::Value::Object(map) => {
-                for (key, value) in map {
-                    let path = if prefix.is_empty() {
-                        key.clone()
-                    } else {
-                        format!("{prefix}.{key}")
-                    };
-                    if value.is_object() {
-                        key_paths(value, &path, paths);
-                    } else {
-                        paths.insert(path);
-                    }
-                }
-            }
-            _ => {
-                paths.insert(prefix.to_owned());
+        let serde_json::Value::Object(table) = value else {
+            paths.insert(prefix.to_owned());
+            return;
+        };
+        for (key, value) in table {
+            match prefix {
+                "" => key_paths(value, key, paths),
+                _ => key_paths(value, &format!("{prefix}.{key}"), paths),
             }
         }
     }

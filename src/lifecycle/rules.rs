@@ -177,29 +177,24 @@ pub(crate) fn add_days(date: NaiveDate, days: u32) -> NaiveDate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lifecycle::tests::TARIFF_EDGES;
 
     fn date(s: &str) -> NaiveDate {
         s.parse().unwrap()
     }
 
+    /// The default rules in another zone.
+    fn in_zone(timezone: Tz) -> Rules {
+        Rules {
+            timezone,
+            ..Rules::default()
+        }
+    }
+
     #[test]
     fn default_tariff_matches_spec_section_4() {
         let t = Tariff::default();
-        let cases = [
-            (1, 7),
-            (999, 7),
-            (1000, 30),
-            (2999, 30),
-            (3000, 90),
-            (4999, 90),
-            (5000, 180),
-            (9999, 180),
-            (10000, 365),
-            (29999, 365),
-            (30000, 540),
-            (i64::MAX, 540),
-        ];
-        for (amount, days) in cases {
+        for (amount, days) in TARIFF_EDGES.into_iter().chain([(i64::MAX, 540)]) {
             assert_eq!(t.days_for(amount), days, "amount {amount}");
         }
         assert_eq!(t.days_for(0), 0);
@@ -234,10 +229,7 @@ mod tests {
 
     #[test]
     fn new_york_days_are_exact_across_dst() {
-        let rules = Rules {
-            timezone: chrono_tz::America::New_York,
-            ..Rules::default()
-        };
+        let rules = in_zone(chrono_tz::America::New_York);
         // 2026-03-08: clocks jump 02:00 → 03:00; the day is 23 hours long.
         let start = rules.start_of_day(date("2026-03-08"));
         let next = rules.start_of_day(date("2026-03-09"));
@@ -252,10 +244,7 @@ mod tests {
     #[test]
     fn a_zone_that_skips_midnight_starts_the_day_after_the_gap() {
         // America/Santiago skips 00:00 → 01:00 when DST starts (2026-09-06).
-        let rules = Rules {
-            timezone: chrono_tz::America::Santiago,
-            ..Rules::default()
-        };
+        let rules = in_zone(chrono_tz::America::Santiago);
         let start = rules.start_of_day(date("2026-09-06"));
         assert_eq!(rules.local_date(start), date("2026-09-06"));
         assert_eq!(

@@ -50,6 +50,7 @@ use chrono::Utc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::error_chain;
 use crate::config::BssConfig;
 use crate::store::{AccountStore, AttemptOutcome, EventType, OutboxEvent, Registered, StoreError};
 
@@ -518,34 +519,36 @@ impl Sender {
 
     /// One attempt at one claimed event: POSTs it and decides what follows.
     async fn attempt(self: Arc<Self>, event: OutboxEvent, attempt: u32) -> (i64, AttemptOutcome) {
-        let sequence = event.sequence;
+        /// A log line of this attempt at `level`: the event, the attempt, and `rest`.
+        macro_rules! log_attempt {
+            ($level:ident, $($rest:tt)+) => {
+                tracing::$level!(
+                    sequence = event.sequence,
+                    event_id = %event.event_id,
+                    msisdn = %event.msisdn,
+                    attempt,
+                    $($rest)+
+                )
+            };
+        }
         let outcome = match self.post(&event).await {
             Ok(()) => {
                 self.counters.delivered.fetch_add(1, Ordering::Relaxed);
                 self.failures.delivered(Instant::now());
                 // Debug: at thousands per second an info line each would drown the log; the
                 // delivery is recorded in `webhook_deliveries.delivered_at`.
-                tracing::debug!(
-                    sequence,
-                    event_id = %event.event_id,
-                    msisdn = %event.msisdn,
-                    attempt,
-                    "webhook: delivered"
-                );
+                log_attempt!(debug, "webhook: delivered");
                 AttemptOutcome::Delivered
             }
             Err(Failure { error, .. }) if attempt >= self.max_attempts => {
                 self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                self.failures
-                    .failed(sequence, Outcome::DeadLettered, &error, Instant::now());
-                tracing::debug!(
-                    sequence,
-                    event_id = %event.event_id,
-                    msisdn = %event.msisdn,
-                    attempt,
-                    %error,
-                    "webhook: dead-lettered after the last attempt"
+                self.failures.failed(
+                    event.sequence,
+                    Outcome::DeadLettered,
+                    &error,
+                    Instant::now(),
                 );
+                log_attempt!(debug, %error, "webhook: dead-lettered after the last attempt");
                 AttemptOutcome::Dead { error }
             }
             Err(Failure { error, retry_after }) => {
@@ -555,12 +558,9 @@ impl Sender {
                     retry_after,
                 );
                 self.failures
-                    .failed(sequence, Outcome::WillRetry, &error, Instant::now());
-                tracing::debug!(
-                    sequence,
-                    event_id = %event.event_id,
-                    msisdn = %event.msisdn,
-                    attempt,
+                    .failed(event.sequence, Outcome::WillRetry, &error, Instant::now());
+                log_attempt!(
+                    debug,
                     retry_in_ms = millis(delay),
                     retry_after_ms = retry_after.map(millis),
                     %error,
@@ -572,7 +572,7 @@ impl Sender {
                 }
             }
         };
-        (sequence, outcome)
+        (event.sequence, outcome)
     }
 
     /// POSTs one event; `Err` describes why it was not accepted.
@@ -778,18 +778,6 @@ impl FailureLog {
 struct Failure {
     error: String,
     retry_after: Option<Duration>,
-}
-
-/// An error with its causes (reqwest's own message hides them: "error sending request").
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn truncate(mut text: String) -> String {

@@ -239,15 +239,30 @@ mod tests {
 
     const SHANGHAI: Tz = chrono_tz::Asia::Shanghai;
 
+    /// The occurrence of the daily 00:05 Shanghai schedule strictly after `at`.
+    fn next(at: &str) -> Option<DateTime<Utc>> {
+        next_after(&daily(), SHANGHAI, utc(at))
+    }
+
+    /// The occurrence of the daily 00:05 Shanghai schedule at or before `at`.
+    fn previous(at: &str) -> Option<DateTime<Utc>> {
+        previous_at_or_before(&daily(), SHANGHAI, utc(at))
+    }
+
+    /// Whether a move of the clock from `from` to `to` passes a daily 00:05 Shanghai occurrence.
+    fn passes(from: &str, to: &str) -> bool {
+        passes_occurrence(&daily(), SHANGHAI, utc(from), utc(to))
+    }
+
     #[test]
     fn the_default_schedule_is_00_05_local_time() {
         // 00:05 Shanghai is 16:05 UTC the day before.
         assert_eq!(
-            next_after(&daily(), SHANGHAI, utc("2030-03-01T02:00:00Z")),
+            next("2030-03-01T02:00:00Z"),
             Some(utc("2030-03-01T16:05:00Z"))
         );
         assert_eq!(
-            next_after(&daily(), SHANGHAI, utc("2030-03-01T16:05:00Z")),
+            next("2030-03-01T16:05:00Z"),
             Some(utc("2030-03-02T16:05:00Z")),
             "strictly after"
         );
@@ -256,18 +271,17 @@ mod tests {
     #[test]
     fn the_previous_occurrence_includes_the_instant_itself() {
         assert_eq!(
-            previous_at_or_before(&daily(), SHANGHAI, utc("2030-03-01T16:05:00Z")),
+            previous("2030-03-01T16:05:00Z"),
             Some(utc("2030-03-01T16:05:00Z"))
         );
         assert_eq!(
-            previous_at_or_before(&daily(), SHANGHAI, utc("2030-03-01T16:04:59Z")),
+            previous("2030-03-01T16:04:59Z"),
             Some(utc("2030-02-28T16:05:00Z"))
         );
     }
 
     #[test]
     fn a_move_passes_an_occurrence_only_when_one_lies_in_between() {
-        let passes = |from, to| passes_occurrence(&daily(), SHANGHAI, utc(from), utc(to));
         assert!(!passes("2030-03-01T02:00:00Z", "2030-03-01T16:04:59Z"));
         assert!(passes("2030-03-01T02:00:00Z", "2030-03-01T16:05:00Z"));
         assert!(passes("2030-03-01T02:00:00Z", "2031-03-01T02:00:00Z"));

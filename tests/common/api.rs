@@ -1,5 +1,6 @@
-//! The API suites' client (tests/api.rs, tests/api_requests.rs): a thin, panicking wrapper for
-//! the calls a scenario expects to succeed, and the instant the scenarios start at.
+//! The API suites' client (tests/api.rs, tests/api_requests.rs, tests/events.rs): a thin,
+//! panicking wrapper for the calls a scenario expects to succeed, `try_*` for those it expects
+//! refused, and the instant the scenarios start at.
 
 use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
 use ocs_lifecycle::proto::{
@@ -7,18 +8,33 @@ use ocs_lifecycle::proto::{
     ServiceType,
 };
 use tonic::transport::Channel;
+use tonic::{Response, Status};
 
-use super::{TestServer, rid};
+use super::{Db, TestServer, rid};
 
 /// 2030-03-01 10:00 Asia/Shanghai.
 pub const T0: &str = "2030-03-01T02:00:00Z";
 
-/// A thin, panicking wrapper for the calls a scenario expects to succeed.
+/// The answer of a call a scenario expects to succeed; panics naming `rpc` otherwise.
+pub fn answer<T>(rpc: &str, answered: Result<Response<T>, Status>) -> T {
+    answered
+        .unwrap_or_else(|status| panic!("{rpc}: {status:?}"))
+        .into_inner()
+}
+
+/// A thin, panicking wrapper for the calls a scenario expects to succeed; `try_*` for the
+/// calls it expects to be refused.
 pub struct Api(pub AccountLifecycleClient<Channel>);
 
 impl Api {
     pub fn of(server: &TestServer) -> Self {
         Api(server.accounts())
+    }
+
+    /// Where a scenario starts: `server`'s clock at [`T0`], its API, and its database.
+    pub async fn at_t0(server: &TestServer) -> (Self, Db) {
+        server.set_time(T0).await;
+        (Api::of(server), server.db().await)
     }
 
     pub async fn provision_with(
@@ -35,11 +51,7 @@ impl Api {
             initial_validity_days: days,
             request_id: rid(),
         };
-        self.0
-            .provision_account(request)
-            .await
-            .expect("ProvisionAccount")
-            .into_inner()
+        answer("ProvisionAccount", self.0.provision_account(request).await)
     }
 
     pub async fn provision(&mut self, msisdn: &str) -> Account {
@@ -51,29 +63,42 @@ impl Api {
             msisdn: msisdn.into(),
             request_id: rid(),
         };
-        self.0
-            .mark_sold(request)
-            .await
-            .expect("MarkSold")
-            .into_inner()
+        answer("MarkSold", self.0.mark_sold(request).await)
     }
 
-    pub async fn activate(&mut self, msisdn: &str) -> Account {
+    pub async fn try_activate(&mut self, msisdn: &str) -> Result<Response<Account>, Status> {
         let request = proto::ActivateRequest {
             msisdn: msisdn.into(),
             request_id: rid(),
         };
-        self.0
-            .activate(request)
-            .await
-            .expect("Activate")
-            .into_inner()
+        self.0.activate(request).await
+    }
+
+    pub async fn activate(&mut self, msisdn: &str) -> Account {
+        answer("Activate", self.try_activate(msisdn).await)
     }
 
     /// Provisions a sold card and activates it now.
     pub async fn active(&mut self, msisdn: &str) -> Account {
         self.provision(msisdn).await;
         self.activate(msisdn).await
+    }
+
+    /// A recharge (request_id: a fresh one) through `channel`.
+    pub async fn try_recharge(
+        &mut self,
+        msisdn: &str,
+        amount: i64,
+        channel: RechargeChannel,
+    ) -> Result<Response<RechargeResult>, Status> {
+        let request = proto::RechargeRequest {
+            msisdn: msisdn.into(),
+            amount,
+            channel: channel as i32,
+            validity_days: 0,
+            request_id: rid(),
+        };
+        self.0.recharge(request).await
     }
 
     pub async fn recharge_days(&mut self, msisdn: &str, amount: i64, days: u32) -> RechargeResult {
@@ -84,35 +109,62 @@ impl Api {
             validity_days: days,
             request_id: rid(),
         };
-        self.0
-            .recharge(request)
-            .await
-            .expect("Recharge")
-            .into_inner()
+        answer("Recharge", self.0.recharge(request).await)
     }
 
     pub async fn recharge(&mut self, msisdn: &str, amount: i64) -> RechargeResult {
         self.recharge_days(msisdn, amount, 0).await
     }
 
-    pub async fn charge(&mut self, msisdn: &str, amount: i64) -> ChargeResult {
+    pub async fn try_charge(
+        &mut self,
+        msisdn: &str,
+        amount: i64,
+    ) -> Result<Response<ChargeResult>, Status> {
         let request = proto::ChargeRequest {
             msisdn: msisdn.into(),
             amount,
             request_id: rid(),
         };
-        self.0.charge(request).await.expect("Charge").into_inner()
+        self.0.charge(request).await
+    }
+
+    pub async fn charge(&mut self, msisdn: &str, amount: i64) -> ChargeResult {
+        answer("Charge", self.try_charge(msisdn, amount).await)
+    }
+
+    /// An unlock at the business hall by `operator` (`operator_id@branch_id`).
+    pub async fn try_unlock(
+        &mut self,
+        msisdn: &str,
+        (operator_id, branch_id): (&str, &str),
+        recharge_amount: i64,
+    ) -> Result<Response<Account>, Status> {
+        let request = proto::UnlockRequest {
+            msisdn: msisdn.into(),
+            operator_id: operator_id.into(),
+            branch_id: branch_id.into(),
+            recharge_amount,
+            request_id: rid(),
+        };
+        self.0.unlock(request).await
+    }
+
+    pub async fn unlock(
+        &mut self,
+        msisdn: &str,
+        operator: (&str, &str),
+        recharge_amount: i64,
+    ) -> Account {
+        let unlocked = self.try_unlock(msisdn, operator, recharge_amount).await;
+        answer("Unlock", unlocked)
     }
 
     pub async fn get(&mut self, msisdn: &str) -> Account {
         let request = proto::GetAccountRequest {
             msisdn: msisdn.into(),
         };
-        self.0
-            .get_account(request)
-            .await
-            .expect("GetAccount")
-            .into_inner()
+        answer("GetAccount", self.0.get_account(request).await)
     }
 
     pub async fn history(&mut self, msisdn: &str) -> Vec<HistoryEntry> {
@@ -121,12 +173,11 @@ impl Api {
             page_size: 1000,
             page_token: String::new(),
         };
-        let response = self
-            .0
-            .get_account_history(request)
-            .await
-            .expect("GetAccountHistory");
-        response.into_inner().entries
+        answer(
+            "GetAccountHistory",
+            self.0.get_account_history(request).await,
+        )
+        .entries
     }
 
     pub async fn authorize(
@@ -140,11 +191,7 @@ impl Api {
             service: service as i32,
             destination: destination.into(),
         };
-        self.0
-            .authorize(request)
-            .await
-            .expect("Authorize")
-            .into_inner()
+        answer("Authorize", self.0.authorize(request).await)
     }
 
     /// One page of ListAccounts: the MSISDNs and the next page token.
@@ -154,12 +201,7 @@ impl Api {
             page_size,
             page_token: token.into(),
         };
-        let page = self
-            .0
-            .list_accounts(request)
-            .await
-            .expect("ListAccounts")
-            .into_inner();
+        let page = answer("ListAccounts", self.0.list_accounts(request).await);
         (
             page.accounts.into_iter().map(|a| a.msisdn).collect(),
             page.next_page_token,

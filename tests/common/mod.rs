@@ -9,13 +9,15 @@
 
 #![allow(dead_code)]
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use ocs_lifecycle::config::{ClockMode, Config};
+use ocs_lifecycle::auth::{Role, token_sha256};
+use ocs_lifecycle::config::{ClockMode, Config, TokenEntry};
 use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
 use ocs_lifecycle::proto::test_clock_client::TestClockClient;
 use sqlx::Connection;
@@ -25,12 +27,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
 
 pub mod api;
+pub mod binary;
 pub mod faults;
 pub mod pg_auto_failover;
 pub mod pg_cluster;
@@ -120,9 +122,10 @@ impl TestDb {
     async fn connect(&self, read_only: bool) -> Db {
         match self.backend {
             Backend::Sqlite => {
+                // Generous: a test may write while a sweep process holds the write lock.
                 let options = SqliteConnectOptions::from_str(&self.url)
                     .expect("SQLite URL")
-                    .busy_timeout(Duration::from_secs(10))
+                    .busy_timeout(Duration::from_secs(60))
                     .read_only(read_only);
                 let pool = SqlitePoolOptions::new()
                     .max_connections(2)
@@ -380,6 +383,19 @@ pub fn test_config(clock: ClockMode) -> Config {
     config
 }
 
+/// `config` with bearer tokens, each `(token, configured name, role)` (stored as its hash).
+pub fn with_tokens(mut config: Config, tokens: &[(&str, &str, Role)]) -> Config {
+    config.auth.tokens = tokens
+        .iter()
+        .map(|(token, name, role)| TokenEntry {
+            name: (*name).into(),
+            role: *role,
+            sha256: token_sha256(token),
+        })
+        .collect();
+    config
+}
+
 /// A server running in-process on 127.0.0.1:<ephemeral>.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -471,18 +487,10 @@ impl TestServer {
 
     async fn wait_until_serving(&mut self) {
         let deadline = tokio::time::Instant::now() + SAFETY;
-        let mut health = self.health();
-        loop {
+        while process::health_status(&self.channel).await != Some(ServingStatus::Serving as i32) {
             if self.handle.as_ref().is_some_and(JoinHandle::is_finished) {
                 let handle = self.handle.take().expect("handle");
                 panic!("the server stopped during start-up: {:?}", handle.await);
-            }
-            let request = HealthCheckRequest {
-                service: String::new(),
-            };
-            let status = health.check(request).await.map(|r| r.into_inner().status);
-            if status.ok() == Some(ServingStatus::Serving as i32) {
-                return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -498,12 +506,16 @@ impl TestServer {
 
     /// A client on a connection of its own (for concurrent callers).
     pub async fn new_accounts_client(&self) -> AccountLifecycleClient<Channel> {
-        let channel = Channel::from_shared(format!("http://{}", self.addr))
+        AccountLifecycleClient::new(self.new_channel().await)
+    }
+
+    /// A connection of its own to the server.
+    pub async fn new_channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
             .expect("endpoint")
             .connect()
             .await
-            .expect("connect");
-        AccountLifecycleClient::new(channel)
+            .expect("connect")
     }
 
     /// The server's channel (shared by `accounts()`, `clock()` and `health()`).
@@ -631,6 +643,43 @@ pub fn assert_case_rejected<T: std::fmt::Debug>(
     status
 }
 
+/// Runs `body` with a fresh manual-clock server on a fresh database of `backend`; skipped when
+/// PostgreSQL is unreachable (see [`TestDb::create`]).
+pub async fn on_server<F: Future<Output = ()>>(
+    backend: Backend,
+    body: impl FnOnce(TestServer) -> F,
+) {
+    if let Some(server) = TestServer::start(backend).await {
+        body(server).await;
+    }
+}
+
+/// Runs `body` on a fresh database of `backend`; skipped when PostgreSQL is unreachable.
+pub async fn on_database<F: Future<Output = ()>>(
+    backend: Backend,
+    body: impl FnOnce(Arc<TestDb>) -> F,
+) {
+    if let Some(db) = TestDb::create(backend).await {
+        body(db).await;
+    }
+}
+
+/// A module `$module` of tests, one per body `$name`, each run on `$backend` by `$run`
+/// ([`on_server`] or [`on_database`]).
+#[allow(unused_macros)] // through both_backends! and both_databases!, which not all suites use
+macro_rules! tests_on_backend {
+    ($module:ident, $backend:ident, $run:path: $($name:ident),*) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    $run($crate::common::Backend::$backend, super::$name).await;
+                }
+            )*
+        }
+    };
+}
+
 /// Runs each named test body on SQLite and on PostgreSQL (the conformance suite):
 ///
 /// ```ignore
@@ -646,31 +695,8 @@ pub fn assert_case_rejected<T: std::fmt::Debug>(
 /// body left out of the list is dead code, which `clippy -D warnings` refuses.)
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let backend = $crate::common::Backend::Sqlite;
-                    let Some(server) = $crate::common::TestServer::start(backend).await else {
-                        return;
-                    };
-                    super::$name(server).await;
-                }
-            )*
-        }
-
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let backend = $crate::common::Backend::Postgres;
-                    let Some(server) = $crate::common::TestServer::start(backend).await else {
-                        return;
-                    };
-                    super::$name(server).await;
-                }
-            )*
-        }
+        tests_on_backend!(sqlite, Sqlite, $crate::common::on_server: $($name),*);
+        tests_on_backend!(postgres, Postgres, $crate::common::on_server: $($name),*);
     };
 }
 
@@ -680,31 +706,25 @@ macro_rules! both_backends {
 #[allow(unused_macros)] // used by the suites that start their own servers, not by all
 macro_rules! both_databases {
     ($sqlite:ident, $postgres:ident: $($name:ident),* $(,)?) => {
-        mod $sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let backend = $crate::common::Backend::Sqlite;
-                    if let Some(db) = $crate::common::TestDb::create(backend).await {
-                        super::$name(db).await;
-                    }
-                }
-            )*
-        }
-
-        mod $postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let backend = $crate::common::Backend::Postgres;
-                    if let Some(db) = $crate::common::TestDb::create(backend).await {
-                        super::$name(db).await;
-                    }
-                }
-            )*
-        }
+        tests_on_backend!($sqlite, Sqlite, $crate::common::on_database: $($name),*);
+        tests_on_backend!($postgres, Postgres, $crate::common::on_database: $($name),*);
     };
 }
+
+/// Every method of the `AccountLifecycle` service.
+pub const ACCOUNT_LIFECYCLE_METHODS: [&str; 11] = [
+    "ProvisionAccount",
+    "MarkSold",
+    "Activate",
+    "Recharge",
+    "Charge",
+    "Unlock",
+    "GetAccount",
+    "ListAccounts",
+    "GetAccountHistory",
+    "Authorize",
+    "AdvanceStates",
+];
 
 /// A fresh idempotency key.
 pub fn rid() -> String {

@@ -17,7 +17,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::free_port;
-use super::pg_cluster::{describe, find_bindir, unavailable};
+use super::pg_cluster::{describe, find_bindir, psql_args, unavailable};
 
 /// `pgautofailover.*` settings of the monitor: a node is declared unhealthy after about 2 s
 /// without answering (defaults: checks every 5 s, 20 s), and a standby promoted while the old
@@ -253,24 +253,7 @@ impl PgAutoFailover {
         let port = self.monitor_port.to_string();
         let psql = self.bin.join("psql").display().to_string();
         let out = self
-            .command(
-                &psql,
-                &[
-                    "-X",
-                    "-A",
-                    "-t",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &port,
-                    "-U",
-                    "postgres",
-                    "-d",
-                    "pg_auto_failover",
-                    "-c",
-                    sql,
-                ],
-            )
+            .command(&psql, &psql_args(&port, "pg_auto_failover", sql))
             .output()
             .expect("run psql");
         out.status

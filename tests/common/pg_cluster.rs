@@ -37,6 +37,22 @@ pub(super) fn in_ci() -> bool {
     std::env::var("CI").as_deref() == Ok("true")
 }
 
+/// The client tools' arguments for the server on 127.0.0.1:`port`, as the `postgres` user.
+pub(super) fn local_server(port: &str) -> [&str; 6] {
+    ["-h", "127.0.0.1", "-p", port, "-U", "postgres"]
+}
+
+/// `psql` arguments that run `sql` on database `db` of the server on 127.0.0.1:`port` and print
+/// the bare result.
+pub(super) fn psql_args<'a>(port: &'a str, db: &'a str, sql: &'a str) -> Vec<&'a str> {
+    [
+        &["-X", "-A", "-t"][..],
+        &local_server(port),
+        &["-d", db, "-c", sql],
+    ]
+    .concat()
+}
+
 /// Not available here: `None` with a visible message, or a panic under `CI=true`.
 pub(super) fn unavailable<T>(why: &str) -> Option<T> {
     if in_ci() {
@@ -157,25 +173,12 @@ impl PgCluster {
         let standby = Self::prepare()?;
         let data = standby.data_dir();
         let port = self.port.to_string();
-        let backup = standby.run(
-            "pg_basebackup",
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-D",
-                &data,
-                "-R",
-                "-X",
-                "stream",
-                "-c",
-                "fast",
-                "--no-sync",
-            ],
-        );
+        let args = [
+            &local_server(&port)[..],
+            &["-D", &data, "-R", "-X", "stream", "-c", "fast", "--no-sync"],
+        ]
+        .concat();
+        let backup = standby.run("pg_basebackup", &args);
         if !backup.status.success() {
             return unavailable(&format!("pg_basebackup failed: {}", describe(&backup)));
         }
@@ -218,24 +221,7 @@ impl PgCluster {
     /// Runs one SQL statement with `psql` and returns its unaligned output; panics on failure.
     pub fn psql(&self, sql: &str) -> String {
         let port = self.port.to_string();
-        let out = self.run(
-            "psql",
-            &[
-                "-X",
-                "-A",
-                "-t",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-c",
-                sql,
-            ],
-        );
+        let out = self.run("psql", &psql_args(&port, "postgres", sql));
         assert!(
             out.status.success(),
             "psql {sql:?}: {}\nserver log:\n{}",

@@ -1,15 +1,17 @@
 //! The process harness: a real `ocs-lifecycle serve` child process (spawned, waited for until
-//! SERVING, killed or terminated), and a TCP proxy in front of PostgreSQL that can be cut.
+//! SERVING, killed or terminated), the binary's other commands run to completion within a
+//! bound, and a TCP proxy in front of PostgreSQL that can be cut.
 //!
 //! Shared by the fault suites (`tests/faults_*.rs`, through `common`) and the soak
 //! (`benches/soak.rs`, run by `ocs-bench soak` and by `tests/soak.rs`), which includes this file
 //! with `#[path]`: so it uses only the crate's normal dependencies (a binary gets no
 //! dev-dependencies) and nothing else of `tests/common`.
 
+use std::ffi::OsStr;
 use std::io::Read;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -116,17 +118,10 @@ impl ServeCommand {
             bin.args(args);
             bin
         };
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("OCS_") {
-                command.env_remove(name);
-            }
-        }
-        command
+        without_ocs_env(&mut command)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", self.rust_log)
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
+            .current_dir(&self.dir);
         command
     }
 
@@ -168,7 +163,13 @@ pub struct Served {
 
 impl Served {
     pub fn spawn(serve: &ServeCommand, log: Log) -> Served {
-        let mut command = serve.command();
+        Self::spawn_command(serve.command(), serve.listen, log)
+    }
+
+    /// Spawns `command`, an `ocs-lifecycle serve` put together by the caller (its arguments
+    /// and environment), which listens for gRPC on `addr`.
+    pub fn spawn_command(mut command: Command, addr: SocketAddr, log: Log) -> Served {
+        command.stdin(Stdio::null()).stdout(Stdio::null());
         let sink = match log {
             Log::Collected => {
                 command.stderr(Stdio::piped());
@@ -181,9 +182,10 @@ impl Served {
                 LogSink::File(path)
             }
         };
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {} serve: {e}", serve.bin.display()));
+        let mut child = command.spawn().unwrap_or_else(|e| {
+            let bin = Path::new(command.get_program()).display();
+            panic!("start {bin} serve: {e}")
+        });
         if let (LogSink::Collected(text), Some(mut stderr)) = (&sink, child.stderr.take()) {
             let text = text.clone();
             std::thread::spawn(move || {
@@ -198,7 +200,7 @@ impl Served {
         }
         Served {
             child,
-            addr: serve.listen,
+            addr,
             log: sink,
         }
     }
@@ -272,20 +274,21 @@ impl Served {
         self.child.wait().expect("wait");
     }
 
-    /// SIGTERM (a graceful shutdown), then SIGKILL if it has not exited within `grace`.
-    pub async fn terminate(mut self, grace: Duration) {
+    /// SIGTERM (a graceful shutdown), then SIGKILL if it has not exited within `grace`: the
+    /// exit status of the graceful shutdown, `None` when it had to be killed.
+    pub async fn terminate(mut self, grace: Duration) -> Option<ExitStatus> {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.pid().to_string())
             .status();
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        // Dropped here: SIGKILL.
+        None // dropped here: SIGKILL
     }
 }
 
@@ -308,7 +311,7 @@ pub async fn health_status(channel: &Channel) -> Option<i32> {
 }
 
 /// `text` without the terminal colour sequences (`ESC [ … m`) of the text log format.
-fn strip_ansi(text: &str) -> String {
+pub fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
@@ -323,6 +326,55 @@ fn strip_ansi(text: &str) -> String {
         }
     }
     out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The binary's other commands.
+
+/// Removes every `OCS_*` variable of this process from `command`'s environment: a test's own
+/// configuration must not reach the binary it runs.
+pub fn without_ocs_env(command: &mut Command) -> &mut Command {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("OCS_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// `program` run in `dir`, without `RUST_LOG` and the `OCS_*` variables of this process.
+pub fn command_in(program: impl AsRef<OsStr>, dir: &Path) -> Command {
+    let mut command = Command::new(program);
+    command.current_dir(dir).env_remove("RUST_LOG");
+    without_ocs_env(&mut command);
+    command
+}
+
+/// Waits for `child` to exit; past `bound` kills it and panics (`{what} did not exit`).
+pub fn wait_bounded(child: &mut Child, bound: Duration, what: &str) -> ExitStatus {
+    let deadline = std::time::Instant::now() + bound;
+    while std::time::Instant::now() <= deadline {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("{what} did not exit");
+}
+
+/// Runs `command` to its end within `bound` (see [`wait_bounded`]): no input, its stdout and
+/// stderr collected (read once it has exited, so for small outputs).
+pub fn run_bounded(mut command: Command, bound: Duration, what: &str) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    wait_bounded(&mut child, bound, what);
+    child.wait_with_output().expect("output")
 }
 
 // ---------------------------------------------------------------------------------------------

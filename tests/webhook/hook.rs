@@ -40,6 +40,11 @@ impl Received {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).expect("the body is JSON")
     }
+
+    /// The `x-ocs-event-id` header ("" without one).
+    pub fn event_id(&self) -> String {
+        self.header("x-ocs-event-id").unwrap_or_default().to_owned()
+    }
 }
 
 /// How the listener answers: a status ([`CLOSE`]: none, the connection is closed) and a delay
@@ -150,6 +155,16 @@ impl Hook {
     /// Requests that arrived, answered or not (yet).
     pub fn seen(&self) -> Vec<Received> {
         self.state.seen.lock().expect("seen").clone()
+    }
+
+    /// The event ids of the requests answered 2xx, in the order of the answers.
+    #[allow(dead_code)] // the fault and HA suites
+    pub fn answered(&self) -> Vec<String> {
+        self.received()
+            .iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .map(Received::event_id)
+            .collect()
     }
 
     pub fn received(&self) -> Vec<Received> {

@@ -6,6 +6,19 @@ use super::*;
 // Provisioning and activation
 // ---------------------------------------------------------------------------------------------
 
+/// The instant of local wall-clock `hour`:`min` on `date`, checked to be `utc_instant`.
+#[track_caller]
+fn local_at(
+    rules: &Rules,
+    date: &str,
+    (hour, min): (u32, u32),
+    utc_instant: &str,
+) -> DateTime<Utc> {
+    let instant = at_hms(rules, date, hour, min, 0);
+    assert_eq!(instant, utc(utc_instant), "{date} {hour:02}:{min:02} local");
+    instant
+}
+
 #[test]
 fn provisioning_creates_an_unactivated_card_with_a_540_day_life() {
     let rules = shanghai();
@@ -43,8 +56,7 @@ fn activation_starts_validity_on_the_local_activation_date() {
     let rules = shanghai();
     let account = card(&rules, "2026-02-20", 500);
     // 00:30 local on 2026-03-01 (2026-02-28T16:30Z): the validity counts from 2026-03-01.
-    let now = at_hms(&rules, "2026-03-01", 0, 30, 0);
-    assert_eq!(now, utc("2026-02-28T16:30:00Z"));
+    let now = local_at(&rules, "2026-03-01", (0, 30), "2026-02-28T16:30:00Z");
     let applied = ok(&account, &Command::Activate, now, &rules);
     let activated = &applied.account;
     assert_eq!(activated.state, Valid);
@@ -86,8 +98,7 @@ fn activation_in_new_york_uses_the_new_york_date() {
     let rules = new_york();
     let account = card(&rules, "2026-02-20", 0);
     // 23:30 on 2026-02-28 in New York is already 2026-03-01 in UTC.
-    let now = at_hms(&rules, "2026-02-28", 23, 30, 0);
-    assert_eq!(now, utc("2026-03-01T04:30:00Z"));
+    let now = local_at(&rules, "2026-02-28", (23, 30), "2026-03-01T04:30:00Z");
     let activated = ok(&account, &Command::Activate, now, &rules).account;
     assert_eq!(activated.valid_until, Some(add_days(d("2026-02-28"), 180)));
 }

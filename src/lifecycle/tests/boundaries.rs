@@ -10,23 +10,13 @@ use super::*;
 #[test]
 fn local_midnight_in_shanghai_is_16_utc_the_day_before() {
     let rules = shanghai();
-    assert_eq!(at(&rules, "2026-03-01", 0), utc("2026-02-28T16:00:00Z"));
-    assert_eq!(
-        rules.local_date(utc("2026-02-28T16:00:00Z")),
-        d("2026-03-01")
-    );
-    assert_eq!(
-        rules.local_date(utc("2026-02-28T15:59:59Z")),
-        d("2026-02-28")
-    );
-    assert_eq!(
-        rules.start_of_day(d("2026-03-01")),
-        utc("2026-02-28T16:00:00Z")
-    );
-    assert_eq!(
-        rules.end_of_day(d("2026-02-28")),
-        utc("2026-02-28T16:00:00Z")
-    );
+    let midnight = utc("2026-02-28T16:00:00Z");
+    assert_eq!(at(&rules, "2026-03-01", 0), midnight);
+    assert_eq!(rules.start_of_day(d("2026-03-01")), midnight);
+    assert_eq!(rules.end_of_day(d("2026-02-28")), midnight);
+    assert_eq!(rules.local_date(midnight), d("2026-03-01"));
+    let second_before = utc("2026-02-28T15:59:59Z");
+    assert_eq!(rules.local_date(second_before), d("2026-02-28"));
 }
 
 #[test]
@@ -48,60 +38,30 @@ fn an_instant_at_16_utc_already_counts_as_the_next_local_day() {
 // State boundaries (spec section 2)
 // ---------------------------------------------------------------------------------------------
 
+/// VALID through `valid_until`, GRACE from the day after through `grace_until` (valid_until +
+/// 90), LOCKED from the day after through `lock_until` (valid_until + 120): each state to the
+/// last second of its date, the next one from the local midnight after.
 #[test]
-fn account_is_valid_through_the_last_second_of_valid_until() {
+fn each_state_runs_through_the_last_second_of_its_date_and_the_next_starts_at_midnight() {
     let rules = shanghai();
     let account = valid_account(&rules, "2026-06-30", 100, 0);
-    assert_states(
-        &account,
-        &rules,
-        &[
-            (at(&rules, "2026-06-30", 0), Valid),
-            (last_second(&rules, "2026-06-30"), Valid),
-            (at(&rules, "2026-07-01", 0), Grace),
-        ],
-    );
-}
-
-#[test]
-fn grace_runs_from_the_day_after_valid_until_through_grace_until() {
-    let rules = shanghai();
-    let account = valid_account(&rules, "2026-06-30", 100, 0);
-    assert_eq!(
-        account.grace_until,
-        Some(d("2026-09-28")),
-        "valid_until + 90"
-    );
-    assert_states(
-        &account,
-        &rules,
-        &[
-            (at(&rules, "2026-07-01", 0), Grace),
-            (last_second(&rules, "2026-09-28"), Grace),
-            (at(&rules, "2026-09-29", 0), Locked),
-        ],
-    );
-}
-
-#[test]
-fn locked_runs_from_the_day_after_grace_until_through_lock_until() {
-    let rules = shanghai();
-    let account = valid_account(&rules, "2026-06-30", 100, 0);
-    assert_eq!(
-        account.lock_until,
-        Some(d("2026-10-28")),
-        "valid_until + 120"
-    );
-    assert_states(
-        &account,
-        &rules,
-        &[
-            (at(&rules, "2026-09-29", 0), Locked),
-            (last_second(&rules, "2026-10-28"), Locked),
-            (at(&rules, "2026-10-29", 0), Recycled),
-            (at(&rules, "2030-01-01", 0), Recycled),
-        ],
-    );
+    // (state, its date as stored, a first day of it, its last day, the state after, its first day)
+    #[rustfmt::skip]
+    let periods = [
+        (Valid, account.valid_until, "2026-06-30", "2026-06-30", Grace, "2026-07-01"),
+        (Grace, account.grace_until, "2026-07-01", "2026-09-28", Locked, "2026-09-29"),
+        (Locked, account.lock_until, "2026-09-29", "2026-10-28", Recycled, "2026-10-29"),
+    ];
+    for (state, stored, first, last, next, next_first) in periods {
+        assert_eq!(stored, Some(d(last)), "the last day of {state:?}");
+        let expected = [
+            (at(&rules, first, 0), state),
+            (last_second(&rules, last), state),
+            (at(&rules, next_first, 0), next),
+        ];
+        assert_states(&account, &rules, &expected);
+    }
+    assert_states(&account, &rules, &[(at(&rules, "2030-01-01", 0), Recycled)]);
 }
 
 #[test]

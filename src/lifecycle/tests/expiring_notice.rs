@@ -46,12 +46,8 @@ fn validity_expiring_is_due_at_local_midnight_expiring_days_before_valid_until()
 fn a_recharge_that_moves_valid_until_makes_a_new_notice_due() {
     let rules = shanghai();
     let mut account = valid_account(&rules, "2026-06-30", 100, 0);
-    assert!(
-        account
-            .sweep(at(&rules, "2026-06-25", 1), &rules)
-            .notice
-            .is_some()
-    );
+    let first = account.sweep(at(&rules, "2026-06-25", 1), &rules);
+    assert!(first.notice.is_some(), "the notice of the first period");
     let recharged = ok(
         &account,
         &Command::Recharge {
@@ -69,12 +65,8 @@ fn a_recharge_that_moves_valid_until_makes_a_new_notice_due() {
         .expect("a new period, a new notice");
     assert_eq!(notice.due_at, at(&rules, "2026-07-23", 0));
     assert_eq!(account.next_deadline(&rules), Some(notice.due_at));
-    assert!(
-        account
-            .sweep(at(&rules, "2026-07-23", 0), &rules)
-            .notice
-            .is_some()
-    );
+    let second = account.sweep(at(&rules, "2026-07-23", 0), &rules);
+    assert!(second.notice.is_some(), "the notice of the new period");
 }
 
 #[test]

@@ -34,6 +34,21 @@ use ServiceType::{Data, SmsIn, SmsOut, VoiceIn, VoiceOut};
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
+/// The default tariff (spec section 4) at the edges of its tiers: (amount, days granted).
+pub(super) const TARIFF_EDGES: [(i64, u32); 11] = [
+    (1, 7),
+    (999, 7),
+    (1000, 30),
+    (2999, 30),
+    (3000, 90),
+    (4999, 90),
+    (5000, 180),
+    (9999, 180),
+    (10000, 365),
+    (29999, 365),
+    (30000, 540),
+];
+
 fn d(date: &str) -> NaiveDate {
     date.parse().expect("a YYYY-MM-DD date")
 }

@@ -7,6 +7,20 @@ use super::*;
 // Recharge
 // ---------------------------------------------------------------------------------------------
 
+/// The validity a recharge left ends on `date` (`why`: how that follows).
+#[track_caller]
+fn assert_valid_until(applied: &Applied, date: &str, why: &str) {
+    assert_eq!(applied.account.valid_until, Some(d(date)), "{why}");
+}
+
+/// A recharge of `amount` at 10:00 on 2026-03-01 (Shanghai) of an account VALID through
+/// `valid_until` with `balance` cash and `preset` credit.
+fn recharged_on_march_1st(valid_until: &str, balance: i64, preset: i64, amount: i64) -> Applied {
+    let (rules, now) = shanghai_at("2026-03-01", 10);
+    let account = valid_account(&rules, valid_until, balance, preset);
+    ok(&account, &recharge(amount), now, &rules)
+}
+
 #[test]
 fn recharge_while_valid_with_credit_adds_days_to_the_remaining_validity() {
     let rules = shanghai();
@@ -35,14 +49,8 @@ fn recharge_while_valid_with_credit_adds_days_to_the_remaining_validity() {
 
 #[test]
 fn preset_credit_alone_carries_the_remaining_validity_over() {
-    let (rules, now) = shanghai_at("2026-03-01", 10);
-    let account = valid_account(&rules, "2026-06-30", 0, 1);
-    let applied = ok(&account, &recharge(1000), now, &rules);
-    assert_eq!(
-        applied.account.valid_until,
-        Some(d("2026-07-30")),
-        "06-30 + 30"
-    );
+    let applied = recharged_on_march_1st("2026-06-30", 0, 1, 1000);
+    assert_valid_until(&applied, "2026-07-30", "06-30 + 30");
     assert_eq!(
         applied.account.preset_balance, 1,
         "the preset bucket is untouched"
@@ -51,9 +59,7 @@ fn preset_credit_alone_carries_the_remaining_validity_over() {
 
 #[test]
 fn recharge_without_credit_counts_the_days_from_today() {
-    let (rules, now) = shanghai_at("2026-03-01", 10);
-    let account = valid_account(&rules, "2026-03-10", 0, 0);
-    let applied = ok(&account, &recharge(1000), now, &rules);
+    let applied = recharged_on_march_1st("2026-03-10", 0, 0, 1000);
     // max(2026-03-10, 2026-03-01 + 30): the old remainder is not carried over.
     assert_dates(&applied.account, "2026-03-31", "2026-06-29", "2026-07-29");
     let outcome = recharge_outcome(&applied);
@@ -63,9 +69,7 @@ fn recharge_without_credit_counts_the_days_from_today() {
 
 #[test]
 fn recharge_without_credit_never_shortens_validity() {
-    let (rules, now) = shanghai_at("2026-03-01", 10);
-    let account = valid_account(&rules, "2026-06-30", 0, 0);
-    let applied = ok(&account, &recharge(1000), now, &rules);
+    let applied = recharged_on_march_1st("2026-06-30", 0, 0, 1000);
     assert_eq!(applied.account.valid_until, Some(d("2026-06-30")));
     assert_eq!(applied.account.grace_until, Some(d("2026-09-28")));
     assert_eq!(applied.account.balance, 1000);
@@ -107,11 +111,7 @@ fn recharge_on_a_day_due_in_grace_acts_as_grace_without_a_sweep() {
     assert_eq!(account.state, Valid);
     let now = at(&rules, "2026-03-01", 10);
     let applied = ok(&account, &recharge(3000), now, &rules);
-    assert_eq!(
-        applied.account.valid_until,
-        Some(d("2026-05-30")),
-        "today + 90"
-    );
+    assert_valid_until(&applied, "2026-05-30", "today + 90");
     assert_eq!(applied.account.state, Valid);
     assert_eq!(
         applied.transitions,
@@ -128,14 +128,8 @@ fn recharge_on_a_day_due_in_grace_acts_as_grace_without_a_sweep() {
 
 #[test]
 fn recharge_is_capped_at_540_days_from_today() {
-    let (rules, now) = shanghai_at("2026-03-01", 10);
-    let account = valid_account(&rules, "2027-06-01", 100, 0);
-    let applied = ok(&account, &recharge(30000), now, &rules);
-    assert_eq!(
-        applied.account.valid_until,
-        Some(d("2027-08-23")),
-        "today + 540"
-    );
+    let applied = recharged_on_march_1st("2027-06-01", 100, 0, 30000);
+    assert_valid_until(&applied, "2027-08-23", "today + 540");
     assert_eq!(applied.account.grace_until, Some(d("2027-11-21")));
     let outcome = recharge_outcome(&applied);
     assert!(outcome.capped);
@@ -163,15 +157,13 @@ fn a_recharge_that_lands_exactly_on_the_cap_is_not_capped() {
 fn the_cap_also_applies_in_grace_and_without_credit() {
     let (rules, now) = shanghai_at("2026-03-01", 10);
     let in_grace = account_swept_at(&rules, "2026-01-31", 0, now);
-    let applied = ok(&in_grace, &recharge_card(100, 600), now, &rules);
-    assert_eq!(applied.account.valid_until, Some(d("2027-08-23")));
-    assert!(recharge_outcome(&applied).capped);
-    assert_eq!(recharge_outcome(&applied).days_granted, 600);
-
     let no_credit = valid_account(&rules, "2026-03-10", 0, 0);
-    let applied = ok(&no_credit, &recharge_card(100, 600), now, &rules);
-    assert_eq!(applied.account.valid_until, Some(d("2027-08-23")));
-    assert!(recharge_outcome(&applied).capped);
+    for account in [&in_grace, &no_credit] {
+        let applied = ok(account, &recharge_card(100, 600), now, &rules);
+        assert_eq!(applied.account.valid_until, Some(d("2027-08-23")));
+        assert!(recharge_outcome(&applied).capped);
+        assert_eq!(recharge_outcome(&applied).days_granted, 600);
+    }
 }
 
 #[test]
@@ -241,13 +233,11 @@ fn a_recycled_account_takes_no_recharge() {
     let (rules, now) = shanghai_at("2027-01-16", 10);
     let unswept = valid_account(&rules, "2026-06-30", 100, 0);
     let swept = account_swept_at(&rules, "2026-06-30", 100, now);
-    for account in [&unswept, &swept] {
+    let expired_card = card(&rules, "2024-01-01", 0);
+    for account in [&unswept, &swept, &expired_card] {
         let err = refused(account, &recharge(5000), now, &rules);
         assert_precondition(&err, ErrorReason::AccountRecycled);
     }
-    let expired_card = card(&rules, "2024-01-01", 0);
-    let err = refused(&expired_card, &recharge(5000), now, &rules);
-    assert_precondition(&err, ErrorReason::AccountRecycled);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -258,21 +248,7 @@ fn a_recycled_account_takes_no_recharge() {
 fn the_tariff_grants_the_days_of_the_highest_tier_reached_at_each_edge() {
     let (rules, now) = shanghai_at("2026-03-01", 10);
     let in_grace = account_swept_at(&rules, "2026-01-31", 0, now);
-    let edges = [
-        (1, 7),
-        (999, 7),
-        (1000, 30),
-        (2999, 30),
-        (3000, 90),
-        (4999, 90),
-        (5000, 180),
-        (9999, 180),
-        (10000, 365),
-        (29999, 365),
-        (30000, 540),
-        (1_000_000, 540),
-    ];
-    for (amount, days) in edges {
+    for (amount, days) in TARIFF_EDGES.into_iter().chain([(1_000_000, 540)]) {
         assert_eq!(spec_tariff_days(amount), days);
         let applied = ok(&in_grace, &recharge(amount), now, &rules);
         assert_eq!(

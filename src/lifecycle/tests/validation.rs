@@ -25,24 +25,22 @@ fn amounts_must_be_positive() {
 fn a_recharge_that_would_overflow_the_balance_is_refused() {
     let (rules, now) = shanghai_at("2026-03-01", 10);
     let account = valid_account(&rules, "2026-06-30", i64::MAX - 10, 0);
-    let err = refused(&account, &recharge(11), now, &rules);
-    assert_invalid(&err, ErrorReason::AmountOverflow);
     let full = ok(&account, &recharge(10), now, &rules);
     assert_eq!(full.account.balance, i64::MAX);
 
     let mut unactivated = card(&rules, "2026-02-01", 0);
     unactivated.balance = i64::MAX;
-    assert_invalid(
-        &refused(&unactivated, &recharge(1), now, &rules),
-        ErrorReason::AmountOverflow,
-    );
-
     let locked_at = at(&rules, "2026-10-08", 10);
     let locked = account_swept_at(&rules, "2026-06-30", i64::MAX, locked_at);
-    assert_invalid(
-        &refused(&locked, &unlock(1), locked_at, &rules),
-        ErrorReason::AmountOverflow,
-    );
+    // A recharge, one of an unactivated card, and one carried by an unlock.
+    for (account, command, now) in [
+        (&account, recharge(11), now),
+        (&unactivated, recharge(1), now),
+        (&locked, unlock(1), locked_at),
+    ] {
+        let err = refused(account, &command, now, &rules);
+        assert_invalid(&err, ErrorReason::AmountOverflow);
+    }
 }
 
 #[test]
