@@ -57,6 +57,11 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
     /// Sweep batches claimed and written at once by one sweep (1 or 2).
     const SWEEP_WORKERS: usize;
 
+    /// Appended to the statement that writes a mutation's account row (its `UPDATE` or
+    /// `INSERT`): how the other servers on the database hear of the change when it commits
+    /// (PostgreSQL: `RETURNING pg_notify(…)`, no extra round trip); empty where no one listens.
+    const ANNOUNCE_ACCOUNT: &'static str;
+
     fn migrator() -> &'static Migrator;
 
     /// What a database error code of this backend means.
@@ -86,6 +91,17 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
     /// current one.
     fn pool<'a>(&'a self, own: &'a Pool<Self::Db>) -> &'a Pool<Self::Db> {
         own
+    }
+
+    /// Starts following what other servers commit ([`super::AccountStore::follow_changes`]);
+    /// `None` for a backend without such a feed.
+    fn follow_changes(
+        &self,
+        _store: &SqlStore<Self>,
+        _on: super::OnChange,
+        _shutdown: tokio_util::sync::CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        None
     }
 
     /// What a write reports for `err` when the error says the server may have moved (a

@@ -119,6 +119,10 @@ impl Dialect for PostgresDialect {
     /// (measured in BENCHMARKS.md).
     const SWEEP_WORKERS: usize = 2;
 
+    /// The MSISDN on `pg_changes::CHANNEL`, sent at COMMIT (one row is written, so one
+    /// notification; PostgreSQL folds duplicates within a transaction).
+    const ANNOUNCE_ACCOUNT: &'static str = " RETURNING pg_notify('ocs_account_changed', msisdn)";
+
     fn migrator() -> &'static Migrator {
         &MIGRATIONS
     }
@@ -177,6 +181,21 @@ impl Dialect for PostgresDialect {
     fn failover(&self, err: &sqlx::Error) -> Option<StoreError> {
         self.primary.as_ref()?.failover_error(err)
     }
+
+    /// LISTEN on a connection of its own, to the primary of the moment.
+    fn follow_changes(
+        &self,
+        store: &SqlStore<Self>,
+        on: super::OnChange,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let (primary, own) = (self.primary.clone(), store.writer.clone());
+        let current_pool = move || match &primary {
+            Some(primary) => primary.pool().clone(),
+            None => own.clone(),
+        };
+        Some(super::pg_changes::follow(current_pool, on, shutdown))
+    }
 }
 
 impl PostgresDialect {
@@ -203,5 +222,19 @@ impl PostgresDialect {
             }
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mutation_announces_its_msisdn_on_the_channel_the_listener_hears() {
+        let announce = <PostgresDialect as Dialect>::ANNOUNCE_ACCOUNT;
+        assert!(announce.contains(&format!(
+            "pg_notify('{}', msisdn)",
+            super::super::pg_changes::CHANNEL
+        )));
     }
 }
