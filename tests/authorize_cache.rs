@@ -265,3 +265,29 @@ async fn postgres_a_lost_listener_turns_the_cache_off_and_it_starts_empty_once_l
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_server_that_starts_empties_the_caches_of_the_others() {
+    let Some(db) = TestDb::create(Backend::Postgres).await else {
+        return;
+    };
+    let server = TestServer::start_on(db.clone(), ClockMode::Manual).await;
+    server.set_time(T0).await;
+    let mut api = Api::of(&server);
+    api.active(M).await;
+    assert!(!may_call_out(&mut api, M).await);
+    // A commit no server announced (as if its server had been killed right after it).
+    set_balance_behind_the_servers_back(&db, M, 500).await;
+    assert!(!may_call_out(&mut api, M).await, "served from the cache");
+    let started = Instant::now();
+    let newcomer = TestServer::start_on(db.clone(), ClockMode::Manual).await;
+    let seen = until_seen(&mut api, M, true).await;
+    eprintln!(
+        "a server's start emptied this server's cache {:.1} ms after it was SERVING \
+         ({:.1} ms after its start began)",
+        seen.as_secs_f64() * 1000.0,
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    newcomer.stop().await;
+    server.stop().await;
+}

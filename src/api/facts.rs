@@ -11,14 +11,16 @@
 //!   stores it (or evicts the MSISDN when the mutation was refused, replayed or failed, or when
 //!   anything else touched the MSISDN meanwhile); a read that raced with a mutation does not
 //!   fill the cache. A single server answers exactly as if there were no cache.
-//! - through another server on the same PostgreSQL database: the mutation's transaction sends
-//!   a NOTIFY (delivered at its COMMIT), and the server's listener evicts the MSISDN
+//! - through another server on the same PostgreSQL database: that server sends a NOTIFY right
+//!   after the COMMIT (`store::pg_changes`), and this server's listener evicts the MSISDN
 //!   ([`FactCache::evict`], `crate::server`); while the listener is disconnected nothing is
 //!   cached ([`FactCache::suspend`]), and it starts empty again once it listens
-//!   ([`FactCache::resume`]), since notifications may have been missed in between.
+//!   ([`FactCache::resume`]), since notifications may have been missed in between. A server
+//!   that starts listening tells every server to empty its cache ([`FactCache::clear`]).
 //! - anything else (SQL typed by hand, a restored backup, a server of an older version that
-//!   sends no NOTIFY during a rolling upgrade, several servers on one SQLite file): seen within
-//!   `ttl` (`authorize_cache_ms`), the bound every entry keeps. `0` turns the cache off.
+//!   sends no NOTIFY during a rolling upgrade, a server killed between a COMMIT and its NOTIFY
+//!   that does not come back, several servers on one SQLite file): seen within `ttl`
+//!   (`authorize_cache_ms`), the bound every entry keeps. `0` turns the cache off.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -245,6 +247,7 @@ impl FactCache {
     pub fn hear(&self, change: AccountChange) {
         match change {
             AccountChange::Changed(msisdn) => self.evict(&msisdn),
+            AccountChange::Everything => self.clear(),
             AccountChange::Listening => self.resume(),
             AccountChange::Lost => self.suspend(),
         }

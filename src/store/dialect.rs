@@ -57,18 +57,14 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
     /// Sweep batches claimed and written at once by one sweep (1 or 2).
     const SWEEP_WORKERS: usize;
 
-    /// Appended to the statement that writes a mutation's account row (its `UPDATE` or
-    /// `INSERT`): how the other servers on the database hear of the change when it commits
-    /// (PostgreSQL: `RETURNING pg_notify(…)`, no extra round trip); empty where no one listens.
-    const ANNOUNCE_ACCOUNT: &'static str;
-
     fn migrator() -> &'static Migrator;
 
     /// What a database error code of this backend means.
     fn classify_code(code: &str) -> ErrorClass;
 
     /// One attempt at a mutation: how it gets its transaction (its own, or a share of a group
-    /// commit), runs `Writes::apply_in` in it and commits. Retries are the caller's.
+    /// commit), runs `Writes::apply_in` in it and commits, and tells the other servers on the
+    /// database (if they can share it) that the MSISDN changed. Retries are the caller's.
     async fn mutate_once(
         &self,
         store: &SqlStore<Self>,

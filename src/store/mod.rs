@@ -79,8 +79,12 @@ pub enum Committed {
 /// ([`AccountStore::follow_changes`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AccountChange {
-    /// A mutation of this MSISDN committed (through any server, this one included).
+    /// A mutation of this MSISDN committed (through any server, this one included), or may
+    /// have.
     Changed(String),
+    /// Any account may have changed unheard (a server started listening: it may have died
+    /// before announcing its last commits).
+    Everything,
     /// The feed is heard from now on; what was committed before was not heard.
     Listening,
     /// The feed is not heard (not yet, or no longer): any account may change unheard until

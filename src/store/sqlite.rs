@@ -114,9 +114,6 @@ impl Dialect for SqliteDialect {
     /// One batch at a time: the database has one writer.
     const SWEEP_WORKERS: usize = 1;
 
-    /// One server per database file: no one else to tell.
-    const ANNOUNCE_ACCOUNT: &'static str = "";
-
     fn migrator() -> &'static Migrator {
         &MIGRATIONS
     }

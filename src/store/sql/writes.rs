@@ -89,17 +89,15 @@ impl<D: Dialect> Writes<D> {
         }
         let row = AccountRow::from_account(&mutation.account, rules);
         let sql = if existed {
-            format!(
-                "UPDATE accounts SET account_id = $2, generation = $3, state = $4, \
-                 balance = $5, preset_balance = $6, sold = $7, initial_validity_days = $8, \
-                 provisioned_at = $9, activated_at = $10, valid_until = $11, \
-                 grace_until = $12, lock_until = $13, card_expiry = $14, recycled_at = $15, \
-                 updated_at = $16, next_deadline = $17, expiring_notified_for = $18 \
-                 WHERE msisdn = $1{}",
-                D::ANNOUNCE_ACCOUNT
-            )
+            "UPDATE accounts SET account_id = $2, generation = $3, state = $4, \
+             balance = $5, preset_balance = $6, sold = $7, initial_validity_days = $8, \
+             provisioned_at = $9, activated_at = $10, valid_until = $11, \
+             grace_until = $12, lock_until = $13, card_expiry = $14, recycled_at = $15, \
+             updated_at = $16, next_deadline = $17, expiring_notified_for = $18 \
+             WHERE msisdn = $1"
+                .to_owned()
         } else {
-            format!("INSERT INTO accounts {insert}{}", D::ANNOUNCE_ACCOUNT)
+            format!("INSERT INTO accounts {insert}")
         };
         Self::bind_account(sqlx::query(&sql), &row)
             .execute(D::Db::on(&mut *conn))
