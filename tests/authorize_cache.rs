@@ -187,19 +187,10 @@ async fn postgres_a_commit_through_another_server_is_seen_here_within_moments() 
 
 /// The backend of this server's listener (its `application_name`), once it is connected.
 async fn listener_pid(db: &TestDb) -> Option<i64> {
-    listener_pid_where(db, "TRUE").await
-}
-
-/// The backend of this server's listener once its LISTEN has completed (it is idle after it).
-async fn listening_pid(db: &TestDb) -> Option<i64> {
-    listener_pid_where(db, "state = 'idle' AND query ILIKE 'LISTEN%'").await
-}
-
-async fn listener_pid_where(db: &TestDb, condition: &str) -> Option<i64> {
     let direct = db.open().await;
     let sql = format!(
         "SELECT COALESCE(MAX(CAST(pid AS BIGINT)), 0) FROM pg_stat_activity \
-         WHERE datname = current_database() AND application_name = '{}' AND {condition}",
+         WHERE datname = current_database() AND application_name = '{}'",
         ocs_lifecycle::store::CHANGES_LISTENER_APPLICATION_NAME
     );
     let pid = direct.scalar(&sql).await;
@@ -214,15 +205,6 @@ async fn postgres_a_lost_listener_turns_the_cache_off_and_it_starts_empty_once_l
     };
     let server = TestServer::start_on(db.clone(), ClockMode::Manual).await;
     server.set_time(T0).await;
-    // The cache is off until the listener listens (then it starts empty): wait for it first.
-    let start = Instant::now();
-    let old = loop {
-        if let Some(pid) = listening_pid(&db).await {
-            break pid;
-        }
-        assert!(start.elapsed() < PATIENCE, "the listener never connected");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
     let mut api = Api::of(&server);
     for msisdn in [M, N] {
         api.active(msisdn).await;
@@ -232,6 +214,14 @@ async fn postgres_a_lost_listener_turns_the_cache_off_and_it_starts_empty_once_l
     set_balance_behind_the_servers_back(&db, N, 500).await;
     assert!(!may_call_out(&mut api, N).await, "served from the cache");
 
+    let start = Instant::now();
+    let old = loop {
+        if let Some(pid) = listener_pid(&db).await {
+            break pid;
+        }
+        assert!(start.elapsed() < PATIENCE, "the listener never connected");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     let direct = db.open_for_writing().await;
     direct
         .execute(&format!("SELECT pg_terminate_backend({old})"))
