@@ -7,6 +7,10 @@
 #[path = "common/process.rs"]
 mod process;
 
+#[allow(dead_code)]
+#[path = "common/binary.rs"]
+mod binary;
+
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -409,32 +413,12 @@ where
     F: FnOnce(String) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let log = std::fs::File::create(dir.join("server.log")).unwrap();
-    let mut command = ocs(dir);
-    command
-        .args(["serve", "--listen", &addr, "--http-addr", "off"])
-        .env("OCS_LOG_FORMAT", "json");
-    for (name, value) in extra {
-        command.env(name, value);
-    }
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn ocs-lifecycle serve");
-    wait_serving(&addr, &mut child).await;
-    calls(format!("http://{addr}")).await;
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(killed.success());
-    let status = tokio::task::block_in_place(|| wait_bounded(&mut child, "serve after SIGTERM"));
-    assert_eq!(status.code(), Some(0));
-    std::fs::read_to_string(dir.join("server.log"))
-        .unwrap()
+    let mut env = vec![("OCS_LOG_FORMAT", "json")];
+    env.extend_from_slice(extra);
+    let (served, _channel) = binary::serve(dir, &env).await;
+    calls(format!("http://{}", served.addr)).await;
+    binary::stop_cleanly(served, dir)
+        .await
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect()

@@ -17,8 +17,7 @@ const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/ocs-lifecycle.exampl
 /// A configuration file holding `text` in a temporary working directory of its own.
 fn config_file(text: &str) -> (TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    std::fs::write(&path, text).unwrap();
+    let path = write(dir.path(), text);
     (dir, path)
 }
 
