@@ -149,14 +149,22 @@ impl Dialect for PostgresDialect {
         key: RequestKey<'_>,
         decide: &Decide,
     ) -> Result<Committed, MutateFailure> {
-        let outcome = self.mutate_in_transaction(store, msisdn, key, decide).await;
-        // After a failover every attempt would fail the same way: answer now.
-        if let Err(MutateFailure::Sql(err)) = &outcome
-            && let Some(failover) = self.failover(err)
-        {
-            return Err(MutateFailure::Store(failover));
+        let mut tx: Transaction<'static, Postgres> = self.begin(&store.writer).await?;
+        let result = Writes::<Self>::apply_in(&mut tx, &store.rules, msisdn, key, decide).await;
+        match &result {
+            Ok(Committed::Applied(_)) => tx.commit().await?,
+            // Nothing was written.
+            Ok(_) => tx.rollback().await?,
+            // An error left writes to undo. The error is what the caller is told: when it broke
+            // the session (the server ended it, 57P01), the rollback fails too, with a bare
+            // end-of-file that would hide why.
+            Err(_) => {
+                if let Err(e) = tx.rollback().await {
+                    tracing::debug!(error = %e, "rollback after a failed statement failed");
+                }
+            }
         }
-        outcome
+        result
     }
 
     async fn begin_batch(
@@ -175,32 +183,5 @@ impl Dialect for PostgresDialect {
 
     fn failover(&self, err: &sqlx::Error) -> Option<StoreError> {
         self.primary.as_ref()?.failover_error(err)
-    }
-}
-
-impl PostgresDialect {
-    async fn mutate_in_transaction(
-        &self,
-        store: &SqlStore<Self>,
-        msisdn: &Msisdn,
-        key: RequestKey<'_>,
-        decide: &Decide,
-    ) -> Result<Committed, MutateFailure> {
-        let mut tx: Transaction<'static, Postgres> = self.begin(&store.writer).await?;
-        let result = Writes::<Self>::apply_in(&mut tx, &store.rules, msisdn, key, decide).await;
-        match &result {
-            Ok(Committed::Applied(_)) => tx.commit().await?,
-            // Nothing was written.
-            Ok(_) => tx.rollback().await?,
-            // An error left writes to undo. The error is what the caller is told: when it broke
-            // the session (the server ended it, 57P01), the rollback fails too, with a bare
-            // end-of-file that would hide why.
-            Err(_) => {
-                if let Err(e) = tx.rollback().await {
-                    tracing::debug!(error = %e, "rollback after a failed statement failed");
-                }
-            }
-        }
-        result
     }
 }

@@ -108,7 +108,11 @@ impl<D: Dialect> AccountStore for SqlStore<D> {
                 Ok(committed) => return Ok(committed),
                 Err(MutateFailure::Store(e)) => return Err(e),
                 Err(MutateFailure::Retry) => SqlFailure::Retry,
-                Err(MutateFailure::Sql(err)) => classify(err),
+                // After a failover every attempt would fail the same way: answer now.
+                Err(MutateFailure::Sql(err)) => match self.dialect.failover(&err) {
+                    Some(failover) => return Err(failover),
+                    None => classify(err),
+                },
             };
             match failure {
                 SqlFailure::Retry if attempt < MAX_ATTEMPTS => {
