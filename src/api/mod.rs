@@ -17,6 +17,6 @@ mod test_clock;
 pub use crate::lifecycle::SWEEP_ACTOR;
 pub use crate::wire::REPLAYED_METADATA;
 pub use accounts::{AccountsApi, Context};
-pub use events::EventsApi;
+pub use events::{EventsApi, GAP_WINDOW};
 pub use storage_health::{PROBE_INTERVAL, StorageHealth};
 pub use test_clock::TestClockApi;
