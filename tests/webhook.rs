@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use common::{Db, TestDb, TestServer, rid};
 use hmac::{Hmac, Mac};
-use hook::{CLOSE, Hook, Policy, Received, always_ok, free_addr};
+use hook::{CLOSE, Hook, Policy, Received, UNTIL_HANGUP, always_ok, free_addr};
 use ocs_lifecycle::config::{BssConfig, ClockMode, Config};
 use ocs_lifecycle::proto;
 use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
@@ -47,6 +47,7 @@ both_databases! {
     a_poisoned_event_is_dead_lettered_others_flow_and_redeliver_requeues_it,
     an_msisdns_events_arrive_in_sequence_order_even_when_the_first_fails,
     a_restart_sends_what_was_not_confirmed_and_never_resends_what_was,
+    a_keep_alive_bss_is_reached_over_one_connection_reused,
 }
 
 /// With no `bss.webhook_url` the worker does not run (the standard server of the harness).
@@ -353,11 +354,12 @@ async fn a_bss_that_is_down_at_first_receives_the_event_once_it_listens(db: Arc<
 }
 
 async fn timeouts_closed_connections_and_slow_answers_are_retried_until_accepted(db: Arc<TestDb>) {
-    // The request timeout is 1 s: the first answer would come after 3 s (the client gives up),
-    // the second attempt finds the connection closed without an answer, the third is answered
-    // 200 slowly but in time.
+    // The first attempt is never answered: the listener holds it until the client gives up
+    // (its request timeout, whatever time that takes); the second finds the connection closed
+    // without an answer; the third is answered 200 slowly but in time: 100 ms against a 10 s
+    // timeout, a margin no machine running this suite misses.
     let mut answers = vec![
-        (200, Duration::from_secs(3)),
+        (200, UNTIL_HANGUP),
         (CLOSE, Duration::ZERO),
         (200, Duration::from_millis(100)),
     ]
@@ -366,7 +368,15 @@ async fn timeouts_closed_connections_and_slow_answers_are_retried_until_accepted
         answers.next().unwrap_or((200, Duration::ZERO))
     }))
     .await;
-    let server = start(&db, bss(&hook.url())).await;
+    let timeout_ms = 10_000;
+    let server = start(
+        &db,
+        BssConfig {
+            timeout_ms,
+            ..bss(&hook.url())
+        },
+    )
+    .await;
     let check = server.db().await;
     recycle_at_t1(&server, &["8613800000251"]).await;
     let expected = recycled(&check).await;
@@ -385,6 +395,10 @@ async fn timeouts_closed_connections_and_slow_answers_are_retried_until_accepted
     assert_eq!(received[0].status, 200);
     let row = &deliveries(&check).await[&expected[0].1];
     assert_eq!((row.attempts, row.delivered, row.dead), (3, true, false));
+    // The held attempt ended when the client gave up: not before its timeout.
+    let held = seen[1].arrived.duration_since(seen[0].arrived);
+    println!("the unanswered attempt was given up after {held:?} (timeout {timeout_ms} ms)");
+    assert!(held >= Duration::from_millis(timeout_ms));
     check.close().await;
     server.stop().await;
 }
@@ -418,6 +432,54 @@ async fn an_event_committed_below_the_last_seen_sequence_is_still_delivered(db: 
     hook.wait_for(WAIT, |r| r.iter().any(|r| r.event_id() == late_id))
         .await;
     wait_deliveries(&check, |d| d.len() == 2 && d.values().all(|d| d.delivered)).await;
+    // Each of the two was delivered exactly once: the late one did not make the worker send
+    // the other again.
+    assert_quiet(&hook, 2).await;
+    let delivered = successes(&hook.received());
+    assert_eq!(delivered.get(&late_id), Some(&1), "{delivered:?}");
+    assert_eq!(delivered.get(&first[0].1), Some(&1), "{delivered:?}");
+    let rows = deliveries(&check).await;
+    assert!(rows.values().all(|d| d.attempts == 1), "{rows:?}");
+    check.close().await;
+    server.stop().await;
+}
+
+async fn a_keep_alive_bss_is_reached_over_one_connection_reused(db: Arc<TestDb>) {
+    // A BSS that keeps connections open (HTTP/1.1 keep-alive); events one at a time, each
+    // delivered before the next exists, so the worker's pool has an idle connection to reuse.
+    const NUMBERS: [&str; 4] = [
+        "8613800000271",
+        "8613800000272",
+        "8613800000273",
+        "8613800000274",
+    ];
+    let hook = Hook::start_keep_alive(always_ok()).await;
+    let server = start(&db, bss(&hook.url())).await;
+    let check = server.db().await;
+    let mut api = server.accounts();
+    server.set_time(T0).await;
+    for msisdn in NUMBERS {
+        provision(&mut api, msisdn).await;
+    }
+    server.set_time(T1).await;
+    for (i, msisdn) in NUMBERS.iter().enumerate() {
+        assert_eq!(provision(&mut api, msisdn).await.generation, 2);
+        hook.wait_for(WAIT, |r| r.len() == i + 1).await;
+    }
+    wait_deliveries(&check, |d| {
+        d.len() == NUMBERS.len() && d.values().all(|d| d.delivered)
+    })
+    .await;
+    assert_quiet(&hook, NUMBERS.len()).await;
+    let requests = hook.received().len();
+    let connections = hook.connections();
+    println!("{requests} deliveries over {connections} connection(s)");
+    assert!(
+        connections < requests,
+        "the worker opened a connection per delivery: {connections} for {requests}"
+    );
+    let delivered = successes(&hook.received());
+    assert!(delivered.values().all(|&n| n == 1), "{delivered:?}");
     check.close().await;
     server.stop().await;
 }

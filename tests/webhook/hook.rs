@@ -1,11 +1,15 @@
 //! A real HTTP/1.1 listener standing in for the BSS: it accepts TCP connections on 127.0.0.1
 //! (plain, or TLS with a rustls server configuration), parses each request (request line,
 //! headers, `Content-Length` body), records it, and answers with the status the test's policy
-//! chooses (optionally after a delay, with the extra headers set), then closes the connection.
-//! Small on purpose: the webhook client under test is the real one.
+//! chooses (optionally after a delay, or only once the client has given up: [`UNTIL_HANGUP`],
+//! with the extra headers set), then closes the connection — or, started with
+//! [`Hook::start_keep_alive`], answers `Connection: keep-alive` and reads the next request on
+//! the same connection, counting connections apart from requests. Small on purpose: the
+//! webhook client under test is the real one.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -62,6 +66,10 @@ struct State {
     /// TLS handshakes that failed.
     failed_handshakes: Mutex<Vec<String>>,
     arrived: Notify,
+    /// Whether a connection stays open for the next request (HTTP/1.1 keep-alive).
+    keep_alive: bool,
+    /// TCP connections accepted.
+    connections: AtomicUsize,
 }
 
 /// The listener; stops when dropped.
@@ -74,6 +82,10 @@ pub struct Hook {
 
 /// The "status" of a policy that closes the connection without answering.
 pub const CLOSE: u16 = 0;
+
+/// The "delay" of a policy that never answers: the request is held until the client gives up
+/// and closes the connection (its timeout), whatever the time that takes.
+pub const UNTIL_HANGUP: Duration = Duration::MAX;
 
 /// Answers 200 at once.
 pub fn always_ok() -> Policy {
@@ -88,16 +100,29 @@ impl Hook {
 
     /// Listens on `addr` (a port reserved earlier, for "the BSS comes up later").
     pub async fn start_at(addr: SocketAddr, policy: Policy) -> Hook {
-        Self::listen(addr, policy, None).await
+        Self::listen(addr, policy, None, false).await
+    }
+
+    /// Listens on an ephemeral port, keeping connections open between requests (HTTP/1.1
+    /// keep-alive) until the client closes them.
+    #[allow(dead_code)] // the webhook suite, not the others that include this listener
+    pub async fn start_keep_alive(policy: Policy) -> Hook {
+        let addr = "127.0.0.1:0".parse().expect("address");
+        Self::listen(addr, policy, None, true).await
     }
 
     /// Listens on an ephemeral port with TLS (`https://`).
     pub async fn start_tls(policy: Policy, tls: Arc<ServerConfig>) -> Hook {
         let addr = "127.0.0.1:0".parse().expect("address");
-        Self::listen(addr, policy, Some(TlsAcceptor::from(tls))).await
+        Self::listen(addr, policy, Some(TlsAcceptor::from(tls)), false).await
     }
 
-    async fn listen(addr: SocketAddr, policy: Policy, tls: Option<TlsAcceptor>) -> Hook {
+    async fn listen(
+        addr: SocketAddr,
+        policy: Policy,
+        tls: Option<TlsAcceptor>,
+        keep_alive: bool,
+    ) -> Hook {
         let listener = bind_retrying(addr).await;
         let addr = listener.local_addr().expect("hook address");
         let state = Arc::new(State {
@@ -107,6 +132,8 @@ impl Hook {
             headers: Mutex::new(HashMap::new()),
             failed_handshakes: Mutex::new(Vec::new()),
             arrived: Notify::new(),
+            keep_alive,
+            connections: AtomicUsize::new(0),
         });
         let tls_on = tls.is_some();
         let task = tokio::spawn(accept(listener, state.clone(), tls));
@@ -150,6 +177,12 @@ impl Hook {
     /// Waits until `done` holds for the failed TLS handshakes (at most `limit`).
     pub async fn wait_failed_handshakes(&self, limit: Duration, done: impl Fn(&[String]) -> bool) {
         self.wait(limit, || done(&self.failed_handshakes())).await
+    }
+
+    /// TCP connections accepted so far.
+    #[allow(dead_code)] // the webhook suite, not the others that include this listener
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
     }
 
     /// Requests that arrived, answered or not (yet).
@@ -216,6 +249,7 @@ pub async fn free_addr() -> SocketAddr {
 async fn accept(listener: TcpListener, state: Arc<State>, tls: Option<TlsAcceptor>) {
     let mut connections = tokio::task::JoinSet::new();
     while let Ok((stream, _)) = listener.accept().await {
+        state.connections.fetch_add(1, Ordering::SeqCst);
         let state = state.clone();
         match tls.clone() {
             None => {
@@ -244,34 +278,53 @@ async fn accept(listener: TcpListener, state: Arc<State>, tls: Option<TlsAccepto
     }
 }
 
+/// Serves the requests of one connection: one, or (keep-alive) each until the client closes.
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     state: Arc<State>,
     client_certificate: bool,
 ) {
-    let Some(mut request) = read_request(&mut stream).await else {
-        return;
-    };
-    request.client_certificate = client_certificate;
+    while let Some(mut request) = read_request(&mut stream).await {
+        request.client_certificate = client_certificate;
+        let keep_open = state.keep_alive && request.header("connection") != Some("close");
+        if !answer(&mut stream, &state, request, keep_open).await || !keep_open {
+            let _ = stream.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// Records `request` and answers it as the policy says; whether the connection can carry
+/// another request.
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    state: &State,
+    mut request: Received,
+    keep_open: bool,
+) -> bool {
     state.seen.lock().expect("seen").push(request.clone());
     state.arrived.notify_waiters();
     let (status, delay) = {
         let mut policy = state.policy.lock().expect("policy");
         (policy)(&request)
     };
+    let mut probe = [0u8; 1];
+    if delay == UNTIL_HANGUP {
+        // Held until the client closes the connection (or sends something, which it does not).
+        let _ = stream.read(&mut probe).await;
+        return false;
+    }
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
         // A client that gave up (timeout, shutdown) closed the connection: nothing is answered.
-        let mut probe = [0u8; 1];
         match tokio::time::timeout(Duration::from_millis(20), stream.read(&mut probe)).await {
             Err(_) => {}
-            Ok(_) => return,
+            Ok(_) => return false,
         }
     }
     if status == CLOSE {
         // Hang up without a word: the client sees the connection closed mid-request.
-        drop(stream);
-        return;
+        return false;
     }
     request.status = status;
     let extra: String = state
@@ -283,14 +336,16 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         .flatten()
         .map(|(name, value)| format!("{name}: {value}\r\n"))
         .collect();
-    let response =
-        format!("HTTP/1.1 {status} Test\r\nContent-Length: 0\r\n{extra}Connection: close\r\n\r\n");
+    let connection = if keep_open { "keep-alive" } else { "close" };
+    let response = format!(
+        "HTTP/1.1 {status} Test\r\nContent-Length: 0\r\n{extra}Connection: {connection}\r\n\r\n"
+    );
     let answered = stream.write_all(response.as_bytes()).await.is_ok();
-    let _ = stream.shutdown().await;
     if answered {
         state.received.lock().expect("received").push(request);
         state.arrived.notify_waiters();
     }
+    answered
 }
 
 async fn read_request<S: AsyncRead + Unpin>(stream: &mut S) -> Option<Received> {
