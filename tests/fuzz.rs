@@ -10,8 +10,9 @@
 //! - the lifecycle core on hostile dates: year boundaries, the end of the calendar
 //!   (9999-12-31), America/New_York on DST days — boundaries at local midnight, exact day counts.
 //!
-//! Case counts are modest (the suite runs on a loaded 2-core machine); proptest prints the
-//! minimal failing input of a failure. The server tests run on SQLite only.
+//! Case counts are modest (the suite runs on a loaded 2-core machine), the seed is fixed under
+//! `CI=true` and printed (`common::budget`; `OCS_FUZZ_CASES` for a longer run); proptest prints
+//! the minimal failing input of a failure. The server tests run on SQLite and on PostgreSQL.
 
 #[allow(unused_macros)]
 #[macro_use]
@@ -123,14 +124,14 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn start() -> Option<Fixture> {
+    fn start(backend: Backend) -> Option<Fixture> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("runtime");
         let server = runtime.block_on(async {
-            let server = TestServer::start(Backend::Sqlite).await?;
+            let server = TestServer::start(backend).await?;
             let mut client = server.accounts();
             valid_account(&mut client, MSISDN).await;
             client.recharge(valid_recharge()).await.expect("recharge");
@@ -173,11 +174,12 @@ impl Fixture {
     /// Runs `test` with a fresh fixture on `n` cases of `strategy`; a failure panics with
     /// proptest's minimal case.
     fn run<S: Strategy>(
+        backend: Backend,
         n: u32,
         strategy: &S,
         test: impl Fn(&Fixture, S::Value) -> Result<(), TestCaseError>,
     ) {
-        let Some(fixture) = Fixture::start() else {
+        let Some(fixture) = Fixture::start(backend) else {
             return;
         };
         TestRunner::new(cases(n))
@@ -208,15 +210,36 @@ fn valid_recharge() -> RechargeRequest {
     }
 }
 
+/// `n` cases under CI (`common::budget`: `OCS_FUZZ_CASES`, the seed).
 fn cases(n: u32) -> ProptestConfig {
     ProptestConfig {
-        cases: n,
         failure_persistence: None,
         // A failure is reported after at most this much shrinking (each step is a real call
         // to the server): unbounded shrinking of a rare failure ran for minutes in CI.
         max_shrink_time: 20_000,
-        ..ProptestConfig::default()
+        ..common::budget::config(n)
     }
+}
+
+/// Each server test (`fn name(backend: Backend)`) as `sqlite::name` and `postgres::name`:
+/// plain `#[test]`s, the fixture owns its runtime.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[test] fn $name() { super::$name(super::Backend::Sqlite) } )*
+        }
+        mod postgres {
+            $( #[test] fn $name() { super::$name(super::Backend::Postgres) } )*
+        }
+    };
+}
+
+on_both_backends! {
+    random_and_mutated_protobuf_bytes_are_answered_without_a_write_on_rejection,
+    an_undecodable_body_is_invalid_argument_malformed_request_on_every_method,
+    hostile_recharge_fields_are_refused_without_a_write_or_applied_within_the_rules,
+    hostile_provisioning_fields_are_refused_without_a_write,
+    ten_megabyte_fields_are_refused_and_write_nothing,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -264,8 +287,7 @@ fn any_recharge_encoding() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
-#[test]
-fn random_and_mutated_protobuf_bytes_are_answered_without_a_write_on_rejection() {
+fn random_and_mutated_protobuf_bytes_are_answered_without_a_write_on_rejection(backend: Backend) {
     let bodies = prop_oneof![
         prop::collection::vec(any::<u8>(), 0..256),
         mutated_encoding(),
@@ -274,6 +296,7 @@ fn random_and_mutated_protobuf_bytes_are_answered_without_a_write_on_rejection()
     let undecodable_bodies = AtomicUsize::new(0);
     let decodable_bodies = AtomicUsize::new(0);
     Fixture::run(
+        backend,
         160,
         &(0..METHODS.len(), bodies),
         |fixture, (method, body)| {
@@ -315,9 +338,8 @@ fn random_and_mutated_protobuf_bytes_are_answered_without_a_write_on_rejection()
     );
 }
 
-#[test]
-fn an_undecodable_body_is_invalid_argument_malformed_request_on_every_method() {
-    let Some(fixture) = Fixture::start() else {
+fn an_undecodable_body_is_invalid_argument_malformed_request_on_every_method(backend: Backend) {
+    let Some(fixture) = Fixture::start(backend) else {
         return;
     };
     // Field 1 (a string in every request) 5 bytes long with 1 present; and a string field
@@ -384,8 +406,9 @@ fn hostile_request_id() -> impl Strategy<Value = String> {
     ]
 }
 
-#[test]
-fn hostile_recharge_fields_are_refused_without_a_write_or_applied_within_the_rules() {
+fn hostile_recharge_fields_are_refused_without_a_write_or_applied_within_the_rules(
+    backend: Backend,
+) {
     let requests = (
         hostile_msisdn(),
         hostile_amount(),
@@ -394,6 +417,7 @@ fn hostile_recharge_fields_are_refused_without_a_write_or_applied_within_the_rul
         hostile_request_id(),
     );
     Fixture::run(
+        backend,
         128,
         &requests,
         |fixture, (msisdn, amount, channel, validity_days, request_id)| {
@@ -429,8 +453,7 @@ fn hostile_recharge_fields_are_refused_without_a_write_or_applied_within_the_rul
     );
 }
 
-#[test]
-fn hostile_provisioning_fields_are_refused_without_a_write() {
+fn hostile_provisioning_fields_are_refused_without_a_write(backend: Backend) {
     let requests = (
         hostile_msisdn(),
         hostile_amount(),
@@ -438,6 +461,7 @@ fn hostile_provisioning_fields_are_refused_without_a_write() {
         hostile_request_id(),
     );
     Fixture::run(
+        backend,
         96,
         &requests,
         |fixture, (msisdn, preset_balance, initial_validity_days, request_id)| {
@@ -458,9 +482,8 @@ fn hostile_provisioning_fields_are_refused_without_a_write() {
     );
 }
 
-#[test]
-fn ten_megabyte_fields_are_refused_and_write_nothing() {
-    let Some(fixture) = Fixture::start() else {
+fn ten_megabyte_fields_are_refused_and_write_nothing(backend: Backend) {
+    let Some(fixture) = Fixture::start(backend) else {
         return;
     };
     let huge = "8".repeat(10 * 1024 * 1024);

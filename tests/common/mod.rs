@@ -33,10 +33,12 @@ use tonic_types::StatusExt;
 
 pub mod api;
 pub mod binary;
+pub mod budget;
 pub mod faults;
 pub mod pg_auto_failover;
 pub mod pg_cluster;
 pub mod process;
+pub mod shutdown;
 
 pub use process::free_port;
 

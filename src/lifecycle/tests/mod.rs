@@ -14,6 +14,10 @@
 mod activation;
 mod authorize;
 mod boundaries;
+// The property budget and seed of the integration suites (`OCS_FUZZ_CASES`, a fixed seed under
+// CI, printed), shared as one file.
+#[path = "../../../tests/common/budget.rs"]
+mod budget;
 mod charge;
 mod expiring_notice;
 mod model;

@@ -402,10 +402,7 @@ fn run(scenario: &Scenario) -> Life {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: 2048,
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(super::budget::config(2048))]
 
     /// Every step of a random life agrees with the spec's model: refusals exactly where the spec
     /// refuses (and nothing changed), the spec's dates and balances where it applies, the calendar
