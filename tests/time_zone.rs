@@ -85,25 +85,19 @@ async fn validities_ending_on_dst_days_end_at_that_days_local_midnight(db: Arc<T
             "{msisdn}"
         );
 
-        // One second before local midnight: still VALID, the sweep moves nothing.
+        // One second before local midnight still VALID, the sweep moves nothing; at local
+        // midnight GRACE, by the sweep.
         let boundary = instant(boundary);
         let before = boundary - chrono::Duration::seconds(1);
-        server.set_time(&before.to_rfc3339()).await;
-        assert_eq!(sweep_to_grace(&server).await, 0, "{msisdn} at {before}");
-        assert_eq!(
-            api.get(msisdn).await.state(),
-            AccountState::Valid,
-            "{msisdn}"
-        );
-
-        // At local midnight: GRACE, by the sweep, effective at that instant.
-        server.set_time(&boundary.to_rfc3339()).await;
-        assert_eq!(sweep_to_grace(&server).await, 1, "{msisdn} at {boundary}");
-        assert_eq!(
-            api.get(msisdn).await.state(),
-            AccountState::Grace,
-            "{msisdn}"
-        );
+        for (at, to_grace, state) in [
+            (before, 0, AccountState::Valid),
+            (boundary, 1, AccountState::Grace),
+        ] {
+            server.set_time(&at.to_rfc3339()).await;
+            assert_eq!(sweep_to_grace(&server).await, to_grace, "{msisdn} at {at}");
+            assert_eq!(api.get(msisdn).await.state(), state, "{msisdn} at {at}");
+        }
+        // The event is effective at that instant.
         let events: Vec<_> = check
             .outbox()
             .await
