@@ -89,12 +89,19 @@ impl Config {
                     .into(),
             )));
         }
+        note(super::grpc::check_range(
+            "drain_secs",
+            self.drain_secs,
+            0..=3_600,
+            "seconds health says NOT_SERVING before the listeners close at shutdown",
+        ));
         note(check_lifecycle(&self.lifecycle_rules()));
         note(self.parsed_tariff().map(drop));
         note(self.check_sweep());
         note(self.bss.validate());
         note(self.auth.hashes().map(drop));
         note(self.tls.load().map(drop));
+        problems.extend(self.grpc.problems());
         problems
     }
 
@@ -251,6 +258,19 @@ impl Config {
             Some(addr) => writeln!(out, "http_addr: {addr}")?,
             None => writeln!(out, "http_addr: off")?,
         }
+        writeln!(
+            out,
+            "grpc: at most {} calls at once (more are shed), default deadline {} ms, messages up \
+             to {} bytes, keepalive {}; drain {} s at shutdown",
+            self.grpc.max_concurrent_requests,
+            self.grpc.default_deadline_ms,
+            self.grpc.max_message_bytes,
+            match self.grpc.keepalive_interval_secs {
+                0 => "off".to_owned(),
+                secs => format!("every {secs} s"),
+            },
+            self.drain_secs
+        )?;
         writeln!(out, "timezone: {}", self.timezone)?;
         writeln!(
             out,
