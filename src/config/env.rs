@@ -125,7 +125,7 @@ pub(super) fn overlay_env(
 #[cfg(test)]
 mod tests {
     use super::super::Config;
-    use super::super::test_support::load_env;
+    use super::super::test_support::{error_of, load_env};
     use super::*;
 
     #[test]
@@ -172,11 +172,11 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(config.lifecycle.special_numbers, ["110", "120"]);
-        let err = load_env(&[("OCS_TLS__CERT", "12345")]).unwrap_err();
-        assert!(err.to_string().contains("tls.key: missing"), "{err}");
+        let err = error_of(&[("OCS_TLS__CERT", "12345")]);
+        assert!(err.contains("tls.key: missing"), "{err}");
         // A number setting given something else names its key.
-        let err = load_env(&[("OCS_LIFECYCLE__GRACE_DAYS", "ninety")]).unwrap_err();
-        assert!(err.to_string().contains("grace_days"), "{err}");
+        let err = error_of(&[("OCS_LIFECYCLE__GRACE_DAYS", "ninety")]);
+        assert!(err.contains("grace_days"), "{err}");
     }
 
     /// Dotted paths of the leaves of `value` with what they hold.

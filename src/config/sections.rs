@@ -128,9 +128,9 @@ mod tests {
         .unwrap();
         assert_eq!(config.sweep.batch_size, 10);
         assert_eq!(config.rules().unwrap().expiring_days, 3);
-        let err = load_env(&[("OCS_SWEEP__CRON", "nope")]).unwrap_err();
-        assert!(err.to_string().contains("sweep.cron"), "{err}");
-        let err = load_env(&[("OCS_SWEEP__BATCH_SIZE", "0")]).unwrap_err();
-        assert!(err.to_string().contains("sweep.batch_size"), "{err}");
+        let err = error_of(&[("OCS_SWEEP__CRON", "nope")]);
+        assert!(err.contains("sweep.cron"), "{err}");
+        let err = error_of(&[("OCS_SWEEP__BATCH_SIZE", "0")]);
+        assert!(err.contains("sweep.batch_size"), "{err}");
     }
 }

@@ -166,12 +166,15 @@ impl TlsConfig {
     }
 }
 
+/// PEM certificate chain and PEM private key.
+pub(crate) type KeyPair = (Vec<u8>, Vec<u8>);
+
 /// A certificate chain and its private key, each `(key, path)`, set together or not at all:
 /// both read and checked; `None` when neither is set.
 pub(crate) fn read_key_pair(
     (cert_key, cert): (&str, Option<&Path>),
     (key_key, key): (&str, Option<&Path>),
-) -> Result<Option<(Vec<u8>, Vec<u8>)>, ConfigError> {
+) -> Result<Option<KeyPair>, ConfigError> {
     match (cert, key) {
         (None, None) => Ok(None),
         (Some(_), None) => Err(ConfigError(format!(
