@@ -8,7 +8,7 @@
 //! value (numbers, booleans, `[[auth.tokens]]`, `[[tariff]]`) is read as TOML.//!
 //! Where each part lives: the sections in [`sections`], [`bss`], [`security`] and [`grpc`];
 //! reading the layers in `layering` (the file), `env` (the environment) and [`overrides`] (the
-//! flags); the checks of the values and `config check` in [`check`].
+//! flags); the checks of the values and `config check` in [`check`], its summary in `summary`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,6 +27,7 @@ pub mod overrides;
 pub mod redact;
 pub mod sections;
 pub mod security;
+mod summary;
 pub use addr::HttpAddr;
 use addr::deserialize_http_addr;
 pub use bss::BssConfig;

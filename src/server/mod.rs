@@ -380,7 +380,8 @@ pub async fn serve_with_listeners(
         .add_service(reflection)
         .add_service(reflection_v1alpha)
         .add_service(
-            BssEventsServer::new(EventsApi::new(ctx.clone(), shutdown.clone()))
+            // Subscribe streams last through the drain and end as the listeners close.
+            BssEventsServer::new(EventsApi::new(ctx.clone(), close.clone()))
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
         )
