@@ -2,7 +2,8 @@
 //! beyond `grpc.max_concurrent_requests` are shed at once (RESOURCE_EXHAUSTED, reason
 //! OVERLOADED, counted in `ocs_rpc_shed_total`) while the admitted ones finish; a call held past
 //! `grpc.default_deadline_ms` is answered DEADLINE_EXCEEDED; a message over
-//! `grpc.max_message_bytes` is refused (OUT_OF_RANGE, as tonic answers it).
+//! `grpc.max_message_bytes` is refused (OUT_OF_RANGE, as tonic answers it); a quiet connection
+//! gets keepalive PINGs and is closed when it does not answer them.
 //!
 //! The admitted calls are held where they cannot be answered before the test lets them: the
 //! test holds the database's write lock (SQLite: `BEGIN IMMEDIATE` on a connection of its own;
@@ -257,6 +258,56 @@ async fn a_message_over_the_size_limit_is_refused_and_the_server_answers_on(db: 
     assert_eq!(
         result.balance_before, before.balance,
         "the refused recharge changed nothing"
+    );
+    server.stop().await;
+}
+
+/// Keepalive: on a connection that has said nothing since its HTTP/2 preface, the server sends
+/// a PING after `grpc.keepalive_interval_secs`, and closes the connection when the PING is not
+/// answered within `grpc.keepalive_timeout_secs` (a peer that vanished is found). Raw HTTP/2
+/// frames over TCP, so the test sees exactly what the server sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_connection_gets_keepalive_pings_and_is_closed_when_they_go_unanswered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const PING: u8 = 0x6;
+    const ACK: u8 = 0x1;
+    let Some(db) = TestDb::create(Backend::Sqlite).await else {
+        return;
+    };
+    let mut config = config(LIMIT, 60_000);
+    config.grpc.keepalive_interval_secs = 1;
+    config.grpc.keepalive_timeout_secs = 1;
+    let server = TestServer::start_with(db, config).await;
+    let mut tcp = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    // The client preface and an empty SETTINGS frame; nothing else is ever sent.
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .expect("preface");
+    let mut pinged = false;
+    let closed = tokio::time::timeout(SAFETY, async {
+        loop {
+            let mut header = [0u8; 9];
+            if tcp.read_exact(&mut header).await.is_err() {
+                return; // closed by the server
+            }
+            let length =
+                usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+            let mut payload = vec![0u8; length];
+            if tcp.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            if header[3] == PING && header[4] & ACK == 0 {
+                pinged = true;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the unanswered connection was never closed");
+    assert!(
+        pinged,
+        "the server sent no PING before closing the connection"
     );
     server.stop().await;
 }
