@@ -53,6 +53,19 @@ enum WriteHold {
     Postgres(sqlx::PgConnection),
 }
 
+/// Runs each statement on `conn`, in order.
+async fn execute_all<C>(conn: &mut C, statements: &[&str])
+where
+    for<'e> &'e mut C: sqlx::Executor<'e>,
+{
+    for sql in statements {
+        sqlx::raw_sql(sql)
+            .execute(&mut *conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
 impl WriteHold {
     /// Holds the write lock (SQLite) or every account row (PostgreSQL).
     async fn take(db: &TestDb) -> WriteHold {
@@ -61,24 +74,15 @@ impl WriteHold {
                 let mut conn = sqlx::SqliteConnection::connect(&db.url)
                     .await
                     .expect("open SQLite");
-                sqlx::query("BEGIN IMMEDIATE")
-                    .execute(&mut conn)
-                    .await
-                    .expect("BEGIN IMMEDIATE");
+                execute_all(&mut conn, &["BEGIN IMMEDIATE"]).await;
                 WriteHold::Sqlite(conn)
             }
             Backend::Postgres => {
                 let mut conn = sqlx::PgConnection::connect(&db.url)
                     .await
                     .expect("connect PostgreSQL");
-                sqlx::query("BEGIN")
-                    .execute(&mut conn)
-                    .await
-                    .expect("BEGIN");
-                sqlx::query("SELECT msisdn FROM accounts FOR UPDATE")
-                    .execute(&mut conn)
-                    .await
-                    .expect("lock the accounts");
+                let lock = ["BEGIN", "SELECT msisdn FROM accounts FOR UPDATE"];
+                execute_all(&mut conn, &lock).await;
                 WriteHold::Postgres(conn)
             }
         }
@@ -86,18 +90,8 @@ impl WriteHold {
 
     async fn release(self) {
         match self {
-            WriteHold::Sqlite(mut conn) => {
-                sqlx::query("ROLLBACK")
-                    .execute(&mut conn)
-                    .await
-                    .expect("ROLLBACK");
-            }
-            WriteHold::Postgres(mut conn) => {
-                sqlx::query("ROLLBACK")
-                    .execute(&mut conn)
-                    .await
-                    .expect("ROLLBACK");
-            }
+            WriteHold::Sqlite(mut conn) => execute_all(&mut conn, &["ROLLBACK"]).await,
+            WriteHold::Postgres(mut conn) => execute_all(&mut conn, &["ROLLBACK"]).await,
         }
     }
 }
