@@ -102,21 +102,25 @@ fn open_error(options: &SqliteConnectOptions, err: sqlx::Error) -> StoreError {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => std::path::Path::new("."),
     };
+    let text = err.to_string();
+    let access = ["unable to open", "readonly", "permission"];
     let hint = if !directory.is_dir() {
         format!(
-            "the directory {} does not exist: create it, or correct database_url",
+            "; the directory {} does not exist: create it, or correct database_url",
+            directory.display()
+        )
+    } else if access.iter().any(|word| text.contains(word)) {
+        format!(
+            "; the file and its directory {} must be readable and writable by this user",
             directory.display()
         )
     } else {
-        format!(
-            "the file and its directory {} must be readable and writable by this user",
-            directory.display()
-        )
+        String::new()
     };
     match StoreError::from(err) {
         StoreError::Internal(e) | StoreError::Unavailable(e) | StoreError::NotWritable(e) => {
             StoreError::Unavailable(format!(
-                "cannot open the SQLite database {}: {e}; {hint}",
+                "cannot open the SQLite database {}: {e}{hint}",
                 file.display()
             ))
         }
