@@ -19,7 +19,8 @@
 //! 5. [`scheduler`]: when the sweep runs inside `serve` (cron, driven by the clock).
 //! 6. [`ops`]: the operations HTTP listener (`/metrics`, `/healthz`, `/readyz`, dashboard).
 //! 7. [`api`]: the gRPC services.
-//! 8. [`server`]: the composition root — build, start, ready, shutdown.
+//! 8. [`server`]: the composition root — build, start, ready, drain, shutdown — with the gRPC
+//!    admission layer (concurrency limit, default deadline) and the SQLite instance lock.
 //! 9. [`cli`]: the command-line client (gRPC to a running server) and the bulk card import;
 //!    `main.rs` on top.
 

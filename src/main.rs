@@ -200,6 +200,9 @@ fn main() -> ExitCode {
                 server::serve(config, shutdown).await
             }
             ServerCommand::Migrate => {
+                // Not under a running server: it migrated at its start, and a schema change
+                // under it is unsafe (a newer binary's migrations, say).
+                let _lock = server::claim_database(&config.database_url)?;
                 let rules = Arc::new(config.rules()?);
                 let store =
                     store::connect(&config.database_url, 1, config.db_acquire_timeout(), rules)
@@ -300,6 +303,9 @@ async fn run_sweep(
     dry_run: bool,
     output: OutputFormat,
 ) -> Result<(), server::ServeError> {
+    // On a SQLite file a server is using, refused: the server sweeps on its own schedule, and
+    // `ocs-lifecycle forecast` asks it what a sweep would do.
+    let _lock = server::claim_database(&config.database_url)?;
     let rules = Arc::new(config.rules()?);
     let store = store::connect(&config.database_url, 2, config.db_acquire_timeout(), rules).await?;
     store.migrate().await?;

@@ -56,10 +56,36 @@ fn the_example_file_is_ok_and_summarised() {
         "timezone: Asia/Shanghai",
         "auth: off",
         "webhook: off",
+        "grpc: at most 512 calls at once (more are shed), default deadline 60000 ms, messages \
+         up to 4194304 bytes, keepalive every 30 s; drain 0 s at shutdown",
     ] {
         assert!(stdout.contains(expected), "{expected:?} in\n{stdout}");
     }
     assert_no_database(dir.path(), "config check creates no database");
+}
+
+#[test]
+fn overload_limits_and_the_drain_are_checked_together_naming_each_key() {
+    let (dir, file) = config_file(
+        "drain_secs = 7200\n[grpc]\nmax_concurrent_requests = 0\ndefault_deadline_ms = 0\n\
+         max_message_bytes = 10\nkeepalive_timeout_secs = 0\n",
+    );
+    let output = check(dir.path(), &file);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let problems = lines(&output.stderr);
+    for key in [
+        "drain_secs must be between 0 and 3600",
+        "grpc.max_concurrent_requests must be between 1 and 100000",
+        "grpc.default_deadline_ms must be between 1 and 3600000",
+        "grpc.max_message_bytes must be between 1024 and 268435456",
+        "grpc.keepalive_timeout_secs must be between 1 and 3600",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.contains(key)),
+            "{key:?} in {problems:#?}"
+        );
+    }
+    assert_eq!(problems.len(), 5, "{problems:#?}");
 }
 
 #[test]

@@ -15,7 +15,7 @@ use base64::Engine;
 use serde::Deserialize;
 
 use super::ConfigError;
-use super::security::{read_certificates, read_private_key};
+use super::security::{read_certificates, read_key_pair};
 use crate::lifecycle::EventType;
 
 /// The prefix of a Standard Webhooks secret (`whsec_` and the base64 of the key).
@@ -218,28 +218,17 @@ impl BssConfig {
             Some(path) => Some(read_certificates("bss.ca_file", path)?),
             None => None,
         };
-        let identity = match (&self.client_cert, &self.client_key) {
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(ConfigError(
-                    "bss.client_key: missing; bss.client_cert needs its private key".into(),
-                ));
+        let pair = read_key_pair(
+            ("bss.client_cert", self.client_cert.as_deref()),
+            ("bss.client_key", self.client_key.as_deref()),
+        )?;
+        let identity = pair.map(|(mut pem, key)| {
+            if !pem.ends_with(b"\n") {
+                pem.push(b'\n');
             }
-            (None, Some(_)) => {
-                return Err(ConfigError(
-                    "bss.client_cert: missing; bss.client_key needs its certificate".into(),
-                ));
-            }
-            (Some(cert), Some(key)) => {
-                let mut pem = read_certificates("bss.client_cert", cert)?;
-                let key = read_private_key("bss.client_key", key)?;
-                if !pem.ends_with(b"\n") {
-                    pem.push(b'\n');
-                }
-                pem.extend_from_slice(&key);
-                Some(pem)
-            }
-        };
+            pem.extend_from_slice(&key);
+            pem
+        });
         Ok(WebhookTlsFiles { ca, identity })
     }
 }
@@ -285,25 +274,17 @@ mod tests {
 
     #[test]
     fn env_and_flags_set_the_webhook() {
+        use crate::config::test_support::{env, load_env};
         use crate::config::{Config, Overrides};
-        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        };
-        let config = Config::load(
-            &Overrides::default(),
-            env(&[
-                ("OCS_BSS__WEBHOOK_URL", "http://127.0.0.1:9/env"),
-                ("OCS_BSS__WEBHOOK_SECRET", "from-env"),
-                ("OCS_BSS__MAX_ATTEMPTS", "5"),
-                (
-                    "OCS_BSS__WEBHOOK_EVENTS",
-                    "[\"NUMBER_RECYCLED\", \"STATE_CHANGED\"]",
-                ),
-            ]),
-        )
+        let config = load_env(&[
+            ("OCS_BSS__WEBHOOK_URL", "http://127.0.0.1:9/env"),
+            ("OCS_BSS__WEBHOOK_SECRET", "from-env"),
+            ("OCS_BSS__MAX_ATTEMPTS", "5"),
+            (
+                "OCS_BSS__WEBHOOK_EVENTS",
+                "[\"NUMBER_RECYCLED\", \"STATE_CHANGED\"]",
+            ),
+        ])
         .unwrap();
         assert_eq!(config.bss.webhook_url, "http://127.0.0.1:9/env");
         assert_eq!(config.bss.max_attempts, 5);
@@ -320,10 +301,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.bss.webhook_url, "https://bss.example/hook");
         assert_eq!(config.bss.webhook_secret, "from-flag");
-        let missing_secret = Config::load(
-            &Overrides::default(),
-            env(&[("OCS_BSS__WEBHOOK_URL", "http://127.0.0.1:9/env")]),
-        );
+        let missing_secret = load_env(&[("OCS_BSS__WEBHOOK_URL", "http://127.0.0.1:9/env")]);
         assert!(missing_secret.is_err());
     }
 }

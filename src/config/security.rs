@@ -142,29 +142,18 @@ impl fmt::Debug for TlsFiles {
 impl TlsConfig {
     /// Reads and checks the files; `None` when TLS is off.
     pub fn load(&self) -> Result<Option<TlsFiles>, ConfigError> {
-        let (cert_path, key_path) = match (&self.cert, &self.key) {
-            (None, None) => {
-                if self.client_ca.is_some() {
-                    return Err(ConfigError(
-                        "tls.client_ca needs tls.cert and tls.key (mTLS is a part of TLS)".into(),
-                    ));
-                }
-                return Ok(None);
-            }
-            (Some(_), None) => {
+        let pair = read_key_pair(
+            ("tls.cert", self.cert.as_deref()),
+            ("tls.key", self.key.as_deref()),
+        )?;
+        let Some((cert, key)) = pair else {
+            if self.client_ca.is_some() {
                 return Err(ConfigError(
-                    "tls.key: missing; tls.cert needs its private key".into(),
+                    "tls.client_ca needs tls.cert and tls.key (mTLS is a part of TLS)".into(),
                 ));
             }
-            (None, Some(_)) => {
-                return Err(ConfigError(
-                    "tls.cert: missing; tls.key needs its certificate".into(),
-                ));
-            }
-            (Some(cert), Some(key)) => (cert, key),
+            return Ok(None);
         };
-        let cert = read_certificates("tls.cert", cert_path)?;
-        let key = read_private_key("tls.key", key_path)?;
         let client_ca = match &self.client_ca {
             Some(path) => Some(read_certificates("tls.client_ca", path)?),
             None => None,
@@ -174,6 +163,30 @@ impl TlsConfig {
             key,
             client_ca,
         }))
+    }
+}
+
+/// PEM certificate chain and PEM private key.
+pub(crate) type KeyPair = (Vec<u8>, Vec<u8>);
+
+/// A certificate chain and its private key, each `(key, path)`, set together or not at all:
+/// both read and checked; `None` when neither is set.
+pub(crate) fn read_key_pair(
+    (cert_key, cert): (&str, Option<&Path>),
+    (key_key, key): (&str, Option<&Path>),
+) -> Result<Option<KeyPair>, ConfigError> {
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError(format!(
+            "{key_key}: missing; {cert_key} needs its private key"
+        ))),
+        (None, Some(_)) => Err(ConfigError(format!(
+            "{cert_key}: missing; {key_key} needs its certificate"
+        ))),
+        (Some(cert), Some(key)) => Ok(Some((
+            read_certificates(cert_key, cert)?,
+            read_private_key(key_key, key)?,
+        ))),
     }
 }
 

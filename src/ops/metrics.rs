@@ -193,6 +193,7 @@ pub struct Metrics {
     rpc_requests: Family<RpcLabels, Counter>,
     rpc_duration: Family<MethodLabel, Histogram>,
     rpc_in_flight: Gauge,
+    rpc_shed: Counter,
     pub sweep: SweepMetrics,
     /// `/package.Service/Method` paths the server serves (other paths count as "unknown", so a
     /// caller cannot make up label values).
@@ -254,6 +255,9 @@ impl Metrics {
             Unit::Seconds,
             rpc_duration.clone(),
         );
+        let rpc_shed = Counter::default();
+        let shed_help = "gRPC calls refused at once over grpc.max_concurrent_requests (OVERLOADED)";
+        registry.register("ocs_rpc_shed", shed_help, rpc_shed.clone());
         sweep.register(&mut registry);
         registry.register(
             "ocs_build",
@@ -273,6 +277,7 @@ impl Metrics {
             rpc_requests,
             rpc_duration,
             rpc_in_flight,
+            rpc_shed,
             sweep,
             methods,
             webhook: OnceLock::new(),
@@ -296,6 +301,11 @@ impl Metrics {
     pub fn rpc_started(&self) -> InFlight {
         self.rpc_in_flight.inc();
         InFlight(self.rpc_in_flight.clone())
+    }
+
+    /// Counts a call shed by the concurrency limit (`crate::server`'s admission).
+    pub fn record_shed(&self) {
+        self.rpc_shed.inc();
     }
 
     /// Records one answered gRPC request.

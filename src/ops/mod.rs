@@ -1,6 +1,6 @@
 //! The operations HTTP listener inside `serve` (`http_addr`): `GET /metrics` (Prometheus),
 //! `GET /healthz` (the process runs), `GET /readyz` (migrations ran and the database
-//! answers), and the dashboard, `GET /`, `GET /api/dashboard/html` and `GET /api/dashboard`
+//! answers; 503 during a shutdown's drain), and the dashboard, `GET /`, `GET /api/dashboard/html` and `GET /api/dashboard`
 //! ([`dashboard`], rendered by [`page`]). It stops with the gRPC server (the shutdown token).
 //!
 //! Who may read what: with bearer tokens configured (`[[auth.tokens]]`, the gRPC server's), the
@@ -91,6 +91,31 @@ pub async fn serve_http(
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
+}
+
+/// [`serve_http`] inside `serve`: while `draining` is set (a shutdown's drain, before the
+/// listeners close) `/readyz` answers 503, so load balancers stop sending.
+pub async fn serve_http_draining(
+    listener: TcpListener,
+    state: OpsState,
+    draining: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let routes = router(state).layer(axum::middleware::from_fn_with_state(draining, drain_gate));
+    axum::serve(listener, routes)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+async fn drain_gate(
+    State(draining): State<Arc<AtomicBool>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if request.uri().path() == "/readyz" && draining.load(Ordering::Acquire) {
+        return not_ready("shutting down: draining before the listeners close").into_response();
+    }
+    next.run(request).await
 }
 
 async fn metrics(State(state): State<OpsState>) -> Response {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::{Connection, Pool, Postgres, Transaction};
 
 use super::dialect::{Dialect, ErrorClass, SqlDatabase};
@@ -64,6 +64,7 @@ impl SqlStore<PostgresDialect> {
             (primary.pool().clone(), Some(primary))
         } else {
             let options = no_jit(url.parse::<PgConnectOptions>()?);
+            probe_connect(&options, acquire_timeout).await?;
             (pool_options.connect_with(options).await?, None)
         };
         // One pool for reads and writes: every connection may write.
@@ -78,6 +79,56 @@ impl SqlStore<PostgresDialect> {
     /// With a multi-host `database_url`: whether the service knows its primary.
     pub fn primary_watch(&self) -> Option<PrimaryWatch> {
         self.dialect.primary.as_ref().map(|p| p.watch())
+    }
+}
+
+/// One connection before the pool opens, for its error: the pool retries a failed connect until
+/// its acquire timeout and then says only that it timed out.
+async fn probe_connect(options: &PgConnectOptions, timeout: Duration) -> Result<(), StoreError> {
+    let at = format!("{}:{}", options.get_host(), options.get_port());
+    match tokio::time::timeout(timeout, PgConnection::connect_with(options)).await {
+        Ok(Ok(connection)) => {
+            let _ = connection.close().await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(StoreError::Unavailable(connect_error(&at, options, &e))),
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "PostgreSQL at {at} did not answer within {} ms (db_acquire_timeout_ms): check the \
+             host and port in database_url, and that no firewall drops the connection",
+            timeout.as_millis()
+        ))),
+    }
+}
+
+/// What failed connecting to `at`, and what to do, in one line without the password.
+fn connect_error(at: &str, options: &PgConnectOptions, err: &sqlx::Error) -> String {
+    let user = options.get_username();
+    let database = options.get_database().unwrap_or(user);
+    match err {
+        sqlx::Error::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => format!(
+            "cannot connect to PostgreSQL at {at}: connection refused: start PostgreSQL there, \
+             or correct the host and port in database_url"
+        ),
+        sqlx::Error::Io(e) if e.to_string().contains("lookup address") => format!(
+            "cannot connect to PostgreSQL at {at}: unknown host {:?} ({e}): correct the host \
+             in database_url",
+            options.get_host()
+        ),
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some("3D000") => format!(
+                "PostgreSQL at {at} has no database {database:?}: create it (createdb -h {} -p \
+                 {} -U {user} {database}) or correct database_url",
+                options.get_host(),
+                options.get_port()
+            ),
+            Some("28P01" | "28000") => format!(
+                "PostgreSQL at {at} refused user {user:?}: {}: check the user and password in \
+                 database_url (and the server's pg_hba.conf)",
+                db.message()
+            ),
+            _ => format!("cannot connect to PostgreSQL at {at}: {}", db.message()),
+        },
+        other => format!("cannot connect to PostgreSQL at {at}: {other}"),
     }
 }
 

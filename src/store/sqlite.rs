@@ -76,12 +76,14 @@ impl SqlStore<SqliteDialect> {
                 })
             })
             .connect_with(options.clone())
-            .await?;
+            .await
+            .map_err(|e| open_error(&options, e))?;
         let readers = SqlitePoolOptions::new()
             .max_connections(pool_size.max(1))
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.read_only(true))
-            .await?;
+            .connect_with(options.clone().read_only(true))
+            .await
+            .map_err(|e| open_error(&options, e))?;
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
         tokio::spawn(write_loop(writer.clone(), rules.clone(), queue));
         Ok(SqlStore::new(
@@ -90,6 +92,39 @@ impl SqlStore<SqliteDialect> {
             writer,
             rules,
         ))
+    }
+}
+
+/// Why the database file cannot be opened, naming the file and what to do.
+fn open_error(options: &SqliteConnectOptions, err: sqlx::Error) -> StoreError {
+    let file = options.get_filename();
+    let directory = match file.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => std::path::Path::new("."),
+    };
+    let text = err.to_string();
+    let access = ["unable to open", "readonly", "permission"];
+    let hint = if !directory.is_dir() {
+        format!(
+            "; the directory {} does not exist: create it, or correct database_url",
+            directory.display()
+        )
+    } else if access.iter().any(|word| text.contains(word)) {
+        format!(
+            "; the file and its directory {} must be readable and writable by this user",
+            directory.display()
+        )
+    } else {
+        String::new()
+    };
+    match StoreError::from(err) {
+        StoreError::Internal(e) | StoreError::Unavailable(e) | StoreError::NotWritable(e) => {
+            StoreError::Unavailable(format!(
+                "cannot open the SQLite database {}: {e}{hint}",
+                file.display()
+            ))
+        }
+        other => other,
     }
 }
 

@@ -7,9 +7,21 @@
 //!    health says NOT_SERVING and requests are UNAVAILABLE (`NOT_READY`).
 //! 3. **Ready**: the migrations run; then health says SERVING, and the webhook worker
 //!    (`crate::notify`) and the sweep's scheduler (`crate::scheduler`) start.
-//! 4. **Shutdown** (the token is cancelled): health NOT_SERVING, in-flight requests finish
-//!    within `shutdown_timeout_secs`, a sweep in progress finishes its batches, the webhook
-//!    worker and the operations endpoint stop.
+//!    Before that, the database must take a probe write: a read-only database fails the start
+//!    instead of a ready server failing its first write.
+//! 4. **Shutdown** (the token is cancelled): health NOT_SERVING and `/readyz` 503 for
+//!    `drain_secs` while both listeners still serve (load balancers stop sending), then the
+//!    listeners close, in-flight requests finish within `shutdown_timeout_secs`, a sweep in
+//!    progress finishes its batches, the webhook worker and the operations endpoint stop.
+//!
+//! Every gRPC call passes the admission layer ([`admission`]: concurrency limit, default
+//! deadline) inside the metrics layer, so shed calls are counted and logged like the others.
+//! [`serve`] (the `serve` command) also holds the SQLite database's [`instance_lock`]; the
+//! in-process entries ([`serve_on`], [`serve_with_listeners`]) leave that to their caller, so
+//! a test can run two servers on one file.
+
+pub mod admission;
+pub mod instance_lock;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +46,7 @@ use crate::proto::bss_events_server::BssEventsServer;
 use crate::proto::test_clock_server::TestClockServer;
 use crate::scheduler::Scheduler;
 use crate::store;
+use admission::AdmissionLayer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -57,9 +70,11 @@ use crate::wire::{
     SERVICE_NAMES, TEST_CLOCK_SERVICE as TEST_CLOCK,
 };
 
-/// Binds `config.listen` and serves until `shutdown` is cancelled.
+/// Binds `config.listen` and serves until `shutdown` is cancelled, holding the SQLite
+/// database's lock ([`claim_database`]) throughout.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
     check_exposure(&config, config.listen)?;
+    let _lock = claim_database(&config.database_url)?;
     if let Some(addr) = config.http_addr {
         check_http_exposure(&config, addr)?;
     }
@@ -69,6 +84,14 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         None => None,
     };
     serve_with_listeners(config, listener, http, shutdown).await
+}
+
+/// The lock of the SQLite file `database_url` names (none for PostgreSQL): `serve`, `migrate`
+/// and `sweep` hold it while they run; a second one on the same file fails here, naming it.
+pub fn claim_database(
+    database_url: &str,
+) -> Result<Option<instance_lock::InstanceLock>, ServeError> {
+    instance_lock::claim(database_url).map_err(ServeError::Other)
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
@@ -238,7 +261,12 @@ pub async fn serve_with_listeners(
         check_http_exposure(&config, http_addr)?;
     }
     let authenticator = Authenticator::from_config(&config.auth)?.map(Arc::new);
-    let (builder, tls_on) = auth::with_tls(Server::builder(), &config.tls)?;
+    let (builder, tls_on) = auth::with_tls(
+        Server::builder()
+            .http2_keepalive_interval(config.grpc.keepalive_interval())
+            .http2_keepalive_timeout(Some(config.grpc.keepalive_timeout())),
+        &config.tls,
+    )?;
     warn_about_exposure(authenticator.is_some(), tls_on, addr, http_addr);
     let (manual, clock) = make_clock(config.clock);
     let schedule = config.sweep.schedule()?;
@@ -286,6 +314,9 @@ pub async fn serve_with_listeners(
 
     // 2. Start: the operations endpoint first, so /healthz answers and /readyz says why it is
     // not ready yet while the migrations run.
+    // Closes both listeners: at shutdown, after the drain.
+    let close = CancellationToken::new();
+    let draining = Arc::new(AtomicBool::new(false));
     let mut tasks = Tasks {
         operations: None,
         scheduler: None,
@@ -318,7 +349,12 @@ pub async fn serve_with_listeners(
                 authenticator: authenticator.clone(),
             };
             tracing::info!(%http_addr, "operations endpoint listening (/, /api/dashboard, /metrics, /healthz, /readyz)");
-            tasks.operations = Some(tokio::spawn(ops::serve_http(http, state, shutdown.clone())));
+            tasks.operations = Some(tokio::spawn(ops::serve_http_draining(
+                http,
+                state,
+                draining.clone(),
+                close.clone(),
+            )));
         }
         _ => tracing::info!("http_addr is off: no dashboard, /metrics, /healthz or /readyz"),
     }
@@ -330,26 +366,39 @@ pub async fn serve_with_listeners(
     let reflection_v1alpha = reflection_builder()
         .build_v1alpha()
         .map_err(reflection_error)?;
+    let max_message = config.grpc.max_message_size();
     let router = builder
         .layer(RpcMetricsLayer::new(metrics.clone()).with_full_msisdn(config.log_full_msisdn))
+        .layer(AdmissionLayer::new(
+            config.grpc.max_concurrent_requests,
+            config.grpc.default_deadline(),
+            metrics.clone(),
+        ))
         .layer(AuthLayer::new(authenticator.clone()))
         .trace_fn(|req| tracing::debug_span!("grpc", path = %req.uri().path()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
-        .add_service(BssEventsServer::new(EventsApi::new(
-            ctx.clone(),
-            shutdown.clone(),
-        )))
-        .add_service(AccountLifecycleServer::new(AccountsApi::new(ctx)));
+        .add_service(
+            // Subscribe streams last through the drain and end as the listeners close.
+            BssEventsServer::new(EventsApi::new(ctx.clone(), close.clone()))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_service(
+            AccountLifecycleServer::new(AccountsApi::new(ctx))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        );
     let router = match &manual {
-        Some(clock) => router.add_service(TestClockServer::new(TestClockApi::new(
-            clock.clone(),
-            moves,
-        ))),
+        Some(clock) => router.add_service(
+            TestClockServer::new(TestClockApi::new(clock.clone(), moves))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        ),
         None => router,
     };
-    let stopping = shutdown.clone();
+    let stopping = close.clone();
     // Answers are small and latency-bound: no Nagle delay on accepted connections.
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
@@ -375,11 +424,21 @@ pub async fn serve_with_listeners(
         server.abort();
         tasks.abort();
     };
+    let migrated = match migrated {
+        Some(Ok(())) => tokio::select! {
+            probed = probe_writable(store.as_ref(), clock.as_ref(), &config.database_url) => {
+                Some(probed)
+            }
+            _ = shutdown.cancelled() => None,
+        },
+        Some(Err(e)) => Some(Err(e.into())),
+        None => None,
+    };
     match migrated {
         Some(Ok(())) => {}
         Some(Err(e)) => {
             failed(tasks, server);
-            return Err(e.into());
+            return Err(e);
         }
         None => {
             tracing::info!("shutdown requested before the migrations finished");
@@ -437,9 +496,18 @@ pub async fn serve_with_listeners(
         }
     }
 
-    // 4. Shutdown.
-    tracing::info!("shutting down: finishing in-flight requests");
+    // 4. Shutdown: drain, then close the listeners.
     set_health(&health, &all_services, ServingStatus::NotServing).await;
+    draining.store(true, Ordering::Release);
+    if config.drain_secs > 0 {
+        tracing::info!(
+            drain_secs = config.drain_secs,
+            "shutting down: health NOT_SERVING and /readyz 503 while the listeners still serve"
+        );
+        tokio::time::sleep(Duration::from_secs(config.drain_secs)).await;
+    }
+    tracing::info!("shutting down: listeners closed, finishing in-flight requests");
+    close.cancel();
     let grace = Duration::from_secs(config.shutdown_timeout_secs);
     match tokio::time::timeout(grace, &mut server).await {
         Ok(finished) => finished.map_err(|e| ServeError::Other(e.to_string()))??,
@@ -454,6 +522,26 @@ pub async fn serve_with_listeners(
     tasks.stopped(grace).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// One write at start: a database the server cannot write (a read-only file, a read-only
+/// PostgreSQL user or replica) fails the start with the reason, so `/readyz` never says ready
+/// on it.
+async fn probe_writable(
+    store: &dyn store::AccountStore,
+    clock: &dyn Clock,
+    database_url: &str,
+) -> Result<(), ServeError> {
+    store.probe_write(clock.now()).await.map_err(|e| {
+        let database = match instance_lock::sqlite_file(database_url) {
+            Some(file) => format!("the SQLite database {}", file.display()),
+            None => format!("the database {}", redact(database_url)),
+        };
+        ServeError::Other(format!(
+            "{database} cannot be written ({e}): make it writable by this user (the file and \
+             its directory for SQLite; a read-write user on the primary for PostgreSQL)"
+        ))
+    })
 }
 
 /// Reflection over the lifecycle contract, health, and `google.rpc` error details (so a
