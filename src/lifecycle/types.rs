@@ -124,14 +124,15 @@ pub enum RechargeChannel {
 }
 
 impl RechargeChannel {
+    pub const ALL: [RechargeChannel; 4] = [
+        Self::Card10011,
+        Self::Bank,
+        Self::BusinessHall,
+        Self::Online,
+    ];
+
     pub fn from_i32(value: i32) -> Option<Self> {
-        match value {
-            1 => Some(Self::Card10011),
-            2 => Some(Self::Bank),
-            3 => Some(Self::BusinessHall),
-            4 => Some(Self::Online),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|c| *c as i32 == value)
     }
 }
 
@@ -145,15 +146,16 @@ pub enum ServiceType {
 }
 
 impl ServiceType {
+    pub const ALL: [ServiceType; 5] = [
+        Self::VoiceOut,
+        Self::VoiceIn,
+        Self::SmsOut,
+        Self::SmsIn,
+        Self::Data,
+    ];
+
     pub fn from_i32(value: i32) -> Option<Self> {
-        match value {
-            1 => Some(Self::VoiceOut),
-            2 => Some(Self::VoiceIn),
-            3 => Some(Self::SmsOut),
-            4 => Some(Self::SmsIn),
-            5 => Some(Self::Data),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|s| *s as i32 == value)
     }
 
     /// Incoming services (a call or SMS to the subscriber).
@@ -175,17 +177,18 @@ pub enum HistoryKind {
 }
 
 impl HistoryKind {
+    pub const ALL: [HistoryKind; 7] = [
+        Self::Provisioned,
+        Self::Sold,
+        Self::Activated,
+        Self::Recharge,
+        Self::Charge,
+        Self::Unlock,
+        Self::StateChanged,
+    ];
+
     pub fn from_i32(value: i32) -> Option<Self> {
-        match value {
-            1 => Some(Self::Provisioned),
-            2 => Some(Self::Sold),
-            3 => Some(Self::Activated),
-            4 => Some(Self::Recharge),
-            5 => Some(Self::Charge),
-            6 => Some(Self::Unlock),
-            7 => Some(Self::StateChanged),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|k| *k as i32 == value)
     }
 }
 
