@@ -107,8 +107,8 @@ pub(super) fn required_enum<T>(
 impl TryFrom<&proto::ProvisionAccountRequest> for Mutating<ProvisionParams> {
     type Error = Status;
 
-    /// The parameters themselves are checked by the core's provisioning, which the handler runs
-    /// once without any account before it touches storage.
+    /// The parameters themselves are checked by `ProvisionParams::validate`, which the handler
+    /// runs before it touches storage.
     fn try_from(r: &proto::ProvisionAccountRequest) -> Result<Self, Status> {
         let params = ProvisionParams {
             preset_balance: r.preset_balance,

@@ -9,7 +9,8 @@ use super::error::{DomainError, ErrorReason};
 use super::rules::{Rules, add_days};
 use super::types::{AccountState, HistoryKind, Msisdn, RechargeChannel};
 
-/// What a provisioning request asks for (validated by [`provision`]).
+/// What a provisioning request asks for ([`ProvisionParams::validate`], which [`provision`]
+/// runs first).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProvisionParams {
     pub preset_balance: i64,
@@ -199,6 +200,32 @@ pub fn provision_over(
 }
 
 impl ProvisionParams {
+    /// Checks the parameters on their own (no account needed): a preset balance that is not
+    /// negative, an initial validity within the request bound and the configured cap. Runs
+    /// before any I/O; [`provision`] runs it again.
+    pub fn validate(&self, rules: &Rules) -> Result<(), DomainError> {
+        if self.preset_balance < 0 {
+            return Err(DomainError::invalid(
+                ErrorReason::InvalidAmount,
+                format!(
+                    "preset_balance must not be negative, got {}",
+                    self.preset_balance
+                ),
+            ));
+        }
+        check_days("initial_validity_days", self.initial_validity_days, true)?;
+        if self.initial_validity_days > rules.max_validity_days {
+            return Err(DomainError::invalid(
+                ErrorReason::InvalidArgument,
+                format!(
+                    "initial_validity_days {} exceeds the {}-day validity cap",
+                    self.initial_validity_days, rules.max_validity_days
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The idempotency fingerprint of a provisioning of `msisdn` with these parameters: a retry
     /// with the same request_id must carry the same one (spec: otherwise REQUEST_ID_REUSED).
     /// Built from validated values, so `+8613800138000` and `8613800138000` are one request.
@@ -243,25 +270,7 @@ pub fn provision(
     now: DateTime<Utc>,
     rules: &Rules,
 ) -> Result<Account, DomainError> {
-    if params.preset_balance < 0 {
-        return Err(DomainError::invalid(
-            ErrorReason::InvalidAmount,
-            format!(
-                "preset_balance must not be negative, got {}",
-                params.preset_balance
-            ),
-        ));
-    }
-    check_days("initial_validity_days", params.initial_validity_days, true)?;
-    if params.initial_validity_days > rules.max_validity_days {
-        return Err(DomainError::invalid(
-            ErrorReason::InvalidArgument,
-            format!(
-                "initial_validity_days {} exceeds the {}-day validity cap",
-                params.initial_validity_days, rules.max_validity_days
-            ),
-        ));
-    }
+    params.validate(rules)?;
     let initial_validity_days = match params.initial_validity_days {
         0 => rules.initial_validity_days,
         days => days,

@@ -88,3 +88,19 @@ fn provisioning_rejects_an_initial_validity_beyond_the_cap() {
     let err = provisioning_refused(&params(0, true, 101), now, &short_periods());
     assert_invalid(&err, ErrorReason::InvalidArgument);
 }
+
+#[test]
+fn provisioning_parameters_are_checked_without_an_account() {
+    let (rules, _) = shanghai_at("2026-03-01", 10);
+    let err = params(-1, true, 0).validate(&rules).unwrap_err();
+    assert_invalid(&err, ErrorReason::InvalidAmount);
+    let beyond_the_cap = params(0, true, rules.max_validity_days + 1);
+    let err = beyond_the_cap.validate(&rules).unwrap_err();
+    assert_invalid(&err, ErrorReason::InvalidArgument);
+    assert!(params(0, true, 0).validate(&rules).is_ok());
+    assert!(
+        params(0, false, rules.max_validity_days)
+            .validate(&rules)
+            .is_ok()
+    );
+}
