@@ -75,6 +75,35 @@ impl fmt::Display for RequestId {
     }
 }
 
+/// An amount of money a command moves, in fen (1 fen = 0.01 yuan): always positive, so a
+/// recharge adds and a charge debits. Requests are parsed into it once, at the API's boundary;
+/// a command cannot hold another amount.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Amount(i64);
+
+impl Amount {
+    /// `fen` as the value of the request field `field`: INVALID_AMOUNT unless it is positive.
+    pub fn parse(field: &str, fen: i64) -> Result<Self, DomainError> {
+        if fen <= 0 {
+            return Err(DomainError::invalid(
+                ErrorReason::InvalidAmount,
+                format!("{field} must be a positive number of fen, got {fen}"),
+            ));
+        }
+        Ok(Self(fen))
+    }
+
+    pub fn fen(self) -> i64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// The five lifecycle states; the numbers are the wire and storage values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum AccountState {
