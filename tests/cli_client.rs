@@ -1,152 +1,22 @@
 //! The command-line client, end to end: the real binary (`CARGO_BIN_EXE_ocs-lifecycle`) talks
 //! gRPC to a real in-process server (`common::TestServer`, manual clock) on SQLite and
-//! PostgreSQL, and what it printed and what the database holds are both checked.
+//! PostgreSQL, and what it printed and what the database holds are both checked
+//! (`common/cli.rs`: how the binary is run, and the timeline).
 //!
-//! Every run happens in a temporary directory holding a broken `ocs-lifecycle.toml` and with
-//! an invalid `OCS_LIFECYCLE__GRACE_DAYS` in the environment: a client command that loaded
-//! the server configuration would fail, so these tests also show it does not.
-//!
-//! `tls`: the same binary against a server with TLS and with mTLS (`--server https://…`,
-//! `--ca-cert`, `--client-cert`, `--client-key` and their `OCS_*` variables), certificates made
-//! by `scripts/make-test-certs.sh`.
-//!
-//! Timeline: cards are provisioned at `T0` (2030-03-01, 10:00 Asia/Shanghai); an activated
-//! card is valid through 2030-08-28; an unactivated one dies after 2031-08-23 and is recycled
-//! from 2031-08-24 00:00 local; `T1` (2031-09-01) is after that.
+//! This suite: one account's commands, the card import, `accounts list`, `forecast`,
+//! Authorize, the clock and health, and the client's own usage errors. The others:
+//! `cli_client_events` (`events tail`, dead letters) and `cli_client_tls` (TLS and mTLS).
 
 #[macro_use]
 mod common;
-#[path = "webhook/hook.rs"]
+#[path = "common/cli.rs"]
 #[allow(dead_code)]
-mod hook;
-mod pki;
-
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+mod cli;
 
 use common::{TestDb, TestServer, free_port};
-use hook::{Hook, always_ok};
-use ocs_lifecycle::config::{BssConfig, ClockMode, Config};
-use ocs_lifecycle::proto;
-use ocs_lifecycle::proto::bss_events_client::BssEventsClient;
-use serde_json::Value;
-use tonic::transport::Channel;
+use ocs_lifecycle::config::ClockMode;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ocs-lifecycle");
-const T0: &str = "2030-03-01T02:00:00Z";
-const T1: &str = "2031-09-01T02:00:00Z";
-/// Safety bound only: no test asserts on elapsed time.
-const SAFETY: Duration = Duration::from_secs(60);
-
-/// What one run of the binary did.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    #[track_caller]
-    fn ok(self) -> Run {
-        assert_eq!(self.code, 0, "the command failed: {self:#?}");
-        self
-    }
-
-    #[track_caller]
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {self:#?}"))
-    }
-
-    /// The one line on stderr of a failed run.
-    #[track_caller]
-    fn error_line(&self) -> &str {
-        assert_ne!(self.code, 0, "expected a failure: {self:#?}");
-        let lines: Vec<&str> = self.stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "an error is one line on stderr: {self:#?}");
-        assert!(lines[0].starts_with("error: "), "{self:#?}");
-        assert!(!self.stderr.contains("panicked"), "{self:#?}");
-        lines[0]
-    }
-}
-
-/// Runs the binary with `args` against `server` (bounded; killed past the safety bound).
-async fn ocs_at(server: &str, args: &[&str]) -> Run {
-    ocs_env(server, &[], args).await
-}
-
-/// [`ocs_at`] with more environment variables.
-async fn ocs_env(server: &str, env: &[(&str, &str)], args: &[&str]) -> Run {
-    let server = server.to_owned();
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    let env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    tokio::task::spawn_blocking(move || {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        std::fs::write(
-            dir.path().join("ocs-lifecycle.toml"),
-            "this is = not [toml\n",
-        )
-        .expect("write the broken configuration");
-        let mut command = Command::new(BIN);
-        command.current_dir(dir.path()).env_remove("RUST_LOG");
-        for (name, _) in std::env::vars() {
-            if name.starts_with("OCS_") {
-                command.env_remove(name);
-            }
-        }
-        let mut child = command
-            .env("OCS_LIFECYCLE__GRACE_DAYS", "0")
-            .env("OCS_SERVER", &server)
-            .envs(env)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ocs-lifecycle");
-        let deadline = Instant::now() + SAFETY;
-        // The output is small; reading it after exit cannot block the child.
-        while child.try_wait().expect("try_wait").is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("ocs-lifecycle {args:?} did not exit");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let output = child.wait_with_output().expect("output");
-        Run {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    })
-    .await
-    .expect("the run's thread")
-}
-
-async fn ocs(server: &TestServer, args: &[&str]) -> Run {
-    ocs_at(&format!("http://{}", server.addr), args).await
-}
-
-fn write_file(dir: &Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, text).expect("write the file");
-    path.display().to_string()
-}
-
-fn events_client(server: &TestServer) -> BssEventsClient<Channel> {
-    let channel = Channel::from_shared(format!("http://{}", server.addr))
-        .expect("endpoint")
-        .connect_lazy();
-    BssEventsClient::new(channel)
-}
+use cli::*;
 
 both_backends! {
     provision_activate_recharge_get_and_history_round_trip_in_tables_and_json,
@@ -155,8 +25,6 @@ both_backends! {
     import_reads_columns_by_name_and_quoted_fields_and_warns_once_of_unknown_columns,
     accounts_list_filters_by_effective_state_and_pages,
     forecast_until_a_date_lists_the_numbers_recycled_by_its_end_and_writes_nothing,
-    events_tail_without_follow_prints_the_backlog,
-    events_tail_follow_prints_the_backlog_then_live_events,
     authorize_clock_and_health_speak_to_a_real_server,
     mark_sold_on_a_sold_card_says_nothing_changed,
 }
@@ -374,6 +242,322 @@ async fn a_bad_msisdn_is_refused_with_exit_2_and_server_errors_are_one_line(serv
     db.close().await;
 }
 
+async fn accounts_list_filters_by_effective_state_and_pages(server: TestServer) {
+    server.set_time(T0).await;
+    for msisdn in ["8613800000001", "8613800000002", "8613800000003"] {
+        ocs(&server, &["account", "provision", msisdn, "--sold"])
+            .await
+            .ok();
+    }
+    for msisdn in ["8613800000001", "8613800000003"] {
+        ocs(&server, &["account", "activate", msisdn]).await.ok();
+    }
+    // Valid through 2030-08-28: GRACE from the next day.
+    server.set_time("2030-09-01T02:00:00Z").await;
+    let grace = ocs(
+        &server,
+        &["accounts", "list", "--state", "grace", "--output", "json"],
+    )
+    .await
+    .ok()
+    .json();
+    let msisdns: Vec<&str> = grace["accounts"]
+        .as_array()
+        .expect("accounts")
+        .iter()
+        .map(|a| a["msisdn"].as_str().expect("msisdn"))
+        .collect();
+    assert_eq!(msisdns, ["8613800000001", "8613800000003"]);
+    assert_eq!(grace["accounts"][0]["state"], "GRACE");
+    let table = ocs(&server, &["accounts", "list", "--state", "unactivated"])
+        .await
+        .ok();
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{table:#?}");
+    assert!(
+        lines[1].starts_with("8613800000002  UNACTIVATED"),
+        "{table:#?}"
+    );
+
+    let page = ocs(
+        &server,
+        &["accounts", "list", "--page-size", "2", "--output", "json"],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(page["accounts"].as_array().map(Vec::len), Some(2));
+    assert_eq!(page["next_page_token"], "8613800000002");
+    let all = ocs(
+        &server,
+        &[
+            "accounts",
+            "list",
+            "--page-size",
+            "2",
+            "--all",
+            "--output",
+            "json",
+        ],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(all["accounts"].as_array().map(Vec::len), Some(3));
+    assert_eq!(all["next_page_token"], "");
+}
+
+async fn forecast_until_a_date_lists_the_numbers_recycled_by_its_end_and_writes_nothing(
+    server: TestServer,
+) {
+    server.set_time(T0).await;
+    let db = server.db().await;
+    let card = ocs(
+        &server,
+        &["account", "provision", "8613800000001", "--output", "json"],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(card["account"]["card_expiry"], "2031-08-23");
+    server.set_time("2031-08-01T02:00:00Z").await;
+    let before = db.counts().await;
+
+    let last_day = ocs(
+        &server,
+        &["forecast", "--until", "2031-08-23", "--output", "json"],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(last_day["dry_run"], true);
+    assert_eq!(last_day["as_of"], "2031-08-23T15:59:59Z");
+    assert_eq!(last_day["to_recycled_unactivated"], 0);
+    assert_eq!(last_day["recycled_msisdns"], serde_json::json!([]));
+
+    let next_day = ocs(
+        &server,
+        &["forecast", "--until", "2031-08-24", "--output", "json"],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(next_day["to_recycled_unactivated"], 1);
+    assert_eq!(
+        next_day["recycled_msisdns"],
+        serde_json::json!(["8613800000001"])
+    );
+    let table = ocs(&server, &["forecast", "--until", "2031-08-24"])
+        .await
+        .ok();
+    assert!(table.stdout.contains("  8613800000001"), "{table:#?}");
+
+    // In New York the 24th ends 12 hours later.
+    let elsewhere = ocs(
+        &server,
+        &[
+            "forecast",
+            "--until",
+            "2031-08-24",
+            "--timezone",
+            "America/New_York",
+            "--output",
+            "json",
+        ],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(elsewhere["as_of"], "2031-08-25T03:59:59Z");
+
+    let bad = ocs(&server, &["forecast", "--until", "2031-02-30"]).await;
+    assert_eq!(bad.code, 2, "{bad:#?}");
+    assert_eq!(db.counts().await, before, "a forecast writes nothing");
+    db.close().await;
+}
+
+async fn authorize_clock_and_health_speak_to_a_real_server(server: TestServer) {
+    // The manual clock, set and moved from the command line.
+    let set = ocs(&server, &["clock", "set", "2030-03-01T10:00:00+08:00"])
+        .await
+        .ok();
+    assert_eq!(set.stdout, format!("now  {T0}\n"), "{set:#?}");
+    let moved = ocs(&server, &["clock", "advance", "1d12h", "--output", "json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(moved["now"], "2030-03-02T14:00:00Z");
+    let got = ocs(&server, &["clock", "get"]).await.ok();
+    assert_eq!(got.stdout, "now  2030-03-02T14:00:00Z\n", "{got:#?}");
+    let backwards = ocs(&server, &["clock", "set", T0]).await;
+    assert!(
+        backwards.error_line().contains("TIME_BACKWARDS"),
+        "{backwards:#?}"
+    );
+    let nonsense = ocs(&server, &["clock", "advance", "soon"]).await;
+    assert_eq!(nonsense.code, 2, "{nonsense:#?}");
+
+    // Authorize: a sold, activated card may call; an unsold one may not.
+    provision_sold_and_activate(&server, "8613800000001").await;
+    ocs(&server, &["account", "provision", "8613800000002"])
+        .await
+        .ok();
+    let broke = ocs(
+        &server,
+        &["authorize", "8613800000001", "--service", "voice-out"],
+    )
+    .await
+    .ok();
+    assert!(broke.stdout.contains("INSUFFICIENT_BALANCE"), "{broke:#?}");
+    // Channels in any case too.
+    ocs(
+        &server,
+        &[
+            "account",
+            "recharge",
+            "8613800000001",
+            "--amount",
+            "5000",
+            "--channel",
+            "Online",
+        ],
+    )
+    .await
+    .ok();
+    let allowed = ocs(
+        &server,
+        &[
+            "authorize",
+            "8613800000001",
+            "--service",
+            "VOICE_OUT",
+            "--destination",
+            "8613900000000",
+            "--output",
+            "json",
+        ],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(allowed["allowed"], true, "{allowed}");
+    assert_eq!(allowed["state"], "VALID", "{allowed}");
+    assert_eq!(allowed["service"], "VOICE_OUT", "{allowed}");
+    let refused = ocs(
+        &server,
+        &["authorize", "8613800000002", "--service", "data"],
+    )
+    .await
+    .ok();
+    assert!(
+        refused.stdout.lines().any(|l| l == "allowed      false"),
+        "{refused:#?}"
+    );
+    assert!(
+        refused
+            .stdout
+            .lines()
+            .any(|l| l == "reason       SALE_LOCKED"),
+        "{refused:#?}"
+    );
+
+    // Health: the server and each service.
+    let health = ocs(&server, &["health"]).await.ok();
+    let lines: Vec<&str> = health.stdout.lines().collect();
+    assert_eq!(
+        lines[0], "SERVICE                            STATUS",
+        "{health:#?}"
+    );
+    assert_eq!(
+        lines[1], "(server)                           SERVING",
+        "{health:#?}"
+    );
+    assert!(
+        lines.contains(&"ocs.lifecycle.v1.TestClock         SERVING"),
+        "{health:#?}"
+    );
+    let one = ocs(
+        &server,
+        &[
+            "health",
+            "--service",
+            "ocs.lifecycle.v1.BssEvents",
+            "--output",
+            "json",
+        ],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(
+        one,
+        serde_json::json!({"services": [
+            {"service": "ocs.lifecycle.v1.BssEvents", "status": "SERVING"}
+        ]})
+    );
+    let unknown = ocs(&server, &["health", "--service", "no.such.Service"]).await;
+    assert_eq!(unknown.code, 1, "{unknown:#?}");
+    assert!(unknown.stdout.contains("UNKNOWN"), "{unknown:#?}");
+
+    // States, channels and output formats in any case.
+    let grace = ocs(
+        &server,
+        &["accounts", "list", "--state", "GRACE", "--output", "JSON"],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(grace["accounts"], serde_json::json!([]));
+}
+
+async fn mark_sold_on_a_sold_card_says_nothing_changed(server: TestServer) {
+    server.set_time(T0).await;
+    ocs(&server, &["account", "provision", "8613800000001"])
+        .await
+        .ok();
+    let first = ocs(
+        &server,
+        &["account", "mark-sold", "8613800000001", "--output", "json"],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(first["changed"], true, "{first}");
+    assert_eq!(first["account"]["sold"], true, "{first}");
+    let again = ocs(&server, &["account", "mark-sold", "8613800000001"])
+        .await
+        .ok();
+    assert!(
+        again
+            .stdout
+            .ends_with("the card was already sold: nothing changed\n"),
+        "{again:#?}"
+    );
+    let again = ocs(
+        &server,
+        &["account", "mark-sold", "8613800000001", "--output", "json"],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(again["changed"], false, "{again}");
+    // One SOLD row in the history: the first mark-sold's.
+    let history = ocs(
+        &server,
+        &["account", "history", "8613800000001", "--output", "json"],
+    )
+    .await
+    .ok()
+    .json();
+    let sold = history["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["kind"] == "SOLD")
+        .count();
+    assert_eq!(sold, 1, "{history}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_is_down_is_one_line_saying_it_cannot_connect() {
     let server = format!("http://127.0.0.1:{}", free_port());
@@ -389,6 +573,110 @@ async fn a_server_that_is_down_is_one_line_saying_it_cannot_connect() {
     let run = ocs_at(&server, &["import", &file]).await;
     assert_eq!(run.code, 1, "{run:#?}");
     assert!(run.error_line().contains("cannot connect"), "{run:#?}");
+}
+
+/// Client commands take only client options: a server option is refused (exit 2) with a line
+/// saying where it belongs, and `--help` lists none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_commands_refuse_server_options_and_list_only_their_own() {
+    let server = "http://127.0.0.1:1";
+    let refused = ocs_at(
+        server,
+        &[
+            "account",
+            "get",
+            "8613800138000",
+            "--database-url",
+            "mysql://x",
+            "--clock",
+            "manual",
+        ],
+    )
+    .await;
+    assert_eq!(refused.code, 2, "{refused:#?}");
+    assert!(refused.stderr.contains("'--database-url'"), "{refused:#?}");
+    assert!(
+        refused
+            .stderr
+            .contains("--database-url is a server option (serve, migrate, sweep, config check)"),
+        "{refused:#?}"
+    );
+    assert!(refused.stdout.is_empty(), "{refused:#?}");
+    let server_flags = [
+        "--config",
+        "--listen",
+        "--http-addr",
+        "--database-url",
+        "--clock ",
+        "--log-format",
+        "--insecure",
+        "--bss-webhook",
+    ];
+    for command in [
+        &["account", "get", "--help"][..],
+        &["accounts", "list", "--help"],
+        &["authorize", "--help"],
+        &["clock", "advance", "--help"],
+        &["health", "--help"],
+        &["forecast", "--help"],
+        &["events", "tail", "--help"],
+        &["dead-letters", "redeliver", "--help"],
+        &["import", "--help"],
+    ] {
+        let help = ocs_at(server, command).await.ok();
+        assert!(help.stdout.contains("--server"), "{command:?}: {help:#?}");
+        for flag in server_flags {
+            assert!(
+                !help.stdout.contains(flag),
+                "{command:?} lists {flag}: {help:#?}"
+            );
+        }
+    }
+    // The server's commands still take them.
+    let help = ocs_at(server, &["serve", "--help"]).await.ok();
+    for flag in server_flags {
+        assert!(help.stdout.contains(flag.trim()), "serve: {flag} {help:#?}");
+    }
+    assert!(!help.stdout.contains("--server"), "{help:#?}");
+
+    // A token pasted with its scheme gets a hint, before anything is sent.
+    let pasted = ocs_at(
+        server,
+        &[
+            "account",
+            "get",
+            "8613800138000",
+            "--token",
+            "Bearer ocs_abc",
+        ],
+    )
+    .await;
+    assert_eq!(pasted.code, 2, "{pasted:#?}");
+    assert!(
+        pasted.error_line().contains("without \"Bearer \""),
+        "{pasted:#?}"
+    );
+}
+
+/// `clock` against a server on the system clock says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_on_a_system_clock_server_says_it_needs_the_manual_clock() {
+    let Some(db) = TestDb::create(common::Backend::Sqlite).await else {
+        return;
+    };
+    let server = TestServer::start_on(db, ClockMode::System).await;
+    let run = ocs(&server, &["clock", "get"]).await;
+    assert_eq!(run.code, 2, "{run:#?}");
+    assert!(run.error_line().contains("--clock manual"), "{run:#?}");
+    let health = ocs(&server, &["health"]).await.ok();
+    assert!(
+        health
+            .stdout
+            .lines()
+            .any(|l| l == "ocs.lifecycle.v1.TestClock         NOT_SERVING"),
+        "{health:#?}"
+    );
+    server.stop().await;
 }
 
 async fn import_applies_good_rows_reports_bad_ones_and_a_rerun_applies_nothing_twice(
@@ -574,913 +862,4 @@ async fn import_reads_columns_by_name_and_quoted_fields_and_warns_once_of_unknow
     assert!(run.error_line().contains("no msisdn column"), "{run:#?}");
     assert_eq!(db.counts().await, counts, "nothing was sent");
     db.close().await;
-}
-
-async fn accounts_list_filters_by_effective_state_and_pages(server: TestServer) {
-    server.set_time(T0).await;
-    for msisdn in ["8613800000001", "8613800000002", "8613800000003"] {
-        ocs(&server, &["account", "provision", msisdn, "--sold"])
-            .await
-            .ok();
-    }
-    for msisdn in ["8613800000001", "8613800000003"] {
-        ocs(&server, &["account", "activate", msisdn]).await.ok();
-    }
-    // Valid through 2030-08-28: GRACE from the next day.
-    server.set_time("2030-09-01T02:00:00Z").await;
-    let grace = ocs(
-        &server,
-        &["accounts", "list", "--state", "grace", "--output", "json"],
-    )
-    .await
-    .ok()
-    .json();
-    let msisdns: Vec<&str> = grace["accounts"]
-        .as_array()
-        .expect("accounts")
-        .iter()
-        .map(|a| a["msisdn"].as_str().expect("msisdn"))
-        .collect();
-    assert_eq!(msisdns, ["8613800000001", "8613800000003"]);
-    assert_eq!(grace["accounts"][0]["state"], "GRACE");
-    let table = ocs(&server, &["accounts", "list", "--state", "unactivated"])
-        .await
-        .ok();
-    let lines: Vec<&str> = table.stdout.lines().collect();
-    assert_eq!(lines.len(), 2, "{table:#?}");
-    assert!(
-        lines[1].starts_with("8613800000002  UNACTIVATED"),
-        "{table:#?}"
-    );
-
-    let page = ocs(
-        &server,
-        &["accounts", "list", "--page-size", "2", "--output", "json"],
-    )
-    .await
-    .ok()
-    .json();
-    assert_eq!(page["accounts"].as_array().map(Vec::len), Some(2));
-    assert_eq!(page["next_page_token"], "8613800000002");
-    let all = ocs(
-        &server,
-        &[
-            "accounts",
-            "list",
-            "--page-size",
-            "2",
-            "--all",
-            "--output",
-            "json",
-        ],
-    )
-    .await
-    .ok()
-    .json();
-    assert_eq!(all["accounts"].as_array().map(Vec::len), Some(3));
-    assert_eq!(all["next_page_token"], "");
-}
-
-async fn forecast_until_a_date_lists_the_numbers_recycled_by_its_end_and_writes_nothing(
-    server: TestServer,
-) {
-    server.set_time(T0).await;
-    let db = server.db().await;
-    let card = ocs(
-        &server,
-        &["account", "provision", "8613800000001", "--output", "json"],
-    )
-    .await
-    .ok()
-    .json();
-    assert_eq!(card["account"]["card_expiry"], "2031-08-23");
-    server.set_time("2031-08-01T02:00:00Z").await;
-    let before = db.counts().await;
-
-    let last_day = ocs(
-        &server,
-        &["forecast", "--until", "2031-08-23", "--output", "json"],
-    )
-    .await
-    .ok()
-    .json();
-    assert_eq!(last_day["dry_run"], true);
-    assert_eq!(last_day["as_of"], "2031-08-23T15:59:59Z");
-    assert_eq!(last_day["to_recycled_unactivated"], 0);
-    assert_eq!(last_day["recycled_msisdns"], serde_json::json!([]));
-
-    let next_day = ocs(
-        &server,
-        &["forecast", "--until", "2031-08-24", "--output", "json"],
-    )
-    .await
-    .ok()
-    .json();
-    assert_eq!(next_day["to_recycled_unactivated"], 1);
-    assert_eq!(
-        next_day["recycled_msisdns"],
-        serde_json::json!(["8613800000001"])
-    );
-    let table = ocs(&server, &["forecast", "--until", "2031-08-24"])
-        .await
-        .ok();
-    assert!(table.stdout.contains("  8613800000001"), "{table:#?}");
-
-    // In New York the 24th ends 12 hours later.
-    let elsewhere = ocs(
-        &server,
-        &[
-            "forecast",
-            "--until",
-            "2031-08-24",
-            "--timezone",
-            "America/New_York",
-            "--output",
-            "json",
-        ],
-    )
-    .await
-    .ok()
-    .json();
-    assert_eq!(elsewhere["as_of"], "2031-08-25T03:59:59Z");
-
-    let bad = ocs(&server, &["forecast", "--until", "2031-02-30"]).await;
-    assert_eq!(bad.code, 2, "{bad:#?}");
-    assert_eq!(db.counts().await, before, "a forecast writes nothing");
-    db.close().await;
-}
-
-/// A card provisioned at T0 and again at T1: STATE_CHANGED to RECYCLED and NUMBER_RECYCLED.
-async fn recycle_one(server: &TestServer, msisdn: &str) {
-    server.set_time(T0).await;
-    ocs(server, &["account", "provision", msisdn]).await.ok();
-    server.set_time(T1).await;
-    let again = ocs(
-        server,
-        &["account", "provision", msisdn, "--output", "json"],
-    )
-    .await
-    .ok()
-    .json();
-    assert_eq!(again["account"]["generation"], 2);
-}
-
-async fn events_tail_without_follow_prints_the_backlog(server: TestServer) {
-    recycle_one(&server, "8613800000001").await;
-    let db = server.db().await;
-    let outbox = db.outbox().await;
-    assert!(outbox.len() >= 2, "{outbox:?}");
-
-    // --idle-timeout only bounds how long a finished backlog is waited on.
-    let all = ocs(
-        &server,
-        &[
-            "events",
-            "tail",
-            "--after",
-            "0",
-            "--output",
-            "json",
-            "--idle-timeout",
-            "5",
-        ],
-    )
-    .await
-    .ok();
-    let events: Vec<Value> = all
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-        .collect();
-    let sequences: Vec<i64> = events
-        .iter()
-        .map(|e| e["sequence"].as_i64().expect("sequence"))
-        .collect();
-    assert_eq!(
-        sequences,
-        outbox.iter().map(|r| r.sequence).collect::<Vec<_>>()
-    );
-    assert!(events.iter().all(|e| e["msisdn"] == "8613800000001"));
-
-    let recycled = ocs(
-        &server,
-        &[
-            "events",
-            "tail",
-            "--type",
-            "number_recycled",
-            "--idle-timeout",
-            "5",
-            "--output",
-            "json",
-        ],
-    )
-    .await
-    .ok();
-    let recycled: Vec<Value> = recycled
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON"))
-        .collect();
-    assert_eq!(recycled.len(), 1, "{recycled:?}");
-    assert_eq!(recycled[0]["type"], "NUMBER_RECYCLED");
-    assert_eq!(recycled[0]["reason"], "UNACTIVATED_EXPIRED");
-
-    let last = outbox.last().expect("an event").sequence.to_string();
-    let table = ocs(
-        &server,
-        &["events", "tail", "--after", &last, "--idle-timeout", "1"],
-    )
-    .await
-    .ok();
-    assert_eq!(
-        table.stdout.lines().count(),
-        1,
-        "only the header: {table:#?}"
-    );
-    let table = ocs(&server, &["events", "tail", "--idle-timeout", "5"])
-        .await
-        .ok();
-    assert_eq!(table.stdout.lines().count(), 1 + outbox.len(), "{table:#?}");
-    assert!(table.stdout.contains("NUMBER_RECYCLED"), "{table:#?}");
-    db.close().await;
-}
-
-async fn events_tail_follow_prints_the_backlog_then_live_events(server: TestServer) {
-    recycle_one(&server, "8613800000001").await;
-    let backlog = server.db().await.outbox().await.len();
-    let mut command = Command::new(BIN);
-    for (name, _) in std::env::vars() {
-        if name.starts_with("OCS_") {
-            command.env_remove(name);
-        }
-    }
-    let mut child = command
-        .args(["events", "tail", "--follow", "--output", "json", "--server"])
-        .arg(format!("http://{}", server.addr))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn ocs-lifecycle events tail --follow");
-    let stdout = child.stdout.take().expect("stdout");
-    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let next_event = |what: &str| -> Value {
-        // The server runs on this runtime: wait without holding up its worker.
-        let line = tokio::task::block_in_place(|| lines.recv_timeout(SAFETY))
-            .unwrap_or_else(|e| panic!("no {what} from events tail --follow: {e}"));
-        serde_json::from_str(&line).expect("one JSON object per line")
-    };
-    for _ in 0..backlog {
-        next_event("backlog event");
-    }
-    // A change made while the tail runs arrives on it.
-    ocs(
-        &server,
-        &["account", "provision", "8613800000002", "--sold"],
-    )
-    .await
-    .ok();
-    ocs(&server, &["account", "activate", "8613800000002"])
-        .await
-        .ok();
-    let live = next_event("live event");
-    assert_eq!(live["msisdn"], "8613800000002", "{live}");
-    assert_eq!(live["to_state"], "VALID", "{live}");
-    assert!(
-        child.try_wait().expect("try_wait").is_none(),
-        "--follow keeps running"
-    );
-    child.kill().expect("stop the tail");
-    child.wait().expect("reap the tail");
-    reader.join().expect("reader thread");
-}
-
-mod dead_letters {
-    use super::*;
-
-    macro_rules! on_both {
-        ($name:ident) => {
-            mod sqlite {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if let Some(db) =
-                        $crate::common::TestDb::create($crate::common::Backend::Sqlite).await
-                    {
-                        super::$name(db).await;
-                    }
-                }
-            }
-            mod postgres {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if let Some(db) =
-                        $crate::common::TestDb::create($crate::common::Backend::Postgres).await
-                    {
-                        super::$name(db).await;
-                    }
-                }
-            }
-        };
-    }
-
-    on_both!(a_dead_letter_is_listed_and_redelivered);
-
-    async fn a_dead_letter_is_listed_and_redelivered(db: Arc<TestDb>) {
-        let hook = Hook::start(Box::new(|_| (500, Duration::ZERO))).await;
-        let config = Config {
-            bss: BssConfig {
-                webhook_url: hook.url(),
-                webhook_secret: "test-webhook-secret".into(),
-                initial_backoff_ms: 20,
-                max_backoff_ms: 100,
-                timeout_ms: 1_000,
-                max_attempts: 1,
-                ..BssConfig::default()
-            },
-            ..common::test_config(ClockMode::Manual)
-        };
-        let server = TestServer::start_with(db, config).await;
-        let empty = ocs(&server, &["dead-letters", "list", "--output", "json"])
-            .await
-            .ok()
-            .json();
-        assert_eq!(empty["dead_letters"], serde_json::json!([]));
-
-        recycle_one(&server, "8613800000001").await;
-        let event_id = wait_for_one_dead_letter(&server).await;
-
-        let listed = ocs(&server, &["dead-letters", "list", "--output", "json"])
-            .await
-            .ok()
-            .json();
-        let letters = listed["dead_letters"].as_array().expect("dead_letters");
-        assert_eq!(letters.len(), 1, "{listed}");
-        assert_eq!(letters[0]["event"]["event_id"], event_id.as_str());
-        assert_eq!(letters[0]["event"]["msisdn"], "8613800000001");
-        assert_eq!(letters[0]["attempts"], 1);
-        assert!(
-            letters[0]["last_error"]
-                .as_str()
-                .is_some_and(|e| e.contains("500")),
-            "{listed}"
-        );
-        let table = ocs(&server, &["dead-letters", "list"]).await.ok();
-        assert_eq!(table.stdout.lines().count(), 2, "{table:#?}");
-        assert!(table.stdout.contains(&event_id), "{table:#?}");
-
-        // The BSS is fixed; the operator redelivers (an unknown id counts nothing).
-        hook.set_policy(always_ok());
-        let unknown = uuid::Uuid::new_v4().to_string();
-        let redelivered = ocs(
-            &server,
-            &[
-                "dead-letters",
-                "redeliver",
-                &event_id,
-                &unknown,
-                "--output",
-                "json",
-            ],
-        )
-        .await
-        .ok()
-        .json();
-        assert_eq!(redelivered["asked"], 2);
-        assert_eq!(redelivered["requeued"], 1);
-        assert_eq!(
-            redelivered["not_dead_letters"],
-            serde_json::json!([unknown.clone()])
-        );
-        hook.wait_for(SAFETY, |r| r.iter().any(|r| r.status == 200))
-            .await;
-        let none = ocs(&server, &["dead-letters", "redeliver", "--all"])
-            .await
-            .ok();
-        assert!(none.stdout.contains("requeued  0"), "{none:#?}");
-        let usage = ocs(&server, &["dead-letters", "redeliver"]).await;
-        assert_eq!(usage.code, 2, "{usage:#?}");
-        // The delivered one is no longer a dead letter: the table says so.
-        let again = ocs(&server, &["dead-letters", "redeliver", &event_id])
-            .await
-            .ok();
-        assert!(again.stdout.contains("requeued  0"), "{again:#?}");
-        assert!(
-            again.stdout.contains(&format!(
-                "not dead letters (1; unknown, delivered or already queued again):
-  {event_id}
-"
-            )),
-            "{again:#?}"
-        );
-        server.stop().await;
-    }
-
-    /// Polls ListDeadLetters until the one dead letter is there; its event_id.
-    async fn wait_for_one_dead_letter(server: &TestServer) -> String {
-        let mut events = events_client(server);
-        let deadline = tokio::time::Instant::now() + SAFETY;
-        loop {
-            let dead = events
-                .list_dead_letters(proto::ListDeadLettersRequest::default())
-                .await
-                .expect("ListDeadLetters")
-                .into_inner();
-            if let Some(letter) = dead.events.first() {
-                return letter.event.as_ref().expect("event").event_id.clone();
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the event was never dead-lettered"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-/// The client over TLS and mTLS, against a real server with the test PKI (SQLite).
-mod tls {
-    use std::sync::Arc;
-
-    use common::Backend;
-    use pki::Pki;
-
-    use super::*;
-
-    /// A manual-clock server with TLS (and mTLS: client certificates from the test CA).
-    async fn tls_server(pki: &Arc<Pki>, mtls: bool) -> TestServer {
-        let mut config = common::test_config(ClockMode::Manual);
-        config.tls.cert = Some(pki.path("server.pem"));
-        config.tls.key = Some(pki.path("server.key"));
-        if mtls {
-            config.tls.client_ca = Some(pki.path("ca.pem"));
-        }
-        let db = TestDb::create(Backend::Sqlite).await.expect("SQLite");
-        let client_pki = pki.clone();
-        TestServer::start_with_channel(db, config, move |addr| client_pki.channel(addr, mtls)).await
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_client_reaches_a_tls_server_that_its_ca_cert_verifies() {
-        let pki = Arc::new(Pki::make());
-        let server = tls_server(&pki, false).await;
-        let https = format!("https://localhost:{}", server.addr.port());
-        let ca = pki.arg("ca.pem");
-
-        let run = ocs_at(
-            &https,
-            &[
-                "account",
-                "provision",
-                "8613800138000",
-                "--sold",
-                "--ca-cert",
-                &ca,
-            ],
-        )
-        .await
-        .ok();
-        assert!(run.stdout.contains("UNACTIVATED"), "{run:#?}");
-        // The IP address is in the certificate too; the CA may come from OCS_CA_CERT.
-        let by_ip = format!("https://127.0.0.1:{}", server.addr.port());
-        let run = ocs_env(
-            &by_ip,
-            &[("OCS_CA_CERT", &ca)],
-            &["account", "get", "8613800138000", "--output", "json"],
-        )
-        .await
-        .ok();
-        assert_eq!(run.json()["msisdn"], "8613800138000");
-        // Without a scheme, a TLS option means https://.
-        let bare = format!("localhost:{}", server.addr.port());
-        ocs_at(
-            &bare,
-            &["account", "get", "8613800138000", "--ca-cert", &ca],
-        )
-        .await
-        .ok();
-
-        // The public roots do not know the test CA: one line, exit 1.
-        let run = ocs_at(&https, &["account", "get", "8613800138000"]).await;
-        assert_eq!(run.code, 1, "{run:#?}");
-        let line = run.error_line();
-        assert!(
-            line.starts_with(&format!("error: cannot connect to the server at {https}"))
-                && line.contains("certificate"),
-            "{run:#?}"
-        );
-        // Plaintext against TLS fails too (it is not mistaken for a server that is down).
-        let run = ocs_at(
-            &format!("http://{}", server.addr),
-            &["account", "get", "8613800138000"],
-        )
-        .await;
-        assert_eq!(run.code, 1, "{run:#?}");
-        run.error_line();
-        server.stop().await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_client_reaches_an_mtls_server_with_its_client_certificate() {
-        let pki = Arc::new(Pki::make());
-        let server = tls_server(&pki, true).await;
-        let https = format!("https://localhost:{}", server.addr.port());
-        let (ca, cert, key) = (
-            pki.arg("ca.pem"),
-            pki.arg("client.pem"),
-            pki.arg("client.key"),
-        );
-
-        let run = ocs_at(
-            &https,
-            &[
-                "account",
-                "provision",
-                "8613800138001",
-                "--sold",
-                "--ca-cert",
-                &ca,
-                "--client-cert",
-                &cert,
-                "--client-key",
-                &key,
-            ],
-        )
-        .await
-        .ok();
-        assert!(run.stdout.contains("UNACTIVATED"), "{run:#?}");
-        let env = [
-            ("OCS_CA_CERT", ca.as_str()),
-            ("OCS_CLIENT_CERT", cert.as_str()),
-            ("OCS_CLIENT_KEY", key.as_str()),
-        ];
-        let run = ocs_env(&https, &env, &["accounts", "list", "--output", "json"])
-            .await
-            .ok();
-        assert_eq!(
-            run.json()["accounts"][0]["msisdn"],
-            "8613800138001",
-            "{run:#?}"
-        );
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let file = write_file(dir.path(), "cards.csv", "msisdn\n8613800138002\n");
-        ocs_env(&https, &env, &["import", &file]).await.ok();
-
-        // Without the client certificate the server refuses: one line, exit 1.
-        let run = ocs_at(
-            &https,
-            &["account", "get", "8613800138001", "--ca-cert", &ca],
-        )
-        .await;
-        assert_eq!(run.code, 1, "{run:#?}");
-        run.error_line();
-        server.stop().await;
-    }
-
-    #[tokio::test]
-    async fn tls_options_are_checked_before_connecting() {
-        let pki = Pki::make();
-        let (ca, cert, key) = (
-            pki.arg("ca.pem"),
-            pki.arg("client.pem"),
-            pki.arg("client.key"),
-        );
-        let missing = pki.arg("no-such.pem");
-        // Nothing listens there: each refusal comes before any connection.
-        let https = "https://127.0.0.1:1";
-        let cases: [(&str, Vec<&str>, &str); 6] = [
-            (
-                https,
-                vec!["--client-cert", &cert],
-                "--client-cert needs --client-key",
-            ),
-            (
-                https,
-                vec!["--client-key", &key],
-                "--client-key needs --client-cert",
-            ),
-            (https, vec!["--ca-cert", &missing], "--ca-cert: cannot read"),
-            (https, vec!["--ca-cert", &key], "--ca-cert: "),
-            (
-                https,
-                vec!["--client-cert", &cert, "--client-key", &cert],
-                "--client-key: ",
-            ),
-            (
-                "http://127.0.0.1:1",
-                vec!["--ca-cert", &ca],
-                "need an https:// --server",
-            ),
-        ];
-        for (server, options, expected) in cases {
-            let mut args = vec!["account", "get", "8613800138000"];
-            args.extend(options);
-            let run = ocs_at(server, &args).await;
-            assert_eq!(run.code, 2, "{expected}: {run:#?}");
-            assert!(run.error_line().contains(expected), "{expected}: {run:#?}");
-        }
-    }
-}
-
-async fn authorize_clock_and_health_speak_to_a_real_server(server: TestServer) {
-    // The manual clock, set and moved from the command line.
-    let set = ocs(&server, &["clock", "set", "2030-03-01T10:00:00+08:00"])
-        .await
-        .ok();
-    assert_eq!(set.stdout, format!("now  {T0}\n"), "{set:#?}");
-    let moved = ocs(&server, &["clock", "advance", "1d12h", "--output", "json"])
-        .await
-        .ok()
-        .json();
-    assert_eq!(moved["now"], "2030-03-02T14:00:00Z");
-    let got = ocs(&server, &["clock", "get"]).await.ok();
-    assert_eq!(got.stdout, "now  2030-03-02T14:00:00Z\n", "{got:#?}");
-    let backwards = ocs(&server, &["clock", "set", T0]).await;
-    assert!(
-        backwards.error_line().contains("TIME_BACKWARDS"),
-        "{backwards:#?}"
-    );
-    let nonsense = ocs(&server, &["clock", "advance", "soon"]).await;
-    assert_eq!(nonsense.code, 2, "{nonsense:#?}");
-
-    // Authorize: a sold, activated card may call; an unsold one may not.
-    ocs(
-        &server,
-        &["account", "provision", "8613800000001", "--sold"],
-    )
-    .await
-    .ok();
-    ocs(&server, &["account", "activate", "8613800000001"])
-        .await
-        .ok();
-    ocs(&server, &["account", "provision", "8613800000002"])
-        .await
-        .ok();
-    let broke = ocs(
-        &server,
-        &["authorize", "8613800000001", "--service", "voice-out"],
-    )
-    .await
-    .ok();
-    assert!(broke.stdout.contains("INSUFFICIENT_BALANCE"), "{broke:#?}");
-    // Channels in any case too.
-    ocs(
-        &server,
-        &[
-            "account",
-            "recharge",
-            "8613800000001",
-            "--amount",
-            "5000",
-            "--channel",
-            "Online",
-        ],
-    )
-    .await
-    .ok();
-    let allowed = ocs(
-        &server,
-        &[
-            "authorize",
-            "8613800000001",
-            "--service",
-            "VOICE_OUT",
-            "--destination",
-            "8613900000000",
-            "--output",
-            "json",
-        ],
-    )
-    .await
-    .ok()
-    .json();
-    assert_eq!(allowed["allowed"], true, "{allowed}");
-    assert_eq!(allowed["state"], "VALID", "{allowed}");
-    assert_eq!(allowed["service"], "VOICE_OUT", "{allowed}");
-    let refused = ocs(
-        &server,
-        &["authorize", "8613800000002", "--service", "data"],
-    )
-    .await
-    .ok();
-    assert!(
-        refused.stdout.lines().any(|l| l == "allowed      false"),
-        "{refused:#?}"
-    );
-    assert!(
-        refused
-            .stdout
-            .lines()
-            .any(|l| l == "reason       SALE_LOCKED"),
-        "{refused:#?}"
-    );
-
-    // Health: the server and each service.
-    let health = ocs(&server, &["health"]).await.ok();
-    let lines: Vec<&str> = health.stdout.lines().collect();
-    assert_eq!(
-        lines[0], "SERVICE                            STATUS",
-        "{health:#?}"
-    );
-    assert_eq!(
-        lines[1], "(server)                           SERVING",
-        "{health:#?}"
-    );
-    assert!(
-        lines.contains(&"ocs.lifecycle.v1.TestClock         SERVING"),
-        "{health:#?}"
-    );
-    let one = ocs(
-        &server,
-        &[
-            "health",
-            "--service",
-            "ocs.lifecycle.v1.BssEvents",
-            "--output",
-            "json",
-        ],
-    )
-    .await
-    .ok()
-    .json();
-    assert_eq!(
-        one,
-        serde_json::json!({"services": [
-            {"service": "ocs.lifecycle.v1.BssEvents", "status": "SERVING"}
-        ]})
-    );
-    let unknown = ocs(&server, &["health", "--service", "no.such.Service"]).await;
-    assert_eq!(unknown.code, 1, "{unknown:#?}");
-    assert!(unknown.stdout.contains("UNKNOWN"), "{unknown:#?}");
-
-    // States, channels and output formats in any case.
-    let grace = ocs(
-        &server,
-        &["accounts", "list", "--state", "GRACE", "--output", "JSON"],
-    )
-    .await
-    .ok()
-    .json();
-    assert_eq!(grace["accounts"], serde_json::json!([]));
-}
-
-async fn mark_sold_on_a_sold_card_says_nothing_changed(server: TestServer) {
-    server.set_time(T0).await;
-    ocs(&server, &["account", "provision", "8613800000001"])
-        .await
-        .ok();
-    let first = ocs(
-        &server,
-        &["account", "mark-sold", "8613800000001", "--output", "json"],
-    )
-    .await
-    .ok()
-    .json();
-    assert_eq!(first["changed"], true, "{first}");
-    assert_eq!(first["account"]["sold"], true, "{first}");
-    let again = ocs(&server, &["account", "mark-sold", "8613800000001"])
-        .await
-        .ok();
-    assert!(
-        again
-            .stdout
-            .ends_with("the card was already sold: nothing changed\n"),
-        "{again:#?}"
-    );
-    let again = ocs(
-        &server,
-        &["account", "mark-sold", "8613800000001", "--output", "json"],
-    )
-    .await
-    .ok()
-    .json();
-    assert_eq!(again["changed"], false, "{again}");
-    // One SOLD row in the history: the first mark-sold's.
-    let history = ocs(
-        &server,
-        &["account", "history", "8613800000001", "--output", "json"],
-    )
-    .await
-    .ok()
-    .json();
-    let sold = history["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .filter(|e| e["kind"] == "SOLD")
-        .count();
-    assert_eq!(sold, 1, "{history}");
-}
-
-/// Client commands take only client options: a server option is refused (exit 2) with a line
-/// saying where it belongs, and `--help` lists none of them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_commands_refuse_server_options_and_list_only_their_own() {
-    let server = "http://127.0.0.1:1";
-    let refused = ocs_at(
-        server,
-        &[
-            "account",
-            "get",
-            "8613800138000",
-            "--database-url",
-            "mysql://x",
-            "--clock",
-            "manual",
-        ],
-    )
-    .await;
-    assert_eq!(refused.code, 2, "{refused:#?}");
-    assert!(refused.stderr.contains("'--database-url'"), "{refused:#?}");
-    assert!(
-        refused
-            .stderr
-            .contains("--database-url is a server option (serve, migrate, sweep, config check)"),
-        "{refused:#?}"
-    );
-    assert!(refused.stdout.is_empty(), "{refused:#?}");
-    let server_flags = [
-        "--config",
-        "--listen",
-        "--http-addr",
-        "--database-url",
-        "--clock ",
-        "--log-format",
-        "--insecure",
-        "--bss-webhook",
-    ];
-    for command in [
-        &["account", "get", "--help"][..],
-        &["accounts", "list", "--help"],
-        &["authorize", "--help"],
-        &["clock", "advance", "--help"],
-        &["health", "--help"],
-        &["forecast", "--help"],
-        &["events", "tail", "--help"],
-        &["dead-letters", "redeliver", "--help"],
-        &["import", "--help"],
-    ] {
-        let help = ocs_at(server, command).await.ok();
-        assert!(help.stdout.contains("--server"), "{command:?}: {help:#?}");
-        for flag in server_flags {
-            assert!(
-                !help.stdout.contains(flag),
-                "{command:?} lists {flag}: {help:#?}"
-            );
-        }
-    }
-    // The server's commands still take them.
-    let help = ocs_at(server, &["serve", "--help"]).await.ok();
-    for flag in server_flags {
-        assert!(help.stdout.contains(flag.trim()), "serve: {flag} {help:#?}");
-    }
-    assert!(!help.stdout.contains("--server"), "{help:#?}");
-
-    // A token pasted with its scheme gets a hint, before anything is sent.
-    let pasted = ocs_at(
-        server,
-        &[
-            "account",
-            "get",
-            "8613800138000",
-            "--token",
-            "Bearer ocs_abc",
-        ],
-    )
-    .await;
-    assert_eq!(pasted.code, 2, "{pasted:#?}");
-    assert!(
-        pasted.error_line().contains("without \"Bearer \""),
-        "{pasted:#?}"
-    );
-}
-
-/// `clock` against a server on the system clock says so.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clock_on_a_system_clock_server_says_it_needs_the_manual_clock() {
-    let Some(db) = TestDb::create(common::Backend::Sqlite).await else {
-        return;
-    };
-    let server = TestServer::start_on(db, ClockMode::System).await;
-    let run = ocs(&server, &["clock", "get"]).await;
-    assert_eq!(run.code, 2, "{run:#?}");
-    assert!(run.error_line().contains("--clock manual"), "{run:#?}");
-    let health = ocs(&server, &["health"]).await.ok();
-    assert!(
-        health
-            .stdout
-            .lines()
-            .any(|l| l == "ocs.lifecycle.v1.TestClock         NOT_SERVING"),
-        "{health:#?}"
-    );
-    server.stop().await;
 }

@@ -208,16 +208,9 @@ impl AccountLifecycle for AccountsApi {
         self.ctx.check_ready()?;
         let now = self.ctx.clock.now();
         let rules = self.ctx.rules.clone();
-        // The pure provisioning validates the parameters before any storage is touched.
+        // The parameters are validated before any storage is touched.
+        provisioning.command.validate(&rules)?;
         let msisdn = provisioning.msisdn.clone();
-        lifecycle::provision_over(
-            None,
-            msisdn.clone(),
-            String::new(),
-            &provisioning.command,
-            now,
-            &rules,
-        )?;
         let fingerprint = provisioning.fingerprint();
         let request_id = provisioning.request_id.clone();
         let decide = Arc::new(

@@ -7,7 +7,7 @@ use tonic::Status;
 
 use super::convert::{self, invalid};
 use crate::lifecycle::{
-    Command, ErrorReason, Msisdn, ProvisionParams, RechargeChannel, RequestId, Unlock,
+    Amount, Command, ErrorReason, Msisdn, ProvisionParams, RechargeChannel, RequestId, Unlock,
 };
 use crate::logging::CallNote;
 use crate::proto;
@@ -107,8 +107,8 @@ pub(super) fn required_enum<T>(
 impl TryFrom<&proto::ProvisionAccountRequest> for Mutating<ProvisionParams> {
     type Error = Status;
 
-    /// The parameters themselves are checked by the core's provisioning, which the handler runs
-    /// once without any account before it touches storage.
+    /// The parameters themselves are checked by `ProvisionParams::validate`, which the handler
+    /// runs before it touches storage.
     fn try_from(r: &proto::ProvisionAccountRequest) -> Result<Self, Status> {
         let params = ProvisionParams {
             preset_balance: r.preset_balance,
@@ -140,9 +140,10 @@ impl TryFrom<&proto::RechargeRequest> for Mutating<Command> {
 
     fn try_from(r: &proto::RechargeRequest) -> Result<Self, Status> {
         let mutating = Mutating::new(&r.msisdn, &r.request_id, ())?;
+        let channel = required_enum(r.channel, "channel", RechargeChannel::from_i32)?;
         let command = Command::Recharge {
-            amount: r.amount,
-            channel: required_enum(r.channel, "channel", RechargeChannel::from_i32)?,
+            amount: Amount::parse("amount", r.amount)?,
+            channel,
             validity_days: r.validity_days,
         };
         mutating.with(command).validated()
@@ -153,8 +154,11 @@ impl TryFrom<&proto::ChargeRequest> for Mutating<Command> {
     type Error = Status;
 
     fn try_from(r: &proto::ChargeRequest) -> Result<Self, Status> {
-        let command = Command::Charge { amount: r.amount };
-        Mutating::new(&r.msisdn, &r.request_id, command)?.validated()
+        let mutating = Mutating::new(&r.msisdn, &r.request_id, ())?;
+        let command = Command::Charge {
+            amount: Amount::parse("amount", r.amount)?,
+        };
+        mutating.with(command).validated()
     }
 }
 
@@ -162,12 +166,19 @@ impl TryFrom<&proto::UnlockRequest> for Mutating<Command> {
     type Error = Status;
 
     fn try_from(r: &proto::UnlockRequest) -> Result<Self, Status> {
-        let command = Command::Unlock(Unlock {
-            operator_id: r.operator_id.clone(),
-            branch_id: r.branch_id.clone(),
-            recharge_amount: r.recharge_amount,
-        });
-        Mutating::new(&r.msisdn, &r.request_id, command)?.validated()
+        let unlock = |recharge_amount| {
+            Command::Unlock(Unlock {
+                operator_id: r.operator_id.clone(),
+                branch_id: r.branch_id.clone(),
+                recharge_amount,
+            })
+        };
+        // The operator and the branch are checked before the amount (0: no recharge).
+        let mut mutating = Mutating::new(&r.msisdn, &r.request_id, unlock(None))?.validated()?;
+        let amount =
+            (r.recharge_amount != 0).then(|| Amount::parse("recharge_amount", r.recharge_amount));
+        mutating.command = unlock(amount.transpose()?);
+        Ok(mutating)
     }
 }
 

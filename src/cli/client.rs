@@ -284,6 +284,31 @@ impl Client {
     }
 }
 
+/// One page of a listing: its items and the next page's token (empty after the last page).
+pub type Page<T> = (Vec<T>, String);
+
+/// The items of a paged listing from `page_token` on, and the token after them: every page, or
+/// only the first when `all` is false. `fetch` asks for the page at a token.
+pub async fn pages<T, F, Fut>(
+    mut page_token: String,
+    all: bool,
+    mut fetch: F,
+) -> Result<Page<T>, CliError>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<Page<T>, Status>>,
+{
+    let mut items = Vec::new();
+    loop {
+        let (page, next_page_token) = fetch(page_token).await?;
+        items.extend(page);
+        if !all || next_page_token.is_empty() {
+            return Ok((items, next_page_token));
+        }
+        page_token = next_page_token;
+    }
+}
+
 /// A TestClock call's error; UNIMPLEMENTED means the server runs on the system clock.
 pub fn without_manual_clock(status: Status) -> CliError {
     if status.code() == Code::Unimplemented {

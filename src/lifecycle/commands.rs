@@ -7,9 +7,10 @@ use super::account::{Account, Transition, TransitionReason};
 use super::effects::Provisioned;
 use super::error::{DomainError, ErrorReason};
 use super::rules::{Rules, add_days};
-use super::types::{AccountState, HistoryKind, Msisdn, RechargeChannel};
+use super::types::{AccountState, Amount, HistoryKind, Msisdn, RechargeChannel};
 
-/// What a provisioning request asks for (validated by [`provision`]).
+/// What a provisioning request asks for ([`ProvisionParams::validate`], which [`provision`]
+/// runs first).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProvisionParams {
     pub preset_balance: i64,
@@ -22,8 +23,8 @@ pub struct ProvisionParams {
 pub struct Unlock {
     pub operator_id: String,
     pub branch_id: String,
-    /// 0 = unlock without a recharge.
-    pub recharge_amount: i64,
+    /// `None`: unlock without a recharge.
+    pub recharge_amount: Option<Amount>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,37 +32,28 @@ pub enum Command {
     MarkSold,
     Activate,
     Recharge {
-        amount: i64,
+        amount: Amount,
         channel: RechargeChannel,
         validity_days: u32,
     },
     Charge {
-        amount: i64,
+        amount: Amount,
     },
     Unlock(Unlock),
 }
 
 impl Command {
-    /// Checks what can be checked without the account (amounts, lengths); runs before any I/O.
+    /// Checks what can be checked without the account (days, lengths; amounts are valid by
+    /// their type, [`Amount`]); runs before any I/O.
     pub fn validate(&self) -> Result<(), DomainError> {
         match self {
-            Command::MarkSold | Command::Activate => Ok(()),
-            Command::Recharge {
-                amount,
-                validity_days,
-                ..
-            } => {
-                check_amount("amount", *amount)?;
+            Command::MarkSold | Command::Activate | Command::Charge { .. } => Ok(()),
+            Command::Recharge { validity_days, .. } => {
                 check_days("validity_days", *validity_days, true)
             }
-            Command::Charge { amount } => check_amount("amount", *amount),
             Command::Unlock(unlock) => {
                 check_actor_part("operator_id", &unlock.operator_id)?;
-                check_actor_part("branch_id", &unlock.branch_id)?;
-                if unlock.recharge_amount != 0 {
-                    check_amount("recharge_amount", unlock.recharge_amount)?;
-                }
-                Ok(())
+                check_actor_part("branch_id", &unlock.branch_id)
             }
         }
     }
@@ -69,16 +61,6 @@ impl Command {
 
 /// The longest validity a request may name (100 years), so date arithmetic cannot overflow.
 const MAX_REQUEST_DAYS: u32 = 36_500;
-
-fn check_amount(field: &str, amount: i64) -> Result<(), DomainError> {
-    if amount <= 0 {
-        return Err(DomainError::invalid(
-            ErrorReason::InvalidAmount,
-            format!("{field} must be a positive number of fen, got {amount}"),
-        ));
-    }
-    Ok(())
-}
 
 fn check_days(field: &str, days: u32, zero_allowed: bool) -> Result<(), DomainError> {
     if (days == 0 && !zero_allowed) || days > MAX_REQUEST_DAYS {
@@ -199,6 +181,32 @@ pub fn provision_over(
 }
 
 impl ProvisionParams {
+    /// Checks the parameters on their own (no account needed): a preset balance that is not
+    /// negative, an initial validity within the request bound and the configured cap. Runs
+    /// before any I/O; [`provision`] runs it again.
+    pub fn validate(&self, rules: &Rules) -> Result<(), DomainError> {
+        if self.preset_balance < 0 {
+            return Err(DomainError::invalid(
+                ErrorReason::InvalidAmount,
+                format!(
+                    "preset_balance must not be negative, got {}",
+                    self.preset_balance
+                ),
+            ));
+        }
+        check_days("initial_validity_days", self.initial_validity_days, true)?;
+        if self.initial_validity_days > rules.max_validity_days {
+            return Err(DomainError::invalid(
+                ErrorReason::InvalidArgument,
+                format!(
+                    "initial_validity_days {} exceeds the {}-day validity cap",
+                    self.initial_validity_days, rules.max_validity_days
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The idempotency fingerprint of a provisioning of `msisdn` with these parameters: a retry
     /// with the same request_id must carry the same one (spec: otherwise REQUEST_ID_REUSED).
     /// Built from validated values, so `+8613800138000` and `8613800138000` are one request.
@@ -228,7 +236,9 @@ impl Command {
             Command::Charge { amount } => format!("Charge|{msisdn}|{amount}"),
             Command::Unlock(u) => format!(
                 "Unlock|{msisdn}|{}|{}|{}",
-                u.operator_id, u.branch_id, u.recharge_amount
+                u.operator_id,
+                u.branch_id,
+                u.recharge_amount.map_or(0, Amount::fen)
             ),
         }
     }
@@ -243,25 +253,7 @@ pub fn provision(
     now: DateTime<Utc>,
     rules: &Rules,
 ) -> Result<Account, DomainError> {
-    if params.preset_balance < 0 {
-        return Err(DomainError::invalid(
-            ErrorReason::InvalidAmount,
-            format!(
-                "preset_balance must not be negative, got {}",
-                params.preset_balance
-            ),
-        ));
-    }
-    check_days("initial_validity_days", params.initial_validity_days, true)?;
-    if params.initial_validity_days > rules.max_validity_days {
-        return Err(DomainError::invalid(
-            ErrorReason::InvalidArgument,
-            format!(
-                "initial_validity_days {} exceeds the {}-day validity cap",
-                params.initial_validity_days, rules.max_validity_days
-            ),
-        ));
-    }
+    params.validate(rules)?;
     let initial_validity_days = match params.initial_validity_days {
         0 => rules.initial_validity_days,
         days => days,
@@ -348,8 +340,9 @@ pub fn apply(
             validity_days,
             ..
         } => {
+            let amount = amount.fen();
             let days = match validity_days {
-                0 => rules.tariff.days_for(*amount),
+                0 => rules.tariff.days_for(amount),
                 d => *d,
             };
             match from {
@@ -361,7 +354,7 @@ pub fn apply(
                 }
                 AccountState::Unactivated => {
                     let before = next.balance;
-                    next.balance = add_balance(before, *amount)?;
+                    next.balance = add_balance(before, amount)?;
                     outcome = Outcome::Recharge(RechargeOutcome {
                         valid_until_before: None,
                         valid_until_after: None,
@@ -371,11 +364,12 @@ pub fn apply(
                         balance_after: next.balance,
                     });
                 }
-                _ => outcome = Outcome::Recharge(recharge(&mut next, *amount, days, today, rules)?),
+                _ => outcome = Outcome::Recharge(recharge(&mut next, amount, days, today, rules)?),
             }
             Some(HistoryKind::Recharge)
         }
         Command::Charge { amount } => {
+            let amount = amount.fen();
             match from {
                 AccountState::Valid => {}
                 AccountState::Unactivated => {
@@ -394,7 +388,7 @@ pub fn apply(
                     );
                 }
             }
-            let charged_preset = next.preset_balance.clamp(0, *amount);
+            let charged_preset = next.preset_balance.clamp(0, amount);
             let charged_balance = amount - charged_preset;
             if next.balance < charged_balance {
                 return Err(DomainError::precondition(
@@ -420,11 +414,11 @@ pub fn apply(
                     "only a LOCKED account is unlocked",
                 );
             }
-            if unlock.recharge_amount > 0 {
+            if let Some(amount) = unlock.recharge_amount {
                 // An unlock with a recharge acts as a recharge from GRACE.
                 next.state = AccountState::Grace;
-                let days = rules.tariff.days_for(unlock.recharge_amount);
-                let done = recharge(&mut next, unlock.recharge_amount, days, today, rules)?;
+                let days = rules.tariff.days_for(amount.fen());
+                let done = recharge(&mut next, amount.fen(), days, today, rules)?;
                 outcome = Outcome::Recharge(done);
             } else {
                 let grace_until = add_days(today, rules.unlock_grace_days);
@@ -460,8 +454,8 @@ pub fn apply(
         });
     }
     let amount = match command {
-        Command::Recharge { amount, .. } | Command::Charge { amount } => *amount,
-        Command::Unlock(unlock) => unlock.recharge_amount,
+        Command::Recharge { amount, .. } | Command::Charge { amount } => amount.fen(),
+        Command::Unlock(unlock) => unlock.recharge_amount.map_or(0, Amount::fen),
         _ => 0,
     };
     let change = Change {

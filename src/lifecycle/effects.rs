@@ -282,7 +282,7 @@ mod tests {
 
     use super::*;
     use crate::lifecycle::{
-        Command, ProvisionParams, RechargeChannel, Rules, apply, provision_over,
+        Amount, Command, ProvisionParams, RechargeChannel, Rules, apply, provision_over,
     };
 
     fn rules() -> Rules {
@@ -334,7 +334,7 @@ mod tests {
         let later = account.valid_until.unwrap() + Duration::days(3);
         let now = rules.start_of_day(later) + Duration::hours(9);
         let recharge = Command::Recharge {
-            amount: 5000,
+            amount: Amount::parse("amount", 5000).unwrap(),
             channel: RechargeChannel::Online,
             validity_days: 0,
         };

@@ -28,4 +28,6 @@ pub use effects::{
 };
 pub use error::{DomainError, ErrorReason};
 pub use rules::{Rules, Tariff, TariffTier};
-pub use types::{AccountState, HistoryKind, Msisdn, RechargeChannel, RequestId, ServiceType};
+pub use types::{
+    AccountState, Amount, HistoryKind, Msisdn, RechargeChannel, RequestId, ServiceType,
+};

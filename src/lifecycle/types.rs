@@ -75,6 +75,35 @@ impl fmt::Display for RequestId {
     }
 }
 
+/// An amount of money a command moves, in fen (1 fen = 0.01 yuan): always positive, so a
+/// recharge adds and a charge debits. Requests are parsed into it once, at the API's boundary;
+/// a command cannot hold another amount.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Amount(i64);
+
+impl Amount {
+    /// `fen` as the value of the request field `field`: INVALID_AMOUNT unless it is positive.
+    pub fn parse(field: &str, fen: i64) -> Result<Self, DomainError> {
+        if fen <= 0 {
+            return Err(DomainError::invalid(
+                ErrorReason::InvalidAmount,
+                format!("{field} must be a positive number of fen, got {fen}"),
+            ));
+        }
+        Ok(Self(fen))
+    }
+
+    pub fn fen(self) -> i64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// The five lifecycle states; the numbers are the wire and storage values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum AccountState {
@@ -124,14 +153,15 @@ pub enum RechargeChannel {
 }
 
 impl RechargeChannel {
+    pub const ALL: [RechargeChannel; 4] = [
+        Self::Card10011,
+        Self::Bank,
+        Self::BusinessHall,
+        Self::Online,
+    ];
+
     pub fn from_i32(value: i32) -> Option<Self> {
-        match value {
-            1 => Some(Self::Card10011),
-            2 => Some(Self::Bank),
-            3 => Some(Self::BusinessHall),
-            4 => Some(Self::Online),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|c| *c as i32 == value)
     }
 }
 
@@ -145,15 +175,16 @@ pub enum ServiceType {
 }
 
 impl ServiceType {
+    pub const ALL: [ServiceType; 5] = [
+        Self::VoiceOut,
+        Self::VoiceIn,
+        Self::SmsOut,
+        Self::SmsIn,
+        Self::Data,
+    ];
+
     pub fn from_i32(value: i32) -> Option<Self> {
-        match value {
-            1 => Some(Self::VoiceOut),
-            2 => Some(Self::VoiceIn),
-            3 => Some(Self::SmsOut),
-            4 => Some(Self::SmsIn),
-            5 => Some(Self::Data),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|s| *s as i32 == value)
     }
 
     /// Incoming services (a call or SMS to the subscriber).
@@ -175,17 +206,18 @@ pub enum HistoryKind {
 }
 
 impl HistoryKind {
+    pub const ALL: [HistoryKind; 7] = [
+        Self::Provisioned,
+        Self::Sold,
+        Self::Activated,
+        Self::Recharge,
+        Self::Charge,
+        Self::Unlock,
+        Self::StateChanged,
+    ];
+
     pub fn from_i32(value: i32) -> Option<Self> {
-        match value {
-            1 => Some(Self::Provisioned),
-            2 => Some(Self::Sold),
-            3 => Some(Self::Activated),
-            4 => Some(Self::Recharge),
-            5 => Some(Self::Charge),
-            6 => Some(Self::Unlock),
-            7 => Some(Self::StateChanged),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|k| *k as i32 == value)
     }
 }
 

@@ -10,6 +10,9 @@
 //!   process (`process_*`, as Prometheus's own clients name them: start time, CPU, memory, file
 //!   descriptors, from `/proc/self` on Linux). They are encoded into a registry made for each
 //!   scrape, so a value that cannot be read is left out rather than repeated stale.
+//!
+//! Here: [`Metrics`] (the registry, the gRPC metrics, the scrape). `sweep.rs`: the sweep's
+//! metrics; `process.rs`: the `process_*` ones from `/proc`; `labels.rs`: the gRPC label values.
 
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
@@ -24,15 +27,23 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
-use prost::Message;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::clock::Clock;
 use crate::lifecycle::AccountState;
 use crate::notify::WebhookCounters;
-use crate::store::{AccountStore, EventType, PrimaryWatch, StoreError, SweepRunStatus};
-use crate::sweep::{SweepCounts, SweepObserver, SweepReport};
+use crate::store::{AccountStore, EventType, PrimaryWatch, StoreError};
+use crate::sweep::{SweepObserver, SweepReport};
+
+mod labels;
+mod process;
+mod sweep;
+
+pub use labels::code_label;
+use labels::method_paths;
+use process::register_process;
+pub use sweep::SweepMetrics;
 
 /// How long the database-derived values of a scrape are reused.
 pub const DB_CACHE_TTL: Duration = Duration::from_secs(5);
@@ -60,115 +71,8 @@ struct MethodLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StatusLabel {
-    status: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TransitionLabel {
-    transition: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: &'static str,
-}
-
-/// The sweep's metrics: real sweeps only (a dry run is a forecast, not a sweep), recorded by
-/// whoever ran it (the scheduler, `AdvanceStates`).
-#[derive(Debug, Default)]
-pub struct SweepMetrics {
-    runs: Family<StatusLabel, Counter>,
-    transitions: Family<TransitionLabel, Counter>,
-    examined: Counter,
-    last_duration: Gauge<f64, std::sync::atomic::AtomicU64>,
-    last_success: Gauge<f64, std::sync::atomic::AtomicU64>,
-}
-
-impl SweepMetrics {
-    /// Records one real sweep that took `elapsed`: its status and, when it succeeded, its
-    /// counts. (A failed run's committed batches are in `sweep_runs`, not counted here.)
-    pub fn record(&self, outcome: Result<&SweepReport, &StoreError>, elapsed: Duration) {
-        self.last_duration.set(elapsed.as_secs_f64());
-        let report = match outcome {
-            Ok(report) => report,
-            Err(_) => {
-                self.runs
-                    .get_or_create(&StatusLabel {
-                        status: SweepRunStatus::Failed.as_str(),
-                    })
-                    .inc();
-                return;
-            }
-        };
-        self.runs
-            .get_or_create(&StatusLabel {
-                status: SweepRunStatus::Succeeded.as_str(),
-            })
-            .inc();
-        self.examined.inc_by(report.counts.examined);
-        // The `transition` label values are the counts' names.
-        for (transition, count) in report.counts.named() {
-            self.transitions
-                .get_or_create(&TransitionLabel { transition })
-                .inc_by(count);
-        }
-        // Real time, not the service clock: alerts compare it with Prometheus's `time()`.
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        self.last_success.set(now.as_secs_f64());
-    }
-
-    /// How long the last sweep run of this process took; `None` before the first.
-    pub fn last_duration(&self) -> Option<Duration> {
-        let runs: u64 = ["succeeded", "failed"]
-            .into_iter()
-            .map(|status| self.runs.get_or_create(&StatusLabel { status }).get())
-            .sum();
-        (runs > 0).then(|| Duration::from_secs_f64(self.last_duration.get().max(0.0)))
-    }
-
-    fn register(&self, registry: &mut Registry) {
-        // Every label value from the start, so that rate() and alerts see a 0 before the first.
-        for status in [SweepRunStatus::Succeeded, SweepRunStatus::Failed] {
-            let status = status.as_str();
-            self.runs.get_or_create(&StatusLabel { status }).inc_by(0);
-        }
-        for (transition, _) in SweepCounts::default().named() {
-            self.transitions
-                .get_or_create(&TransitionLabel { transition })
-                .inc_by(0);
-        }
-        registry.register(
-            "ocs_sweep_runs",
-            "Real sweeps run by this process, by status (succeeded, failed)",
-            self.runs.clone(),
-        );
-        registry.register(
-            "ocs_sweep_transitions",
-            "Boundary transitions and notices of the succeeded sweeps, by transition",
-            self.transitions.clone(),
-        );
-        registry.register(
-            "ocs_sweep_accounts_examined",
-            "Due accounts the succeeded sweeps looked at",
-            self.examined.clone(),
-        );
-        // A gauge of the last run (not a histogram of all runs): named so.
-        registry.register_with_unit(
-            "ocs_sweep_last_duration",
-            "How long the last sweep run took",
-            Unit::Seconds,
-            self.last_duration.clone(),
-        );
-        registry.register_with_unit(
-            "ocs_sweep_last_success_timestamp",
-            "Unix time at which the last succeeded sweep finished (0: none since start)",
-            Unit::Seconds,
-            self.last_success.clone(),
-        );
-    }
 }
 
 /// What the webhook worker shares with the metrics once it runs.
@@ -213,12 +117,6 @@ impl std::fmt::Debug for Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl SweepObserver for SweepMetrics {
-    fn sweep_finished(&self, outcome: Result<&SweepReport, &StoreError>, elapsed: Duration) {
-        self.record(outcome, elapsed);
     }
 }
 
@@ -357,25 +255,23 @@ impl Metrics {
                     "Accounts per stored state (as the sweep and the requests left them)",
                     accounts,
                 );
-                let last_sequence = Gauge::<i64>::default();
-                last_sequence.set(db.last_sequence);
-                read.register(
+                read_gauge(
+                    &mut read,
                     "ocs_outbox_last_sequence",
                     "The highest outbox sequence written (0: empty)",
-                    last_sequence,
+                    None,
+                    db.last_sequence,
                 );
                 if let Some(oldest) = db.oldest_undelivered {
-                    let lag = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
                     let age = oldest.map_or(0.0, |at| {
                         (clock.now() - at).num_milliseconds().max(0) as f64 / 1000.0
                     });
-                    lag.set(age);
-                    read.register_with_unit(
+                    read_seconds(
+                        &mut read,
                         "ocs_webhook_lag",
                         "Age of the oldest selected event neither delivered nor dead-lettered \
                          (0: none)",
-                        Unit::Seconds,
-                        lag,
+                        age,
                     );
                 }
             }
@@ -402,28 +298,25 @@ impl Metrics {
                     counted.dead_lettered,
                 ),
             ] {
-                let counter = Counter::<u64>::default();
-                counter.inc_by(value);
-                read.register(name, help, counter);
+                read_counter(&mut read, name, help, value);
             }
         }
         if let Some(primary) = self.primary.get() {
             let status = primary.borrow().clone();
-            let found = Gauge::<i64>::default();
-            found.set(i64::from(status.primary.is_some()));
-            read.register(
+            read_gauge(
+                &mut read,
                 "ocs_storage_primary_found",
                 "1 while the service knows the writable host of its multi-host database_url, 0 \
                  while it searches for it after losing the primary",
-                found,
+                None,
+                i64::from(status.primary.is_some()),
             );
-            let failovers = Counter::<u64>::default();
-            failovers.inc_by(status.failovers);
-            read.register(
+            read_counter(
+                &mut read,
                 "ocs_storage_primary_lost",
                 "Times the service lost its PostgreSQL primary and searched for a new one, since \
                  start",
-                failovers,
+                status.failovers,
             );
         }
         let pool = store.pool_connections();
@@ -470,52 +363,28 @@ impl Metrics {
     }
 }
 
-/// The `code` label: the status code's name as the Go gRPC libraries (and their Prometheus
-/// interceptors, `grpc_code`) spell it.
-pub fn code_label(code: tonic::Code) -> &'static str {
-    use tonic::Code;
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "Canceled",
-        Code::Unknown => "Unknown",
-        Code::InvalidArgument => "InvalidArgument",
-        Code::DeadlineExceeded => "DeadlineExceeded",
-        Code::NotFound => "NotFound",
-        Code::AlreadyExists => "AlreadyExists",
-        Code::PermissionDenied => "PermissionDenied",
-        Code::ResourceExhausted => "ResourceExhausted",
-        Code::FailedPrecondition => "FailedPrecondition",
-        Code::Aborted => "Aborted",
-        Code::OutOfRange => "OutOfRange",
-        Code::Unimplemented => "Unimplemented",
-        Code::Internal => "Internal",
-        Code::Unavailable => "Unavailable",
-        Code::DataLoss => "DataLoss",
-        Code::Unauthenticated => "Unauthenticated",
+/// Registers a value read at this scrape as an integer gauge, with its unit if it has one.
+fn read_gauge(read: &mut Registry, name: &str, help: &str, unit: Option<Unit>, value: i64) {
+    let gauge = Gauge::<i64>::default();
+    gauge.set(value);
+    match unit {
+        Some(unit) => read.register_with_unit(name, help, unit, gauge),
+        None => read.register(name, help, gauge),
     }
 }
 
-/// The `/package.Service/Method` paths of the services in an encoded file descriptor set.
-fn method_paths(encoded: &[u8]) -> Vec<String> {
-    let Ok(set) = prost_types::FileDescriptorSet::decode(encoded) else {
-        tracing::warn!("metrics: a compiled-in file descriptor set does not decode");
-        return Vec::new();
-    };
-    let mut paths = Vec::new();
-    for file in &set.file {
-        let package = file.package();
-        for service in &file.service {
-            for method in &service.method {
-                let service_name = if package.is_empty() {
-                    service.name().to_owned()
-                } else {
-                    format!("{package}.{}", service.name())
-                };
-                paths.push(format!("/{service_name}/{}", method.name()));
-            }
-        }
-    }
-    paths
+/// Registers a value read at this scrape as a gauge in seconds.
+fn read_seconds(read: &mut Registry, name: &str, help: &str, seconds: f64) {
+    let gauge = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    gauge.set(seconds);
+    read.register_with_unit(name, help, Unit::Seconds, gauge);
+}
+
+/// Registers a total read at this scrape (a count since start) as a counter.
+fn read_counter(read: &mut Registry, name: &str, help: &str, total: u64) {
+    let counter = Counter::<u64>::default();
+    counter.inc_by(total);
+    read.register(name, help, counter);
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -531,126 +400,6 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.dec();
     }
-}
-
-/// Clock ticks per second of `/proc` times: the kernel reports them in USER_HZ, which is 100 on
-/// every Linux architecture in use (Prometheus's Go `procfs` assumes the same).
-const USER_HZ: f64 = 100.0;
-
-/// What `/proc/self/stat` and `/proc/stat` say of the process.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct ProcessTimes {
-    /// Unix time the process started, in seconds.
-    start_time: f64,
-    /// User and system CPU time, in seconds.
-    cpu_seconds: f64,
-}
-
-/// Parses `/proc/self/stat` (`stat`) with the boot time (`btime` of `/proc/stat`).
-fn process_times(stat: &str, boot_time: f64) -> Option<ProcessTimes> {
-    // The command name (field 2) is in parentheses and may hold spaces: fields 3… follow the
-    // last ')'.
-    let fields: Vec<&str> = stat
-        .get(stat.rfind(')')? + 1..)?
-        .split_whitespace()
-        .collect();
-    let field = |n: usize| -> Option<f64> { fields.get(n - 3)?.parse().ok() };
-    Some(ProcessTimes {
-        cpu_seconds: (field(14)? + field(15)?) / USER_HZ,
-        start_time: boot_time + field(22)? / USER_HZ,
-    })
-}
-
-fn boot_time(proc_stat: &str) -> Option<f64> {
-    proc_stat
-        .lines()
-        .find_map(|l| l.strip_prefix("btime "))?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// The soft limit of open files, from `/proc/self/limits`.
-fn max_fds(limits: &str) -> Option<i64> {
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.trim_start_matches("Max open files")
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// The `process_*` metrics, each left out when it cannot be read (not Linux).
-fn register_process(read: &mut Registry) {
-    let times = std::fs::read_to_string("/proc/stat")
-        .ok()
-        .as_deref()
-        .and_then(boot_time)
-        .and_then(|boot| {
-            let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-            process_times(&stat, boot)
-        });
-    if let Some(times) = times {
-        let start = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
-        start.set(times.start_time);
-        read.register_with_unit(
-            "process_start_time",
-            "Start time of the process since the Unix epoch",
-            Unit::Seconds,
-            start,
-        );
-        let cpu = Counter::<f64, std::sync::atomic::AtomicU64>::default();
-        cpu.inc_by(times.cpu_seconds);
-        read.register_with_unit(
-            "process_cpu",
-            "User and system CPU time spent",
-            Unit::Seconds,
-            cpu,
-        );
-    }
-    if let Some(bytes) = resident_memory_bytes() {
-        let rss = Gauge::<i64>::default();
-        rss.set(bytes);
-        read.register_with_unit(
-            "process_resident_memory",
-            "Resident memory of the process",
-            Unit::Bytes,
-            rss,
-        );
-    }
-    if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
-        let open = Gauge::<i64>::default();
-        // The directory's own descriptor is one of them while it is read.
-        open.set(entries.count().saturating_sub(1) as i64);
-        read.register("process_open_fds", "Open file descriptors", open);
-    }
-    if let Some(limit) = std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .as_deref()
-        .and_then(max_fds)
-    {
-        let max = Gauge::<i64>::default();
-        max.set(limit);
-        read.register(
-            "process_max_fds",
-            "The most file descriptors the process may open",
-            max,
-        );
-    }
-}
-
-/// Resident memory from `/proc/self/status` (Linux); `None` elsewhere.
-fn resident_memory_bytes() -> Option<i64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: i64 = line
-        .trim_start_matches("VmRSS:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
 }
 
 #[cfg(test)]
@@ -683,22 +432,6 @@ mod tests {
     }
 
     #[test]
-    fn process_times_are_read_after_the_command_name() {
-        let stat = "4242 (ocs (life) cycle) S 1 4242 4242 0 -1 4194560 1000 0 0 0 \
-                    250 150 0 0 20 0 9 0 360000 100000000 5000 18446744073709551615";
-        let times = process_times(stat, 1_700_000_000.0).expect("parsed");
-        assert_eq!(times.cpu_seconds, 4.0);
-        assert_eq!(times.start_time, 1_700_003_600.0);
-        assert_eq!(
-            boot_time("cpu  1 2 3\nbtime 1700000000\nprocesses 9\n"),
-            Some(1.7e9)
-        );
-        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
-                      Max open files            1024                 524288               files\n";
-        assert_eq!(max_fds(limits), Some(1024));
-    }
-
-    #[test]
     fn an_rpc_is_in_flight_until_its_guard_is_dropped() {
         let metrics = Metrics::new();
         let first = metrics.rpc_started();
@@ -707,12 +440,5 @@ mod tests {
         drop(first);
         drop(second);
         assert_eq!(metrics.rpc_in_flight.get(), 0);
-    }
-
-    #[test]
-    fn resident_memory_is_read_on_linux() {
-        if cfg!(target_os = "linux") {
-            assert!(resident_memory_bytes().is_some_and(|b| b > 0));
-        }
     }
 }

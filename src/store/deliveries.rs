@@ -67,7 +67,7 @@ pub trait WebhookDeliveries: Send + Sync {
     /// Adds a delivery row (due at `now_ms`) for up to `limit` outbox events of `types` with a
     /// sequence > `after_sequence` that have none yet, in sequence order. The bound keeps the
     /// scan to the recent part of the outbox; the worker decides how far back it must look
-    /// (`crate::notify::Registrar`).
+    /// (`Registrar` in `crate::notify`'s `registrar.rs`).
     async fn register_webhook_events(
         &self,
         types: &[EventType],

@@ -51,7 +51,7 @@ fn a_recharge_that_moves_valid_until_makes_a_new_notice_due() {
     let recharged = ok(
         &account,
         &Command::Recharge {
-            amount: 1000,
+            amount: fen(1000),
             channel: RechargeChannel::Online,
             validity_days: 0,
         },

@@ -190,9 +190,14 @@ fn assert_invalid(err: &DomainError, reason: ErrorReason) {
     );
 }
 
+/// A positive amount of fen (the API refuses any other before a command exists).
+fn fen(amount: i64) -> Amount {
+    Amount::parse("amount", amount).expect("a positive amount")
+}
+
 fn recharge(amount: i64) -> Command {
     Command::Recharge {
-        amount,
+        amount: fen(amount),
         channel: RechargeChannel::Bank,
         validity_days: 0,
     }
@@ -201,21 +206,24 @@ fn recharge(amount: i64) -> Command {
 /// A recharge card bought via 10011 with its own printed validity.
 fn recharge_card(amount: i64, validity_days: u32) -> Command {
     Command::Recharge {
-        amount,
+        amount: fen(amount),
         channel: RechargeChannel::Card10011,
         validity_days,
     }
 }
 
 fn charge(amount: i64) -> Command {
-    Command::Charge { amount }
+    Command::Charge {
+        amount: fen(amount),
+    }
 }
 
+/// An unlock at a business hall; `recharge_amount` 0: without a recharge.
 fn unlock(recharge_amount: i64) -> Command {
     Command::Unlock(Unlock {
         operator_id: "op-7".into(),
         branch_id: "hall.01".into(),
-        recharge_amount,
+        recharge_amount: (recharge_amount != 0).then(|| fen(recharge_amount)),
     })
 }
 

@@ -89,25 +89,15 @@ pub(super) fn expected_refusal(
     use ErrorReason as R;
     // Request validation comes first, whatever the account.
     match command {
-        Command::Recharge {
-            amount,
-            validity_days,
-            ..
-        } => {
-            if *amount <= 0 {
-                return Some(R::InvalidAmount);
-            }
+        // (Amounts are positive by their type: the API refuses the others first.)
+        Command::Recharge { validity_days, .. } => {
             if *validity_days > 36_500 {
                 return Some(R::InvalidArgument);
             }
         }
-        Command::Charge { amount } if *amount <= 0 => return Some(R::InvalidAmount),
         Command::Unlock(unlock) => {
             if unlock.operator_id.is_empty() || unlock.branch_id.is_empty() {
                 return Some(R::InvalidArgument);
-            }
-            if unlock.recharge_amount < 0 {
-                return Some(R::InvalidAmount);
             }
         }
         _ => {}
@@ -121,7 +111,7 @@ pub(super) fn expected_refusal(
         Command::Activate => (state == Unactivated && !account.sold).then_some(R::SaleLocked),
         Command::Recharge { amount, .. } => match state {
             Locked => Some(R::AccountLocked),
-            _ if overflows(*amount) => Some(R::AmountOverflow),
+            _ if overflows(amount.fen()) => Some(R::AmountOverflow),
             _ => None,
         },
         Command::Charge { amount } => match state {
@@ -130,13 +120,13 @@ pub(super) fn expected_refusal(
             Locked => Some(R::AccountLocked),
             _ => {
                 let credit = i128::from(account.balance) + i128::from(account.preset_balance);
-                (credit < i128::from(*amount)).then_some(R::InsufficientBalance)
+                (credit < i128::from(amount.fen())).then_some(R::InsufficientBalance)
             }
         },
         Command::Unlock(unlock) => {
             if state != Locked {
                 Some(R::AccountNotLocked)
-            } else if unlock.recharge_amount > 0 && overflows(unlock.recharge_amount) {
+            } else if unlock.recharge_amount.is_some_and(|a| overflows(a.fen())) {
                 Some(R::AmountOverflow)
             } else {
                 None

@@ -239,9 +239,10 @@ impl Life {
                 validity_days,
                 ..
             } => {
+                let amount = amount.fen();
                 assert_eq!(after.balance, before.balance + amount);
                 assert_eq!(after.preset_balance, before.preset_balance);
-                self.recharged += i128::from(*amount);
+                self.recharged += i128::from(amount);
                 let outcome = recharge_outcome(applied);
                 assert_eq!(outcome.balance_before, before.balance);
                 assert_eq!(outcome.balance_after, after.balance);
@@ -255,7 +256,7 @@ impl Life {
                     assert_eq!(after.card_expiry, before.card_expiry);
                 } else {
                     let days = match validity_days {
-                        0 => spec_tariff_days(*amount),
+                        0 => spec_tariff_days(amount),
                         days => *days,
                     };
                     let (valid_until, capped) =
@@ -268,22 +269,36 @@ impl Life {
                 }
             }
             Command::Charge { amount } => {
+                let amount = amount.fen();
                 let outcome = charge_outcome(applied);
-                assert_eq!(outcome.charged_preset, before.preset_balance.min(*amount));
-                assert_eq!(outcome.charged_preset + outcome.charged_balance, *amount);
+                assert_eq!(outcome.charged_preset, before.preset_balance.min(amount));
+                assert_eq!(outcome.charged_preset + outcome.charged_balance, amount);
                 assert_eq!(
                     after.preset_balance,
                     before.preset_balance - outcome.charged_preset
                 );
                 assert_eq!(after.balance, before.balance - outcome.charged_balance);
-                self.charged += i128::from(*amount);
+                self.charged += i128::from(amount);
                 let dates = |a: &Account| (a.valid_until, a.grace_until, a.lock_until);
                 assert_eq!(dates(after), dates(before), "charging keeps the dates");
             }
             Command::Unlock(unlock) => {
                 assert_eq!(state, Locked);
                 assert_eq!(after.preset_balance, before.preset_balance);
-                if unlock.recharge_amount == 0 {
+                if let Some(amount) = unlock.recharge_amount {
+                    let amount = amount.fen();
+                    let days = spec_tariff_days(amount);
+                    let (valid_until, capped) =
+                        expected_validity(before, Grace, days, today, rules);
+                    assert_eq!(after.state, Valid);
+                    assert_eq!(after.valid_until, Some(valid_until));
+                    assert_eq!(after.balance, before.balance + amount);
+                    let outcome = recharge_outcome(applied);
+                    assert_eq!(outcome.capped, capped);
+                    assert_eq!(outcome.days_granted, days);
+                    self.recharged += i128::from(amount);
+                    self.grace_from_unlock = false;
+                } else {
                     assert_eq!(after.state, Grace);
                     assert_eq!(after.balance, before.balance);
                     assert_eq!(after.valid_until, before.valid_until);
@@ -292,18 +307,6 @@ impl Life {
                         Some(add_days(today, rules.unlock_grace_days))
                     );
                     self.grace_from_unlock = true;
-                } else {
-                    let days = spec_tariff_days(unlock.recharge_amount);
-                    let (valid_until, capped) =
-                        expected_validity(before, Grace, days, today, rules);
-                    assert_eq!(after.state, Valid);
-                    assert_eq!(after.valid_until, Some(valid_until));
-                    assert_eq!(after.balance, before.balance + unlock.recharge_amount);
-                    let outcome = recharge_outcome(applied);
-                    assert_eq!(outcome.capped, capped);
-                    assert_eq!(outcome.days_granted, days);
-                    self.recharged += i128::from(unlock.recharge_amount);
-                    self.grace_from_unlock = false;
                 }
             }
         }

@@ -60,12 +60,14 @@ pub(super) struct Scenario {
     pub(super) steps: Vec<Step>,
 }
 
-fn amount_strategy() -> impl Strategy<Value = i64> {
+/// Positive amounts (the API refuses the others before a command exists), some of them large
+/// enough to overflow a balance.
+fn amount_strategy() -> impl Strategy<Value = Amount> {
     prop_oneof![
         12 => 1i64..=40_000,
         1 => (i64::MAX / 2)..=i64::MAX,
-        1 => -100i64..=0,
     ]
+    .prop_map(|fen| Amount::parse("amount", fen).expect("positive"))
 }
 
 /// What a step does: a command, or `None` for the sweep (which materialises the boundaries
@@ -83,9 +85,9 @@ fn action_strategy() -> impl Strategy<Value = Option<Command>> {
         1 => Just(36_501u32),
     ];
     let unlock_amount = prop_oneof![
-        3 => Just(0i64),
-        3 => 1i64..=40_000,
-        1 => amount_strategy(),
+        3 => Just(None),
+        3 => (1i64..=40_000).prop_map(|fen| Amount::parse("recharge_amount", fen).ok()),
+        1 => amount_strategy().prop_map(Some),
     ];
     let operator = prop_oneof![8 => Just("op-7"), 1 => Just("")];
     prop_oneof![
@@ -99,8 +101,11 @@ fn action_strategy() -> impl Strategy<Value = Option<Command>> {
                 validity_days,
             })
         ),
-        4 => prop_oneof![4 => 1i64..=20_000, 1 => amount_strategy()]
-            .prop_map(|amount| Some(Command::Charge { amount })),
+        4 => prop_oneof![
+            4 => (1i64..=20_000).prop_map(|fen| Amount::parse("amount", fen).expect("positive")),
+            1 => amount_strategy(),
+        ]
+        .prop_map(|amount| Some(Command::Charge { amount })),
         4 => (operator, unlock_amount).prop_map(|(operator_id, recharge_amount)| {
             Some(Command::Unlock(Unlock {
                 operator_id: operator_id.into(),

@@ -111,7 +111,7 @@ fn unlock_with_recharge_acts_as_a_recharge_from_grace() {
 fn unlock_needs_an_operator_and_a_branch() {
     let (rules, now) = shanghai_at("2026-10-08", 10);
     let account = account_swept_at(&rules, "2026-06-30", 100, now);
-    let with = |operator_id: &str, branch_id: &str, recharge_amount: i64| {
+    let with = |operator_id: &str, branch_id: &str, recharge_amount: Option<Amount>| {
         Command::Unlock(Unlock {
             operator_id: operator_id.into(),
             branch_id: branch_id.into(),
@@ -120,16 +120,22 @@ fn unlock_needs_an_operator_and_a_branch() {
     };
     let too_long = "x".repeat(65);
     for command in [
-        with("", "hall.01", 0),
-        with("op-7", "", 0),
-        with("op 7", "hall.01", 0),
-        with("op-7", "hall/01", 0),
-        with(&too_long, "hall.01", 0),
+        with("", "hall.01", None),
+        with("op-7", "", None),
+        with("op 7", "hall.01", None),
+        with("op-7", "hall/01", None),
+        with(&too_long, "hall.01", None),
     ] {
         let err = refused(&account, &command, now, &rules);
         assert_invalid(&err, ErrorReason::InvalidArgument);
     }
-    let err = refused(&account, &with("op-7", "hall.01", -1), now, &rules);
+    // A negative recharge cannot make an unlock: the amount is refused as it is parsed.
+    let err = Amount::parse("recharge_amount", -1).expect_err("negative");
     assert_invalid(&err, ErrorReason::InvalidAmount);
-    ok(&account, &with(&"x".repeat(64), "B_2.x-y", 0), now, &rules);
+    ok(
+        &account,
+        &with(&"x".repeat(64), "B_2.x-y", None),
+        now,
+        &rules,
+    );
 }

@@ -5,20 +5,18 @@ use super::*;
 
 #[test]
 fn amounts_must_be_positive() {
-    let (rules, now) = shanghai_at("2026-03-01", 10);
-    let account = valid_account(&rules, "2026-06-30", 100, 0);
+    // An amount is parsed before any command exists (so before any account is looked at):
+    // a command cannot hold another, whatever the account's state.
     for amount in [0, -1, i64::MIN] {
-        for command in [recharge(amount), recharge_card(amount, 30), charge(amount)] {
-            let err = refused(&account, &command, now, &rules);
+        for field in ["amount", "recharge_amount"] {
+            let err = Amount::parse(field, amount).expect_err("not positive");
             assert_invalid(&err, ErrorReason::InvalidAmount);
+            assert!(err.to_string().contains(field), "{err}");
         }
     }
-    // Validation comes before the state: even a recycled number answers INVALID_AMOUNT.
-    let recycled = at(&rules, "2027-01-16", 10);
-    assert_invalid(
-        &refused(&account, &recharge(0), recycled, &rules),
-        ErrorReason::InvalidAmount,
-    );
+    assert_eq!(Amount::parse("amount", 1).ok().map(Amount::fen), Some(1));
+    let most = Amount::parse("amount", i64::MAX).ok().map(Amount::fen);
+    assert_eq!(most, Some(i64::MAX));
 }
 
 #[test]
@@ -87,4 +85,20 @@ fn provisioning_rejects_an_initial_validity_beyond_the_cap() {
     assert_eq!(default.initial_validity_days, 180);
     let err = provisioning_refused(&params(0, true, 101), now, &short_periods());
     assert_invalid(&err, ErrorReason::InvalidArgument);
+}
+
+#[test]
+fn provisioning_parameters_are_checked_without_an_account() {
+    let (rules, _) = shanghai_at("2026-03-01", 10);
+    let err = params(-1, true, 0).validate(&rules).unwrap_err();
+    assert_invalid(&err, ErrorReason::InvalidAmount);
+    let beyond_the_cap = params(0, true, rules.max_validity_days + 1);
+    let err = beyond_the_cap.validate(&rules).unwrap_err();
+    assert_invalid(&err, ErrorReason::InvalidArgument);
+    assert!(params(0, true, 0).validate(&rules).is_ok());
+    assert!(
+        params(0, false, rules.max_validity_days)
+            .validate(&rules)
+            .is_ok()
+    );
 }
