@@ -29,7 +29,7 @@ use common::{ACCOUNT_LIFECYCLE_METHODS as METHODS, Backend, TestServer};
 use http::uri::PathAndQuery;
 use ocs_lifecycle::api::codec::MALFORMED_REQUEST;
 use ocs_lifecycle::lifecycle::{
-    self, AccountState, Command, Msisdn, ProvisionParams, RechargeChannel, Rules,
+    self, AccountState, Amount, Command, Msisdn, ProvisionParams, RechargeChannel, Rules,
 };
 use ocs_lifecycle::proto::{
     ActivateRequest, AdvanceStatesRequest, AuthorizeRequest, ChargeRequest,
@@ -666,7 +666,7 @@ fn new_york_dates_stay_exact_on_dst_days_year_ends_and_the_end_of_the_calendar()
                 let applied = lifecycle::apply(
                     &funded,
                     &Command::Recharge {
-                        amount,
+                        amount: fen(amount),
                         channel: RechargeChannel::Online,
                         validity_days: 0,
                     },
@@ -688,6 +688,11 @@ fn new_york_dates_stay_exact_on_dst_days_year_ends_and_the_end_of_the_calendar()
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// A command's amount: `fen` is positive in every use here.
+fn fen(fen: i64) -> Amount {
+    Amount::parse("amount", fen).expect("a positive amount")
+}
+
 #[test]
 fn end_of_calendar_commands_refuse_or_saturate_without_panicking() {
     let rules = Arc::new(new_york());
@@ -703,7 +708,7 @@ fn end_of_calendar_commands_refuse_or_saturate_without_panicking() {
         let expected = [
             (
                 Command::Recharge {
-                    amount: i64::MAX,
+                    amount: fen(i64::MAX),
                     channel: RechargeChannel::Bank,
                     validity_days: u32::MAX,
                 },
@@ -711,13 +716,13 @@ fn end_of_calendar_commands_refuse_or_saturate_without_panicking() {
             ),
             (
                 Command::Recharge {
-                    amount: 30_000,
+                    amount: fen(30_000),
                     channel: RechargeChannel::Bank,
                     validity_days: 0,
                 },
                 true,
             ),
-            (Command::Charge { amount: i64::MAX }, false),
+            (Command::Charge { amount: fen(i64::MAX) }, false),
             (Command::Activate, true),
         ];
         for (command, applies) in expected {
