@@ -106,7 +106,7 @@ impl Recharge {
 
     /// The recharge an UNLOCK row carried (at the business hall), if it carried one.
     pub fn of_unlock(row: &HistoryRecord) -> Option<Self> {
-        (row.kind == HistoryKind::Unlock && row.amount > 0).then(|| Self {
+        (row.kind == HistoryKind::Unlock && row.amount > 0).then_some(Self {
             at: row.at,
             amount: row.amount,
             channel: Some(RechargeChannel::BusinessHall),
