@@ -60,6 +60,7 @@ both_backends! {
     every_report_matches_the_hand_worked_population,
     requests_outside_the_limits_are_invalid_arguments,
     the_service_reports_serving_and_reflection_lists_it,
+    the_report_commands_print_tables_json_and_csv,
 }
 
 const A: &str = "8613800000001";
@@ -848,5 +849,166 @@ async fn the_service_reports_serving_and_reflection_lists_it(server: TestServer)
         list.service.iter().any(|s| s.name == SERVICE),
         "{SERVICE} missing from {list:?}"
     );
+    server.stop().await;
+}
+
+/// `ocs-lifecycle report ARGS --server <server>`: exit code, stdout, stderr.
+async fn report(server: &TestServer, args: &[&str]) -> (i32, String, String) {
+    let mut command = common::binary::ocs(std::env::temp_dir().as_path());
+    command
+        .arg("report")
+        .args(args)
+        .args(["--server", &format!("http://{}", server.addr)]);
+    let output = tokio::task::spawn_blocking(move || common::binary::run(command))
+        .await
+        .expect("the binary ran");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A churn CSV line without its account_id (a UUID).
+fn without_account_id<'a>(line: &[&'a str]) -> Vec<&'a str> {
+    [&line[..1], &line[2..]].concat()
+}
+
+/// The CLI over the same population (figures as in the report tests above).
+async fn the_report_commands_print_tables_json_and_csv(server: TestServer) {
+    build_population(&server).await;
+
+    // February 2030 as CSV: 1 activation (C), 2 entered GRACE (A, B), A won back by 1000 ONLINE.
+    let (code, csv, stderr) = report(
+        &server,
+        &[
+            "flows",
+            "--period",
+            "month",
+            "--from",
+            "2030-02-01",
+            "--to",
+            "2030-02-28",
+            "--csv",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        csv.lines().collect::<Vec<_>>(),
+        [
+            "first_day,last_day,activations,valid_to_grace,win_backs,grace_to_locked,\
+             unlocks_to_valid,unlocks_to_grace,recycled_lock_expired,\
+             recycled_unactivated_expired,reprovisioned,recharges,recharge_amount,\
+             recharges_by_channel,entered_grace,won_back,still_in_grace,win_back_rate",
+            "2030-02-01,2030-02-28,1,2,1,0,0,0,0,0,0,1,1000,ONLINE 1/1000,2,1,0,0.5000",
+        ]
+    );
+
+    // The churn list for an SMS campaign: every page (one account each), masked, as CSV.
+    let (code, csv, stderr) = report(
+        &server,
+        &[
+            "churn",
+            "--stage",
+            "valid",
+            "--within-days",
+            "14",
+            "--mask",
+            "--page-size",
+            "1",
+            "--all",
+            "--csv",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(
+        lines[0],
+        [
+            "msisdn",
+            "account_id",
+            "state",
+            "stage_ends",
+            "days_left",
+            "recharge_total",
+            "recharge_count",
+            "balance"
+        ]
+    );
+    assert_eq!(lines.len(), 3, "{csv}");
+    // G: 2000 + 800 recharged, nothing charged; F: 500.
+    assert_eq!(
+        without_account_id(&lines[1]),
+        [
+            "861******0007",
+            "VALID",
+            "2031-12-28",
+            "8",
+            "2800",
+            "2",
+            "2800"
+        ]
+    );
+    assert_eq!(
+        without_account_id(&lines[2]),
+        [
+            "861******0006",
+            "VALID",
+            "2031-12-31",
+            "11",
+            "500",
+            "1",
+            "500"
+        ]
+    );
+
+    // January 2030's cohort as JSON.
+    let (code, json, stderr) = report(
+        &server,
+        &["cohorts", "--from", "2030-01", "--to", "2030-01", "--json"],
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    let document: serde_json::Value = serde_json::from_str(&json).expect("one JSON document");
+    let jan = &document["rows"][0];
+    assert_eq!(jan["month"], "2030-01");
+    assert_eq!(jan["accounts"], 2);
+    assert_eq!(jan["active_180d"], "1/2");
+    assert_eq!(jan["active_365d"], "0/2");
+    assert_eq!(jan["arpu"], "2000.00");
+    assert_eq!(jan["ltv_p90"], 3000);
+    assert_eq!(document["timezone"], "Asia/Shanghai");
+
+    // Composition now, as a table.
+    let (code, table, stderr) = report(&server, &["composition"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines[0],
+        [
+            "DATE",
+            "UNACTIVATED",
+            "VALID",
+            "GRACE",
+            "LOCKED",
+            "RECYCLED"
+        ]
+    );
+    assert_eq!(lines[1], ["now", "0", "2", "1", "0", "5"]);
+    assert!(table.contains("today: 2031-12-20"), "{table}");
+
+    // A request the server refuses: exit 2 (INVALID_ARGUMENT), one line on stderr.
+    let (code, _, stderr) = report(
+        &server,
+        &["flows", "--from", "2030-02-02", "--to", "2030-02-01"],
+    )
+    .await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("after to_date"), "{stderr}");
     server.stop().await;
 }

@@ -1,5 +1,5 @@
 //! The command-line client: `ocs-lifecycle account|accounts|authorize|forecast|events|dead-letters|
-//! import|clock|health` talk gRPC to a running server (`--server`, env `OCS_SERVER`; `https://` with `--ca-cert`,
+//! import|clock|health|report` talk gRPC to a running server (`--server`, env `OCS_SERVER`; `https://` with `--ca-cert`,
 //! `--client-cert`, `--client-key` for TLS and mTLS). They read no server configuration and
 //! open no database.
 //!
@@ -25,6 +25,7 @@ use crate::proto;
 mod client;
 mod import;
 mod output;
+mod report;
 
 pub use client::{CliError, Client};
 pub use import::{ImportRow, parse_csv};
@@ -173,6 +174,13 @@ pub enum ClientCommand {
         /// and every service].
         #[arg(long)]
         service: Option<String>,
+    },
+    /// Lifecycle analytics (docs/analytics.md): composition, flows, churn, cohorts.
+    Report {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        report: report::ReportCommand,
     },
 }
 
@@ -561,6 +569,7 @@ async fn execute(command: ClientCommand) -> Result<ExitCode, CliError> {
             output::print(connection.output, &output::clock(&answer))?;
             Ok(ExitCode::SUCCESS)
         }
+        ClientCommand::Report { connection, report } => report::run(&connection, report).await,
         ClientCommand::Health {
             connection,
             service,
