@@ -275,9 +275,13 @@ impl<D: Dialect> AnalyticsStore for SqlStore<D> {
         &self,
         query: &ChurnQuery,
     ) -> Result<Vec<ChurnCandidate>, StoreError> {
-        let ends = match query.stage {
-            AccountState::Grace => "grace_until",
-            _ => "valid_until",
+        // The stage's window on the stored dates (the effective state is checked as well):
+        // only these accounts pay for the subqueries.
+        let window = match query.stage {
+            AccountState::Grace => {
+                "a.valid_until < $1 AND a.grace_until >= $1 AND a.grace_until <= $2"
+            }
+            _ => "a.valid_until >= $1 AND a.valid_until <= $2",
         };
         let of_account = "h.msisdn = a.msisdn AND h.generation = a.generation";
         let no_recent_recharge = if query.no_recharge_since.is_some() {
@@ -295,7 +299,7 @@ impl<D: Dialect> AnalyticsStore for SqlStore<D> {
                  WHERE {of_account} AND {RECHARGE_ROW}), 0) AS BIGINT) AS value, \
                CAST((SELECT COUNT(*) FROM account_history h \
                  WHERE {of_account} AND {RECHARGE_ROW}) AS BIGINT) AS recharges \
-               FROM accounts a WHERE a.state <> 5 AND a.{ends} <= $2 {no_recent_recharge}\
+               FROM accounts a WHERE a.state <> 5 AND {window} {no_recent_recharge}\
              ) w \
              WHERE w.effective = $3 AND (w.value < $4 OR (w.value = $4 AND w.msisdn > $5)) \
              ORDER BY w.value DESC, w.msisdn LIMIT $6"
