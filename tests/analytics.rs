@@ -61,6 +61,7 @@ both_backends! {
     requests_outside_the_limits_are_invalid_arguments,
     the_service_reports_serving_and_reflection_lists_it,
     the_report_commands_print_tables_json_and_csv,
+    reports_answer_while_a_sweep_batch_holds_the_write_path,
 }
 
 const A: &str = "8613800000001";
@@ -1010,5 +1011,80 @@ async fn the_report_commands_print_tables_json_and_csv(server: TestServer) {
     .await;
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("after to_date"), "{stderr}");
+    server.stop().await;
+}
+
+/// No report waits for the write path: with a sweep batch of another store open on the same
+/// database (SQLite: its write transaction; PostgreSQL: the claimed rows locked), every report
+/// answers, from the read connections.
+async fn reports_answer_while_a_sweep_batch_holds_the_write_path(server: TestServer) {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let mut api = Api::of(&server);
+    on(&server, &mut api, "2030-01-10").await;
+    activated(&mut api, A, 30).await;
+    activated(&mut api, B, 30).await;
+    // Both VALID through 2030-02-09, GRACE from 02-10: due, and no sweep has run since.
+    server.set_time("2030-03-01T04:00:00Z").await;
+    let rules = Arc::new(ocs_lifecycle::lifecycle::Rules::default());
+    let store =
+        ocs_lifecycle::store::connect(&server.database_url, 2, Duration::from_secs(5), rules)
+            .await
+            .expect("a second store on the database");
+    let mut batch = store.begin_sweep_batch().await.expect("a sweep batch");
+    let as_of = chrono::DateTime::parse_from_rfc3339("2030-03-01T04:00:00Z")
+        .expect("instant")
+        .with_timezone(&chrono::Utc);
+    let claimed = batch.claim_due(as_of, 10).await.expect("claim");
+    assert_eq!(claimed.len(), 2);
+
+    // Safety bound only: a report stuck behind the batch would fail here, not be timed.
+    let bound = Duration::from_secs(30);
+    let mut analytics = LifecycleAnalyticsClient::new(server.channel());
+    let now = tokio::time::timeout(
+        bound,
+        composition(&mut analytics, "2030-01-10", "2030-03-01"),
+    )
+    .await
+    .expect("composition answers while the batch is open");
+    // Effective states at now count the boundary the batch has not written yet.
+    assert_eq!(now.now, Some(counts(0, 0, 2, 0, 0)));
+    let flows = tokio::time::timeout(
+        bound,
+        analytics.flows(proto::FlowsRequest {
+            granularity: Granularity::Month as i32,
+            from_date: "2030-01-01".into(),
+            to_date: "2030-03-01".into(),
+        }),
+    )
+    .await
+    .expect("flows answer while the batch is open")
+    .expect("Flows");
+    assert_eq!(flows.into_inner().periods[0].activations, 2);
+    let churn = tokio::time::timeout(
+        bound,
+        analytics.churn_warnings(proto::ChurnWarningsRequest {
+            stage: AccountState::Grace as i32,
+            within_days: 90,
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect("churn answers while the batch is open")
+    .expect("ChurnWarnings");
+    assert_eq!(churn.into_inner().warnings.len(), 2);
+    let cohorts = tokio::time::timeout(
+        bound,
+        analytics.cohorts(proto::CohortsRequest {
+            from_month: "2030-01".into(),
+            to_month: "2030-01".into(),
+        }),
+    )
+    .await
+    .expect("cohorts answer while the batch is open")
+    .expect("Cohorts");
+    assert_eq!(cohorts.into_inner().cohorts[0].accounts, 2);
+    batch.rollback().await.expect("rollback");
     server.stop().await;
 }
