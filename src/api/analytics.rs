@@ -9,7 +9,7 @@ use super::Context;
 use super::convert::{self, invalid};
 use super::requests::required_enum;
 use crate::analytics::{self, Granularity, Period, PeriodFlows, Recharge, StageCounts, StateMove};
-use crate::lifecycle::{AccountState, ErrorReason, RechargeChannel};
+use crate::lifecycle::{AccountState, ErrorReason};
 use crate::proto;
 use crate::proto::lifecycle_analytics_server::LifecycleAnalytics;
 use crate::store::ChurnQuery;
@@ -379,16 +379,5 @@ impl LifecycleAnalytics for AnalyticsApi {
             timezone: self.timezone(),
             cohorts,
         }))
-    }
-}
-
-/// The channel name of a `ChannelRecharges.channel`, for tables (`UNKNOWN` for 0).
-pub fn channel_name(channel: i32) -> &'static str {
-    match RechargeChannel::from_i32(channel) {
-        Some(RechargeChannel::Card10011) => "CARD_10011",
-        Some(RechargeChannel::Bank) => "BANK",
-        Some(RechargeChannel::BusinessHall) => "BUSINESS_HALL",
-        Some(RechargeChannel::Online) => "ONLINE",
-        None => "UNKNOWN",
     }
 }

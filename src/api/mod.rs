@@ -19,7 +19,7 @@ mod test_clock;
 pub use crate::lifecycle::SWEEP_ACTOR;
 pub use crate::wire::REPLAYED_METADATA;
 pub use accounts::{AccountsApi, Context};
-pub use analytics::{AnalyticsApi, channel_name};
+pub use analytics::AnalyticsApi;
 pub use events::EventsApi;
 pub use storage_health::{PROBE_INTERVAL, StorageHealth};
 pub use test_clock::TestClockApi;
