@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/ocs/lifecycle/v1/lifecycle.proto",
         "proto/ocs/lifecycle/v1/events.proto",
+        "proto/ocs/lifecycle/v1/analytics.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     // `sqlx::migrate!` embeds migrations/ at compile time: a new migration must rebuild.

@@ -11,7 +11,8 @@
 //!
 //! 1. [`clock`] (the injected clock), [`wire`] (names on the wire), [`logging`] (what a call's
 //!    log line says), [`proto`] (generated), and
-//!    [`lifecycle`]: the pure rules, and the history rows and outbox events a change writes.
+//!    [`lifecycle`]: the pure rules, and the history rows and outbox events a change writes;
+//!    [`analytics`]: what the history's rows count for in reports (periods, flows, cohorts).
 //! 2. [`store`]: persistence — SQL and transactions, SQLite and PostgreSQL behind one trait.
 //! 3. [`config`]: layered configuration.
 //! 4. [`auth`] (bearer tokens, roles, TLS), [`sweep`] (one sweep run over the store's
@@ -24,6 +25,7 @@
 //! 9. [`cli`]: the command-line client (gRPC to a running server) and the bulk card import;
 //!    `main.rs` on top.
 
+pub mod analytics;
 pub mod api;
 pub mod auth;
 pub mod cli;

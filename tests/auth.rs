@@ -26,6 +26,7 @@ use ocs_lifecycle::auth::{Role, token_sha256};
 use ocs_lifecycle::config::{ClockMode, Config};
 use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
 use ocs_lifecycle::proto::bss_events_client::BssEventsClient;
+use ocs_lifecycle::proto::lifecycle_analytics_client::LifecycleAnalyticsClient;
 use ocs_lifecycle::proto::test_clock_client::TestClockClient;
 use ocs_lifecycle::proto::{self, AccountState, HistoryKind, RechargeChannel};
 use pki::Pki;
@@ -49,14 +50,16 @@ const BILLING: &str = "ocs_test-billing-token";
 const HALL: &str = "ocs_test-business-hall-token";
 const BSS: &str = "ocs_test-bss-token";
 const ADMIN: &str = "ocs_test-admin-token";
+const ANALYST: &str = "ocs_test-analyst-token";
 const UNKNOWN: &str = "ocs_test-unknown-token";
 
 /// (token, configured name, role)
-const TOKENS: [(&str, &str, Role); 4] = [
+const TOKENS: [(&str, &str, Role); 5] = [
     (BILLING, "billing-gw", Role::Billing),
     (HALL, "hall-7", Role::BusinessHall),
     (BSS, "bss-1", Role::Bss),
     (ADMIN, "ops", Role::Admin),
+    (ANALYST, "marketing", Role::Analyst),
 ];
 
 fn auth_config(clock: ClockMode) -> Config {
@@ -121,6 +124,10 @@ fn methods() -> impl Iterator<Item = &'static str> {
         "GetTime",
         "SetTime",
         "AdvanceTime",
+        "StageComposition",
+        "Flows",
+        "ChurnWarnings",
+        "Cohorts",
     ])
 }
 
@@ -135,6 +142,7 @@ async fn call(
     let mut accounts = AccountLifecycleClient::new(channel.clone());
     let mut events = BssEventsClient::new(channel.clone());
     let mut clock = TestClockClient::new(channel.clone());
+    let mut analytics = LifecycleAnalyticsClient::new(channel.clone());
     let msisdn = format!("86139{n:08}");
     let request_id = format!("req-{n}");
     macro_rules! send {
@@ -198,6 +206,23 @@ async fn call(
         // No time: INVALID_ARGUMENT from the handler, the clock stays.
         "SetTime" => send!(clock.set_time(proto::SetTimeRequest { time: None })),
         "AdvanceTime" => send!(clock.advance_time(proto::AdvanceTimeRequest { seconds: 0 })),
+        "StageComposition" => {
+            send!(analytics.stage_composition(proto::StageCompositionRequest::default()))
+        }
+        "Flows" => send!(analytics.flows(proto::FlowsRequest {
+            granularity: proto::Granularity::Month as i32,
+            from_date: "2025-01-01".into(),
+            to_date: "2025-01-31".into(),
+        })),
+        "ChurnWarnings" => send!(analytics.churn_warnings(proto::ChurnWarningsRequest {
+            stage: AccountState::Valid as i32,
+            within_days: 7,
+            ..Default::default()
+        })),
+        "Cohorts" => send!(analytics.cohorts(proto::CohortsRequest {
+            from_month: "2025-01".into(),
+            to_month: "2025-01".into(),
+        })),
         other => panic!("no call for {other}"),
     }
 }
@@ -219,6 +244,8 @@ fn granted(role: Role, method: &str) -> bool {
         ],
         Role::BusinessHall => &["Unlock", "Recharge", "GetAccount", "GetAccountHistory"],
         Role::Bss => &["Subscribe", "ListDeadLetters", "Redeliver", "GetAccount"],
+        // Read-only: the reports and nothing that changes an account.
+        Role::Analyst => &["StageComposition", "Flows", "ChurnWarnings", "Cohorts"],
     };
     methods.contains(&method)
 }

@@ -6,7 +6,14 @@ use std::path::{Path, PathBuf};
 
 /// The layers, lowest first (as in `src/lib.rs`).
 const LAYERS: &[&[&str]] = &[
-    &["clock", "wire", "logging", "proto", "lifecycle"],
+    &[
+        "clock",
+        "wire",
+        "logging",
+        "proto",
+        "lifecycle",
+        "analytics",
+    ],
     &["store"],
     &["config"],
     &["auth", "sweep", "notify"],

@@ -3,7 +3,7 @@
 //! it is granted here.
 
 use super::Role;
-use Role::{Billing, Bss, BusinessHall};
+use Role::{Analyst, Billing, Bss, BusinessHall};
 
 /// Method path → the roles besides `admin` that may call it.
 pub const GRANTS: &[(&str, &[Role])] = &[
@@ -35,6 +35,17 @@ pub const GRANTS: &[(&str, &[Role])] = &[
     ("/ocs.lifecycle.v1.BssEvents/Subscribe", &[Bss]),
     ("/ocs.lifecycle.v1.BssEvents/ListDeadLetters", &[Bss]),
     ("/ocs.lifecycle.v1.BssEvents/Redeliver", &[Bss]),
+    // The reports: read-only, for `analyst` (and admin); `analyst` may call nothing else.
+    (
+        "/ocs.lifecycle.v1.LifecycleAnalytics/StageComposition",
+        &[Analyst],
+    ),
+    ("/ocs.lifecycle.v1.LifecycleAnalytics/Flows", &[Analyst]),
+    (
+        "/ocs.lifecycle.v1.LifecycleAnalytics/ChurnWarnings",
+        &[Analyst],
+    ),
+    ("/ocs.lifecycle.v1.LifecycleAnalytics/Cohorts", &[Analyst]),
 ];
 
 /// Services every caller may use without a token: health (probes) and reflection (discovery).
@@ -102,7 +113,7 @@ mod tests {
         for method in &methods {
             assert!(permits(Role::Admin, method), "{method}");
             let admin_only = method.ends_with("/AdvanceStates") || method.contains(".TestClock/");
-            let others = [Role::Billing, Role::BusinessHall, Role::Bss]
+            let others = [Role::Billing, Role::BusinessHall, Role::Bss, Role::Analyst]
                 .into_iter()
                 .any(|role| permits(role, method));
             assert_eq!(admin_only, !others, "{method}");
@@ -144,6 +155,10 @@ mod tests {
         expect(
             Role::Bss,
             &["Subscribe", "ListDeadLetters", "Redeliver", "GetAccount"],
+        );
+        expect(
+            Role::Analyst,
+            &["StageComposition", "Flows", "ChurnWarnings", "Cohorts"],
         );
         assert!(!permits(Role::Billing, &lifecycle("Recharge/x")));
     }

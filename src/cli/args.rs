@@ -153,6 +153,13 @@ pub enum ClientCommand {
         #[arg(long)]
         service: Option<String>,
     },
+    /// Lifecycle analytics (docs/analytics.md): composition, flows, churn, cohorts.
+    Report {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        report: super::report::ReportCommand,
+    },
 }
 
 #[derive(Subcommand, Clone, Debug)]

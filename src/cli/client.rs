@@ -14,6 +14,7 @@ use super::{Connection, OutputFormat};
 use crate::proto;
 use crate::proto::account_lifecycle_client::AccountLifecycleClient;
 use crate::proto::bss_events_client::BssEventsClient;
+use crate::proto::lifecycle_analytics_client::LifecycleAnalyticsClient;
 use crate::proto::test_clock_client::TestClockClient;
 use crate::wire::REPLAYED_METADATA;
 
@@ -277,6 +278,10 @@ impl Client {
 
     pub fn events(&self) -> crate::proto::bss_events_client::BssEventsClient<Channel> {
         BssEventsClient::new(self.channel.clone())
+    }
+
+    pub fn analytics(&self) -> LifecycleAnalyticsClient<Channel> {
+        LifecycleAnalyticsClient::new(self.channel.clone())
     }
 
     pub fn test_clock(&self) -> TestClockClient<Channel> {

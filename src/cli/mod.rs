@@ -1,5 +1,5 @@
 //! The command-line client: `ocs-lifecycle account|accounts|authorize|forecast|events|dead-letters|
-//! import|clock|health` talk gRPC to a running server (`--server`, env `OCS_SERVER`; `https://` with `--ca-cert`,
+//! import|clock|health|report` talk gRPC to a running server (`--server`, env `OCS_SERVER`; `https://` with `--ca-cert`,
 //! `--client-cert`, `--client-key` for TLS and mTLS). They read no server configuration and
 //! open no database.
 //!
@@ -27,6 +27,7 @@ mod client;
 mod dead_letters;
 mod import;
 mod output;
+mod report;
 mod values;
 
 use account::{account, list_accounts, parse_msisdn};
@@ -137,6 +138,7 @@ async fn execute(command: ClientCommand) -> Result<ExitCode, CliError> {
             output::print(connection.output, &output::clock(&answer))?;
             Ok(ExitCode::SUCCESS)
         }
+        ClientCommand::Report { connection, report } => report::run(&connection, report).await,
         ClientCommand::Health {
             connection,
             service,

@@ -243,10 +243,18 @@ pub enum Role {
     Bss,
     /// Everything, including the sweep (`AdvanceStates`) and the test clock.
     Admin,
+    /// The lifecycle analytics reports (`LifecycleAnalytics`), read-only; nothing else.
+    Analyst,
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::Billing, Role::BusinessHall, Role::Bss, Role::Admin];
+    pub const ALL: [Role; 5] = [
+        Role::Billing,
+        Role::BusinessHall,
+        Role::Bss,
+        Role::Admin,
+        Role::Analyst,
+    ];
 
     /// The name in configuration and on the command line.
     pub fn as_str(self) -> &'static str {
@@ -255,6 +263,7 @@ impl Role {
             Role::BusinessHall => "business_hall",
             Role::Bss => "bss",
             Role::Admin => "admin",
+            Role::Analyst => "analyst",
         }
     }
 }

@@ -244,6 +244,17 @@ impl Command {
     }
 }
 
+/// The channel of a Recharge from its idempotency fingerprint ([`Command::fingerprint`]): the
+/// history row of a recharge does not carry it, the request's stored fingerprint does (read by
+/// the analytics' recharges per channel). `None` for any other fingerprint.
+pub fn recharge_channel_of(fingerprint: &str) -> Option<RechargeChannel> {
+    let mut parts = fingerprint.split('|');
+    if parts.next() != Some("Recharge") {
+        return None;
+    }
+    RechargeChannel::from_i32(parts.nth(2)?.parse().ok()?)
+}
+
 /// Creates generation `previous_generation + 1` of `msisdn` as an UNACTIVATED card.
 pub fn provision(
     msisdn: Msisdn,

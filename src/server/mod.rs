@@ -36,13 +36,16 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::api::{AccountsApi, Context, EventsApi, StorageHealth, TestClockApi, facts};
+use crate::api::{
+    AccountsApi, AnalyticsApi, Context, EventsApi, StorageHealth, TestClockApi, facts,
+};
 use crate::auth::{self, AuthLayer, Authenticator};
 use crate::clock::{Clock, ManualClock, SystemClock};
 use crate::config::{ClockMode, Config};
 use crate::ops::{self, Metrics, OpsState, RpcMetricsLayer};
 use crate::proto::account_lifecycle_server::AccountLifecycleServer;
 use crate::proto::bss_events_server::BssEventsServer;
+use crate::proto::lifecycle_analytics_server::LifecycleAnalyticsServer;
 use crate::proto::test_clock_server::TestClockServer;
 use crate::scheduler::Scheduler;
 use crate::store;
@@ -67,7 +70,8 @@ pub enum ServeError {
 
 use crate::wire::{
     ACCOUNT_LIFECYCLE_SERVICE as ACCOUNT_LIFECYCLE, BSS_EVENTS_SERVICE as BSS_EVENTS,
-    SERVICE_NAMES, TEST_CLOCK_SERVICE as TEST_CLOCK,
+    LIFECYCLE_ANALYTICS_SERVICE as LIFECYCLE_ANALYTICS, SERVICE_NAMES,
+    TEST_CLOCK_SERVICE as TEST_CLOCK,
 };
 
 /// Binds `config.listen` and serves until `shutdown` is cancelled, holding the SQLite
@@ -358,7 +362,10 @@ pub async fn serve_with_listeners(
         }
         _ => tracing::info!("http_addr is off: no dashboard, /metrics, /healthz or /readyz"),
     }
-    let all_services: Vec<&str> = std::iter::once("").chain(SERVICE_NAMES).collect();
+    let all_services: Vec<&str> = std::iter::once("")
+        .chain(SERVICE_NAMES)
+        .chain([LIFECYCLE_ANALYTICS])
+        .collect();
     set_health(&health, &all_services, ServingStatus::NotServing).await;
     // Both reflection versions: grpcurl builds and other tools that speak only v1alpha exist.
     let reflection_error = |e| ServeError::Other(format!("reflection: {e}"));
@@ -382,6 +389,11 @@ pub async fn serve_with_listeners(
         .add_service(
             // Subscribe streams last through the drain and end as the listeners close.
             BssEventsServer::new(EventsApi::new(ctx.clone(), close.clone()))
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_service(
+            LifecycleAnalyticsServer::new(AnalyticsApi::new(ctx.clone()))
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
         )
@@ -447,7 +459,7 @@ pub async fn serve_with_listeners(
         }
     }
     ready.store(true, Ordering::Release);
-    let mut serving = vec!["", ACCOUNT_LIFECYCLE, BSS_EVENTS];
+    let mut serving = vec!["", ACCOUNT_LIFECYCLE, BSS_EVENTS, LIFECYCLE_ANALYTICS];
     if manual.is_some() {
         serving.push(TEST_CLOCK);
     }

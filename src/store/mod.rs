@@ -6,12 +6,14 @@
 //! writes what that function returns — account, history rows, outbox events and the idempotency
 //! record — in one transaction, or nothing. The sweep (`crate::sweep`) drives its own batches
 //! over narrow operations ([`SweepBatch`]: claim the due accounts, write what it decided).
+//! The lifecycle analytics read through [`AnalyticsStore`] (`analytics.rs`), read pool only.
 //!
 //! One generic implementation (`sql::SqlStore`) serves both backends; what differs between
 //! them is declared by the `dialect::Dialect` trait and implemented in `sqlite.rs` (group
 //! commit through one writer task) and `postgres.rs` (one transaction per mutation, row locks).
 //! `tests/store_conformance.rs` runs one suite of store-level tests on both.
 
+mod analytics;
 mod deliveries;
 mod dialect;
 mod pg_failover;
@@ -31,6 +33,7 @@ use crate::lifecycle::{Account, AccountState, DomainError, ErrorReason, Msisdn, 
 
 pub use crate::lifecycle::{EventType, HistoryRecord, OutboxEvent};
 pub use crate::lifecycle::{SWEEP_ACTOR, VALIDITY_EXPIRING_REASON};
+pub use analytics::{AnalyticsStore, ChurnCandidate, ChurnQuery};
 pub use deliveries::{AttemptOutcome, DeadLetter, PendingDelivery, Registered, WebhookDeliveries};
 pub use pg_failover::{PgHost, PgTargets, PrimaryStatus, PrimaryWatch, TargetSessionAttrs};
 use postgres::{PostgresDialect, PostgresStore};
@@ -116,7 +119,7 @@ pub struct DeadLetterOverview {
 }
 
 #[async_trait]
-pub trait AccountStore: WebhookDeliveries + Send + Sync + 'static {
+pub trait AccountStore: WebhookDeliveries + AnalyticsStore + Send + Sync + 'static {
     /// Runs the backend's migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
 

@@ -1,0 +1,420 @@
+//! `ocs-lifecycle report composition|flows|churn|cohorts`: the `LifecycleAnalytics` reports
+//! (docs/analytics.md) as a table for people, one JSON document (`--json` or `--output json`),
+//! or CSV with a header line (`--csv`: a spreadsheet, an SMS campaign list).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{Map, Value, json};
+
+use super::output::{Table, write_stdout};
+use super::{CliError, Client, Connection, OutputFormat};
+use crate::proto;
+
+#[derive(Subcommand, Clone, Debug)]
+pub enum ReportCommand {
+    /// Accounts per state now and, with --from/--to, at the end of each day.
+    Composition {
+        /// First day (YYYY-MM-DD, the server's time zone).
+        #[arg(long, requires = "to")]
+        from: Option<String>,
+        /// Last day, at the latest today.
+        #[arg(long, requires = "from")]
+        to: Option<String>,
+        #[command(flatten)]
+        format: ReportFormat,
+    },
+    /// Flows between stages per period, with the win-back rate.
+    Flows {
+        #[arg(long, value_enum, ignore_case = true, default_value_t = Period::Month)]
+        period: Period,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        format: ReportFormat,
+    },
+    /// Accounts about to leave VALID (or GRACE) without a recent recharge, by past value.
+    Churn {
+        #[arg(long, value_enum, ignore_case = true, default_value_t = Stage::Valid)]
+        stage: Stage,
+        /// The stage ends within this many days.
+        #[arg(long, default_value_t = 7)]
+        within_days: u32,
+        /// And no recharge in this many days (0: no condition).
+        #[arg(long, default_value_t = 0)]
+        no_recharge_days: u32,
+        /// Show MSISDNs with only their first 3 and last 4 digits.
+        #[arg(long)]
+        mask: bool,
+        #[arg(long, default_value_t = 0)]
+        page_size: u32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+        /// Every page, one after the other (an export).
+        #[arg(long, conflicts_with = "page_token")]
+        all: bool,
+        #[command(flatten)]
+        format: ReportFormat,
+    },
+    /// Cohorts by activation month: retention, recharge value, LTV percentiles.
+    Cohorts {
+        /// First month (YYYY-MM).
+        #[arg(long)]
+        from: String,
+        /// Last month.
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        format: ReportFormat,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Period {
+    Day,
+    Week,
+    Month,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Stage {
+    Valid,
+    Grace,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct ReportFormat {
+    /// One JSON document (as --output json).
+    #[arg(long, conflicts_with = "csv")]
+    json: bool,
+    /// CSV with a header line.
+    #[arg(long)]
+    csv: bool,
+}
+
+/// A report's rows: named columns of JSON values, and fields of the whole report.
+struct Rows {
+    columns: Vec<&'static str>,
+    rows: Vec<Vec<Value>>,
+    fields: Map<String, Value>,
+}
+
+impl Rows {
+    fn new(columns: &[&'static str]) -> Self {
+        Self {
+            columns: columns.to_vec(),
+            rows: Vec::new(),
+            fields: Map::new(),
+        }
+    }
+
+    fn text(value: &Value) -> String {
+        match value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    fn json(&self) -> Value {
+        let rows: Vec<Value> = self
+            .rows
+            .iter()
+            .map(|row| {
+                let object: Map<String, Value> = self
+                    .columns
+                    .iter()
+                    .map(|c| (*c).to_owned())
+                    .zip(row.iter().cloned())
+                    .collect();
+                Value::Object(object)
+            })
+            .collect();
+        let mut document = self.fields.clone();
+        document.insert("rows".into(), Value::Array(rows));
+        Value::Object(document)
+    }
+
+    fn table(&self) -> String {
+        let header: Vec<String> = self.columns.iter().map(|c| c.to_uppercase()).collect();
+        let header: Vec<&str> = header.iter().map(String::as_str).collect();
+        let mut table = Table::new(&header);
+        for row in &self.rows {
+            table.row(row.iter().map(Self::text).collect());
+        }
+        let mut text = table.render();
+        for (name, value) in &self.fields {
+            text.push_str(&format!("{name}: {}\n", Self::text(value)));
+        }
+        text
+    }
+
+    fn csv(&self) -> Result<String, CliError> {
+        let mut writer = csv::Writer::from_writer(Vec::new());
+        let failed = |e: csv::Error| CliError::Io(format!("cannot write CSV: {e}"));
+        writer.write_record(&self.columns).map_err(failed)?;
+        for row in &self.rows {
+            writer
+                .write_record(row.iter().map(Self::text))
+                .map_err(failed)?;
+        }
+        writer.flush().map_err(|e| CliError::Io(e.to_string()))?;
+        let bytes = writer
+            .into_inner()
+            .map_err(|e| CliError::Io(format!("cannot write CSV: {e}")))?;
+        String::from_utf8(bytes).map_err(|e| CliError::Io(e.to_string()))
+    }
+
+    fn print(&self, output: OutputFormat, format: &ReportFormat) -> Result<(), CliError> {
+        let text = if format.csv {
+            self.csv()?
+        } else if format.json || output == OutputFormat::Json {
+            serde_json::to_string_pretty(&self.json())
+                .map_err(|e| CliError::Io(format!("cannot encode JSON: {e}")))?
+        } else {
+            self.table()
+        };
+        write_stdout(text.trim_end_matches('\n'))?;
+        std::io::stdout()
+            .flush()
+            .map_err(|e| CliError::Io(e.to_string()))
+    }
+}
+
+fn stage_row(label: &str, counts: &proto::StageCounts) -> Vec<Value> {
+    vec![
+        json!(label),
+        json!(counts.unactivated),
+        json!(counts.valid),
+        json!(counts.grace),
+        json!(counts.locked),
+        json!(counts.recycled),
+    ]
+}
+
+fn channel_name(channel: i32) -> &'static str {
+    proto::RechargeChannel::try_from(channel)
+        .map(|c| c.as_str_name().trim_start_matches("RECHARGE_CHANNEL_"))
+        .unwrap_or("UNKNOWN")
+}
+
+/// Runs one report command against the server.
+pub async fn run(connection: &Connection, command: ReportCommand) -> Result<ExitCode, CliError> {
+    let client = Client::connect(connection).await?;
+    let mut analytics = client.analytics();
+    match command {
+        ReportCommand::Composition { from, to, format } => {
+            let request = proto::StageCompositionRequest {
+                from_date: from.unwrap_or_default(),
+                to_date: to.unwrap_or_default(),
+            };
+            let answer = analytics
+                .stage_composition(client.request(request))
+                .await?
+                .into_inner();
+            let mut rows = Rows::new(&[
+                "date",
+                "unactivated",
+                "valid",
+                "grace",
+                "locked",
+                "recycled",
+            ]);
+            let now = answer.now.unwrap_or_default();
+            rows.rows.push(stage_row("now", &now));
+            for day in &answer.days {
+                rows.rows
+                    .push(stage_row(&day.date, &day.counts.unwrap_or_default()));
+            }
+            rows.fields.insert("today".into(), json!(answer.today));
+            rows.fields
+                .insert("timezone".into(), json!(answer.timezone));
+            rows.print(connection.output, &format)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ReportCommand::Flows {
+            period,
+            from,
+            to,
+            format,
+        } => {
+            let granularity = match period {
+                Period::Day => proto::Granularity::Day,
+                Period::Week => proto::Granularity::Week,
+                Period::Month => proto::Granularity::Month,
+            };
+            let request = proto::FlowsRequest {
+                granularity: granularity as i32,
+                from_date: from,
+                to_date: to,
+            };
+            let answer = analytics.flows(client.request(request)).await?.into_inner();
+            let mut rows = Rows::new(&[
+                "first_day",
+                "last_day",
+                "activations",
+                "valid_to_grace",
+                "win_backs",
+                "grace_to_locked",
+                "unlocks_to_valid",
+                "unlocks_to_grace",
+                "recycled_lock_expired",
+                "recycled_unactivated_expired",
+                "reprovisioned",
+                "recharges",
+                "recharge_amount",
+                "recharges_by_channel",
+                "entered_grace",
+                "won_back",
+                "still_in_grace",
+                "win_back_rate",
+            ]);
+            for p in answer.periods {
+                let by_channel: Vec<String> = p
+                    .recharges
+                    .iter()
+                    .map(|r| format!("{} {}/{}", channel_name(r.channel), r.count, r.amount))
+                    .collect();
+                rows.rows.push(vec![
+                    json!(p.first_day),
+                    json!(p.last_day),
+                    json!(p.activations),
+                    json!(p.valid_to_grace),
+                    json!(p.win_backs),
+                    json!(p.grace_to_locked),
+                    json!(p.unlocks_to_valid),
+                    json!(p.unlocks_to_grace),
+                    json!(p.recycled_lock_expired),
+                    json!(p.recycled_unactivated_expired),
+                    json!(p.reprovisioned),
+                    json!(p.recharges.iter().map(|r| r.count).sum::<i64>()),
+                    json!(p.recharges.iter().map(|r| r.amount).sum::<i64>()),
+                    json!(by_channel.join(" ")),
+                    json!(p.entered_grace),
+                    json!(p.won_back),
+                    json!(p.still_in_grace),
+                    json!(format!("{:.4}", p.win_back_rate)),
+                ]);
+            }
+            rows.fields
+                .insert("timezone".into(), json!(answer.timezone));
+            rows.print(connection.output, &format)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ReportCommand::Churn {
+            stage,
+            within_days,
+            no_recharge_days,
+            mask,
+            page_size,
+            page_token,
+            all,
+            format,
+        } => {
+            let stage = match stage {
+                Stage::Valid => proto::AccountState::Valid,
+                Stage::Grace => proto::AccountState::Grace,
+            };
+            let mut rows = Rows::new(&[
+                "msisdn",
+                "account_id",
+                "state",
+                "stage_ends",
+                "days_left",
+                "recharge_total",
+                "recharge_count",
+                "balance",
+            ]);
+            let mut token = page_token;
+            loop {
+                let request = proto::ChurnWarningsRequest {
+                    stage: stage as i32,
+                    within_days,
+                    no_recharge_days,
+                    page_size,
+                    page_token: token,
+                    mask_msisdn: mask,
+                };
+                let answer = analytics
+                    .churn_warnings(client.request(request))
+                    .await?
+                    .into_inner();
+                for w in answer.warnings {
+                    let state = proto::AccountState::try_from(w.state)
+                        .map(|s| s.as_str_name().trim_start_matches("ACCOUNT_STATE_"))
+                        .unwrap_or("UNKNOWN");
+                    rows.rows.push(vec![
+                        json!(w.msisdn),
+                        json!(w.account_id),
+                        json!(state),
+                        json!(w.stage_ends),
+                        json!(w.days_left),
+                        json!(w.recharge_total),
+                        json!(w.recharge_count),
+                        json!(w.balance),
+                    ]);
+                }
+                rows.fields.insert("today".into(), json!(answer.today));
+                token = answer.next_page_token;
+                if !all || token.is_empty() {
+                    break;
+                }
+            }
+            if !token.is_empty() {
+                rows.fields.insert("next_page_token".into(), json!(token));
+            }
+            rows.print(connection.output, &format)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ReportCommand::Cohorts { from, to, format } => {
+            let request = proto::CohortsRequest {
+                from_month: from,
+                to_month: to,
+            };
+            let answer = analytics
+                .cohorts(client.request(request))
+                .await?
+                .into_inner();
+            let mut rows = Rows::new(&[
+                "month",
+                "accounts",
+                "active_30d",
+                "active_90d",
+                "active_180d",
+                "active_365d",
+                "recharge_total",
+                "recharge_count",
+                "arpu",
+                "recharges_per_account",
+                "ltv_p50",
+                "ltv_p90",
+                "ltv_p99",
+            ]);
+            for c in answer.cohorts {
+                let mut row = vec![json!(c.month), json!(c.accounts)];
+                // "active/reached" at each age.
+                row.extend(
+                    c.retention
+                        .iter()
+                        .map(|r| json!(format!("{}/{}", r.active, r.reached))),
+                );
+                row.extend([
+                    json!(c.recharge_total),
+                    json!(c.recharge_count),
+                    json!(format!("{:.2}", c.arpu)),
+                    json!(format!("{:.2}", c.recharges_per_account)),
+                    json!(c.ltv_p50),
+                    json!(c.ltv_p90),
+                    json!(c.ltv_p99),
+                ]);
+                rows.rows.push(row);
+            }
+            rows.fields
+                .insert("timezone".into(), json!(answer.timezone));
+            rows.print(connection.output, &format)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
