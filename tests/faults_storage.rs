@@ -27,7 +27,7 @@ use std::time::Duration;
 use common::faults::{
     Load, SAFETY, assert_balances_acknowledged, assert_only_acknowledged_recharges,
     assert_recharges_applied_once, balance, integrity_check, open_sqlite, readyz, recharge,
-    recharge_rows, serve, serve_sqlite, valid_account, valid_accounts,
+    recharge_rows, serve, serve_sqlite, valid_account, valid_accounts, wait_until,
 };
 use common::pg_cluster::PgCluster;
 use common::process::{DbProxy, Log, ServeCommand, Served, health_status};
@@ -35,7 +35,6 @@ use common::{Backend, TestDb, TestServer, reason, test_config};
 use ocs_lifecycle::config::ClockMode;
 use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
 use ocs_lifecycle::proto::{GetAccountRequest, RechargeRequest};
-use sqlx::Connection;
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -108,13 +107,17 @@ async fn postgres_unreachable_during_recharges_answers_unavailable_and_retries_a
 
     load.wait_for_acks(20, "no recharge was applied before the cut")
         .await;
+    let unavailable_before = load.unavailable();
     proxy.cut();
     // While the database is unreachable: UNAVAILABLE (never INTERNAL), for reads and writes.
     let while_down = recharge(&accounts[0], 4321, "while-down");
     let unreachable = "PostgreSQL is unreachable";
     assert_unavailable(&mut client, &while_down, &accounts[1], unreachable).await;
     let acked_while_down = load.acked_count();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The outage lasts until the load's own clients have been refused too: they retry through
+    // it (checked below with what was applied).
+    load.wait_for_unavailable(unavailable_before + 1, "the load never saw the outage")
+        .await;
     proxy.restore();
 
     // Recovered without a restart: the retried request applies once, the load goes on.
@@ -132,7 +135,11 @@ async fn postgres_unreachable_during_recharges_answers_unavailable_and_retries_a
     load.wait_for_acks(acked_while_down + 20, "the load did not resume")
         .await;
     load.stop().await;
-    assert!(load.unavailable() > 0, "the load saw the outage");
+    eprintln!(
+        "{} UNAVAILABLE answers to the load ({unavailable_before} before the cut); reasons: {:?}",
+        load.unavailable(),
+        load.reasons()
+    );
 
     let mut acked = load.acked();
     acked.insert("while-down".into(), (accounts[0].clone(), 4321));
@@ -171,6 +178,14 @@ fn set_file_size_limit(pid: u32, limit: &str) {
         .status()
         .expect("run prlimit (util-linux)");
     assert!(status.success(), "prlimit --fsize={limit} failed: {status}");
+}
+
+/// Failed probe writes the test waits for while the storage stays not writable.
+const PROBES_WHILE_FULL: usize = 3;
+
+/// The failed probe writes in the server's log (`storage probe write failed`, one line each).
+fn probe_failures(log: &str) -> usize {
+    log.matches("storage probe write failed").count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,11 +239,20 @@ async fn sqlite_storage_not_writable_answers_unavailable_and_health_recovers_aft
     assert!(body.contains("cannot be written"), "{body}");
     // Reads still work and show nothing of the refused recharge.
     assert_eq!(balance(&mut client, msisdn).await, 5000);
-    // The probe keeps failing while the limit holds: still NOT_SERVING a few probes later.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The probe keeps failing while the limit holds: still NOT_SERVING after it has failed
+    // PROBES_WHILE_FULL more times (each failure is a log line of the server).
+    let failed_before = probe_failures(&served.log());
+    wait_until(
+        "the storage probe did not run again",
+        Duration::from_millis(50),
+        || served.log(),
+        || probe_failures(&served.log()) >= failed_before + PROBES_WHILE_FULL,
+    )
+    .await;
     assert_eq!(
         health_status(&channel).await,
-        Some(ServingStatus::NotServing as i32)
+        Some(ServingStatus::NotServing as i32),
+        "NOT_SERVING after {PROBES_WHILE_FULL} more failed probes"
     );
     assert_eq!(readyz(http_addr).await.0, 503, "still not writable");
 
@@ -331,16 +355,11 @@ async fn postgres_server_stopped_and_restarted_during_recharges_answers_unavaila
         let before = load.acked_count();
         load.wait_for_acks(before + 20, "the load did not progress")
             .await;
+        let unavailable_before = load.unavailable();
 
         // A recharge whose transaction is inside PostgreSQL when it stops: it waits for the
         // lock of its account row, which the test holds.
-        let mut locker = sqlx::PgConnection::connect(&cluster.url())
-            .await
-            .expect("connect to the private cluster");
-        sqlx::query("BEGIN")
-            .execute(&mut locker)
-            .await
-            .expect("BEGIN");
+        let mut locker = common::pg_transaction(&cluster.url()).await;
         sqlx::query("SELECT balance FROM accounts WHERE msisdn = $1 FOR UPDATE")
             .bind(&held)
             .fetch_one(&mut locker)
@@ -403,7 +422,9 @@ async fn postgres_server_stopped_and_restarted_during_recharges_answers_unavaila
         let (ready, body) = readyz(http_addr).await;
         assert_eq!(ready, 503, "{mode}: /readyz while stopped: {body}");
         let acked_while_down = load.acked_count();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Stopped until the load's own clients have been refused too.
+        load.wait_for_unavailable(unavailable_before + 1, "the load never saw the outage")
+            .await;
 
         let starting = cluster.clone();
         tokio::task::spawn_blocking(move || starting.restart())
@@ -429,7 +450,6 @@ async fn postgres_server_stopped_and_restarted_during_recharges_answers_unavaila
         assert_eq!(served.pid(), pid);
     }
     load.stop().await;
-    assert!(load.unavailable() > 0, "the load saw the outages");
     eprintln!(
         "{} UNAVAILABLE answers to the load; messages: {:#?}",
         load.unavailable(),

@@ -18,7 +18,7 @@
 #[macro_use]
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -29,6 +29,7 @@ use chrono::{DateTime, Days, NaiveDate, TimeZone, Utc};
 use chrono_tz::Asia::Shanghai;
 use common::{Backend, Db, TestDb};
 use ocs_lifecycle::proto;
+use sqlx::Connection;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ocs-lifecycle");
 
@@ -711,9 +712,68 @@ async fn postgres_a_sweep_killed_with_sigkill_is_finished_by_the_next_run_exactl
     a_sweep_killed_with_sigkill_is_finished_by_the_next_run_exactly_once(Backend::Postgres).await;
 }
 
+/// `url` with `application_name=name`, so that `pg_stat_activity` tells which process a
+/// session belongs to.
+fn with_application_name(url: &str, name: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}application_name={name}")
+}
+
+/// Waits until a session of every process in `processes` (by its `application_name`, its
+/// label) waits for a table lock in a write to `outbox`; panics with the output of a process
+/// that exits first, or past [`SAFETY`].
+async fn wait_until_each_holds_a_batch(locker: &mut sqlx::PgConnection, processes: &mut [Process]) {
+    let labels: BTreeSet<String> = processes.iter().map(|p| p.label.clone()).collect();
+    let started = Instant::now();
+    loop {
+        // Inside a transaction the statistics views hold still: a fresh snapshot each time.
+        sqlx::query("SELECT pg_stat_clear_snapshot()")
+            .execute(&mut *locker)
+            .await
+            .expect("pg_stat_clear_snapshot");
+        let waiting: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT application_name FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock' \
+             AND query LIKE 'INSERT INTO outbox%'",
+        )
+        .fetch_all(&mut *locker)
+        .await
+        .expect("pg_stat_activity");
+        if labels.iter().all(|label| waiting.contains(label)) {
+            eprintln!(
+                "[Postgres] every process held a claimed batch after {:?}",
+                started.elapsed()
+            );
+            return;
+        }
+        for process in processes.iter_mut() {
+            if let Some(status) = process.child.try_wait().expect("try_wait") {
+                let (stdout, stderr) = process.output();
+                panic!(
+                    "{} exited ({status}) while the outbox was locked\nstdout:\n{stdout}\n\
+                     stderr:\n{stderr}",
+                    process.label
+                );
+            }
+        }
+        assert!(
+            started.elapsed() < SAFETY,
+            "not every process reached its first batch's write: waiting {waiting:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Three sweep processes started together on one PostgreSQL database: each exits 0, together
 /// they examine every account exactly once, and every account has exactly its 4 events and 3
 /// history rows.
+///
+/// The sweeps overlap by construction: the test locks the `outbox` table (EXCLUSIVE: plain
+/// reads pass, writes wait) before it starts them, so each process claims a batch (its rows
+/// locked, `SKIP LOCKED` by the others) and then waits in that batch's transaction to write the
+/// batch's events; once a session of every process waits so, the test lets go. No process can
+/// commit a batch before every process holds one of its own, and each of those batches then
+/// commits: every process examines at least `BATCH` accounts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_sweep_processes_on_one_postgresql_transition_each_account_exactly_once() {
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -721,10 +781,25 @@ async fn three_sweep_processes_on_one_postgresql_transition_each_account_exactly
     let Some((test_db, db)) = prepared(Backend::Postgres, dir.path(), &dates).await else {
         return;
     };
+    let mut locker = common::pg_transaction(&test_db.url).await;
+    sqlx::query("LOCK TABLE outbox IN EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .expect("lock the outbox");
     let started = Instant::now();
-    let processes: Vec<Process> = (1..=3)
-        .map(|i| Process::sweep(dir.path(), &format!("sweep-{i}"), &test_db.url))
+    let mut processes: Vec<Process> = (1..=3)
+        .map(|i| {
+            let label = format!("sweep-{i}");
+            let url = with_application_name(&test_db.url, &label);
+            Process::sweep(dir.path(), &label, &url)
+        })
         .collect();
+    wait_until_each_holds_a_batch(&mut locker, &mut processes).await;
+    sqlx::query("ROLLBACK")
+        .execute(&mut locker)
+        .await
+        .expect("let go of the outbox");
+    locker.close().await.expect("close the outbox locker");
     let mut counts = Vec::new();
     for process in processes {
         let label = process.label.clone();
@@ -754,11 +829,10 @@ async fn three_sweep_processes_on_one_postgresql_transition_each_account_exactly
         SweepCounts::all_the_way(N),
         "per process: {counts:?}"
     );
-    let working = counts.iter().filter(|c| c.examined > 0).count();
+    // Each committed at least the batch it held while the outbox was locked.
     assert!(
-        working >= 2,
-        "the sweeps did not overlap (only {working} did any work: {counts:?}); the test \
-         needs a larger N"
+        counts.iter().all(|c| c.examined >= BATCH),
+        "every process examined at least one batch: {counts:?}"
     );
     let mut runs = sweep_runs(&db).await;
     runs.sort();

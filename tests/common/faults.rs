@@ -426,6 +426,13 @@ impl Load {
             .min()
     }
 
+    /// Waits until the clients have been answered UNAVAILABLE at least `at_least` times in all;
+    /// past [`SAFETY`] panics with `what`.
+    pub async fn wait_for_unavailable(&self, at_least: usize, what: &str) {
+        let enough = || self.unavailable() >= at_least;
+        wait_until(what, Duration::from_millis(10), String::new, enough).await;
+    }
+
     /// Waits until `at_least` recharges have been answered OK; past [`SAFETY`] panics with
     /// `what`.
     pub async fn wait_for_acks(&self, at_least: usize, what: &str) {

@@ -758,3 +758,16 @@ pub async fn activate(api: &mut AccountLifecycleClient<Channel>, msisdn: &str) {
     .await
     .expect("Activate");
 }
+
+/// A connection of its own to the PostgreSQL database `url`, inside a transaction (`BEGIN`):
+/// for a test that holds locks while the code under test runs.
+pub async fn pg_transaction(url: &str) -> sqlx::PgConnection {
+    let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect to PostgreSQL: {e}"));
+    sqlx::query("BEGIN")
+        .execute(&mut conn)
+        .await
+        .expect("BEGIN");
+    conn
+}
