@@ -373,8 +373,12 @@ async fn postgres_server_stopped_and_restarted_during_recharges_answers_unavaila
         };
         let deadline = tokio::time::Instant::now() + SAFETY;
         loop {
+            // pg_locks is read live (pg_stat_activity would be a snapshot frozen for the
+            // transaction), and only a session blocked by this one counts: the load's own
+            // recharges may wait for each other's rows.
             let waiting: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+                "SELECT COUNT(*) FROM pg_locks WHERE NOT granted \
+                 AND pg_backend_pid() = ANY(pg_blocking_pids(pid))",
             )
             .fetch_one(&mut locker)
             .await
@@ -395,25 +399,28 @@ async fn postgres_server_stopped_and_restarted_during_recharges_answers_unavaila
             .await
             .expect("pg_ctl stop");
         drop(locker);
-        let status = tokio::time::timeout(SAFETY, in_flight)
+        let answer = tokio::time::timeout(SAFETY, in_flight)
             .await
             .expect("the held recharge was never answered")
-            .expect("held recharge task")
-            .expect_err("the held recharge cannot commit: PostgreSQL stopped under it");
-        assert_eq!(
-            status.code(),
-            Code::Unavailable,
-            "{mode}: {status:?}\n{}",
-            served.log()
-        );
-        if mode == "fast" {
-            // The backend's FATAL 57P01 reached the service as such.
-            assert!(
-                status.message().contains("administrator command"),
-                "{mode}: the 57P01 admin-shutdown error: {status:?}"
-            );
-        }
-        eprintln!("{mode}: the recharge in flight was answered {status:?}");
+            .expect("held recharge task");
+        // Usually refused: its session was ended under it. It may also be answered OK: the
+        // service retries a failed attempt, and the lock holder's session can end (releasing
+        // the row) before the recharge's own session has acted on the shutdown signal, or the
+        // retry can reach the restarted server. Either answer is right if it is the truth:
+        // checked below by replaying the same request_id.
+        let held_applied = match &answer {
+            Ok(_) => true,
+            Err(status) => {
+                assert_eq!(
+                    status.code(),
+                    Code::Unavailable,
+                    "{mode}: {status:?}\n{}",
+                    served.log()
+                );
+                false
+            }
+        };
+        eprintln!("{mode}: the recharge in flight was answered {answer:?}");
 
         // Down: UNAVAILABLE for writes and reads, never INTERNAL; /readyz 503.
         let while_down = recharge(&accounts[0], 4321, &format!("while-down-{mode}"));
@@ -441,7 +448,10 @@ async fn postgres_server_stopped_and_restarted_during_recharges_answers_unavaila
         assert!(replayed, "{mode}: the same request_id again is a replay");
         acked.insert(while_down.request_id.clone(), (accounts[0].clone(), 4321));
         let replayed = recharge_until_applied(&mut client, &held_request, || served.log()).await;
-        assert!(!replayed, "{mode}: the held recharge was rolled back");
+        assert_eq!(
+            replayed, held_applied,
+            "{mode}: the held recharge is a replay exactly when it was acknowledged"
+        );
         acked.insert(held_request.request_id.clone(), (held.clone(), 777));
         load.wait_for_acks(acked_while_down + 20, "the load did not resume")
             .await;

@@ -722,7 +722,12 @@ fn end_of_calendar_commands_refuse_or_saturate_without_panicking() {
                 },
                 true,
             ),
-            (Command::Charge { amount: fen(i64::MAX) }, false),
+            (
+                Command::Charge {
+                    amount: fen(i64::MAX),
+                },
+                false,
+            ),
             (Command::Activate, true),
         ];
         for (command, applies) in expected {

@@ -396,7 +396,8 @@ fn cohort_retention_counts_only_accounts_that_reached_the_age() {
 
 #[test]
 fn a_recharge_channel_is_read_back_from_its_request_fingerprint() {
-    use crate::lifecycle::{Command, recharge_channel_of};
+    use crate::lifecycle::{Amount, Command, recharge_channel_of};
+    let amount = Amount::parse("amount", 5000).unwrap();
     let msisdn = Msisdn::parse("8613800138000").unwrap();
     for channel in [
         RechargeChannel::Card10011,
@@ -405,7 +406,7 @@ fn a_recharge_channel_is_read_back_from_its_request_fingerprint() {
         RechargeChannel::Online,
     ] {
         let recharge = Command::Recharge {
-            amount: 5000,
+            amount,
             channel,
             validity_days: 30,
         };
@@ -414,7 +415,7 @@ fn a_recharge_channel_is_read_back_from_its_request_fingerprint() {
             Some(channel)
         );
     }
-    let charge = Command::Charge { amount: 5000 };
+    let charge = Command::Charge { amount };
     assert_eq!(recharge_channel_of(&charge.fingerprint(&msisdn)), None);
     assert_eq!(recharge_channel_of("Recharge|x|1|9|0"), None);
 }
