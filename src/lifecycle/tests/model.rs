@@ -88,19 +88,14 @@ pub(super) fn expected_refusal(
 ) -> Option<ErrorReason> {
     use ErrorReason as R;
     // Request validation comes first, whatever the account.
-    match command {
-        // (Amounts are positive by their type: the API refuses the others first.)
-        Command::Recharge { validity_days, .. } => {
-            if *validity_days > 36_500 {
-                return Some(R::InvalidArgument);
-            }
-        }
-        Command::Unlock(unlock) => {
-            if unlock.operator_id.is_empty() || unlock.branch_id.is_empty() {
-                return Some(R::InvalidArgument);
-            }
-        }
-        _ => {}
+    // (Amounts are positive by their type: the API refuses the others first.)
+    let invalid = match command {
+        Command::Recharge { validity_days, .. } => *validity_days > 36_500,
+        Command::Unlock(unlock) => unlock.operator_id.is_empty() || unlock.branch_id.is_empty(),
+        _ => false,
+    };
+    if invalid {
+        return Some(R::InvalidArgument);
     }
     if state == Recycled {
         return Some(R::AccountRecycled);
