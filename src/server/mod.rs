@@ -9,10 +9,13 @@
 //!    (`crate::notify`) and the sweep's scheduler (`crate::scheduler`) start.
 //!    Before that, the database must take a probe write: a read-only database fails the start
 //!    instead of a ready server failing its first write.
-//! 4. **Shutdown** (the token is cancelled): health NOT_SERVING and `/readyz` 503 for
-//!    `drain_secs` while both listeners still serve (load balancers stop sending), then the
-//!    listeners close, in-flight requests finish within `shutdown_timeout_secs`, a sweep in
-//!    progress finishes its batches, the webhook worker and the operations endpoint stop.
+//! 4. **Shutdown** (the token is cancelled; the order is [`shutdown`]'s): health NOT_SERVING
+//!    and `/readyz` 503 for `drain_secs` while both listeners still serve (load balancers stop
+//!    sending; [`serve_cutting_drain`]'s second token ends the drain early), then the listeners
+//!    close (the gRPC socket with them, so new connections are refused; health `Watch` and
+//!    `Subscribe` streams end), in-flight requests finish within `shutdown_timeout_secs`, a
+//!    sweep in progress finishes its batches, the webhook worker and the operations endpoint
+//!    stop.
 //!
 //! Every gRPC call passes the admission layer ([`admission`]: concurrency limit, default
 //! deadline) inside the metrics layer, so shed calls are counted and logged like the others.
