@@ -9,13 +9,13 @@
 //!    (`crate::notify`) and the sweep's scheduler (`crate::scheduler`) start.
 //!    Before that, the database must take a probe write: a read-only database fails the start
 //!    instead of a ready server failing its first write.
-//! 4. **Shutdown** (the token is cancelled; the order is [`shutdown`]'s): health NOT_SERVING
-//!    and `/readyz` 503 for `drain_secs` while both listeners still serve (load balancers stop
-//!    sending; [`serve_cutting_drain`]'s second token ends the drain early), then the listeners
-//!    close (the gRPC socket with them, so new connections are refused; health `Watch` and
-//!    `Subscribe` streams end), in-flight requests finish within `shutdown_timeout_secs`, a
-//!    sweep in progress finishes its batches, the webhook worker and the operations endpoint
-//!    stop.
+//! 4. **Shutdown** (the token is cancelled; the order is the `shutdown` module's): health
+//!    NOT_SERVING and `/readyz` 503 for `drain_secs` while both listeners still serve (load
+//!    balancers stop sending; [`serve_cutting_drain`]'s second token ends the drain early), then
+//!    the listeners close (the gRPC socket with them, so new connections are refused; health
+//!    `Watch` and `Subscribe` streams end), in-flight requests finish within
+//!    `shutdown_timeout_secs`, a sweep in progress finishes its batches, the webhook worker and
+//!    the operations endpoint stop.
 //!
 //! Every gRPC call passes the admission layer ([`admission`]: concurrency limit, default
 //! deadline) inside the metrics layer, so shed calls are counted and logged like the others.
@@ -317,7 +317,7 @@ async fn serve_listeners_cutting_drain(
     if let Some(primary) = &primary {
         metrics.watch_primary(primary.clone());
     }
-    // Closes both listeners: at shutdown, after the drain (see [`shutdown`]).
+    // Closes both listeners: at shutdown, after the drain (see the `shutdown` module).
     let close = CancellationToken::new();
     let health = HealthReporter::new();
     let health_service = shutdown::health_service(health.clone(), &close);
@@ -524,8 +524,8 @@ async fn serve_listeners_cutting_drain(
         }
     }
 
-    // 4. Shutdown, in the order [`shutdown`] describes: NOT_SERVING and /readyz 503, the
-    // drain, then the listeners close.
+    // 4. Shutdown, in the order the `shutdown` module describes: NOT_SERVING and /readyz 503,
+    // the drain, then the listeners close.
     set_health(&health, &all_services, ServingStatus::NotServing).await;
     draining.store(true, Ordering::Release);
     shutdown::drain(config.drain_secs, &cut_drain).await;
