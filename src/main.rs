@@ -196,8 +196,9 @@ fn main() -> ExitCode {
         match command {
             ServerCommand::Serve => {
                 let shutdown = CancellationToken::new();
-                tokio::spawn(stop_on_signal(shutdown.clone()));
-                server::serve(config, shutdown).await
+                let cut_drain = CancellationToken::new();
+                tokio::spawn(stop_on_signal(shutdown.clone(), cut_drain.clone()));
+                server::serve_cutting_drain(config, shutdown, cut_drain).await
             }
             ServerCommand::Migrate => {
                 // Not under a running server: it migrated at its start, and a schema change
@@ -339,26 +340,37 @@ fn init_logging(format: LogFormat) -> Result<(), String> {
     Ok(())
 }
 
-/// Cancels `shutdown` on SIGTERM or Ctrl-C.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Cancels `shutdown` on the first SIGTERM or Ctrl-C, and `cut_drain` on the second (the
+/// shutdown's drain then ends at once).
+async fn stop_on_signal(shutdown: CancellationToken, cut_drain: CancellationToken) {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => Some(term),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
+            None
+        }
+    };
+    for (token, what) in [
+        (&shutdown, "shutdown requested"),
+        (&cut_drain, "second stop signal: the drain ends now"),
+    ] {
+        #[cfg(unix)]
+        {
+            let sigterm = async {
+                match term.as_mut() {
+                    Some(term) => term.recv().await,
+                    None => std::future::pending().await,
                 }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = sigterm => {}
             }
         }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("{what}");
+        token.cancel();
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutdown requested");
-    shutdown.cancel();
 }

@@ -1,36 +1,41 @@
-//! Graceful shutdown with a unary call in flight, through the real server (PostgreSQL): the call
-//! finishes and its write is committed, the health stream says NOT_SERVING, a call begun once
-//! the server has stopped accepting is never served (and writes nothing), and the server then
+//! Graceful shutdown through the real server.
+//!
+//! In-process (PostgreSQL), with a unary call in flight: the call finishes and its write is
+//! committed; the health `Watch`, left open, says NOT_SERVING and then ends (UNAVAILABLE) as
+//! the listeners close; the listening socket is closed then, so a connection made during the
+//! shutdown is refused at once and its call fails UNAVAILABLE, writing nothing; and the server
 //! returns `Ok` (what `ocs-lifecycle serve` turns into exit code 0) by itself.
+//!
+//! The binary (SQLite), with a drain of an hour: after SIGTERM `/readyz` answers 503 and the
+//! dashboard's readiness line says the server is shutting down; a second SIGTERM cuts the drain
+//! short and the process exits 0 with a health `Watch` still open.
 //!
 //! Nothing here rests on timing:
 //! - the call is held in flight by a row lock the test takes on its account (the store reads
 //!   an account `FOR UPDATE`), and the test sees it waiting on that lock in
 //!   `pg_stat_activity` before it starts the shutdown;
-//! - "stopped accepting" is tonic's own event (`signal received, shutting down`, when its
-//!   accept loop ends), caught by a tracing layer. Health says NOT_SERVING from another task,
-//!   so it can come first: a connection made right after NOT_SERVING can still be accepted
-//!   (and served) while tonic's task has not yet run. This binary holds one test, so the event
-//!   is this server's;
-//! - the shutdown timeout is an hour, so a server that returns within the test's bounds
-//!   finished its work rather than gave up on it. Durations are printed, never asserted.
+//! - "stopped accepting" is seen as a refused TCP connection to the gRPC address;
+//! - the shutdown timeout is an hour (and the drain, in the binary), so a server that returns
+//!   within the test's bounds finished its work rather than gave up on it. Durations are
+//!   printed, never asserted.
 
 #[allow(unused_macros)]
 #[macro_use]
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use common::api::Api;
-use common::shutdown::{next_status, patient_server, stopped, watch};
+use common::binary::{self, BIN, SAFETY};
+use common::process::{Log, ServeCommand, Served};
+use common::shutdown::{
+    accepts, assert_ended_unavailable, next_status, patient_server, stopped, watch, watch_on,
+};
 use common::{Backend, Db, TestDb};
 use ocs_lifecycle::proto::RechargeChannel;
 use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tracing_subscriber::layer::{Context, SubscriberExt};
 
 /// Safety bound for anything to happen; tests never assert on elapsed time.
 const WAIT: Duration = Duration::from_secs(30);
@@ -38,51 +43,6 @@ const WAIT: Duration = Duration::from_secs(30);
 const HELD: &str = "8613800000501";
 /// The account of a call begun after the server stopped accepting.
 const LATE: &str = "8613800000502";
-/// What tonic logs (at TRACE) when its accept loop ends on the shutdown signal.
-const ACCEPT_LOOP_ENDED: &str = "signal received, shutting down";
-
-/// How many times tonic's accept loop has ended in this process (a global tracing layer).
-fn accept_loops_ended() -> &'static AtomicUsize {
-    static ENDED: OnceLock<Arc<AtomicUsize>> = OnceLock::new();
-    ENDED.get_or_init(|| {
-        let ended = Arc::new(AtomicUsize::new(0));
-        let layer = AcceptLoopEnded(ended.clone());
-        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
-            .expect("the only tracing subscriber of this test binary");
-        ended
-    })
-}
-
-struct AcceptLoopEnded(Arc<AtomicUsize>);
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AcceptLoopEnded {
-    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
-        if !event
-            .metadata()
-            .target()
-            .starts_with("tonic::transport::server")
-        {
-            return;
-        }
-        let mut message = Message(false);
-        event.record(&mut message);
-        if message.0 {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-}
-
-/// Whether an event's message is [`ACCEPT_LOOP_ENDED`].
-struct Message(bool);
-
-impl tracing::field::Visit for Message {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" && format!("{value:?}").contains(ACCEPT_LOOP_ENDED) {
-            self.0 = true;
-        }
-    }
-}
-
 /// Waits until `condition` holds (bounded by [`WAIT`]).
 async fn wait_until(what: &str, mut condition: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -94,7 +54,6 @@ async fn wait_until(what: &str, mut condition: impl AsyncFnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_shutdown_finishes_the_calls_in_flight_refuses_new_ones_and_returns_ok() {
-    let ended = accept_loops_ended();
     let Some(db) = TestDb::create(Backend::Postgres).await else {
         return;
     };
@@ -130,17 +89,17 @@ async fn postgres_a_shutdown_finishes_the_calls_in_flight_refuses_new_ones_and_r
     })
     .await;
 
-    // The shutdown begins while the call waits.
-    assert_eq!(ended.load(Ordering::SeqCst), 0);
+    // The shutdown begins while the call waits. The health Watch stays open: it says
+    // NOT_SERVING, then ends as the listeners close (it does not hold the shutdown).
+    assert!(accepts(server.addr).await, "the listener accepts before");
     server.shutdown.cancel();
     assert_eq!(next_status(&mut health).await, ServingStatus::NotServing);
-    drop(health);
-    wait_until("tonic's accept loop ends", async || {
-        ended.load(Ordering::SeqCst) == 1
+    assert_ended_unavailable(&mut health).await;
+    wait_until("the gRPC listener is closed", async || {
+        !accepts(server.addr).await
     })
     .await;
-    // A call begun now, on a new connection, is not served: the connection waits, unaccepted,
-    // until the server closes its socket.
+    // A call begun now, on a new connection, is not served: the connection is refused.
     let late_channel = Channel::from_shared(format!("http://{}", server.addr))
         .expect("endpoint")
         .connect_lazy();
@@ -175,12 +134,10 @@ async fn postgres_a_shutdown_finishes_the_calls_in_flight_refuses_new_ones_and_r
         .expect("the late caller's task")
         .expect_err("a call begun during the shutdown is not served");
     println!("the call begun during the shutdown ended with {refused:?}");
-    assert!(
-        matches!(
-            refused.code(),
-            tonic::Code::Unavailable | tonic::Code::Unknown
-        ),
-        "refused for want of a server (reset, refused, closed): {refused:?}"
+    assert_eq!(
+        refused.code(),
+        tonic::Code::Unavailable,
+        "refused for want of a listener: {refused:?}"
     );
     // The late call wrote nothing: the account is as it was, and the only new request and
     // history entry are the answered call's.
@@ -201,4 +158,68 @@ async fn postgres_a_shutdown_finishes_the_calls_in_flight_refuses_new_ones_and_r
         "the answered call is committed"
     );
     check.close().await;
+}
+
+/// The dashboard's readiness line: ready, and why not.
+async fn dashboard_readiness(http: std::net::SocketAddr) -> (bool, Option<String>) {
+    let body = reqwest::get(format!("http://{http}/api/dashboard"))
+        .await
+        .expect("GET /api/dashboard")
+        .text()
+        .await
+        .expect("the dashboard's body");
+    let view: serde_json::Value = serde_json::from_str(&body).expect("the dashboard's JSON");
+    let readiness = &view["readiness"];
+    (
+        readiness["ready"].as_bool().expect("readiness.ready"),
+        readiness["reason"].as_str().map(str::to_owned),
+    )
+}
+
+async fn readyz(http: std::net::SocketAddr) -> u16 {
+    reqwest::get(format!("http://{http}/readyz"))
+        .await
+        .expect("GET /readyz")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_second_sigterm_cuts_the_drain_and_the_dashboard_says_shutting_down() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let database_url = format!("sqlite://{}", dir.path().join("d.db").display());
+    // An hour of drain and of shutdown timeout: an exit within the test's bounds is the second
+    // signal's doing.
+    let mut serve = ServeCommand::new(BIN, dir.path(), database_url).with_env([
+        ("OCS_DRAIN_SECS", "3600"),
+        ("OCS_SHUTDOWN_TIMEOUT_SECS", "3600"),
+    ]);
+    serve.http_addr = "127.0.0.1:0";
+    let mut served = Served::spawn(&serve, Log::File(dir.path().join("server.log")));
+    let channel = served.serving(SAFETY).await;
+    let http = served.http_addr();
+    assert_eq!(dashboard_readiness(http).await, (true, None));
+    let mut health = watch_on(channel, "").await;
+    assert_eq!(next_status(&mut health).await, ServingStatus::Serving);
+
+    let sent = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(served.pid().to_string())
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    assert_eq!(next_status(&mut health).await, ServingStatus::NotServing);
+    wait_until("/readyz answers 503", async || readyz(http).await == 503).await;
+    let (ready, reason) = dashboard_readiness(http).await;
+    assert!(!ready, "the dashboard says not ready during the drain");
+    let reason = reason.expect("a reason");
+    assert!(reason.contains("shutting down"), "{reason}");
+    assert!(served.running(), "draining:\n{}", served.log());
+
+    // The second SIGTERM: the drain ends, the listeners close, the process exits 0.
+    let began = std::time::Instant::now();
+    let log = binary::stop_cleanly(served, dir.path()).await;
+    println!("exited {:?} after the second SIGTERM", began.elapsed());
+    assert!(log.contains("drain cut short"), "{log}");
+    assert_ended_unavailable(&mut health).await;
 }

@@ -1,7 +1,8 @@
 //! The operations HTTP listener inside `serve` (`http_addr`): `GET /metrics` (Prometheus),
 //! `GET /healthz` (the process runs), `GET /readyz` (migrations ran and the database
-//! answers; 503 during a shutdown's drain), and the dashboard, `GET /`, `GET /api/dashboard/html` and `GET /api/dashboard`
-//! ([`dashboard`], rendered by [`page`]). It stops with the gRPC server (the shutdown token).
+//! answers; 503 during a shutdown's drain, and the dashboard's readiness line says so too), and
+//! the dashboard, `GET /`, `GET /api/dashboard/html` and `GET /api/dashboard` ([`dashboard`],
+//! rendered by [`page`]). It stops accepting with the gRPC server, after the drain.
 //!
 //! Who may read what: with bearer tokens configured (`[[auth.tokens]]`, the gRPC server's), the
 //! dashboard's data, `GET /api/dashboard` and `GET /api/dashboard/html` (account counts per
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -112,11 +114,26 @@ async fn drain_gate(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if request.uri().path() == "/readyz" && draining.load(Ordering::Acquire) {
-        return not_ready("shutting down: draining before the listeners close").into_response();
+    let mut request = request;
+    if draining.load(Ordering::Acquire) {
+        if request.uri().path() == "/readyz" {
+            return not_ready(DRAINING).into_response();
+        }
+        // The dashboard's readiness line says the same as /readyz.
+        request.extensions_mut().insert(Draining);
     }
     next.run(request).await
 }
+
+/// Why `/readyz` (and the dashboard) say not ready during a shutdown's drain.
+const DRAINING: &str = "shutting down: draining before the listeners close";
+
+/// Set on a request by [`serve_http_draining`] during a shutdown's drain.
+#[derive(Clone, Copy)]
+struct Draining;
+
+/// Whether the request came during a shutdown's drain.
+type DrainMark = Option<Extension<Draining>>;
 
 async fn metrics(State(state): State<OpsState>) -> Response {
     let text = state
@@ -140,11 +157,15 @@ fn html(status: StatusCode, body: String) -> Response {
 
 /// The page, with its data when this request may read it (the first view needs no script);
 /// without, when the data needs a token it was not sent (the script asks for one).
-async fn dashboard_page(State(state): State<OpsState>, headers: HeaderMap) -> Response {
+async fn dashboard_page(
+    State(state): State<OpsState>,
+    draining: DrainMark,
+    headers: HeaderMap,
+) -> Response {
     if dashboard_refusal(&state, &headers).is_some() {
         return html(StatusCode::OK, dashboard::PAGE.to_owned());
     }
-    let body = match dashboard_view(&state).await {
+    let body = match dashboard_view(&state, draining.is_some()).await {
         Ok(view) => page::page(Ok(&page::part(&view))),
         Err((_, message)) => page::page(Err(&message)),
     };
@@ -152,11 +173,15 @@ async fn dashboard_page(State(state): State<OpsState>, headers: HeaderMap) -> Re
 }
 
 /// The data part of the page, which its script fetches (401/403 and 503 as `/api/dashboard`).
-async fn dashboard_part(State(state): State<OpsState>, headers: HeaderMap) -> Response {
+async fn dashboard_part(
+    State(state): State<OpsState>,
+    draining: DrainMark,
+    headers: HeaderMap,
+) -> Response {
     if let Some(refusal) = dashboard_refusal(&state, &headers) {
         return refusal;
     }
-    match dashboard_view(&state).await {
+    match dashboard_view(&state, draining.is_some()).await {
         Ok(view) => html(StatusCode::OK, page::part(&view)),
         Err((status, message)) => json_error(status, message),
     }
@@ -165,6 +190,7 @@ async fn dashboard_part(State(state): State<OpsState>, headers: HeaderMap) -> Re
 /// The dashboard now, or the status and message of why not.
 async fn dashboard_view(
     state: &OpsState,
+    draining: bool,
 ) -> Result<dashboard::DashboardView, (StatusCode, String)> {
     if !state.ready.load(Ordering::Acquire) {
         return Err((
@@ -173,7 +199,11 @@ async fn dashboard_view(
         ));
     }
     let status = dashboard::ServiceStatus {
-        not_ready: readiness(state).await.err(),
+        not_ready: if draining {
+            Some(DRAINING.to_owned())
+        } else {
+            readiness(state).await.err()
+        },
         last_sweep: state.metrics.sweep.last_duration(),
     };
     state
@@ -268,11 +298,15 @@ fn dashboard_refusal(state: &OpsState, headers: &HeaderMap) -> Option<Response> 
 /// The dashboard's JSON; 401/403 without a token of [`DASHBOARD_ROLES`] when tokens are
 /// configured; 503 with `{"error": …}` when the database cannot be read (before the
 /// migrations, too).
-async fn dashboard_json(State(state): State<OpsState>, headers: HeaderMap) -> Response {
+async fn dashboard_json(
+    State(state): State<OpsState>,
+    draining: DrainMark,
+    headers: HeaderMap,
+) -> Response {
     if let Some(refusal) = dashboard_refusal(&state, &headers) {
         return refusal;
     }
-    match dashboard_view(&state).await {
+    match dashboard_view(&state, draining.is_some()).await {
         // Serialized from the struct, so the fields keep their documented order.
         Ok(view) => match serde_json::to_string(&view) {
             Ok(json) => (

@@ -9,10 +9,13 @@
 //!    (`crate::notify`) and the sweep's scheduler (`crate::scheduler`) start.
 //!    Before that, the database must take a probe write: a read-only database fails the start
 //!    instead of a ready server failing its first write.
-//! 4. **Shutdown** (the token is cancelled): health NOT_SERVING and `/readyz` 503 for
-//!    `drain_secs` while both listeners still serve (load balancers stop sending), then the
-//!    listeners close, in-flight requests finish within `shutdown_timeout_secs`, a sweep in
-//!    progress finishes its batches, the webhook worker and the operations endpoint stop.
+//! 4. **Shutdown** (the token is cancelled; the order is the `shutdown` module's): health
+//!    NOT_SERVING and `/readyz` 503 for `drain_secs` while both listeners still serve (load
+//!    balancers stop sending; [`serve_cutting_drain`]'s second token ends the drain early), then
+//!    the listeners close (the gRPC socket with them, so new connections are refused; health
+//!    `Watch` and `Subscribe` streams end), in-flight requests finish within
+//!    `shutdown_timeout_secs`, a sweep in progress finishes its batches, the webhook worker and
+//!    the operations endpoint stop.
 //!
 //! Every gRPC call passes the admission layer ([`admission`]: concurrency limit, default
 //! deadline) inside the metrics layer, so shed calls are counted and logged like the others.
@@ -22,6 +25,7 @@
 
 pub mod admission;
 pub mod instance_lock;
+mod shutdown;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -77,6 +81,16 @@ use crate::wire::{
 /// Binds `config.listen` and serves until `shutdown` is cancelled, holding the SQLite
 /// database's lock ([`claim_database`]) throughout.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+    serve_cutting_drain(config, shutdown, CancellationToken::new()).await
+}
+
+/// [`serve`], and the drain of the shutdown ends early if `cut_drain` is cancelled (a second
+/// SIGTERM or Ctrl-C).
+pub async fn serve_cutting_drain(
+    config: Config,
+    shutdown: CancellationToken,
+    cut_drain: CancellationToken,
+) -> Result<(), ServeError> {
     check_exposure(&config, config.listen)?;
     let _lock = claim_database(&config.database_url)?;
     if let Some(addr) = config.http_addr {
@@ -87,7 +101,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
-    serve_with_listeners(config, listener, http, shutdown).await
+    serve_listeners_cutting_drain(config, listener, http, shutdown, cut_drain).await
 }
 
 /// The lock of the SQLite file `database_url` names (none for PostgreSQL): `serve`, `migrate`
@@ -256,6 +270,17 @@ pub async fn serve_with_listeners(
     http: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    serve_listeners_cutting_drain(config, listener, http, shutdown, CancellationToken::new()).await
+}
+
+/// [`serve_with_listeners`], and the drain ends early if `cut_drain` is cancelled.
+async fn serve_listeners_cutting_drain(
+    config: Config,
+    listener: TcpListener,
+    http: Option<TcpListener>,
+    shutdown: CancellationToken,
+    cut_drain: CancellationToken,
+) -> Result<(), ServeError> {
     // 1. Build.
     let rules = Arc::new(config.rules()?);
     let addr = local_addr(&listener)?;
@@ -296,7 +321,10 @@ pub async fn serve_with_listeners(
     if let Some(primary) = &primary {
         metrics.watch_primary(primary.clone());
     }
-    let (health, health_service) = tonic_health::server::health_reporter();
+    // Closes both listeners: at shutdown, after the drain (see the `shutdown` module).
+    let close = CancellationToken::new();
+    let health = HealthReporter::new();
+    let health_service = shutdown::health_service(health.clone(), &close);
     let storage_health = Arc::new(StorageHealth::new(
         health.clone(),
         store.clone(),
@@ -318,8 +346,6 @@ pub async fn serve_with_listeners(
 
     // 2. Start: the operations endpoint first, so /healthz answers and /readyz says why it is
     // not ready yet while the migrations run.
-    // Closes both listeners: at shutdown, after the drain.
-    let close = CancellationToken::new();
     let draining = Arc::new(AtomicBool::new(false));
     let mut tasks = Tasks {
         operations: None,
@@ -410,14 +436,16 @@ pub async fn serve_with_listeners(
         ),
         None => router,
     };
-    let stopping = close.clone();
     // Answers are small and latency-bound: no Nagle delay on accepted connections.
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
-    let mut server = tokio::spawn(
-        router.serve_with_incoming_shutdown(incoming, async move { stopping.cancelled().await }),
-    );
+    // The incoming stream ends (and drops the listener) at `close`: that ends the accept loop
+    // and starts tonic's graceful shutdown, so its own signal never fires.
+    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(
+        shutdown::ClosingIncoming::new(incoming, &close),
+        std::future::pending::<()>(),
+    ));
     tracing::info!(
         %addr,
         clock = if manual.is_some() { "manual" } else { "system" },
@@ -508,16 +536,11 @@ pub async fn serve_with_listeners(
         }
     }
 
-    // 4. Shutdown: drain, then close the listeners.
+    // 4. Shutdown, in the order the `shutdown` module describes: NOT_SERVING and /readyz 503,
+    // the drain, then the listeners close.
     set_health(&health, &all_services, ServingStatus::NotServing).await;
     draining.store(true, Ordering::Release);
-    if config.drain_secs > 0 {
-        tracing::info!(
-            drain_secs = config.drain_secs,
-            "shutting down: health NOT_SERVING and /readyz 503 while the listeners still serve"
-        );
-        tokio::time::sleep(Duration::from_secs(config.drain_secs)).await;
-    }
+    shutdown::drain(config.drain_secs, &cut_drain).await;
     tracing::info!("shutting down: listeners closed, finishing in-flight requests");
     close.cancel();
     let grace = Duration::from_secs(config.shutdown_timeout_secs);

@@ -26,8 +26,15 @@ pub async fn patient_server(db: Arc<TestDb>) -> TestServer {
 
 /// A health `Watch` of `service` ("" = the whole server).
 pub async fn watch(server: &TestServer, service: &str) -> Streaming<HealthCheckResponse> {
-    server
-        .health()
+    watch_on(server.channel(), service).await
+}
+
+/// A health `Watch` of `service` over `channel` (a server run as a process, say).
+pub async fn watch_on(
+    channel: tonic::transport::Channel,
+    service: &str,
+) -> Streaming<HealthCheckResponse> {
+    tonic_health::pb::health_client::HealthClient::new(channel)
         .watch(HealthCheckRequest {
             service: service.into(),
         })
@@ -60,4 +67,26 @@ pub async fn stopped(server: &mut TestServer) -> Result<(), ocs_lifecycle::serve
         began.elapsed()
     );
     returned
+}
+
+/// Asserts that a `Watch` stream, its last status sent, ends with UNAVAILABLE (the server's
+/// listeners have closed) and then closes.
+pub async fn assert_ended_unavailable(stream: &mut Streaming<HealthCheckResponse>) {
+    let ended = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .expect("the Watch stream ends in time");
+    match ended {
+        Err(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
+        Ok(message) => panic!("the Watch stream goes on: {message:?}"),
+    }
+}
+
+/// Whether a TCP connection to `addr` is accepted now (false: refused, the listener closed).
+pub async fn accepts(addr: std::net::SocketAddr) -> bool {
+    match tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => false,
+        Ok(Err(e)) => panic!("connecting to {addr}: {e}"),
+        Err(_) => panic!("connecting to {addr}: no answer in time"),
+    }
 }
