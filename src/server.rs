@@ -175,6 +175,8 @@ struct Tasks {
     operations: Option<JoinHandle<std::io::Result<()>>>,
     scheduler: Option<JoinHandle<()>>,
     notifier: Option<crate::notify::Notifier>,
+    /// The listener of other servers' commits (PostgreSQL).
+    changes: Option<JoinHandle<()>>,
 }
 
 impl Tasks {
@@ -184,6 +186,9 @@ impl Tasks {
             task.abort();
         }
         if let Some(task) = self.scheduler.take() {
+            task.abort();
+        }
+        if let Some(task) = self.changes.take() {
             task.abort();
         }
     }
@@ -201,6 +206,12 @@ impl Tasks {
         }
         if let Some(notifier) = self.notifier.take() {
             notifier.stopped().await;
+        }
+        if let Some(mut task) = self.changes.take() {
+            // It stops at the cancellation, between two notifications.
+            if tokio::time::timeout(grace, &mut task).await.is_err() {
+                task.abort();
+            }
         }
         if let Some(mut task) = self.operations.take() {
             // It stopped accepting at the cancellation; a scrape in progress may finish.
@@ -271,6 +282,17 @@ pub async fn serve_with_listeners(
         clock.clone(),
         shutdown.clone(),
     ));
+    let facts = Arc::new(facts::FactCache::new(Duration::from_millis(
+        config.authorize_cache_ms,
+    )));
+    // What other servers commit to the same database evicts from the Authorize cache (on
+    // PostgreSQL; the cache is off while that feed is not heard).
+    let changes = (config.authorize_cache_ms > 0)
+        .then(|| {
+            let facts = facts.clone();
+            store.follow_changes(Arc::new(move |change| facts.hear(change)), shutdown.clone())
+        })
+        .flatten();
     let ctx = Context {
         store: store.clone(),
         rules: rules.clone(),
@@ -278,9 +300,7 @@ pub async fn serve_with_listeners(
         ready: ready.clone(),
         sweep_batch_size: config.sweep.batch_size,
         metrics: metrics.clone(),
-        facts: Arc::new(facts::FactCache::new(Duration::from_millis(
-            config.authorize_cache_ms,
-        ))),
+        facts,
         storage_health: storage_health.clone(),
     };
 
@@ -290,6 +310,7 @@ pub async fn serve_with_listeners(
         operations: None,
         scheduler: None,
         notifier: None,
+        changes,
     };
     match (http, http_addr) {
         (Some(http), Some(http_addr)) => {

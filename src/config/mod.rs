@@ -153,9 +153,10 @@ pub struct Config {
     pub log_full_msisdn: bool,
     /// How long a graceful shutdown waits for in-flight requests.
     pub shutdown_timeout_secs: u64,
-    /// How long Authorize may reuse an account's facts read from the database (0 = never).
-    /// Mutations through this server evict at once; the bound matters only for mutations
-    /// through another server on the same database (`api::facts`).
+    /// How long Authorize may reuse an account's facts (0 = never). Mutations through this
+    /// server replace them at their commit, mutations through another server on the same
+    /// PostgreSQL database evict them (LISTEN/NOTIFY); the bound matters only for writes no
+    /// server announces (`api::facts`).
     pub authorize_cache_ms: u64,
     /// Allow non-loopback `listen` and `http_addr` addresses although no tokens are configured
     /// (`[auth]`).
@@ -276,7 +277,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             log_full_msisdn: false,
             shutdown_timeout_secs: 30,
-            authorize_cache_ms: 500,
+            authorize_cache_ms: 60_000,
             insecure: false,
             ignored_env: Vec::new(),
             lifecycle: LifecycleConfig::default(),

@@ -14,6 +14,7 @@
 
 mod deliveries;
 mod dialect;
+mod pg_changes;
 mod pg_failover;
 mod postgres;
 mod records;
@@ -32,6 +33,10 @@ use crate::lifecycle::{Account, AccountState, DomainError, ErrorReason, Msisdn, 
 pub use crate::lifecycle::{EventType, HistoryRecord, OutboxEvent};
 pub use crate::lifecycle::{SWEEP_ACTOR, VALIDITY_EXPIRING_REASON};
 pub use deliveries::{AttemptOutcome, DeadLetter, PendingDelivery, Registered, WebhookDeliveries};
+pub use pg_changes::{
+    CHANNEL as ACCOUNT_CHANGED_CHANNEL,
+    LISTENER_APPLICATION_NAME as CHANGES_LISTENER_APPLICATION_NAME,
+};
 pub use pg_failover::{PgHost, PgTargets, PrimaryStatus, PrimaryWatch, TargetSessionAttrs};
 use postgres::{PostgresDialect, PostgresStore};
 pub use records::new_event_id;
@@ -68,6 +73,26 @@ pub enum Committed {
     Applied(Vec<u8>),
     Replayed(Vec<u8>),
 }
+
+/// What the feed of account changes committed by other servers on the same database says
+/// ([`AccountStore::follow_changes`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccountChange {
+    /// A mutation of this MSISDN committed (through any server, this one included), or may
+    /// have.
+    Changed(String),
+    /// Any account may have changed unheard (a server started listening: it may have died
+    /// before announcing its last commits).
+    Everything,
+    /// The feed is heard from now on; what was committed before was not heard.
+    Listening,
+    /// The feed is not heard (not yet, or no longer): any account may change unheard until
+    /// the next `Listening`.
+    Lost,
+}
+
+/// Called by the feed for each [`AccountChange`], in order, on its own task.
+pub type OnChange = Arc<dyn Fn(AccountChange) + Send + Sync>;
 
 /// The pure decision a mutation carries out: the current account (if any) in, the writes out.
 /// Shared and `'static`, so a backend may hand it to a writer task and call it again on retry.
@@ -130,6 +155,15 @@ pub trait AccountStore: WebhookDeliveries + Send + Sync + 'static {
     ) -> Result<Committed, StoreError>;
 
     async fn get(&self, msisdn: &Msisdn) -> Result<Option<Account>, StoreError>;
+
+    /// Follows the mutations other servers commit to the same database, reporting them to `on`
+    /// until `shutdown` (PostgreSQL: LISTEN/NOTIFY, on a connection of its own beside the
+    /// pool). `None` where there is no such feed (SQLite: one server per database file).
+    fn follow_changes(
+        &self,
+        on: OnChange,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>>;
 
     /// Accounts ordered by MSISDN after `after`, optionally only those whose effective state on
     /// local date `today` is `state`.

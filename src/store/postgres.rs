@@ -1,6 +1,7 @@
 //! PostgreSQL, for production: READ COMMITTED transactions that lock the MSISDN's row with
 //! `SELECT … FOR UPDATE`, so concurrent requests on one account serialise and requests on
-//! different accounts run in parallel. A first insert that races another (same MSISDN or same
+//! different accounts run in parallel. After each COMMIT the MSISDN is announced to the other
+//! servers on the database (`pg_changes`). A first insert that races another (same MSISDN or same
 //! request_id) fails on the unique index and the whole mutation is retried.
 //!
 //! A multi-host `database_url` (several hosts or `target_session_attrs`) gives the dialect a
@@ -152,7 +153,15 @@ impl Dialect for PostgresDialect {
         let mut tx: Transaction<'static, Postgres> = self.begin(&store.writer).await?;
         let result = Writes::<Self>::apply_in(&mut tx, &store.rules, msisdn, key, decide).await;
         match &result {
-            Ok(Committed::Applied(_)) => tx.commit().await?,
+            Ok(Committed::Applied(_)) => {
+                let committed = tx.commit().await;
+                // Also when the COMMIT's answer was lost: a change that did not happen only
+                // costs the other servers a read.
+                if let Err(e) = super::pg_changes::announce(store.writer(), msisdn.as_str()).await {
+                    tracing::warn!(error = %e, %msisdn, "could not announce a committed change to the other servers");
+                }
+                committed?
+            }
             // Nothing was written.
             Ok(_) => tx.rollback().await?,
             // An error left writes to undo. The error is what the caller is told: when it broke
@@ -183,5 +192,20 @@ impl Dialect for PostgresDialect {
 
     fn failover(&self, err: &sqlx::Error) -> Option<StoreError> {
         self.primary.as_ref()?.failover_error(err)
+    }
+
+    /// LISTEN on a connection of its own, to the primary of the moment.
+    fn follow_changes(
+        &self,
+        store: &SqlStore<Self>,
+        on: super::OnChange,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let (primary, own) = (self.primary.clone(), store.writer.clone());
+        let current_pool = move || match &primary {
+            Some(primary) => primary.pool().clone(),
+            None => own.clone(),
+        };
+        Some(super::pg_changes::follow(current_pool, on, shutdown))
     }
 }
