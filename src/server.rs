@@ -287,10 +287,15 @@ pub async fn serve_with_listeners(
     )));
     // What other servers commit to the same database evicts from the Authorize cache (on
     // PostgreSQL; the cache is off while that feed is not heard).
+    metrics.authorize_cache_enabled.set(facts.enabled().into());
     let changes = (config.authorize_cache_ms > 0)
         .then(|| {
-            let facts = facts.clone();
-            store.follow_changes(Arc::new(move |change| facts.hear(change)), shutdown.clone())
+            let (facts, metrics) = (facts.clone(), metrics.clone());
+            let on = move |change| {
+                facts.hear(change);
+                metrics.authorize_cache_enabled.set(facts.enabled().into());
+            };
+            store.follow_changes(Arc::new(on), shutdown.clone())
         })
         .flatten();
     let ctx = Context {

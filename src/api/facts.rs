@@ -79,6 +79,12 @@ impl FactCache {
         }
     }
 
+    /// Whether answers come from the cache now: a window is set and the changes of other
+    /// servers are followed (`ocs_authorize_cache_enabled`).
+    pub fn enabled(&self) -> bool {
+        self.caching()
+    }
+
     fn caching(&self) -> bool {
         !self.ttl.is_zero() && self.following.load(Ordering::Acquire)
     }

@@ -193,6 +193,8 @@ pub struct Metrics {
     rpc_requests: Family<RpcLabels, Counter>,
     rpc_duration: Family<MethodLabel, Histogram>,
     rpc_in_flight: Gauge,
+    /// 1 while Authorize answers from its facts cache (set by `crate::server`).
+    pub authorize_cache_enabled: Gauge,
     pub sweep: SweepMetrics,
     /// `/package.Service/Method` paths the server serves (other paths count as "unknown", so a
     /// caller cannot make up label values).
@@ -255,6 +257,12 @@ impl Metrics {
             rpc_duration.clone(),
         );
         sweep.register(&mut registry);
+        let authorize_cache_enabled = Gauge::default();
+        registry.register(
+            "ocs_authorize_cache_enabled",
+            "1 while Authorize answers from its facts cache, 0 while it is off (authorize_cache_ms 0, or another server's changes cannot be followed)",
+            authorize_cache_enabled.clone(),
+        );
         registry.register(
             "ocs_build",
             "The running build",
@@ -273,6 +281,7 @@ impl Metrics {
             rpc_requests,
             rpc_duration,
             rpc_in_flight,
+            authorize_cache_enabled,
             sweep,
             methods,
             webhook: OnceLock::new(),

@@ -1,7 +1,9 @@
 //! The change feed between servers on one PostgreSQL database. After each mutation's COMMIT
-//! the server announces its MSISDN on [`CHANNEL`] ([`announce`]: `pg_notify`); each server
-//! listens on a connection of its own ([`follow`]) and reports what it hears, so a cache of
-//! account facts (`crate::api::facts`) forgets what another server changed.
+//! the server announces its MSISDN on [`CHANNEL`] ([`Instance::announce`]: `pg_notify`, the
+//! payload `<instance> <MSISDN>`); each server listens on a connection of its own
+//! ([`Instance::follow`]) and reports what the *other* instances announce, so a cache of
+//! account facts (`crate::api::facts`) forgets what another server changed. Its own
+//! announcements are ignored: its commits reach its cache directly.
 //!
 //! Why after the COMMIT and not inside the transaction (where PostgreSQL would deliver it at
 //! the COMMIT, atomically): PostgreSQL serialises the commits of all transactions that sent a
@@ -18,6 +20,7 @@
 //! as "anything may have changed". A connection that goes quiet is checked with a query now and
 //! then, so a half-open one (a host gone without closing its sockets) counts as lost too.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
@@ -29,9 +32,8 @@ use super::{AccountChange, OnChange};
 /// The channel mutations announce their MSISDN on (the payload).
 pub const CHANNEL: &str = "ocs_account_changed";
 
-/// The payload that says "forget everything": sent by each listener once it listens (a server
-/// that starts, or reconnects, may have died or been cut off before announcing its last
-/// commits).
+/// What says "forget everything": announced by each listener once it listens (a server that
+/// starts, or reconnects, may have died or been cut off before announcing its last commits).
 pub const EVERYTHING: &str = "*";
 
 /// The `application_name` of the listener's connection (`pg_stat_activity`).
@@ -46,21 +48,45 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 const FIRST_RETRY: Duration = Duration::from_millis(50);
 const MAX_RETRY: Duration = Duration::from_secs(1);
 
-/// Tells every listener that `payload` (an MSISDN, or [`EVERYTHING`]) changed.
-pub(crate) async fn announce(pool: &PgPool, payload: &str) -> Result<(), sqlx::Error> {
+/// One store on the feed: a random name, unique per process start and per store.
+pub(crate) struct Instance(Arc<str>);
+
+impl Instance {
+    pub(crate) fn new() -> Self {
+        Self(uuid::Uuid::new_v4().simple().to_string().into())
+    }
+
+    /// Tells every other listener that `what` (an MSISDN, or [`EVERYTHING`]) changed.
+    pub(crate) async fn announce(&self, pool: &PgPool, what: &str) -> Result<(), sqlx::Error> {
+        announce_on(pool, &format!("{} {what}", self.0)).await
+    }
+
+    /// Listens until `shutdown`, on a connection of its own opened with the settings of the
+    /// pool `current_pool` gives at each (re)connection (with a multi-host URL: the primary's;
+    /// NOTIFY is delivered on the server that committed). Reports [`AccountChange::Lost`] at
+    /// once, since nothing is heard yet, then `Listening` once it listens and has heard its own
+    /// [`EVERYTHING`] back.
+    pub(crate) fn follow(
+        &self,
+        current_pool: impl Fn() -> PgPool + Send + 'static,
+        on: OnChange,
+        shutdown: CancellationToken,
+    ) -> JoinHandle<()> {
+        follow(self.0.clone(), current_pool, on, shutdown)
+    }
+}
+
+async fn announce_on<'e>(on: impl sqlx::PgExecutor<'e>, payload: &str) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(CHANNEL)
         .bind(payload)
-        .execute(pool)
+        .execute(on)
         .await
         .map(|_| ())
 }
 
-/// Listens until `shutdown`, on a connection of its own opened with the settings of the pool
-/// `current_pool` gives at each (re)connection (with a multi-host URL: the primary's; NOTIFY is
-/// delivered on the server that committed). Reports [`AccountChange::Lost`] at once, since
-/// nothing is heard yet, then `Listening` once it listens.
-pub(crate) fn follow(
+fn follow(
+    instance: Arc<str>,
     current_pool: impl Fn() -> PgPool + Send + 'static,
     on: OnChange,
     shutdown: CancellationToken,
@@ -72,7 +98,7 @@ pub(crate) fn follow(
             let pool = current_pool();
             let (listened, why) = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                ended = listen(&pool, &on) => ended,
+                ended = listen(&instance, &pool, &on) => ended,
             };
             on(AccountChange::Lost);
             if listened {
@@ -94,19 +120,30 @@ pub(crate) fn follow(
 
 /// Connects, listens and reports until the connection is lost: whether it got as far as
 /// listening, and why it ended.
-async fn listen(pool: &PgPool, on: &OnChange) -> (bool, String) {
-    let mut listener = match connect(pool).await {
+async fn listen(instance: &str, pool: &PgPool, on: &OnChange) -> (bool, String) {
+    let mut listener = match connect(instance, pool).await {
         Ok(listener) => listener,
         Err(e) => return (false, e),
     };
+    // Listening once this connection's own EVERYTHING came back: the feed is then proven to
+    // deliver, and that announcement (which empties every cache) is behind this server, so
+    // what it caches from now on stays.
+    if let Err(e) = own_announcement(instance, &mut listener).await {
+        return (false, e);
+    }
     on(AccountChange::Listening);
+    tracing::info!(
+        channel = CHANNEL,
+        "listening for the account changes of other servers: the Authorize cache is on"
+    );
     loop {
         // `try_recv` is cancel-safe while its connection is up (sqlx reads whole messages);
         // without eager reconnection it never reconnects by itself.
         match tokio::time::timeout(QUIET_CHECK, listener.try_recv()).await {
-            Ok(Ok(Some(notification))) => match notification.payload() {
-                EVERYTHING => on(AccountChange::Everything),
-                msisdn => on(AccountChange::Changed(msisdn.to_owned())),
+            Ok(Ok(Some(notification))) => match heard(instance, notification.payload()) {
+                Heard::Own => {}
+                Heard::Other(EVERYTHING) => on(AccountChange::Everything),
+                Heard::Other(msisdn) => on(AccountChange::Changed(msisdn.to_owned())),
             },
             Ok(Ok(None)) => return (true, "the connection was closed".into()),
             Ok(Err(e)) => return (true, e.to_string()),
@@ -122,7 +159,40 @@ async fn listen(pool: &PgPool, on: &OnChange) -> (bool, String) {
     }
 }
 
-async fn connect(pool: &PgPool) -> Result<PgListener, String> {
+enum Heard<'a> {
+    Own,
+    Other(&'a str),
+}
+
+/// Whose announcement `payload` is, and what it says.
+fn heard<'a>(instance: &str, payload: &'a str) -> Heard<'a> {
+    match payload.split_once(' ') {
+        Some((from, _)) if from == instance => Heard::Own,
+        Some((_, what)) => Heard::Other(what),
+        None => Heard::Other(payload),
+    }
+}
+
+/// Waits (at most [`CHECK_TIMEOUT`]) for the [`EVERYTHING`] this listener announced when it
+/// connected; what others announce meanwhile needs no answer, since the cache is off.
+async fn own_announcement(instance: &str, listener: &mut PgListener) -> Result<(), String> {
+    let own = format!("{instance} {EVERYTHING}");
+    let heard = async {
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(n)) if n.payload() == own => return Ok(()),
+                Ok(Some(_)) => {}
+                Ok(None) => return Err("the connection was closed".to_owned()),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    };
+    tokio::time::timeout(CHECK_TIMEOUT, heard)
+        .await
+        .map_err(|_| "its own announcement did not come back".to_owned())?
+}
+
+async fn connect(instance: &str, pool: &PgPool) -> Result<PgListener, String> {
     if pool.is_closed() {
         return Err("no database primary known yet".into());
     }
@@ -140,10 +210,7 @@ async fn connect(pool: &PgPool) -> Result<PgListener, String> {
     listener.eager_reconnect(false);
     listener.ignore_pool_close_event(true);
     listener.listen(CHANNEL).await.map_err(|e| e.to_string())?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CHANNEL)
-        .bind(EVERYTHING)
-        .execute(&mut listener)
+    announce_on(&mut listener, &format!("{instance} {EVERYTHING}"))
         .await
         .map_err(|e| e.to_string())?;
     Ok(listener)

@@ -30,6 +30,9 @@ pub(crate) type PostgresStore = SqlStore<PostgresDialect>;
 /// PostgreSQL's side of the backend contract; with a multi-host URL it follows the primary.
 pub(crate) struct PostgresDialect {
     primary: Option<Arc<FollowedPrimary>>,
+    /// Who this store is on the change feed (`pg_changes`): it ignores its own announcements,
+    /// since its commits reach its cache directly.
+    instance: super::pg_changes::Instance,
 }
 
 impl SqlStore<PostgresDialect> {
@@ -69,7 +72,10 @@ impl SqlStore<PostgresDialect> {
         };
         // One pool for reads and writes: every connection may write.
         Ok(SqlStore::new(
-            PostgresDialect { primary },
+            PostgresDialect {
+                primary,
+                instance: super::pg_changes::Instance::new(),
+            },
             pool.clone(),
             pool,
             rules,
@@ -157,7 +163,11 @@ impl Dialect for PostgresDialect {
                 let committed = tx.commit().await;
                 // Also when the COMMIT's answer was lost: a change that did not happen only
                 // costs the other servers a read.
-                if let Err(e) = super::pg_changes::announce(store.writer(), msisdn.as_str()).await {
+                if let Err(e) = self
+                    .instance
+                    .announce(store.writer(), msisdn.as_str())
+                    .await
+                {
                     tracing::warn!(error = %e, %msisdn, "could not announce a committed change to the other servers");
                 }
                 committed?
@@ -206,6 +216,6 @@ impl Dialect for PostgresDialect {
             Some(primary) => primary.pool().clone(),
             None => own.clone(),
         };
-        Some(super::pg_changes::follow(current_pool, on, shutdown))
+        Some(self.instance.follow(current_pool, on, shutdown))
     }
 }
