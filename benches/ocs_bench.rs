@@ -86,6 +86,12 @@ struct Args {
     /// `authorize_cache_ms` of the server under test (default: the service's own).
     #[arg(long, default_value_t = Config::default().authorize_cache_ms)]
     authorize_cache_ms: u64,
+    /// `group_commit_max` of the server under test (SQLite).
+    #[arg(long, default_value_t = Config::default().group_commit_max)]
+    group_commit_max: usize,
+    /// `group_commit_wait_us` of the server under test (SQLite).
+    #[arg(long, default_value_t = Config::default().group_commit_wait_us)]
+    group_commit_wait_us: u64,
     /// Soak: traffic time (`600`, `600s`, `10m`).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     duration: Duration,
@@ -658,6 +664,8 @@ async fn run_rpc(args: &Args) -> serde_json::Map<String, serde_json::Value> {
         db_pool_size: args.clients as u32,
         http_addr: None,
         authorize_cache_ms: args.authorize_cache_ms,
+        group_commit_max: args.group_commit_max,
+        group_commit_wait_us: args.group_commit_wait_us,
         ..Config::default()
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -771,6 +779,10 @@ async fn run_rpc(args: &Args) -> serde_json::Map<String, serde_json::Value> {
         row["clients"] = args.clients.into();
         row["rounds"] = args.rounds.into();
         row["seconds"] = args.seconds.into();
+        if *section == "recharge" {
+            row["group_commit_max"] = args.group_commit_max.into();
+            row["group_commit_wait_us"] = args.group_commit_wait_us.into();
+        }
         if *section == "authorize" {
             row["authorize_cache_ms"] = args.authorize_cache_ms.into();
             if let Some(floor) = floors.first() {

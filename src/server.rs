@@ -263,11 +263,16 @@ pub async fn serve_with_listeners(
         _ => (None, None),
     };
     // `primary`: a PostgreSQL store that follows the primary of a multi-host URL.
+    let group = store::GroupCommit {
+        max: config.group_commit_max,
+        wait: Duration::from_micros(config.group_commit_wait_us),
+    };
     let (store, primary) = store::connect_following_primary(
         &config.database_url,
         config.db_pool_size,
         config.db_acquire_timeout(),
         rules.clone(),
+        group,
     )
     .await?;
     let ready = Arc::new(AtomicBool::new(false));

@@ -89,7 +89,7 @@ where
 }
 
 /// The top-level keys and sections of the configuration.
-pub(crate) const KEYS: [&str; 19] = [
+pub(crate) const KEYS: [&str; 21] = [
     "listen",
     "http_addr",
     "database_url",
@@ -101,6 +101,8 @@ pub(crate) const KEYS: [&str; 19] = [
     "log_full_msisdn",
     "shutdown_timeout_secs",
     "authorize_cache_ms",
+    "group_commit_max",
+    "group_commit_wait_us",
     "insecure",
     "lifecycle",
     "tariff",
@@ -158,6 +160,10 @@ pub struct Config {
     /// PostgreSQL database evict them (LISTEN/NOTIFY); the bound matters only for writes no
     /// server announces (`api::facts`).
     pub authorize_cache_ms: u64,
+    /// SQLite group commit: mutations committed together at most (`store::GroupCommit`).
+    pub group_commit_max: usize,
+    /// SQLite group commit: how long the writer waits for more mutations (µs; 0: none).
+    pub group_commit_wait_us: u64,
     /// Allow non-loopback `listen` and `http_addr` addresses although no tokens are configured
     /// (`[auth]`).
     pub insecure: bool,
@@ -278,6 +284,8 @@ impl Default for Config {
             log_full_msisdn: false,
             shutdown_timeout_secs: 30,
             authorize_cache_ms: 60_000,
+            group_commit_max: crate::store::GroupCommit::default().max,
+            group_commit_wait_us: 0,
             insecure: false,
             ignored_env: Vec::new(),
             lifecycle: LifecycleConfig::default(),

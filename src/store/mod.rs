@@ -303,6 +303,27 @@ impl PoolConnections {
 /// answered UNAVAILABLE, unless configured (`db_acquire_timeout_ms`).
 pub const DEFAULT_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How SQLite's writer groups the mutations it commits together (`group_commit_max`,
+/// `group_commit_wait_us`): it takes every mutation waiting, up to `max` (at least 1), and when
+/// that is fewer than `max` and `wait` is not zero it waits up to `wait` for more (rounded up
+/// to the runtime's timer, 1 ms). Every mutation of the group is answered after the one
+/// COMMIT. PostgreSQL commits each mutation in its own transaction (its own group commit
+/// shares the WAL flushes of concurrent commits) and ignores this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupCommit {
+    pub max: usize,
+    pub wait: std::time::Duration,
+}
+
+impl Default for GroupCommit {
+    fn default() -> Self {
+        Self {
+            max: 128,
+            wait: std::time::Duration::ZERO,
+        }
+    }
+}
+
 /// Opens the store a database URL names (`sqlite://…` or `postgres://…`). `acquire_timeout`
 /// bounds the wait for a PostgreSQL connection; SQLite keeps its own (its one write connection
 /// is also held by sweep batches).
@@ -312,11 +333,15 @@ pub async fn connect(
     acquire_timeout: std::time::Duration,
     rules: Arc<Rules>,
 ) -> Result<Arc<dyn AccountStore>, StoreError> {
-    Ok(
-        connect_following_primary(url, pool_size, acquire_timeout, rules)
-            .await?
-            .0,
+    Ok(connect_following_primary(
+        url,
+        pool_size,
+        acquire_timeout,
+        rules,
+        GroupCommit::default(),
     )
+    .await?
+    .0)
 }
 
 /// [`connect`], and with a multi-host PostgreSQL URL the [`PrimaryWatch`] that says whether
@@ -326,10 +351,11 @@ pub async fn connect_following_primary(
     pool_size: u32,
     acquire_timeout: std::time::Duration,
     rules: Arc<Rules>,
+    group: GroupCommit,
 ) -> Result<(Arc<dyn AccountStore>, Option<PrimaryWatch>), StoreError> {
     if url.starts_with("sqlite:") {
         Ok((
-            Arc::new(SqliteStore::connect(url, pool_size, rules).await?),
+            Arc::new(SqliteStore::connect(url, pool_size, rules, group).await?),
             None,
         ))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
