@@ -46,7 +46,7 @@ const LARGE_GROUP: usize = 64;
 
 /// The same with large groups in flight: 96 concurrent callers, a writer that waits 5 ms for
 /// more mutations and commits up to 64 at once; the kill comes once the server has logged a
-/// group of at least 32.
+/// group of at least 32 and 60 recharges are acknowledged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_serve_killed_while_large_groups_are_in_flight_loses_no_acknowledged_recharge() {
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -56,7 +56,7 @@ async fn sqlite_serve_killed_while_large_groups_are_in_flight_loses_no_acknowled
         ("OCS_GROUP_COMMIT_WAIT_US", "5000".to_owned()),
     ]);
     serve.rust_log = "info,ocs_lifecycle::store::sqlite=debug";
-    let large = |_: usize, log: &str| largest_group(log) >= LARGE_GROUP / 2;
+    let large = |acked: usize, log: &str| acked >= 60 && largest_group(log) >= LARGE_GROUP / 2;
     killed_during_recharges(&serve, &db_path, 24, 4, large).await;
 }
 
