@@ -3,9 +3,10 @@
 //!
 //! SQLite has one writer whatever the pool says, and with `synchronous = FULL` every commit costs
 //! an fsync. So every mutation goes to one writer task that owns the write connection and
-//! commits the mutations waiting at that moment together (group commit): one `BEGIN IMMEDIATE`
-//! transaction, each mutation inside its own savepoint, so a refused or failed one is rolled back
-//! alone. Replies are sent only after the COMMIT, so nobody is told "applied" before it is
+//! commits the mutations waiting at that moment together (group commit; up to
+//! `group_commit_max`, optionally waiting `group_commit_wait_us` for more, see
+//! [`GroupCommit`]): one `BEGIN IMMEDIATE` transaction, each mutation inside its own savepoint,
+//! so a refused or failed one is rolled back alone. Replies are sent only after the COMMIT, so nobody is told "applied" before it is
 //! durable. Reads use a separate read-only pool.
 
 use std::str::FromStr;
