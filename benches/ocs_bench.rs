@@ -83,9 +83,15 @@ struct Args {
     /// Accounts per sweep transaction.
     #[arg(long, default_value_t = 1000)]
     batch_size: u32,
-    /// `authorize_cache_ms` of the server under test (the service default is 500).
-    #[arg(long, default_value_t = 500)]
+    /// `authorize_cache_ms` of the server under test (default: the service's own).
+    #[arg(long, default_value_t = Config::default().authorize_cache_ms)]
     authorize_cache_ms: u64,
+    /// `group_commit_max` of the server under test (SQLite).
+    #[arg(long, default_value_t = Config::default().group_commit_max)]
+    group_commit_max: usize,
+    /// `group_commit_wait_us` of the server under test (SQLite).
+    #[arg(long, default_value_t = Config::default().group_commit_wait_us)]
+    group_commit_wait_us: u64,
     /// Soak: traffic time (`600`, `600s`, `10m`).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     duration: Duration,
@@ -95,8 +101,9 @@ struct Args {
     /// Soak: SIGKILL + restarts of the server.
     #[arg(long, default_value_t = 3)]
     kills: u32,
-    /// Print one JSON document instead of tables: the backend, the machine and a member per
-    /// measurement run (`rpc`, `sweep`, `webhook`).
+    /// Print one JSON document instead of tables: the backend, the machine and a section per
+    /// measurement run (`recharge`, `authorize`, `sweep`, `webhook`), each with its rate
+    /// (`per_s`), its same-run `baseline` (`name`, `per_s`) and the `ratio` of the two.
     #[arg(long)]
     json: bool,
 }
@@ -563,7 +570,7 @@ fn main() {
 }
 
 /// Runs the chosen measurements; each prints its table, or with `--json` the run prints one
-/// JSON document with a member per measurement.
+/// JSON document with a section per measurement.
 async fn run(args: Args) {
     if args.which == Which::Soak {
         run_soak(&args).await;
@@ -573,7 +580,7 @@ async fn run(args: Args) {
     report.insert("backend".into(), format!("{:?}", args.backend).into());
     report.insert("machine".into(), machine().into());
     if matches!(args.which, Which::All | Which::Recharge | Which::Authorize) {
-        report.insert("rpc".into(), run_rpc(&args).await);
+        report.extend(run_rpc(&args).await);
     }
     if matches!(args.which, Which::All | Which::Sweep) {
         report.insert("sweep".into(), run_sweep(&args).await);
@@ -631,10 +638,13 @@ async fn run_webhook(args: &Args) -> serde_json::Value {
         );
     }
     serde_json::json!({
-        "events": f.events,
-        "baseline_per_s": baseline_rate.round(),
-        "service_per_s": service_rate.round(),
+        "per_s": service_rate.round(),
+        "baseline": {
+            "name": "direct POSTs, 64 at a time",
+            "per_s": baseline_rate.round(),
+        },
         "ratio": ratio,
+        "events": f.events,
         "latency_events": f.latency_events,
         "latency_p50_ms": f.p50_ms,
         "latency_p99_ms": f.p99_ms,
@@ -642,8 +652,9 @@ async fn run_webhook(args: &Args) -> serde_json::Value {
     })
 }
 
-/// The recharge and authorize measurements against the in-process server.
-async fn run_rpc(args: &Args) -> serde_json::Value {
+/// The recharge and authorize measurements against the in-process server: their sections of
+/// the JSON document.
+async fn run_rpc(args: &Args) -> serde_json::Map<String, serde_json::Value> {
     let dir = std::env::temp_dir().join(format!("ocs-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("bench directory");
     let url = database_url(args, &dir).await;
@@ -653,6 +664,8 @@ async fn run_rpc(args: &Args) -> serde_json::Value {
         db_pool_size: args.clients as u32,
         http_addr: None,
         authorize_cache_ms: args.authorize_cache_ms,
+        group_commit_max: args.group_commit_max,
+        group_commit_wait_us: args.group_commit_wait_us,
         ..Config::default()
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -684,6 +697,7 @@ async fn run_rpc(args: &Args) -> serde_json::Value {
     provision(&clients, args.accounts).await;
     let pool = Arc::new(raw_pool(args.backend, &url, args.clients as u32).await);
 
+    // (section, service, baseline, goal: the ratio or the rate to reach)
     let mut pairs = Vec::new();
     let mut floors = Vec::new();
     if matches!(args.which, Which::All | Which::Recharge) {
@@ -692,7 +706,7 @@ async fn run_rpc(args: &Args) -> serde_json::Value {
             baseline.add(raw_recharge(args, pool.clone(), round).await);
             service.add(grpc_recharge(args, &clients, round).await);
         }
-        pairs.push((service, baseline, 0.8));
+        pairs.push(("recharge", service, baseline, ("goal_ratio", 0.8)));
     }
     if matches!(args.which, Which::All | Which::Authorize) {
         // The floor: a unary gRPC call that does no work (grpc.health Check), same clients.
@@ -706,7 +720,7 @@ async fn run_rpc(args: &Args) -> serde_json::Value {
             baseline.add(raw_authorize(args, pool.clone()).await);
             service.add(grpc_authorize(args, &clients).await);
         }
-        pairs.push((service, baseline, 0.0));
+        pairs.push(("authorize", service, baseline, ("goal_per_s", 20_000.0)));
     }
     shutdown.cancel();
     let _ = server.await;
@@ -733,7 +747,7 @@ async fn run_rpc(args: &Args) -> serde_json::Value {
                 f.percentile_us(0.99)
             );
         }
-        for (s, b, _) in &pairs {
+        for (_, s, b, _) in &pairs {
             println!(
                 "| {} | {:.0} | {} | {} | {} | {:.0} | {:.2} |",
                 s.name,
@@ -749,32 +763,35 @@ async fn run_rpc(args: &Args) -> serde_json::Value {
     let latency = |m: &Measured| {
         serde_json::json!({
             "name": m.name,
+            "per_s": m.rate().round(),
             "ops": m.ops(),
-            "rate": m.rate().round(),
             "p50_us": m.percentile_us(0.5),
             "p99_us": m.percentile_us(0.99),
         })
     };
-    let results: Vec<serde_json::Value> = pairs
-        .iter()
-        .map(|(s, b, goal)| {
-            let mut row = latency(s);
-            row["baseline"] = b.name.into();
-            row["baseline_rate"] = b.rate().round().into();
-            row["ratio"] = (s.rate() / b.rate()).into();
-            row["goal_ratio"] = (*goal).into();
-            row
-        })
-        .chain(floors.iter().map(latency))
-        .collect();
-    serde_json::json!({
-        "accounts": args.accounts,
-        "clients": args.clients,
-        "rounds": args.rounds,
-        "seconds": args.seconds,
-        "authorize_cache_ms": args.authorize_cache_ms,
-        "results": results,
-    })
+    let mut sections = serde_json::Map::new();
+    for (section, s, b, (goal, value)) in &pairs {
+        let mut row = latency(s);
+        row["baseline"] = serde_json::json!({ "name": b.name, "per_s": b.rate().round() });
+        row["ratio"] = (s.rate() / b.rate()).into();
+        row[*goal] = (*value).into();
+        row["accounts"] = args.accounts.into();
+        row["clients"] = args.clients.into();
+        row["rounds"] = args.rounds.into();
+        row["seconds"] = args.seconds.into();
+        if *section == "recharge" {
+            row["group_commit_max"] = args.group_commit_max.into();
+            row["group_commit_wait_us"] = args.group_commit_wait_us.into();
+        }
+        if *section == "authorize" {
+            row["authorize_cache_ms"] = args.authorize_cache_ms.into();
+            if let Some(floor) = floors.first() {
+                row["floor"] = latency(floor);
+            }
+        }
+        sections.insert((*section).to_owned(), row);
+    }
+    sections
 }
 
 async fn run_sweep(args: &Args) -> serde_json::Value {
@@ -852,13 +869,22 @@ async fn run_sweep(args: &Args) -> serde_json::Value {
         );
     }
     serde_json::json!({
+        "per_s": (f.due as f64 / f.sweep_s).round(),
+        "baseline": {
+            "name": "raw bulk UPDATE",
+            "per_s": (f.due as f64 / f.baseline_s).round(),
+        },
+        "ratio": ratio,
+        "goal_ratio": match args.backend {
+            Backend::Sqlite => 0.5,
+            Backend::Postgres => 0.8,
+        },
         "accounts": f.accounts,
         "due": f.due,
         "batch_size": args.batch_size,
         "generate_s": f.generate_s,
         "baseline_s": f.baseline_s,
         "sweep_s": f.sweep_s,
-        "ratio": ratio,
         "transitions": f.transitions,
         "zero_due_ms": f.zero_due_ms,
         "server_peak_rss_mib": f.peak_rss_mib,

@@ -1,5 +1,6 @@
 //! Crashes with real processes and real databases (issue 7): `ocs-lifecycle serve` killed with
-//! SIGKILL during concurrent recharges (SQLite) and while webhook deliveries are in flight (SQLite
+//! SIGKILL during concurrent recharges (SQLite: with small groups of the writer's group commit,
+//! and while groups of 32 or more are in flight) and while webhook deliveries are in flight (SQLite
 //! and the shared PostgreSQL), then restarted on the same database.
 //!
 //! Storage faults are in tests/faults_storage.rs. No test asserts on elapsed time; every wait
@@ -36,20 +37,65 @@ use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
 async fn sqlite_serve_killed_during_recharges_loses_no_acknowledged_recharge() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let db_path = dir.path().join("ocs.db");
-    let mut served = Served::spawn(&serve_sqlite(dir.path(), &db_path), Log::Collected);
+    let serve = serve_sqlite(dir.path(), &db_path);
+    killed_during_recharges(&serve, &db_path, 6, 1, |acked, _| acked >= 60).await;
+}
+
+/// Mutations committed together at most in the next test: groups that large are in flight.
+const LARGE_GROUP: usize = 64;
+
+/// The same with large groups in flight: 96 concurrent callers, a writer that waits 5 ms for
+/// more mutations and commits up to 64 at once; the kill comes once the server has logged a
+/// group of at least 32 and 60 recharges are acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_serve_killed_while_large_groups_are_in_flight_loses_no_acknowledged_recharge() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let db_path = dir.path().join("ocs.db");
+    let mut serve = serve_sqlite(dir.path(), &db_path).with_env([
+        ("OCS_GROUP_COMMIT_MAX", LARGE_GROUP.to_string()),
+        ("OCS_GROUP_COMMIT_WAIT_US", "5000".to_owned()),
+    ]);
+    serve.rust_log = "info,ocs_lifecycle::store::sqlite=debug";
+    let large = |acked: usize, log: &str| acked >= 60 && largest_group(log) >= LARGE_GROUP / 2;
+    killed_during_recharges(&serve, &db_path, 24, 4, large).await;
+}
+
+/// The largest group the writer logged ("group committed mutations=N").
+fn largest_group(log: &str) -> usize {
+    log.lines()
+        .filter(|line| line.contains("group committed"))
+        .filter_map(|line| line.split("mutations=").nth(1))
+        .filter_map(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// `serve` killed with SIGKILL while `accounts × per_account` callers recharge (each stops at its
+/// first error), once `kill_when(acknowledged so far, the server's log)` holds: every
+/// acknowledged recharge is in the file exactly once, each balance is the sum of its recharges,
+/// and after a restart an acknowledged recharge is a replay.
+async fn killed_during_recharges(
+    serve: &ServeCommand,
+    db_path: &Path,
+    accounts: usize,
+    per_account: usize,
+    kill_when: impl Fn(usize, &str) -> bool,
+) {
+    let mut served = Served::spawn(serve, Log::Collected);
     let channel = served.serving(SAFETY).await;
     let mut client = AccountLifecycleClient::new(channel.clone());
-    let accounts = valid_accounts(&mut client, "861380000", 6).await;
+    let accounts = valid_accounts(&mut client, "861380000", accounts).await;
 
-    // Concurrent recharges; each worker stops at its first error (the kill).
     let acked = Arc::new(Mutex::new(BTreeMap::new()));
     let acked_count = Arc::new(AtomicUsize::new(0));
-    let workers: Vec<_> = accounts
-        .iter()
-        .enumerate()
-        .map(|(worker, msisdn)| {
+    let workers: Vec<_> = (0..accounts.len() * per_account)
+        .map(|worker| {
             let mut client = AccountLifecycleClient::new(channel.clone());
-            let (msisdn, acked, acked_count) = (msisdn.clone(), acked.clone(), acked_count.clone());
+            let msisdn = accounts[worker % accounts.len()].clone();
+            let (acked, acked_count) = (acked.clone(), acked_count.clone());
             tokio::spawn(async move {
                 for i in 1.. {
                     let request_id = format!("k{worker}-{i}");
@@ -71,7 +117,7 @@ async fn sqlite_serve_killed_during_recharges_loses_no_acknowledged_recharge() {
             })
         })
         .collect();
-    let progressed = || acked_count.load(Ordering::Relaxed) >= 60;
+    let progressed = || kill_when(acked_count.load(Ordering::Relaxed), &served.log());
     let what = "the recharges did not progress";
     wait_until(what, Duration::from_millis(10), || served.log(), progressed).await;
     served.kill();
@@ -79,13 +125,13 @@ async fn sqlite_serve_killed_during_recharges_loses_no_acknowledged_recharge() {
     let acked = acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
 
     // The file opens cleanly, before any recovery by the service.
-    assert_eq!(integrity_check(&db_path).await, "ok");
-    let direct = open_sqlite(&db_path).await;
+    assert_eq!(integrity_check(db_path).await, "ok");
+    let direct = open_sqlite(db_path).await;
     assert_recharges_applied_once(&direct, &acked, &accounts).await;
     direct.close().await;
 
     // The restarted service serves the same data: an acknowledged recharge is a replay.
-    let mut served = Served::spawn(&serve_sqlite(dir.path(), &db_path), Log::Collected);
+    let mut served = Served::spawn(serve, Log::Collected);
     let channel = served.serving(SAFETY).await;
     let mut client = AccountLifecycleClient::new(channel);
     let (request_id, (msisdn, amount)) = acked.iter().next().expect("a recharge was acked");
@@ -98,11 +144,11 @@ async fn sqlite_serve_killed_during_recharges_loses_no_acknowledged_recharge() {
         replay.replayed,
         "{request_id} was committed before the kill"
     );
-    let direct = open_sqlite(&db_path).await;
+    let direct = open_sqlite(db_path).await;
     assert_recharges_applied_once(&direct, &acked, &accounts).await;
     direct.close().await;
     served.kill();
-    assert_eq!(integrity_check(&db_path).await, "ok");
+    assert_eq!(integrity_check(db_path).await, "ok");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -54,6 +54,21 @@ impl Context {
     }
 }
 
+/// The account the last call of a mutation's `decide` produced: after the store answers
+/// `Applied`, the account it committed (a retried attempt calls `decide` again).
+#[derive(Clone, Default)]
+struct Decided(Arc<std::sync::Mutex<Option<Account>>>);
+
+impl Decided {
+    fn set(&self, account: &Account) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(account.clone());
+    }
+
+    fn take(&self) -> Option<Account> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
 /// The actor recorded when authentication is off.
 pub const ANONYMOUS: &str = "anonymous";
 
@@ -91,10 +106,13 @@ impl AccountsApi {
         let fingerprint = request.fingerprint();
         let rules = self.ctx.rules.clone();
         let (msisdn, request_id) = (request.msisdn.clone(), request.request_id.clone());
+        let decided = Decided::default();
+        let decided_in = decided.clone();
         let decide = Arc::new(
             move |current: Option<&Account>| -> Result<Mutation, DomainError> {
                 let current = current.ok_or_else(|| DomainError::not_found(&request.msisdn))?;
                 let applied = lifecycle::apply(current, &request.command, now, &rules)?;
+                decided_in.set(&applied.account);
                 let origin = Origin {
                     actor: &actor,
                     request_id: Some(request.request_id.as_str()),
@@ -110,12 +128,17 @@ impl AccountsApi {
                 })
             },
         );
-        self.commit(&msisdn, &request_id, &fingerprint, now, decide)
+        self.commit(&msisdn, &request_id, &fingerprint, now, decide, decided)
             .await
     }
 
-    /// Hands a decision to the store, once per request_id; the Authorize cache forgets the
-    /// account and a storage failure reaches the health check, whatever the outcome.
+    /// Hands a decision to the store, once per request_id; the Authorize cache takes the
+    /// account `decide` committed (or forgets it: a replay, a refusal, a failure), and a storage
+    /// failure reaches the health check.
+    ///
+    /// The mutation runs on a task of its own: a caller that goes away (a cancelled call) stops
+    /// neither the mutation half-way nor the cache hearing of its commit (the cache may keep
+    /// an account's facts for long, see `facts`).
     async fn commit(
         &self,
         msisdn: &Msisdn,
@@ -123,14 +146,31 @@ impl AccountsApi {
         fingerprint: &str,
         now: DateTime<Utc>,
         decide: Decide,
+        decided: Decided,
     ) -> Result<Committed, Status> {
-        let key = RequestKey {
-            request_id: request_id.as_str(),
-            fingerprint,
-            now,
-        };
-        let committed = self.ctx.store.mutate(msisdn, key, decide).await;
-        self.ctx.facts.invalidate(msisdn);
+        let (store, facts) = (self.ctx.store.clone(), self.ctx.facts.clone());
+        let (msisdn, request_id) = (msisdn.clone(), request_id.as_str().to_owned());
+        let fingerprint = fingerprint.to_owned();
+        let ticket = facts.write_ticket(&msisdn);
+        let committed = tokio::spawn(async move {
+            let key = RequestKey {
+                request_id: &request_id,
+                fingerprint: &fingerprint,
+                now,
+            };
+            let committed = store.mutate(&msisdn, key, decide).await;
+            let account = match &committed {
+                Ok(Committed::Applied(_)) => decided.take(),
+                _ => None,
+            };
+            facts.committed(ticket, &msisdn, account);
+            committed
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "a mutation's task failed");
+            Status::internal("the mutation failed")
+        })?;
         committed.map_err(|e| {
             self.ctx.storage_health.observe(&e);
             e.into()
@@ -213,6 +253,8 @@ impl AccountLifecycle for AccountsApi {
         let msisdn = provisioning.msisdn.clone();
         let fingerprint = provisioning.fingerprint();
         let request_id = provisioning.request_id.clone();
+        let decided = Decided::default();
+        let decided_in = decided.clone();
         let decide = Arc::new(
             move |current: Option<&Account>| -> Result<Mutation, DomainError> {
                 let provisioned = lifecycle::provision_over(
@@ -223,6 +265,7 @@ impl AccountLifecycle for AccountsApi {
                     now,
                     &rules,
                 )?;
+                decided_in.set(&provisioned.account);
                 let origin = Origin {
                     actor: &actor,
                     request_id: Some(provisioning.request_id.as_str()),
@@ -240,7 +283,7 @@ impl AccountLifecycle for AccountsApi {
             },
         );
         let committed = self
-            .commit(&msisdn, &request_id, &fingerprint, now, decide)
+            .commit(&msisdn, &request_id, &fingerprint, now, decide, decided)
             .await?;
         self.account_response(committed)
     }

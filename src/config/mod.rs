@@ -59,6 +59,8 @@ pub(crate) const KEYS: [&str; 21] = [
     "shutdown_timeout_secs",
     "drain_secs",
     "authorize_cache_ms",
+    "group_commit_max",
+    "group_commit_wait_us",
     "insecure",
     "lifecycle",
     "tariff",
@@ -115,10 +117,15 @@ pub struct Config {
     /// At shutdown (SIGTERM), how long health says NOT_SERVING and `/readyz` 503 while both
     /// listeners still serve, so load balancers stop sending before they close (0 = no drain).
     pub drain_secs: u64,
-    /// How long Authorize may reuse an account's facts read from the database (0 = never).
-    /// Mutations through this server evict at once; the bound matters only for mutations
-    /// through another server on the same database (`api::facts`).
+    /// How long Authorize may reuse an account's facts (0 = never). Mutations through this
+    /// server replace them at their commit, mutations through another server on the same
+    /// PostgreSQL database evict them (LISTEN/NOTIFY); the bound matters only for writes no
+    /// server announces (`api::facts`).
     pub authorize_cache_ms: u64,
+    /// SQLite group commit: mutations committed together at most (`store::GroupCommit`).
+    pub group_commit_max: usize,
+    /// SQLite group commit: how long the writer waits for more mutations (µs; 0: none).
+    pub group_commit_wait_us: u64,
     /// Allow non-loopback `listen` and `http_addr` addresses although no tokens are configured
     /// (`[auth]`).
     pub insecure: bool,
@@ -155,7 +162,9 @@ impl Default for Config {
             log_full_msisdn: false,
             shutdown_timeout_secs: 30,
             drain_secs: 0,
-            authorize_cache_ms: 500,
+            authorize_cache_ms: 60_000,
+            group_commit_max: crate::store::GroupCommit::default().max,
+            group_commit_wait_us: 0,
             insecure: false,
             ignored_env: Vec::new(),
             lifecycle: LifecycleConfig::default(),

@@ -98,6 +98,8 @@ pub struct Metrics {
     rpc_duration: Family<MethodLabel, Histogram>,
     rpc_in_flight: Gauge,
     rpc_shed: Counter,
+    /// 1 while Authorize answers from its facts cache (set by `crate::server`).
+    pub authorize_cache_enabled: Gauge,
     pub sweep: SweepMetrics,
     /// `/package.Service/Method` paths the server serves (other paths count as "unknown", so a
     /// caller cannot make up label values).
@@ -157,6 +159,12 @@ impl Metrics {
         let shed_help = "gRPC calls refused at once over grpc.max_concurrent_requests (OVERLOADED)";
         registry.register("ocs_rpc_shed", shed_help, rpc_shed.clone());
         sweep.register(&mut registry);
+        let authorize_cache_enabled = Gauge::default();
+        registry.register(
+            "ocs_authorize_cache_enabled",
+            "1 while Authorize answers from its facts cache, 0 while it is off (authorize_cache_ms 0, or another server's changes cannot be followed)",
+            authorize_cache_enabled.clone(),
+        );
         registry.register(
             "ocs_build",
             "The running build",
@@ -176,6 +184,7 @@ impl Metrics {
             rpc_duration,
             rpc_in_flight,
             rpc_shed,
+            authorize_cache_enabled,
             sweep,
             methods,
             webhook: OnceLock::new(),

@@ -216,6 +216,8 @@ struct Tasks {
     operations: Option<JoinHandle<std::io::Result<()>>>,
     scheduler: Option<JoinHandle<()>>,
     notifier: Option<crate::notify::Notifier>,
+    /// The listener of other servers' commits (PostgreSQL).
+    changes: Option<JoinHandle<()>>,
 }
 
 impl Tasks {
@@ -225,6 +227,9 @@ impl Tasks {
             task.abort();
         }
         if let Some(task) = self.scheduler.take() {
+            task.abort();
+        }
+        if let Some(task) = self.changes.take() {
             task.abort();
         }
     }
@@ -242,6 +247,12 @@ impl Tasks {
         }
         if let Some(notifier) = self.notifier.take() {
             notifier.stopped().await;
+        }
+        if let Some(mut task) = self.changes.take() {
+            // It stops at the cancellation, between two notifications.
+            if tokio::time::timeout(grace, &mut task).await.is_err() {
+                task.abort();
+            }
         }
         if let Some(mut task) = self.operations.take() {
             // It stopped accepting at the cancellation; a scrape in progress may finish.
@@ -309,11 +320,16 @@ async fn serve_listeners_cutting_drain(
         _ => (None, None),
     };
     // `primary`: a PostgreSQL store that follows the primary of a multi-host URL.
+    let group = store::GroupCommit {
+        max: config.group_commit_max,
+        wait: Duration::from_micros(config.group_commit_wait_us),
+    };
     let (store, primary) = store::connect_following_primary(
         &config.database_url,
         config.db_pool_size,
         config.db_acquire_timeout(),
         rules.clone(),
+        group,
     )
     .await?;
     let ready = Arc::new(AtomicBool::new(false));
@@ -331,6 +347,22 @@ async fn serve_listeners_cutting_drain(
         clock.clone(),
         shutdown.clone(),
     ));
+    let facts = Arc::new(facts::FactCache::new(Duration::from_millis(
+        config.authorize_cache_ms,
+    )));
+    // What other servers commit to the same database evicts from the Authorize cache (on
+    // PostgreSQL; the cache is off while that feed is not heard).
+    metrics.authorize_cache_enabled.set(facts.enabled().into());
+    let changes = (config.authorize_cache_ms > 0)
+        .then(|| {
+            let (facts, metrics) = (facts.clone(), metrics.clone());
+            let on = move |change| {
+                facts.hear(change);
+                metrics.authorize_cache_enabled.set(facts.enabled().into());
+            };
+            store.follow_changes(Arc::new(on), shutdown.clone())
+        })
+        .flatten();
     let ctx = Context {
         store: store.clone(),
         rules: rules.clone(),
@@ -338,9 +370,7 @@ async fn serve_listeners_cutting_drain(
         ready: ready.clone(),
         sweep_batch_size: config.sweep.batch_size,
         metrics: metrics.clone(),
-        facts: Arc::new(facts::FactCache::new(Duration::from_millis(
-            config.authorize_cache_ms,
-        ))),
+        facts,
         storage_health: storage_health.clone(),
     };
 
@@ -351,6 +381,7 @@ async fn serve_listeners_cutting_drain(
         operations: None,
         scheduler: None,
         notifier: None,
+        changes,
     };
     match (http, http_addr) {
         (Some(http), Some(http_addr)) => {

@@ -60,7 +60,8 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
     fn classify_code(code: &str) -> ErrorClass;
 
     /// One attempt at a mutation: how it gets its transaction (its own, or a share of a group
-    /// commit), runs `Writes::apply_in` in it and commits. Retries are the caller's.
+    /// commit), runs `Writes::apply_in` in it and commits, and tells the other servers on the
+    /// database (if they can share it) that the MSISDN changed. Retries are the caller's.
     async fn mutate_once(
         &self,
         store: &SqlStore<Self>,
@@ -83,6 +84,17 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
     /// current one.
     fn pool<'a>(&'a self, own: &'a Pool<Self::Db>) -> &'a Pool<Self::Db> {
         own
+    }
+
+    /// Starts following what other servers commit ([`super::AccountStore::follow_changes`]);
+    /// `None` for a backend without such a feed.
+    fn follow_changes(
+        &self,
+        _store: &SqlStore<Self>,
+        _on: super::OnChange,
+        _shutdown: tokio_util::sync::CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        None
     }
 
     /// What a write reports for `err` when the error says the server may have moved (a

@@ -16,6 +16,7 @@
 mod analytics;
 mod deliveries;
 mod dialect;
+mod pg_changes;
 mod pg_failover;
 mod postgres;
 mod records;
@@ -35,6 +36,10 @@ pub use crate::lifecycle::{EventType, HistoryRecord, OutboxEvent};
 pub use crate::lifecycle::{SWEEP_ACTOR, VALIDITY_EXPIRING_REASON};
 pub use analytics::{AnalyticsStore, ChurnCandidate, ChurnQuery};
 pub use deliveries::{AttemptOutcome, DeadLetter, PendingDelivery, Registered, WebhookDeliveries};
+pub use pg_changes::{
+    CHANNEL as ACCOUNT_CHANGED_CHANNEL,
+    LISTENER_APPLICATION_NAME as CHANGES_LISTENER_APPLICATION_NAME,
+};
 pub use pg_failover::{PgHost, PgTargets, PrimaryStatus, PrimaryWatch, TargetSessionAttrs};
 use postgres::{PostgresDialect, PostgresStore};
 pub use records::new_event_id;
@@ -71,6 +76,26 @@ pub enum Committed {
     Applied(Vec<u8>),
     Replayed(Vec<u8>),
 }
+
+/// What the feed of account changes committed by other servers on the same database says
+/// ([`AccountStore::follow_changes`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccountChange {
+    /// A mutation of this MSISDN committed (through any server, this one included), or may
+    /// have.
+    Changed(String),
+    /// Any account may have changed unheard (a server started listening: it may have died
+    /// before announcing its last commits).
+    Everything,
+    /// The feed is heard from now on; what was committed before was not heard.
+    Listening,
+    /// The feed is not heard (not yet, or no longer): any account may change unheard until
+    /// the next `Listening`.
+    Lost,
+}
+
+/// Called by the feed for each [`AccountChange`], in order, on its own task.
+pub type OnChange = Arc<dyn Fn(AccountChange) + Send + Sync>;
 
 /// The pure decision a mutation carries out: the current account (if any) in, the writes out.
 /// Shared and `'static`, so a backend may hand it to a writer task and call it again on retry.
@@ -133,6 +158,15 @@ pub trait AccountStore: WebhookDeliveries + AnalyticsStore + Send + Sync + 'stat
     ) -> Result<Committed, StoreError>;
 
     async fn get(&self, msisdn: &Msisdn) -> Result<Option<Account>, StoreError>;
+
+    /// Follows the mutations other servers commit to the same database, reporting them to `on`
+    /// until `shutdown` (PostgreSQL: LISTEN/NOTIFY, on a connection of its own beside the
+    /// pool). `None` where there is no such feed (SQLite: one server per database file).
+    fn follow_changes(
+        &self,
+        on: OnChange,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>>;
 
     /// Accounts ordered by MSISDN after `after`, optionally only those whose effective state on
     /// local date `today` is `state`.
@@ -272,6 +306,27 @@ impl PoolConnections {
 /// answered UNAVAILABLE, unless configured (`db_acquire_timeout_ms`).
 pub const DEFAULT_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How SQLite's writer groups the mutations it commits together (`group_commit_max`,
+/// `group_commit_wait_us`): it takes every mutation waiting, up to `max` (at least 1), and when
+/// that is fewer than `max` and `wait` is not zero it waits up to `wait` for more (rounded up
+/// to the runtime's timer, 1 ms). Every mutation of the group is answered after the one
+/// COMMIT. PostgreSQL commits each mutation in its own transaction (its own group commit
+/// shares the WAL flushes of concurrent commits) and ignores this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupCommit {
+    pub max: usize,
+    pub wait: std::time::Duration,
+}
+
+impl Default for GroupCommit {
+    fn default() -> Self {
+        Self {
+            max: 128,
+            wait: std::time::Duration::ZERO,
+        }
+    }
+}
+
 /// Opens the store a database URL names (`sqlite://…` or `postgres://…`). `acquire_timeout`
 /// bounds the wait for a PostgreSQL connection; SQLite keeps its own (its one write connection
 /// is also held by sweep batches).
@@ -281,11 +336,15 @@ pub async fn connect(
     acquire_timeout: std::time::Duration,
     rules: Arc<Rules>,
 ) -> Result<Arc<dyn AccountStore>, StoreError> {
-    Ok(
-        connect_following_primary(url, pool_size, acquire_timeout, rules)
-            .await?
-            .0,
+    Ok(connect_following_primary(
+        url,
+        pool_size,
+        acquire_timeout,
+        rules,
+        GroupCommit::default(),
     )
+    .await?
+    .0)
 }
 
 /// [`connect`], and with a multi-host PostgreSQL URL the [`PrimaryWatch`] that says whether
@@ -295,10 +354,11 @@ pub async fn connect_following_primary(
     pool_size: u32,
     acquire_timeout: std::time::Duration,
     rules: Arc<Rules>,
+    group: GroupCommit,
 ) -> Result<(Arc<dyn AccountStore>, Option<PrimaryWatch>), StoreError> {
     if url.starts_with("sqlite:") {
         Ok((
-            Arc::new(SqliteStore::connect(url, pool_size, rules).await?),
+            Arc::new(SqliteStore::connect(url, pool_size, rules, group).await?),
             None,
         ))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {

@@ -1,6 +1,7 @@
 //! PostgreSQL, for production: READ COMMITTED transactions that lock the MSISDN's row with
 //! `SELECT … FOR UPDATE`, so concurrent requests on one account serialise and requests on
-//! different accounts run in parallel. A first insert that races another (same MSISDN or same
+//! different accounts run in parallel. After each COMMIT the MSISDN is announced to the other
+//! servers on the database (`pg_changes`). A first insert that races another (same MSISDN or same
 //! request_id) fails on the unique index and the whole mutation is retried.
 //!
 //! A multi-host `database_url` (several hosts or `target_session_attrs`) gives the dialect a
@@ -29,6 +30,9 @@ pub(crate) type PostgresStore = SqlStore<PostgresDialect>;
 /// PostgreSQL's side of the backend contract; with a multi-host URL it follows the primary.
 pub(crate) struct PostgresDialect {
     primary: Option<Arc<FollowedPrimary>>,
+    /// Who this store is on the change feed (`pg_changes`): it ignores its own announcements,
+    /// since its commits reach its cache directly.
+    instance: super::pg_changes::Instance,
 }
 
 impl SqlStore<PostgresDialect> {
@@ -69,7 +73,10 @@ impl SqlStore<PostgresDialect> {
         };
         // One pool for reads and writes: every connection may write.
         Ok(SqlStore::new(
-            PostgresDialect { primary },
+            PostgresDialect {
+                primary,
+                instance: super::pg_changes::Instance::new(),
+            },
             pool.clone(),
             pool,
             rules,
@@ -203,7 +210,19 @@ impl Dialect for PostgresDialect {
         let mut tx: Transaction<'static, Postgres> = self.begin(&store.writer).await?;
         let result = Writes::<Self>::apply_in(&mut tx, &store.rules, msisdn, key, decide).await;
         match &result {
-            Ok(Committed::Applied(_)) => tx.commit().await?,
+            Ok(Committed::Applied(_)) => {
+                let committed = tx.commit().await;
+                // Also when the COMMIT's answer was lost: a change that did not happen only
+                // costs the other servers a read.
+                if let Err(e) = self
+                    .instance
+                    .announce(store.writer(), msisdn.as_str())
+                    .await
+                {
+                    tracing::warn!(error = %e, %msisdn, "could not announce a committed change to the other servers");
+                }
+                committed?
+            }
             // Nothing was written.
             Ok(_) => tx.rollback().await?,
             // An error left writes to undo. The error is what the caller is told: when it broke
@@ -234,5 +253,20 @@ impl Dialect for PostgresDialect {
 
     fn failover(&self, err: &sqlx::Error) -> Option<StoreError> {
         self.primary.as_ref()?.failover_error(err)
+    }
+
+    /// LISTEN on a connection of its own, to the primary of the moment.
+    fn follow_changes(
+        &self,
+        store: &SqlStore<Self>,
+        on: super::OnChange,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let (primary, own) = (self.primary.clone(), store.writer.clone());
+        let current_pool = move || match &primary {
+            Some(primary) => primary.pool().clone(),
+            None => own.clone(),
+        };
+        Some(self.instance.follow(current_pool, on, shutdown))
     }
 }

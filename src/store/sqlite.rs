@@ -3,9 +3,10 @@
 //!
 //! SQLite has one writer whatever the pool says, and with `synchronous = FULL` every commit costs
 //! an fsync. So every mutation goes to one writer task that owns the write connection and
-//! commits the mutations waiting at that moment together (group commit): one `BEGIN IMMEDIATE`
-//! transaction, each mutation inside its own savepoint, so a refused or failed one is rolled back
-//! alone. Replies are sent only after the COMMIT, so nobody is told "applied" before it is
+//! commits the mutations waiting at that moment together (group commit; up to
+//! `group_commit_max`, optionally waiting `group_commit_wait_us` for more, see
+//! [`GroupCommit`]): one `BEGIN IMMEDIATE` transaction, each mutation inside its own savepoint,
+//! so a refused or failed one is rolled back alone. Replies are sent only after the COMMIT, so nobody is told "applied" before it is
 //! durable. Reads use a separate read-only pool.
 
 use std::str::FromStr;
@@ -21,13 +22,13 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::dialect::{Dialect, ErrorClass, SqlDatabase};
 use super::sql::{SqlStore, Writes};
-use super::{Committed, Decide, MutateFailure, RequestKey, SqlFailure, StoreError, classify};
+use super::{
+    Committed, Decide, GroupCommit, MutateFailure, RequestKey, SqlFailure, StoreError, classify,
+};
 use crate::lifecycle::{Msisdn, Rules};
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 
-/// Mutations committed together at most; bounds the latency one commit adds.
-const MAX_GROUP: usize = 128;
 /// Mutations waiting for the writer at most, before callers wait to enqueue.
 const QUEUE_DEPTH: usize = 4096;
 
@@ -51,7 +52,12 @@ struct Job {
 
 impl SqlStore<SqliteDialect> {
     /// Opens (creating if missing) the database `url` names, e.g. `sqlite://ocs-lifecycle.db`.
-    pub async fn connect(url: &str, pool_size: u32, rules: Arc<Rules>) -> Result<Self, StoreError> {
+    pub async fn connect(
+        url: &str,
+        pool_size: u32,
+        rules: Arc<Rules>,
+        group: GroupCommit,
+    ) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::Internal(format!("bad SQLite URL {url:?}: {e}")))?
             .create_if_missing(true)
@@ -85,7 +91,7 @@ impl SqlStore<SqliteDialect> {
             .await
             .map_err(|e| open_error(&options, e))?;
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(write_loop(writer.clone(), rules.clone(), queue));
+        tokio::spawn(write_loop(writer.clone(), rules.clone(), queue, group));
         Ok(SqlStore::new(
             SqliteDialect { jobs },
             readers,
@@ -198,11 +204,31 @@ impl Dialect for SqliteDialect {
     }
 }
 
-/// The writer task: takes every mutation waiting, commits them as one transaction, replies.
-async fn write_loop(pool: SqlitePool, rules: Arc<Rules>, mut queue: mpsc::Receiver<Job>) {
-    let mut group = Vec::with_capacity(MAX_GROUP);
-    while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
+/// The writer task: takes the mutations waiting (see [`GroupCommit`]), commits them as one
+/// transaction, replies.
+async fn write_loop(
+    pool: SqlitePool,
+    rules: Arc<Rules>,
+    mut queue: mpsc::Receiver<Job>,
+    settings: GroupCommit,
+) {
+    let max = settings.max.max(1);
+    let mut group = Vec::with_capacity(max);
+    while queue.recv_many(&mut group, max).await > 0 {
+        if !settings.wait.is_zero() && group.len() < max {
+            // `recv_many` is cancel-safe: a timeout loses no job.
+            let until = tokio::time::Instant::now() + settings.wait;
+            while group.len() < max {
+                let room = max - group.len();
+                let more = queue.recv_many(&mut group, room);
+                match tokio::time::timeout_at(until, more).await {
+                    Ok(n) if n > 0 => {}
+                    _ => break,
+                }
+            }
+        }
         let results = commit_group(&pool, &rules, &group).await;
+        tracing::debug!(mutations = group.len(), "group committed");
         for (job, result) in group.drain(..).zip(results) {
             // A caller that went away (cancelled request) needs no answer.
             let _ = job.reply.send(result);

@@ -539,6 +539,30 @@ impl TestServer {
         HealthClient::new(self.channel.clone())
     }
 
+    /// Waits (at most [`SAFETY`]) until the server says on `/metrics` that Authorize answers
+    /// from its facts cache (`ocs_authorize_cache_enabled 1`); on PostgreSQL it is off until
+    /// the server listens for the changes of other servers.
+    pub async fn authorize_cache_on(&self) {
+        let url = self.http_url("/metrics");
+        let start = std::time::Instant::now();
+        loop {
+            let body = reqwest::get(&url)
+                .await
+                .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+                .text()
+                .await
+                .expect("body");
+            if body.lines().any(|l| l == "ocs_authorize_cache_enabled 1") {
+                return;
+            }
+            assert!(
+                start.elapsed() < SAFETY,
+                "the Authorize cache never came on"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Direct access to this server's database.
     pub async fn db(&self) -> Db {
         self.db.open().await

@@ -140,6 +140,14 @@ impl<D: Dialect> AccountStore for SqlStore<D> {
         row.map(AccountRow::into_account).transpose()
     }
 
+    fn follow_changes(
+        &self,
+        on: super::OnChange,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        self.dialect.follow_changes(self, on, shutdown)
+    }
+
     async fn list(
         &self,
         state: Option<AccountState>,
