@@ -24,6 +24,7 @@
 //! a test can run two servers on one file.
 
 pub mod admission;
+mod exposure;
 pub mod instance_lock;
 mod shutdown;
 
@@ -54,6 +55,7 @@ use crate::proto::test_clock_server::TestClockServer;
 use crate::scheduler::Scheduler;
 use crate::store;
 use admission::AdmissionLayer;
+use exposure::{check_exposure, check_http_exposure, warn_about_exposure};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -118,33 +120,6 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
-/// Without tokens every caller is trusted, so the service keeps to loopback unless told
-/// otherwise (`--insecure`).
-fn check_exposure(config: &Config, addr: SocketAddr) -> Result<(), ServeError> {
-    if !config.auth.enabled() && !addr.ip().is_loopback() && !config.insecure {
-        return Err(ServeError::Other(format!(
-            "no tokens are configured ([[auth.tokens]]), so authentication is off and the \
-             server binds loopback only; {addr} is not a loopback address (configure tokens, \
-             or pass --insecure to serve it without authentication)"
-        )));
-    }
-    Ok(())
-}
-
-/// The operations endpoint likewise: without tokens the dashboard's data is open to whoever
-/// reaches it, so `http_addr` keeps to loopback unless `--insecure`.
-fn check_http_exposure(config: &Config, addr: SocketAddr) -> Result<(), ServeError> {
-    if !config.auth.enabled() && !addr.ip().is_loopback() && !config.insecure {
-        return Err(ServeError::Other(format!(
-            "no tokens are configured ([[auth.tokens]]), so the operations endpoint's dashboard \
-             data has no authentication and http_addr binds loopback only; {addr} is not a \
-             loopback address (configure tokens, pass --insecure to serve it without \
-             authentication, or --http-addr off)"
-        )));
-    }
-    Ok(())
-}
-
 /// Serves gRPC on an already bound listener (tests bind port 0) and the operations endpoint
 /// on `config.http_addr` (when set) until `shutdown` is cancelled.
 pub async fn serve_on(
@@ -175,32 +150,6 @@ fn make_clock(mode: ClockMode) -> (Option<Arc<ManualClock>>, Arc<dyn Clock>) {
             let manual = Arc::new(ManualClock::starting_at(SystemClock::default().now()));
             (Some(manual.clone()), manual)
         }
-    }
-}
-
-/// Warns about what the configuration leaves open.
-fn warn_about_exposure(
-    authenticated: bool,
-    tls_on: bool,
-    addr: SocketAddr,
-    http_addr: Option<SocketAddr>,
-) {
-    if !authenticated {
-        tracing::warn!(
-            "authentication is off (no [[auth.tokens]] configured): every caller is trusted \
-             (loopback only unless --insecure)"
-        );
-    } else if !tls_on && !addr.ip().is_loopback() {
-        tracing::warn!(
-            "bearer tokens travel in clear text: configure [tls] to serve beyond loopback"
-        );
-    }
-    if let Some(http_addr) = http_addr.filter(|a| authenticated && !a.ip().is_loopback()) {
-        tracing::warn!(
-            %http_addr,
-            "the operations endpoint has no TLS: tokens sent to /api/dashboard travel in clear \
-             text; keep http_addr on loopback or put a TLS-terminating proxy in front of it"
-        );
     }
 }
 
