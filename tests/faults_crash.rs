@@ -21,12 +21,12 @@ use std::time::Duration;
 
 use common::faults::{
     SAFETY, assert_recharges_applied_once, integrity_check, join_workers, open_sqlite,
-    provision_cards, recharge, serve, serve_sqlite, set_time, valid_accounts, wait_until,
-    webhook_env,
+    provision_cards, recharge, serve, serve_sqlite, set_time, valid_account, valid_accounts,
+    wait_until, webhook_env,
 };
 use common::process::{Log, ServeCommand, Served};
 use common::{Backend, TestDb};
-use hook::{Hook, Received};
+use hook::{Hook, Policy, Received, UNTIL_HANGUP};
 use ocs_lifecycle::proto::AdvanceStatesRequest;
 use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
 
@@ -162,6 +162,28 @@ const CARD_T1: &str = "2031-09-01T02:00:00Z";
 const WEBHOOK_CARDS: usize = 200;
 /// The hook answers each POST after this delay, so deliveries are in flight at the kill.
 const HOOK_DELAY: Duration = Duration::from_millis(80);
+/// Before the kill the hook answers this many POSTs (3/4 of the events) and holds the later
+/// ones until the client hangs up, so the kill comes before every event is delivered however
+/// late it comes; the test kills once a quarter is answered.
+const ANSWERED_BEFORE_THE_KILL: usize = 2 * WEBHOOK_CARDS * 3 / 4;
+/// A generous bound on the hook finishing the requests it was handling at the kill (each takes
+/// `HOOK_DELAY` and a probe of the connection).
+const HOOK_IDLE_LIMIT: Duration = Duration::from_secs(30);
+/// A card activated after everything is delivered: its one STATE_CHANGED event.
+const MARKER_MSISDN: &str = "8613690000000";
+
+/// Answers after [`HOOK_DELAY`], the first `answers` POSTs only; holds the later ones.
+fn answering_at_most(answers: usize) -> Policy {
+    let mut calls = 0;
+    Box::new(move |_| {
+        calls += 1;
+        if calls <= answers {
+            (200, HOOK_DELAY)
+        } else {
+            (200, UNTIL_HANGUP)
+        }
+    })
+}
 
 /// (sequence, event_id, msisdn) of the outbox events the webhook sends.
 async fn webhook_events(db: &common::Db) -> Vec<(i64, String, String)> {
@@ -200,7 +222,7 @@ fn serve_with_webhook(dir: &Path, database_url: &str, hook: &Hook) -> ServeComma
 }
 
 async fn serve_killed_during_webhook_delivery_loses_no_event(db: Arc<TestDb>) {
-    let hook = Hook::start(Box::new(|_| (200, HOOK_DELAY))).await;
+    let hook = Hook::start(answering_at_most(ANSWERED_BEFORE_THE_KILL)).await;
     let dir = tempfile::tempdir().expect("temporary directory");
     let serve = serve_with_webhook(dir.path(), &db.url, &hook);
     let mut served = Served::spawn(&serve, Log::Collected);
@@ -227,8 +249,10 @@ async fn serve_killed_during_webhook_delivery_loses_no_event(db: Arc<TestDb>) {
     let what = "the webhook did not deliver";
     wait_until(what, Duration::from_millis(5), || served.log(), quarter).await;
     served.kill();
-    // Let the hook finish what it was answering (a dead client's request is not answered).
-    tokio::time::sleep(HOOK_DELAY * 3).await;
+    // The hook finishes what it was handling: an answer written before the kill is recorded
+    // by then; a request of the dead client (one handled now, or one still arriving) finds
+    // its connection closed after `HOOK_DELAY` and is not answered. So the snapshot is final.
+    let idle_after_kill = hook.wait_idle(HOOK_IDLE_LIMIT).await;
     let answered_at_kill = counts(&hook.answered());
     let seen_at_kill: BTreeSet<String> = hook.seen().iter().map(Received::event_id).collect();
     let delivered_at_kill: BTreeSet<String> = delivery_rows(&check)
@@ -259,9 +283,10 @@ async fn serve_killed_during_webhook_delivery_loses_no_event(db: Arc<TestDb>) {
         .count();
 
     // A new process on the same database delivers the rest.
+    hook.set_policy(answering_at_most(usize::MAX));
     let serve = serve_with_webhook(dir.path(), &db.url, &hook);
     let mut served = Served::spawn(&serve, Log::Collected);
-    served.serving(SAFETY).await;
+    let channel = served.serving(SAFETY).await;
     let deadline = tokio::time::Instant::now() + SAFETY;
     loop {
         let received: BTreeSet<String> = hook.answered().into_iter().collect();
@@ -284,16 +309,35 @@ async fn serve_killed_during_webhook_delivery_loses_no_event(db: Arc<TestDb>) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Nothing more is sent (a few poll intervals).
+    // Nothing more is sent: a marker event emitted now is delivered by a later turn of the
+    // worker, which would have sent anything still due with it or before it.
     let settled = hook.seen().len();
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(
-        hook.seen().len(),
-        settled,
-        "nothing is sent after all is delivered"
+    valid_account(&mut AccountLifecycleClient::new(channel), MARKER_MSISDN).await;
+    let marker: Vec<(String,)> = check
+        .rows(&format!(
+            "SELECT event_id FROM outbox WHERE msisdn = '{MARKER_MSISDN}'"
+        ))
+        .await;
+    let [(marker,)] = &marker[..] else {
+        panic!("one event (STATE_CHANGED) for the activation of the marker, not {marker:?}");
+    };
+    let marker_answered = |answered: &[Received]| {
+        answered
+            .iter()
+            .any(|r| r.event_id() == *marker && (200..300).contains(&r.status))
+    };
+    hook.wait_for(SAFETY, marker_answered).await;
+    let after: Vec<String> = hook.seen()[settled..]
+        .iter()
+        .map(Received::event_id)
+        .collect();
+    assert!(
+        after.iter().all(|id| id == marker),
+        "nothing but the marker is sent after all is delivered: {after:?}"
     );
 
-    let order = hook.answered();
+    let mut order = hook.answered();
+    order.retain(|id| id != marker);
     let final_counts = counts(&order);
     let unknown: Vec<_> = final_counts
         .keys()
@@ -335,12 +379,14 @@ async fn serve_killed_during_webhook_delivery_loses_no_event(db: Arc<TestDb>) {
     }
     eprintln!(
         "webhook kill ({:?}): {} events; at the kill {} answered and recorded, {} answered but \
-         not recorded, {} posted and unanswered; duplicates after the restart: {}",
+         not recorded, {} posted and unanswered; the hook idle {:?} after the kill; duplicates \
+         after the restart: {}",
         db.backend,
         all.len(),
         delivered_at_kill.len(),
         unrecorded.len(),
         unanswered,
+        idle_after_kill,
         duplicates.len()
     );
     check.close().await;
