@@ -10,6 +10,8 @@
 //!   idempotency insert, in one write transaction) directly through sqlx, at the same
 //!   concurrency, on the same backend with the same durability settings.
 //! - authorize: 32 gRPC clients; the baseline is the same point read through sqlx.
+//! - overload: a flood of Recharge calls at several times `grpc.max_concurrent_requests`; the
+//!   baseline is the same flood against the server without a limit (benches/overload_bench.rs).
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -24,6 +26,8 @@ use tonic::transport::Channel;
 
 use ocs_lifecycle::config::{ClockMode, Config};
 
+#[path = "overload_bench.rs"]
+mod overload_bench;
 #[path = "soak.rs"]
 mod soak;
 #[path = "sweep_bench.rs"]
@@ -46,6 +50,9 @@ enum Which {
     Authorize,
     Sweep,
     Webhook,
+    /// A flood of Recharge calls at `--overload-factor` × `--overload-limit` concurrent
+    /// callers, against the limit and without it (benches/overload_bench.rs).
+    Overload,
     /// A real `serve` process under steady mixed traffic with faults, then a consistency
     /// check (benches/soak.rs); not part of `all`.
     Soak,
@@ -92,6 +99,12 @@ struct Args {
     /// `group_commit_wait_us` of the server under test (SQLite).
     #[arg(long, default_value_t = Config::default().group_commit_wait_us)]
     group_commit_wait_us: u64,
+    /// Overload: the server's `grpc.max_concurrent_requests`.
+    #[arg(long, default_value_t = 32)]
+    overload_limit: u32,
+    /// Overload: concurrent callers of the flood, as a multiple of `--overload-limit`.
+    #[arg(long, default_value_t = 8)]
+    overload_factor: u32,
     /// Soak: traffic time (`600`, `600s`, `10m`).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     duration: Duration,
@@ -102,7 +115,7 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     kills: u32,
     /// Print one JSON document instead of tables: the backend, the machine and a section per
-    /// measurement run (`recharge`, `authorize`, `sweep`, `webhook`), each with its rate
+    /// measurement run (`recharge`, `authorize`, `sweep`, `webhook`, `overload`), each with its rate
     /// (`per_s`), its same-run `baseline` (`name`, `per_s`) and the `ratio` of the two.
     #[arg(long)]
     json: bool,
@@ -146,6 +159,17 @@ impl Measured {
         let at = ((self.latencies.len() as f64 * p) as usize).min(last);
         self.latencies.get(at).copied().unwrap_or(0)
     }
+
+    /// Its section of the JSON document: name, rate, operations and latencies.
+    fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name,
+            "per_s": self.rate().round(),
+            "ops": self.ops(),
+            "p50_us": self.percentile_us(0.5),
+            "p99_us": self.percentile_us(0.99),
+        })
+    }
 }
 
 /// Runs `op` from `clients` tasks for `duration`; returns throughput and latency percentiles.
@@ -153,6 +177,27 @@ async fn measure<F, Fut>(name: &'static str, clients: usize, duration: Duration,
 where
     F: Fn(u64) -> Fut + Send + Sync + Clone + 'static,
     Fut: std::future::Future<Output = ()> + Send,
+{
+    let (seconds, answers) = measure_answers(clients, duration, op).await;
+    Measured {
+        name,
+        seconds,
+        latencies: answers.into_iter().map(|((), us)| us).collect(),
+    }
+}
+
+/// Runs `op` from `clients` tasks for `duration`, each call sent as soon as the task's previous
+/// one is answered; returns the seconds taken and each call's answer (what `op` made of it)
+/// with its latency in µs.
+async fn measure_answers<F, Fut, A>(
+    clients: usize,
+    duration: Duration,
+    op: F,
+) -> (f64, Vec<(A, u64)>)
+where
+    F: Fn(u64) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = A> + Send,
+    A: Send + 'static,
 {
     let counter = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -162,26 +207,21 @@ where
         let op = op.clone();
         let counter = counter.clone();
         tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
+            let mut answers = Vec::new();
             while Instant::now() < deadline {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
                 let t = Instant::now();
-                op(n).await;
-                latencies.push(t.elapsed().as_micros() as u64);
+                let answer = op(n).await;
+                answers.push((answer, t.elapsed().as_micros() as u64));
             }
-            latencies
+            answers
         }));
     }
     let mut all = Vec::new();
     for t in tasks {
         all.extend(t.await.expect("bench task"));
     }
-    let seconds = started.elapsed().as_secs_f64();
-    Measured {
-        name,
-        seconds,
-        latencies: all,
-    }
+    (started.elapsed().as_secs_f64(), all)
 }
 
 fn msisdn(i: u64) -> String {
@@ -216,6 +256,23 @@ async fn database_url(args: &Args, dir: &std::path::Path) -> String {
     }
 }
 
+/// A temporary directory and a fresh database of the run's backend (a file in it, or a new
+/// PostgreSQL database): the directory and the database URL.
+async fn fresh_database(args: &Args) -> (std::path::PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("ocs-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("bench directory");
+    let url = database_url(args, &dir).await;
+    (dir, url)
+}
+
+/// Removes what [`fresh_database`] made.
+async fn remove_database(args: &Args, dir: &std::path::Path, url: &str) {
+    let _ = std::fs::remove_dir_all(dir);
+    if args.backend == Backend::Postgres {
+        drop_database(&args.postgres_url, url).await;
+    }
+}
+
 /// Drops the run's PostgreSQL database, so repeated runs leave nothing behind.
 async fn drop_database(admin_url: &str, url: &str) {
     let Some((_, name)) = url.rsplit_once('/') else {
@@ -240,6 +297,7 @@ async fn client(addr: std::net::SocketAddr) -> AccountLifecycleClient<Channel> {
 }
 
 async fn provision(clients: &[AccountLifecycleClient<Channel>], accounts: u32) {
+    eprintln!("setting up {accounts} accounts …");
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for c in clients.iter().cloned() {
@@ -378,6 +436,17 @@ async fn raw_recharge_postgres(pool: &sqlx::PgPool, m: &str, key: &str) {
     tx.commit().await.expect("commit");
 }
 
+/// The `n`th recharge of a run: 1000 on a random account of the first `accounts`.
+fn recharge_request(n: u64, accounts: u32, request_id: String) -> proto::RechargeRequest {
+    proto::RechargeRequest {
+        msisdn: msisdn(pick(n, accounts)),
+        amount: 1000,
+        channel: proto::RechargeChannel::Online as i32,
+        validity_days: 0,
+        request_id,
+    }
+}
+
 async fn grpc_recharge(
     args: &Args,
     clients: &[AccountLifecycleClient<Channel>],
@@ -392,13 +461,11 @@ async fn grpc_recharge(
         move |n| {
             let mut c = clients[n as usize % clients.len()].clone();
             async move {
-                c.recharge(proto::RechargeRequest {
-                    msisdn: msisdn(pick(n, accounts)),
-                    amount: 1000,
-                    channel: proto::RechargeChannel::Online as i32,
-                    validity_days: 0,
-                    request_id: format!("bench-g-{round}-{n}"),
-                })
+                c.recharge(recharge_request(
+                    n,
+                    accounts,
+                    format!("bench-g-{round}-{n}"),
+                ))
                 .await
                 .expect("recharge");
             }
@@ -588,6 +655,9 @@ async fn run(args: Args) {
     if matches!(args.which, Which::All | Which::Webhook) {
         report.insert("webhook".into(), run_webhook(&args).await);
     }
+    if matches!(args.which, Which::All | Which::Overload) {
+        report.insert("overload".into(), overload_bench::run(&args).await);
+    }
     if args.json {
         println!(
             "{}",
@@ -652,14 +722,10 @@ async fn run_webhook(args: &Args) -> serde_json::Value {
     })
 }
 
-/// The recharge and authorize measurements against the in-process server: their sections of
-/// the JSON document.
-async fn run_rpc(args: &Args) -> serde_json::Map<String, serde_json::Value> {
-    let dir = std::env::temp_dir().join(format!("ocs-bench-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).expect("bench directory");
-    let url = database_url(args, &dir).await;
-    let config = Config {
-        database_url: url.clone(),
+/// The configuration of the server under test on the database at `url`.
+fn server_config(args: &Args, url: &str) -> Config {
+    Config {
+        database_url: url.to_owned(),
         clock: ClockMode::System,
         db_pool_size: args.clients as u32,
         http_addr: None,
@@ -667,33 +733,62 @@ async fn run_rpc(args: &Args) -> serde_json::Map<String, serde_json::Value> {
         group_commit_max: args.group_commit_max,
         group_commit_wait_us: args.group_commit_wait_us,
         ..Config::default()
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(ocs_lifecycle::server::serve_on(
-        config,
-        listener,
-        shutdown.clone(),
-    ));
-    // One HTTP/2 connection per 4 clients, as a billing front end would hold a few channels.
-    let mut clients = Vec::new();
-    for _ in 0..args.clients.div_ceil(4) {
-        clients.push(client(addr).await);
     }
-    // Wait until migrations ran (requests before that are UNAVAILABLE).
-    let mut probe = clients[0].clone();
-    while probe
-        .get_account(proto::GetAccountRequest { msisdn: msisdn(0) })
-        .await
-        .is_err_and(|s| s.code() == tonic::Code::Unavailable)
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+}
+
+/// The real server in-process on port 0, with clients for `callers` concurrent callers.
+struct ServerUnderTest {
+    addr: std::net::SocketAddr,
+    clients: Vec<AccountLifecycleClient<Channel>>,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<Result<(), ocs_lifecycle::server::ServeError>>,
+}
+
+impl ServerUnderTest {
+    /// Starts the server and returns once it answers (its migrations ran).
+    async fn start(config: Config, callers: usize) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(ocs_lifecycle::server::serve_on(
+            config,
+            listener,
+            shutdown.clone(),
+        ));
+        // One HTTP/2 connection per 4 callers, as a billing front end would hold a few channels.
+        let mut clients = Vec::new();
+        for _ in 0..callers.div_ceil(4) {
+            clients.push(client(addr).await);
+        }
+        // Requests before the migrations ran are UNAVAILABLE.
+        let mut probe = clients[0].clone();
+        while probe
+            .get_account(proto::GetAccountRequest { msisdn: msisdn(0) })
+            .await
+            .is_err_and(|s| s.code() == tonic::Code::Unavailable)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Self {
+            addr,
+            clients,
+            shutdown,
+            server,
+        }
     }
-    eprintln!(
-        "setting up {} accounts on {:?} …",
-        args.accounts, args.backend
-    );
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.server.await;
+    }
+}
+
+/// The recharge and authorize measurements against the in-process server: their sections of
+/// the JSON document.
+async fn run_rpc(args: &Args) -> serde_json::Map<String, serde_json::Value> {
+    let (dir, url) = fresh_database(args).await;
+    let server = ServerUnderTest::start(server_config(args, &url), args.clients).await;
+    let (addr, clients) = (server.addr, server.clients.clone());
     provision(&clients, args.accounts).await;
     let pool = Arc::new(raw_pool(args.backend, &url, args.clients as u32).await);
 
@@ -722,13 +817,9 @@ async fn run_rpc(args: &Args) -> serde_json::Map<String, serde_json::Value> {
         }
         pairs.push(("authorize", service, baseline, ("goal_per_s", 20_000.0)));
     }
-    shutdown.cancel();
-    let _ = server.await;
-    let _ = std::fs::remove_dir_all(&dir);
-    if args.backend == Backend::Postgres {
-        drop(pool);
-        drop_database(&args.postgres_url, &url).await;
-    }
+    server.stop().await;
+    drop(pool);
+    remove_database(args, &dir, &url).await;
 
     let machine = machine();
     if !args.json {
@@ -760,18 +851,9 @@ async fn run_rpc(args: &Args) -> serde_json::Map<String, serde_json::Value> {
             );
         }
     }
-    let latency = |m: &Measured| {
-        serde_json::json!({
-            "name": m.name,
-            "per_s": m.rate().round(),
-            "ops": m.ops(),
-            "p50_us": m.percentile_us(0.5),
-            "p99_us": m.percentile_us(0.99),
-        })
-    };
     let mut sections = serde_json::Map::new();
     for (section, s, b, (goal, value)) in &pairs {
-        let mut row = latency(s);
+        let mut row = s.summary();
         row["baseline"] = serde_json::json!({ "name": b.name, "per_s": b.rate().round() });
         row["ratio"] = (s.rate() / b.rate()).into();
         row[*goal] = (*value).into();
@@ -786,7 +868,7 @@ async fn run_rpc(args: &Args) -> serde_json::Map<String, serde_json::Value> {
         if *section == "authorize" {
             row["authorize_cache_ms"] = args.authorize_cache_ms.into();
             if let Some(floor) = floors.first() {
-                row["floor"] = latency(floor);
+                row["floor"] = floor.summary();
             }
         }
         sections.insert((*section).to_owned(), row);

@@ -185,7 +185,8 @@ pub async fn raw_bulk_update(url: &str, as_of: DateTime<Utc>) -> (f64, u64) {
     (started.elapsed().as_secs_f64(), updated)
 }
 
-fn rss_kib(pid: u32, field: &str) -> u64 {
+/// The `field` (`VmRSS:`, `VmHWM:`) of process `pid`'s status, in KiB; 0 if unreadable.
+pub fn rss_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
