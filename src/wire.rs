@@ -1,8 +1,31 @@
 //! Names this service puts on the wire that clients and the server's layers share: the
-//! `google.rpc.ErrorInfo` domain of every error, and the metadata key that marks a replay.
+//! `google.rpc.ErrorInfo` domain of every error (and the one way to build such a status), and
+//! the metadata key that marks a replay.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 /// The `ErrorInfo.domain` of every error this service returns.
 pub const ERROR_DOMAIN: &str = "ocs-lifecycle";
+
+/// A status with a `google.rpc.ErrorInfo` of [`ERROR_DOMAIN`]: how every error of the service,
+/// its handlers and its layers alike, reaches the client.
+pub fn error_status(code: Code, reason: &str, message: impl Into<String>) -> Status {
+    error_status_with(code, reason, message, HashMap::new())
+}
+
+/// [`error_status`] with `ErrorInfo.metadata`.
+pub fn error_status_with(
+    code: Code,
+    reason: &str,
+    message: impl Into<String>,
+    metadata: HashMap<String, String>,
+) -> Status {
+    let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
+    Status::with_error_details(code, message, details)
+}
 
 /// Response metadata key set to `true` when an Account-returning mutation (ProvisionAccount,
 /// MarkSold, Activate, Unlock) was a replay of an earlier request with the same `request_id`.

@@ -3,7 +3,6 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::lifecycle::{Account, AccountState, DomainError, ErrorReason, Msisdn, RequestId, Rules};
 use crate::proto;
@@ -11,10 +10,7 @@ use crate::store::{HistoryRecord, OutboxEvent, StoreError};
 
 pub use crate::wire::ERROR_DOMAIN;
 
-pub fn status(code: Code, reason: &str, message: impl Into<String>) -> Status {
-    let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, []);
-    Status::with_error_details(code, message, details)
-}
+pub use crate::wire::error_status as status;
 
 pub fn invalid(reason: ErrorReason, message: impl Into<String>) -> Status {
     status(Code::InvalidArgument, reason.as_str(), message)

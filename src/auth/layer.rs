@@ -9,13 +9,12 @@ use std::task::{Context, Poll};
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
 use super::{Caller, grants};
 use crate::config::{AuthConfig, ConfigError};
 use crate::logging::CallNote;
-use crate::wire::ERROR_DOMAIN;
+use crate::wire::error_status_with;
 
 /// The configured tokens, by the SHA-256 of the token.
 pub struct Authenticator {
@@ -36,8 +35,7 @@ fn refusal(code: Code, reason: &str, message: String, metadata: Vec<(&str, &str)
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-    let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
-    Status::with_error_details(code, message, details)
+    error_status_with(code, reason, message, metadata)
 }
 
 fn unauthenticated(reason: &str, message: &str) -> Status {
@@ -228,6 +226,7 @@ mod tests {
     use super::*;
     use crate::auth::{Role, token_sha256};
     use crate::config::TokenEntry;
+    use tonic_types::StatusExt;
 
     fn authenticator() -> Authenticator {
         let tokens = [

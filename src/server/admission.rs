@@ -10,7 +10,6 @@
 //! must see an overloaded server answer), and the `Subscribe` stream, which lasts as long as
 //! its subscriber does.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,13 +17,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
+use tonic::Code;
 use tonic::codegen::Service;
 use tonic::codegen::http::{Request, Response};
-use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::ops::Metrics;
-use crate::wire::{BSS_EVENTS_SERVICE, ERROR_DOMAIN, SERVICE_NAMES};
+use crate::wire::{BSS_EVENTS_SERVICE, SERVICE_NAMES, error_status};
 
 /// The ErrorInfo reason of a shed call.
 pub const OVERLOADED: &str = "OVERLOADED";
@@ -81,11 +79,6 @@ fn limited(path: &str) -> bool {
         })
 }
 
-fn refusal(code: Code, reason: &str, message: String) -> Status {
-    let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new());
-    Status::with_error_details(code, message, details)
-}
-
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for AdmissionService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -106,7 +99,7 @@ where
         }
         let Ok(permit) = self.layer.permits.clone().try_acquire_owned() else {
             self.layer.metrics.record_shed();
-            let status = refusal(
+            let status = error_status(
                 Code::ResourceExhausted,
                 OVERLOADED,
                 format!(
@@ -129,7 +122,7 @@ where
             };
             match tokio::time::timeout(deadline, answer).await {
                 Ok(answered) => answered,
-                Err(_) => Ok(refusal(
+                Err(_) => Ok(error_status(
                     Code::DeadlineExceeded,
                     "DEADLINE_EXCEEDED",
                     format!(
