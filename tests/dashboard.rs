@@ -5,22 +5,26 @@
 //! bearer tokens configured, the data needs an admin or bss token (401/403 otherwise) while
 //! the page and the probes stay open, and the page sends the token of its `#token=` fragment.
 //!
-//! Chromium: `chromium` on the PATH, or the program `OCS_CHROMIUM` names. Without it the
-//! browser test prints `SKIPPED: chromium not found` and passes, unless `CI=true`, where it
-//! fails. With `OCS_DASHBOARD_SCREENSHOT=PATH` it also saves a screenshot of the page there
-//! (how `docs/dashboard.png` is made).
+//! The lifecycle charts: tests/dashboard_charts.rs.
+//!
+//! Chromium: `chromium` on the PATH, or the program `OCS_CHROMIUM` names (tests/dashboard/
+//! browser.rs). Without it the browser test prints `SKIPPED: chromium not found` and passes,
+//! unless `CI=true`, where it fails. With `OCS_DASHBOARD_SCREENSHOT=PATH` it also saves a
+//! screenshot of the page there (how `docs/dashboard.png` is made).
 
 #[macro_use]
 mod common;
+#[path = "dashboard/browser.rs"]
+mod browser;
 #[path = "webhook/hook.rs"]
 #[allow(dead_code)]
 mod hook;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use browser::{chromium_or_skip, get_html, run_chromium, text_after};
 use chrono::{DateTime, NaiveDate, Utc};
 use common::{Backend, TestDb, TestServer, activate, provision, rid};
 use hook::{Hook, Policy};
@@ -472,22 +476,6 @@ async fn the_dashboard_json_shows_states_recharges_sweeps_recycles_and_dead_lett
     server.stop().await;
 }
 
-/// GET `url` as text/html: its body.
-async fn get_html(url: &str) -> String {
-    let response = reqwest::get(url)
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    assert_eq!(response.status().as_u16(), 200, "GET {url}");
-    let content_type = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    assert_eq!(content_type, "text/html; charset=utf-8");
-    response.text().await.expect("body")
-}
-
 /// No sweep runs (scheduler off): on 2030-03-20 an account valid through 03-11 is stored VALID
 /// but GRACE now, and its activation's STATE_CHANGED waits for a BSS that answers 500.
 async fn before_a_sweep_the_page_shows_effective_states_and_the_webhook_backlog(db: Arc<TestDb>) {
@@ -562,79 +550,6 @@ async fn before_a_sweep_the_page_shows_effective_states_and_the_webhook_backlog(
 
 // ---------------------------------------------------------------------------------------------
 // The page in a real browser.
-
-/// Chromium: `OCS_CHROMIUM`, else `chromium` or `chromium-browser` on the PATH.
-fn find_chromium() -> Option<PathBuf> {
-    if let Some(program) = std::env::var_os("OCS_CHROMIUM").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(program));
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .flat_map(|dir| ["chromium", "chromium-browser"].map(|name| dir.join(name)))
-        .find(|candidate| candidate.is_file())
-}
-
-/// Runs headless Chromium with `args` and the page `url`; returns its stdout. It ends by
-/// itself (`--virtual-time-budget`, `--screenshot`); [`WAIT`] bounds it anyway.
-async fn run_chromium(chromium: PathBuf, args: Vec<String>, url: String) -> String {
-    tokio::task::spawn_blocking(move || {
-        let profile = tempfile::tempdir().expect("profile directory");
-        let mut child = Command::new(&chromium)
-            .args([
-                "--headless=new",
-                "--disable-gpu",
-                "--no-sandbox",
-                "--no-first-run",
-                "--disable-dev-shm-usage",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .args(&args)
-            .arg(&url)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", chromium.display()));
-        let mut stdout = child.stdout.take().expect("stdout");
-        let mut stderr = child.stderr.take().expect("stderr");
-        let out = std::thread::spawn(move || {
-            let mut text = String::new();
-            std::io::Read::read_to_string(&mut stdout, &mut text).map(|_| text)
-        });
-        let err = std::thread::spawn(move || {
-            let mut text = String::new();
-            std::io::Read::read_to_string(&mut stderr, &mut text).map(|_| text)
-        });
-        let deadline = std::time::Instant::now() + WAIT;
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("wait for chromium") {
-                break status;
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("chromium did not finish within {WAIT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let stdout = out.join().expect("stdout reader").expect("read stdout");
-        let stderr = err.join().expect("stderr reader").unwrap_or_default();
-        assert!(status.success(), "chromium failed ({status}): {stderr}");
-        stdout
-    })
-    .await
-    .expect("chromium task")
-}
-
-/// The text of the element whose start tag contains `marker` (up to the next tag).
-fn text_after(dom: &str, marker: &str) -> String {
-    let start = dom
-        .find(marker)
-        .unwrap_or_else(|| panic!("{marker:?} not in the rendered page:\n{dom}"));
-    let rest = &dom[start..];
-    let open_end = rest.find('>').expect("end of the start tag") + 1;
-    let text = &rest[open_end..];
-    text[..text.find('<').unwrap_or(text.len())].to_owned()
-}
 
 /// The `<g class="recycle-day" …>…</g>` element of `date`.
 fn recycle_bar<'a>(dom: &'a str, date: &str) -> &'a str {
@@ -739,6 +654,10 @@ async fn the_page_renders_the_numbers_in_a_real_browser() {
     }
     assert_eq!(static_dom.matches("class=\"recycle-day\"").count(), 30);
     assert!(!static_dom.contains("id=\"waiting\""), "{static_dom}");
+    // The lifecycle charts are in the first view too (their figures: tests/dashboard_charts.rs).
+    assert_eq!(static_dom.matches("class=\"composition-day\"").count(), 30);
+    assert_eq!(static_dom.matches("class=\"flow-week\"").count(), 12);
+    assert_eq!(text_after(&static_dom, "id=\"latest-GRACE\""), "2");
 
     if let Some(path) = std::env::var_os("OCS_DASHBOARD_SCREENSHOT").filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
@@ -748,7 +667,7 @@ async fn the_page_renders_the_numbers_in_a_real_browser() {
             vec![
                 "--virtual-time-budget=5000".into(),
                 "--hide-scrollbars".into(),
-                "--window-size=1400,1400".into(),
+                "--window-size=1400,2200".into(),
                 // Every tile painted before the shot (a plain run can cut the last rows).
                 "--run-all-compositor-stages-before-draw".into(),
                 format!("--screenshot={}", path.display()),
@@ -868,26 +787,6 @@ async fn with_tokens_the_data_needs_an_admin_or_bss_token_and_the_page_and_probe
         assert!(body.starts_with(starts_with), "{path}: {body}");
     }
     server.stop().await;
-}
-
-/// Chromium, or `None` after printing `SKIPPED` (a failure with `CI=true`).
-fn chromium_or_skip() -> Option<PathBuf> {
-    let found = find_chromium();
-    if found.is_none() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!(
-                "CI=true but chromium was not found (apt-get install -y chromium, or set OCS_CHROMIUM)"
-            );
-        }
-        // Written to the process's stderr directly: libtest captures `eprintln!` of passing
-        // tests, and a skip must be visible in the run's output.
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: chromium not found (install it, or set OCS_CHROMIUM)"
-        );
-    }
-    found
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

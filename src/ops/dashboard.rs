@@ -12,6 +12,9 @@
 //! Accounts by effective state (now) are the stored counts moved along by what a sweep as of
 //! now would do (a forecast: it reads only the accounts due since the last sweep), and the
 //! next sweep's work (VALIDITY_EXPIRING notices included) is a forecast as of its time.
+//!
+//! The lifecycle charts (the accounts per state over the last 30 days, the flows of the last 12
+//! weeks) are [`super::charts`]', with a cache of their own.
 
 use std::sync::Arc;
 
@@ -20,6 +23,7 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use super::charts::{ChartCache, Charts};
 use super::metrics::DB_CACHE_TTL;
 use crate::lifecycle::{AccountState, EventType, Rules};
 use crate::store::{AccountStore, DeadLetterOverview, RechargeTotals, StoreError, SweepRun};
@@ -52,6 +56,8 @@ pub struct Dashboard {
     manual_clock: bool,
     /// The last database read and the local day it was made for.
     cache: Mutex<Option<(Instant, NaiveDate, DbView)>>,
+    /// The lifecycle charts' last read.
+    charts: ChartCache,
 }
 
 impl std::fmt::Debug for Dashboard {
@@ -118,6 +124,9 @@ pub struct DashboardView {
     /// `None`: no webhook configured.
     pub webhook: Option<WebhookView>,
     pub dead_letters: DeadLettersView,
+    /// The lifecycle charts; `None` when the history could not be read (`charts_error`).
+    pub charts: Option<Charts>,
+    pub charts_error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -230,6 +239,7 @@ impl Dashboard {
             webhook: None,
             manual_clock: false,
             cache: Mutex::new(None),
+            charts: ChartCache::default(),
         }
     }
 
@@ -261,6 +271,10 @@ impl Dashboard {
         let rules = self.rules.as_ref();
         let today = rules.local_date(now);
         let db = self.db_view(store, today, now).await?;
+        let (charts, charts_error) = match self.charts.get(store, rules, today, now).await {
+            Ok(charts) => (Some(charts), None),
+            Err(error) => (None, Some(error)),
+        };
         let local = |at: DateTime<Utc>| {
             at.with_timezone(&rules.timezone)
                 .to_rfc3339_opts(SecondsFormat::Secs, false)
@@ -399,6 +413,8 @@ impl Dashboard {
             upcoming_recycles,
             webhook,
             dead_letters,
+            charts,
+            charts_error,
         })
     }
 

@@ -2,7 +2,8 @@
 //! `GET /healthz` (the process runs), `GET /readyz` (migrations ran and the database
 //! answers; 503 during a shutdown's drain, and the dashboard's readiness line says so too), and
 //! the dashboard, `GET /`, `GET /api/dashboard/html` and `GET /api/dashboard` ([`dashboard`],
-//! rendered by [`page`]). It stops accepting with the gRPC server, after the drain.
+//! rendered by [`page`], with the lifecycle [`charts`] drawn by [`chart_svg`]). It stops
+//! accepting with the gRPC server, after the drain.
 //!
 //! Who may read what: with bearer tokens configured (`[[auth.tokens]]`, the gRPC server's), the
 //! dashboard's data, `GET /api/dashboard` and `GET /api/dashboard/html` (account counts per
@@ -20,6 +21,8 @@
 //! This module owns the listener, what the metrics measure ([`Metrics`], the gRPC layer in
 //! [`rpc`]) and the dashboard; it only reads the store and never writes.
 
+mod chart_svg;
+pub mod charts;
 pub mod dashboard;
 mod metrics;
 mod page;

@@ -7,6 +7,7 @@
 
 use std::fmt::Write;
 
+use super::chart_svg;
 use super::dashboard::{DashboardView, PAGE, StateCount};
 
 /// Where the data part goes in [`PAGE`] (it holds a waiting note there until then).
@@ -43,7 +44,7 @@ pub fn page(part: Result<&str, &str>) -> String {
 }
 
 /// `& < > " '` escaped, for text and attribute values.
-fn esc(text: &str) -> String {
+pub(super) fn esc(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -59,7 +60,7 @@ fn esc(text: &str) -> String {
 }
 
 /// Local RFC 3339 `2030-06-15T10:00:00+08:00` → `2030-06-15 10:00:00`; `–` when unset.
-fn when(rfc3339: Option<&str>) -> String {
+pub(super) fn when(rfc3339: Option<&str>) -> String {
     match rfc3339 {
         Some(at) if at.len() >= 19 => at[..19].replacen('T', " ", 1),
         Some(at) => at.to_owned(),
@@ -118,6 +119,12 @@ pub fn part(view: &DashboardView) -> String {
     webhook(&mut html, view);
     dead_letters(&mut html, view);
     recycles(&mut html, view);
+    chart_svg::charts(
+        &mut html,
+        view.charts
+            .as_ref()
+            .ok_or(view.charts_error.as_deref().unwrap_or("no charts")),
+    );
     sweeps(&mut html, view);
     html.push_str("</main>");
     html
@@ -351,31 +358,35 @@ fn recycles(html: &mut String, view: &DashboardView) {
                 day.count
             );
         }
-        // Every day's label is its day of the month; the first and each 1st also show the
-        // month.
-        let mut parts = day.date.splitn(3, '-').skip(1);
-        let (month, dom) = (
-            parts.next().unwrap_or_default(),
-            parts.next().unwrap_or_default(),
-        );
-        let _ = write!(
-            html,
-            "<text x=\"{mid}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
-            top + chart_height + 14,
-            esc(dom)
-        );
-        if i == 0 || dom == "01" {
-            let _ = write!(
-                html,
-                "<text x=\"{mid}\" y=\"{}\" text-anchor=\"middle\">{}/{}</text>",
-                top + chart_height + 28,
-                esc(month),
-                esc(dom)
-            );
-        }
+        day_label(html, &day.date, i == 0, mid, top + chart_height);
         html.push_str("</g>");
     }
     html.push_str("</svg></div></section>");
+}
+
+/// The label under a day's bar centred at `mid` below the baseline `base`: its day of the
+/// month; on the chart's `first` day and on each 1st, the month too.
+pub(super) fn day_label(html: &mut String, date: &str, first: bool, mid: i64, base: i64) {
+    let mut parts = date.splitn(3, '-').skip(1);
+    let (month, dom) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    let _ = write!(
+        html,
+        "<text x=\"{mid}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+        base + 14,
+        esc(dom)
+    );
+    if first || dom == "01" {
+        let _ = write!(
+            html,
+            "<text x=\"{mid}\" y=\"{}\" text-anchor=\"middle\">{}/{}</text>",
+            base + 28,
+            esc(month),
+            esc(dom)
+        );
+    }
 }
 
 fn sweeps(html: &mut String, view: &DashboardView) {
