@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use browser::{chromium_or_skip, get_html, run_chromium, text_after};
+use browser::{chromium_or_skip, get_html, get_json, run_chromium, text_after};
 use chrono::{DateTime, NaiveDate, Utc};
 use common::{Backend, TestDb, TestServer, activate, provision, rid};
 use hook::{Hook, Policy};
@@ -96,22 +96,6 @@ async fn open_store(server: &TestServer) -> Arc<dyn AccountStore> {
     )
     .await
     .expect("open the store")
-}
-
-async fn get_json(url: &str) -> Value {
-    let response = reqwest::get(url)
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    assert_eq!(response.status().as_u16(), 200, "GET {url}");
-    let content_type = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    assert_eq!(content_type, "application/json");
-    let body = response.text().await.expect("body");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ mod common;
 #[allow(dead_code)]
 mod browser;
 
-use browser::{chromium_or_skip, get_html, run_chromium, text_after};
+use browser::{chromium_or_skip, get_html, get_json, run_chromium, text_after};
 use common::api::Api;
 use common::{Backend, TestDb, TestServer};
 use ocs_lifecycle::proto::lifecycle_analytics_client::LifecycleAnalyticsClient;
@@ -257,13 +257,7 @@ async fn the_charts_show_the_reports_figures_for_the_last_30_days_and_12_weeks(s
     assert_eq!(text_after(&page, "id=\"still-in-grace\""), "2");
 
     // The JSON has the same figures.
-    let body = reqwest::get(server.http_url("/api/dashboard"))
-        .await
-        .expect("GET /api/dashboard")
-        .text()
-        .await
-        .expect("body");
-    let json: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let json = get_json(&server.http_url("/api/dashboard")).await;
     let charts = &json["charts"];
     assert_eq!(json["charts_error"], Value::Null);
     assert_eq!(charts["composition"].as_array().map(Vec::len), Some(30));

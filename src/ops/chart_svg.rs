@@ -129,13 +129,29 @@ fn empty_note(html: &mut String, id: &str, plot_width: i64, text: &str) {
     );
 }
 
-/// A `<details>` with the chart's numbers: `head` (its cells' HTML) and the rows' HTML.
-fn numbers_table(html: &mut String, id: &str, head: &str, rows: &str) {
+/// One row of a chart's numbers table: its start tag's attributes, its head cell's text and
+/// its number cells.
+struct NumbersRow {
+    attributes: String,
+    head: String,
+    cells: Vec<String>,
+}
+
+/// A `<details>` with a chart's numbers: `head` (the header cells' HTML), then the rows.
+fn numbers_table(html: &mut String, id: &str, head: &str, rows: impl Iterator<Item = NumbersRow>) {
     let _ = write!(
         html,
         "<details class=\"numbers\"><summary>The numbers</summary><table id=\"{id}\">\
-         <thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></details>"
+         <thead><tr>{head}</tr></thead><tbody>"
     );
+    for row in rows {
+        let _ = write!(html, "<tr {}><th>{}</th>", row.attributes, esc(&row.head));
+        for cell in &row.cells {
+            let _ = write!(html, "<td class=\"num\">{}</td>", esc(cell));
+        }
+        html.push_str("</tr>");
+    }
+    html.push_str("</tbody></table></details>");
 }
 
 fn composition(html: &mut String, charts: &Charts) {
@@ -239,25 +255,24 @@ fn composition(html: &mut String, charts: &Charts) {
     }
     html.push_str("</g></svg></div>");
 
-    let mut rows = String::new();
-    for day in days {
-        let _ = write!(
-            rows,
-            "<tr class=\"composition-row\" data-date=\"{0}\"><th>{0}</th>",
-            esc(&day.date)
-        );
-        for (_, n) in day.counts() {
-            let _ = write!(rows, "<td class=\"num\">{n}</td>");
-        }
-        let _ = write!(rows, "<td class=\"num\">{}</td></tr>", day.total());
-    }
+    let rows = days.iter().map(|day| NumbersRow {
+        attributes: format!("class=\"composition-row\" data-date=\"{}\"", esc(&day.date)),
+        head: day.date.clone(),
+        cells: day
+            .counts()
+            .iter()
+            .map(|(_, n)| n)
+            .chain([&day.total()])
+            .map(i64::to_string)
+            .collect(),
+    });
     numbers_table(
         html,
         "composition-table",
         "<th>day</th><th class=\"num\">UNACTIVATED</th><th class=\"num\">VALID</th>\
          <th class=\"num\">GRACE</th><th class=\"num\">LOCKED</th><th class=\"num\">RECYCLED</th>\
          <th class=\"num\">total</th>",
-        &rows,
+        rows,
     );
     html.push_str("</section>");
 }
@@ -413,14 +428,7 @@ fn flows(html: &mut String, charts: &Charts) {
     }
     html.push_str("</svg></div>");
 
-    let mut rows = String::new();
-    for w in weeks {
-        let _ = write!(
-            rows,
-            "<tr class=\"flows-row\" data-first-day=\"{0}\"><th>{0} – {1}</th>",
-            esc(&w.first_day),
-            esc(&w.last_day)
-        );
+    let rows = weeks.iter().map(|w| {
         let figures = [
             w.activations,
             w.valid_to_grace,
@@ -432,15 +440,19 @@ fn flows(html: &mut String, charts: &Charts) {
             w.won_back,
             w.still_in_grace,
         ];
-        for n in figures {
-            let _ = write!(rows, "<td class=\"num\">{n}</td>");
+        NumbersRow {
+            attributes: format!(
+                "class=\"flows-row\" data-first-day=\"{}\"",
+                esc(&w.first_day)
+            ),
+            head: format!("{} – {}", w.first_day, w.last_day),
+            cells: figures
+                .iter()
+                .map(i64::to_string)
+                .chain([rate(w.won_back, w.entered_grace)])
+                .collect(),
         }
-        let _ = write!(
-            rows,
-            "<td class=\"num\">{}</td></tr>",
-            rate(w.won_back, w.entered_grace)
-        );
-    }
+    });
     numbers_table(
         html,
         "flows-table",
@@ -449,7 +461,7 @@ fn flows(html: &mut String, charts: &Charts) {
          <th class=\"num\">recycled (locked)</th><th class=\"num\">recycled (unactivated)</th>\
          <th class=\"num\">entered GRACE</th><th class=\"num\">won back</th>\
          <th class=\"num\">still in GRACE</th><th class=\"num\">win-back rate</th>",
-        &rows,
+        rows,
     );
     html.push_str("</section>");
 }

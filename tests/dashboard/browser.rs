@@ -12,20 +12,31 @@ use std::time::Duration;
 /// Safety bound for Chromium to finish; tests never assert on elapsed time.
 const WAIT: Duration = Duration::from_secs(60);
 
-/// GET `url` as text/html: its body.
-pub async fn get_html(url: &str) -> String {
+/// GET `url`, which must answer 200 with `content_type`: its body.
+pub async fn get_body(url: &str, content_type: &str) -> String {
     let response = reqwest::get(url)
         .await
         .unwrap_or_else(|e| panic!("GET {url}: {e}"));
     assert_eq!(response.status().as_u16(), 200, "GET {url}");
-    let content_type = response
+    let answered = response
         .headers()
         .get(reqwest::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    assert_eq!(content_type, "text/html; charset=utf-8");
+    assert_eq!(answered, content_type, "GET {url}");
     response.text().await.expect("body")
+}
+
+/// GET `url` as text/html: its body.
+pub async fn get_html(url: &str) -> String {
+    get_body(url, "text/html; charset=utf-8").await
+}
+
+/// GET `url` as JSON.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    let body = get_body(url, "application/json").await;
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
 /// Chromium: `OCS_CHROMIUM`, else `chromium` or `chromium-browser` on the PATH.
