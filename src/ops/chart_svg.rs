@@ -482,4 +482,47 @@ mod tests {
         assert_eq!(rate(1, 3), "33%");
         assert_eq!(rate(0, 0), "–");
     }
+
+    #[test]
+    fn a_failed_read_says_why_in_the_charts_place() {
+        let mut html = String::new();
+        charts(&mut html, Err("cannot read the history: <timeout>"));
+        assert!(html.contains("id=\"charts-error\">cannot read the history: &lt;timeout&gt;<"));
+        assert!(!html.contains("<svg"));
+    }
+
+    #[test]
+    fn stacked_segments_meet_and_reach_the_day_total() {
+        let day = DayComposition {
+            date: "2030-06-15".into(),
+            unactivated: 1,
+            valid: 3,
+            grace: 0,
+            locked: 2,
+            recycled: 1,
+        };
+        let charts = Charts {
+            read_at: "2030-06-15T10:00:00+08:00".into(),
+            composition: vec![day],
+            weekly_flows: Vec::new(),
+        };
+        let mut html = String::new();
+        composition(&mut html, &charts);
+        // Axis top 10: 20 px per account, from the baseline at TOP + PLOT_HEIGHT = 216.
+        for rect in [
+            "class=\"c-UNACTIVATED\" x=\"60\" y=\"196\" width=\"24\" height=\"20\"",
+            "class=\"c-VALID\" x=\"60\" y=\"136\" width=\"24\" height=\"60\"",
+            "class=\"c-LOCKED\" x=\"60\" y=\"96\" width=\"24\" height=\"40\"",
+            "class=\"c-RECYCLED\" x=\"60\" y=\"76\" width=\"24\" height=\"20\"",
+        ] {
+            assert!(html.contains(rect), "{rect}: {html}");
+        }
+        assert!(
+            !html.contains("class=\"c-GRACE\" x=\"60\""),
+            "no empty segment"
+        );
+        assert!(html.contains("data-counts=\"1,3,0,2,1\""));
+        assert!(html.contains("id=\"latest-VALID\" x=\"306\" y=\"146\" text-anchor=\"end\">3<"));
+        assert!(!html.contains("composition-empty"));
+    }
 }
