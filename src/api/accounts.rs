@@ -479,15 +479,13 @@ impl AccountLifecycle for AccountsApi {
         };
         self.ctx.check_ready()?;
         let now = self.ctx.clock.now();
-        let ran = crate::sweep::run_recorded(
-            &self.ctx.metrics.sweep,
-            self.ctx.store.as_ref(),
-            self.ctx.sweep_batch_size,
-            as_of,
-            now,
-            r.dry_run,
-        )
-        .await;
+        let ran = match crate::sweep::asked(self.ctx.sweep_batch_size, as_of, now, r.dry_run) {
+            Ok(request) => {
+                let observer: &dyn crate::sweep::SweepObserver = &self.ctx.metrics.sweep;
+                crate::sweep::run_recorded(Some(observer), self.ctx.store.as_ref(), request).await
+            }
+            Err(refused) => Err(refused),
+        };
         let (as_of, report) = match ran {
             Ok(done) => done,
             Err(e @ crate::sweep::SweepError::AsOfInFuture { .. }) => {
