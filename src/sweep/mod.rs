@@ -40,15 +40,13 @@ pub struct SweepRequest {
     pub batch_size: u32,
     /// Compute the counts (and the forecast) without writing anything.
     pub dry_run: bool,
-    /// At most this many recycled MSISDNs are listed by a dry run.
-    pub forecast_limit: usize,
 }
 
 /// What a sweep reports.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SweepReport {
     pub counts: SweepCounts,
-    /// Dry run only: MSISDNs that would be recycled, up to the request's `forecast_limit`.
+    /// Dry run only: MSISDNs that would be recycled, up to [`FORECAST_LIMIT`].
     pub recycled_msisdns: Vec<String>,
     /// The `sweep_runs` row of a real run; `None` for a dry run (which writes nothing).
     pub run_id: Option<i64>,
@@ -99,7 +97,6 @@ pub fn asked(
         now,
         batch_size: batch_size.max(1),
         dry_run,
-        forecast_limit: FORECAST_LIMIT,
     })
 }
 
