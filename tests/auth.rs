@@ -13,6 +13,7 @@ mod common;
 mod pki;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,35 +67,22 @@ fn auth_config(clock: ClockMode) -> Config {
     with_tokens(test_config(clock), &TOKENS)
 }
 
-/// A manual-clock server with the four tokens on a fresh database; `None` = skipped.
-async fn start_with_tokens(backend: Backend) -> Option<TestServer> {
-    let db = TestDb::create(backend).await?;
-    Some(TestServer::start_with(db, auth_config(ClockMode::Manual)).await)
+/// Runs `body` with a manual-clock server that has the tokens, on a fresh database of
+/// `backend`; skipped when PostgreSQL is unreachable.
+async fn on_server_with_tokens<F: Future<Output = ()>>(
+    backend: Backend,
+    body: impl FnOnce(TestServer) -> F,
+) {
+    if let Some(db) = TestDb::create(backend).await {
+        body(TestServer::start_with(db, auth_config(ClockMode::Manual)).await).await;
+    }
 }
 
-/// Runs each body on SQLite and PostgreSQL with a server that has the four tokens.
+/// Runs each body on SQLite and PostgreSQL with a server that has the tokens.
 macro_rules! with_tokens_on_both_backends {
     ($($name:ident),* $(,)?) => {
-        mod sqlite_with_tokens {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(server) = super::start_with_tokens($crate::common::Backend::Sqlite)
-                        .await else { return; };
-                    super::$name(server).await;
-                }
-            )*
-        }
-        mod postgres_with_tokens {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(server) = super::start_with_tokens($crate::common::Backend::Postgres)
-                        .await else { return; };
-                    super::$name(server).await;
-                }
-            )*
-        }
+        tests_on_backend!(sqlite_with_tokens, Sqlite, super::on_server_with_tokens: $($name),*);
+        tests_on_backend!(postgres_with_tokens, Postgres, super::on_server_with_tokens: $($name),*);
     };
 }
 
@@ -171,13 +159,7 @@ async fn call(
             amount: 100,
             request_id,
         })),
-        "Unlock" => send!(accounts.unlock(proto::UnlockRequest {
-            msisdn,
-            operator_id: "op1".into(),
-            branch_id: "b1".into(),
-            recharge_amount: 0,
-            request_id,
-        })),
+        "Unlock" => send!(accounts.unlock(unlock(&msisdn, "op1@b1", &request_id))),
         "GetAccount" => send!(accounts.get_account(proto::GetAccountRequest { msisdn })),
         "ListAccounts" => send!(accounts.list_accounts(proto::ListAccountsRequest::default())),
         "GetAccountHistory" => send!(accounts.get_account_history(
@@ -350,6 +332,18 @@ async fn provision_active(channel: &Channel, msisdn: &str, token: &str) -> proto
         .into_inner()
 }
 
+/// An unlock without a recharge by `operator@branch`.
+fn unlock(msisdn: &str, operator_at_branch: &str, request_id: &str) -> proto::UnlockRequest {
+    let (operator, branch) = operator_at_branch.split_once('@').expect("operator@branch");
+    proto::UnlockRequest {
+        msisdn: msisdn.into(),
+        operator_id: operator.into(),
+        branch_id: branch.into(),
+        recharge_amount: 0,
+        request_id: request_id.into(),
+    }
+}
+
 fn recharge(msisdn: &str, amount: i64, request_id: &str) -> proto::RechargeRequest {
     proto::RechargeRequest {
         msisdn: msisdn.into(),
@@ -360,73 +354,72 @@ fn recharge(msisdn: &str, amount: i64, request_id: &str) -> proto::RechargeReque
     }
 }
 
-async fn a_refused_mutation_changes_nothing(server: TestServer) {
-    let channel = server.channel();
-    let msisdn = "8613800138000";
-    provision_active(&channel, msisdn, BILLING).await;
+/// An account provisioned and activated by billing, then recharged with `amount` (request id
+/// `request_id`) by the holder of `token`; a client of the accounts service.
+async fn recharged_account(
+    server: &TestServer,
+    msisdn: &str,
+    amount: i64,
+    request_id: &str,
+    token: &str,
+) -> AccountLifecycleClient<Channel> {
+    provision_active(&server.channel(), msisdn, BILLING).await;
     let mut accounts = server.accounts();
     accounts
-        .recharge(authorized(recharge(msisdn, 5000, "r-1"), Some(BILLING)))
+        .recharge(authorized(
+            recharge(msisdn, amount, request_id),
+            Some(token),
+        ))
         .await
-        .expect("recharge");
+        .expect("the first recharge");
+    accounts
+}
+
+async fn a_refused_mutation_changes_nothing(server: TestServer) {
+    let msisdn = "8613800138000";
+    let mut accounts = recharged_account(&server, msisdn, 5000, "r-1", BILLING).await;
     let db = server.db().await;
     let before = db.snapshot(msisdn).await;
 
+    let charge = proto::ChargeRequest {
+        msisdn: msisdn.into(),
+        amount: 100,
+        request_id: "c-1".into(),
+    };
+    let provision = proto::ProvisionAccountRequest {
+        msisdn: "8613800138999".into(),
+        sold: true,
+        request_id: "p-new".into(),
+        ..Default::default()
+    };
+    let advance = proto::AdvanceStatesRequest {
+        as_of: None,
+        dry_run: false,
+    };
+    macro_rules! sent {
+        ($rpc:ident($message:expr, $token:expr)) => {
+            accounts
+                .$rpc(authorized($message, $token))
+                .await
+                .map(|_| ())
+        };
+    }
     let refused = [
         (
-            accounts
-                .recharge(authorized(recharge(msisdn, 5000, "r-2"), Some(BSS)))
-                .await
-                .map(|_| ()),
+            sent!(recharge(recharge(msisdn, 5000, "r-2"), Some(BSS))),
             Code::PermissionDenied,
         ),
         (
-            accounts
-                .recharge(authorized(recharge(msisdn, 5000, "r-2"), None))
-                .await
-                .map(|_| ()),
+            sent!(recharge(recharge(msisdn, 5000, "r-2"), None)),
+            Code::Unauthenticated,
+        ),
+        (sent!(charge(charge, Some(HALL))), Code::PermissionDenied),
+        (
+            sent!(provision_account(provision, Some(UNKNOWN))),
             Code::Unauthenticated,
         ),
         (
-            accounts
-                .charge(authorized(
-                    proto::ChargeRequest {
-                        msisdn: msisdn.into(),
-                        amount: 100,
-                        request_id: "c-1".into(),
-                    },
-                    Some(HALL),
-                ))
-                .await
-                .map(|_| ()),
-            Code::PermissionDenied,
-        ),
-        (
-            accounts
-                .provision_account(authorized(
-                    proto::ProvisionAccountRequest {
-                        msisdn: "8613800138999".into(),
-                        sold: true,
-                        request_id: "p-new".into(),
-                        ..Default::default()
-                    },
-                    Some(UNKNOWN),
-                ))
-                .await
-                .map(|_| ()),
-            Code::Unauthenticated,
-        ),
-        (
-            accounts
-                .advance_states(authorized(
-                    proto::AdvanceStatesRequest {
-                        as_of: None,
-                        dry_run: false,
-                    },
-                    Some(BILLING),
-                ))
-                .await
-                .map(|_| ()),
+            sent!(advance_states(advance, Some(BILLING))),
             Code::PermissionDenied,
         ),
     ];
@@ -467,14 +460,10 @@ async fn history_actors(channel: &Channel, msisdn: &str) -> Vec<(i32, String)> {
 }
 
 async fn history_records_the_token_name_and_unlock_keeps_the_operator(server: TestServer) {
-    let channel = server.channel();
     let msisdn = "8613800138001";
-    provision_active(&channel, msisdn, BILLING).await;
-    let mut accounts = server.accounts();
-    accounts
-        .recharge(authorized(recharge(msisdn, 1000, "r-hall"), Some(HALL)))
-        .await
-        .expect("a business hall recharges");
+    // A business hall recharges.
+    let mut accounts = recharged_account(&server, msisdn, 1000, "r-hall", HALL).await;
+    let channel = server.channel();
     assert_eq!(
         history_actors(&channel, msisdn).await,
         vec![
@@ -506,13 +495,7 @@ async fn history_records_the_token_name_and_unlock_keeps_the_operator(server: Te
         .expect("set time");
     let unlocked = accounts
         .unlock(authorized(
-            proto::UnlockRequest {
-                msisdn: msisdn.into(),
-                operator_id: "op42".into(),
-                branch_id: "branch-3".into(),
-                recharge_amount: 0,
-                request_id: "u-1".into(),
-            },
+            unlock(msisdn, "op42@branch-3", "u-1"),
             Some(HALL),
         ))
         .await
@@ -572,16 +555,23 @@ async fn health_check(channel: Channel) -> Result<i32, Status> {
         .map(|r| r.into_inner().status)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_serves_a_ca_verified_client_and_refuses_plaintext() {
+/// A server with TLS (with `mtls`, also client certificates from the client CA), and its PKI;
+/// start-up already waits for SERVING over a channel that trusts the CA (and presents a client
+/// certificate with `mtls`).
+async fn start_tls(mtls: bool) -> (Arc<Pki>, TestServer) {
     let pki = Arc::new(Pki::make());
     let db = TestDb::create(Backend::Sqlite).await.expect("SQLite");
     let client_pki = pki.clone();
-    // Start-up already waits for SERVING over the TLS channel.
-    let server = TestServer::start_with_channel(db, tls_config(&pki, false), move |addr| {
-        client_pki.channel(addr, false)
+    let server = TestServer::start_with_channel(db, tls_config(&pki, mtls), move |addr| {
+        client_pki.channel(addr, mtls)
     })
     .await;
+    (pki, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_a_ca_verified_client_and_refuses_plaintext() {
+    let (_pki, server) = start_tls(false).await;
     let mut accounts = server.accounts();
     let missing = accounts
         .get_account(authorized(
@@ -609,13 +599,7 @@ async fn tls_serves_a_ca_verified_client_and_refuses_plaintext() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_requires_a_client_certificate_from_the_client_ca() {
-    let pki = Arc::new(Pki::make());
-    let db = TestDb::create(Backend::Sqlite).await.expect("SQLite");
-    let client_pki = pki.clone();
-    let server = TestServer::start_with_channel(db, tls_config(&pki, true), move |addr| {
-        client_pki.channel(addr, true)
-    })
-    .await;
+    let (pki, server) = start_tls(true).await;
     assert_eq!(
         health_check(server.channel()).await.ok(),
         Some(ServingStatus::Serving as i32)
@@ -655,39 +639,48 @@ async fn bad_tls_files_stop_the_start_with_an_error_naming_the_key() {
     let garbage = pki.path("garbage.pem");
     std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nnot base64!\n").expect("write");
 
-    let mut missing = tls_config(&pki, false);
-    missing.tls.cert = Some(pki.path("no-such.pem"));
-    let err = refused_start(missing).await;
-    assert!(
-        err.contains("tls.cert") && err.contains("no-such.pem"),
-        "{err}"
-    );
-
-    let mut bad_pem = tls_config(&pki, true);
-    bad_pem.tls.client_ca = Some(garbage.clone());
-    let err = refused_start(bad_pem).await;
-    assert!(err.contains("tls.client_ca"), "{err}");
-
-    let mut not_a_key = tls_config(&pki, false);
-    not_a_key.tls.key = Some(pki.path("server.pem"));
-    let err = refused_start(not_a_key).await;
-    assert!(err.contains("tls.key"), "{err}");
-
-    let mut wrong_key = tls_config(&pki, false);
-    wrong_key.tls.key = Some(pki.path("client.key"));
-    let err = refused_start(wrong_key).await;
-    assert!(err.contains("tls.key"), "{err}");
+    let missing = pki.path("no-such.pem");
+    // (client certificates on, the file set, to this file, what the error names)
+    let cases: [(bool, &str, PathBuf, &[&str]); 4] = [
+        (false, "cert", missing, &["tls.cert", "no-such.pem"]),
+        (true, "client_ca", garbage, &["tls.client_ca"]),
+        (false, "key", pki.path("server.pem"), &["tls.key"]),
+        (false, "key", pki.path("client.key"), &["tls.key"]),
+    ];
+    for (mtls, key, file, named) in cases {
+        let mut config = tls_config(&pki, mtls);
+        let set = match key {
+            "cert" => &mut config.tls.cert,
+            "key" => &mut config.tls.key,
+            _ => &mut config.tls.client_ca,
+        };
+        *set = Some(file);
+        let err = refused_start(config).await;
+        assert!(named.iter().all(|n| err.contains(n)), "{err}");
+    }
 }
 
 // ---- loopback only without tokens ----------------------------------------------------------
 
-#[tokio::test]
-async fn without_tokens_a_non_loopback_address_needs_insecure() {
+/// The listener a test puts on 0.0.0.0 (the other stays on loopback).
+#[derive(Clone, Copy, Debug)]
+enum OnAllInterfaces {
+    Grpc,
+    Operations,
+}
+
+/// Starts a server without tokens or `--insecure` and with `open` on 0.0.0.0: it must refuse
+/// before touching its database, with a message that names each of `named`.
+async fn assert_refused_without_insecure(open: OnAllInterfaces, named: &[&str]) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let database = dir.path().join("never.db");
     let mut config = test_config(ClockMode::System);
     config.database_url = format!("sqlite://{}", database.display());
-    config.listen = "0.0.0.0:0".parse().expect("address");
+    let everywhere = "0.0.0.0:0".parse().expect("address");
+    match open {
+        OnAllInterfaces::Grpc => config.listen = everywhere,
+        OnAllInterfaces::Operations => config.http_addr = Some(everywhere),
+    }
     let refused = tokio::time::timeout(
         SAFETY,
         ocs_lifecycle::server::serve(config, CancellationToken::new()),
@@ -696,124 +689,79 @@ async fn without_tokens_a_non_loopback_address_needs_insecure() {
     .expect("refused at once")
     .expect_err("no tokens, no --insecure, 0.0.0.0");
     let message = refused.to_string();
-    assert!(
-        message.contains("--insecure") && message.contains("0.0.0.0"),
-        "{message}"
-    );
+    assert!(named.iter().all(|n| message.contains(n)), "{message}");
     assert!(!database.exists(), "a refused start touched the database");
 }
 
-/// Serves `config` on 0.0.0.0:<ephemeral> and, when it starts, checks health over loopback.
-async fn serve_on_all_interfaces(config: Config) -> Result<(), String> {
-    let db = TestDb::create(Backend::Sqlite).await.expect("SQLite");
-    let mut config = config;
-    config.database_url = db.url.clone();
-    let listener = tokio::net::TcpListener::bind("0.0.0.0:0")
-        .await
-        .expect("bind 0.0.0.0");
-    let port = listener.local_addr().expect("address").port();
-    let shutdown = CancellationToken::new();
-    let mut handle = tokio::spawn(ocs_lifecycle::server::serve_on(
-        config,
-        listener,
-        shutdown.clone(),
-    ));
-    let channel = plaintext_channel(SocketAddr::from(([127, 0, 0, 1], port)));
-    let deadline = tokio::time::Instant::now() + SAFETY;
-    loop {
-        tokio::select! {
-            finished = &mut handle => {
-                return Err(finished.expect("server task").expect_err("stopped").to_string());
-            }
-            status = health_check(channel.clone()) => {
-                if status.ok() == Some(ServingStatus::Serving as i32) {
-                    break;
-                }
-            }
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never SERVING");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    shutdown.cancel();
-    tokio::time::timeout(SAFETY, handle)
-        .await
-        .expect("stopped in time")
-        .expect("server task")
-        .map_err(|e| e.to_string())
-}
-
 #[tokio::test]
-async fn with_tokens_or_insecure_any_address_is_served() {
-    let refused = serve_on_all_interfaces(test_config(ClockMode::System)).await;
-    assert!(
-        refused.as_ref().is_err_and(|e| e.contains("--insecure")),
-        "{refused:?}"
-    );
-    let with_tokens = serve_on_all_interfaces(auth_config(ClockMode::System)).await;
-    assert_eq!(with_tokens, Ok(()));
-    let mut insecure = test_config(ClockMode::System);
-    insecure.insecure = true;
-    assert_eq!(serve_on_all_interfaces(insecure).await, Ok(()));
+async fn without_tokens_a_non_loopback_address_needs_insecure() {
+    assert_refused_without_insecure(OnAllInterfaces::Grpc, &["--insecure", "0.0.0.0"]).await;
 }
 
 #[tokio::test]
 async fn without_tokens_a_non_loopback_http_addr_needs_insecure() {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let database = dir.path().join("never.db");
-    let mut config = test_config(ClockMode::System);
-    config.database_url = format!("sqlite://{}", database.display());
-    config.http_addr = Some("0.0.0.0:0".parse().expect("address"));
-    let refused = tokio::time::timeout(
-        SAFETY,
-        ocs_lifecycle::server::serve(config, CancellationToken::new()),
-    )
-    .await
-    .expect("refused at once")
-    .expect_err("no tokens, no --insecure, http_addr 0.0.0.0");
-    let message = refused.to_string();
-    assert!(
-        message.contains("http_addr") && message.contains("--insecure"),
-        "{message}"
-    );
-    assert!(!database.exists(), "a refused start touched the database");
+    let named = ["http_addr", "--insecure"];
+    assert_refused_without_insecure(OnAllInterfaces::Operations, &named).await;
 }
 
-/// Serves `config` with gRPC on loopback and the operations endpoint on 0.0.0.0:<ephemeral>;
-/// when it starts, checks `/healthz` over loopback.
-async fn serve_http_on_all_interfaces(config: Config) -> Result<(), String> {
+/// Whether the listener `open` answers on loopback port `port`: gRPC health SERVING, or
+/// `/healthz` a success.
+async fn answers(open: OnAllInterfaces, port: u16) -> bool {
+    match open {
+        OnAllInterfaces::Grpc => {
+            let channel = plaintext_channel(SocketAddr::from(([127, 0, 0, 1], port)));
+            health_check(channel).await.ok() == Some(ServingStatus::Serving as i32)
+        }
+        OnAllInterfaces::Operations => reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+            .await
+            .is_ok_and(|r| r.status().is_success()),
+    }
+}
+
+/// Serves `config` with `open` on 0.0.0.0:<ephemeral> and the other listener on loopback; when
+/// it starts, checks `open` over loopback ([`answers`]).
+async fn serve_on_all_interfaces(config: Config, open: OnAllInterfaces) -> Result<(), String> {
     let db = TestDb::create(Backend::Sqlite).await.expect("SQLite");
     let mut config = config;
     config.database_url = db.url.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let http = tokio::net::TcpListener::bind("0.0.0.0:0")
-        .await
-        .expect("bind 0.0.0.0");
-    let port = http.local_addr().expect("address").port();
+    let bind = |address: &'static str| async move {
+        tokio::net::TcpListener::bind(address)
+            .await
+            .unwrap_or_else(|e| panic!("bind {address}: {e}"))
+    };
+    let (grpc, http) = match open {
+        OnAllInterfaces::Grpc => (bind("0.0.0.0:0").await, bind("127.0.0.1:0").await),
+        OnAllInterfaces::Operations => (bind("127.0.0.1:0").await, bind("0.0.0.0:0").await),
+    };
+    let port = match open {
+        OnAllInterfaces::Grpc => &grpc,
+        OnAllInterfaces::Operations => &http,
+    }
+    .local_addr()
+    .expect("address")
+    .port();
     let shutdown = CancellationToken::new();
     let mut handle = tokio::spawn(ocs_lifecycle::server::serve_with_listeners(
         config,
-        listener,
+        grpc,
         Some(http),
         shutdown.clone(),
     ));
-    let healthz = format!("http://127.0.0.1:{port}/healthz");
     let deadline = tokio::time::Instant::now() + SAFETY;
     loop {
         tokio::select! {
             finished = &mut handle => {
                 return Err(finished.expect("server task").expect_err("stopped").to_string());
             }
-            answer = reqwest::get(&healthz) => {
-                if answer.is_ok_and(|r| r.status().is_success()) {
+            answered = answers(open, port) => {
+                if answered {
                     break;
                 }
             }
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "/healthz never answered"
+            "{open:?} never answered"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -825,20 +773,32 @@ async fn serve_http_on_all_interfaces(config: Config) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-#[tokio::test]
-async fn with_tokens_or_insecure_the_operations_endpoint_may_listen_on_any_address() {
-    let refused = serve_http_on_all_interfaces(test_config(ClockMode::System)).await;
+/// With `open` on 0.0.0.0: no tokens is refused with a message that names each of `named`;
+/// tokens, or no tokens and `--insecure`, are served.
+async fn assert_served_with_tokens_or_insecure(open: OnAllInterfaces, named: &[&str]) {
+    let refused = serve_on_all_interfaces(test_config(ClockMode::System), open).await;
     assert!(
         refused
             .as_ref()
-            .is_err_and(|e| e.contains("http_addr") && e.contains("--insecure")),
+            .is_err_and(|e| named.iter().all(|n| e.contains(n))),
         "{refused:?}"
     );
-    let with_tokens = serve_http_on_all_interfaces(auth_config(ClockMode::System)).await;
+    let with_tokens = serve_on_all_interfaces(auth_config(ClockMode::System), open).await;
     assert_eq!(with_tokens, Ok(()));
     let mut insecure = test_config(ClockMode::System);
     insecure.insecure = true;
-    assert_eq!(serve_http_on_all_interfaces(insecure).await, Ok(()));
+    assert_eq!(serve_on_all_interfaces(insecure, open).await, Ok(()));
+}
+
+#[tokio::test]
+async fn with_tokens_or_insecure_any_address_is_served() {
+    assert_served_with_tokens_or_insecure(OnAllInterfaces::Grpc, &["--insecure"]).await;
+}
+
+#[tokio::test]
+async fn with_tokens_or_insecure_the_operations_endpoint_may_listen_on_any_address() {
+    let named = ["http_addr", "--insecure"];
+    assert_served_with_tokens_or_insecure(OnAllInterfaces::Operations, &named).await;
 }
 
 // ---- the real binary -----------------------------------------------------------------------
@@ -847,14 +807,7 @@ async fn with_tokens_or_insecure_the_operations_endpoint_may_listen_on_any_addre
 async fn a_generated_token_configured_as_printed_authenticates_its_holder() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let output = ocs(dir.path())
-        .args([
-            "token",
-            "generate",
-            "--name",
-            "billing-gw",
-            "--role",
-            "billing",
-        ])
+        .args("token generate --name billing-gw --role billing".split(' '))
         .output()
         .expect("run token generate");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -906,16 +859,7 @@ async fn a_generated_token_configured_as_printed_authenticates_its_holder() {
     assert_eq!(history.entries.len(), 1);
     assert_eq!(history.entries[0].actor, "billing-gw");
     let unlock = accounts
-        .unlock(authorized(
-            proto::UnlockRequest {
-                msisdn: msisdn.into(),
-                operator_id: "op".into(),
-                branch_id: "b".into(),
-                recharge_amount: 0,
-                request_id: "u-1".into(),
-            },
-            Some(&token),
-        ))
+        .unlock(authorized(unlock(msisdn, "op@b", "u-1"), Some(&token)))
         .await;
     assert_rejected(unlock, Code::PermissionDenied, "ROLE_NOT_ALLOWED");
     stop_cleanly(served, dir.path()).await;

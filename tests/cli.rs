@@ -11,59 +11,35 @@ mod process;
 #[path = "common/binary.rs"]
 mod binary;
 
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+#[path = "common/dead_letters.rs"]
+mod dead_letters;
 
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use binary::ocs;
+use ocs_lifecycle::proto;
+use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
 use process::free_port;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ocs-lifecycle");
-
 /// Safety bound only: no test asserts on elapsed time.
 const SAFETY: Duration = Duration::from_secs(60);
 
-/// The binary, run in `dir`, with the `OCS_*` variables of the test environment removed.
-fn ocs(dir: &Path) -> Command {
-    let mut command = Command::new(BIN);
-    command.current_dir(dir).env_remove("RUST_LOG");
-    for (name, _) in std::env::vars() {
-        if name.starts_with("OCS_") {
-            command.env_remove(name);
-        }
-    }
-    command
-}
-
-/// Waits for `child` to exit; kills it and panics when it outlives the safety bound.
-fn wait_bounded(child: &mut Child, what: &str) -> ExitStatus {
-    let deadline = Instant::now() + SAFETY;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Runs the binary to completion (bounded) and collects its output.
-fn run(mut command: Command, what: &str) -> Output {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ocs-lifecycle");
-    wait_bounded(&mut child, what);
-    child.wait_with_output().expect("output")
+fn run(command: Command, what: &str) -> Output {
+    process::run_bounded(command, SAFETY, what)
+}
+
+/// `ocs-lifecycle sweep --database-url <url> <more…>` in `dir`, run to its end.
+fn sweep(dir: &Path, url: &str, more: &[&str]) -> Output {
+    let mut command = ocs(dir);
+    command.args(["sweep", "--database-url", url]).args(more);
+    run(command, &format!("sweep {}", more.join(" ")))
 }
 
 /// Polls gRPC health at `addr` until the overall service is SERVING.
@@ -144,7 +120,9 @@ async fn serve_without_configuration_creates_its_sqlite_file_and_stops_cleanly_o
         .status()
         .expect("run kill");
     assert!(killed.success(), "kill -TERM failed");
-    let status = tokio::task::block_in_place(|| wait_bounded(&mut child, "serve after SIGTERM"));
+    let status = tokio::task::block_in_place(|| {
+        process::wait_bounded(&mut child, SAFETY, "serve after SIGTERM")
+    });
     let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
     assert_eq!(
         status.code(),
@@ -245,19 +223,14 @@ fn a_bad_timezone_is_refused_with_one_line_naming_the_key() {
             lines[0]
         );
     }
-    assert!(
-        !dir.path().join("ocs-lifecycle.db").exists(),
-        "nothing was created"
-    );
+    binary::assert_no_database(dir.path(), "nothing was created");
 }
 
 #[test]
 fn sweep_prints_its_counts_and_refuses_the_future_unless_dry() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("s.db").display());
-    let mut command = ocs(dir.path());
-    command.args(["sweep", "--database-url", &url]);
-    let output = run(command, "sweep");
+    let output = sweep(dir.path(), &url, &[]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -277,16 +250,8 @@ fn sweep_prints_its_counts_and_refuses_the_future_unless_dry() {
         );
     }
 
-    let mut command = ocs(dir.path());
-    command.args([
-        "sweep",
-        "--database-url",
-        &url,
-        "--dry-run",
-        "--as-of",
-        "2040-01-01T00:05:00+08:00",
-    ]);
-    let output = run(command, "sweep --dry-run");
+    let dry_run = ["--dry-run", "--as-of", "2040-01-01T00:05:00+08:00"];
+    let output = sweep(dir.path(), &url, &dry_run);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -297,18 +262,8 @@ fn sweep_prints_its_counts_and_refuses_the_future_unless_dry() {
     assert!(stdout.contains("as_of: 2039-12-31T16:05:00Z"), "{stdout}");
     assert!(stdout.contains("recycled_msisdns: 0"), "{stdout}");
 
-    let mut command = ocs(dir.path());
-    command.args([
-        "sweep",
-        "--database-url",
-        &url,
-        "--dry-run",
-        "--as-of",
-        "2040-01-01T00:05:00+08:00",
-        "--output",
-        "json",
-    ]);
-    let output = run(command, "sweep --output json");
+    let as_json = [&dry_run[..], &["--output", "json"]].concat();
+    let output = sweep(dir.path(), &url, &as_json);
     assert!(output.status.success(), "{output:?}");
     let report: serde_json::Value =
         serde_json::from_slice(&output.stdout).expect("one JSON document");
@@ -327,15 +282,7 @@ fn sweep_prints_its_counts_and_refuses_the_future_unless_dry() {
         })
     );
 
-    let mut command = ocs(dir.path());
-    command.args([
-        "sweep",
-        "--database-url",
-        &url,
-        "--as-of",
-        "2999-01-01T00:00:00Z",
-    ]);
-    let output = run(command, "sweep in the future");
+    let output = sweep(dir.path(), &url, &["--as-of", "2999-01-01T00:00:00Z"]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("dry run"), "{stderr}");
@@ -374,25 +321,14 @@ fn an_invalid_rust_log_is_an_error_not_a_silent_default() {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one line: {stderr}");
     assert!(lines[0].contains("RUST_LOG"), "{}", lines[0]);
-    assert!(
-        !dir.path().join("ocs-lifecycle.db").exists(),
-        "nothing was created"
-    );
+    binary::assert_no_database(dir.path(), "nothing was created");
 }
 
 #[test]
 fn a_failed_command_reports_its_error_once() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("once.db").display());
-    let mut command = ocs(dir.path());
-    command.args([
-        "sweep",
-        "--database-url",
-        &url,
-        "--as-of",
-        "2999-01-01T00:00:00Z",
-    ]);
-    let output = run(command, "sweep in the future");
+    let output = sweep(dir.path(), &url, &["--as-of", "2999-01-01T00:00:00Z"]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(
@@ -431,20 +367,28 @@ fn rpc_lines(lines: &[serde_json::Value]) -> Vec<&serde_json::Value> {
         .collect()
 }
 
-async fn recharge_and_miss(server: String) {
-    use ocs_lifecycle::proto;
-    use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
+/// Connects to `server` and provisions a sold card `msisdn` (request id `request_id`).
+async fn provision_sold(
+    server: String,
+    msisdn: &str,
+    request_id: &str,
+) -> AccountLifecycleClient<Channel> {
     let mut api = AccountLifecycleClient::connect(server)
         .await
         .expect("connect");
     api.provision_account(proto::ProvisionAccountRequest {
-        msisdn: "+8613800138000".into(),
+        msisdn: msisdn.into(),
         sold: true,
-        request_id: "log-p-1".into(),
+        request_id: request_id.into(),
         ..Default::default()
     })
     .await
     .expect("provision");
+    api
+}
+
+async fn recharge_and_miss(server: String) {
+    let mut api = provision_sold(server, "+8613800138000", "log-p-1").await;
     let missing = api
         .get_account(proto::GetAccountRequest {
             msisdn: "8613900139000".into(),
@@ -619,20 +563,8 @@ async fn webhook_failures_are_summarised_with_counts_not_one_line_per_attempt() 
 }
 
 async fn activate_and_wait_for_the_dead_letter(server: String) {
-    use ocs_lifecycle::proto;
-    use ocs_lifecycle::proto::account_lifecycle_client::AccountLifecycleClient;
     use ocs_lifecycle::proto::bss_events_client::BssEventsClient;
-    let mut api = AccountLifecycleClient::connect(server.clone())
-        .await
-        .expect("connect");
-    api.provision_account(proto::ProvisionAccountRequest {
-        msisdn: "8613800138000".into(),
-        sold: true,
-        request_id: "hook-p-1".into(),
-        ..Default::default()
-    })
-    .await
-    .expect("provision");
+    let mut api = provision_sold(server.clone(), "8613800138000", "hook-p-1").await;
     api.activate(proto::ActivateRequest {
         msisdn: "8613800138000".into(),
         request_id: "hook-a-1".into(),
@@ -640,22 +572,7 @@ async fn activate_and_wait_for_the_dead_letter(server: String) {
     .await
     .expect("activate: a STATE_CHANGED event");
     let mut events = BssEventsClient::connect(server).await.expect("connect");
-    let deadline = tokio::time::Instant::now() + SAFETY;
-    loop {
-        let dead = events
-            .list_dead_letters(proto::ListDeadLettersRequest::default())
-            .await
-            .expect("ListDeadLetters")
-            .into_inner();
-        if !dead.events.is_empty() {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the event was never dead-lettered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    dead_letters::wait_for_dead_letters(&mut events, SAFETY).await;
 }
 
 /// Shell completions and the man page are generated by the binary itself, from the same

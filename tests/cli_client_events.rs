@@ -15,10 +15,10 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::dead_letters::wait_for_dead_letters;
 use common::{TestDb, TestServer};
 use hook::{Hook, always_ok};
 use ocs_lifecycle::config::{BssConfig, ClockMode, Config};
-use ocs_lifecycle::proto;
 use serde_json::Value;
 
 use cli::*;
@@ -249,22 +249,7 @@ mod dead_letters {
 
     /// Polls ListDeadLetters until the one dead letter is there; its event_id.
     async fn wait_for_one_dead_letter(server: &TestServer) -> String {
-        let mut events = events_client(server);
-        let deadline = tokio::time::Instant::now() + SAFETY;
-        loop {
-            let dead = events
-                .list_dead_letters(proto::ListDeadLettersRequest::default())
-                .await
-                .expect("ListDeadLetters")
-                .into_inner();
-            if let Some(letter) = dead.events.first() {
-                return letter.event.as_ref().expect("event").event_id.clone();
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the event was never dead-lettered"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let letters = wait_for_dead_letters(&mut events_client(server), SAFETY).await;
+        letters[0].event.as_ref().expect("event").event_id.clone()
     }
 }

@@ -409,15 +409,8 @@ impl AccountLifecycle for AccountsApi {
                 page_size + 1,
             )
             .await?;
-        let next_page_token = if accounts.len() > page_size as usize {
-            accounts.truncate(page_size as usize);
-            accounts
-                .last()
-                .map(|a| a.msisdn.to_string())
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token =
+            convert::next_page_token(&mut accounts, page_size, |a| a.msisdn.to_string());
         let accounts = accounts
             .iter()
             .map(|a| convert::account(a, now, &self.ctx.rules))
@@ -453,12 +446,8 @@ impl AccountLifecycle for AccountsApi {
         if records.is_empty() && after_id == 0 && self.ctx.store.get(&msisdn).await?.is_none() {
             return Err(DomainError::not_found(&msisdn).into());
         }
-        let next_page_token = if records.len() > page_size as usize {
-            records.truncate(page_size as usize);
-            records.last().map(|e| e.id.to_string()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token =
+            convert::next_page_token(&mut records, page_size, |e| e.id.to_string());
         let entries = records.into_iter().map(convert::history_entry).collect();
         Ok(Response::new(proto::GetAccountHistoryResponse {
             entries,
@@ -479,15 +468,13 @@ impl AccountLifecycle for AccountsApi {
         };
         self.ctx.check_ready()?;
         let now = self.ctx.clock.now();
-        let ran = crate::sweep::run_recorded(
-            &self.ctx.metrics.sweep,
-            self.ctx.store.as_ref(),
-            self.ctx.sweep_batch_size,
-            as_of,
-            now,
-            r.dry_run,
-        )
-        .await;
+        let ran = match crate::sweep::asked(self.ctx.sweep_batch_size, as_of, now, r.dry_run) {
+            Ok(request) => {
+                let observer: &dyn crate::sweep::SweepObserver = &self.ctx.metrics.sweep;
+                crate::sweep::run_recorded(Some(observer), self.ctx.store.as_ref(), request).await
+            }
+            Err(refused) => Err(refused),
+        };
         let (as_of, report) = match ran {
             Ok(done) => done,
             Err(e @ crate::sweep::SweepError::AsOfInFuture { .. }) => {

@@ -147,6 +147,20 @@ pub fn page_size(requested: u32, default: u32) -> Result<u32, Status> {
     }
 }
 
+/// Cuts a listing read with one item more than `page_size` (to see whether more follow) to its
+/// page; the next page's token: `token` of the page's last item, or empty after the last page.
+pub fn next_page_token<T>(
+    items: &mut Vec<T>,
+    page_size: u32,
+    token: impl FnOnce(&T) -> String,
+) -> String {
+    if items.len() <= page_size as usize {
+        return String::new();
+    }
+    items.truncate(page_size as usize);
+    items.last().map(token).unwrap_or_default()
+}
+
 /// The wire form of an outbox event.
 pub fn lifecycle_event(event: OutboxEvent) -> proto::LifecycleEvent {
     proto::LifecycleEvent {

@@ -32,14 +32,8 @@ pub(super) async fn list(
         .store
         .dead_webhook_deliveries(after, page_size + 1)
         .await?;
-    let next_page_token = if dead.len() > page_size as usize {
-        dead.truncate(page_size as usize);
-        dead.last()
-            .map(|d| d.event.sequence.to_string())
-            .unwrap_or_default()
-    } else {
-        String::new()
-    };
+    let next_page_token =
+        convert::next_page_token(&mut dead, page_size, |d| d.event.sequence.to_string());
     let events = dead
         .into_iter()
         .map(|d| proto::DeadLetter {

@@ -3,50 +3,59 @@
 //! it is granted here.
 
 use super::Role;
+use crate::wire::{ACCOUNT_LIFECYCLE_SERVICE, BSS_EVENTS_SERVICE, LIFECYCLE_ANALYTICS_SERVICE};
 use Role::{Analyst, Billing, Bss, BusinessHall};
 
-/// Method path → the roles besides `admin` that may call it.
-pub const GRANTS: &[(&str, &[Role])] = &[
+/// A method's name and the roles besides `admin` that may call it.
+pub type MethodGrant = (&'static str, &'static [Role]);
+
+/// Each service and the grants of its methods.
+pub const GRANTS: &[(&str, &[MethodGrant])] = &[
     (
-        "/ocs.lifecycle.v1.AccountLifecycle/ProvisionAccount",
-        &[Billing],
-    ),
-    ("/ocs.lifecycle.v1.AccountLifecycle/MarkSold", &[Billing]),
-    ("/ocs.lifecycle.v1.AccountLifecycle/Activate", &[Billing]),
-    (
-        "/ocs.lifecycle.v1.AccountLifecycle/Recharge",
-        &[Billing, BusinessHall],
-    ),
-    ("/ocs.lifecycle.v1.AccountLifecycle/Charge", &[Billing]),
-    ("/ocs.lifecycle.v1.AccountLifecycle/Authorize", &[Billing]),
-    ("/ocs.lifecycle.v1.AccountLifecycle/Unlock", &[BusinessHall]),
-    (
-        "/ocs.lifecycle.v1.AccountLifecycle/GetAccount",
-        &[Billing, BusinessHall, Bss],
-    ),
-    (
-        "/ocs.lifecycle.v1.AccountLifecycle/ListAccounts",
-        &[Billing],
+        ACCOUNT_LIFECYCLE_SERVICE,
+        &[
+            ("ProvisionAccount", &[Billing]),
+            ("MarkSold", &[Billing]),
+            ("Activate", &[Billing]),
+            ("Recharge", &[Billing, BusinessHall]),
+            ("Charge", &[Billing]),
+            ("Authorize", &[Billing]),
+            ("Unlock", &[BusinessHall]),
+            ("GetAccount", &[Billing, BusinessHall, Bss]),
+            ("ListAccounts", &[Billing]),
+            ("GetAccountHistory", &[Billing, BusinessHall]),
+        ],
     ),
     (
-        "/ocs.lifecycle.v1.AccountLifecycle/GetAccountHistory",
-        &[Billing, BusinessHall],
+        BSS_EVENTS_SERVICE,
+        &[
+            ("Subscribe", &[Bss]),
+            ("ListDeadLetters", &[Bss]),
+            ("Redeliver", &[Bss]),
+        ],
     ),
-    ("/ocs.lifecycle.v1.BssEvents/Subscribe", &[Bss]),
-    ("/ocs.lifecycle.v1.BssEvents/ListDeadLetters", &[Bss]),
-    ("/ocs.lifecycle.v1.BssEvents/Redeliver", &[Bss]),
     // The reports: read-only, for `analyst` (and admin); `analyst` may call nothing else.
     (
-        "/ocs.lifecycle.v1.LifecycleAnalytics/StageComposition",
-        &[Analyst],
+        LIFECYCLE_ANALYTICS_SERVICE,
+        &[
+            ("StageComposition", &[Analyst]),
+            ("Flows", &[Analyst]),
+            ("ChurnWarnings", &[Analyst]),
+            ("Cohorts", &[Analyst]),
+        ],
     ),
-    ("/ocs.lifecycle.v1.LifecycleAnalytics/Flows", &[Analyst]),
-    (
-        "/ocs.lifecycle.v1.LifecycleAnalytics/ChurnWarnings",
-        &[Analyst],
-    ),
-    ("/ocs.lifecycle.v1.LifecycleAnalytics/Cohorts", &[Analyst]),
 ];
+
+/// The roles besides `admin` granted the method at `path` (`/package.Service/Method`).
+fn granted(path: &str) -> Option<&'static [Role]> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    GRANTS
+        .iter()
+        .filter(|(granted_service, _)| *granted_service == service)
+        .flat_map(|(_, methods)| methods.iter())
+        .find(|(granted_method, _)| *granted_method == method)
+        .map(|(_, roles)| *roles)
+}
 
 /// Services every caller may use without a token: health (probes) and reflection (discovery).
 const OPEN_SERVICES: [&str; 3] = [
@@ -65,10 +74,7 @@ pub fn is_open(path: &str) -> bool {
 
 /// Whether `role` may call the method at `path`.
 pub fn permits(role: Role, path: &str) -> bool {
-    role == Role::Admin
-        || GRANTS
-            .iter()
-            .any(|(method, roles)| *method == path && roles.contains(&role))
+    role == Role::Admin || granted(path).is_some_and(|roles| roles.contains(&role))
 }
 
 #[cfg(test)]
@@ -101,8 +107,11 @@ mod tests {
     #[test]
     fn every_granted_method_exists_in_the_protos() {
         let methods = proto_methods();
-        for (path, _) in GRANTS {
-            assert!(methods.iter().any(|m| m == path), "{path} is no method");
+        for (service, granted) in GRANTS {
+            for (method, _) in *granted {
+                let path = format!("/{service}/{method}");
+                assert!(methods.contains(&path), "{path} is no method");
+            }
         }
     }
 

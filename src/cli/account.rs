@@ -143,19 +143,12 @@ pub(super) async fn account(
             account_mutation(&request_id, answer)?
         }
         AccountCommand::History { .. } => {
-            let (entries, _) = client::pages(String::new(), true, |page_token| {
-                let request = client.request(proto::GetAccountHistoryRequest {
-                    msisdn: msisdn.clone(),
-                    page_size: 0,
-                    page_token,
-                });
-                let mut api = client.accounts();
-                async move {
-                    let page = api.get_account_history(request).await?.into_inner();
-                    Ok((page.entries, page.next_page_token))
-                }
-            })
-            .await?;
+            let request = proto::GetAccountHistoryRequest {
+                msisdn: msisdn.clone(),
+                page_size: 0,
+                page_token: String::new(),
+            };
+            let (entries, _) = client::pages(&client, request, true).await?;
             output::history(&msisdn, &entries)
         }
     };
@@ -171,20 +164,12 @@ pub(super) async fn list_accounts(
     page_token: Option<String>,
     all: bool,
 ) -> Result<ExitCode, CliError> {
-    let first = page_token.unwrap_or_default();
-    let (accounts, next_page_token) = client::pages(first, all, |page_token| {
-        let request = client.request(proto::ListAccountsRequest {
-            state: state.map_or(0, |s| s.wire() as i32),
-            page_size: page_size.unwrap_or(0),
-            page_token,
-        });
-        let mut api = client.accounts();
-        async move {
-            let page = api.list_accounts(request).await?.into_inner();
-            Ok((page.accounts, page.next_page_token))
-        }
-    })
-    .await?;
+    let request = proto::ListAccountsRequest {
+        state: state.map_or(0, |s| s.wire() as i32),
+        page_size: page_size.unwrap_or(0),
+        page_token: page_token.unwrap_or_default(),
+    };
+    let (accounts, next_page_token) = client::pages(client, request, all).await?;
     output::print(format, &output::account_list(&accounts, &next_page_token))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -292,25 +292,56 @@ impl Client {
 /// One page of a listing: its items and the next page's token (empty after the last page).
 pub type Page<T> = (Vec<T>, String);
 
-/// The items of a paged listing from `page_token` on, and the token after them: every page, or
-/// only the first when `all` is false. `fetch` asks for the page at a token.
-pub async fn pages<T, F, Fut>(
-    mut page_token: String,
+/// A listing request the server answers a page at a time, with the call that answers it.
+pub(crate) trait Listing: Clone {
+    type Item;
+
+    /// Asks for the page at `page_token` next.
+    fn set_page_token(&mut self, page_token: String);
+
+    /// Asks the server for this page.
+    async fn fetch(self, client: &Client) -> Result<Page<Self::Item>, Status>;
+}
+
+/// `request => item: service.call, items field;`: the [`Listing`] of one listing call.
+macro_rules! listing {
+    ($($request:ty => $item:ty: $service:ident.$call:ident, $items:ident;)+) => {$(
+        impl Listing for $request {
+            type Item = $item;
+
+            fn set_page_token(&mut self, page_token: String) {
+                self.page_token = page_token;
+            }
+
+            async fn fetch(self, client: &Client) -> Result<Page<$item>, Status> {
+                let page = client.$service().$call(client.request(self)).await?.into_inner();
+                Ok((page.$items, page.next_page_token))
+            }
+        }
+    )+};
+}
+
+listing! {
+    proto::ListAccountsRequest => proto::Account: accounts.list_accounts, accounts;
+    proto::GetAccountHistoryRequest => proto::HistoryEntry: accounts.get_account_history, entries;
+    proto::ListDeadLettersRequest => proto::DeadLetter: events.list_dead_letters, events;
+}
+
+/// The items of a paged listing from `request`'s page token on, and the token after them: every
+/// page, or only the first when `all` is false.
+pub async fn pages<L: Listing>(
+    client: &Client,
+    mut request: L,
     all: bool,
-    mut fetch: F,
-) -> Result<Page<T>, CliError>
-where
-    F: FnMut(String) -> Fut,
-    Fut: std::future::Future<Output = Result<Page<T>, Status>>,
-{
+) -> Result<Page<L::Item>, CliError> {
     let mut items = Vec::new();
     loop {
-        let (page, next_page_token) = fetch(page_token).await?;
+        let (page, next_page_token) = request.clone().fetch(client).await?;
         items.extend(page);
         if !all || next_page_token.is_empty() {
             return Ok((items, next_page_token));
         }
-        page_token = next_page_token;
+        request.set_page_token(next_page_token);
     }
 }
 

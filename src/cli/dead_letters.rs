@@ -13,18 +13,11 @@ use crate::proto;
 const DEAD_LETTER_PAGE: u32 = 1000;
 
 async fn all_dead_letters(client: &Client) -> Result<Vec<proto::DeadLetter>, CliError> {
-    let (letters, _) = client::pages(String::new(), true, |page_token| {
-        let request = client.request(proto::ListDeadLettersRequest {
-            page_size: DEAD_LETTER_PAGE,
-            page_token,
-        });
-        let mut api = client.events();
-        async move {
-            let page = api.list_dead_letters(request).await?.into_inner();
-            Ok((page.events, page.next_page_token))
-        }
-    })
-    .await?;
+    let request = proto::ListDeadLettersRequest {
+        page_size: DEAD_LETTER_PAGE,
+        page_token: String::new(),
+    };
+    let (letters, _) = client::pages(client, request, true).await?;
     Ok(letters)
 }
 

@@ -200,39 +200,20 @@ fn channel_name(channel: i32) -> &'static str {
         .unwrap_or("UNKNOWN")
 }
 
-/// Runs one report command against the server.
+type Analytics =
+    proto::lifecycle_analytics_client::LifecycleAnalyticsClient<tonic::transport::Channel>;
+
+/// Runs one report command against the server: asks for the report, then prints its rows.
 pub async fn run(connection: &Connection, command: ReportCommand) -> Result<ExitCode, CliError> {
     let client = Client::connect(connection).await?;
     let mut analytics = client.analytics();
-    match command {
+    let (rows, format) = match command {
         ReportCommand::Composition { from, to, format } => {
-            let request = proto::StageCompositionRequest {
+            let request = client.request(proto::StageCompositionRequest {
                 from_date: from.unwrap_or_default(),
                 to_date: to.unwrap_or_default(),
-            };
-            let answer = analytics
-                .stage_composition(client.request(request))
-                .await?
-                .into_inner();
-            let mut rows = Rows::new(&[
-                "date",
-                "unactivated",
-                "valid",
-                "grace",
-                "locked",
-                "recycled",
-            ]);
-            let now = answer.now.unwrap_or_default();
-            rows.rows.push(stage_row("now", &now));
-            for day in &answer.days {
-                rows.rows
-                    .push(stage_row(&day.date, &day.counts.unwrap_or_default()));
-            }
-            rows.fields.insert("today".into(), json!(answer.today));
-            rows.fields
-                .insert("timezone".into(), json!(answer.timezone));
-            rows.print(connection.output, &format)?;
-            Ok(ExitCode::SUCCESS)
+            });
+            (composition(&mut analytics, request).await?, format)
         }
         ReportCommand::Flows {
             period,
@@ -245,63 +226,12 @@ pub async fn run(connection: &Connection, command: ReportCommand) -> Result<Exit
                 Period::Week => proto::Granularity::Week,
                 Period::Month => proto::Granularity::Month,
             };
-            let request = proto::FlowsRequest {
+            let request = client.request(proto::FlowsRequest {
                 granularity: granularity as i32,
                 from_date: from,
                 to_date: to,
-            };
-            let answer = analytics.flows(client.request(request)).await?.into_inner();
-            let mut rows = Rows::new(&[
-                "first_day",
-                "last_day",
-                "activations",
-                "valid_to_grace",
-                "win_backs",
-                "grace_to_locked",
-                "unlocks_to_valid",
-                "unlocks_to_grace",
-                "recycled_lock_expired",
-                "recycled_unactivated_expired",
-                "reprovisioned",
-                "recharges",
-                "recharge_amount",
-                "recharges_by_channel",
-                "entered_grace",
-                "won_back",
-                "still_in_grace",
-                "win_back_rate",
-            ]);
-            for p in answer.periods {
-                let by_channel: Vec<String> = p
-                    .recharges
-                    .iter()
-                    .map(|r| format!("{} {}/{}", channel_name(r.channel), r.count, r.amount))
-                    .collect();
-                rows.rows.push(vec![
-                    json!(p.first_day),
-                    json!(p.last_day),
-                    json!(p.activations),
-                    json!(p.valid_to_grace),
-                    json!(p.win_backs),
-                    json!(p.grace_to_locked),
-                    json!(p.unlocks_to_valid),
-                    json!(p.unlocks_to_grace),
-                    json!(p.recycled_lock_expired),
-                    json!(p.recycled_unactivated_expired),
-                    json!(p.reprovisioned),
-                    json!(p.recharges.iter().map(|r| r.count).sum::<i64>()),
-                    json!(p.recharges.iter().map(|r| r.amount).sum::<i64>()),
-                    json!(by_channel.join(" ")),
-                    json!(p.entered_grace),
-                    json!(p.won_back),
-                    json!(p.still_in_grace),
-                    json!(format!("{:.4}", p.win_back_rate)),
-                ]);
-            }
-            rows.fields
-                .insert("timezone".into(), json!(answer.timezone));
-            rows.print(connection.output, &format)?;
-            Ok(ExitCode::SUCCESS)
+            });
+            (flows(&mut analytics, request).await?, format)
         }
         ReportCommand::Churn {
             stage,
@@ -317,104 +247,200 @@ pub async fn run(connection: &Connection, command: ReportCommand) -> Result<Exit
                 Stage::Valid => proto::AccountState::Valid,
                 Stage::Grace => proto::AccountState::Grace,
             };
-            let mut rows = Rows::new(&[
-                "msisdn",
-                "account_id",
-                "state",
-                "stage_ends",
-                "days_left",
-                "recharge_total",
-                "recharge_count",
-                "balance",
-            ]);
-            let mut token = page_token;
-            loop {
-                let request = proto::ChurnWarningsRequest {
-                    stage: stage as i32,
-                    within_days,
-                    no_recharge_days,
-                    page_size,
-                    page_token: token,
-                    mask_msisdn: mask,
-                };
-                let answer = analytics
-                    .churn_warnings(client.request(request))
-                    .await?
-                    .into_inner();
-                for w in answer.warnings {
-                    let state = proto::AccountState::try_from(w.state)
-                        .map(|s| s.as_str_name().trim_start_matches("ACCOUNT_STATE_"))
-                        .unwrap_or("UNKNOWN");
-                    rows.rows.push(vec![
-                        json!(w.msisdn),
-                        json!(w.account_id),
-                        json!(state),
-                        json!(w.stage_ends),
-                        json!(w.days_left),
-                        json!(w.recharge_total),
-                        json!(w.recharge_count),
-                        json!(w.balance),
-                    ]);
-                }
-                rows.fields.insert("today".into(), json!(answer.today));
-                token = answer.next_page_token;
-                if !all || token.is_empty() {
-                    break;
-                }
-            }
-            if !token.is_empty() {
-                rows.fields.insert("next_page_token".into(), json!(token));
-            }
-            rows.print(connection.output, &format)?;
-            Ok(ExitCode::SUCCESS)
+            let request = proto::ChurnWarningsRequest {
+                stage: stage as i32,
+                within_days,
+                no_recharge_days,
+                page_size,
+                page_token,
+                mask_msisdn: mask,
+            };
+            (churn(&client, &mut analytics, request, all).await?, format)
         }
         ReportCommand::Cohorts { from, to, format } => {
-            let request = proto::CohortsRequest {
+            let request = client.request(proto::CohortsRequest {
                 from_month: from,
                 to_month: to,
-            };
-            let answer = analytics
-                .cohorts(client.request(request))
-                .await?
-                .into_inner();
-            let mut rows = Rows::new(&[
-                "month",
-                "accounts",
-                "active_30d",
-                "active_90d",
-                "active_180d",
-                "active_365d",
-                "recharge_total",
-                "recharge_count",
-                "arpu",
-                "recharges_per_account",
-                "ltv_p50",
-                "ltv_p90",
-                "ltv_p99",
+            });
+            (cohorts(&mut analytics, request).await?, format)
+        }
+    };
+    rows.print(connection.output, &format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn composition(
+    analytics: &mut Analytics,
+    request: tonic::Request<proto::StageCompositionRequest>,
+) -> Result<Rows, CliError> {
+    let answer = analytics.stage_composition(request).await?.into_inner();
+    let mut rows = Rows::new(&[
+        "date",
+        "unactivated",
+        "valid",
+        "grace",
+        "locked",
+        "recycled",
+    ]);
+    rows.rows
+        .push(stage_row("now", &answer.now.unwrap_or_default()));
+    for day in &answer.days {
+        rows.rows
+            .push(stage_row(&day.date, &day.counts.unwrap_or_default()));
+    }
+    rows.fields.insert("today".into(), json!(answer.today));
+    rows.fields
+        .insert("timezone".into(), json!(answer.timezone));
+    Ok(rows)
+}
+
+async fn flows(
+    analytics: &mut Analytics,
+    request: tonic::Request<proto::FlowsRequest>,
+) -> Result<Rows, CliError> {
+    let answer = analytics.flows(request).await?.into_inner();
+    let mut rows = Rows::new(&[
+        "first_day",
+        "last_day",
+        "activations",
+        "valid_to_grace",
+        "win_backs",
+        "grace_to_locked",
+        "unlocks_to_valid",
+        "unlocks_to_grace",
+        "recycled_lock_expired",
+        "recycled_unactivated_expired",
+        "reprovisioned",
+        "recharges",
+        "recharge_amount",
+        "recharges_by_channel",
+        "entered_grace",
+        "won_back",
+        "still_in_grace",
+        "win_back_rate",
+    ]);
+    for p in answer.periods {
+        let by_channel: Vec<String> = p
+            .recharges
+            .iter()
+            .map(|r| format!("{} {}/{}", channel_name(r.channel), r.count, r.amount))
+            .collect();
+        rows.rows.push(vec![
+            json!(p.first_day),
+            json!(p.last_day),
+            json!(p.activations),
+            json!(p.valid_to_grace),
+            json!(p.win_backs),
+            json!(p.grace_to_locked),
+            json!(p.unlocks_to_valid),
+            json!(p.unlocks_to_grace),
+            json!(p.recycled_lock_expired),
+            json!(p.recycled_unactivated_expired),
+            json!(p.reprovisioned),
+            json!(p.recharges.iter().map(|r| r.count).sum::<i64>()),
+            json!(p.recharges.iter().map(|r| r.amount).sum::<i64>()),
+            json!(by_channel.join(" ")),
+            json!(p.entered_grace),
+            json!(p.won_back),
+            json!(p.still_in_grace),
+            json!(format!("{:.4}", p.win_back_rate)),
+        ]);
+    }
+    rows.fields
+        .insert("timezone".into(), json!(answer.timezone));
+    Ok(rows)
+}
+
+/// The churn warnings from `request`'s page on; with `all`, every following page too.
+async fn churn(
+    client: &Client,
+    analytics: &mut Analytics,
+    mut request: proto::ChurnWarningsRequest,
+    all: bool,
+) -> Result<Rows, CliError> {
+    let mut rows = Rows::new(&[
+        "msisdn",
+        "account_id",
+        "state",
+        "stage_ends",
+        "days_left",
+        "recharge_total",
+        "recharge_count",
+        "balance",
+    ]);
+    loop {
+        let answer = analytics
+            .churn_warnings(client.request(request.clone()))
+            .await?
+            .into_inner();
+        for w in answer.warnings {
+            let state = proto::AccountState::try_from(w.state)
+                .map(|s| s.as_str_name().trim_start_matches("ACCOUNT_STATE_"))
+                .unwrap_or("UNKNOWN");
+            rows.rows.push(vec![
+                json!(w.msisdn),
+                json!(w.account_id),
+                json!(state),
+                json!(w.stage_ends),
+                json!(w.days_left),
+                json!(w.recharge_total),
+                json!(w.recharge_count),
+                json!(w.balance),
             ]);
-            for c in answer.cohorts {
-                let mut row = vec![json!(c.month), json!(c.accounts)];
-                // "active/reached" at each age.
-                row.extend(
-                    c.retention
-                        .iter()
-                        .map(|r| json!(format!("{}/{}", r.active, r.reached))),
-                );
-                row.extend([
-                    json!(c.recharge_total),
-                    json!(c.recharge_count),
-                    json!(format!("{:.2}", c.arpu)),
-                    json!(format!("{:.2}", c.recharges_per_account)),
-                    json!(c.ltv_p50),
-                    json!(c.ltv_p90),
-                    json!(c.ltv_p99),
-                ]);
-                rows.rows.push(row);
-            }
-            rows.fields
-                .insert("timezone".into(), json!(answer.timezone));
-            rows.print(connection.output, &format)?;
-            Ok(ExitCode::SUCCESS)
+        }
+        rows.fields.insert("today".into(), json!(answer.today));
+        request.page_token = answer.next_page_token;
+        if !all || request.page_token.is_empty() {
+            break;
         }
     }
+    if !request.page_token.is_empty() {
+        rows.fields
+            .insert("next_page_token".into(), json!(request.page_token));
+    }
+    Ok(rows)
+}
+
+async fn cohorts(
+    analytics: &mut Analytics,
+    request: tonic::Request<proto::CohortsRequest>,
+) -> Result<Rows, CliError> {
+    let answer = analytics.cohorts(request).await?.into_inner();
+    let mut rows = Rows::new(&[
+        "month",
+        "accounts",
+        "active_30d",
+        "active_90d",
+        "active_180d",
+        "active_365d",
+        "recharge_total",
+        "recharge_count",
+        "arpu",
+        "recharges_per_account",
+        "ltv_p50",
+        "ltv_p90",
+        "ltv_p99",
+    ]);
+    for c in answer.cohorts {
+        let mut row = vec![json!(c.month), json!(c.accounts)];
+        // "active/reached" at each age.
+        row.extend(
+            c.retention
+                .iter()
+                .map(|r| json!(format!("{}/{}", r.active, r.reached))),
+        );
+        row.extend([
+            json!(c.recharge_total),
+            json!(c.recharge_count),
+            json!(format!("{:.2}", c.arpu)),
+            json!(format!("{:.2}", c.recharges_per_account)),
+            json!(c.ltv_p50),
+            json!(c.ltv_p90),
+            json!(c.ltv_p99),
+        ]);
+        rows.rows.push(row);
+    }
+    rows.fields
+        .insert("timezone".into(), json!(answer.timezone));
+    Ok(rows)
 }

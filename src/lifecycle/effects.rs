@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use super::account::{Account, ExpiringNotice, Swept, Transition, TransitionReason};
 use super::commands::{Applied, Change};
-use super::types::{AccountState, HistoryKind, Msisdn};
+use super::types::{AccountState, HistoryKind, Msisdn, wire_enum};
 
 /// The actor recorded for boundary transitions, whoever happened to materialise them: the
 /// history reads the same whether the nightly sweep or a request crossed the boundary first.
@@ -17,34 +17,17 @@ pub const SWEEP_ACTOR: &str = "sweep";
 /// The outbox `reason` of a VALIDITY_EXPIRING notice.
 pub const VALIDITY_EXPIRING_REASON: &str = "VALIDITY_EXPIRING";
 
-/// Kinds of outbox events (the numbers are the wire and storage values of `EventType`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum EventType {
-    NumberRecycled = 1,
-    StateChanged = 2,
-    ValidityExpiring = 3,
+wire_enum! {
+    /// Kinds of outbox events (the numbers are the wire and storage values of `EventType`; the
+    /// name is the one on the webhook, in `bss.webhook_events` and in the CLI).
+    pub enum EventType {
+        NumberRecycled = 1 => "NUMBER_RECYCLED",
+        StateChanged = 2 => "STATE_CHANGED",
+        ValidityExpiring = 3 => "VALIDITY_EXPIRING",
+    }
 }
 
 impl EventType {
-    pub const ALL: [EventType; 3] = [
-        EventType::NumberRecycled,
-        EventType::StateChanged,
-        EventType::ValidityExpiring,
-    ];
-
-    pub fn from_i32(value: i32) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| *t as i32 == value)
-    }
-
-    /// The name on the webhook, in `bss.webhook_events` and in the CLI.
-    pub fn name(self) -> &'static str {
-        match self {
-            EventType::NumberRecycled => "NUMBER_RECYCLED",
-            EventType::StateChanged => "STATE_CHANGED",
-            EventType::ValidityExpiring => "VALIDITY_EXPIRING",
-        }
-    }
-
     /// A name as an operator writes it: any case, with or without the proto's `EVENT_TYPE_`.
     pub fn parse(name: &str) -> Option<Self> {
         let name = name.trim().to_ascii_uppercase();

@@ -104,37 +104,55 @@ impl fmt::Display for Amount {
     }
 }
 
-/// The five lifecycle states; the numbers are the wire and storage values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum AccountState {
-    Unactivated = 1,
-    Valid = 2,
-    Grace = 3,
-    Locked = 4,
-    Recycled = 5,
-}
+/// Declares a fieldless enum whose discriminants are its wire and storage numbers, with `ALL`
+/// (every variant, in declaration order) and `from_i32`; with `=> "NAME"` after each variant,
+/// also `name()`, the name the wire and the operator use. Every such enum is `Copy`, `Eq` and
+/// `Hash`; more derives come as attributes.
+macro_rules! wire_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $enum:ident { $($variant:ident = $number:literal => $name:literal),+ $(,)? }
+    ) => {
+        wire_enum! { $(#[$meta])* pub enum $enum { $($variant = $number),+ } }
 
-impl AccountState {
-    pub const ALL: [AccountState; 5] = [
-        AccountState::Unactivated,
-        AccountState::Valid,
-        AccountState::Grace,
-        AccountState::Locked,
-        AccountState::Recycled,
-    ];
-
-    pub fn from_i32(value: i32) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| *s as i32 == value)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            AccountState::Unactivated => "UNACTIVATED",
-            AccountState::Valid => "VALID",
-            AccountState::Grace => "GRACE",
-            AccountState::Locked => "LOCKED",
-            AccountState::Recycled => "RECYCLED",
+        impl $enum {
+            pub fn name(self) -> &'static str {
+                match self {
+                    $($enum::$variant => $name),+
+                }
+            }
         }
+    };
+    (
+        $(#[$meta:meta])*
+        pub enum $enum:ident { $($variant:ident = $number:literal),+ $(,)? }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $enum {
+            $($variant = $number),+
+        }
+
+        impl $enum {
+            pub const ALL: [$enum; [$($enum::$variant),+].len()] = [$($enum::$variant),+];
+
+            pub fn from_i32(value: i32) -> Option<Self> {
+                Self::ALL.into_iter().find(|v| *v as i32 == value)
+            }
+        }
+    };
+}
+pub(super) use wire_enum;
+
+wire_enum! {
+    /// The five lifecycle states; the numbers are the wire and storage values.
+    #[derive(PartialOrd, Ord)]
+    pub enum AccountState {
+        Unactivated = 1 => "UNACTIVATED",
+        Valid = 2 => "VALID",
+        Grace = 3 => "GRACE",
+        Locked = 4 => "LOCKED",
+        Recycled = 5 => "RECYCLED",
     }
 }
 
@@ -144,80 +162,31 @@ impl fmt::Display for AccountState {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RechargeChannel {
-    Card10011 = 1,
-    Bank = 2,
-    BusinessHall = 3,
-    Online = 4,
+wire_enum! {
+    pub enum RechargeChannel { Card10011 = 1, Bank = 2, BusinessHall = 3, Online = 4 }
 }
 
-impl RechargeChannel {
-    pub const ALL: [RechargeChannel; 4] = [
-        Self::Card10011,
-        Self::Bank,
-        Self::BusinessHall,
-        Self::Online,
-    ];
-
-    pub fn from_i32(value: i32) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| *c as i32 == value)
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ServiceType {
-    VoiceOut = 1,
-    VoiceIn = 2,
-    SmsOut = 3,
-    SmsIn = 4,
-    Data = 5,
+wire_enum! {
+    pub enum ServiceType { VoiceOut = 1, VoiceIn = 2, SmsOut = 3, SmsIn = 4, Data = 5 }
 }
 
 impl ServiceType {
-    pub const ALL: [ServiceType; 5] = [
-        Self::VoiceOut,
-        Self::VoiceIn,
-        Self::SmsOut,
-        Self::SmsIn,
-        Self::Data,
-    ];
-
-    pub fn from_i32(value: i32) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| *s as i32 == value)
-    }
-
     /// Incoming services (a call or SMS to the subscriber).
     pub fn is_incoming(self) -> bool {
         matches!(self, Self::VoiceIn | Self::SmsIn)
     }
 }
 
-/// What a history row records; the numbers are the wire and storage values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum HistoryKind {
-    Provisioned = 1,
-    Sold = 2,
-    Activated = 3,
-    Recharge = 4,
-    Charge = 5,
-    Unlock = 6,
-    StateChanged = 7,
-}
-
-impl HistoryKind {
-    pub const ALL: [HistoryKind; 7] = [
-        Self::Provisioned,
-        Self::Sold,
-        Self::Activated,
-        Self::Recharge,
-        Self::Charge,
-        Self::Unlock,
-        Self::StateChanged,
-    ];
-
-    pub fn from_i32(value: i32) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| *k as i32 == value)
+wire_enum! {
+    /// What a history row records; the numbers are the wire and storage values.
+    pub enum HistoryKind {
+        Provisioned = 1,
+        Sold = 2,
+        Activated = 3,
+        Recharge = 4,
+        Charge = 5,
+        Unlock = 6,
+        StateChanged = 7,
     }
 }
 

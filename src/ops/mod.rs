@@ -181,13 +181,25 @@ async fn dashboard_part(
     draining: DrainMark,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refusal) = dashboard_refusal(&state, &headers) {
-        return refusal;
-    }
-    match dashboard_view(&state, draining.is_some()).await {
+    match readable_dashboard_view(&state, draining.is_some(), &headers).await {
         Ok(view) => html(StatusCode::OK, page::part(&view)),
-        Err((status, message)) => json_error(status, message),
+        Err(refused) => refused,
     }
+}
+
+/// The dashboard now for a request that may read its data; else the 401/403 of
+/// [`dashboard_refusal`], or the status of why not with `{"error": …}`.
+async fn readable_dashboard_view(
+    state: &OpsState,
+    draining: bool,
+    headers: &HeaderMap,
+) -> Result<dashboard::DashboardView, Response> {
+    if let Some(refusal) = dashboard_refusal(state, headers) {
+        return Err(refusal);
+    }
+    dashboard_view(state, draining)
+        .await
+        .map_err(|(status, message)| json_error(status, message))
 }
 
 /// The dashboard now, or the status and message of why not.
@@ -306,24 +318,22 @@ async fn dashboard_json(
     draining: DrainMark,
     headers: HeaderMap,
 ) -> Response {
-    if let Some(refusal) = dashboard_refusal(&state, &headers) {
-        return refusal;
-    }
-    match dashboard_view(&state, draining.is_some()).await {
-        // Serialized from the struct, so the fields keep their documented order.
-        Ok(view) => match serde_json::to_string(&view) {
-            Ok(json) => (
-                StatusCode::OK,
-                [
-                    (header::CONTENT_TYPE, "application/json"),
-                    (header::CACHE_CONTROL, "no-store"),
-                ],
-                json,
-            )
-                .into_response(),
-            Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        },
-        Err((status, message)) => json_error(status, message),
+    let view = match readable_dashboard_view(&state, draining.is_some(), &headers).await {
+        Ok(view) => view,
+        Err(refused) => return refused,
+    };
+    // Serialized from the struct, so the fields keep their documented order.
+    match serde_json::to_string(&view) {
+        Ok(json) => (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "application/json"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            json,
+        )
+            .into_response(),
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

@@ -78,19 +78,11 @@ impl Scheduler {
     async fn sweep_now(&self, why: &str) {
         let now = self.clock.now();
         let store = self.store.as_ref();
-        let ran = match &self.metrics {
-            Some(metrics) => {
-                crate::sweep::run_recorded(
-                    metrics.as_ref(),
-                    store,
-                    self.batch_size,
-                    None,
-                    now,
-                    false,
-                )
-                .await
+        let ran = match crate::sweep::asked(self.batch_size, None, now, false) {
+            Ok(request) => {
+                crate::sweep::run_recorded(self.metrics.as_deref(), store, request).await
             }
-            None => crate::sweep::run(store, self.batch_size, None, now, false).await,
+            Err(refused) => Err(refused),
         };
         match ran {
             Ok((as_of, report)) => log_sweep_done(as_of, &report.counts, why),

@@ -1,7 +1,7 @@
 //! A dry run: reads the due accounts page by page (no transaction, no writes) and counts what a
 //! sweep as of `as_of` would do, listing the MSISDNs it would recycle.
 
-use super::{SweepReport, SweepRequest};
+use super::{FORECAST_LIMIT, SweepReport, SweepRequest};
 use crate::lifecycle::AccountState;
 use crate::store::{AccountStore, DueCursor, StoreError};
 
@@ -24,7 +24,7 @@ pub(super) async fn forecast(
                 .transitions
                 .iter()
                 .any(|t| t.to == AccountState::Recycled);
-            if recycled && report.recycled_msisdns.len() < request.forecast_limit {
+            if recycled && report.recycled_msisdns.len() < FORECAST_LIMIT {
                 report.recycled_msisdns.push(account.msisdn.to_string());
             }
         }

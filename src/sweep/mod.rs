@@ -8,8 +8,8 @@
 //! accounts and writes a swept batch ([`crate::store::SweepBatch`]), a page of due accounts for
 //! a forecast, and the run records. It must not reach past those into SQL.
 //!
-//! - [`run`] / [`run_recorded`]: one sweep as the operator asks for it (the `AdvanceStates`
-//!   RPC, the `sweep` command and the scheduler).
+//! - [`asked`], [`run`] / [`run_recorded`]: one sweep as the operator asks for it (the
+//!   `AdvanceStates` RPC, the `sweep` command and the scheduler).
 //! - `batches`: a real sweep, batch by batch, each batch one transaction.
 //! - `forecast`: a dry run, which only reads.
 //! - [`SweepCounts`]: what a sweep counts, keyed by the transition reason.
@@ -40,15 +40,13 @@ pub struct SweepRequest {
     pub batch_size: u32,
     /// Compute the counts (and the forecast) without writing anything.
     pub dry_run: bool,
-    /// At most this many recycled MSISDNs are listed by a dry run.
-    pub forecast_limit: usize,
 }
 
 /// What a sweep reports.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SweepReport {
     pub counts: SweepCounts,
-    /// Dry run only: MSISDNs that would be recycled, up to the request's `forecast_limit`.
+    /// Dry run only: MSISDNs that would be recycled, up to [`FORECAST_LIMIT`].
     pub recycled_msisdns: Vec<String>,
     /// The `sweep_runs` row of a real run; `None` for a dry run (which writes nothing).
     pub run_id: Option<i64>,
@@ -82,6 +80,26 @@ pub async fn sweep(
     }
 }
 
+/// The sweep the operator asks for: as of `as_of` (`None` = `now`), `batch_size` accounts per
+/// transaction (at least 1); a real sweep may not look past `now`.
+pub fn asked(
+    batch_size: u32,
+    as_of: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<SweepRequest, SweepError> {
+    let as_of = as_of.unwrap_or(now);
+    if as_of > now && !dry_run {
+        return Err(SweepError::AsOfInFuture { as_of, now });
+    }
+    Ok(SweepRequest {
+        as_of,
+        now,
+        batch_size: batch_size.max(1),
+        dry_run,
+    })
+}
+
 /// Runs one sweep as of `as_of` (`None` = `now`); returns the instant used and the report.
 pub async fn run(
     store: &dyn AccountStore,
@@ -90,19 +108,7 @@ pub async fn run(
     now: DateTime<Utc>,
     dry_run: bool,
 ) -> Result<(DateTime<Utc>, SweepReport), SweepError> {
-    let as_of = as_of.unwrap_or(now);
-    if as_of > now && !dry_run {
-        return Err(SweepError::AsOfInFuture { as_of, now });
-    }
-    let request = SweepRequest {
-        as_of,
-        now,
-        batch_size: batch_size.max(1),
-        dry_run,
-        forecast_limit: FORECAST_LIMIT,
-    };
-    let report = sweep(store, request).await?;
-    Ok((as_of, report))
+    run_recorded(None, store, asked(batch_size, as_of, now, dry_run)?).await
 }
 
 /// Where real sweep runs are reported: the service's metrics (`crate::ops`) implement it.
@@ -111,24 +117,17 @@ pub trait SweepObserver: Send + Sync {
     fn sweep_finished(&self, outcome: Result<&SweepReport, &StoreError>, elapsed: Duration);
 }
 
-/// [`run`], reported to `observer` when it is a real sweep that ran (a forecast, or an `as_of`
-/// refused before anything ran, is not a sweep run).
+/// Runs `request` ([`asked`]), reported to `observer` when it is a real sweep (a forecast is
+/// not a sweep run); returns the instant used and the report.
 pub async fn run_recorded(
-    observer: &dyn SweepObserver,
+    observer: Option<&dyn SweepObserver>,
     store: &dyn AccountStore,
-    batch_size: u32,
-    as_of: Option<DateTime<Utc>>,
-    now: DateTime<Utc>,
-    dry_run: bool,
+    request: SweepRequest,
 ) -> Result<(DateTime<Utc>, SweepReport), SweepError> {
     let started = std::time::Instant::now();
-    let ran = run(store, batch_size, as_of, now, dry_run).await;
-    if !dry_run {
-        match &ran {
-            Ok((_, report)) => observer.sweep_finished(Ok(report), started.elapsed()),
-            Err(SweepError::Store(e)) => observer.sweep_finished(Err(e), started.elapsed()),
-            Err(SweepError::AsOfInFuture { .. }) => {}
-        }
+    let swept = sweep(store, request).await;
+    if let Some(observer) = observer.filter(|_| !request.dry_run) {
+        observer.sweep_finished(swept.as_ref(), started.elapsed());
     }
-    ran
+    Ok((request.as_of, swept?))
 }

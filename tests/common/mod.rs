@@ -34,6 +34,7 @@ use tonic_types::StatusExt;
 pub mod api;
 pub mod binary;
 pub mod budget;
+pub mod dead_letters;
 pub mod faults;
 pub mod pg_auto_failover;
 pub mod pg_cluster;
