@@ -141,6 +141,9 @@ pub(crate) trait SqlDatabase:
     + Reads<(i32, i64)>
     + Reads<(i64, i32)>
     + Reads<(i64, String, i64, i32)>
+    + Reads<(i64, i64, i64)>
+    + Reads<(i64, i64, i64, i64)>
+    + Reads<(String, i64, DateTime<Utc>, DateTime<Utc>, i64)>
     + Reads<(String, Vec<u8>)>
     + Reads<(DateTime<Utc>,)>
     + Reads<(NaiveDate, i64)>
