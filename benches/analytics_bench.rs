@@ -925,7 +925,11 @@ pub async fn run(args: &Args) -> serde_json::Value {
     }
     server.stop().await;
     drop(pool);
-    remove_database(args, &dir, &url).await;
+    if args.analytics_keep {
+        eprintln!("kept: {url}");
+    } else {
+        remove_database(args, &dir, &url).await;
+    }
 
     if !args.json {
         println!(

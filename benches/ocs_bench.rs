@@ -127,6 +127,10 @@ struct Args {
     /// Analytics: calls of each report (and runs of its baseline); the median is reported.
     #[arg(long, default_value_t = 3)]
     analytics_reps: u32,
+    /// Analytics: keep the database afterwards (its URL is printed), e.g. to EXPLAIN queries;
+    /// drop or delete it by hand.
+    #[arg(long)]
+    analytics_keep: bool,
     /// Print one JSON document instead of tables: the backend, the machine and a section per
     /// measurement run (`recharge`, `authorize`, `sweep`, `webhook`, `overload`), each with its rate
     /// (`per_s`), its same-run `baseline` (`name`, `per_s`) and the `ratio` of the two.

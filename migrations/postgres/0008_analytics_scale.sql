@@ -12,10 +12,11 @@ SET channel = CAST(NULLIF(split_part(k.fingerprint, '|', 4), '') AS INTEGER)
 FROM idempotency_keys k
 WHERE h.kind = 4 AND k.request_id = h.request_id AND k.fingerprint LIKE 'Recharge|%';
 
--- Recharges by time with their channel and amount: flows per period and the dashboard's
+-- Recharges by time with their channel, amount and states: flows per period and the dashboard's
 -- recharges of today read this index alone (it replaces 0005's).
 DROP INDEX account_history_recharges;
-CREATE INDEX account_history_recharges ON account_history (at, channel, amount) WHERE kind = 4;
+CREATE INDEX account_history_recharges ON account_history (at, channel, amount, from_state, to_state)
+    WHERE kind = 4;
 
 -- The rows that move an MSISDN between states (a provisioning, or from one state to another):
 -- stage composition per day and the lifecycle flows, counted per period from this index alone
@@ -26,7 +27,7 @@ CREATE INDEX account_history_moves ON account_history (at, kind, generation, fro
 
 -- The win-back cohort: the VALID -> GRACE rows by time, and the rows that leave GRACE by
 -- account generation (how each stay ended).
-CREATE INDEX account_history_grace_entries ON account_history (at, msisdn, generation)
+CREATE INDEX account_history_grace_entries ON account_history (at, msisdn, generation, id)
     WHERE kind = 7 AND from_state = 2 AND to_state = 3;
 CREATE INDEX account_history_grace_exits ON account_history (msisdn, generation, id, kind)
     WHERE from_state = 3;
