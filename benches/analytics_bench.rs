@@ -6,10 +6,10 @@
 //! The data set is simulated here, one account at a time, with the lifecycle's rules (default
 //! configuration, Asia/Shanghai): provisioning spread over two years, a sale, an activation for
 //! most cards (the rest expire unactivated and are recycled), recharges (amounts of 10 to 100
-//! yuan, the four channels) each followed by a charge, validity running out (VALID → GRACE),
-//! win-backs (GRACE → VALID by recharge), GRACE → LOCKED, unlocks to VALID (with a recharge) and
-//! to GRACE, recycles, and recycled numbers provisioned again (generation 2, the first one
-//! archived). Every boundary up to now is written as the sweep writes it (at the boundary
+//! yuan, the four channels; a quarter of them followed by a charge), validity running out
+//! (VALID → GRACE), win-backs (GRACE → VALID by recharge), GRACE → LOCKED, unlocks to VALID
+//! (with a recharge) and to GRACE, recycles, and recycled numbers provisioned again
+//! (generation 2, the first one archived). Every boundary up to now is written as the sweep writes it (at the boundary
 //! instant), so the accounts' stored states are their effective states today. The rows go in
 //! in time order (their ids in the order a live service would give them), with an idempotency
 //! key for every recharge and unlock (the recharge's channel lives in its fingerprint):
@@ -145,8 +145,9 @@ impl Life<'_> {
         // Channels: online most, then the bank, the 10011 card, the business hall.
         let channel = [4, 4, 4, 2, 2, 1, 3][rng.below(7) as usize];
         self.push_with(at, generation, RECHARGE, from, 2, amount, channel);
+        // A quarter of the recharges are followed by a charge (usage) within the hour.
         let charged = at + 60 + rng.below(3600) as i64;
-        if charged <= self.now {
+        if rng.chance(25) && charged <= self.now {
             self.push(
                 charged,
                 generation,
@@ -226,7 +227,7 @@ impl Life<'_> {
             match state {
                 AccountState::Valid => {
                     if recharges_left > 0 {
-                        let on = day(current, 20 + rng.below(30));
+                        let on = day(current, 25 + rng.below(40));
                         if on <= valid_until {
                             if !self.recharge(on, generation, 2, rng) {
                                 break;
@@ -461,14 +462,6 @@ impl Loader {
                 tx.commit().await.expect("commit");
             }
         }
-    }
-
-    async fn execute(&mut self, sql: &str) {
-        match self {
-            Loader::Postgres(conn) => sqlx::query(sql).execute(conn).await.map(|_| ()),
-            Loader::Sqlite(conn) => sqlx::query(sql).execute(conn).await.map(|_| ()),
-        }
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
 }
 

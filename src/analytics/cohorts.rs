@@ -111,7 +111,7 @@ fn percentile_of(histogram: &[(i64, i64)], p: u32) -> i64 {
     if n == 0 {
         return 0;
     }
-    let rank = (i64::from(p) * n).div_ceil(100).max(1);
+    let rank = (u64::from(p) * n.unsigned_abs()).div_ceil(100).max(1) as i64;
     let mut seen = 0;
     for (value, count) in histogram {
         seen += count;

@@ -325,10 +325,8 @@ impl<D: Dialect> AnalyticsStore for SqlStore<D> {
         // The stage's window on the stored dates (the effective state is checked as well); the
         // value, count and last recharge are the generation's (`generation_values`).
         let window = match query.stage {
-            AccountState::Grace => {
-                "a.valid_until < $1 AND a.grace_until >= $1 AND a.grace_until <= $2"
-            }
-            _ => "a.valid_until >= $1 AND a.valid_until <= $2",
+            AccountState::Grace => "valid_until < $1 AND grace_until >= $1 AND grace_until <= $2",
+            _ => "valid_until >= $1 AND valid_until <= $2",
         };
         let no_recent_recharge = if query.no_recharge_since.is_some() {
             "AND (v.last_recharge_at IS NULL OR v.last_recharge_at < $7)"
@@ -337,13 +335,15 @@ impl<D: Dialect> AnalyticsStore for SqlStore<D> {
         };
         let sql = format!(
             "SELECT w.value, w.msisdn, w.recharges, w.effective FROM (\
-               SELECT a.msisdn, {EFFECTIVE_STATE_SQL} AS effective, \
-               COALESCE(v.recharge_total, 0) AS value, COALESCE(v.recharge_count, 0) AS recharges \
-               FROM accounts a LEFT JOIN generation_values v \
+               SELECT a.msisdn, a.effective, COALESCE(v.recharge_total, 0) AS value, \
+               COALESCE(v.recharge_count, 0) AS recharges FROM (\
+                 SELECT msisdn, generation, {EFFECTIVE_STATE_SQL} AS effective FROM accounts \
+                 WHERE state <> 5 AND {window}\
+               ) a LEFT JOIN generation_values v \
                ON v.msisdn = a.msisdn AND v.generation = a.generation \
-               WHERE a.state <> 5 AND {window} {no_recent_recharge}\
+               WHERE a.effective = $3 {no_recent_recharge}\
              ) w \
-             WHERE w.effective = $3 AND (w.value < $4 OR (w.value = $4 AND w.msisdn > $5)) \
+             WHERE w.value < $4 OR (w.value = $4 AND w.msisdn > $5) \
              ORDER BY w.value DESC, w.msisdn LIMIT $6"
         );
         let (after_value, after_msisdn) = match &query.after {
