@@ -131,6 +131,10 @@ struct Args {
     /// drop or delete it by hand.
     #[arg(long)]
     analytics_keep: bool,
+    /// Analytics: measure on this database, loaded by an earlier `--analytics-keep` run,
+    /// instead of generating one (kept afterwards).
+    #[arg(long)]
+    analytics_url: Option<String>,
     /// Print one JSON document instead of tables: the backend, the machine and a section per
     /// measurement run (`recharge`, `authorize`, `sweep`, `webhook`, `overload`), each with its rate
     /// (`per_s`), its same-run `baseline` (`name`, `per_s`) and the `ratio` of the two.

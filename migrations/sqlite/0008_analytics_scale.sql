@@ -1,5 +1,7 @@
 -- The lifecycle analytics at scale (issue 18 item 5): every report counts in the database, from
 -- narrow partial indexes and one aggregate kept in the same transaction as the history rows.
+-- Each index holds every column its query reads, the ones of its own condition included (SQLite
+-- reads the table for a column the index lacks, even one its condition fixes).
 
 -- The channel of a recharge (`RechargeChannel`), written with its RECHARGE row (NULL for every
 -- other row; NULL also when the request named none, e.g. rows older than this column whose
@@ -21,8 +23,8 @@ FROM f3 WHERE account_history.kind = 4 AND account_history.request_id = f3.reque
 -- Recharges by time with their channel, amount and states: flows per period and the dashboard's
 -- recharges of today read this index alone (it replaces 0005's).
 DROP INDEX account_history_recharges;
-CREATE INDEX account_history_recharges ON account_history (at, channel, amount, from_state, to_state)
-    WHERE kind = 4;
+CREATE INDEX account_history_recharges
+    ON account_history (at, kind, channel, amount, from_state, to_state) WHERE kind = 4;
 
 -- The rows that move an MSISDN between states (a provisioning, or from one state to another):
 -- stage composition per day and the lifecycle flows, counted per period from this index alone
@@ -33,14 +35,16 @@ CREATE INDEX account_history_moves ON account_history (at, kind, generation, fro
 
 -- The win-back cohort: the VALID -> GRACE rows by time, and the rows that leave GRACE by
 -- account generation (how each stay ended).
-CREATE INDEX account_history_grace_entries ON account_history (at, msisdn, generation, id)
+CREATE INDEX account_history_grace_entries
+    ON account_history (at, kind, from_state, to_state, msisdn, generation, id)
     WHERE kind = 7 AND from_state = 2 AND to_state = 3;
-CREATE INDEX account_history_grace_exits ON account_history (msisdn, generation, id, kind)
-    WHERE from_state = 3;
+CREATE INDEX account_history_grace_exits
+    ON account_history (msisdn, generation, id, kind, from_state) WHERE from_state = 3;
 
 -- Cohort retention: the rows that lock or recycle an account generation or take it out of
 -- LOCKED.
-CREATE INDEX account_history_locks ON account_history (msisdn, generation, id, at, to_state)
+CREATE INDEX account_history_locks
+    ON account_history (msisdn, generation, id, at, to_state, from_state)
     WHERE to_state IN (4, 5) OR from_state = 4;
 
 -- One row per account generation that was activated or recharged: when it was activated (its

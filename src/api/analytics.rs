@@ -155,25 +155,32 @@ impl LifecycleAnalytics for AnalyticsApi {
         };
         self.ctx.check_ready()?;
         let store = &self.ctx.store;
+        let rules = &self.ctx.rules;
+        let dates: Vec<NaiveDate> = match range {
+            Some((from, to)) => from.iter_days().take_while(|d| *d <= to).collect(),
+            None => Vec::new(),
+        };
+        // A bucket per day, then one for every later row (none without days).
+        let mut bounds: Vec<DateTime<Utc>> = dates.iter().map(|d| rules.start_of_day(*d)).collect();
+        if let Some(last) = dates.last() {
+            bounds.extend([rules.end_of_day(*last), far_future()]);
+        }
+        // Two independent reads, each on its own read connection, at once.
+        let (composition, moved) =
+            tokio::try_join!(store.composition_on(today), store.moves(&bounds))?;
         // Effective states now, and the stored states: where every history row written so far
         // has taken the MSISDNs.
         let (mut current, mut stored) = (StageCounts::default(), StageCounts::default());
-        for (stored_state, effective, count) in store.composition_on(today).await? {
+        for (stored_state, effective, count) in composition {
             current.add(effective, count);
             stored.add(stored_state, count);
         }
         let mut days = Vec::new();
-        if let Some((from, to)) = range {
-            let rules = &self.ctx.rules;
-            let dates: Vec<NaiveDate> = from.iter_days().take_while(|d| *d <= to).collect();
-            // A bucket per day, then one for every later row.
-            let mut bounds: Vec<DateTime<Utc>> =
-                dates.iter().map(|d| rules.start_of_day(*d)).collect();
-            bounds.extend([rules.end_of_day(to), far_future()]);
+        if !dates.is_empty() {
             // The composition before the first day: the stored states less every move since.
             let mut before = stored;
             let mut moves = Vec::new();
-            for (_, rows) in store.moves(&bounds).await? {
+            for (_, rows) in moved {
                 if let Some(moved) =
                     analytics::state_move(rows.kind, rows.generation, rows.from, rows.to)
                 {
@@ -228,9 +235,12 @@ impl LifecycleAnalytics for AnalyticsApi {
             .collect();
         bounds.push(rules.end_of_day(last.last));
         let store = &self.ctx.store;
-        let groups = store.moves(&bounds).await?;
-        let recharges = store.recharges(&bounds).await?;
-        let entries = store.grace_entries(&bounds).await?;
+        // Three independent reads, each on its own read connection, at once.
+        let (groups, recharges, entries) = tokio::try_join!(
+            store.moves(&bounds),
+            store.recharges(&bounds),
+            store.grace_entries(&bounds)
+        )?;
         let flows = analytics::tally_flows(
             &periods,
             &groups.into_iter().map(|(_, g)| g).collect::<Vec<_>>(),
@@ -368,27 +378,25 @@ impl LifecycleAnalytics for AnalyticsApi {
             .collect();
         let mut bounds: Vec<DateTime<Utc>> = days.iter().map(|d| rules.start_of_day(*d)).collect();
         bounds.push(until);
-        let activations: Vec<(NaiveDate, i64)> = store
-            .activations(&bounds)
-            .await?
-            .into_iter()
-            .map(|(i, n)| (days[i], n))
-            .collect();
-        let mut bounds: Vec<DateTime<Utc>> =
+        let mut month_bounds: Vec<DateTime<Utc>> =
             months.iter().map(|m| rules.start_of_day(m.first)).collect();
-        bounds.push(until);
-        let values: Vec<CohortValue> = store
-            .cohort_values(&bounds)
-            .await?
+        month_bounds.push(until);
+        // Three independent reads, each on its own read connection, at once.
+        let (activations, values, locks) = tokio::try_join!(
+            store.activations(&bounds),
+            store.cohort_values(&month_bounds),
+            store.cohort_locks(start, until)
+        )?;
+        let activations: Vec<(NaiveDate, i64)> =
+            activations.into_iter().map(|(i, n)| (days[i], n)).collect();
+        let values: Vec<CohortValue> = values
             .into_iter()
             .map(|(i, value)| CohortValue {
                 month: months[i].first,
                 ..value
             })
             .collect();
-        let locks: Vec<LockHistory> = store
-            .cohort_locks(start, until)
-            .await?
+        let locks: Vec<LockHistory> = locks
             .into_iter()
             .map(|(activated_at, rows)| LockHistory {
                 activated_on: rules.local_date(activated_at),

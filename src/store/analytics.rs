@@ -111,6 +111,15 @@ fn corrupt(what: &str, code: i64) -> StoreError {
     StoreError::Internal(format!("{what} {code} is not valid"))
 }
 
+/// `INDEXED BY index` where the dialect names indexes, nothing elsewhere.
+fn indexed_by<D: Dialect>(index: &str) -> String {
+    if D::NAMES_INDEXES {
+        format!(" INDEXED BY {index}")
+    } else {
+        String::new()
+    }
+}
+
 impl<D: Dialect> SqlStore<D> {
     /// The rows of `sql`, which starts after the buckets of `bounds` (see [`buckets_cte`]) and
     /// reads four BIGINT columns.
@@ -173,15 +182,19 @@ impl<D: Dialect> AnalyticsStore for SqlStore<D> {
 
     async fn moves(&self, bounds: &Bounds) -> Result<Vec<(usize, RowGroup)>, StoreError> {
         // One number per (kind, re-provisioning or not, priced or not, from, to), decoded below.
-        let sql = "SELECT CAST(b.i AS BIGINT), CAST(h.kind * 10000 \
+        let sql = format!(
+            "SELECT CAST(b.i AS BIGINT), CAST(h.kind * 10000 \
                    + (CASE WHEN h.generation > 1 THEN 1000 ELSE 0 END) \
                    + (CASE WHEN h.amount > 0 THEN 100 ELSE 0 END) \
                    + COALESCE(h.from_state, 0) * 10 + COALESCE(h.to_state, 0) AS BIGINT), \
                    COUNT(*), CAST(COALESCE(SUM(h.amount), 0) AS BIGINT) \
-                   FROM buckets b CROSS JOIN account_history h \
-                   WHERE h.at >= b.s AND h.at < b.e AND (h.kind = 1 OR h.from_state <> h.to_state) GROUP BY 1, 2";
+                   FROM buckets b CROSS JOIN account_history h{} \
+                   WHERE h.at >= b.s AND h.at < b.e AND (h.kind = 1 OR h.from_state <> h.to_state) \
+                   GROUP BY 1, 2",
+            indexed_by::<D>("account_history_moves")
+        );
         let mut groups = Vec::new();
-        for (i, code, rows, amount) in self.per_bucket(bounds, sql).await? {
+        for (i, code, rows, amount) in self.per_bucket(bounds, &sql).await? {
             let (i, at) = bucket(bounds, i)?;
             let kind = HistoryKind::from_i32((code / 10000) as i32)
                 .ok_or_else(|| corrupt("history move code", code))?;
@@ -203,13 +216,16 @@ impl<D: Dialect> AnalyticsStore for SqlStore<D> {
 
     async fn recharges(&self, bounds: &Bounds) -> Result<Vec<(usize, Recharge)>, StoreError> {
         // The channel (0: unknown) and the states, as one number.
-        let sql = "SELECT CAST(b.i AS BIGINT), CAST(COALESCE(h.channel, 0) * 100 \
+        let sql = format!(
+            "SELECT CAST(b.i AS BIGINT), CAST(COALESCE(h.channel, 0) * 100 \
                    + COALESCE(h.from_state, 0) * 10 + COALESCE(h.to_state, 0) AS BIGINT), \
                    COUNT(*), CAST(COALESCE(SUM(h.amount), 0) AS BIGINT) \
-                   FROM buckets b CROSS JOIN account_history h \
-                   WHERE h.at >= b.s AND h.at < b.e AND h.kind = 4 GROUP BY 1, 2";
+                   FROM buckets b CROSS JOIN account_history h{} \
+                   WHERE h.at >= b.s AND h.at < b.e AND h.kind = 4 GROUP BY 1, 2",
+            indexed_by::<D>("account_history_recharges")
+        );
         let mut recharges = Vec::new();
-        for (i, code, count, amount) in self.per_bucket(bounds, sql).await? {
+        for (i, code, count, amount) in self.per_bucket(bounds, &sql).await? {
             let (i, at) = bucket(bounds, i)?;
             recharges.push((
                 i,
@@ -229,16 +245,21 @@ impl<D: Dialect> AnalyticsStore for SqlStore<D> {
     async fn grace_entries(&self, bounds: &Bounds) -> Result<Vec<(usize, GraceEntry)>, StoreError> {
         // The kind of the next row of the same generation that leaves GRACE (RECHARGE: won
         // back; another: locked; none: still in GRACE).
-        let sql = "SELECT e.i, e.ended, COUNT(*), CAST(0 AS BIGINT) FROM (\
+        let sql = format!(
+            "SELECT e.i, e.ended, COUNT(*), CAST(0 AS BIGINT) FROM (\
                      SELECT CAST(b.i AS BIGINT) AS i, CAST(COALESCE((SELECT r.kind \
-                       FROM account_history r WHERE r.msisdn = h.msisdn \
+                       FROM account_history r{} WHERE r.msisdn = h.msisdn \
                        AND r.generation = h.generation AND r.id > h.id AND r.from_state = 3 \
                        ORDER BY r.id LIMIT 1), 0) AS BIGINT) AS ended \
-                     FROM buckets b CROSS JOIN account_history h \
-                     WHERE h.at >= b.s AND h.at < b.e AND h.kind = 7 AND h.from_state = 2 AND h.to_state = 3\
-                   ) e GROUP BY e.i, e.ended";
+                     FROM buckets b CROSS JOIN account_history h{} \
+                     WHERE h.at >= b.s AND h.at < b.e AND h.kind = 7 AND h.from_state = 2 \
+                     AND h.to_state = 3\
+                   ) e GROUP BY e.i, e.ended",
+            indexed_by::<D>("account_history_grace_exits"),
+            indexed_by::<D>("account_history_grace_entries")
+        );
         let mut entries = Vec::new();
-        for (i, ended, count, _) in self.per_bucket(bounds, sql).await? {
+        for (i, ended, count, _) in self.per_bucket(bounds, &sql).await? {
             let (i, at) = bucket(bounds, i)?;
             let end = match HistoryKind::from_i32(ended as i32) {
                 Some(HistoryKind::Recharge) => GraceEnd::WonBack,
@@ -251,11 +272,14 @@ impl<D: Dialect> AnalyticsStore for SqlStore<D> {
     }
 
     async fn activations(&self, bounds: &Bounds) -> Result<Vec<(usize, i64)>, StoreError> {
-        let sql = "SELECT CAST(b.i AS BIGINT), COUNT(*), CAST(0 AS BIGINT), CAST(0 AS BIGINT) \
-                   FROM buckets b CROSS JOIN generation_values v \
-                   WHERE v.activated_at >= b.s AND v.activated_at < b.e GROUP BY 1";
+        let sql = format!(
+            "SELECT CAST(b.i AS BIGINT), COUNT(*), CAST(0 AS BIGINT), CAST(0 AS BIGINT) \
+             FROM buckets b CROSS JOIN generation_values v{} \
+             WHERE v.activated_at >= b.s AND v.activated_at < b.e GROUP BY 1",
+            indexed_by::<D>("generation_values_activated")
+        );
         let mut counts = Vec::new();
-        for (i, count, _, _) in self.per_bucket(bounds, sql).await? {
+        for (i, count, _, _) in self.per_bucket(bounds, &sql).await? {
             counts.push((bucket(bounds, i)?.0, count));
         }
         Ok(counts)
@@ -265,12 +289,15 @@ impl<D: Dialect> AnalyticsStore for SqlStore<D> {
         &self,
         bounds: &Bounds,
     ) -> Result<Vec<(usize, CohortValue)>, StoreError> {
-        let sql = "SELECT CAST(b.i AS BIGINT), v.recharge_total, COUNT(*), \
-                   CAST(SUM(v.recharge_count) AS BIGINT) \
-                   FROM buckets b CROSS JOIN generation_values v \
-                   WHERE v.activated_at >= b.s AND v.activated_at < b.e GROUP BY 1, 2";
+        let sql = format!(
+            "SELECT CAST(b.i AS BIGINT), v.recharge_total, COUNT(*), \
+             CAST(SUM(v.recharge_count) AS BIGINT) \
+             FROM buckets b CROSS JOIN generation_values v{} \
+             WHERE v.activated_at >= b.s AND v.activated_at < b.e GROUP BY 1, 2",
+            indexed_by::<D>("generation_values_activated")
+        );
         let mut values = Vec::new();
-        for (i, total, generations, recharges) in self.per_bucket(bounds, sql).await? {
+        for (i, total, generations, recharges) in self.per_bucket(bounds, &sql).await? {
             let (i, at) = bucket(bounds, i)?;
             values.push((
                 i,
@@ -290,14 +317,17 @@ impl<D: Dialect> AnalyticsStore for SqlStore<D> {
         from: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<Vec<(DateTime<Utc>, Vec<LockRow>)>, StoreError> {
-        let sql = "SELECT h.msisdn, h.generation, v.activated_at, h.at, CAST(h.to_state AS BIGINT) \
-                   FROM account_history h CROSS JOIN generation_values v \
+        let sql = format!(
+            "SELECT h.msisdn, h.generation, v.activated_at, h.at, CAST(h.to_state AS BIGINT) \
+                   FROM account_history h{} CROSS JOIN generation_values v \
                    WHERE v.msisdn = h.msisdn AND v.generation = h.generation \
                    AND (h.to_state IN (4, 5) OR h.from_state = 4) \
                    AND v.activated_at >= $1 AND v.activated_at < $2 \
-                   ORDER BY h.msisdn, h.generation, h.id";
+                   ORDER BY h.msisdn, h.generation, h.id",
+            indexed_by::<D>("account_history_locks")
+        );
         let rows: Vec<(String, i64, DateTime<Utc>, DateTime<Utc>, i64)> = D::Db::read_all(
-            sqlx::query(sql)
+            sqlx::query(&sql)
                 .param(from)
                 .param(until)
                 .fetch_all(D::Db::on_pool(self.reader()))

@@ -54,6 +54,10 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
     /// Sweep batches claimed and written at once by one sweep (1 or 2).
     const SWEEP_WORKERS: usize;
 
+    /// Whether a query names the partial index it must read (`INDEXED BY`): SQLite's planner
+    /// may otherwise build an automatic index over the whole table for a join.
+    const NAMES_INDEXES: bool = false;
+
     fn migrator() -> &'static Migrator;
 
     /// What a database error code of this backend means.
