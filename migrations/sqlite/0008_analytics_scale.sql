@@ -61,7 +61,11 @@ CREATE TABLE generation_values (
     PRIMARY KEY (msisdn, generation)
 );
 
-CREATE INDEX generation_values_activated ON generation_values (activated_at)
+-- With the values, so that cohorts read this index alone (SQLite rewrites this index on every
+-- upsert of the row anyway; on PostgreSQL the index has the instant only, so that a recharge's
+-- update of the row stays HOT).
+CREATE INDEX generation_values_activated
+    ON generation_values (activated_at, recharge_total, recharge_count)
     WHERE activated_at IS NOT NULL;
 
 INSERT INTO generation_values (msisdn, generation, activated_at, recharge_total, recharge_count,
