@@ -12,6 +12,8 @@
 //! - authorize: 32 gRPC clients; the baseline is the same point read through sqlx.
 //! - overload: a flood of Recharge calls at several times `grpc.max_concurrent_requests`; the
 //!   baseline is the same flood against the server without a limit (benches/overload_bench.rs).
+//! - analytics: every lifecycle report on 1M accounts and ~10M history rows; the baseline is the
+//!   plain SQL aggregate closest to each report's work (benches/analytics_bench.rs).
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -26,6 +28,8 @@ use tonic::transport::Channel;
 
 use ocs_lifecycle::config::{ClockMode, Config};
 
+#[path = "analytics_bench.rs"]
+mod analytics_bench;
 #[path = "overload_bench.rs"]
 mod overload_bench;
 #[path = "soak.rs"]
@@ -56,6 +60,9 @@ enum Which {
     /// A real `serve` process under steady mixed traffic with faults, then a consistency
     /// check (benches/soak.rs); not part of `all`.
     Soak,
+    /// Every lifecycle report on `--analytics-accounts` accounts and ~10 history rows each,
+    /// beside the closest plain SQL aggregate (benches/analytics_bench.rs); not part of `all`.
+    Analytics,
 }
 
 #[derive(Parser, Debug)]
@@ -114,6 +121,20 @@ struct Args {
     /// Soak: SIGKILL + restarts of the server.
     #[arg(long, default_value_t = 3)]
     kills: u32,
+    /// Analytics: accounts simulated (about 10 history rows each).
+    #[arg(long, default_value_t = 1_000_000)]
+    analytics_accounts: u32,
+    /// Analytics: calls of each report (and runs of its baseline); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    analytics_reps: u32,
+    /// Analytics: keep the database afterwards (its URL is printed), e.g. to EXPLAIN queries;
+    /// drop or delete it by hand.
+    #[arg(long)]
+    analytics_keep: bool,
+    /// Analytics: measure on this database, loaded by an earlier `--analytics-keep` run,
+    /// instead of generating one (kept afterwards).
+    #[arg(long)]
+    analytics_url: Option<String>,
     /// Print one JSON document instead of tables: the backend, the machine and a section per
     /// measurement run (`recharge`, `authorize`, `sweep`, `webhook`, `overload`), each with its rate
     /// (`per_s`), its same-run `baseline` (`name`, `per_s`) and the `ratio` of the two.
@@ -657,6 +678,9 @@ async fn run(args: Args) {
     }
     if matches!(args.which, Which::All | Which::Overload) {
         report.insert("overload".into(), overload_bench::run(&args).await);
+    }
+    if args.which == Which::Analytics {
+        report.insert("analytics".into(), analytics_bench::run(&args).await);
     }
     if args.json {
         println!(

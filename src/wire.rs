@@ -34,13 +34,15 @@ pub const REPLAYED_METADATA: &str = "ocs-replayed";
 /// The gRPC services health reports on (besides the server as a whole, `""`).
 pub const ACCOUNT_LIFECYCLE_SERVICE: &str = "ocs.lifecycle.v1.AccountLifecycle";
 pub const BSS_EVENTS_SERVICE: &str = "ocs.lifecycle.v1.BssEvents";
+/// The reports (issue 18).
+pub const LIFECYCLE_ANALYTICS_SERVICE: &str = "ocs.lifecycle.v1.LifecycleAnalytics";
 /// Registered (and SERVING) only on a server with the manual clock.
 pub const TEST_CLOCK_SERVICE: &str = "ocs.lifecycle.v1.TestClock";
-/// The reports (issue 18). Health reports on it too, but it is not (yet) in [`SERVICE_NAMES`],
-/// the list the CLI's `health` prints, whose table tests/cli_client.rs fixes.
-pub const LIFECYCLE_ANALYTICS_SERVICE: &str = "ocs.lifecycle.v1.LifecycleAnalytics";
-pub const SERVICE_NAMES: [&str; 3] = [
+/// Every service health reports on, the list the CLI's `health` prints (tests/cli_client.rs
+/// fixes its table) and the services whose calls `grpc.max_concurrent_requests` limits.
+pub const SERVICE_NAMES: [&str; 4] = [
     ACCOUNT_LIFECYCLE_SERVICE,
     BSS_EVENTS_SERVICE,
+    LIFECYCLE_ANALYTICS_SERVICE,
     TEST_CLOCK_SERVICE,
 ];

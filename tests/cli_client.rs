@@ -465,15 +465,19 @@ async fn authorize_clock_and_health_speak_to_a_real_server(server: TestServer) {
     let health = ocs(&server, &["health"]).await.ok();
     let lines: Vec<&str> = health.stdout.lines().collect();
     assert_eq!(
-        lines[0], "SERVICE                            STATUS",
+        lines[0], "SERVICE                              STATUS",
         "{health:#?}"
     );
     assert_eq!(
-        lines[1], "(server)                           SERVING",
+        lines[1], "(server)                             SERVING",
         "{health:#?}"
     );
     assert!(
-        lines.contains(&"ocs.lifecycle.v1.TestClock         SERVING"),
+        lines.contains(&"ocs.lifecycle.v1.LifecycleAnalytics  SERVING"),
+        "{health:#?}"
+    );
+    assert!(
+        lines.contains(&"ocs.lifecycle.v1.TestClock           SERVING"),
         "{health:#?}"
     );
     let one = ocs(
@@ -673,7 +677,7 @@ async fn clock_on_a_system_clock_server_says_it_needs_the_manual_clock() {
         health
             .stdout
             .lines()
-            .any(|l| l == "ocs.lifecycle.v1.TestClock         NOT_SERVING"),
+            .any(|l| l == "ocs.lifecycle.v1.TestClock           NOT_SERVING"),
         "{health:#?}"
     );
     server.stop().await;

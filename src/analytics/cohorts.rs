@@ -4,9 +4,8 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
 
-use super::flows::Recharge;
 use super::periods::month_start;
-use crate::lifecycle::{AccountState, HistoryKind, HistoryRecord, Rules};
+use crate::lifecycle::{AccountState, Rules};
 
 /// The ages (days after the activation date) retention is reported at.
 pub const AGES: [u32; 4] = [30, 90, 180, 365];
@@ -66,100 +65,132 @@ fn ratio(part: i64, whole: i64) -> f64 {
 /// The nearest-rank `p`th percentile of `sorted` (ascending): the smallest value with at least
 /// p % of the values at or below it; 0 for no values.
 pub fn percentile(sorted: &[i64], p: u32) -> i64 {
-    if sorted.is_empty() {
+    let each_once: Vec<(i64, i64)> = sorted.iter().map(|value| (*value, 1)).collect();
+    percentile_of(&each_once, p)
+}
+
+/// The recharge value of some account generations of one cohort that share their lifetime
+/// recharge total.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CohortValue {
+    /// The cohort's month (its first day).
+    pub month: NaiveDate,
+    /// Their lifetime recharge total each (fen).
+    pub total: i64,
+    /// How many generations.
+    pub generations: i64,
+    /// Their recharges together.
+    pub recharges: i64,
+}
+
+/// A history row's instant and the state it went to.
+pub type LockRow = (DateTime<Utc>, AccountState);
+
+/// The rows of one activated account generation that lock or recycle it or take it out of
+/// LOCKED, in order: its state at an instant is LOCKED or RECYCLED exactly when the last of
+/// them before it went to one of those (it is VALID or GRACE otherwise, being activated).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockHistory {
+    pub activated_on: NaiveDate,
+    pub rows: Vec<LockRow>,
+}
+
+impl LockHistory {
+    fn inactive_at(&self, at: DateTime<Utc>) -> bool {
+        matches!(
+            self.rows.iter().take_while(|(when, _)| *when < at).last(),
+            Some((_, AccountState::Locked | AccountState::Recycled))
+        )
+    }
+}
+
+/// The nearest-rank `p`th percentile of values given as (value, how many) in ascending order of
+/// value: the smallest value with at least p % of them at or below it; 0 for none.
+fn percentile_of(histogram: &[(i64, i64)], p: u32) -> i64 {
+    let n: i64 = histogram.iter().map(|(_, count)| count).sum();
+    if n == 0 {
         return 0;
     }
-    let rank = (u64::from(p) * sorted.len() as u64).div_ceil(100).max(1) as usize;
-    sorted[rank.min(sorted.len()) - 1]
-}
-
-/// One account generation's life as its history tells it.
-struct Life<'a> {
-    activated_on: NaiveDate,
-    rows: &'a [HistoryRecord],
-}
-
-impl Life<'_> {
-    /// The state at instant `at`: that of the last row before it.
-    fn state_before(&self, at: DateTime<Utc>) -> Option<AccountState> {
-        self.rows
-            .iter()
-            .take_while(|row| row.at < at)
-            .filter_map(|row| row.to_state)
-            .last()
+    let rank = (u64::from(p) * n.unsigned_abs()).div_ceil(100).max(1) as i64;
+    let mut seen = 0;
+    for (value, count) in histogram {
+        seen += count;
+        if seen >= rank {
+            return *value;
+        }
     }
-
-    fn recharges(&self) -> impl Iterator<Item = i64> + '_ {
-        self.rows.iter().filter_map(|row| match row.kind {
-            HistoryKind::Recharge => Some(row.amount),
-            _ => Recharge::of_unlock(row).map(|r| r.amount),
-        })
-    }
+    histogram.last().map_or(0, |(value, _)| *value)
 }
 
-/// The figures of each of `months` (first days) at `now`, from the history rows (all kinds but
-/// sales and charges) of the account generations activated in them, grouped by MSISDN and
-/// generation, each group in row order. A group without an ACTIVATED row is ignored.
+/// The figures of each of `months` (first days) at `now`, from the account generations
+/// activated per local day (`activations`), their lifetime recharge totals per cohort
+/// (`values`) and the lock histories of those of them that were ever locked or recycled.
 pub fn cohort_figures(
-    rows: &[HistoryRecord],
     months: &[NaiveDate],
+    activations: &[(NaiveDate, i64)],
+    values: &[CohortValue],
+    locks: &[LockHistory],
     now: DateTime<Utc>,
     rules: &Rules,
 ) -> Vec<CohortFigures> {
-    let mut lives: BTreeMap<NaiveDate, Vec<Life<'_>>> = BTreeMap::new();
-    for group in rows.chunk_by(|a, b| a.msisdn == b.msisdn && a.generation == b.generation) {
-        let Some(activation) = group.iter().find(|r| r.kind == HistoryKind::Activated) else {
-            continue;
-        };
-        let activated_on = rules.local_date(activation.at);
-        lives
-            .entry(month_start(activated_on))
+    // The end of the day an activation on `day` reaches `age_days`, if it has ended.
+    let age_end = |day: NaiveDate, age_days: u32| {
+        let end = rules.end_of_day(day + Days::new(u64::from(age_days)));
+        (end <= now).then_some(end)
+    };
+    let mut locks_of: BTreeMap<NaiveDate, Vec<&LockHistory>> = BTreeMap::new();
+    for lock in locks {
+        locks_of
+            .entry(month_start(lock.activated_on))
             .or_default()
-            .push(Life {
-                activated_on,
-                rows: group,
-            });
+            .push(lock);
     }
     months
         .iter()
         .map(|month| {
-            let cohort = lives.get(month).map(Vec::as_slice).unwrap_or_default();
+            let days: Vec<(NaiveDate, i64)> = activations
+                .iter()
+                .filter(|(day, _)| month_start(*day) == *month)
+                .copied()
+                .collect();
+            let locked = locks_of.get(month).map(Vec::as_slice).unwrap_or_default();
             let retention = AGES
                 .iter()
                 .map(|&age_days| {
-                    let mut at_age = AgeRetention {
+                    let reached = days
+                        .iter()
+                        .filter(|(day, _)| age_end(*day, age_days).is_some())
+                        .map(|(_, n)| n)
+                        .sum();
+                    let inactive = locked
+                        .iter()
+                        .filter(|l| {
+                            age_end(l.activated_on, age_days).is_some_and(|end| l.inactive_at(end))
+                        })
+                        .count() as i64;
+                    AgeRetention {
                         age_days,
-                        reached: 0,
-                        active: 0,
-                    };
-                    for life in cohort {
-                        let day = life.activated_on + Days::new(u64::from(age_days));
-                        let end = rules.end_of_day(day);
-                        if end > now {
-                            continue;
-                        }
-                        at_age.reached += 1;
-                        if matches!(
-                            life.state_before(end),
-                            Some(AccountState::Valid | AccountState::Grace)
-                        ) {
-                            at_age.active += 1;
-                        }
+                        reached,
+                        active: reached - inactive,
                     }
-                    at_age
                 })
                 .collect();
-            let mut ltv: Vec<i64> = cohort.iter().map(|l| l.recharges().sum()).collect();
-            ltv.sort_unstable();
+            let mut histogram: Vec<(i64, i64)> = values
+                .iter()
+                .filter(|v| v.month == *month)
+                .map(|v| (v.total, v.generations))
+                .collect();
+            histogram.sort_unstable();
+            let cohort = values.iter().filter(|v| v.month == *month);
             CohortFigures {
                 month: *month,
-                accounts: cohort.len() as i64,
+                accounts: days.iter().map(|(_, n)| n).sum(),
                 retention,
-                recharge_total: ltv.iter().sum(),
-                recharge_count: cohort.iter().map(|l| l.recharges().count() as i64).sum(),
-                ltv_p50: percentile(&ltv, 50),
-                ltv_p90: percentile(&ltv, 90),
-                ltv_p99: percentile(&ltv, 99),
+                recharge_total: cohort.clone().map(|v| v.total * v.generations).sum(),
+                recharge_count: cohort.map(|v| v.recharges).sum(),
+                ltv_p50: percentile_of(&histogram, 50),
+                ltv_p90: percentile_of(&histogram, 90),
+                ltv_p99: percentile_of(&histogram, 99),
             }
         })
         .collect()

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, NaiveDate, Utc};
 
 use super::periods::Period;
-use crate::lifecycle::{AccountState, HistoryKind, HistoryRecord, RechargeChannel, Rules};
+use crate::lifecycle::{AccountState, HistoryKind, RechargeChannel, Rules};
 
 /// Accounts per state, indexed by `AccountState as usize - 1`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -65,32 +65,60 @@ pub fn state_move(
 
 /// The composition at the end of each of `days` (ascending): `start` is the composition before
 /// the first day's end minus the moves in `moves` (which hold every move from then on, in any
-/// order); a move counts from the day that contains its instant.
+/// order, each with how many MSISDNs made it); a move counts from the day that contains its
+/// instant.
 pub fn daily_composition(
     start: StageCounts,
-    moves: &[(DateTime<Utc>, StateMove)],
+    moves: &[(DateTime<Utc>, StateMove, i64)],
     days: &[NaiveDate],
     rules: &Rules,
 ) -> Vec<StageCounts> {
     let mut sorted: Vec<_> = moves.to_vec();
-    sorted.sort_by_key(|(at, _)| *at);
+    sorted.sort_by_key(|(at, _, _)| *at);
     let mut counts = start;
     let mut next = sorted.iter().peekable();
     days.iter()
         .map(|day| {
             let end = rules.end_of_day(*day);
-            while let Some((_, moved)) = next.next_if(|(at, _)| *at < end) {
-                counts.apply(*moved, 1);
+            while let Some((_, moved, n)) = next.next_if(|(at, _, _)| *at < end) {
+                counts.apply(*moved, *n);
             }
             counts
         })
         .collect()
 }
 
-/// One recharge: a RECHARGE row, or an UNLOCK row that carried one.
+/// Whether a history row of `kind` with `amount` is a recharge: a RECHARGE row, or an UNLOCK
+/// row that carried one (amount > 0).
+pub fn is_recharge(kind: HistoryKind, amount: i64) -> bool {
+    kind == HistoryKind::Recharge || (kind == HistoryKind::Unlock && amount > 0)
+}
+
+/// History rows of one kind, generation (1, or 2 for any later one), states and pricing
+/// (amount > 0 or not) counted together in one period, as the database sums them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowGroup {
+    /// An instant of the period (its start).
+    pub at: DateTime<Utc>,
+    pub kind: HistoryKind,
+    pub generation: u32,
+    pub from: Option<AccountState>,
+    pub to: Option<AccountState>,
+    /// How many rows.
+    pub rows: i64,
+    /// The sum of their amounts (fen).
+    pub amount: i64,
+}
+
+/// Recharges of one channel and states in one period: RECHARGE rows, or UNLOCK rows that
+/// carried one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Recharge {
+    /// An instant of the period (its start).
     pub at: DateTime<Utc>,
+    /// How many recharges.
+    pub count: i64,
+    /// Their sum (fen).
     pub amount: i64,
     /// `None` when the request's channel is not known (no idempotency record).
     pub channel: Option<RechargeChannel>,
@@ -99,19 +127,20 @@ pub struct Recharge {
 }
 
 impl Recharge {
-    /// A GRACE → VALID recharge: a win-back.
+    /// GRACE → VALID recharges: win-backs.
     pub fn wins_back(&self) -> bool {
         self.from == Some(AccountState::Grace) && self.to == Some(AccountState::Valid)
     }
 
-    /// The recharge an UNLOCK row carried (at the business hall), if it carried one.
-    pub fn of_unlock(row: &HistoryRecord) -> Option<Self> {
-        (row.kind == HistoryKind::Unlock && row.amount > 0).then_some(Self {
-            at: row.at,
-            amount: row.amount,
+    /// The recharges UNLOCK rows carried (at the business hall), if they carried any.
+    pub fn of_unlock(rows: &RowGroup) -> Option<Self> {
+        (rows.kind == HistoryKind::Unlock && is_recharge(rows.kind, rows.amount)).then_some(Self {
+            at: rows.at,
+            count: rows.rows,
+            amount: rows.amount,
             channel: Some(RechargeChannel::BusinessHall),
-            from: row.from_state,
-            to: row.to_state,
+            from: rows.from,
+            to: rows.to,
         })
     }
 }
@@ -127,11 +156,14 @@ pub enum GraceEnd {
     Open,
 }
 
-/// A VALID → GRACE row and how that stay in GRACE ended.
+/// VALID → GRACE rows of one period whose stays in GRACE ended the same way.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GraceEntry {
+    /// An instant of the period (its start).
     pub at: DateTime<Utc>,
     pub end: GraceEnd,
+    /// How many rows.
+    pub count: i64,
 }
 
 /// The flows of one period (docs/analytics.md, "What counts").
@@ -164,9 +196,9 @@ impl PeriodFlows {
         }
     }
 
-    fn count_row(&mut self, row: &HistoryRecord) {
+    fn count_rows(&mut self, row: &RowGroup) {
         use AccountState::{Grace, Locked, Recycled, Unactivated, Valid};
-        let counter = match (row.kind, row.from_state, row.to_state) {
+        let counter = match (row.kind, row.from, row.to) {
             (HistoryKind::Activated, _, _) => &mut self.activations,
             (HistoryKind::Provisioned, _, _) if row.generation > 1 => &mut self.reprovisioned,
             (HistoryKind::StateChanged, Some(Valid), Some(Grace)) => &mut self.valid_to_grace,
@@ -181,35 +213,35 @@ impl PeriodFlows {
             (HistoryKind::Unlock, _, Some(Grace)) => &mut self.unlocks_to_grace,
             _ => return,
         };
-        *counter += 1;
+        *counter += row.rows;
     }
 
     fn count_recharge(&mut self, recharge: &Recharge) {
         let channel = recharge.channel.map_or(0, |c| c as i32);
         let entry = self.recharges.entry(channel).or_default();
-        entry.0 += 1;
+        entry.0 += recharge.count;
         entry.1 += recharge.amount;
         if recharge.wins_back() {
-            self.win_backs += 1;
+            self.win_backs += recharge.count;
         }
     }
 
-    fn count_entry(&mut self, entry: &GraceEntry) {
-        self.entered_grace += 1;
+    fn count_entries(&mut self, entry: &GraceEntry) {
+        self.entered_grace += entry.count;
         match entry.end {
-            GraceEnd::WonBack => self.won_back += 1,
-            GraceEnd::Open => self.still_in_grace += 1,
+            GraceEnd::WonBack => self.won_back += entry.count,
+            GraceEnd::Open => self.still_in_grace += entry.count,
             GraceEnd::Locked => {}
         }
     }
 }
 
-/// The flows of each of `periods` (ascending, contiguous) from the lifecycle rows (PROVISIONED,
-/// ACTIVATED, UNLOCK, STATE_CHANGED), the RECHARGE rows and the GRACE entries of their span;
-/// rows outside the periods are ignored.
+/// The flows of each of `periods` (ascending, contiguous) from the rows that move an MSISDN
+/// (PROVISIONED rows and rows whose states differ), the RECHARGE rows and the GRACE entries of
+/// their span, each counted per period; rows outside the periods are ignored.
 pub fn tally_flows(
     periods: &[Period],
-    lifecycle_rows: &[HistoryRecord],
+    moves: &[RowGroup],
     recharges: &[Recharge],
     grace_entries: &[GraceEntry],
     rules: &Rules,
@@ -229,10 +261,10 @@ pub fn tally_flows(
             })
             .ok()
     };
-    for row in lifecycle_rows {
-        if let Some(i) = slot(row.at) {
-            flows[i].count_row(row);
-            if let Some(recharge) = Recharge::of_unlock(row) {
+    for rows in moves {
+        if let Some(i) = slot(rows.at) {
+            flows[i].count_rows(rows);
+            if let Some(recharge) = Recharge::of_unlock(rows) {
                 flows[i].count_recharge(&recharge);
             }
         }
@@ -244,7 +276,7 @@ pub fn tally_flows(
     }
     for entry in grace_entries {
         if let Some(i) = slot(entry.at) {
-            flows[i].count_entry(entry);
+            flows[i].count_entries(entry);
         }
     }
     flows

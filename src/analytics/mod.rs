@@ -13,10 +13,13 @@ mod periods;
 #[cfg(test)]
 mod tests;
 
-pub use cohorts::{AGES, AgeRetention, CohortFigures, cohort_figures, percentile};
+pub use cohorts::{
+    AGES, AgeRetention, CohortFigures, CohortValue, LockHistory, LockRow, cohort_figures,
+    percentile,
+};
 pub use flows::{
-    GraceEnd, GraceEntry, PeriodFlows, Recharge, StageCounts, StateMove, daily_composition,
-    state_move, tally_flows,
+    GraceEnd, GraceEntry, PeriodFlows, Recharge, RowGroup, StageCounts, StateMove,
+    daily_composition, is_recharge, state_move, tally_flows,
 };
 pub use periods::{Granularity, Period, month_start, parse_date, parse_month, periods};
 

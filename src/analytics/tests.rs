@@ -1,7 +1,7 @@
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 
 use super::*;
-use crate::lifecycle::{AccountState, HistoryKind, HistoryRecord, Msisdn, RechargeChannel, Rules};
+use crate::lifecycle::{AccountState, HistoryKind, Msisdn, RechargeChannel, Rules};
 
 use AccountState::{Grace, Locked, Recycled, Unactivated, Valid};
 
@@ -17,30 +17,6 @@ fn local(rules: &Rules, date: NaiveDate, hour: u32, minute: u32) -> DateTime<Utc
         .single()
         .unwrap()
         .with_timezone(&Utc)
-}
-
-fn row(
-    msisdn: &str,
-    generation: u32,
-    at: DateTime<Utc>,
-    kind: HistoryKind,
-    from: Option<AccountState>,
-    to: AccountState,
-    amount: i64,
-) -> HistoryRecord {
-    HistoryRecord {
-        id: 0,
-        msisdn: Msisdn::parse(msisdn).unwrap(),
-        account_id: format!("{msisdn}-{generation}"),
-        generation,
-        at,
-        kind,
-        from_state: from,
-        to_state: Some(to),
-        amount,
-        actor: "test".into(),
-        request_id: None,
-    }
 }
 
 #[test]
@@ -142,8 +118,8 @@ fn a_move_counts_from_the_local_day_that_contains_it() {
     start.add(Valid, 2);
     // 00:00 local of 2025-03-02 is 16:00 UTC of 2025-03-01: it belongs to 2025-03-02.
     let moves = [
-        (local(&rules, day(2025, 3, 2), 0, 0), moved),
-        (local(&rules, day(2025, 3, 3), 23, 59), moved),
+        (local(&rules, day(2025, 3, 2), 0, 0), moved, 1),
+        (local(&rules, day(2025, 3, 3), 23, 59), moved, 1),
     ];
     let days = [day(2025, 3, 1), day(2025, 3, 2), day(2025, 3, 3)];
     let counts = daily_composition(start, &moves, &days, &rules);
@@ -161,69 +137,59 @@ fn flows_count_each_row_in_its_period_and_the_win_back_rate_in_the_entry_period(
     let periods = periods(day(2025, 1, 1), day(2025, 2, 28), Granularity::Month, 10).unwrap();
     let jan = |d| local(&rules, day(2025, 1, d), 10, 0);
     let feb = |d| local(&rules, day(2025, 2, d), 10, 0);
-    let a = "8613800000001";
+    let group = |at, kind, generation, from, to: AccountState, rows, amount| RowGroup {
+        at,
+        kind,
+        generation,
+        from,
+        to: Some(to),
+        rows,
+        amount,
+    };
+    let changed = HistoryKind::StateChanged;
     let rows = [
-        row(
-            a,
-            1,
+        group(
             jan(2),
             HistoryKind::Activated,
+            1,
             Some(Unactivated),
             Valid,
+            1,
             0,
         ),
-        row(a, 2, jan(3), HistoryKind::Provisioned, None, Unactivated, 0),
-        row(
-            a,
+        group(jan(3), HistoryKind::Provisioned, 2, None, Unactivated, 1, 0),
+        // A first provisioning is no re-provisioning.
+        group(jan(3), HistoryKind::Provisioned, 1, None, Unactivated, 4, 0),
+        group(jan(4), changed, 1, Some(Valid), Grace, 1, 0),
+        group(feb(4), changed, 1, Some(Grace), Locked, 1, 0),
+        group(feb(5), HistoryKind::Unlock, 1, Some(Locked), Valid, 1, 3000),
+        group(feb(6), HistoryKind::Unlock, 1, Some(Locked), Grace, 1, 0),
+        group(feb(7), changed, 1, Some(Locked), Recycled, 1, 0),
+        group(feb(8), changed, 1, Some(Unactivated), Recycled, 1, 0),
+        // A win-back moves the MSISDN too, but counts from the recharges.
+        group(
+            jan(5),
+            HistoryKind::Recharge,
             1,
-            jan(4),
-            HistoryKind::StateChanged,
-            Some(Valid),
-            Grace,
-            0,
-        ),
-        row(
-            a,
-            1,
-            feb(4),
-            HistoryKind::StateChanged,
             Some(Grace),
-            Locked,
-            0,
-        ),
-        row(a, 1, feb(5), HistoryKind::Unlock, Some(Locked), Valid, 3000),
-        row(a, 1, feb(6), HistoryKind::Unlock, Some(Locked), Grace, 0),
-        row(
-            a,
+            Valid,
             1,
-            feb(7),
-            HistoryKind::StateChanged,
-            Some(Locked),
-            Recycled,
-            0,
-        ),
-        row(
-            a,
-            1,
-            feb(8),
-            HistoryKind::StateChanged,
-            Some(Unactivated),
-            Recycled,
-            0,
+            1000,
         ),
         // Outside the periods: ignored.
-        row(
-            a,
-            1,
+        group(
             local(&rules, day(2025, 3, 1), 0, 0),
             HistoryKind::Activated,
+            1,
             None,
             Valid,
+            1,
             0,
         ),
     ];
     let recharge = |at, amount, channel, from, to| Recharge {
         at,
+        count: 1,
         amount,
         channel,
         from: Some(from),
@@ -234,23 +200,12 @@ fn flows_count_each_row_in_its_period_and_the_win_back_rate_in_the_entry_period(
         recharge(jan(6), 500, Some(RechargeChannel::Bank), Valid, Valid),
         recharge(feb(1), 700, None, Unactivated, Unactivated),
     ];
+    let entry = |at, end| GraceEntry { at, end, count: 1 };
     let entries = [
-        GraceEntry {
-            at: jan(4),
-            end: GraceEnd::WonBack,
-        },
-        GraceEntry {
-            at: jan(9),
-            end: GraceEnd::Locked,
-        },
-        GraceEntry {
-            at: jan(10),
-            end: GraceEnd::Open,
-        },
-        GraceEntry {
-            at: feb(9),
-            end: GraceEnd::Locked,
-        },
+        entry(jan(4), GraceEnd::WonBack),
+        entry(jan(9), GraceEnd::Locked),
+        entry(jan(10), GraceEnd::Open),
+        entry(feb(9), GraceEnd::Locked),
     ];
     let flows = tally_flows(&periods, &rows, &recharges, &entries, &rules);
     let (j, f) = (&flows[0], &flows[1]);
@@ -287,109 +242,68 @@ fn flows_count_each_row_in_its_period_and_the_win_back_rate_in_the_entry_period(
 #[test]
 fn cohort_retention_counts_only_accounts_that_reached_the_age() {
     let rules = Rules::default();
-    let at = |d: NaiveDate| local(&rules, d, 12, 0);
     let midnight = |d: NaiveDate| local(&rules, d, 0, 0);
-    let (a, b) = ("8613800000001", "8613800000002");
-    let rows = [
-        // a: activated 2025-01-10, VALID through 2025-02-15, GRACE from 2025-02-16.
-        row(
-            a,
-            1,
-            at(day(2025, 1, 1)),
-            HistoryKind::Provisioned,
-            None,
-            Unactivated,
-            0,
-        ),
-        row(
-            a,
-            1,
-            at(day(2025, 1, 10)),
-            HistoryKind::Activated,
-            Some(Unactivated),
-            Valid,
-            0,
-        ),
-        row(
-            a,
-            1,
-            at(day(2025, 1, 20)),
-            HistoryKind::Recharge,
-            Some(Valid),
-            Valid,
-            3000,
-        ),
-        row(
-            a,
-            1,
-            midnight(day(2025, 2, 16)),
-            HistoryKind::StateChanged,
-            Some(Valid),
-            Grace,
-            0,
-        ),
-        row(
-            a,
-            1,
-            midnight(day(2025, 5, 17)),
-            HistoryKind::StateChanged,
-            Some(Grace),
-            Locked,
-            0,
-        ),
-        // b: activated 2025-01-31, recharged 1000 twice, once by unlock.
-        row(
-            b,
-            1,
-            at(day(2025, 1, 31)),
-            HistoryKind::Activated,
-            Some(Unactivated),
-            Valid,
-            0,
-        ),
-        row(
-            b,
-            1,
-            at(day(2025, 2, 1)),
-            HistoryKind::Recharge,
-            Some(Valid),
-            Valid,
-            1000,
-        ),
-        row(
-            b,
-            1,
-            at(day(2025, 2, 2)),
-            HistoryKind::Unlock,
-            Some(Locked),
-            Valid,
-            1000,
-        ),
+    let jan = day(2025, 1, 1);
+    // a: activated 2025-01-10, recharged 3000, VALID through 2025-02-15, GRACE from
+    // 2025-02-16, LOCKED from 2025-05-17. b: activated 2025-01-31, recharged 1000 twice, once
+    // by an unlock (LOCKED → VALID on 2025-02-02 12:00).
+    let activations = [(day(2025, 1, 10), 1), (day(2025, 1, 31), 1)];
+    let value = |total, recharges| CohortValue {
+        month: jan,
+        total,
+        generations: 1,
+        recharges,
+    };
+    let values = [value(3000, 1), value(2000, 2)];
+    let locks = [
+        LockHistory {
+            activated_on: day(2025, 1, 10),
+            rows: vec![(midnight(day(2025, 5, 17)), Locked)],
+        },
+        LockHistory {
+            activated_on: day(2025, 1, 31),
+            rows: vec![(local(&rules, day(2025, 2, 2), 12, 0), Valid)],
+        },
     ];
     // Now: the end of 2025-03-02, so a (day 30 = 2025-02-09, ended) reached 30 days and b
     // (day 30 = 2025-03-02, ended at 00:00 of 03-03) too; nobody reached 90 days.
     let now = midnight(day(2025, 3, 3));
-    let months = [day(2024, 12, 1), day(2025, 1, 1)];
-    let figures = cohort_figures(&rows, &months, now, &rules);
+    let months = [day(2024, 12, 1), jan];
+    let figures = cohort_figures(&months, &activations, &values, &locks, now, &rules);
     assert_eq!(figures[0].accounts, 0);
-    let jan = &figures[1];
-    assert_eq!(jan.accounts, 2);
-    assert_eq!((jan.retention[0].reached, jan.retention[0].active), (2, 2));
+    let jan_figures = &figures[1];
+    assert_eq!(jan_figures.accounts, 2);
+    let r = &jan_figures.retention;
+    assert_eq!((r[0].reached, r[0].active), (2, 2));
+    assert_eq!((r[1].reached, r[1].share()), (0, 0.0));
     assert_eq!(
-        (jan.retention[1].reached, jan.retention[1].share()),
-        (0, 0.0)
+        (jan_figures.recharge_total, jan_figures.recharge_count),
+        (5000, 3)
     );
-    assert_eq!((jan.recharge_total, jan.recharge_count), (5000, 3));
-    assert_eq!(jan.arpu(), 2500.0);
-    assert_eq!(jan.recharges_per_account(), 1.5);
+    assert_eq!(jan_figures.arpu(), 2500.0);
+    assert_eq!(jan_figures.recharges_per_account(), 1.5);
     // LTVs 2000 and 3000: the median is 2000, p90 and p99 3000.
-    assert_eq!((jan.ltv_p50, jan.ltv_p90, jan.ltv_p99), (2000, 3000, 3000));
+    assert_eq!(
+        (
+            jan_figures.ltv_p50,
+            jan_figures.ltv_p90,
+            jan_figures.ltv_p99
+        ),
+        (2000, 3000, 3000)
+    );
 
     // At 90 days both are active: a (2025-04-10) in GRACE, b (2025-05-01) VALID.
-    let later = cohort_figures(&rows, &months[1..], midnight(day(2026, 2, 1)), &rules);
+    let later = cohort_figures(
+        &months[1..],
+        &activations,
+        &values,
+        &locks,
+        midnight(day(2026, 2, 1)),
+        &rules,
+    );
     let r = &later[0].retention;
     assert_eq!((r[1].reached, r[1].active), (2, 2));
-    // Day 180 of a is 2025-07-09: LOCKED, not active; b has no boundary rows, still VALID.
+    // Day 180 of a is 2025-07-09: LOCKED, not active; b left LOCKED before, still VALID.
     assert_eq!((r[2].reached, r[2].active), (2, 1));
     assert_eq!((r[3].reached, r[3].active, r[3].share()), (2, 1, 0.5));
 }

@@ -8,7 +8,9 @@ use tonic::{Request, Response, Status};
 use super::Context;
 use super::convert::{self, invalid};
 use super::requests::required_enum;
-use crate::analytics::{self, Granularity, Period, PeriodFlows, Recharge, StageCounts, StateMove};
+use crate::analytics::{
+    self, CohortValue, Granularity, LockHistory, Period, PeriodFlows, StageCounts,
+};
 use crate::lifecycle::{AccountState, ErrorReason};
 use crate::proto;
 use crate::proto::lifecycle_analytics_server::LifecycleAnalytics;
@@ -41,6 +43,13 @@ impl AnalyticsApi {
     fn timezone(&self) -> String {
         self.ctx.rules.timezone.name().to_owned()
     }
+}
+
+/// An instant after every history row: the bound of the last bucket of "every later row".
+fn far_future() -> DateTime<Utc> {
+    NaiveDate::from_ymd_opt(9999, 1, 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map_or(DateTime::<Utc>::MAX_UTC, |t| t.and_utc())
 }
 
 fn bad(message: impl Into<String>) -> Status {
@@ -146,38 +155,39 @@ impl LifecycleAnalytics for AnalyticsApi {
         };
         self.ctx.check_ready()?;
         let store = &self.ctx.store;
-        let mut current = StageCounts::default();
-        for (state, count) in store.composition_on(today).await? {
-            current.add(state, count);
+        let rules = &self.ctx.rules;
+        let dates: Vec<NaiveDate> = match range {
+            Some((from, to)) => from.iter_days().take_while(|d| *d <= to).collect(),
+            None => Vec::new(),
+        };
+        // A bucket per day, then one for every later row (none without days).
+        let mut bounds: Vec<DateTime<Utc>> = dates.iter().map(|d| rules.start_of_day(*d)).collect();
+        if let Some(last) = dates.last() {
+            bounds.extend([rules.end_of_day(*last), far_future()]);
+        }
+        // Two independent reads, each on its own read connection, at once.
+        let (composition, moved) =
+            tokio::try_join!(store.composition_on(today), store.moves(&bounds))?;
+        // Effective states now, and the stored states: where every history row written so far
+        // has taken the MSISDNs.
+        let (mut current, mut stored) = (StageCounts::default(), StageCounts::default());
+        for (stored_state, effective, count) in composition {
+            current.add(effective, count);
+            stored.add(stored_state, count);
         }
         let mut days = Vec::new();
-        if let Some((from, to)) = range {
-            let rules = &self.ctx.rules;
-            let (start, until) = (rules.start_of_day(from), rules.end_of_day(to));
-            let mut before = StageCounts::default();
-            for (moved, count) in store.moves_before(start).await? {
-                before.apply(moved, count);
+        if !dates.is_empty() {
+            // The composition before the first day: the stored states less every move since.
+            let mut before = stored;
+            let mut moves = Vec::new();
+            for (_, rows) in moved {
+                if let Some(moved) =
+                    analytics::state_move(rows.kind, rows.generation, rows.from, rows.to)
+                {
+                    before.apply(moved, -rows.rows);
+                    moves.push((rows.at, moved, rows.rows));
+                }
             }
-            let rows = store.lifecycle_rows(start, until).await?;
-            let recharges = store.recharges(start, until).await?;
-            let mut moves: Vec<(DateTime<Utc>, StateMove)> = rows
-                .iter()
-                .filter_map(|row| {
-                    analytics::state_move(row.kind, row.generation, row.from_state, row.to_state)
-                        .map(|moved| (row.at, moved))
-                })
-                .collect();
-            moves.extend(recharges.iter().filter_map(|r: &Recharge| {
-                let (from, to) = (r.from?, r.to?);
-                (from != to).then_some((
-                    r.at,
-                    StateMove {
-                        from: Some(from),
-                        to,
-                    },
-                ))
-            }));
-            let dates: Vec<NaiveDate> = from.iter_days().take_while(|d| *d <= to).collect();
             let counts = analytics::daily_composition(before, &moves, &dates, rules);
             days = dates
                 .iter()
@@ -216,15 +226,28 @@ impl LifecycleAnalytics for AnalyticsApi {
         })?;
         self.ctx.check_ready()?;
         let rules = &self.ctx.rules;
-        let (Some(first), Some(last)) = (periods.first(), periods.last()) else {
+        let Some(last) = periods.last() else {
             return Err(bad("from_date..to_date covers no period"));
         };
-        let (start, until) = (rules.start_of_day(first.first), rules.end_of_day(last.last));
+        let mut bounds: Vec<DateTime<Utc>> = periods
+            .iter()
+            .map(|p| rules.start_of_day(p.first))
+            .collect();
+        bounds.push(rules.end_of_day(last.last));
         let store = &self.ctx.store;
-        let rows = store.lifecycle_rows(start, until).await?;
-        let recharges = store.recharges(start, until).await?;
-        let entries = store.grace_entries(start, until).await?;
-        let flows = analytics::tally_flows(&periods, &rows, &recharges, &entries, rules);
+        // Three independent reads, each on its own read connection, at once.
+        let (groups, recharges, entries) = tokio::try_join!(
+            store.moves(&bounds),
+            store.recharges(&bounds),
+            store.grace_entries(&bounds)
+        )?;
+        let flows = analytics::tally_flows(
+            &periods,
+            &groups.into_iter().map(|(_, g)| g).collect::<Vec<_>>(),
+            &recharges.into_iter().map(|(_, r)| r).collect::<Vec<_>>(),
+            &entries.into_iter().map(|(_, e)| e).collect::<Vec<_>>(),
+            rules,
+        );
         Ok(Response::new(proto::FlowsResponse {
             timezone: self.timezone(),
             periods: periods
@@ -345,13 +368,43 @@ impl LifecycleAnalytics for AnalyticsApi {
         let (Some(first), Some(last)) = (months.first(), months.last()) else {
             return Err(bad("from_month..to_month covers no month"));
         };
-        let rows = self
-            .ctx
-            .store
-            .cohort_rows(rules.start_of_day(first.first), rules.end_of_day(last.last))
-            .await?;
+        let (start, until) = (rules.start_of_day(first.first), rules.end_of_day(last.last));
+        let store = &self.ctx.store;
+        // Activations per local day, values per month, lock histories per generation.
+        let days: Vec<NaiveDate> = first
+            .first
+            .iter_days()
+            .take_while(|d| *d <= last.last)
+            .collect();
+        let mut bounds: Vec<DateTime<Utc>> = days.iter().map(|d| rules.start_of_day(*d)).collect();
+        bounds.push(until);
+        let mut month_bounds: Vec<DateTime<Utc>> =
+            months.iter().map(|m| rules.start_of_day(m.first)).collect();
+        month_bounds.push(until);
+        // Three independent reads, each on its own read connection, at once.
+        let (activations, values, locks) = tokio::try_join!(
+            store.activations(&bounds),
+            store.cohort_values(&month_bounds),
+            store.cohort_locks(start, until)
+        )?;
+        let activations: Vec<(NaiveDate, i64)> =
+            activations.into_iter().map(|(i, n)| (days[i], n)).collect();
+        let values: Vec<CohortValue> = values
+            .into_iter()
+            .map(|(i, value)| CohortValue {
+                month: months[i].first,
+                ..value
+            })
+            .collect();
+        let locks: Vec<LockHistory> = locks
+            .into_iter()
+            .map(|(activated_at, rows)| LockHistory {
+                activated_on: rules.local_date(activated_at),
+                rows,
+            })
+            .collect();
         let firsts: Vec<NaiveDate> = months.iter().map(|m| m.first).collect();
-        let cohorts = analytics::cohort_figures(&rows, &firsts, now, rules)
+        let cohorts = analytics::cohort_figures(&firsts, &activations, &values, &locks, now, rules)
             .into_iter()
             .map(|c| proto::Cohort {
                 month: c.month.format("%Y-%m").to_string(),

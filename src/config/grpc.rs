@@ -1,10 +1,10 @@
 //! The `[grpc]` section: how much the gRPC server takes on at once and how long it waits.
 //!
 //! - `max_concurrent_requests`: unary calls of the lifecycle services (`AccountLifecycle`,
-//!   `BssEvents` but its `Subscribe` stream, `TestClock`) handled at once. A call beyond it is
-//!   answered at once, RESOURCE_EXHAUSTED with ErrorInfo reason `OVERLOADED`, and counted in
-//!   `ocs_rpc_shed_total` (load shedding: a flood never queues without bound). Health and
-//!   reflection are never shed.
+//!   `BssEvents` but its `Subscribe` stream, `LifecycleAnalytics`, `TestClock`) handled at
+//!   once. A call beyond it is answered at once, RESOURCE_EXHAUSTED with ErrorInfo reason
+//!   `OVERLOADED`, and counted in `ocs_rpc_shed_total` (load shedding: a flood never queues
+//!   without bound). Health and reflection are never shed.
 //! - `default_deadline_ms`: the deadline of such a call whose client sent none (`grpc-timeout`);
 //!   past it the call is answered DEADLINE_EXCEEDED. As with any gRPC deadline, a mutation may
 //!   still have been applied: retry it with the same request_id.

@@ -148,6 +148,7 @@ mod tests {
         for path in [
             "/ocs.lifecycle.v1.AccountLifecycle/Recharge",
             "/ocs.lifecycle.v1.BssEvents/ListDeadLetters",
+            "/ocs.lifecycle.v1.LifecycleAnalytics/Flows",
             "/ocs.lifecycle.v1.TestClock/AdvanceTime",
         ] {
             assert!(limited(path), "{path}");

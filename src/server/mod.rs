@@ -368,10 +368,7 @@ async fn serve_listeners_cutting_drain(
         }
         _ => tracing::info!("http_addr is off: no dashboard, /metrics, /healthz or /readyz"),
     }
-    let all_services: Vec<&str> = std::iter::once("")
-        .chain(SERVICE_NAMES)
-        .chain([LIFECYCLE_ANALYTICS])
-        .collect();
+    let all_services: Vec<&str> = std::iter::once("").chain(SERVICE_NAMES).collect();
     set_health(&health, &all_services, ServingStatus::NotServing).await;
     // Both reflection versions: grpcurl builds and other tools that speak only v1alpha exist.
     let reflection_error = |e| ServeError::Other(format!("reflection: {e}"));

@@ -54,6 +54,10 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
     /// Sweep batches claimed and written at once by one sweep (1 or 2).
     const SWEEP_WORKERS: usize;
 
+    /// Whether a query names the partial index it must read (`INDEXED BY`): SQLite's planner
+    /// may otherwise build an automatic index over the whole table for a join.
+    const NAMES_INDEXES: bool = false;
+
     fn migrator() -> &'static Migrator;
 
     /// What a database error code of this backend means.
@@ -141,6 +145,9 @@ pub(crate) trait SqlDatabase:
     + Reads<(i32, i64)>
     + Reads<(i64, i32)>
     + Reads<(i64, String, i64, i32)>
+    + Reads<(i64, i64, i64)>
+    + Reads<(i64, i64, i64, i64)>
+    + Reads<(String, i64, DateTime<Utc>, DateTime<Utc>, i64)>
     + Reads<(String, Vec<u8>)>
     + Reads<(DateTime<Utc>,)>
     + Reads<(NaiveDate, i64)>

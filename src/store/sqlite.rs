@@ -151,6 +151,7 @@ impl Dialect for SqliteDialect {
 
     /// One batch at a time: the database has one writer.
     const SWEEP_WORKERS: usize = 1;
+    const NAMES_INDEXES: bool = true;
 
     fn migrator() -> &'static Migrator {
         &MIGRATIONS

@@ -370,7 +370,8 @@ impl<D: Dialect> AccountStore for SqlStore<D> {
         until: DateTime<Utc>,
     ) -> Result<RechargeTotals, StoreError> {
         // The kind is a literal so that the partial index `account_history_recharges`
-        // (migration 0005) applies; SUM of BIGINT is NUMERIC in PostgreSQL, hence the cast.
+        // (migration 0005, covering since 0008) applies; SUM of BIGINT is NUMERIC in PostgreSQL,
+        // hence the cast.
         let sql = format!(
             "SELECT COUNT(*), CAST(COALESCE(SUM(amount), 0) AS BIGINT) \
              FROM account_history WHERE kind = {} AND at >= $1 AND at < $2",

@@ -12,7 +12,8 @@ use sqlx::query::Query;
 use sqlx::{Arguments, Transaction};
 
 use super::ROWS_PER_STATEMENT;
-use crate::lifecycle::{Account, Msisdn, Rules};
+use crate::analytics::is_recharge;
+use crate::lifecycle::{Account, HistoryKind, Msisdn, Rules, recharge_channel_of};
 use crate::store::dialect::{Args, Binds, Conn, Db, Dialect, Executes, Param, Reads};
 use crate::store::rows::{ACCOUNT_COLUMNS, AccountRow};
 use crate::store::sweeps::{SweepBatch, SweptBatch};
@@ -20,6 +21,18 @@ use crate::store::{
     Committed, Decide, HistoryRecord, MutateFailure, OutboxEvent, RequestKey, StoreError,
     request_id_reused,
 };
+
+/// Adds one activation or recharge to its generation's row of `generation_values`: the first
+/// activation instant, the recharges' sum and number, the latest recharge.
+const ADD_GENERATION_VALUES: &str = "INSERT INTO generation_values (msisdn, generation, \
+    activated_at, recharge_total, recharge_count, last_recharge_at) VALUES ($1, $2, $3, $4, $5, $6) \
+    ON CONFLICT (msisdn, generation) DO UPDATE SET \
+    activated_at = COALESCE(generation_values.activated_at, excluded.activated_at), \
+    recharge_total = generation_values.recharge_total + excluded.recharge_total, \
+    recharge_count = generation_values.recharge_count + excluded.recharge_count, \
+    last_recharge_at = CASE WHEN generation_values.last_recharge_at IS NULL \
+      OR excluded.last_recharge_at > generation_values.last_recharge_at \
+      THEN excluded.last_recharge_at ELSE generation_values.last_recharge_at END";
 
 /// The generic writes of dialect `D` (a namespace: the bounds are stated once for all of them).
 pub(crate) struct Writes<D>(PhantomData<D>);
@@ -102,7 +115,8 @@ impl<D: Dialect> Writes<D> {
         Self::bind_account(sqlx::query(&sql), &row)
             .execute(D::Db::on(&mut *conn))
             .await?;
-        Self::insert_history(&mut *conn, &mutation.history).await?;
+        let channel = recharge_channel_of(key.fingerprint).map(|c| c as i32);
+        Self::insert_history(&mut *conn, &mutation.history, channel).await?;
         Self::insert_events(&mut *conn, &mutation.events).await?;
         sqlx::query(
             "INSERT INTO idempotency_keys (request_id, fingerprint, response, created_at) \
@@ -176,19 +190,21 @@ impl<D: Dialect> Writes<D> {
                 .execute(D::Db::on(&mut *conn))
                 .await?;
         }
-        Self::insert_history(&mut *conn, &swept.history).await?;
+        Self::insert_history(&mut *conn, &swept.history, None).await?;
         Self::insert_events(&mut *conn, &swept.events).await
     }
 
-    /// History rows, as multi-row INSERTs.
+    /// History rows, as multi-row INSERTs, a RECHARGE row with the request's `channel`; then
+    /// their activations and recharges added to `generation_values` (migration 0008).
     async fn insert_history(
         conn: &mut Conn<D>,
         history: &[HistoryRecord],
+        channel: Option<i32>,
     ) -> Result<(), sqlx::Error> {
         for chunk in history.chunks(ROWS_PER_STATEMENT) {
             let mut values = ValuesRows::<D>::new(
                 "INSERT INTO account_history (msisdn, account_id, generation, at, kind, \
-                 from_state, to_state, amount, actor, request_id) ",
+                 from_state, to_state, amount, actor, request_id, channel) ",
             );
             for entry in chunk {
                 values
@@ -202,10 +218,27 @@ impl<D: Dialect> Writes<D> {
                     .param(entry.to_state.map(|s| s as i32))
                     .param(entry.amount)
                     .param(entry.actor.as_str())
-                    .param(entry.request_id.as_deref());
+                    .param(entry.request_id.as_deref())
+                    .param(channel.filter(|_| entry.kind == HistoryKind::Recharge));
             }
             let (sql, args) = values.finish("")?;
             sqlx::query_with(&sql, args)
+                .execute(D::Db::on(&mut *conn))
+                .await?;
+        }
+        for entry in history {
+            let activated = entry.kind == HistoryKind::Activated;
+            let recharge = is_recharge(entry.kind, entry.amount);
+            if !activated && !recharge {
+                continue;
+            }
+            sqlx::query(ADD_GENERATION_VALUES)
+                .param(entry.msisdn.as_str())
+                .param(i64::from(entry.generation))
+                .param(activated.then_some(entry.at))
+                .param(if recharge { entry.amount } else { 0 })
+                .param(i64::from(recharge))
+                .param(recharge.then_some(entry.at))
                 .execute(D::Db::on(&mut *conn))
                 .await?;
         }
