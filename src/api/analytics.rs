@@ -14,7 +14,7 @@ use crate::analytics::{
 use crate::lifecycle::{AccountState, ErrorReason};
 use crate::proto;
 use crate::proto::lifecycle_analytics_server::LifecycleAnalytics;
-use crate::store::ChurnQuery;
+use crate::store::{ChurnQuery, reports};
 
 /// Days of a per-day composition, periods of a flows report, at most.
 pub const MAX_PERIODS: usize = 1000;
@@ -46,12 +46,6 @@ impl AnalyticsApi {
 }
 
 /// An instant after every history row: the bound of the last bucket of "every later row".
-fn far_future() -> DateTime<Utc> {
-    NaiveDate::from_ymd_opt(9999, 1, 1)
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map_or(DateTime::<Utc>::MAX_UTC, |t| t.and_utc())
-}
-
 fn bad(message: impl Into<String>) -> Status {
     invalid(ErrorReason::InvalidArgument, message)
 }
@@ -154,55 +148,25 @@ impl LifecycleAnalytics for AnalyticsApi {
             }
         };
         self.ctx.check_ready()?;
-        let store = &self.ctx.store;
-        let rules = &self.ctx.rules;
         let dates: Vec<NaiveDate> = match range {
             Some((from, to)) => from.iter_days().take_while(|d| *d <= to).collect(),
             None => Vec::new(),
         };
-        // A bucket per day, then one for every later row (none without days).
-        let mut bounds: Vec<DateTime<Utc>> = dates.iter().map(|d| rules.start_of_day(*d)).collect();
-        if let Some(last) = dates.last() {
-            bounds.extend([rules.end_of_day(*last), far_future()]);
-        }
-        // Two independent reads, each on its own read connection, at once.
-        let (composition, moved) =
-            tokio::try_join!(store.composition_on(today), store.moves(&bounds))?;
-        // Effective states now, and the stored states: where every history row written so far
-        // has taken the MSISDNs.
-        let (mut current, mut stored) = (StageCounts::default(), StageCounts::default());
-        for (stored_state, effective, count) in composition {
-            current.add(effective, count);
-            stored.add(stored_state, count);
-        }
-        let mut days = Vec::new();
-        if !dates.is_empty() {
-            // The composition before the first day: the stored states less every move since.
-            let mut before = stored;
-            let mut moves = Vec::new();
-            for (_, rows) in moved {
-                if let Some(moved) =
-                    analytics::state_move(rows.kind, rows.generation, rows.from, rows.to)
-                {
-                    before.apply(moved, -rows.rows);
-                    moves.push((rows.at, moved, rows.rows));
-                }
-            }
-            let counts = analytics::daily_composition(before, &moves, &dates, rules);
-            days = dates
-                .iter()
-                .zip(&counts)
-                .map(|(date, counts)| proto::DayComposition {
-                    date: date.to_string(),
-                    counts: Some(stage_counts(counts)),
-                })
-                .collect();
-        }
+        let composition =
+            reports::composition(&*self.ctx.store, &self.ctx.rules, today, &dates).await?;
+        let days = dates
+            .iter()
+            .zip(&composition.days)
+            .map(|(date, counts)| proto::DayComposition {
+                date: date.to_string(),
+                counts: Some(stage_counts(counts)),
+            })
+            .collect();
         Ok(Response::new(proto::StageCompositionResponse {
             as_of: Some(convert::timestamp(now)),
             today: today.to_string(),
             timezone: self.timezone(),
-            now: Some(stage_counts(&current)),
+            now: Some(stage_counts(&composition.now)),
             days,
         }))
     }
@@ -225,29 +189,10 @@ impl LifecycleAnalytics for AnalyticsApi {
             ))
         })?;
         self.ctx.check_ready()?;
-        let rules = &self.ctx.rules;
-        let Some(last) = periods.last() else {
+        if periods.is_empty() {
             return Err(bad("from_date..to_date covers no period"));
-        };
-        let mut bounds: Vec<DateTime<Utc>> = periods
-            .iter()
-            .map(|p| rules.start_of_day(p.first))
-            .collect();
-        bounds.push(rules.end_of_day(last.last));
-        let store = &self.ctx.store;
-        // Three independent reads, each on its own read connection, at once.
-        let (groups, recharges, entries) = tokio::try_join!(
-            store.moves(&bounds),
-            store.recharges(&bounds),
-            store.grace_entries(&bounds)
-        )?;
-        let flows = analytics::tally_flows(
-            &periods,
-            &groups.into_iter().map(|(_, g)| g).collect::<Vec<_>>(),
-            &recharges.into_iter().map(|(_, r)| r).collect::<Vec<_>>(),
-            &entries.into_iter().map(|(_, e)| e).collect::<Vec<_>>(),
-            rules,
-        );
+        }
+        let flows = reports::flows(&*self.ctx.store, &self.ctx.rules, &periods).await?;
         Ok(Response::new(proto::FlowsResponse {
             timezone: self.timezone(),
             periods: periods

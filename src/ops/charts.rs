@@ -20,9 +20,9 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::metrics::DB_CACHE_TTL;
-use crate::analytics::{self, Granularity, Period, PeriodFlows, StageCounts, StateMove};
+use crate::analytics::{self, Granularity, Period, PeriodFlows, StageCounts};
 use crate::lifecycle::{AccountState, Rules};
-use crate::store::{AccountStore, StoreError};
+use crate::store::{AccountStore, StoreError, reports};
 
 /// Days of the stage composition chart, today included.
 pub const COMPOSITION_DAYS: u64 = 30;
@@ -200,46 +200,11 @@ async fn read(
     now: DateTime<Utc>,
 ) -> Result<Charts, StoreError> {
     let (days, weeks) = windows(today);
-    let (Some(first_day), Some(first_week), Some(last_week)) =
-        (days.first(), weeks.first(), weeks.last())
-    else {
-        return Err(StoreError::Internal(format!(
-            "no chart window ends on {today}"
-        )));
-    };
-    // The weeks' rows cover the days' too (the first week starts 11 weeks before today's).
-    let start = rules.start_of_day(first_week.first.min(*first_day));
-    let until = rules.end_of_day(last_week.last.max(today));
-    let rows = store.lifecycle_rows(start, until).await?;
-    let recharges = store.recharges(start, until).await?;
-    let entries = store.grace_entries(start, until).await?;
-    let flows = analytics::tally_flows(&weeks, &rows, &recharges, &entries, rules);
-
-    // The composition: every move before the first day's start, then the window's moves.
-    let days_start = rules.start_of_day(*first_day);
-    let mut before = StageCounts::default();
-    for (moved, count) in store.moves_before(days_start).await? {
-        before.apply(moved, count);
-    }
-    let row_moves = rows.iter().filter_map(|row| {
-        analytics::state_move(row.kind, row.generation, row.from_state, row.to_state)
-            .map(|moved| (row.at, moved))
-    });
-    let recharge_moves = recharges.iter().filter_map(|r| {
-        let (from, to) = (r.from?, r.to?);
-        (from != to).then_some((
-            r.at,
-            StateMove {
-                from: Some(from),
-                to,
-            },
-        ))
-    });
-    let moves: Vec<(DateTime<Utc>, StateMove)> = row_moves
-        .chain(recharge_moves)
-        .filter(|(at, _)| *at >= days_start)
-        .collect();
-    let composition = analytics::daily_composition(before, &moves, &days, rules);
+    let (composition, flows) = tokio::try_join!(
+        reports::composition(store, rules, today, &days),
+        reports::flows(store, rules, &weeks)
+    )?;
+    let composition = composition.days;
 
     Ok(Charts {
         read_at: now

@@ -20,6 +20,7 @@ mod pg_changes;
 mod pg_failover;
 mod postgres;
 mod records;
+pub mod reports;
 mod rows;
 mod sql;
 mod sqlite;
