@@ -38,7 +38,7 @@
 #[macro_use]
 mod common;
 
-use common::api::Api;
+use common::api::{Api, activated, on};
 use common::{TestServer, assert_rejected};
 use ocs_lifecycle::proto::lifecycle_analytics_client::LifecycleAnalyticsClient;
 use ocs_lifecycle::proto::{
@@ -78,25 +78,8 @@ const G: &str = "8613800000007";
 const H: &str = "8613800000008";
 const HALL: (&str, &str) = ("op1", "hall-1");
 
-/// Sets the clock to 12:00 local of `date` and runs the sweep there.
-async fn on(server: &TestServer, api: &mut Api, date: &str) {
-    server.set_time(&format!("{date}T04:00:00Z")).await;
-    api.0
-        .advance_states(proto::AdvanceStatesRequest {
-            as_of: None,
-            dry_run: false,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("sweep on {date}: {e:?}"));
-}
-
 async fn provision(api: &mut Api, msisdn: &str, days: u32) {
     api.provision_with(msisdn, 0, true, days).await;
-}
-
-async fn activated(api: &mut Api, msisdn: &str, days: u32) {
-    provision(api, msisdn, days).await;
-    api.activate(msisdn).await;
 }
 
 async fn recharge(api: &mut Api, msisdn: &str, amount: i64, channel: RechargeChannel) -> String {

@@ -33,7 +33,7 @@ mod common;
 mod browser;
 
 use browser::{chromium_or_skip, get_html, get_json, run_chromium, text_after};
-use common::api::Api;
+use common::api::{Api, activated, on};
 use common::{Backend, TestDb, TestServer};
 use ocs_lifecycle::proto::lifecycle_analytics_client::LifecycleAnalyticsClient;
 use ocs_lifecycle::proto::{self, Granularity, RechargeChannel};
@@ -55,23 +55,6 @@ const F: &str = "8613800000008";
 const Y: &str = "8613800000009";
 
 const TODAY: &str = "2030-12-20";
-
-/// Sets the clock to 12:00 local of `date` and runs the sweep there.
-async fn on(server: &TestServer, api: &mut Api, date: &str) {
-    server.set_time(&format!("{date}T04:00:00Z")).await;
-    api.0
-        .advance_states(proto::AdvanceStatesRequest {
-            as_of: None,
-            dry_run: false,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("sweep on {date}: {e:?}"));
-}
-
-async fn activated(api: &mut Api, msisdn: &str, days: u32) {
-    api.provision_with(msisdn, 0, true, days).await;
-    api.activate(msisdn).await;
-}
 
 /// The population of the module doc.
 async fn build_population(server: &TestServer) {

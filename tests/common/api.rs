@@ -222,3 +222,23 @@ impl Api {
         }
     }
 }
+
+/// Sets the server's manual clock to 12:00 Asia/Shanghai of `date` (04:00 UTC) and runs the
+/// sweep there: a day of a population built over the months (tests/analytics.rs and
+/// tests/dashboard_charts.rs).
+pub async fn on(server: &TestServer, api: &mut Api, date: &str) {
+    server.set_time(&format!("{date}T04:00:00Z")).await;
+    api.0
+        .advance_states(ocs_lifecycle::proto::AdvanceStatesRequest {
+            as_of: None,
+            dry_run: false,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("sweep on {date}: {e:?}"));
+}
+
+/// Provisions a sold card of `days` initial validity and no balance, and activates it.
+pub async fn activated(api: &mut Api, msisdn: &str, days: u32) {
+    api.provision_with(msisdn, 0, true, days).await;
+    api.activate(msisdn).await;
+}
