@@ -21,7 +21,7 @@
 use std::time::Instant;
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
-use ocs_lifecycle::lifecycle::{Account, AccountState, Msisdn, Rules};
+use ocs_lifecycle::lifecycle::{Account, AccountState, HistoryKind, Msisdn, Rules};
 use ocs_lifecycle::proto;
 use ocs_lifecycle::proto::lifecycle_analytics_client::LifecycleAnalyticsClient;
 use sqlx::Connection;
@@ -81,13 +81,14 @@ struct DataSet {
     archived: Vec<Account>,
 }
 
-const PROVISIONED: u8 = 1;
-const SOLD: u8 = 2;
-const ACTIVATED: u8 = 3;
-const RECHARGE: u8 = 4;
-const CHARGE: u8 = 5;
-const UNLOCK: u8 = 6;
-const STATE_CHANGED: u8 = 7;
+// History kinds as stored (`HistoryKind`'s wire values).
+const PROVISIONED: u8 = HistoryKind::Provisioned as u8;
+const SOLD: u8 = HistoryKind::Sold as u8;
+const ACTIVATED: u8 = HistoryKind::Activated as u8;
+const RECHARGE: u8 = HistoryKind::Recharge as u8;
+const CHARGE: u8 = HistoryKind::Charge as u8;
+const UNLOCK: u8 = HistoryKind::Unlock as u8;
+const STATE_CHANGED: u8 = HistoryKind::StateChanged as u8;
 
 /// The simulation of one account's lives up to now.
 struct Life<'a> {

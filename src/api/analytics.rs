@@ -241,15 +241,9 @@ impl LifecycleAnalytics for AnalyticsApi {
             limit: page_size + 1,
         };
         let mut found = self.ctx.store.churn_candidates(&query).await?;
-        let next_page_token = if found.len() > page_size as usize {
-            found.truncate(page_size as usize);
-            found
-                .last()
-                .map(|c| churn_token(c.recharge_total, c.account.msisdn.as_str()))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = convert::next_page_token(&mut found, page_size, |c| {
+            churn_token(c.recharge_total, c.account.msisdn.as_str())
+        });
         let warnings = found
             .into_iter()
             .map(|c| {
