@@ -100,12 +100,16 @@ struct Args {
     /// `authorize_cache_ms` of the server under test (default: the service's own).
     #[arg(long, default_value_t = Config::default().authorize_cache_ms)]
     authorize_cache_ms: u64,
-    /// `group_commit_max` of the server under test (SQLite).
+    /// `group_commit_max` of the server under test.
     #[arg(long, default_value_t = Config::default().group_commit_max)]
     group_commit_max: usize,
-    /// `group_commit_wait_us` of the server under test (SQLite).
+    /// `group_commit_wait_us` of the server under test.
     #[arg(long, default_value_t = Config::default().group_commit_wait_us)]
     group_commit_wait_us: u64,
+    /// `group_commit_writers` of the server under test (PostgreSQL; below --clients, the
+    /// server's pool size).
+    #[arg(long, default_value_t = Config::default().group_commit_writers)]
+    group_commit_writers: usize,
     /// Overload: the server's `grpc.max_concurrent_requests`.
     #[arg(long, default_value_t = 32)]
     overload_limit: u32,
@@ -756,6 +760,7 @@ fn server_config(args: &Args, url: &str) -> Config {
         authorize_cache_ms: args.authorize_cache_ms,
         group_commit_max: args.group_commit_max,
         group_commit_wait_us: args.group_commit_wait_us,
+        group_commit_writers: args.group_commit_writers,
         ..Config::default()
     }
 }
@@ -888,6 +893,7 @@ async fn run_rpc(args: &Args) -> serde_json::Map<String, serde_json::Value> {
         if *section == "recharge" {
             row["group_commit_max"] = args.group_commit_max.into();
             row["group_commit_wait_us"] = args.group_commit_wait_us.into();
+            row["group_commit_writers"] = args.group_commit_writers.into();
         }
         if *section == "authorize" {
             row["authorize_cache_ms"] = args.authorize_cache_ms.into();

@@ -1,7 +1,8 @@
 //! Crashes with real processes and real databases (issue 7): `ocs-lifecycle serve` killed with
 //! SIGKILL during concurrent recharges (SQLite: with small groups of the writer's group commit,
-//! and while groups of 32 or more are in flight) and while webhook deliveries are in flight (SQLite
-//! and the shared PostgreSQL), then restarted on the same database.
+//! and while groups of 32 or more are in flight; PostgreSQL: with two group commit writers while
+//! groups of 16 or more are in flight) and while webhook deliveries are in flight (SQLite and the
+//! shared PostgreSQL), then restarted on the same database.
 //!
 //! Storage faults are in tests/faults_storage.rs. No test asserts on elapsed time; every wait
 //! has a generous safety bound.
@@ -38,7 +39,8 @@ async fn sqlite_serve_killed_during_recharges_loses_no_acknowledged_recharge() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let db_path = dir.path().join("ocs.db");
     let serve = serve_sqlite(dir.path(), &db_path);
-    killed_during_recharges(&serve, &db_path, 6, 1, |acked, _| acked >= 60).await;
+    let database = Database::Sqlite(&db_path);
+    killed_during_recharges(&serve, database, 6, 1, |acked, _| acked >= 60).await;
 }
 
 /// Mutations committed together at most in the next test: groups that large are in flight.
@@ -55,9 +57,49 @@ async fn sqlite_serve_killed_while_large_groups_are_in_flight_loses_no_acknowled
         ("OCS_GROUP_COMMIT_MAX", LARGE_GROUP.to_string()),
         ("OCS_GROUP_COMMIT_WAIT_US", "5000".to_owned()),
     ]);
-    serve.rust_log = "info,ocs_lifecycle::store::sqlite=debug";
+    serve.rust_log = "info,ocs_lifecycle::store::group=debug";
     let large = |acked: usize, log: &str| acked >= 60 && largest_group(log) >= LARGE_GROUP / 2;
-    killed_during_recharges(&serve, &db_path, 24, 4, large).await;
+    killed_during_recharges(&serve, Database::Sqlite(&db_path), 24, 4, large).await;
+}
+
+/// The same on PostgreSQL with two group commit writers (each MSISDN to one of them): 96
+/// callers, writers that wait 5 ms for more and commit up to 64 at once; the kill comes once a
+/// group of at least 16 is logged and 60 recharges are acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_serve_killed_while_groups_are_in_flight_loses_no_acknowledged_recharge() {
+    let Some(db) = TestDb::create(Backend::Postgres).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut serve = serve(dir.path(), &db.url).with_env([
+        ("OCS_GROUP_COMMIT_WRITERS", "2".to_owned()),
+        ("OCS_GROUP_COMMIT_MAX", LARGE_GROUP.to_string()),
+        ("OCS_GROUP_COMMIT_WAIT_US", "5000".to_owned()),
+    ]);
+    serve.rust_log = "info,ocs_lifecycle::store::group=debug";
+    let large = |acked: usize, log: &str| acked >= 60 && largest_group(log) >= 16;
+    killed_during_recharges(&serve, Database::Postgres(&db), 24, 4, large).await;
+}
+
+/// Where the killed server kept its data.
+#[derive(Clone, Copy)]
+enum Database<'a> {
+    Sqlite(&'a Path),
+    Postgres(&'a TestDb),
+}
+
+impl Database<'_> {
+    /// Opens the database directly; a SQLite file must pass its integrity check first (before
+    /// any recovery by the service).
+    async fn checked(self) -> common::Db {
+        match self {
+            Database::Sqlite(path) => {
+                assert_eq!(integrity_check(path).await, "ok");
+                open_sqlite(path).await
+            }
+            Database::Postgres(db) => db.open().await,
+        }
+    }
 }
 
 /// The largest group the writer logged ("group committed mutations=N").
@@ -79,7 +121,7 @@ fn largest_group(log: &str) -> usize {
 /// and after a restart an acknowledged recharge is a replay.
 async fn killed_during_recharges(
     serve: &ServeCommand,
-    db_path: &Path,
+    database: Database<'_>,
     accounts: usize,
     per_account: usize,
     kill_when: impl Fn(usize, &str) -> bool,
@@ -124,9 +166,8 @@ async fn killed_during_recharges(
     join_workers(workers, "a worker did not stop after the kill", "worker").await;
     let acked = acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
 
-    // The file opens cleanly, before any recovery by the service.
-    assert_eq!(integrity_check(db_path).await, "ok");
-    let direct = open_sqlite(db_path).await;
+    // The database opens cleanly, before any recovery by the service.
+    let direct = database.checked().await;
     assert_recharges_applied_once(&direct, &acked, &accounts).await;
     direct.close().await;
 
@@ -144,11 +185,11 @@ async fn killed_during_recharges(
         replay.replayed,
         "{request_id} was committed before the kill"
     );
-    let direct = open_sqlite(db_path).await;
+    let direct = database.checked().await;
     assert_recharges_applied_once(&direct, &acked, &accounts).await;
     direct.close().await;
     served.kill();
-    assert_eq!(integrity_check(db_path).await, "ok");
+    database.checked().await.close().await;
 }
 
 // ---------------------------------------------------------------------------------------------

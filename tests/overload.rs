@@ -106,19 +106,6 @@ fn recharge(msisdn: &str) -> proto::RechargeRequest {
     }
 }
 
-/// The value of the metric `name` (a line `name value`) in a scrape of `server`.
-async fn metric(server: &TestServer, name: &str) -> f64 {
-    let text = reqwest::get(server.http_url("/metrics"))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in the scrape:\n{text}"))
-}
-
 async fn health_is_serving(server: &TestServer) -> bool {
     let answer = server
         .health()
@@ -148,7 +135,7 @@ async fn a_flood_over_the_limit_is_shed_at_once_and_the_admitted_calls_finish(db
         admitted.push(tokio::spawn(async move { client.recharge(request).await }));
     }
     let waited = tokio::time::timeout(SAFETY, async {
-        while metric(&server, "ocs_rpc_in_flight").await < f64::from(LIMIT) {
+        while server.metric("ocs_rpc_in_flight").await < f64::from(LIMIT) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -157,7 +144,7 @@ async fn a_flood_over_the_limit_is_shed_at_once_and_the_admitted_calls_finish(db
         waited.is_ok(),
         "the admitted calls never were all in flight"
     );
-    assert_eq!(metric(&server, "ocs_rpc_shed_total").await, 0.0);
+    assert_eq!(server.metric("ocs_rpc_shed_total").await, 0.0);
 
     // The flood: every call is shed, none waits for the database (the hold is still on).
     let mut flood = Vec::new();
@@ -179,7 +166,7 @@ async fn a_flood_over_the_limit_is_shed_at_once_and_the_admitted_calls_finish(db
             "{status:?}"
         );
     }
-    assert_eq!(metric(&server, "ocs_rpc_shed_total").await, FLOOD as f64);
+    assert_eq!(server.metric("ocs_rpc_shed_total").await, FLOOD as f64);
     assert!(
         health_is_serving(&server).await,
         "health is never shed, even at the limit"
@@ -202,7 +189,7 @@ async fn a_flood_over_the_limit_is_shed_at_once_and_the_admitted_calls_finish(db
     // And the server answers on.
     let after = api.recharge(&numbers[0], 500).await;
     assert_eq!(after.balance_after - after.balance_before, 500);
-    assert_eq!(metric(&server, "ocs_rpc_shed_total").await, FLOOD as f64);
+    assert_eq!(server.metric("ocs_rpc_shed_total").await, FLOOD as f64);
     server.stop().await;
 }
 

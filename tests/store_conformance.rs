@@ -144,6 +144,7 @@ fn history(account: &Account, kind: HistoryKind, at: DateTime<Utc>, amount: i64)
         amount,
         actor: "billing".into(),
         request_id: Some(rid()),
+        channel: None,
     }
 }
 

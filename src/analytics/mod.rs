@@ -9,6 +9,7 @@
 mod cohorts;
 mod flows;
 mod periods;
+mod values;
 
 #[cfg(test)]
 mod tests;
@@ -22,6 +23,7 @@ pub use flows::{
     daily_composition, is_recharge, state_move, tally_flows,
 };
 pub use periods::{Granularity, Period, month_start, parse_date, parse_month, periods};
+pub use values::{ValueDelta, ValueDeltas};
 
 /// `msisdn` for a campaign list that must not show whole numbers: the first 3 and the last 4
 /// digits kept, every other one `*` (an MSISDN has at least 8 digits, so one is always hidden).

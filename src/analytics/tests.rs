@@ -308,28 +308,87 @@ fn cohort_retention_counts_only_accounts_that_reached_the_age() {
     assert_eq!((r[3].reached, r[3].active, r[3].share()), (2, 1, 0.5));
 }
 
-#[test]
-fn a_recharge_channel_is_read_back_from_its_request_fingerprint() {
-    use crate::lifecycle::{Amount, Command, recharge_channel_of};
-    let amount = Amount::parse("amount", 5000).unwrap();
-    let msisdn = Msisdn::parse("8613800138000").unwrap();
-    for channel in [
-        RechargeChannel::Card10011,
-        RechargeChannel::Bank,
-        RechargeChannel::BusinessHall,
-        RechargeChannel::Online,
-    ] {
-        let recharge = Command::Recharge {
-            amount,
-            channel,
-            validity_days: 30,
-        };
-        assert_eq!(
-            recharge_channel_of(&recharge.fingerprint(&msisdn)),
-            Some(channel)
-        );
+/// One history row for the value tests: `kind` with `amount` on `msisdn`'s generation 1.
+fn value_row(
+    msisdn: &str,
+    generation: u32,
+    kind: HistoryKind,
+    amount: i64,
+    at: DateTime<Utc>,
+) -> crate::lifecycle::HistoryRecord {
+    crate::lifecycle::HistoryRecord {
+        id: 0,
+        msisdn: Msisdn::parse(msisdn).unwrap(),
+        account_id: format!("id-{msisdn}"),
+        generation,
+        at,
+        kind,
+        from_state: None,
+        to_state: None,
+        amount,
+        actor: "test".into(),
+        request_id: None,
+        channel: None,
     }
-    let charge = Command::Charge { amount };
-    assert_eq!(recharge_channel_of(&charge.fingerprint(&msisdn)), None);
-    assert_eq!(recharge_channel_of("Recharge|x|1|9|0"), None);
+}
+
+#[test]
+fn value_deltas_add_activations_and_recharges_per_generation() {
+    let at = |d: u32| Utc.with_ymd_and_hms(2030, 1, d, 4, 0, 0).unwrap();
+    let (a, b) = ("8613800000001", "8613800000002");
+    let mut first = ValueDeltas::default();
+    first.add(&[
+        value_row(a, 1, HistoryKind::Activated, 0, at(10)),
+        value_row(a, 1, HistoryKind::Recharge, 1000, at(12)),
+        // A charge and an unlock without a recharge add nothing; an unlock with one does.
+        value_row(a, 1, HistoryKind::Charge, 300, at(13)),
+        value_row(b, 1, HistoryKind::Unlock, 0, at(13)),
+        value_row(b, 1, HistoryKind::Unlock, 3000, at(14)),
+    ]);
+    let mut second = ValueDeltas::default();
+    second.add(&[
+        value_row(a, 1, HistoryKind::Recharge, 500, at(11)),
+        value_row(a, 2, HistoryKind::Activated, 0, at(20)),
+    ]);
+    first.merge(second);
+    let rows: Vec<_> = first
+        .iter()
+        .map(|(m, g, d)| (m.to_owned(), g, *d))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                a.to_owned(),
+                1,
+                ValueDelta {
+                    activated_at: Some(at(10)),
+                    recharge_total: 1500,
+                    recharge_count: 2,
+                    last_recharge_at: Some(at(12)),
+                }
+            ),
+            (
+                a.to_owned(),
+                2,
+                ValueDelta {
+                    activated_at: Some(at(20)),
+                    ..ValueDelta::default()
+                }
+            ),
+            (
+                b.to_owned(),
+                1,
+                ValueDelta {
+                    recharge_total: 3000,
+                    recharge_count: 1,
+                    last_recharge_at: Some(at(14)),
+                    ..ValueDelta::default()
+                }
+            ),
+        ]
+    );
+    let mut nothing = ValueDeltas::default();
+    nothing.add(&[value_row(b, 1, HistoryKind::Charge, 100, at(15))]);
+    assert!(nothing.is_empty());
 }

@@ -103,12 +103,29 @@ struct Rows {
 }
 
 impl Rows {
-    fn new(columns: &[&'static str]) -> Self {
-        Self {
-            columns: columns.to_vec(),
+    /// The rows of `items` under `columns`.
+    fn of<T>(columns: &[Column<T>], items: &[T]) -> Self {
+        let mut rows = Self {
+            columns: columns.iter().map(|(name, _)| *name).collect(),
             rows: Vec::new(),
             fields: Map::new(),
-        }
+        };
+        rows.extend(columns, items);
+        rows
+    }
+
+    /// More rows, under the same `columns`.
+    fn extend<T>(&mut self, columns: &[Column<T>], items: &[T]) {
+        self.rows.extend(
+            items
+                .iter()
+                .map(|item| columns.iter().map(|(_, cell)| cell(item)).collect()),
+        );
+    }
+
+    /// A field of the whole report (shown under the table, beside the rows in JSON).
+    fn field(&mut self, name: &str, value: Value) {
+        self.fields.insert(name.to_owned(), value);
     }
 
     fn text(value: &Value) -> String {
@@ -183,16 +200,99 @@ impl Rows {
     }
 }
 
-fn stage_row(label: &str, counts: &proto::StageCounts) -> Vec<Value> {
-    vec![
-        json!(label),
-        json!(counts.unactivated),
-        json!(counts.valid),
-        json!(counts.grace),
-        json!(counts.locked),
-        json!(counts.recycled),
-    ]
+/// One column of a report over items `T`: its name, and the cell an item shows in it.
+type Column<T> = (&'static str, fn(&T) -> Value);
+
+/// A day's (or "now") accounts per effective state.
+type StageDay = (String, proto::StageCounts);
+
+const STAGE_COLUMNS: &[Column<StageDay>] = &[
+    ("date", |(label, _)| json!(label)),
+    ("unactivated", |(_, c)| json!(c.unactivated)),
+    ("valid", |(_, c)| json!(c.valid)),
+    ("grace", |(_, c)| json!(c.grace)),
+    ("locked", |(_, c)| json!(c.locked)),
+    ("recycled", |(_, c)| json!(c.recycled)),
+];
+
+const FLOW_COLUMNS: &[Column<proto::PeriodFlows>] = &[
+    ("first_day", |p| json!(p.first_day)),
+    ("last_day", |p| json!(p.last_day)),
+    ("activations", |p| json!(p.activations)),
+    ("valid_to_grace", |p| json!(p.valid_to_grace)),
+    ("win_backs", |p| json!(p.win_backs)),
+    ("grace_to_locked", |p| json!(p.grace_to_locked)),
+    ("unlocks_to_valid", |p| json!(p.unlocks_to_valid)),
+    ("unlocks_to_grace", |p| json!(p.unlocks_to_grace)),
+    ("recycled_lock_expired", |p| json!(p.recycled_lock_expired)),
+    ("recycled_unactivated_expired", |p| {
+        json!(p.recycled_unactivated_expired)
+    }),
+    ("reprovisioned", |p| json!(p.reprovisioned)),
+    ("recharges", |p| {
+        json!(p.recharges.iter().map(|r| r.count).sum::<i64>())
+    }),
+    ("recharge_amount", |p| {
+        json!(p.recharges.iter().map(|r| r.amount).sum::<i64>())
+    }),
+    ("recharges_by_channel", |p| {
+        let by_channel: Vec<String> = p
+            .recharges
+            .iter()
+            .map(|r| format!("{} {}/{}", channel_name(r.channel), r.count, r.amount))
+            .collect();
+        json!(by_channel.join(" "))
+    }),
+    ("entered_grace", |p| json!(p.entered_grace)),
+    ("won_back", |p| json!(p.won_back)),
+    ("still_in_grace", |p| json!(p.still_in_grace)),
+    ("win_back_rate", |p| {
+        json!(format!("{:.4}", p.win_back_rate))
+    }),
+];
+
+const CHURN_COLUMNS: &[Column<proto::ChurnWarning>] = &[
+    ("msisdn", |w| json!(w.msisdn)),
+    ("account_id", |w| json!(w.account_id)),
+    ("state", |w| {
+        let state = proto::AccountState::try_from(w.state)
+            .map(|s| s.as_str_name().trim_start_matches("ACCOUNT_STATE_"))
+            .unwrap_or("UNKNOWN");
+        json!(state)
+    }),
+    ("stage_ends", |w| json!(w.stage_ends)),
+    ("days_left", |w| json!(w.days_left)),
+    ("recharge_total", |w| json!(w.recharge_total)),
+    ("recharge_count", |w| json!(w.recharge_count)),
+    ("balance", |w| json!(w.balance)),
+];
+
+/// "active/reached" at the `i`-th age of the retention (30, 90, 180, 365 days).
+fn retained(cohort: &proto::Cohort, i: usize) -> Value {
+    let shown = cohort
+        .retention
+        .get(i)
+        .map(|r| format!("{}/{}", r.active, r.reached));
+    json!(shown.unwrap_or_default())
 }
+
+const COHORT_COLUMNS: &[Column<proto::Cohort>] = &[
+    ("month", |c| json!(c.month)),
+    ("accounts", |c| json!(c.accounts)),
+    ("active_30d", |c| retained(c, 0)),
+    ("active_90d", |c| retained(c, 1)),
+    ("active_180d", |c| retained(c, 2)),
+    ("active_365d", |c| retained(c, 3)),
+    ("recharge_total", |c| json!(c.recharge_total)),
+    ("recharge_count", |c| json!(c.recharge_count)),
+    ("arpu", |c| json!(format!("{:.2}", c.arpu))),
+    ("recharges_per_account", |c| {
+        json!(format!("{:.2}", c.recharges_per_account))
+    }),
+    ("ltv_p50", |c| json!(c.ltv_p50)),
+    ("ltv_p90", |c| json!(c.ltv_p90)),
+    ("ltv_p99", |c| json!(c.ltv_p99)),
+];
 
 fn channel_name(channel: i32) -> &'static str {
     proto::RechargeChannel::try_from(channel)
@@ -274,23 +374,16 @@ async fn composition(
     request: tonic::Request<proto::StageCompositionRequest>,
 ) -> Result<Rows, CliError> {
     let answer = analytics.stage_composition(request).await?.into_inner();
-    let mut rows = Rows::new(&[
-        "date",
-        "unactivated",
-        "valid",
-        "grace",
-        "locked",
-        "recycled",
-    ]);
-    rows.rows
-        .push(stage_row("now", &answer.now.unwrap_or_default()));
-    for day in &answer.days {
-        rows.rows
-            .push(stage_row(&day.date, &day.counts.unwrap_or_default()));
-    }
-    rows.fields.insert("today".into(), json!(answer.today));
-    rows.fields
-        .insert("timezone".into(), json!(answer.timezone));
+    let mut days = vec![("now".to_owned(), answer.now.unwrap_or_default())];
+    days.extend(
+        answer
+            .days
+            .into_iter()
+            .map(|day| (day.date, day.counts.unwrap_or_default())),
+    );
+    let mut rows = Rows::of(STAGE_COLUMNS, &days);
+    rows.field("today", json!(answer.today));
+    rows.field("timezone", json!(answer.timezone));
     Ok(rows)
 }
 
@@ -299,55 +392,8 @@ async fn flows(
     request: tonic::Request<proto::FlowsRequest>,
 ) -> Result<Rows, CliError> {
     let answer = analytics.flows(request).await?.into_inner();
-    let mut rows = Rows::new(&[
-        "first_day",
-        "last_day",
-        "activations",
-        "valid_to_grace",
-        "win_backs",
-        "grace_to_locked",
-        "unlocks_to_valid",
-        "unlocks_to_grace",
-        "recycled_lock_expired",
-        "recycled_unactivated_expired",
-        "reprovisioned",
-        "recharges",
-        "recharge_amount",
-        "recharges_by_channel",
-        "entered_grace",
-        "won_back",
-        "still_in_grace",
-        "win_back_rate",
-    ]);
-    for p in answer.periods {
-        let by_channel: Vec<String> = p
-            .recharges
-            .iter()
-            .map(|r| format!("{} {}/{}", channel_name(r.channel), r.count, r.amount))
-            .collect();
-        rows.rows.push(vec![
-            json!(p.first_day),
-            json!(p.last_day),
-            json!(p.activations),
-            json!(p.valid_to_grace),
-            json!(p.win_backs),
-            json!(p.grace_to_locked),
-            json!(p.unlocks_to_valid),
-            json!(p.unlocks_to_grace),
-            json!(p.recycled_lock_expired),
-            json!(p.recycled_unactivated_expired),
-            json!(p.reprovisioned),
-            json!(p.recharges.iter().map(|r| r.count).sum::<i64>()),
-            json!(p.recharges.iter().map(|r| r.amount).sum::<i64>()),
-            json!(by_channel.join(" ")),
-            json!(p.entered_grace),
-            json!(p.won_back),
-            json!(p.still_in_grace),
-            json!(format!("{:.4}", p.win_back_rate)),
-        ]);
-    }
-    rows.fields
-        .insert("timezone".into(), json!(answer.timezone));
+    let mut rows = Rows::of(FLOW_COLUMNS, &answer.periods);
+    rows.field("timezone", json!(answer.timezone));
     Ok(rows)
 }
 
@@ -358,45 +404,21 @@ async fn churn(
     mut request: proto::ChurnWarningsRequest,
     all: bool,
 ) -> Result<Rows, CliError> {
-    let mut rows = Rows::new(&[
-        "msisdn",
-        "account_id",
-        "state",
-        "stage_ends",
-        "days_left",
-        "recharge_total",
-        "recharge_count",
-        "balance",
-    ]);
+    let mut rows = Rows::of(CHURN_COLUMNS, &[]);
     loop {
         let answer = analytics
             .churn_warnings(client.request(request.clone()))
             .await?
             .into_inner();
-        for w in answer.warnings {
-            let state = proto::AccountState::try_from(w.state)
-                .map(|s| s.as_str_name().trim_start_matches("ACCOUNT_STATE_"))
-                .unwrap_or("UNKNOWN");
-            rows.rows.push(vec![
-                json!(w.msisdn),
-                json!(w.account_id),
-                json!(state),
-                json!(w.stage_ends),
-                json!(w.days_left),
-                json!(w.recharge_total),
-                json!(w.recharge_count),
-                json!(w.balance),
-            ]);
-        }
-        rows.fields.insert("today".into(), json!(answer.today));
+        rows.extend(CHURN_COLUMNS, &answer.warnings);
+        rows.field("today", json!(answer.today));
         request.page_token = answer.next_page_token;
         if !all || request.page_token.is_empty() {
             break;
         }
     }
     if !request.page_token.is_empty() {
-        rows.fields
-            .insert("next_page_token".into(), json!(request.page_token));
+        rows.field("next_page_token", json!(request.page_token));
     }
     Ok(rows)
 }
@@ -406,41 +428,7 @@ async fn cohorts(
     request: tonic::Request<proto::CohortsRequest>,
 ) -> Result<Rows, CliError> {
     let answer = analytics.cohorts(request).await?.into_inner();
-    let mut rows = Rows::new(&[
-        "month",
-        "accounts",
-        "active_30d",
-        "active_90d",
-        "active_180d",
-        "active_365d",
-        "recharge_total",
-        "recharge_count",
-        "arpu",
-        "recharges_per_account",
-        "ltv_p50",
-        "ltv_p90",
-        "ltv_p99",
-    ]);
-    for c in answer.cohorts {
-        let mut row = vec![json!(c.month), json!(c.accounts)];
-        // "active/reached" at each age.
-        row.extend(
-            c.retention
-                .iter()
-                .map(|r| json!(format!("{}/{}", r.active, r.reached))),
-        );
-        row.extend([
-            json!(c.recharge_total),
-            json!(c.recharge_count),
-            json!(format!("{:.2}", c.arpu)),
-            json!(format!("{:.2}", c.recharges_per_account)),
-            json!(c.ltv_p50),
-            json!(c.ltv_p90),
-            json!(c.ltv_p99),
-        ]);
-        rows.rows.push(row);
-    }
-    rows.fields
-        .insert("timezone".into(), json!(answer.timezone));
+    let mut rows = Rows::of(COHORT_COLUMNS, &answer.cohorts);
+    rows.field("timezone", json!(answer.timezone));
     Ok(rows)
 }

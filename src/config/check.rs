@@ -179,6 +179,13 @@ impl Config {
                 self.db_pool_size
             )));
         }
+        if self.group_commit_writers >= self.db_pool_size as usize {
+            return Err(ConfigError(format!(
+                "group_commit_writers ({}) must be below db_pool_size ({}): each writer holds a \
+                 connection while it commits, and reads need the others",
+                self.group_commit_writers, self.db_pool_size
+            )));
+        }
         if !(1..=600_000).contains(&self.db_acquire_timeout_ms) {
             return Err(ConfigError(format!(
                 "db_acquire_timeout_ms must be between 1 and 600000, got {}",

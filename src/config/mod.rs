@@ -46,7 +46,7 @@ pub const DEFAULT_HTTP_ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
 
 /// The top-level keys and sections of the configuration.
-pub(crate) const KEYS: [&str; 23] = [
+pub(crate) const KEYS: [&str; 24] = [
     "listen",
     "http_addr",
     "database_url",
@@ -61,6 +61,7 @@ pub(crate) const KEYS: [&str; 23] = [
     "authorize_cache_ms",
     "group_commit_max",
     "group_commit_wait_us",
+    "group_commit_writers",
     "insecure",
     "lifecycle",
     "tariff",
@@ -122,10 +123,13 @@ pub struct Config {
     /// PostgreSQL database evict them (LISTEN/NOTIFY); the bound matters only for writes no
     /// server announces (`api::facts`).
     pub authorize_cache_ms: u64,
-    /// SQLite group commit: mutations committed together at most (`store::GroupCommit`).
+    /// Group commit: mutations committed together at most (`store::GroupCommit`).
     pub group_commit_max: usize,
-    /// SQLite group commit: how long the writer waits for more mutations (µs; 0: none).
+    /// Group commit: how long a writer waits for more mutations (µs; 0: none).
     pub group_commit_wait_us: u64,
+    /// PostgreSQL group commit: writer tasks (0: every mutation in its own transaction).
+    /// SQLite always has one.
+    pub group_commit_writers: usize,
     /// Allow non-loopback `listen` and `http_addr` addresses although no tokens are configured
     /// (`[auth]`).
     pub insecure: bool,
@@ -165,6 +169,7 @@ impl Default for Config {
             authorize_cache_ms: 60_000,
             group_commit_max: crate::store::GroupCommit::default().max,
             group_commit_wait_us: 0,
+            group_commit_writers: crate::store::GroupCommit::default().writers,
             insecure: false,
             ignored_env: Vec::new(),
             lifecycle: LifecycleConfig::default(),

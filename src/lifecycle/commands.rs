@@ -129,6 +129,8 @@ pub struct Change {
     pub from: AccountState,
     pub to: AccountState,
     pub amount: i64,
+    /// A Recharge's channel (`None` for every other command).
+    pub channel: Option<RechargeChannel>,
 }
 
 /// The result of a command: the new facts and everything that must be written with them.
@@ -242,17 +244,6 @@ impl Command {
             ),
         }
     }
-}
-
-/// The channel of a Recharge from its idempotency fingerprint ([`Command::fingerprint`]): the
-/// history row of a recharge does not carry it, the request's stored fingerprint does (read by
-/// the analytics' recharges per channel). `None` for any other fingerprint.
-pub fn recharge_channel_of(fingerprint: &str) -> Option<RechargeChannel> {
-    let mut parts = fingerprint.split('|');
-    if parts.next() != Some("Recharge") {
-        return None;
-    }
-    RechargeChannel::from_i32(parts.nth(2)?.parse().ok()?)
 }
 
 /// Creates generation `previous_generation + 1` of `msisdn` as an UNACTIVATED card.
@@ -469,11 +460,16 @@ pub fn apply(
         Command::Unlock(unlock) => unlock.recharge_amount.map_or(0, Amount::fen),
         _ => 0,
     };
+    let channel = match command {
+        Command::Recharge { channel, .. } => Some(*channel),
+        _ => None,
+    };
     let change = Change {
         kind,
         from,
         to,
         amount,
+        channel,
     };
     Ok(Applied {
         account: next,

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use super::account::{Account, ExpiringNotice, Swept, Transition, TransitionReason};
 use super::commands::{Applied, Change};
-use super::types::{AccountState, HistoryKind, Msisdn, wire_enum};
+use super::types::{AccountState, HistoryKind, Msisdn, RechargeChannel, wire_enum};
 
 /// The actor recorded for boundary transitions, whoever happened to materialise them: the
 /// history reads the same whether the nightly sweep or a request crossed the boundary first.
@@ -52,6 +52,8 @@ pub struct HistoryRecord {
     pub amount: i64,
     pub actor: String,
     pub request_id: Option<String>,
+    /// A RECHARGE row's channel, from its request (`None` on every other row).
+    pub channel: Option<RechargeChannel>,
 }
 
 /// One event of the transactional outbox.
@@ -127,6 +129,7 @@ impl Effects {
             from: AccountState::Unactivated,
             to: AccountState::Unactivated,
             amount: account.preset_balance,
+            channel: None,
         };
         effects.change(account, &change, origin);
         if let Some(row) = effects.history.last_mut() {
@@ -177,6 +180,7 @@ impl Effects {
                     amount: 0,
                     actor: SWEEP_ACTOR.to_owned(),
                     request_id: None,
+                    channel: None,
                 });
             }
             let mut event = |event_type| OutboxEvent {
@@ -213,6 +217,7 @@ impl Effects {
             amount: change.amount,
             actor: origin.actor.to_owned(),
             request_id: origin.request_id.map(str::to_owned),
+            channel: change.channel,
         });
     }
 }

@@ -20,7 +20,7 @@ pub use account::{Account, ExpiringNotice, Swept, Transition, TransitionReason};
 pub use authorize::{Authorization, Barring, MAX_DESTINATION_DIGITS, authorize, parse_destination};
 pub use commands::{
     Applied, Change, ChargeOutcome, Command, Outcome, ProvisionParams, RechargeOutcome, Unlock,
-    apply, provision, provision_over, recharge_channel_of,
+    apply, provision, provision_over,
 };
 pub use effects::{
     Effects, EventIds, EventType, HistoryRecord, Origin, OutboxEvent, Provisioned, SWEEP_ACTOR,

@@ -328,6 +328,29 @@ impl Metrics {
                 status.failovers,
             );
         }
+        let groups = store.group_commits();
+        for (name, help, value) in [
+            (
+                "ocs_group_commits",
+                "Transactions the group commit writers committed (a group of one included), \
+                 since start",
+                groups.groups,
+            ),
+            (
+                "ocs_group_commit_mutations",
+                "Mutations in those transactions (÷ ocs_group_commits: the mean group size), \
+                 since start",
+                groups.mutations,
+            ),
+            (
+                "ocs_group_commit_splits",
+                "PostgreSQL groups rolled back by a database error and run again one mutation \
+                 per transaction, since start",
+                groups.split,
+            ),
+        ] {
+            read_counter(&mut read, name, help, value);
+        }
         let pool = store.pool_connections();
         let connections = Family::<ConnectionLabel, Gauge>::default();
         for (state, count) in [("in_use", pool.in_use()), ("idle", pool.idle)] {

@@ -9,7 +9,7 @@
 //! migration 0008, which hold every column the sums read; the kinds and states are literals in
 //! the SQL so that those indexes apply. `CROSS JOIN` keeps SQLite's join order (the periods,
 //! or the few lock rows, outside; one index range or key inside); PostgreSQL plans it freely. Cohorts and churn warnings read `generation_values`,
-//! kept by every history write in the same transaction.
+//! written in the same transaction as the history rows it sums (`Writes::add_values`).
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};

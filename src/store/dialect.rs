@@ -101,6 +101,11 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
         None
     }
 
+    /// What group commit did since start (all zero without it).
+    fn group_commits(&self) -> super::GroupCommitCounts {
+        super::GroupCommitCounts::default()
+    }
+
     /// What a write reports for `err` when the error says the server may have moved (a
     /// failover): `None` for every other error, and for backends that do not move.
     fn failover(&self, _err: &sqlx::Error) -> Option<super::StoreError> {

@@ -16,6 +16,7 @@
 mod analytics;
 mod deliveries;
 mod dialect;
+mod group;
 mod pg_changes;
 mod pg_failover;
 mod postgres;
@@ -277,6 +278,20 @@ pub trait AccountStore: WebhookDeliveries + AnalyticsStore + Send + Sync + 'stat
 
     /// The connections the store's pools hold now, for the metrics (reads no database).
     fn pool_connections(&self) -> PoolConnections;
+
+    /// What group commit did since start (all zero without it), for the metrics.
+    fn group_commits(&self) -> GroupCommitCounts {
+        GroupCommitCounts::default()
+    }
+}
+
+/// Group commit since start: groups committed (a group of one included), the mutations in
+/// them, and the groups that failed and were run again one mutation at a time (PostgreSQL).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupCommitCounts {
+    pub groups: u64,
+    pub mutations: u64,
+    pub split: u64,
 }
 
 /// Connections of a store's pools (SQLite: the write connection and the readers together).
@@ -307,16 +322,18 @@ impl PoolConnections {
 /// answered UNAVAILABLE, unless configured (`db_acquire_timeout_ms`).
 pub const DEFAULT_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// How SQLite's writer groups the mutations it commits together (`group_commit_max`,
-/// `group_commit_wait_us`): it takes every mutation waiting, up to `max` (at least 1), and when
-/// that is fewer than `max` and `wait` is not zero it waits up to `wait` for more (rounded up
-/// to the runtime's timer, 1 ms). Every mutation of the group is answered after the one
-/// COMMIT. PostgreSQL commits each mutation in its own transaction (its own group commit
-/// shares the WAL flushes of concurrent commits) and ignores this.
+/// How a writer groups the mutations it commits together (`group_commit_max`,
+/// `group_commit_wait_us`, `group_commit_writers`; `group`): it takes every mutation waiting,
+/// up to `max` (at least 1), and when that is fewer than `max` and `wait` is not zero it waits
+/// up to `wait` for more (rounded up to the runtime's timer, 1 ms). Every mutation of the group
+/// is answered after the one COMMIT. SQLite always has one writer; PostgreSQL has `writers`
+/// of them, or with 0 commits each mutation in its own transaction (PostgreSQL's own group
+/// commit then shares the WAL flushes of concurrent commits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GroupCommit {
     pub max: usize,
     pub wait: std::time::Duration,
+    pub writers: usize,
 }
 
 impl Default for GroupCommit {
@@ -324,6 +341,7 @@ impl Default for GroupCommit {
         Self {
             max: 128,
             wait: std::time::Duration::ZERO,
+            writers: 0,
         }
     }
 }
@@ -363,7 +381,7 @@ pub async fn connect_following_primary(
             None,
         ))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let store = PostgresStore::connect(url, pool_size, acquire_timeout, rules).await?;
+        let store = PostgresStore::connect(url, pool_size, acquire_timeout, rules, group).await?;
         let watch = store.primary_watch();
         Ok((Arc::new(store), watch))
     } else {

@@ -4,6 +4,12 @@
 //! servers on the database (`pg_changes`). A first insert that races another (same MSISDN or same
 //! request_id) fails on the unique index and the whole mutation is retried.
 //!
+//! With `group_commit_writers` above 0, mutations go instead to that many writer tasks
+//! (`super::group`, an MSISDN always to the same one), each committing the mutations waiting
+//! for it as one transaction: fewer commits and round trips per mutation. A refusal writes
+//! nothing, so it does not disturb the group; any database error rolls the group back and its
+//! mutations are run again one transaction each, so one bad mutation cannot fail the others.
+//!
 //! A multi-host `database_url` (several hosts or `target_session_attrs`) gives the dialect a
 //! [`FollowedPrimary`], which points the pool at the writable host and moves it after a
 //! failover; every query takes its pool through [`Dialect::pool`].
@@ -17,9 +23,11 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::{Connection, Pool, Postgres, Transaction};
 
 use super::dialect::{Dialect, ErrorClass, SqlDatabase};
+use super::group::{CommitGroup, GroupCounters, Job, Writers};
 use super::pg_failover::{FollowedPrimary, PgTargets, PrimaryWatch};
 use super::sql::{SqlStore, Writes};
-use super::{Committed, Decide, MutateFailure, RequestKey, StoreError};
+use super::{Committed, Decide, GroupCommit, MutateFailure, RequestKey, StoreError};
+use crate::analytics::ValueDeltas;
 use crate::lifecycle::{Msisdn, Rules};
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -29,10 +37,21 @@ pub(crate) type PostgresStore = SqlStore<PostgresDialect>;
 
 /// PostgreSQL's side of the backend contract; with a multi-host URL it follows the primary.
 pub(crate) struct PostgresDialect {
+    writes: Arc<PgWrites>,
+    /// The group commit writers (`group_commit_writers` > 0).
+    group: Option<Writers>,
+}
+
+/// Where and how mutations are written: shared by the dialect and the group commit writers.
+struct PgWrites {
     primary: Option<Arc<FollowedPrimary>>,
+    /// The store's own pool (the primary's, when following one, is `primary`'s).
+    own: Pool<Postgres>,
+    rules: Arc<Rules>,
     /// Who this store is on the change feed (`pg_changes`): it ignores its own announcements,
     /// since its commits reach its cache directly.
     instance: super::pg_changes::Instance,
+    counters: Arc<GroupCounters>,
 }
 
 impl SqlStore<PostgresDialect> {
@@ -43,6 +62,7 @@ impl SqlStore<PostgresDialect> {
         pool_size: u32,
         acquire_timeout: Duration,
         rules: Arc<Rules>,
+        group: GroupCommit,
     ) -> Result<Self, StoreError> {
         let targets = PgTargets::parse(url)
             .map_err(|e| StoreError::Internal(format!("database_url: {e}")))?;
@@ -71,11 +91,22 @@ impl SqlStore<PostgresDialect> {
             probe_connect(&options, acquire_timeout).await?;
             (pool_options.connect_with(options).await?, None)
         };
+        let writes = Arc::new(PgWrites {
+            primary,
+            own: pool.clone(),
+            rules: rules.clone(),
+            instance: super::pg_changes::Instance::new(),
+            counters: Arc::new(GroupCounters::default()),
+        });
+        let writers = (group.writers > 0).then(|| {
+            let committer: Arc<dyn CommitGroup> = writes.clone();
+            Writers::start(group.writers, group, committer, writes.counters.clone())
+        });
         // One pool for reads and writes: every connection may write.
         Ok(SqlStore::new(
             PostgresDialect {
-                primary,
-                instance: super::pg_changes::Instance::new(),
+                writes,
+                group: writers,
             },
             pool.clone(),
             pool,
@@ -85,7 +116,7 @@ impl SqlStore<PostgresDialect> {
 
     /// With a multi-host `database_url`: whether the service knows its primary.
     pub fn primary_watch(&self) -> Option<PrimaryWatch> {
-        self.dialect.primary.as_ref().map(|p| p.watch())
+        self.dialect.writes.primary.as_ref().map(|p| p.watch())
     }
 }
 
@@ -139,16 +170,141 @@ fn connect_error(at: &str, options: &PgConnectOptions, err: &sqlx::Error) -> Str
     }
 }
 
-impl PostgresDialect {
+impl PgWrites {
     /// A write transaction (a multi-host URL: on the primary, failing at once while the
     /// service searches for it).
-    async fn begin(
-        &self,
-        own: &Pool<Postgres>,
-    ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
         match &self.primary {
             Some(primary) => primary.begin().await,
-            None => own.begin().await,
+            None => self.own.begin().await,
+        }
+    }
+
+    /// The pool of the server written to now.
+    fn pool(&self) -> &Pool<Postgres> {
+        match &self.primary {
+            Some(primary) => primary.pool(),
+            None => &self.own,
+        }
+    }
+
+    /// Tells the other servers that `msisdns` changed. Also when the COMMIT's answer was lost:
+    /// a change that did not happen only costs the other servers a read.
+    async fn announce(&self, msisdns: &[&Msisdn]) {
+        for msisdn in msisdns {
+            if let Err(e) = self.instance.announce(self.pool(), msisdn.as_str()).await {
+                tracing::warn!(error = %e, %msisdn, "could not announce a committed change to the other servers");
+            }
+        }
+    }
+
+    /// One mutation, one transaction: concurrent commits of other rows proceed in parallel and
+    /// PostgreSQL's own group commit shares their WAL flushes.
+    async fn alone(
+        &self,
+        msisdn: &Msisdn,
+        key: RequestKey<'_>,
+        decide: &Decide,
+    ) -> Result<Committed, MutateFailure> {
+        let mut tx = self.begin().await?;
+        let result =
+            Writes::<PostgresDialect>::apply_in(&mut tx, &self.rules, msisdn, key, decide).await;
+        let result = match result {
+            Ok((committed, values)) => {
+                match Writes::<PostgresDialect>::add_values(&mut tx, &values).await {
+                    Ok(()) => Ok(committed),
+                    Err(e) => Err(MutateFailure::Sql(e)),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match &result {
+            Ok(Committed::Applied(_)) => {
+                let committed = tx.commit().await;
+                self.announce(&[msisdn]).await;
+                committed?
+            }
+            // Nothing was written.
+            Ok(_) => tx.rollback().await?,
+            // An error left writes to undo. The error is what the caller is told: when it broke
+            // the session (the server ended it, 57P01), the rollback fails too, with a bare
+            // end-of-file that would hide why.
+            Err(_) => {
+                if let Err(e) = tx.rollback().await {
+                    tracing::debug!(error = %e, "rollback after a failed statement failed");
+                }
+            }
+        }
+        result
+    }
+
+    /// `group` in one transaction: refusals (which write nothing) answered as such, every
+    /// other mutation applied; `Err` at the first database error, nothing committed.
+    async fn together(
+        &self,
+        group: &[Job],
+    ) -> Result<Vec<Result<Committed, MutateFailure>>, MutateFailure> {
+        let mut tx = self.begin().await?;
+        let mut results = Vec::with_capacity(group.len());
+        let mut values = ValueDeltas::default();
+        for job in group {
+            let applied = Writes::<PostgresDialect>::apply_in(
+                &mut tx,
+                &self.rules,
+                &job.msisdn,
+                job.key(),
+                &job.decide,
+            )
+            .await;
+            match applied {
+                Ok((committed, added)) => {
+                    values.merge(added);
+                    results.push(Ok(committed));
+                }
+                Err(refused @ MutateFailure::Store(_)) => results.push(Err(refused)),
+                // Dropping the transaction rolls it back.
+                Err(failed) => return Err(failed),
+            }
+        }
+        Writes::<PostgresDialect>::add_values(&mut tx, &values).await?;
+        tx.commit().await?;
+        Ok(results)
+    }
+}
+
+#[async_trait]
+impl CommitGroup for PgWrites {
+    async fn commit_group(&self, group: &[Job]) -> Vec<Result<Committed, MutateFailure>> {
+        if let [job] = group {
+            return vec![self.alone(&job.msisdn, job.key(), &job.decide).await];
+        }
+        match self.together(group).await {
+            Ok(results) => {
+                let applied: Vec<&Msisdn> = group
+                    .iter()
+                    .zip(&results)
+                    .filter(|(_, r)| matches!(r, Ok(Committed::Applied(_))))
+                    .map(|(job, _)| &job.msisdn)
+                    .collect();
+                self.announce(&applied).await;
+                results
+            }
+            Err(failed) => {
+                // Also after a COMMIT whose answer was lost: a mutation that did commit finds
+                // its idempotency key and is answered as replayed.
+                let why = match &failed {
+                    MutateFailure::Sql(e) => e.to_string(),
+                    MutateFailure::Retry => "transient".into(),
+                    MutateFailure::Store(e) => e.to_string(),
+                };
+                tracing::debug!(mutations = group.len(), error = %why, "a group failed; its mutations run one by one");
+                self.counters.count_split();
+                let mut results = Vec::with_capacity(group.len());
+                for job in group {
+                    results.push(self.alone(&job.msisdn, job.key(), &job.decide).await);
+                }
+                results
+            }
         }
     }
 }
@@ -198,61 +354,40 @@ impl Dialect for PostgresDialect {
         }
     }
 
-    /// One mutation, one transaction: concurrent commits of other rows proceed in parallel and
-    /// PostgreSQL's own group commit shares their WAL flushes.
+    /// Through the group commit writers when there are any, else in a transaction of its own.
     async fn mutate_once(
         &self,
-        store: &SqlStore<Self>,
+        _store: &SqlStore<Self>,
         msisdn: &Msisdn,
         key: RequestKey<'_>,
         decide: &Decide,
     ) -> Result<Committed, MutateFailure> {
-        let mut tx: Transaction<'static, Postgres> = self.begin(&store.writer).await?;
-        let result = Writes::<Self>::apply_in(&mut tx, &store.rules, msisdn, key, decide).await;
-        match &result {
-            Ok(Committed::Applied(_)) => {
-                let committed = tx.commit().await;
-                // Also when the COMMIT's answer was lost: a change that did not happen only
-                // costs the other servers a read.
-                if let Err(e) = self
-                    .instance
-                    .announce(store.writer(), msisdn.as_str())
-                    .await
-                {
-                    tracing::warn!(error = %e, %msisdn, "could not announce a committed change to the other servers");
-                }
-                committed?
-            }
-            // Nothing was written.
-            Ok(_) => tx.rollback().await?,
-            // An error left writes to undo. The error is what the caller is told: when it broke
-            // the session (the server ended it, 57P01), the rollback fails too, with a bare
-            // end-of-file that would hide why.
-            Err(_) => {
-                if let Err(e) = tx.rollback().await {
-                    tracing::debug!(error = %e, "rollback after a failed statement failed");
-                }
-            }
+        match &self.group {
+            Some(writers) => writers.submit(msisdn, key, decide).await,
+            None => self.writes.alone(msisdn, key, decide).await,
         }
-        result
     }
 
     async fn begin_batch(
         &self,
-        writer: &Pool<Postgres>,
+        _writer: &Pool<Postgres>,
     ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-        self.begin(writer).await
+        self.writes.begin().await
     }
 
     fn pool<'a>(&'a self, own: &'a Pool<Postgres>) -> &'a Pool<Postgres> {
-        match &self.primary {
+        match &self.writes.primary {
             Some(primary) => primary.pool(),
             None => own,
         }
     }
 
+    fn group_commits(&self) -> super::GroupCommitCounts {
+        self.writes.counters.snapshot()
+    }
+
     fn failover(&self, err: &sqlx::Error) -> Option<StoreError> {
-        self.primary.as_ref()?.failover_error(err)
+        self.writes.primary.as_ref()?.failover_error(err)
     }
 
     /// LISTEN on a connection of its own, to the primary of the moment.
@@ -262,11 +397,11 @@ impl Dialect for PostgresDialect {
         on: super::OnChange,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Option<tokio::task::JoinHandle<()>> {
-        let (primary, own) = (self.primary.clone(), store.writer.clone());
+        let (primary, own) = (self.writes.primary.clone(), store.writer.clone());
         let current_pool = move || match &primary {
             Some(primary) => primary.pool().clone(),
             None => own.clone(),
         };
-        Some(self.instance.follow(current_pool, on, shutdown))
+        Some(self.writes.instance.follow(current_pool, on, shutdown))
     }
 }

@@ -4,7 +4,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 
 use super::sweeps::{RunCounts, SWEPT_REASONS, SweepRun, SweepRunStatus, transition_column};
 use super::{EventType, HistoryRecord, OutboxEvent, StoreError};
-use crate::lifecycle::{Account, AccountState, HistoryKind, Msisdn, Rules};
+use crate::lifecycle::{Account, AccountState, HistoryKind, Msisdn, RechargeChannel, Rules};
 
 pub(crate) const ACCOUNT_COLUMNS: &str = "msisdn, account_id, generation, state, balance, \
     preset_balance, sold, initial_validity_days, provisioned_at, activated_at, valid_until, \
@@ -90,8 +90,8 @@ impl AccountRow {
     }
 }
 
-pub(crate) const HISTORY_COLUMNS: &str =
-    "id, msisdn, account_id, generation, at, kind, from_state, to_state, amount, actor, request_id";
+pub(crate) const HISTORY_COLUMNS: &str = "id, msisdn, account_id, generation, at, kind, from_state, to_state, amount, actor, request_id, \
+     channel";
 
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct HistoryRow {
@@ -106,6 +106,7 @@ pub(crate) struct HistoryRow {
     pub amount: i64,
     pub actor: String,
     pub request_id: Option<String>,
+    pub channel: Option<i32>,
 }
 
 impl HistoryRow {
@@ -123,6 +124,10 @@ impl HistoryRow {
             amount: self.amount,
             actor: self.actor,
             request_id: self.request_id,
+            channel: self
+                .channel
+                .map(|c| RechargeChannel::from_i32(c).ok_or_else(|| corrupt("channel", c)))
+                .transpose()?,
         })
     }
 }

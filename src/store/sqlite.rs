@@ -3,51 +3,39 @@
 //!
 //! SQLite has one writer whatever the pool says, and with `synchronous = FULL` every commit costs
 //! an fsync. So every mutation goes to one writer task that owns the write connection and
-//! commits the mutations waiting at that moment together (group commit; up to
+//! commits the mutations waiting at that moment together (group commit, `super::group`; up to
 //! `group_commit_max`, optionally waiting `group_commit_wait_us` for more, see
 //! [`GroupCommit`]): one `BEGIN IMMEDIATE` transaction, each mutation inside its own savepoint,
-//! so a refused or failed one is rolled back alone. Replies are sent only after the COMMIT, so nobody is told "applied" before it is
-//! durable. Reads use a separate read-only pool.
+//! so a refused or failed one is rolled back alone. Replies are sent only after the COMMIT, so
+//! nobody is told "applied" before it is durable. Reads use a separate read-only pool.
 
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Acquire, Connection, Pool, Sqlite, SqlitePool, Transaction};
-use tokio::sync::{mpsc, oneshot};
 
 use super::dialect::{Dialect, ErrorClass, SqlDatabase};
+use super::group::{CommitGroup, GroupCounters, Job, Writers};
 use super::sql::{SqlStore, Writes};
 use super::{
     Committed, Decide, GroupCommit, MutateFailure, RequestKey, SqlFailure, StoreError, classify,
 };
+use crate::analytics::ValueDeltas;
 use crate::lifecycle::{Msisdn, Rules};
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
-
-/// Mutations waiting for the writer at most, before callers wait to enqueue.
-const QUEUE_DEPTH: usize = 4096;
 
 /// The SQLite store: the generic store over [`SqliteDialect`].
 pub(crate) type SqliteStore = SqlStore<SqliteDialect>;
 
 /// SQLite's side of the backend contract; holds the queue of the writer task.
 pub(crate) struct SqliteDialect {
-    jobs: mpsc::Sender<Job>,
-}
-
-/// One mutation waiting for the writer task.
-struct Job {
-    msisdn: Msisdn,
-    request_id: String,
-    fingerprint: String,
-    now: DateTime<Utc>,
-    decide: Decide,
-    reply: oneshot::Sender<Result<Committed, MutateFailure>>,
+    writer: Writers,
+    counters: Arc<GroupCounters>,
 }
 
 impl SqlStore<SqliteDialect> {
@@ -90,10 +78,16 @@ impl SqlStore<SqliteDialect> {
             .connect_with(options.clone().read_only(true))
             .await
             .map_err(|e| open_error(&options, e))?;
-        let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(write_loop(writer.clone(), rules.clone(), queue, group));
+        let committer = Arc::new(SqliteGroups {
+            pool: writer.clone(),
+            rules: rules.clone(),
+        });
+        let counters = Arc::new(GroupCounters::default());
         Ok(SqlStore::new(
-            SqliteDialect { jobs },
+            SqliteDialect {
+                writer: Writers::start(1, group, committer, counters.clone()),
+                counters,
+            },
             readers,
             writer,
             rules,
@@ -180,18 +174,11 @@ impl Dialect for SqliteDialect {
         key: RequestKey<'_>,
         decide: &Decide,
     ) -> Result<Committed, MutateFailure> {
-        let (reply, answer) = oneshot::channel();
-        let job = Job {
-            msisdn: msisdn.clone(),
-            request_id: key.request_id.to_owned(),
-            fingerprint: key.fingerprint.to_owned(),
-            now: key.now,
-            decide: decide.clone(),
-            reply,
-        };
-        let stopped = || MutateFailure::Store(StoreError::Unavailable("the writer stopped".into()));
-        self.jobs.send(job).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        self.writer.submit(msisdn, key, decide).await
+    }
+
+    fn group_commits(&self) -> super::GroupCommitCounts {
+        self.counters.snapshot()
     }
 
     /// A sweep batch takes the write connection (the pool has exactly one) under
@@ -205,35 +192,16 @@ impl Dialect for SqliteDialect {
     }
 }
 
-/// The writer task: takes the mutations waiting (see [`GroupCommit`]), commits them as one
-/// transaction, replies.
-async fn write_loop(
+/// The one write connection and the rules, for the writer task.
+struct SqliteGroups {
     pool: SqlitePool,
     rules: Arc<Rules>,
-    mut queue: mpsc::Receiver<Job>,
-    settings: GroupCommit,
-) {
-    let max = settings.max.max(1);
-    let mut group = Vec::with_capacity(max);
-    while queue.recv_many(&mut group, max).await > 0 {
-        if !settings.wait.is_zero() && group.len() < max {
-            // `recv_many` is cancel-safe: a timeout loses no job.
-            let until = tokio::time::Instant::now() + settings.wait;
-            while group.len() < max {
-                let room = max - group.len();
-                let more = queue.recv_many(&mut group, room);
-                match tokio::time::timeout_at(until, more).await {
-                    Ok(n) if n > 0 => {}
-                    _ => break,
-                }
-            }
-        }
-        let results = commit_group(&pool, &rules, &group).await;
-        tracing::debug!(mutations = group.len(), "group committed");
-        for (job, result) in group.drain(..).zip(results) {
-            // A caller that went away (cancelled request) needs no answer.
-            let _ = job.reply.send(result);
-        }
+}
+
+#[async_trait]
+impl CommitGroup for SqliteGroups {
+    async fn commit_group(&self, group: &[Job]) -> Vec<Result<Committed, MutateFailure>> {
+        commit_group(&self.pool, &self.rules, group).await
     }
 }
 
@@ -246,22 +214,28 @@ async fn commit_group(
     let mut results = Vec::with_capacity(group.len());
     let outcome: Result<(), sqlx::Error> = async {
         let mut tx: Transaction<'static, Sqlite> = pool.begin_with("BEGIN IMMEDIATE").await?;
+        // What the group's history adds to `generation_values`: one upsert for the group.
+        let mut values = ValueDeltas::default();
         for job in group {
-            let key = RequestKey {
-                request_id: &job.request_id,
-                fingerprint: &job.fingerprint,
-                now: job.now,
-            };
             let mut savepoint = tx.begin().await?;
             let conn = savepoint.acquire().await?;
             let result =
-                Writes::<SqliteDialect>::apply_in(conn, rules, &job.msisdn, key, &job.decide).await;
-            match &result {
-                Ok(Committed::Applied(_)) => savepoint.commit().await?,
-                _ => savepoint.rollback().await?,
-            }
+                Writes::<SqliteDialect>::apply_in(conn, rules, &job.msisdn, job.key(), &job.decide)
+                    .await;
+            let result = match result {
+                Ok((committed @ Committed::Applied(_), added)) => {
+                    savepoint.commit().await?;
+                    values.merge(added);
+                    Ok(committed)
+                }
+                other => {
+                    savepoint.rollback().await?;
+                    other.map(|(committed, _)| committed)
+                }
+            };
             results.push(result);
         }
+        Writes::<SqliteDialect>::add_values(&mut tx, &values).await?;
         tx.commit().await
     }
     .await;

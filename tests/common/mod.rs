@@ -564,6 +564,19 @@ impl TestServer {
         }
     }
 
+    /// The value of the metric `name` (a line `name value`) in a scrape of `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(self.http_url("/metrics"))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in the scrape:\n{text}"))
+    }
+
     /// Direct access to this server's database.
     pub async fn db(&self) -> Db {
         self.db.open().await

@@ -48,6 +48,47 @@ fn recharge_while_valid_with_credit_adds_days_to_the_remaining_validity() {
 }
 
 #[test]
+fn a_recharge_history_row_carries_its_channel_and_no_other_row_does() {
+    let (rules, now) = shanghai_at("2026-03-01", 10);
+    let account = valid_account(&rules, "2026-06-30", 100, 0);
+    let origin = Origin {
+        actor: "billing",
+        request_id: Some("r-1"),
+        now,
+    };
+    let mut ids = || "id".to_owned();
+    for channel in RechargeChannel::ALL {
+        let command = Command::Recharge {
+            amount: fen(1000),
+            channel,
+            validity_days: 0,
+        };
+        let applied = ok(&account, &command, now, &rules);
+        let effects = Effects::of_command(&applied, origin, &mut ids);
+        let channels: Vec<_> = effects.history.iter().map(|h| h.channel).collect();
+        assert_eq!(channels, [Some(channel)], "{channel:?}");
+    }
+    let charged = ok(&account, &charge(50), now, &rules);
+    let effects = Effects::of_command(&charged, origin, &mut ids);
+    assert_eq!(effects.history[0].channel, None);
+    // The sweep's boundary rows carry none either.
+    let expired = ok(
+        &account,
+        &recharge(1000),
+        at(&rules, "2026-07-05", 10),
+        &rules,
+    );
+    let effects = Effects::of_command(&expired, origin, &mut ids);
+    assert!(
+        effects.history.len() > 1,
+        "boundary rows before the recharge"
+    );
+    let (last, boundaries) = effects.history.split_last().unwrap();
+    assert!(boundaries.iter().all(|h| h.channel.is_none()));
+    assert_eq!(last.channel, Some(RechargeChannel::Bank));
+}
+
+#[test]
 fn preset_credit_alone_carries_the_remaining_validity_over() {
     let applied = recharged_on_march_1st("2026-06-30", 0, 1, 1000);
     assert_valid_until(&applied, "2026-07-30", "06-30 + 30");

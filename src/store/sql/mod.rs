@@ -501,6 +501,10 @@ impl<D: Dialect> AccountStore for SqlStore<D> {
         Ok(count)
     }
 
+    fn group_commits(&self) -> super::GroupCommitCounts {
+        self.dialect.group_commits()
+    }
+
     fn pool_connections(&self) -> super::PoolConnections {
         let (writer, reader) = (
             super::PoolConnections::of(self.writer()),

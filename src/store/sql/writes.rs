@@ -12,8 +12,8 @@ use sqlx::query::Query;
 use sqlx::{Arguments, Transaction};
 
 use super::ROWS_PER_STATEMENT;
-use crate::analytics::is_recharge;
-use crate::lifecycle::{Account, HistoryKind, Msisdn, Rules, recharge_channel_of};
+use crate::analytics::ValueDeltas;
+use crate::lifecycle::{Account, Msisdn, Rules};
 use crate::store::dialect::{Args, Binds, Conn, Db, Dialect, Executes, Param, Reads};
 use crate::store::rows::{ACCOUNT_COLUMNS, AccountRow};
 use crate::store::sweeps::{SweepBatch, SweptBatch};
@@ -22,11 +22,10 @@ use crate::store::{
     request_id_reused,
 };
 
-/// Adds one activation or recharge to its generation's row of `generation_values`: the first
-/// activation instant, the recharges' sum and number, the latest recharge.
-const ADD_GENERATION_VALUES: &str = "INSERT INTO generation_values (msisdn, generation, \
-    activated_at, recharge_total, recharge_count, last_recharge_at) VALUES ($1, $2, $3, $4, $5, $6) \
-    ON CONFLICT (msisdn, generation) DO UPDATE SET \
+/// Adds what history rows add to their generations' rows of `generation_values`: the first
+/// activation instant, the recharges' sum and number, the latest recharge. Multi-row: the
+/// `VALUES` rows come before this tail, at most one per (msisdn, generation).
+const ADD_GENERATION_VALUES: &str = " ON CONFLICT (msisdn, generation) DO UPDATE SET \
     activated_at = COALESCE(generation_values.activated_at, excluded.activated_at), \
     recharge_total = generation_values.recharge_total + excluded.recharge_total, \
     recharge_count = generation_values.recharge_count + excluded.recharge_count, \
@@ -39,15 +38,17 @@ pub(crate) struct Writes<D>(PhantomData<D>);
 
 impl<D: Dialect> Writes<D> {
     /// Carries out one mutation inside the caller's open transaction, without committing.
-    /// `Applied` means writes were made and must be committed; `Replayed` and refusals wrote
-    /// nothing; an SQL error may leave partial writes that the caller rolls back.
+    /// `Applied` means writes were made and must be committed, with `values` (what its history
+    /// adds to `generation_values`, which the caller writes with [`Self::add_values`] before
+    /// the COMMIT); `Replayed` and refusals wrote nothing; an SQL error may leave partial writes
+    /// that the caller rolls back.
     pub(crate) async fn apply_in(
         conn: &mut Conn<D>,
         rules: &Rules,
         msisdn: &Msisdn,
         key: RequestKey<'_>,
         decide: &Decide,
-    ) -> Result<Committed, MutateFailure> {
+    ) -> Result<(Committed, ValueDeltas), MutateFailure> {
         let stored: Option<(String, Vec<u8>)> = D::Db::read_optional(
             sqlx::query("SELECT fingerprint, response FROM idempotency_keys WHERE request_id = $1")
                 .param(key.request_id)
@@ -56,7 +57,7 @@ impl<D: Dialect> Writes<D> {
         )?;
         if let Some((fingerprint, response)) = stored {
             return if fingerprint == key.fingerprint {
-                Ok(Committed::Replayed(response))
+                Ok((Committed::Replayed(response), ValueDeltas::default()))
             } else {
                 Err(MutateFailure::Store(request_id_reused(key.request_id)))
             };
@@ -115,8 +116,7 @@ impl<D: Dialect> Writes<D> {
         Self::bind_account(sqlx::query(&sql), &row)
             .execute(D::Db::on(&mut *conn))
             .await?;
-        let channel = recharge_channel_of(key.fingerprint).map(|c| c as i32);
-        Self::insert_history(&mut *conn, &mutation.history, channel).await?;
+        Self::insert_history(&mut *conn, &mutation.history).await?;
         Self::insert_events(&mut *conn, &mutation.events).await?;
         sqlx::query(
             "INSERT INTO idempotency_keys (request_id, fingerprint, response, created_at) \
@@ -128,7 +128,9 @@ impl<D: Dialect> Writes<D> {
         .param(key.now)
         .execute(D::Db::on(&mut *conn))
         .await?;
-        Ok(Committed::Applied(mutation.response))
+        let mut values = ValueDeltas::default();
+        values.add(&mutation.history);
+        Ok((Committed::Applied(mutation.response), values))
     }
 
     /// Locks and reads up to `limit` due accounts with the dialect's claim.
@@ -190,16 +192,17 @@ impl<D: Dialect> Writes<D> {
                 .execute(D::Db::on(&mut *conn))
                 .await?;
         }
-        Self::insert_history(&mut *conn, &swept.history, None).await?;
+        Self::insert_history(&mut *conn, &swept.history).await?;
+        let mut values = ValueDeltas::default();
+        values.add(&swept.history);
+        Self::add_values(&mut *conn, &values).await?;
         Self::insert_events(&mut *conn, &swept.events).await
     }
 
-    /// History rows, as multi-row INSERTs, a RECHARGE row with the request's `channel`; then
-    /// their activations and recharges added to `generation_values` (migration 0008).
+    /// History rows, as multi-row INSERTs.
     async fn insert_history(
         conn: &mut Conn<D>,
         history: &[HistoryRecord],
-        channel: Option<i32>,
     ) -> Result<(), sqlx::Error> {
         for chunk in history.chunks(ROWS_PER_STATEMENT) {
             let mut values = ValuesRows::<D>::new(
@@ -219,26 +222,39 @@ impl<D: Dialect> Writes<D> {
                     .param(entry.amount)
                     .param(entry.actor.as_str())
                     .param(entry.request_id.as_deref())
-                    .param(channel.filter(|_| entry.kind == HistoryKind::Recharge));
+                    .param(entry.channel.map(|c| c as i32));
             }
             let (sql, args) = values.finish("")?;
             sqlx::query_with(&sql, args)
                 .execute(D::Db::on(&mut *conn))
                 .await?;
         }
-        for entry in history {
-            let activated = entry.kind == HistoryKind::Activated;
-            let recharge = is_recharge(entry.kind, entry.amount);
-            if !activated && !recharge {
-                continue;
+        Ok(())
+    }
+
+    /// Adds `values` to `generation_values`, as multi-row upserts (none when empty).
+    pub(crate) async fn add_values(
+        conn: &mut Conn<D>,
+        values: &ValueDeltas,
+    ) -> Result<(), sqlx::Error> {
+        let rows: Vec<_> = values.iter().collect();
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut upsert = ValuesRows::<D>::new(
+                "INSERT INTO generation_values (msisdn, generation, activated_at, \
+                 recharge_total, recharge_count, last_recharge_at) ",
+            );
+            for (msisdn, generation, delta) in chunk {
+                upsert
+                    .row()
+                    .param(*msisdn)
+                    .param(i64::from(*generation))
+                    .param(delta.activated_at)
+                    .param(delta.recharge_total)
+                    .param(delta.recharge_count)
+                    .param(delta.last_recharge_at);
             }
-            sqlx::query(ADD_GENERATION_VALUES)
-                .param(entry.msisdn.as_str())
-                .param(i64::from(entry.generation))
-                .param(activated.then_some(entry.at))
-                .param(if recharge { entry.amount } else { 0 })
-                .param(i64::from(recharge))
-                .param(recharge.then_some(entry.at))
+            let (sql, args) = upsert.finish(ADD_GENERATION_VALUES)?;
+            sqlx::query_with(&sql, args)
                 .execute(D::Db::on(&mut *conn))
                 .await?;
         }

@@ -1,0 +1,280 @@
+//! Group commit (`store::group`): SQLite's one writer, PostgreSQL's `group_commit_writers`, and
+//! PostgreSQL without them (every mutation its own transaction), through the real API.
+//!
+//! - 32 callers at once, each recharge sent twice (the second a replay) between requests that
+//!   are refused (an unknown number: refused in the store, inside a group): every recharge is
+//!   applied once, balances and history agree, and `generation_values` — written once per
+//!   group — equals the sums of the history.
+//! - A mutation that fails in the database (a trigger refuses its history row) fails alone: the
+//!   others of its group are applied, each once, and the failing one leaves nothing behind.
+//!
+//! (Killing the server while large groups are in flight: tests/faults_crash.rs.)
+
+#[allow(unused_macros)]
+#[macro_use]
+mod common;
+
+use std::sync::Arc;
+
+use common::api::{Api, activated, on};
+use common::{Backend, TestDb, TestServer, test_config};
+use ocs_lifecycle::config::ClockMode;
+use ocs_lifecycle::lifecycle::HistoryKind;
+use ocs_lifecycle::proto::{RechargeChannel, RechargeRequest};
+
+both_databases! {
+    sqlite, postgres_groups: recharges_at_once_apply_once_and_sum_exactly,
+}
+both_databases! {
+    sqlite_failing, postgres_failing: a_mutation_failing_in_the_database_fails_alone,
+}
+tests_on_backend!(postgres_alone, Postgres, crate::common::on_database: recharges_one_transaction_each);
+
+/// The accounts the callers recharge.
+const ACCOUNTS: usize = 6;
+const CALLERS: u32 = 32;
+const ROUNDS: u32 = 8;
+
+/// A server on `db` with `writers` PostgreSQL group commit writers (SQLite has its one).
+async fn start(db: Arc<TestDb>, writers: usize) -> TestServer {
+    let mut config = test_config(ClockMode::Manual);
+    config.group_commit_writers = writers;
+    TestServer::start_with(db, config).await
+}
+
+fn number(i: usize) -> String {
+    format!("86139000000{i:02}")
+}
+
+async fn recharges_at_once_apply_once_and_sum_exactly(db: Arc<TestDb>) {
+    let server = start(db, 2).await;
+    recharges_at_once(&server).await;
+    // The writers took more than one mutation at a time, and no group failed.
+    let groups = server.metric("ocs_group_commits_total").await;
+    let mutations = server.metric("ocs_group_commit_mutations_total").await;
+    println!("{mutations} mutations in {groups} groups");
+    assert!(
+        groups > 0.0 && mutations > groups,
+        "{mutations} in {groups}"
+    );
+    assert_eq!(server.metric("ocs_group_commit_splits_total").await, 0.0);
+    server.stop().await;
+}
+
+async fn recharges_one_transaction_each(db: Arc<TestDb>) {
+    let server = start(db, 0).await;
+    recharges_at_once(&server).await;
+    assert_eq!(server.metric("ocs_group_commits_total").await, 0.0);
+    server.stop().await;
+}
+
+async fn recharges_at_once(server: &TestServer) {
+    let mut api = Api::of(server);
+    on(server, &mut api, "2030-01-10").await;
+    let numbers: Vec<String> = (0..ACCOUNTS).map(number).collect();
+    for msisdn in &numbers {
+        activated(&mut api, msisdn, 30).await;
+    }
+    // Spawned here, all of them, before any is awaited.
+    let callers: Vec<_> = (0..CALLERS)
+        .map(|caller| {
+            let mut client = server.accounts();
+            let numbers = numbers.clone();
+            tokio::spawn(async move {
+                for round in 0..ROUNDS {
+                    let request = RechargeRequest {
+                        msisdn: numbers[((caller + round) as usize) % ACCOUNTS].clone(),
+                        amount: i64::from(1000 + caller),
+                        channel: RechargeChannel::Online as i32,
+                        validity_days: 0,
+                        request_id: format!("values-{caller}-{round}"),
+                    };
+                    let unknown = RechargeRequest {
+                        msisdn: "8613999999999".into(),
+                        request_id: format!("unknown-{caller}-{round}"),
+                        ..request.clone()
+                    };
+                    let first = client.recharge(request.clone()).await;
+                    let refused = client.recharge(unknown).await;
+                    let again = client.recharge(request.clone()).await;
+                    let (first, again) = (
+                        first.expect("recharge").into_inner(),
+                        again.expect("the same recharge again").into_inner(),
+                    );
+                    assert!(refused.is_err(), "a recharge of an unknown number");
+                    assert!(!first.replayed && again.replayed, "{request:?}");
+                    assert_eq!(first.account, again.account, "the replay answers the same");
+                }
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.await.expect("caller");
+    }
+
+    let db = server.db().await;
+    let recharge_rows = |msisdn: &str, what: &str| {
+        format!(
+            "SELECT {what} FROM account_history WHERE msisdn = '{msisdn}' AND generation = 1 \
+             AND kind = {}",
+            HistoryKind::Recharge as i32
+        )
+    };
+    let values = |msisdn: &str, what: &str| {
+        format!("SELECT {what} FROM generation_values WHERE msisdn = '{msisdn}' AND generation = 1")
+    };
+    let mut recharges = 0;
+    for (i, msisdn) in numbers.iter().enumerate() {
+        // Caller c recharges account (c + round) % ACCOUNTS in each round, 1000 + c each time.
+        let expected: Vec<i64> = (0..CALLERS)
+            .flat_map(|c| (0..ROUNDS).map(move |r| (c, r)))
+            .filter(|(c, r)| ((c + r) as usize) % ACCOUNTS == i)
+            .map(|(c, _)| i64::from(1000 + c))
+            .collect();
+        let count = db.scalar(&recharge_rows(msisdn, "COUNT(*)")).await;
+        let total = db
+            .scalar(&recharge_rows(msisdn, "CAST(SUM(amount) AS BIGINT)"))
+            .await;
+        assert_eq!(
+            count,
+            expected.len() as i64,
+            "{msisdn}: one row per recharge"
+        );
+        assert_eq!(total, expected.iter().sum::<i64>(), "{msisdn}");
+        let balance = db.account(msisdn).await.expect("account").balance;
+        assert_eq!(
+            balance, total,
+            "{msisdn}: the balance is the recharges' sum"
+        );
+        assert_eq!(db.scalar(&values(msisdn, "recharge_count")).await, count);
+        assert_eq!(db.scalar(&values(msisdn, "recharge_total")).await, total);
+        let latest = db
+            .scalar(&format!(
+                "SELECT COUNT(*) FROM generation_values WHERE msisdn = '{msisdn}' \
+                 AND generation = 1 AND activated_at IS NOT NULL AND last_recharge_at = ({})",
+                recharge_rows(msisdn, "MAX(at)")
+            ))
+            .await;
+        assert_eq!(
+            latest, 1,
+            "{msisdn}: activation kept, last recharge the latest"
+        );
+        recharges += count;
+    }
+    assert_eq!(recharges, i64::from(CALLERS * ROUNDS));
+}
+
+/// The number whose history rows the database refuses.
+const POISONED: &str = "8613900000099";
+/// Requests sent at once in each round of the failing-mutation test, one of them poisoned:
+/// the group size the one writer waits for.
+const AT_ONCE: usize = 8;
+const FAILING_ROUNDS: usize = 6;
+
+async fn a_mutation_failing_in_the_database_fails_alone(db: Arc<TestDb>) {
+    let postgres = db.backend == Backend::Postgres;
+    let setup = start(db.clone(), 0).await;
+    let mut api = Api::of(&setup);
+    on(&setup, &mut api, "2030-01-10").await;
+    let numbers: Vec<String> = (0..ACCOUNTS).map(number).collect();
+    for msisdn in numbers.iter().chain([&POISONED.to_owned()]) {
+        activated(&mut api, msisdn, 30).await;
+    }
+    setup.stop().await;
+    let raw = db.open_for_writing().await;
+    if postgres {
+        raw.execute(
+            "CREATE FUNCTION refuse_row() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'refused by a test trigger'; END $$",
+        )
+        .await;
+        raw.execute(&format!(
+            "CREATE TRIGGER poisoned BEFORE INSERT ON account_history FOR EACH ROW \
+             WHEN (NEW.msisdn = '{POISONED}') EXECUTE FUNCTION refuse_row()"
+        ))
+        .await;
+    } else {
+        raw.execute(&format!(
+            "CREATE TRIGGER poisoned BEFORE INSERT ON account_history \
+             WHEN NEW.msisdn = '{POISONED}' BEGIN SELECT RAISE(ABORT, 'refused by a test trigger'); END"
+        ))
+        .await;
+    }
+    let before = raw.account(POISONED).await.expect("account");
+    // One writer that waits (up to a safety bound) until a round's requests are all queued,
+    // so that the poisoned one is committed with the others, whatever the machine's speed.
+    let mut config = test_config(ClockMode::Manual);
+    config.group_commit_writers = 1;
+    config.group_commit_max = AT_ONCE;
+    config.group_commit_wait_us = 10_000_000;
+    let server = TestServer::start_with(db, config).await;
+    server.set_time("2030-01-10T04:00:00Z").await;
+
+    let mut applied = 0;
+    for round in 0..FAILING_ROUNDS {
+        let requests: Vec<_> = (0..AT_ONCE)
+            .map(|i| {
+                let mut client = server.accounts();
+                let msisdn = match i {
+                    0 => POISONED.to_owned(),
+                    i => number((round + i) % ACCOUNTS),
+                };
+                let request = RechargeRequest {
+                    msisdn,
+                    amount: 1000,
+                    channel: RechargeChannel::Bank as i32,
+                    validity_days: 0,
+                    request_id: format!("poison-{round}-{i}"),
+                };
+                tokio::spawn(async move { (i, client.recharge(request).await) })
+            })
+            .collect();
+        for request in requests {
+            match request.await.expect("caller") {
+                (0, answer) => assert!(answer.is_err(), "the poisoned recharge: {answer:?}"),
+                (_, answer) => {
+                    answer.expect("a recharge in the same group");
+                    applied += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(applied, (FAILING_ROUNDS * (AT_ONCE - 1)) as i64);
+    let groups = server.metric("ocs_group_commits_total").await;
+    let db = server.db().await;
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT COUNT(*) FROM account_history WHERE kind = {}",
+            HistoryKind::Recharge as i32
+        ))
+        .await,
+        applied,
+        "every recharge answered OK is there once"
+    );
+    let mut balances = 0;
+    for msisdn in &numbers {
+        balances += db.account(msisdn).await.expect("account").balance;
+    }
+    assert_eq!(balances, applied * 1000);
+    assert_eq!(
+        db.account(POISONED).await.expect("account"),
+        before,
+        "the failing mutation wrote nothing"
+    );
+    assert_eq!(
+        db.scalar("SELECT COUNT(*) FROM idempotency_keys WHERE request_id LIKE 'poison-%'")
+            .await,
+        applied,
+        "no idempotency key for a failed mutation"
+    );
+    // PostgreSQL rolled each round's group back and ran it again one by one; SQLite's
+    // savepoints rolled the failing mutation back alone.
+    let splits = server.metric("ocs_group_commit_splits_total").await;
+    println!("{groups} groups, {splits} split");
+    if postgres {
+        assert!(splits >= 1.0, "no group was split");
+    } else {
+        assert_eq!(splits, 0.0);
+    }
+    server.stop().await;
+}
