@@ -29,8 +29,10 @@ pub enum ReportCommand {
     Flows {
         #[arg(long, value_enum, ignore_case = true, default_value_t = Period::Month)]
         period: Period,
+        /// First day (YYYY-MM-DD, the server's time zone); the periods cover it whole.
         #[arg(long)]
         from: String,
+        /// Last day.
         #[arg(long)]
         to: String,
         #[command(flatten)]
@@ -126,6 +128,12 @@ impl Rows {
     /// A field of the whole report (shown under the table, beside the rows in JSON).
     fn field(&mut self, name: &str, value: Value) {
         self.fields.insert(name.to_owned(), value);
+    }
+
+    /// The rows with the field `timezone`: the zone the report's days are in.
+    fn in_zone(mut self, timezone: String) -> Self {
+        self.field("timezone", json!(timezone));
+        self
     }
 
     fn text(value: &Value) -> String {
@@ -313,7 +321,13 @@ pub async fn run(connection: &Connection, command: ReportCommand) -> Result<Exit
                 from_date: from.unwrap_or_default(),
                 to_date: to.unwrap_or_default(),
             });
-            (composition(&mut analytics, request).await?, format)
+            let answer = analytics.stage_composition(request).await?.into_inner();
+            let mut days = vec![("now".to_owned(), answer.now.unwrap_or_default())];
+            let each_day = answer.days.into_iter();
+            days.extend(each_day.map(|day| (day.date, day.counts.unwrap_or_default())));
+            let mut rows = Rows::of(STAGE_COLUMNS, &days).in_zone(answer.timezone);
+            rows.field("today", json!(answer.today));
+            (rows, format)
         }
         ReportCommand::Flows {
             period,
@@ -331,7 +345,9 @@ pub async fn run(connection: &Connection, command: ReportCommand) -> Result<Exit
                 from_date: from,
                 to_date: to,
             });
-            (flows(&mut analytics, request).await?, format)
+            let answer = analytics.flows(request).await?.into_inner();
+            let rows = Rows::of(FLOW_COLUMNS, &answer.periods).in_zone(answer.timezone);
+            (rows, format)
         }
         ReportCommand::Churn {
             stage,
@@ -362,39 +378,13 @@ pub async fn run(connection: &Connection, command: ReportCommand) -> Result<Exit
                 from_month: from,
                 to_month: to,
             });
-            (cohorts(&mut analytics, request).await?, format)
+            let answer = analytics.cohorts(request).await?.into_inner();
+            let rows = Rows::of(COHORT_COLUMNS, &answer.cohorts).in_zone(answer.timezone);
+            (rows, format)
         }
     };
     rows.print(connection.output, &format)?;
     Ok(ExitCode::SUCCESS)
-}
-
-async fn composition(
-    analytics: &mut Analytics,
-    request: tonic::Request<proto::StageCompositionRequest>,
-) -> Result<Rows, CliError> {
-    let answer = analytics.stage_composition(request).await?.into_inner();
-    let mut days = vec![("now".to_owned(), answer.now.unwrap_or_default())];
-    days.extend(
-        answer
-            .days
-            .into_iter()
-            .map(|day| (day.date, day.counts.unwrap_or_default())),
-    );
-    let mut rows = Rows::of(STAGE_COLUMNS, &days);
-    rows.field("today", json!(answer.today));
-    rows.field("timezone", json!(answer.timezone));
-    Ok(rows)
-}
-
-async fn flows(
-    analytics: &mut Analytics,
-    request: tonic::Request<proto::FlowsRequest>,
-) -> Result<Rows, CliError> {
-    let answer = analytics.flows(request).await?.into_inner();
-    let mut rows = Rows::of(FLOW_COLUMNS, &answer.periods);
-    rows.field("timezone", json!(answer.timezone));
-    Ok(rows)
 }
 
 /// The churn warnings from `request`'s page on; with `all`, every following page too.
@@ -420,15 +410,5 @@ async fn churn(
     if !request.page_token.is_empty() {
         rows.field("next_page_token", json!(request.page_token));
     }
-    Ok(rows)
-}
-
-async fn cohorts(
-    analytics: &mut Analytics,
-    request: tonic::Request<proto::CohortsRequest>,
-) -> Result<Rows, CliError> {
-    let answer = analytics.cohorts(request).await?.into_inner();
-    let mut rows = Rows::of(COHORT_COLUMNS, &answer.cohorts);
-    rows.field("timezone", json!(answer.timezone));
     Ok(rows)
 }
