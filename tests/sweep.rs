@@ -625,12 +625,7 @@ async fn a_failed_sweep_rolls_back_its_batch_and_the_next_run_finishes(backend: 
         ]
     );
     // The metrics count both runs; only the succeeded one's transitions.
-    let metrics = reqwest::get(server.http_url("/metrics"))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics");
+    let metrics = server.metrics_text().await;
     for line in [
         r#"ocs_sweep_runs_total{status="failed"} 1"#,
         r#"ocs_sweep_runs_total{status="succeeded"} 1"#,

@@ -544,15 +544,9 @@ impl TestServer {
     /// from its facts cache (`ocs_authorize_cache_enabled 1`); on PostgreSQL it is off until
     /// the server listens for the changes of other servers.
     pub async fn authorize_cache_on(&self) {
-        let url = self.http_url("/metrics");
         let start = std::time::Instant::now();
         loop {
-            let body = reqwest::get(&url)
-                .await
-                .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-                .text()
-                .await
-                .expect("body");
+            let body = self.metrics_text().await;
             if body.lines().any(|l| l == "ocs_authorize_cache_enabled 1") {
                 return;
             }
@@ -564,14 +558,20 @@ impl TestServer {
         }
     }
 
-    /// The value of the metric `name` (a line `name value`) in a scrape of `/metrics`.
-    pub async fn metric(&self, name: &str) -> f64 {
-        let text = reqwest::get(self.http_url("/metrics"))
+    /// A scrape of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        let url = self.http_url("/metrics");
+        reqwest::get(&url)
             .await
-            .expect("GET /metrics")
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
             .text()
             .await
-            .expect("metrics body");
+            .expect("metrics body")
+    }
+
+    /// The value of the metric `name` (a line `name value`) in a scrape of `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics_text().await;
         text.lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or_else(|| panic!("no {name} in the scrape:\n{text}"))
