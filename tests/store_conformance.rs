@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use common::{Db, TestDb, rid};
 use ocs_lifecycle::lifecycle::{
-    Account, AccountState, DomainError, ErrorReason, HistoryKind, Msisdn, Rules, TransitionReason,
+    Account, AccountState, Amount, Command, DomainError, Effects, ErrorReason, HistoryKind, Msisdn,
+    Origin, RechargeChannel, Rules, TransitionReason,
 };
 use ocs_lifecycle::store::{
     self, AccountStore, AttemptOutcome, Committed, Decide, DueCursor, EventType, HistoryRecord,
@@ -40,6 +41,7 @@ both_databases! { sqlite, postgres:
     events_after_pages_in_sequence_order,
     a_sweep_batch_claims_the_earliest_deadlines_and_commits_what_it_writes,
     a_sweep_batch_dropped_without_commit_writes_nothing,
+    a_sweep_and_a_recharge_of_one_account_serialise_in_either_order,
     due_accounts_page_through_the_due_accounts_and_write_nothing,
     sweep_runs_are_recorded_from_start_to_end,
     recycles_by_day_counts_live_accounts_by_the_day_they_are_recycled,
@@ -573,6 +575,211 @@ async fn a_sweep_batch_claims_the_earliest_deadlines_and_commits_what_it_writes(
         "a swept account is not due again: {again:?}"
     );
     batch.commit().await.expect("commit");
+}
+
+/// A recharge of `account` as the API decides it (the lifecycle's own rules and effects),
+/// at `now`; `hold`: the decision first says it runs (the row is locked then) and waits to be
+/// let go.
+fn recharge_decision(now: DateTime<Utc>, hold: Option<Hold>) -> Decide {
+    let hold = hold.map(std::sync::Mutex::new);
+    Arc::new(move |current: Option<&Account>| {
+        if let Some(hold) = &hold {
+            let hold = hold.lock().expect("hold");
+            hold.entered.send(()).expect("the test waits");
+            hold.go.recv().expect("the test lets go");
+        }
+        let command = Command::Recharge {
+            amount: Amount::parse("amount", 1000).expect("amount"),
+            channel: RechargeChannel::Bank,
+            validity_days: 0,
+        };
+        let applied = ocs_lifecycle::lifecycle::apply(
+            current.expect("the account"),
+            &command,
+            now,
+            &Rules::default(),
+        )?;
+        let (actor, request_id) = ("billing", None);
+        let origin = Origin {
+            actor,
+            request_id,
+            now,
+        };
+        let effects = Effects::of_command(&applied, origin, &mut rid);
+        Ok(Mutation {
+            archive: None,
+            account: applied.account,
+            history: effects.history,
+            events: effects.events,
+            response: b"recharged".to_vec(),
+        })
+    })
+}
+
+/// How a test holds a decision half-way (see [`recharge_decision`]).
+struct Hold {
+    entered: std::sync::mpsc::Sender<()>,
+    go: std::sync::mpsc::Receiver<()>,
+}
+
+/// The sweep's batch over what `claim_due` returned, written and committed.
+async fn sweep_claimed(mut batch: Box<dyn store::SweepBatch>, claimed: Vec<Account>) {
+    let as_of = at("2030-03-10T02:00:00Z");
+    let mut swept = SweptBatch::default();
+    for mut account in claimed {
+        let crossed = account.sweep(as_of, &Rules::default());
+        let effects = Effects::of_sweep(&account, &crossed, as_of, &mut rid);
+        swept.history.extend(effects.history);
+        swept.events.extend(effects.events);
+        swept.accounts.push(account);
+    }
+    batch.write_batch(&swept).await.expect("write");
+    batch.commit().await.expect("commit");
+}
+
+/// The (from, to) states of `account`'s history rows, in order.
+async fn moves(
+    store: &dyn AccountStore,
+    account: &Msisdn,
+) -> Vec<(HistoryKind, Option<AccountState>, Option<AccountState>)> {
+    let rows = store.history(account, 0, 100).await.expect("history");
+    rows.into_iter()
+        .map(|h| (h.kind, h.from_state, h.to_state))
+        .collect()
+}
+
+/// A sweep batch and a recharge race for one due account (VALID through 2030-03-05, swept on
+/// 03-10), each order many times. Sweep first: the batch claims the account, the recharge
+/// waits for the batch's COMMIT (PostgreSQL: the row lock, seen waiting in `pg_stat_activity`;
+/// SQLite: the write lock) and decides on the swept account, a win-back from GRACE. Recharge
+/// first: the recharge holds the account mid-decision; the batch skips it (PostgreSQL: `SKIP
+/// LOCKED`) or starts after it (SQLite) and finds it no longer due. Either way the boundary is
+/// written once and the recharge once.
+async fn a_sweep_and_a_recharge_of_one_account_serialise_in_either_order(db: Arc<TestDb>) {
+    use AccountState::{Grace, Valid};
+    use HistoryKind::{Recharge, StateChanged};
+    let store = open(&db).await;
+    let raw = db.open().await;
+    let postgres = matches!(raw, Db::Postgres(_));
+    let as_of = at("2030-03-10T02:00:00Z");
+    let boundary_then_win_back = vec![
+        (StateChanged, Some(Valid), Some(Grace)),
+        (Recharge, Some(Grace), Some(Valid)),
+    ];
+    for round in 0..8 {
+        // Sweep first.
+        let account = active(5000 + 2 * round, day("2030-03-05"));
+        put(&*store, only(account.clone())).await;
+        let mut batch = store.begin_sweep_batch().await.expect("begin");
+        let claimed = batch.claim_due(as_of, 10).await.expect("claim");
+        assert_eq!(msisdns(&claimed), [account.msisdn.to_string()]);
+        let recharge = {
+            let store = store.clone();
+            let msisdn = account.msisdn.clone();
+            tokio::spawn(async move {
+                let request_id = rid();
+                let key = RequestKey {
+                    request_id: &request_id,
+                    fingerprint: "recharge",
+                    now: as_of,
+                };
+                store
+                    .mutate(&msisdn, key, recharge_decision(as_of, None))
+                    .await
+            })
+        };
+        if postgres {
+            // Certain: the recharge waits for the claimed row before the batch commits.
+            let waiting = "SELECT COUNT(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'";
+            while raw.scalar(waiting).await == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        } else {
+            tokio::task::yield_now().await;
+        }
+        sweep_claimed(batch, claimed).await;
+        recharge
+            .await
+            .expect("task")
+            .expect("the recharge after the sweep");
+        assert_eq!(
+            moves(&*store, &account.msisdn).await,
+            boundary_then_win_back,
+            "sweep first"
+        );
+
+        // Recharge first.
+        let account = active(5001 + 2 * round, day("2030-03-05"));
+        put(&*store, only(account.clone())).await;
+        let (entered, entered_here) = std::sync::mpsc::channel();
+        let (go_there, go) = std::sync::mpsc::channel();
+        let recharge = {
+            let store = store.clone();
+            let msisdn = account.msisdn.clone();
+            let decide = recharge_decision(as_of, Some(Hold { entered, go }));
+            tokio::spawn(async move {
+                let request_id = rid();
+                let key = RequestKey {
+                    request_id: &request_id,
+                    fingerprint: "recharge",
+                    now: as_of,
+                };
+                store.mutate(&msisdn, key, decide).await
+            })
+        };
+        tokio::task::spawn_blocking(move || entered_here.recv())
+            .await
+            .expect("task")
+            .expect("the recharge decides");
+        let sweep = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut batch = store.begin_sweep_batch().await.expect("begin");
+                let claimed = batch.claim_due(as_of, 10).await.expect("claim");
+                let names = msisdns(&claimed);
+                sweep_claimed(batch, claimed).await;
+                names
+            })
+        };
+        if postgres {
+            // Certain: the claim has passed over the locked row before the recharge goes on (a
+            // claim that waited for it would never end: bounded, to fail loudly).
+            let bound = std::time::Duration::from_secs(60);
+            let claimed = tokio::time::timeout(bound, sweep)
+                .await
+                .expect("the claim waited for the locked row")
+                .expect("sweep");
+            assert!(
+                claimed.is_empty(),
+                "the locked account is skipped: {claimed:?}"
+            );
+            go_there.send(()).expect("let go");
+        } else {
+            go_there.send(()).expect("let go");
+            let claimed = sweep.await.expect("sweep");
+            assert!(
+                claimed.is_empty(),
+                "the recharged account is not due: {claimed:?}"
+            );
+        }
+        recharge
+            .await
+            .expect("task")
+            .expect("the recharge before the sweep");
+        // The recharge crossed the boundary itself (the same rows as the sweep would write).
+        assert_eq!(
+            moves(&*store, &account.msisdn).await,
+            boundary_then_win_back,
+            "recharge first"
+        );
+        let mut batch = store.begin_sweep_batch().await.expect("begin");
+        assert!(
+            batch.claim_due(as_of, 10).await.expect("claim").is_empty(),
+            "nothing left due"
+        );
+        batch.commit().await.expect("commit");
+    }
 }
 
 async fn a_sweep_batch_dropped_without_commit_writes_nothing(db: Arc<TestDb>) {
