@@ -197,6 +197,49 @@ async fn postgres_a_commit_through_another_server_is_seen_here_within_moments() 
     here.stop().await;
 }
 
+/// A group commit of the other server (`group_commit_writers`; its one writer waits for all
+/// eight recharges, so they commit together) is announced whole: each recharged account's
+/// cached facts here are replaced, though the cache window (60 s) is far longer than the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_group_committed_through_another_server_is_announced_for_every_account() {
+    const AT_ONCE: usize = 8;
+    let Some(db) = TestDb::create(Backend::Postgres).await else {
+        return;
+    };
+    let mut config = common::test_config(ClockMode::Manual);
+    config.group_commit_writers = 1;
+    config.group_commit_max = AT_ONCE;
+    config.group_commit_wait_us = 10_000_000;
+    let there = TestServer::start_with(db.clone(), config).await;
+    there.authorize_cache_on().await;
+    there.set_time(T0).await;
+    let here = serving_from_its_cache(&db).await;
+    let mut api = Api::of(&here);
+    let numbers: Vec<String> = (0..AT_ONCE).map(|i| format!("86138000002{i:02}")).collect();
+    for msisdn in &numbers {
+        // Activated here (one at a time: no group elsewhere) with no balance: no call out.
+        api.active(msisdn).await;
+        assert!(!may_call_out(&mut api, msisdn).await, "cached here");
+    }
+    let recharges: Vec<_> = numbers
+        .iter()
+        .map(|msisdn| {
+            let mut elsewhere = Api::of(&there);
+            let msisdn = msisdn.clone();
+            tokio::spawn(async move { elsewhere.recharge(&msisdn, 1000).await })
+        })
+        .collect();
+    for recharge in recharges {
+        recharge.await.expect("recharge through the other server");
+    }
+    assert!(there.metric("ocs_group_commit_mutations_total").await >= AT_ONCE as f64);
+    for msisdn in &numbers {
+        until_seen(&mut api, msisdn, true).await;
+    }
+    there.stop().await;
+    here.stop().await;
+}
+
 /// The backend of this server's listener (its `application_name`), once it is connected.
 async fn listener_pid(db: &TestDb) -> Option<i64> {
     let direct = db.open().await;

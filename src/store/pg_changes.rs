@@ -61,6 +61,21 @@ impl Instance {
         announce_on(pool, &format!("{} {what}", self.0)).await
     }
 
+    /// [`Instance::announce`] for several MSISDNs in one round trip (a commit group's).
+    pub(crate) async fn announce_all(
+        &self,
+        pool: &PgPool,
+        msisdns: &[&str],
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT pg_notify($1, $2 || ' ' || m) FROM unnest($3::text[]) AS m")
+            .bind(CHANNEL)
+            .bind(&*self.0)
+            .bind(msisdns)
+            .execute(pool)
+            .await
+            .map(|_| ())
+    }
+
     /// Listens until `shutdown`, on a connection of its own opened with the settings of the
     /// pool `current_pool` gives at each (re)connection (with a multi-host URL: the primary's;
     /// NOTIFY is delivered on the server that committed). Reports [`AccountChange::Lost`] at

@@ -188,13 +188,18 @@ impl PgWrites {
         }
     }
 
-    /// Tells the other servers that `msisdns` changed. Also when the COMMIT's answer was lost:
-    /// a change that did not happen only costs the other servers a read.
+    /// Tells the other servers that `msisdns` changed, in one round trip. Also when the
+    /// COMMIT's answer was lost: a change that did not happen only costs the other servers a
+    /// read.
     async fn announce(&self, msisdns: &[&Msisdn]) {
-        for msisdn in msisdns {
-            if let Err(e) = self.instance.announce(self.pool(), msisdn.as_str()).await {
-                tracing::warn!(error = %e, %msisdn, "could not announce a committed change to the other servers");
-            }
+        let names: Vec<&str> = msisdns.iter().map(|m| m.as_str()).collect();
+        let announced = match names.as_slice() {
+            [] => return,
+            [one] => self.instance.announce(self.pool(), one).await,
+            all => self.instance.announce_all(self.pool(), all).await,
+        };
+        if let Err(e) = announced {
+            tracing::warn!(error = %e, msisdns = names.len(), "could not announce committed changes to the other servers");
         }
     }
 
