@@ -81,11 +81,20 @@ pub async fn assert_ended_unavailable(stream: &mut Streaming<HealthCheckResponse
     }
 }
 
-/// Whether a TCP connection to `addr` is accepted now (false: refused, the listener closed).
+/// Whether a TCP connection to `addr` is accepted now (false: refused, the listener closed;
+/// or reset, the listener closed while the connection waited in its backlog).
 pub async fn accepts(addr: std::net::SocketAddr) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
     match tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(addr)).await {
         Ok(Ok(_)) => true,
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => false,
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                ConnectionRefused | ConnectionReset | ConnectionAborted
+            ) =>
+        {
+            false
+        }
         Ok(Err(e)) => panic!("connecting to {addr}: {e}"),
         Err(_) => panic!("connecting to {addr}: no answer in time"),
     }
