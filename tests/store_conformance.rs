@@ -616,6 +616,25 @@ fn recharge_decision(now: DateTime<Utc>, hold: Option<Hold>) -> Decide {
     })
 }
 
+/// `decide` for `msisdn` through `store`, on a task of its own.
+fn spawn_recharge(
+    store: &Arc<dyn AccountStore>,
+    msisdn: &Msisdn,
+    decide: Decide,
+) -> tokio::task::JoinHandle<Result<Committed, StoreError>> {
+    let (store, msisdn) = (store.clone(), msisdn.clone());
+    let now = at("2030-03-10T02:00:00Z");
+    tokio::spawn(async move {
+        let request_id = rid();
+        let key = RequestKey {
+            request_id: &request_id,
+            fingerprint: "recharge",
+            now,
+        };
+        store.mutate(&msisdn, key, decide).await
+    })
+}
+
 /// How a test holds a decision half-way (see [`recharge_decision`]).
 struct Hold {
     entered: std::sync::mpsc::Sender<()>,
@@ -673,21 +692,7 @@ async fn a_sweep_and_a_recharge_of_one_account_serialise_in_either_order(db: Arc
         let mut batch = store.begin_sweep_batch().await.expect("begin");
         let claimed = batch.claim_due(as_of, 10).await.expect("claim");
         assert_eq!(msisdns(&claimed), [account.msisdn.to_string()]);
-        let recharge = {
-            let store = store.clone();
-            let msisdn = account.msisdn.clone();
-            tokio::spawn(async move {
-                let request_id = rid();
-                let key = RequestKey {
-                    request_id: &request_id,
-                    fingerprint: "recharge",
-                    now: as_of,
-                };
-                store
-                    .mutate(&msisdn, key, recharge_decision(as_of, None))
-                    .await
-            })
-        };
+        let recharge = spawn_recharge(&store, &account.msisdn, recharge_decision(as_of, None));
         if postgres {
             // Certain: the recharge waits for the claimed row before the batch commits.
             let waiting = "SELECT COUNT(*) FROM pg_stat_activity \
@@ -714,20 +719,8 @@ async fn a_sweep_and_a_recharge_of_one_account_serialise_in_either_order(db: Arc
         put(&*store, only(account.clone())).await;
         let (entered, entered_here) = std::sync::mpsc::channel();
         let (go_there, go) = std::sync::mpsc::channel();
-        let recharge = {
-            let store = store.clone();
-            let msisdn = account.msisdn.clone();
-            let decide = recharge_decision(as_of, Some(Hold { entered, go }));
-            tokio::spawn(async move {
-                let request_id = rid();
-                let key = RequestKey {
-                    request_id: &request_id,
-                    fingerprint: "recharge",
-                    now: as_of,
-                };
-                store.mutate(&msisdn, key, decide).await
-            })
-        };
+        let held = recharge_decision(as_of, Some(Hold { entered, go }));
+        let recharge = spawn_recharge(&store, &account.msisdn, held);
         tokio::task::spawn_blocking(move || entered_here.recv())
             .await
             .expect("task")
