@@ -383,6 +383,15 @@ pub fn test_config(clock: ClockMode) -> Config {
         ..Config::default()
     };
     config.sweep.scheduler = false;
+    // `OCS_GROUP_COMMIT_WRITERS=N cargo test` runs every suite's PostgreSQL servers with N group
+    // commit writers: the in-process ones through this, the `serve` processes through the
+    // inherited variable.
+    if let Some(writers) = std::env::var("OCS_GROUP_COMMIT_WRITERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+    {
+        config.group_commit_writers = writers;
+    }
     config
 }
 
