@@ -206,10 +206,7 @@ async fn postgres_a_group_committed_through_another_server_is_announced_for_ever
     let Some(db) = TestDb::create(Backend::Postgres).await else {
         return;
     };
-    let mut config = common::test_config(ClockMode::Manual);
-    config.group_commit_writers = 1;
-    config.group_commit_max = AT_ONCE;
-    config.group_commit_wait_us = 10_000_000;
+    let config = common::one_writer_waiting_for(AT_ONCE);
     let there = TestServer::start_with(db.clone(), config).await;
     there.authorize_cache_on().await;
     there.set_time(T0).await;

@@ -203,11 +203,7 @@ async fn a_mutation_failing_in_the_database_fails_alone(db: Arc<TestDb>) {
     let before = raw.account(POISONED).await.expect("account");
     // One writer that waits (up to a safety bound) until a round's requests are all queued,
     // so that the poisoned one is committed with the others, whatever the machine's speed.
-    let mut config = test_config(ClockMode::Manual);
-    config.group_commit_writers = 1;
-    config.group_commit_max = AT_ONCE;
-    config.group_commit_wait_us = 10_000_000;
-    let server = TestServer::start_with(db, config).await;
+    let server = TestServer::start_with(db, common::one_writer_waiting_for(AT_ONCE)).await;
     server.set_time("2030-01-10T04:00:00Z").await;
 
     let mut applied = 0;

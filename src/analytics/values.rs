@@ -28,50 +28,52 @@ pub struct ValueDeltas {
     rows: BTreeMap<(String, u32), ValueDelta>,
 }
 
+impl ValueDelta {
+    /// What one history row adds: an activation its instant, a recharge its amount and instant;
+    /// `None` for a row that adds nothing.
+    fn of(entry: &HistoryRecord) -> Option<Self> {
+        let activated = entry.kind == HistoryKind::Activated;
+        let recharge = is_recharge(entry.kind, entry.amount);
+        (activated || recharge).then(|| Self {
+            activated_at: activated.then_some(entry.at),
+            recharge_total: if recharge { entry.amount } else { 0 },
+            recharge_count: i64::from(recharge),
+            last_recharge_at: recharge.then_some(entry.at),
+        })
+    }
+
+    /// Adds `other`: the earlier activation, the sums, the later recharge.
+    fn absorb(&mut self, other: &ValueDelta) {
+        self.activated_at = match (self.activated_at, other.activated_at) {
+            (Some(ours), Some(theirs)) => Some(ours.min(theirs)),
+            (ours, theirs) => ours.or(theirs),
+        };
+        self.recharge_total += other.recharge_total;
+        self.recharge_count += other.recharge_count;
+        self.last_recharge_at = self.last_recharge_at.max(other.last_recharge_at);
+    }
+}
+
 impl ValueDeltas {
     /// Folds in the rows that count: activations and recharges; any other row adds nothing.
     pub fn add(&mut self, history: &[HistoryRecord]) {
         for entry in history {
-            let activated = entry.kind == HistoryKind::Activated;
-            let recharge = is_recharge(entry.kind, entry.amount);
-            if !activated && !recharge {
-                continue;
-            }
-            let key = (entry.msisdn.as_str().to_owned(), entry.generation);
-            let delta = self.rows.entry(key).or_default();
-            if activated {
-                delta.activated_at = earliest(delta.activated_at, entry.at);
-            }
-            if recharge {
-                delta.recharge_total += entry.amount;
-                delta.recharge_count += 1;
-                delta.last_recharge_at = Some(match delta.last_recharge_at {
-                    Some(last) if last >= entry.at => last,
-                    _ => entry.at,
-                });
+            if let Some(delta) = ValueDelta::of(entry) {
+                let key = (entry.msisdn.as_str().to_owned(), entry.generation);
+                self.rows.entry(key).or_default().absorb(&delta);
             }
         }
     }
 
     /// Adds everything `other` holds (a mutation whose savepoint was released joins its group).
     pub fn merge(&mut self, other: ValueDeltas) {
-        for ((msisdn, generation), theirs) in other.rows {
-            let ours = self.rows.entry((msisdn, generation)).or_default();
-            if let Some(at) = theirs.activated_at {
-                ours.activated_at = earliest(ours.activated_at, at);
-            }
-            ours.recharge_total += theirs.recharge_total;
-            ours.recharge_count += theirs.recharge_count;
-            ours.last_recharge_at = ours.last_recharge_at.max(theirs.last_recharge_at);
+        for (key, theirs) in other.rows {
+            self.rows.entry(key).or_default().absorb(&theirs);
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.rows.len()
     }
 
     /// (MSISDN, generation, delta), in key order.
@@ -80,8 +82,4 @@ impl ValueDeltas {
             .iter()
             .map(|((msisdn, generation), delta)| (msisdn.as_str(), *generation, delta))
     }
-}
-
-fn earliest(current: Option<DateTime<Utc>>, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    Some(current.map_or(at, |c| c.min(at)))
 }

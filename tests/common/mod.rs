@@ -395,6 +395,17 @@ pub fn test_config(clock: ClockMode) -> Config {
     config
 }
 
+/// [`test_config`] (manual clock) with one group commit writer that waits (up to a 10 s safety
+/// bound) until `at_once` mutations are queued: requests sent together commit together,
+/// whatever the machine's speed.
+pub fn one_writer_waiting_for(at_once: usize) -> Config {
+    let mut config = test_config(ClockMode::Manual);
+    config.group_commit_writers = 1;
+    config.group_commit_max = at_once;
+    config.group_commit_wait_us = 10_000_000;
+    config
+}
+
 /// `config` with bearer tokens, each `(token, configured name, role)` (stored as its hash).
 pub fn with_tokens(mut config: Config, tokens: &[(&str, &str, Role)]) -> Config {
     config.auth.tokens = tokens
