@@ -37,7 +37,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_ocs-lifecycle");
 const N: i64 = 20_000;
 /// `sweep.batch_size` of every process: N / BATCH = 100 transactions per full sweep.
 const BATCH: i64 = 200;
-/// The killed process is killed once at least this many batches are committed.
+/// The killed process stops at a barrier after this many batches' events (see [`KILL_AT`]).
 const KILL_AFTER_BATCHES: i64 = 25;
 /// The instant every sweep runs as of: 2026-06-01 10:00 in Shanghai (in the past, so no
 /// `--dry-run` is needed).
@@ -587,9 +587,99 @@ async fn prepared(
 // ---------------------------------------------------------------------------------------------
 // The tests.
 
-/// Kills a sweep with SIGKILL once a few of its batches are committed, checks that exactly
-/// whole batches were committed, then lets the next run finish the work and a third run find
-/// nothing to do.
+/// The barrier the killed sweep cannot pass, installed before it starts: an `outbox` trigger on
+/// every event past the first `KILL_AT` (by `sequence`, from 1) stops that batch's transaction
+/// before it can commit. On PostgreSQL the trigger waits for an advisory lock the test holds
+/// (seen as a lock wait in `pg_locks`); SQLite cannot wait in a trigger, so there the trigger
+/// runs a query that would take hours (a triple cross join of the accounts). Either way at most
+/// `KILL_AT` events commit before the kill, however slowly the test runs beside the process.
+const KILL_AT: i64 = 4 * BATCH * KILL_AFTER_BATCHES;
+const BARRIER_LOCK: i64 = 0x0c5_4b11;
+
+/// The test's side of the barrier: on PostgreSQL the connection holding the advisory lock.
+struct Barrier {
+    holder: Option<sqlx::PgConnection>,
+}
+
+impl Barrier {
+    async fn install(test_db: &TestDb, db: &Db) -> Barrier {
+        match db {
+            Db::Postgres(_) => {
+                let mut holder = sqlx::PgConnection::connect(&test_db.url)
+                    .await
+                    .unwrap_or_else(|e| panic!("connect to PostgreSQL: {e}"));
+                sqlx::query(&format!("SELECT pg_advisory_lock({BARRIER_LOCK})"))
+                    .execute(&mut holder)
+                    .await
+                    .expect("take the barrier's lock");
+                db.execute(&format!(
+                    "CREATE FUNCTION kill_barrier() RETURNS trigger LANGUAGE plpgsql AS \
+                     $$ BEGIN PERFORM pg_advisory_xact_lock_shared({BARRIER_LOCK}); \
+                     RETURN NULL; END $$"
+                ))
+                .await;
+                db.execute(&format!(
+                    "CREATE TRIGGER kill_barrier AFTER INSERT ON outbox FOR EACH ROW \
+                     WHEN (NEW.sequence > {KILL_AT}) EXECUTE FUNCTION kill_barrier()"
+                ))
+                .await;
+                Barrier {
+                    holder: Some(holder),
+                }
+            }
+            Db::Sqlite(_) => {
+                db.execute(&format!(
+                    "CREATE TRIGGER kill_barrier AFTER INSERT ON outbox \
+                     WHEN NEW.sequence > {KILL_AT} BEGIN \
+                     SELECT RAISE(ABORT, 'unreachable') WHERE (SELECT SUM(a.rowid + b.rowid + \
+                     c.rowid) FROM accounts a, accounts b, accounts c) < 0; END"
+                ))
+                .await;
+                Barrier { holder: None }
+            }
+        }
+    }
+
+    /// Whether the sweep has reached the barrier: on PostgreSQL a session waits for its lock;
+    /// on SQLite every event up to it is committed (one writer at a time, and `AUTOINCREMENT`
+    /// numbers without gaps, so the next one is past it).
+    async fn reached(&mut self, db: &Db) -> bool {
+        match &mut self.holder {
+            Some(holder) => {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+                     AND database = (SELECT oid FROM pg_database \
+                     WHERE datname = current_database())",
+                )
+                .fetch_one(&mut *holder)
+                .await
+                .expect("pg_locks");
+                waiting > 0
+            }
+            None => db.count("outbox").await == KILL_AT,
+        }
+    }
+
+    /// Once the process is dead: lets its orphaned PostgreSQL sessions go on (they find their
+    /// client gone and roll back), waits until they end, and removes the trigger.
+    async fn remove(self, db: &Db) {
+        if let Some(holder) = self.holder {
+            holder.close().await.expect("let go of the barrier's lock");
+        }
+        wait_until_orphaned_sessions_end(db).await;
+        match db {
+            Db::Postgres(_) => {
+                db.execute("DROP TRIGGER kill_barrier ON outbox").await;
+                db.execute("DROP FUNCTION kill_barrier()").await;
+            }
+            Db::Sqlite(_) => db.execute("DROP TRIGGER kill_barrier").await,
+        }
+    }
+}
+
+/// Kills a sweep with SIGKILL once it is stopped at a barrier after a few of its batches,
+/// checks that exactly whole batches were committed, then lets the next run finish the work
+/// and a third run find nothing to do.
 async fn a_sweep_killed_with_sigkill_is_finished_by_the_next_run_exactly_once(backend: Backend) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let dates = Dates::new();
@@ -598,62 +688,55 @@ async fn a_sweep_killed_with_sigkill_is_finished_by_the_next_run_exactly_once(ba
     };
     let url = test_db.url.clone();
 
-    // The first run, killed once KILL_AFTER_BATCHES batches are visible.
+    // The first run, killed once it waits at the barrier.
+    let mut barrier = Barrier::install(&test_db, &db).await;
     let mut first = Process::sweep(dir.path(), "killed-sweep", &url);
-    let kill_at = 4 * BATCH * KILL_AFTER_BATCHES;
-    let seen = loop {
+    while !barrier.reached(&db).await {
         if let Some(status) = first.child.try_wait().expect("try_wait") {
             let (stdout, stderr) = first.output();
             panic!(
-                "the first sweep exited ({status}) before it could be killed mid-way, after \
-                 {:?} with {} outbox rows: raise N or lower BATCH\nstdout:\n{stdout}\n\
-                 stderr:\n{stderr}",
+                "the first sweep exited ({status}) before the barrier, after {:?} with {} \
+                 outbox rows\nstdout:\n{stdout}\nstderr:\n{stderr}",
                 first.started.elapsed(),
                 db.count("outbox").await
             );
         }
-        let outbox = db.count("outbox").await;
-        assert!(
-            outbox < 4 * N,
-            "the first sweep committed everything ({outbox} events) before the kill"
-        );
-        if outbox >= kill_at {
-            break outbox;
-        }
         assert!(
             first.started.elapsed() < SAFETY,
-            "the first sweep committed only {outbox} events in {SAFETY:?}"
+            "the first sweep did not reach the barrier in {SAFETY:?}: {} events",
+            db.count("outbox").await
         );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    };
-    let pid = first.child.id().to_string();
-    let killed = Command::new("kill")
-        .args(["-9", &pid])
-        .status()
-        .expect("run kill");
-    assert!(killed.success(), "kill -9 {pid} failed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let ran_for = first.started.elapsed();
+    first.child.kill().expect("SIGKILL the first sweep");
     let status = first.wait().await;
     assert_eq!(
         status.signal(),
         Some(9),
         "the first sweep was killed by SIGKILL, not exited: {status}"
     );
+    barrier.remove(&db).await;
 
     // Exactly whole batches are committed: each is one transaction of BATCH accounts with
     // their 4 events and 3 history rows.
-    wait_until_orphaned_sessions_end(&db).await;
     let at_kill = progress(&db).await;
     eprintln!(
-        "[{backend:?}] SIGKILL after {ran_for:?}: {seen} outbox rows seen by the poll, \
-         committed at death {at_kill:?} = {} of {} batches",
+        "[{backend:?}] SIGKILL at the barrier after {ran_for:?}: committed at death \
+         {at_kill:?} = {} of {} batches",
         at_kill.outbox / (4 * BATCH),
         N / BATCH
     );
     assert!(
-        at_kill.outbox > 0 && at_kill.outbox < 4 * N,
-        "the kill happened mid-way: {at_kill:?}"
+        at_kill.outbox > 0 && at_kill.outbox <= KILL_AT,
+        "the kill happened mid-way, at the barrier: {at_kill:?}"
     );
+    if matches!(backend, Backend::Sqlite) {
+        assert_eq!(
+            at_kill.outbox, KILL_AT,
+            "every batch before the barrier committed"
+        );
+    }
     assert_eq!(
         at_kill.outbox % (4 * BATCH),
         0,
