@@ -532,6 +532,13 @@ async fn serve_listeners_cutting_drain(
             server.abort();
         }
     }
+    // What the last calls committed reaches the other servers' caches before this one goes.
+    if tokio::time::timeout(grace, store.changes_announced())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the last commits could not be announced to the other servers in time");
+    }
     tasks.stopped(grace).await;
     tracing::info!("stopped");
     Ok(())

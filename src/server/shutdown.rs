@@ -10,7 +10,8 @@
 //!    sees UNAVAILABLE) instead of waiting in the backlog; health `Watch` streams send
 //!    NOT_SERVING if they have not yet and end with UNAVAILABLE ([`ClosingHealth`]); `Subscribe`
 //!    streams end (`crate::api::EventsApi`); the operations endpoint stops accepting.
-//! 4. The calls in flight finish, bounded by `shutdown_timeout_secs`; then the background tasks
+//! 4. The calls in flight finish, bounded by `shutdown_timeout_secs`; what they committed is
+//!    announced to the other servers on the database (PostgreSQL), then the background tasks
 //!    stop and `serve` returns `Ok` (exit code 0).
 //!
 //! Nothing streams forever through the shutdown: a call still open after step 3 is one that is

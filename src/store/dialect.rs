@@ -101,6 +101,10 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
         None
     }
 
+    /// Waits until the commits so far are announced to the other servers
+    /// ([`super::AccountStore::changes_announced`]); at once for a backend without a feed.
+    async fn changes_announced(&self) {}
+
     /// What group commit did since start (all zero without it).
     fn group_commits(&self) -> super::GroupCommitCounts {
         super::GroupCommitCounts::default()

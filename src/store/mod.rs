@@ -170,6 +170,11 @@ pub trait AccountStore: WebhookDeliveries + AnalyticsStore + Send + Sync + 'stat
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Option<tokio::task::JoinHandle<()>>;
 
+    /// Waits until every mutation committed so far is announced to the other servers on the
+    /// feed (PostgreSQL announces after each COMMIT, from a task of its own); at once where
+    /// there is no feed. A server that stops calls it once its calls in flight have finished.
+    async fn changes_announced(&self);
+
     /// Accounts ordered by MSISDN after `after`, optionally only those whose effective state on
     /// local date `today` is `state`.
     async fn list(

@@ -1,6 +1,7 @@
 //! The change feed between servers on one PostgreSQL database. After each mutation's COMMIT
-//! the server announces its MSISDN on [`CHANNEL`] ([`Instance::announce`]: `pg_notify`, the
-//! payload `<instance> <MSISDN>`); each server listens on a connection of its own
+//! its MSISDN is queued to the store's [`Announcer`], one task that announces what is queued on
+//! [`CHANNEL`] (`pg_notify`, the payload `<instance> <MSISDN>`), every MSISDN queued meanwhile
+//! in the same statement; each server listens on a connection of its own
 //! ([`Instance::follow`]) and reports what the *other* instances announce, so a cache of
 //! account facts (`crate::api::facts`) forgets what another server changed. Its own
 //! announcements are ignored: its commits reach its cache directly.
@@ -10,10 +11,18 @@
 //! NOTIFY with one lock held through their WAL flush, so concurrent mutations no longer share
 //! flushes. Measured here with pgbench (32 clients, one UPDATE a transaction): 8 000/s plain,
 //! 3 400–3 750/s with the NOTIFY inside, 6 400–6 550/s with it sent right after the COMMIT
-//! (BENCHMARKS.md). The price: a server killed between a COMMIT and its announcement leaves
-//! that MSISDN's facts stale in the other servers until their entry expires — unless it
-//! restarts, since a listener that starts listening announces [`EVERYTHING`], which empties
-//! every server's cache. An announcement of a change that did not happen costs only a read.
+//! (BENCHMARKS.md). Why one task and not each mutation's own NOTIFY after its COMMIT: each
+//! NOTIFY is itself such a transaction, so one per mutation put a second, serialised flush
+//! and a round trip in every mutation's answer; one statement per round of the announcer
+//! takes them off the mutations' path (BENCHMARKS.md, "Announcements off the commit path").
+//!
+//! The price: a server killed between a COMMIT and its announcement leaves that MSISDN's facts
+//! stale in the other servers until their entry expires — unless it restarts, since a listener
+//! that starts listening announces [`EVERYTHING`], which empties every server's cache. A server
+//! that stops gracefully announces what is queued first ([`Announcer::flushed`]). An
+//! announcement that fails, or an MSISDN the full queue cannot take, makes the next
+//! announcement [`EVERYTHING`]. An announcement of a change that did not happen costs only a
+//! read.
 //!
 //! Notifications sent while a listener is disconnected are lost for it, so the feed says when
 //! it is lost and when it listens again ([`AccountChange`]); whoever caches must treat the gap
@@ -21,9 +30,11 @@
 //! then, so a half-open one (a host gone without closing its sockets) counts as lost too.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +59,11 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 const FIRST_RETRY: Duration = Duration::from_millis(50);
 const MAX_RETRY: Duration = Duration::from_secs(1);
 
+/// MSISDNs waiting for the announcer, at most; past it the next announcement is [`EVERYTHING`].
+const ANNOUNCE_QUEUE: usize = 65_536;
+/// MSISDNs in one announcement (one `pg_notify` statement) at most.
+const ANNOUNCE_BATCH: usize = 1_024;
+
 /// One store on the feed: a random name, unique per process start and per store.
 pub(crate) struct Instance(Arc<str>);
 
@@ -56,24 +72,22 @@ impl Instance {
         Self(uuid::Uuid::new_v4().simple().to_string().into())
     }
 
-    /// Tells every other listener that `what` (an MSISDN, or [`EVERYTHING`]) changed.
-    pub(crate) async fn announce(&self, pool: &PgPool, what: &str) -> Result<(), sqlx::Error> {
-        announce_on(pool, &format!("{} {what}", self.0)).await
-    }
-
-    /// [`Instance::announce`] for several MSISDNs in one round trip (a commit group's).
-    pub(crate) async fn announce_all(
+    /// Starts the task that announces what the store's commits change, on the pool
+    /// `current_pool` gives at each announcement (with a multi-host URL: the primary's). It
+    /// ends once the [`Announcer`] is dropped and what was queued is announced.
+    pub(crate) fn announcer(
         &self,
-        pool: &PgPool,
-        msisdns: &[&str],
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT pg_notify($1, $2 || ' ' || m) FROM unnest($3::text[]) AS m")
-            .bind(CHANNEL)
-            .bind(&*self.0)
-            .bind(msisdns)
-            .execute(pool)
-            .await
-            .map(|_| ())
+        current_pool: impl Fn() -> PgPool + Send + 'static,
+    ) -> Announcer {
+        let (queue, queued) = mpsc::channel(ANNOUNCE_QUEUE);
+        let everything = Arc::new(AtomicBool::new(false));
+        tokio::spawn(announce_loop(
+            self.0.clone(),
+            current_pool,
+            queued,
+            everything.clone(),
+        ));
+        Announcer { queue, everything }
     }
 
     /// Listens until `shutdown`, on a connection of its own opened with the settings of the
@@ -98,6 +112,84 @@ async fn announce_on<'e>(on: impl sqlx::PgExecutor<'e>, payload: &str) -> Result
         .execute(on)
         .await
         .map(|_| ())
+}
+
+/// What the store's commits changed, queued for one task to announce to the other servers
+/// ([`Instance::announcer`]).
+pub(crate) struct Announcer {
+    queue: mpsc::Sender<Queued>,
+    /// Set when an MSISDN could not be queued or an announcement failed: the next announcement
+    /// says [`EVERYTHING`].
+    everything: Arc<AtomicBool>,
+}
+
+enum Queued {
+    Changed(Box<str>),
+    /// Answered once everything queued before it is announced.
+    Flush(oneshot::Sender<()>),
+}
+
+impl Announcer {
+    /// Queues committed changes for announcement; never waits.
+    pub(crate) fn changed<'a>(&self, msisdns: impl IntoIterator<Item = &'a str>) {
+        for msisdn in msisdns {
+            if self.queue.try_send(Queued::Changed(msisdn.into())).is_err() {
+                self.everything.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Waits until what was queued before the call is announced (or its announcement failed).
+    pub(crate) async fn flushed(&self) {
+        let (done, flushed) = oneshot::channel();
+        if self.queue.send(Queued::Flush(done)).await.is_ok() {
+            let _ = flushed.await;
+        }
+    }
+}
+
+/// The announcer's task: takes what is queued, announces it in one statement (an MSISDN once
+/// however often it changed), answers the flushes among it; until the queue closes.
+async fn announce_loop(
+    instance: Arc<str>,
+    current_pool: impl Fn() -> PgPool,
+    mut queue: mpsc::Receiver<Queued>,
+    everything: Arc<AtomicBool>,
+) {
+    let mut queued = Vec::with_capacity(ANNOUNCE_BATCH);
+    while queue.recv_many(&mut queued, ANNOUNCE_BATCH).await > 0 {
+        let mut msisdns: Vec<&str> = if everything.swap(false, Ordering::AcqRel) {
+            vec![EVERYTHING]
+        } else {
+            queued
+                .iter()
+                .filter_map(|q| match q {
+                    Queued::Changed(msisdn) => Some(&**msisdn),
+                    Queued::Flush(_) => None,
+                })
+                .collect()
+        };
+        msisdns.sort_unstable();
+        msisdns.dedup();
+        if !msisdns.is_empty() {
+            let announced =
+                sqlx::query("SELECT pg_notify($1, $2 || ' ' || m) FROM unnest($3::text[]) AS m")
+                    .bind(CHANNEL)
+                    .bind(&*instance)
+                    .bind(msisdns.as_slice())
+                    .execute(&current_pool())
+                    .await;
+            if let Err(e) = announced {
+                everything.store(true, Ordering::Release);
+                tracing::warn!(error = %e, msisdns = msisdns.len(), "could not announce committed changes to the other servers; the next announcement tells them to forget everything");
+            }
+        }
+        for q in queued.drain(..) {
+            if let Queued::Flush(done) = q {
+                let _ = done.send(());
+            }
+        }
+    }
 }
 
 fn follow(

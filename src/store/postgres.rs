@@ -1,7 +1,7 @@
 //! PostgreSQL, for production: READ COMMITTED transactions that lock the MSISDN's row with
 //! `SELECT … FOR UPDATE`, so concurrent requests on one account serialise and requests on
-//! different accounts run in parallel. After each COMMIT the MSISDN is announced to the other
-//! servers on the database (`pg_changes`). A first insert that races another (same MSISDN or same
+//! different accounts run in parallel. After each COMMIT the MSISDN is queued for announcement
+//! to the other servers on the database (`pg_changes`). A first insert that races another (same MSISDN or same
 //! request_id) fails on the unique index and the whole mutation is retried.
 //!
 //! With `group_commit_writers` above 0, mutations go instead to that many writer tasks
@@ -51,6 +51,8 @@ struct PgWrites {
     /// Who this store is on the change feed (`pg_changes`): it ignores its own announcements,
     /// since its commits reach its cache directly.
     instance: super::pg_changes::Instance,
+    /// Announces to the other servers what the commits changed.
+    announcer: super::pg_changes::Announcer,
     counters: Arc<GroupCounters>,
 }
 
@@ -91,11 +93,14 @@ impl SqlStore<PostgresDialect> {
             probe_connect(&options, acquire_timeout).await?;
             (pool_options.connect_with(options).await?, None)
         };
+        let instance = super::pg_changes::Instance::new();
+        let announcer = instance.announcer(pool_of_the_moment(&primary, &pool));
         let writes = Arc::new(PgWrites {
             primary,
             own: pool.clone(),
             rules: rules.clone(),
-            instance: super::pg_changes::Instance::new(),
+            instance,
+            announcer,
             counters: Arc::new(GroupCounters::default()),
         });
         let writers = (group.writers > 0).then(|| {
@@ -117,6 +122,18 @@ impl SqlStore<PostgresDialect> {
     /// With a multi-host `database_url`: whether the service knows its primary.
     pub fn primary_watch(&self) -> Option<PrimaryWatch> {
         self.dialect.writes.primary.as_ref().map(|p| p.watch())
+    }
+}
+
+/// The pool of the server written to at each call (a multi-host URL: the primary of the moment).
+fn pool_of_the_moment(
+    primary: &Option<Arc<FollowedPrimary>>,
+    own: &Pool<Postgres>,
+) -> impl Fn() -> Pool<Postgres> + Send + Sync + 'static {
+    let (primary, own) = (primary.clone(), own.clone());
+    move || match &primary {
+        Some(primary) => primary.pool().clone(),
+        None => own.clone(),
     }
 }
 
@@ -180,27 +197,10 @@ impl PgWrites {
         }
     }
 
-    /// The pool of the server written to now.
-    fn pool(&self) -> &Pool<Postgres> {
-        match &self.primary {
-            Some(primary) => primary.pool(),
-            None => &self.own,
-        }
-    }
-
-    /// Tells the other servers that `msisdns` changed, in one round trip. Also when the
-    /// COMMIT's answer was lost: a change that did not happen only costs the other servers a
-    /// read.
-    async fn announce(&self, msisdns: &[&Msisdn]) {
-        let names: Vec<&str> = msisdns.iter().map(|m| m.as_str()).collect();
-        let announced = match names.as_slice() {
-            [] => return,
-            [one] => self.instance.announce(self.pool(), one).await,
-            all => self.instance.announce_all(self.pool(), all).await,
-        };
-        if let Err(e) = announced {
-            tracing::warn!(error = %e, msisdns = names.len(), "could not announce committed changes to the other servers");
-        }
+    /// Queues `msisdns` for announcement to the other servers. Also when the COMMIT's answer
+    /// was lost: a change that did not happen only costs the other servers a read.
+    fn announce(&self, msisdns: &[&Msisdn]) {
+        self.announcer.changed(msisdns.iter().map(|m| m.as_str()));
     }
 
     /// One mutation, one transaction: concurrent commits of other rows proceed in parallel and
@@ -226,7 +226,7 @@ impl PgWrites {
         match &result {
             Ok(Committed::Applied(_)) => {
                 let committed = tx.commit().await;
-                self.announce(&[msisdn]).await;
+                self.announce(&[msisdn]);
                 committed?
             }
             // Nothing was written.
@@ -291,7 +291,7 @@ impl CommitGroup for PgWrites {
                     .filter(|(_, r)| matches!(r, Ok(Committed::Applied(_))))
                     .map(|(job, _)| &job.msisdn)
                     .collect();
-                self.announce(&applied).await;
+                self.announce(&applied);
                 results
             }
             Err(failed) => {
@@ -391,6 +391,10 @@ impl Dialect for PostgresDialect {
         self.writes.counters.snapshot()
     }
 
+    async fn changes_announced(&self) {
+        self.writes.announcer.flushed().await;
+    }
+
     fn failover(&self, err: &sqlx::Error) -> Option<StoreError> {
         self.writes.primary.as_ref()?.failover_error(err)
     }
@@ -402,11 +406,7 @@ impl Dialect for PostgresDialect {
         on: super::OnChange,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Option<tokio::task::JoinHandle<()>> {
-        let (primary, own) = (self.writes.primary.clone(), store.writer.clone());
-        let current_pool = move || match &primary {
-            Some(primary) => primary.pool().clone(),
-            None => own.clone(),
-        };
+        let current_pool = pool_of_the_moment(&self.writes.primary, &store.writer);
         Some(self.writes.instance.follow(current_pool, on, shutdown))
     }
 }

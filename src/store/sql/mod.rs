@@ -140,6 +140,10 @@ impl<D: Dialect> AccountStore for SqlStore<D> {
         row.map(AccountRow::into_account).transpose()
     }
 
+    async fn changes_announced(&self) {
+        self.dialect.changes_announced().await
+    }
+
     fn follow_changes(
         &self,
         on: super::OnChange,
