@@ -16,38 +16,13 @@
 #
 # Needs PostgreSQL at $PGHOST:$PGPORT (default 127.0.0.1:5432, user postgres) and pgbench; it
 # creates and drops the database ocs_pg_announce.
-set -euo pipefail
-cd "$(dirname "$0")/.."
 rounds=${1:-3}
 seconds=${2:-8}
-export PGHOST=${PGHOST:-127.0.0.1} PGPORT=${PGPORT:-5432} PGUSER=${PGUSER:-postgres}
 db=ocs_pg_announce
-pgbench=$(command -v pgbench || ls /usr/lib/postgresql/*/bin/pgbench | tail -1)
-work=$(mktemp -d)
-trap 'rm -rf "$work"; psql -qd postgres -c "DROP DATABASE IF EXISTS $db" >/dev/null' EXIT
+# shellcheck source=benches/pg_bench_setup.sh
+source "$(dirname "$0")/pg_bench_setup.sh"
 
-PGOPTIONS="-c client_min_messages=warning" psql -qd postgres -c "DROP DATABASE IF EXISTS $db" \
-    -c "CREATE DATABASE $db" >/dev/null
-for migration in migrations/postgres/*.sql; do
-    psql -qd "$db" -v ON_ERROR_STOP=1 -f "$migration" >/dev/null
-done
-psql -qd "$db" -c "INSERT INTO accounts SELECT (8613000000000 + g)::text, 'id' || g, 1, 2, \
-    1000, 0, true, 180, now(), now(), current_date + 30, current_date + 120, \
-    current_date + 150, NULL, NULL, now(), extract(epoch from now())::bigint + 2592000, NULL \
-    FROM generate_series(1, 10000) g"
-
-cat >"$work/none.sql" <<EOF
-\\set m random(1, 10000)
-\\set k random(1, 9000000000000000)
-BEGIN;
-SELECT fingerprint FROM idempotency_keys WHERE request_id = 'r' || :client_id || '-' || :k;
-SELECT account_id, generation, balance, valid_until FROM accounts WHERE msisdn = (8613000000000 + :m)::text FOR UPDATE;
-UPDATE accounts SET balance = balance + 1000, valid_until = valid_until + 30, updated_at = now(), next_deadline = next_deadline + 86400 WHERE msisdn = (8613000000000 + :m)::text;
-INSERT INTO account_history (msisdn, account_id, generation, at, kind, from_state, to_state, amount, actor, request_id, channel) VALUES ((8613000000000 + :m)::text, 'id' || :m, 1, now(), 4, 2, 2, 1000, 'bench', 'r' || :client_id || '-' || :k, 4);
-INSERT INTO generation_values (msisdn, generation, activated_at, recharge_total, recharge_count, last_recharge_at) VALUES ((8613000000000 + :m)::text, 1, NULL, 1000, 1, now()) ON CONFLICT (msisdn, generation) DO UPDATE SET recharge_total = generation_values.recharge_total + excluded.recharge_total, recharge_count = generation_values.recharge_count + 1, last_recharge_at = excluded.last_recharge_at;
-INSERT INTO idempotency_keys (request_id, fingerprint, response, created_at) VALUES ('r' || :client_id || '-' || :k, 'Recharge|x|1000|4|0', decode(repeat('00', 150), 'hex'), now());
-COMMIT;
-EOF
+{ echo "BEGIN;"; recharge "random(1, 10000)"; echo "COMMIT;"; } >"$work/none.sql"
 { cat "$work/none.sql"; echo "SELECT pg_notify('ocs_account_changed', 'bench ' || (8613000000000 + :m)::text);"; } >"$work/each.sql"
 cat >"$work/batch.sql" <<EOF
 \\sleep 1 ms
