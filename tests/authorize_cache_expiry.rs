@@ -7,11 +7,12 @@
 //!
 //! The cache runs on real time, so the test measures instead of assuming: every instant here
 //! is taken in this process, on the monotonic clock the cache also reads. The entry is loaded
-//! during the warming call, so it is certainly fresh for an answer that returned less than the
-//! time to live after that call began (such an answer must be the stale one), and certainly
-//! expired only once the time to live has passed since that call ended. A stale read that came
-//! back later than that proves nothing; the round is reported and made again with another
-//! account (three rounds at most).
+//! by a commit through this server (a mutation puts its committed facts in the cache) or by the
+//! warming call, so between the start of the account's first mutation and the end of the
+//! warming call: it is certainly fresh for an answer that returned less than the time to live
+//! after that start (such an answer must be the stale one), and it may expire once the time to
+//! live has passed since that start. A stale read that came back later than that proves
+//! nothing; the round is reported and made again with another account (three rounds at most).
 
 #[allow(unused_macros)]
 #[macro_use]
@@ -63,8 +64,8 @@ async fn another_servers_write_is_seen_once_the_cached_facts_expire_never_before
         match round(&cached, &uncached, msisdn).await {
             Round::Checked => return,
             Round::TooSlow(after) => println!(
-                "round {}: the stale read came back {after:?} after the warming call began, \
-                 not less than the TTL {TTL:?}: once more",
+                "round {}: the stale read came back {after:?} after the account's first mutation \
+                 began, not less than the TTL {TTL:?}: once more",
                 attempt + 1
             ),
         }
@@ -75,11 +76,13 @@ async fn another_servers_write_is_seen_once_the_cached_facts_expire_never_before
 async fn round(cached: &TestServer, uncached: &TestServer, msisdn: &str) -> Round {
     let mut here = Api::of(cached);
     let mut elsewhere = Api::of(uncached);
+    // From here on this server may load the account's entry: each commit through it puts the
+    // committed facts in its cache.
+    let loading = Instant::now();
     here.active(msisdn).await;
     here.recharge(msisdn, 1_000).await;
 
-    // Warm this server's entry.
-    let warming = Instant::now();
+    // Warm this server's entry (if the commits have not).
     assert!(here.authorize(msisdn, VoiceOut, OTHER).await.allowed);
     let warmed = Instant::now();
 
@@ -99,7 +102,7 @@ async fn round(cached: &TestServer, uncached: &TestServer, msisdn: &str) -> Roun
 
     // This server answers from its entry while it is fresh.
     let stale = here.authorize(msisdn, VoiceOut, OTHER).await;
-    let stale_after = warming.elapsed();
+    let stale_after = loading.elapsed();
     if stale_after >= TTL {
         return Round::TooSlow(stale_after);
     }
@@ -115,9 +118,10 @@ async fn round(cached: &TestServer, uncached: &TestServer, msisdn: &str) -> Roun
         let answered = Instant::now();
         if !decision.allowed {
             assert_eq!(decision.reason, "INSUFFICIENT_BALANCE");
-            let seen_after = answered.duration_since(warming);
+            let seen_after = answered.duration_since(loading);
             println!(
-                "the hand-made write was seen {seen_after:?} after the warming call began (TTL {TTL:?})"
+                "the hand-made write was seen {seen_after:?} after the account's first mutation \
+                 began (TTL {TTL:?})"
             );
             assert!(
                 seen_after >= TTL,
