@@ -3,8 +3,8 @@
 //!
 //! - 32 callers at once, each recharge sent twice (the second a replay) between requests that
 //!   are refused (an unknown number: refused in the store, inside a group): every recharge is
-//!   applied once, balances and history agree, and `generation_values` — written once per
-//!   group — equals the sums of the history.
+//!   applied once, balances and history agree, and `generation_values` and `history_totals`
+//!   — written once per group — equal the sums of the history.
 //! - A mutation that fails in the database (a trigger refuses its history row) fails alone: the
 //!   others of its group are applied, each once, and the failing one leaves nothing behind.
 //!
@@ -162,6 +162,7 @@ async fn recharges_at_once(server: &TestServer) {
         recharges += count;
     }
     assert_eq!(recharges, i64::from(CALLERS * ROUNDS));
+    db.assert_totals_match_history("32 callers at once").await;
 }
 
 /// The number whose history rows the database refuses.
@@ -263,6 +264,8 @@ async fn a_mutation_failing_in_the_database_fails_alone(db: Arc<TestDb>) {
         applied,
         "no idempotency key for a failed mutation"
     );
+    db.assert_totals_match_history("groups with a failing mutation")
+        .await;
     // PostgreSQL rolled each round's group back and ran it again one by one; SQLite's
     // savepoints rolled the failing mutation back alone.
     let splits = server.metric("ocs_group_commit_splits_total").await;

@@ -962,6 +962,10 @@ async fn recharge_totals_count_the_recharge_rows_of_a_period(db: Arc<TestDb>) {
     .await;
     let totals = store.recharge_totals(from, until).await.expect("totals");
     assert_eq!((totals.count, totals.amount), (2, 1200));
+    // Not quarter hours: the rows themselves are counted (the 12:00 recharge alone).
+    let (from, until) = (at("2030-03-01T00:00:01Z"), at("2030-03-01T12:00:01Z"));
+    let inner = store.recharge_totals(from, until).await.expect("totals");
+    assert_eq!((inner.count, inner.amount), (1, 700));
     let empty = store.recharge_totals(until, until).await.expect("totals");
     assert_eq!((empty.count, empty.amount), (0, 0));
 }

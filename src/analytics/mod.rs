@@ -23,7 +23,9 @@ pub use flows::{
     daily_composition, is_recharge, state_move, tally_flows,
 };
 pub use periods::{Granularity, Period, month_start, parse_date, parse_month, periods};
-pub use values::{ValueDelta, ValueDeltas};
+pub use values::{
+    TOTAL_SLOT_SECS, ValueDelta, ValueDeltas, grace_end_code, starts_slot, total_code, total_slot,
+};
 
 /// `msisdn` for a campaign list that must not show whole numbers: the first 3 and the last 4
 /// digits kept, every other one `*` (an MSISDN has at least 8 digits, so one is always hidden).

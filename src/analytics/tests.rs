@@ -392,3 +392,117 @@ fn value_deltas_add_activations_and_recharges_per_generation() {
     nothing.add(&[value_row(b, 1, HistoryKind::Charge, 100, at(15))]);
     assert!(nothing.is_empty());
 }
+
+/// A row of `kind` from `from` to `to` on `msisdn`'s generation 1.
+fn moving_row(
+    msisdn: &str,
+    kind: HistoryKind,
+    (from, to): (AccountState, AccountState),
+    amount: i64,
+    at: DateTime<Utc>,
+) -> crate::lifecycle::HistoryRecord {
+    crate::lifecycle::HistoryRecord {
+        from_state: Some(from),
+        to_state: Some(to),
+        channel: (kind == HistoryKind::Recharge).then_some(RechargeChannel::Online),
+        ..value_row(msisdn, 1, kind, amount, at)
+    }
+}
+
+#[test]
+fn value_deltas_total_moves_and_recharges_per_quarter_hour() {
+    let at = |h: u32, m: u32, s: u32| Utc.with_ymd_and_hms(2030, 1, 10, h, m, s).unwrap();
+    let a = "8613800000001";
+    let mut deltas = ValueDeltas::default();
+    deltas.add(&[
+        moving_row(
+            a,
+            HistoryKind::Activated,
+            (Unactivated, Valid),
+            0,
+            at(4, 0, 0),
+        ),
+        moving_row(
+            a,
+            HistoryKind::Recharge,
+            (Valid, Valid),
+            1000,
+            at(4, 14, 59),
+        ),
+        moving_row(a, HistoryKind::Recharge, (Valid, Valid), 500, at(4, 15, 0)),
+        // A charge neither moves the MSISDN nor recharges it.
+        moving_row(a, HistoryKind::Charge, (Valid, Valid), 300, at(4, 15, 0)),
+    ]);
+    let slot = |h: u32, m: u32| at(h, m, 0).timestamp();
+    // ONLINE is channel 4: 4·100000 + RECHARGE 4·10000 + priced 100 + VALID 2 to VALID 2.
+    assert_eq!(
+        deltas.totals().collect::<Vec<_>>(),
+        vec![
+            (slot(4, 0), 30_012, 1, 0),
+            (slot(4, 0), 440_122, 1, 1000),
+            (slot(4, 15), 440_122, 1, 500),
+        ]
+    );
+    assert!(starts_slot(at(4, 15, 0)) && !starts_slot(at(4, 15, 1)));
+}
+
+#[test]
+fn value_deltas_end_stays_in_grace_where_they_began() {
+    let jan = |d: u32| Utc.with_ymd_and_hms(2030, 1, d, 16, 0, 0).unwrap();
+    let (a, b, c, d) = (
+        "8613800000001",
+        "8613800000002",
+        "8613800000003",
+        "8613800000004",
+    );
+    let entry = |m: &str, at| moving_row(m, HistoryKind::StateChanged, (Valid, Grace), 0, at);
+    let won = |m: &str, at| moving_row(m, HistoryKind::Recharge, (Grace, Valid), 1000, at);
+    let locked = |m: &str, at| moving_row(m, HistoryKind::StateChanged, (Grace, Locked), 0, at);
+    let mut first = ValueDeltas::default();
+    first.add(&[
+        // a: enters and is won back within the rows; then enters again (still open).
+        entry(a, jan(1)),
+        won(a, jan(2)),
+        entry(a, jan(3)),
+        // b and c leave a GRACE entered before these rows: the stored marks decide.
+        locked(b, jan(4)),
+        won(c, jan(4)),
+        // d enters; the next rows (merged below) win it back.
+        entry(d, jan(5)),
+    ]);
+    let mut second = ValueDeltas::default();
+    second.add(&[won(d, jan(6)), locked(a, jan(7))]);
+    first.merge(second);
+    assert_eq!(
+        first.stays_to_resolve().collect::<Vec<_>>(),
+        vec![(b, 1), (c, 1)]
+    );
+    // b's stay began on Dec 20; c has no open stay (it came to GRACE by an unlock).
+    let dec20 = Utc.with_ymd_and_hms(2029, 12, 20, 16, 0, 0).unwrap();
+    first.resolve_stays(&[(b.to_owned(), 1, Some(dec20)), (c.to_owned(), 1, None)]);
+    let (won_back, went_on) = (
+        grace_end_code(GraceEnd::WonBack),
+        grace_end_code(GraceEnd::Locked),
+    );
+    assert_eq!(
+        first.grace_ends().collect::<Vec<_>>(),
+        vec![
+            (total_slot(dec20), went_on, 1),
+            (total_slot(jan(1)), won_back, 1),
+            (total_slot(jan(3)), went_on, 1),
+            (total_slot(jan(5)), won_back, 1),
+        ]
+    );
+    // Every stay touched is closed now.
+    assert_eq!(
+        first.grace_marks().collect::<Vec<_>>(),
+        vec![(a, 1, None), (b, 1, None), (c, 1, None), (d, 1, None)]
+    );
+    assert_eq!(first.stays_to_resolve().count(), 0);
+    let mut open = ValueDeltas::default();
+    open.add(&[entry(a, jan(8))]);
+    assert_eq!(
+        open.grace_marks().collect::<Vec<_>>(),
+        vec![(a, 1, Some(jan(8)))]
+    );
+}

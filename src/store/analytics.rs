@@ -5,11 +5,16 @@
 //! Every query runs on the read pool (on SQLite the reader connections, never the one writer;
 //! on PostgreSQL a plain read): a report never holds a lock a mutation waits for. Each one
 //! counts in the database (issue 18 item 5: 1M accounts, 10M history rows, under 2 s): rows are
-//! summed per period by joining the periods' bounds (a `VALUES` list) to the partial indexes of
-//! migration 0008, which hold every column the sums read; the kinds and states are literals in
-//! the SQL so that those indexes apply. `CROSS JOIN` keeps SQLite's join order (the periods,
-//! or the few lock rows, outside; one index range or key inside); PostgreSQL plans it freely. Cohorts and churn warnings read `generation_values`,
-//! written in the same transaction as the history rows it sums (`Writes::add_values`).
+//! summed per period by joining the periods' bounds (a `VALUES` list) to what holds them: the
+//! moves, recharges and GRACE entries to the quarter-hour totals of migration 0009
+//! (`history_totals`, `grace_ends`: kept in the same transaction as the history rows they
+//! count, `Writes::add_values`), the lock rows to a partial history index of migration 0008
+//! that holds every column the query reads (the states are literals in the SQL so that it
+//! applies). `CROSS JOIN` keeps SQLite's join order (the periods, or the few lock rows, outside;
+//! one index range or key inside); PostgreSQL plans it freely. Cohorts and churn warnings read
+//! `generation_values`, written in the same transaction as the history rows it sums.
+
+use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -18,7 +23,7 @@ use super::dialect::{Dialect, Executes, Param, Reads};
 use super::rows::{self, EFFECTIVE_STATE_SQL};
 use super::sql::SqlStore;
 use super::{AccountStore, StoreError};
-use crate::analytics::{CohortValue, GraceEnd, GraceEntry, LockRow, Recharge, RowGroup};
+use crate::analytics::{self, CohortValue, GraceEnd, GraceEntry, LockRow, Recharge, RowGroup};
 use crate::lifecycle::{Account, AccountState, HistoryKind, RechargeChannel};
 
 /// What a churn warning list asks for (docs/analytics.md, "Churn warnings").
@@ -102,6 +107,25 @@ fn buckets_cte(n: usize) -> String {
     format!("WITH buckets (i, s, e) AS (VALUES {}) ", rows.join(", "))
 }
 
+/// The `history_totals` codes (`t.code`, see `analytics::total_code`) of rows that move an
+/// MSISDN: PROVISIONED rows, and rows with both states, different.
+const MOVE_CODE: &str = "t.code % 100000 / 10000 = 1 OR (t.code % 100 / 10 <> 0 \
+    AND t.code % 10 <> 0 AND t.code % 100 / 10 <> t.code % 10)";
+
+/// The `history_totals` codes (`t.code`) of VALID -> GRACE rows (STATE_CHANGED, unpriced, of a
+/// first or a later generation): the entries of the win-back cohort.
+const GRACE_ENTRY_CODE: &str = "t.code % 100000 IN (70023, 71023)";
+
+/// The `history_totals` codes (`t.code`) of RECHARGE rows.
+pub(super) const RECHARGE_CODE: &str = "t.code % 100000 / 10000 = 4";
+
+/// Whether a read bounded by `bounds` can sum the quarter-hour totals: every bound starts a
+/// slot (local midnights do in every zone in use; a zone's old local mean time may not, and
+/// then the history rows themselves are read, without an index).
+pub(super) fn whole_slots(bounds: &Bounds) -> bool {
+    bounds.iter().all(|at| analytics::starts_slot(*at))
+}
+
 /// Decodes a stored state (0: none).
 fn state_of(code: i64) -> Result<Option<AccountState>, StoreError> {
     (code != 0).then(|| rows::state(code as i32)).transpose()
@@ -122,11 +146,13 @@ fn indexed_by<D: Dialect>(index: &str) -> String {
 
 impl<D: Dialect> SqlStore<D> {
     /// The rows of `sql`, which starts after the buckets of `bounds` (see [`buckets_cte`]) and
-    /// reads four BIGINT columns.
+    /// reads four BIGINT columns. The bounds are given as instants, or as Unix seconds when
+    /// `sql` reads the slots of the quarter-hour totals.
     async fn per_bucket(
         &self,
         bounds: &Bounds,
         sql: &str,
+        as_seconds: bool,
     ) -> Result<Vec<(i64, i64, i64, i64)>, StoreError> {
         let n = bounds.len().saturating_sub(1);
         if n == 0 {
@@ -135,11 +161,46 @@ impl<D: Dialect> SqlStore<D> {
         let sql = format!("{}{sql}", buckets_cte(n));
         let mut query = sqlx::query(&sql);
         for (i, pair) in bounds.windows(2).enumerate() {
-            query = query.param(i as i64).param(pair[0]).param(pair[1]);
+            query = query.param(i as i64);
+            query = if as_seconds {
+                query.param(pair[0].timestamp()).param(pair[1].timestamp())
+            } else {
+                query.param(pair[0]).param(pair[1])
+            };
         }
         Ok(D::Db::read_all(
             query.fetch_all(D::Db::on_pool(self.reader())).await?,
         )?)
+    }
+
+    /// [`AnalyticsStore::grace_entries`] counted from the history rows themselves (bounds that
+    /// are not quarter hours; no index serves it): each VALID -> GRACE row's stay ended with
+    /// the kind of the next row of the same generation that leaves GRACE (RECHARGE: won back;
+    /// another: locked; none: still in GRACE).
+    async fn grace_entries_from_rows(
+        &self,
+        bounds: &Bounds,
+    ) -> Result<Vec<(usize, GraceEntry)>, StoreError> {
+        let sql = "SELECT e.i, e.ended, COUNT(*), CAST(0 AS BIGINT) FROM (\
+                     SELECT CAST(b.i AS BIGINT) AS i, CAST(COALESCE((SELECT r.kind \
+                       FROM account_history r WHERE r.msisdn = h.msisdn \
+                       AND r.generation = h.generation AND r.id > h.id AND r.from_state = 3 \
+                       ORDER BY r.id LIMIT 1), 0) AS BIGINT) AS ended \
+                     FROM buckets b CROSS JOIN account_history h \
+                     WHERE h.at >= b.s AND h.at < b.e AND h.kind = 7 AND h.from_state = 2 \
+                     AND h.to_state = 3\
+                   ) e GROUP BY e.i, e.ended";
+        let mut entries = Vec::new();
+        for (i, ended, count, _) in self.per_bucket(bounds, sql, false).await? {
+            let (i, at) = bucket(bounds, i)?;
+            let end = match HistoryKind::from_i32(ended as i32) {
+                Some(HistoryKind::Recharge) => GraceEnd::WonBack,
+                Some(_) => GraceEnd::Locked,
+                None => GraceEnd::Open,
+            };
+            entries.push((i, GraceEntry { at, end, count }));
+        }
+        Ok(entries)
     }
 }
 
@@ -181,20 +242,29 @@ impl<D: Dialect> AnalyticsStore for SqlStore<D> {
     }
 
     async fn moves(&self, bounds: &Bounds) -> Result<Vec<(usize, RowGroup)>, StoreError> {
-        // One number per (kind, re-provisioning or not, priced or not, from, to), decoded below.
-        let sql = format!(
+        // One number per (kind, re-provisioning or not, priced or not, from, to), decoded below:
+        // `analytics::total_code` without the channel.
+        let totals = whole_slots(bounds);
+        let sql = if totals {
+            format!(
+                "SELECT CAST(b.i AS BIGINT), t.code % 100000, \
+                   CAST(SUM(t.row_count) AS BIGINT), CAST(SUM(t.amount_total) AS BIGINT) \
+                   FROM buckets b CROSS JOIN history_totals t \
+                   WHERE t.slot >= b.s AND t.slot < b.e AND ({MOVE_CODE}) GROUP BY 1, 2"
+            )
+        } else {
             "SELECT CAST(b.i AS BIGINT), CAST(h.kind * 10000 \
                    + (CASE WHEN h.generation > 1 THEN 1000 ELSE 0 END) \
                    + (CASE WHEN h.amount > 0 THEN 100 ELSE 0 END) \
                    + COALESCE(h.from_state, 0) * 10 + COALESCE(h.to_state, 0) AS BIGINT), \
                    COUNT(*), CAST(COALESCE(SUM(h.amount), 0) AS BIGINT) \
-                   FROM buckets b CROSS JOIN account_history h{} \
+                   FROM buckets b CROSS JOIN account_history h \
                    WHERE h.at >= b.s AND h.at < b.e AND (h.kind = 1 OR h.from_state <> h.to_state) \
-                   GROUP BY 1, 2",
-            indexed_by::<D>("account_history_moves")
-        );
+                   GROUP BY 1, 2"
+                .to_owned()
+        };
         let mut groups = Vec::new();
-        for (i, code, rows, amount) in self.per_bucket(bounds, &sql).await? {
+        for (i, code, rows, amount) in self.per_bucket(bounds, &sql, totals).await? {
             let (i, at) = bucket(bounds, i)?;
             let kind = HistoryKind::from_i32((code / 10000) as i32)
                 .ok_or_else(|| corrupt("history move code", code))?;
@@ -216,16 +286,24 @@ impl<D: Dialect> AnalyticsStore for SqlStore<D> {
 
     async fn recharges(&self, bounds: &Bounds) -> Result<Vec<(usize, Recharge)>, StoreError> {
         // The channel (0: unknown) and the states, as one number.
-        let sql = format!(
+        let totals = whole_slots(bounds);
+        let sql = if totals {
+            format!(
+                "SELECT CAST(b.i AS BIGINT), t.code / 100000 * 100 + t.code % 100, \
+                   CAST(SUM(t.row_count) AS BIGINT), CAST(SUM(t.amount_total) AS BIGINT) \
+                   FROM buckets b CROSS JOIN history_totals t \
+                   WHERE t.slot >= b.s AND t.slot < b.e AND {RECHARGE_CODE} GROUP BY 1, 2"
+            )
+        } else {
             "SELECT CAST(b.i AS BIGINT), CAST(COALESCE(h.channel, 0) * 100 \
                    + COALESCE(h.from_state, 0) * 10 + COALESCE(h.to_state, 0) AS BIGINT), \
                    COUNT(*), CAST(COALESCE(SUM(h.amount), 0) AS BIGINT) \
-                   FROM buckets b CROSS JOIN account_history h{} \
-                   WHERE h.at >= b.s AND h.at < b.e AND h.kind = 4 GROUP BY 1, 2",
-            indexed_by::<D>("account_history_recharges")
-        );
+                   FROM buckets b CROSS JOIN account_history h \
+                   WHERE h.at >= b.s AND h.at < b.e AND h.kind = 4 GROUP BY 1, 2"
+                .to_owned()
+        };
         let mut recharges = Vec::new();
-        for (i, code, count, amount) in self.per_bucket(bounds, &sql).await? {
+        for (i, code, count, amount) in self.per_bucket(bounds, &sql, totals).await? {
             let (i, at) = bucket(bounds, i)?;
             recharges.push((
                 i,
@@ -243,30 +321,42 @@ impl<D: Dialect> AnalyticsStore for SqlStore<D> {
     }
 
     async fn grace_entries(&self, bounds: &Bounds) -> Result<Vec<(usize, GraceEntry)>, StoreError> {
-        // The kind of the next row of the same generation that leaves GRACE (RECHARGE: won
-        // back; another: locked; none: still in GRACE).
+        if !whole_slots(bounds) {
+            return self.grace_entries_from_rows(bounds).await;
+        }
+        // Per bucket: the VALID -> GRACE rows (`ended` 0), then the stays that began in it and
+        // ended, by how (`grace_ends.ended`); the rest are still open.
         let sql = format!(
-            "SELECT e.i, e.ended, COUNT(*), CAST(0 AS BIGINT) FROM (\
-                     SELECT CAST(b.i AS BIGINT) AS i, CAST(COALESCE((SELECT r.kind \
-                       FROM account_history r{} WHERE r.msisdn = h.msisdn \
-                       AND r.generation = h.generation AND r.id > h.id AND r.from_state = 3 \
-                       ORDER BY r.id LIMIT 1), 0) AS BIGINT) AS ended \
-                     FROM buckets b CROSS JOIN account_history h{} \
-                     WHERE h.at >= b.s AND h.at < b.e AND h.kind = 7 AND h.from_state = 2 \
-                     AND h.to_state = 3\
-                   ) e GROUP BY e.i, e.ended",
-            indexed_by::<D>("account_history_grace_exits"),
-            indexed_by::<D>("account_history_grace_entries")
+            "SELECT CAST(b.i AS BIGINT), CAST(0 AS BIGINT), CAST(SUM(t.row_count) AS BIGINT), \
+               CAST(0 AS BIGINT) FROM buckets b CROSS JOIN history_totals t \
+               WHERE t.slot >= b.s AND t.slot < b.e AND {GRACE_ENTRY_CODE} GROUP BY 1 \
+             UNION ALL \
+             SELECT CAST(b.i AS BIGINT), CAST(g.ended AS BIGINT), CAST(SUM(g.stays) AS BIGINT), \
+               CAST(0 AS BIGINT) FROM buckets b CROSS JOIN grace_ends g \
+               WHERE g.slot >= b.s AND g.slot < b.e GROUP BY 1, 2"
         );
+        let mut per_bucket: BTreeMap<usize, (i64, Vec<(GraceEnd, i64)>)> = BTreeMap::new();
+        for (i, ended, count, _) in self.per_bucket(bounds, &sql, true).await? {
+            let (i, _) = bucket(bounds, i)?;
+            let (entered, ends) = per_bucket.entry(i).or_default();
+            match [GraceEnd::WonBack, GraceEnd::Locked]
+                .into_iter()
+                .find(|end| analytics::grace_end_code(*end) == ended)
+            {
+                Some(end) => ends.push((end, count)),
+                None if ended == 0 => *entered += count,
+                None => return Err(corrupt("grace_ends.ended", ended)),
+            }
+        }
         let mut entries = Vec::new();
-        for (i, ended, count, _) in self.per_bucket(bounds, &sql).await? {
-            let (i, at) = bucket(bounds, i)?;
-            let end = match HistoryKind::from_i32(ended as i32) {
-                Some(HistoryKind::Recharge) => GraceEnd::WonBack,
-                Some(_) => GraceEnd::Locked,
-                None => GraceEnd::Open,
-            };
-            entries.push((i, GraceEntry { at, end, count }));
+        for (i, (entered, ends)) in per_bucket {
+            let at = bounds[i];
+            let open = entered - ends.iter().map(|(_, count)| count).sum::<i64>();
+            for (end, count) in ends.into_iter().chain([(GraceEnd::Open, open)]) {
+                if count != 0 {
+                    entries.push((i, GraceEntry { at, end, count }));
+                }
+            }
         }
         Ok(entries)
     }
@@ -279,7 +369,7 @@ impl<D: Dialect> AnalyticsStore for SqlStore<D> {
             indexed_by::<D>("generation_values_activated")
         );
         let mut counts = Vec::new();
-        for (i, count, _, _) in self.per_bucket(bounds, &sql).await? {
+        for (i, count, _, _) in self.per_bucket(bounds, &sql, false).await? {
             counts.push((bucket(bounds, i)?.0, count));
         }
         Ok(counts)
@@ -297,7 +387,7 @@ impl<D: Dialect> AnalyticsStore for SqlStore<D> {
             indexed_by::<D>("generation_values_activated")
         );
         let mut values = Vec::new();
-        for (i, total, generations, recharges) in self.per_bucket(bounds, &sql).await? {
+        for (i, total, generations, recharges) in self.per_bucket(bounds, &sql, false).await? {
             let (i, at) = bucket(bounds, i)?;
             values.push((
                 i,

@@ -58,6 +58,12 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
     /// may otherwise build an automatic index over the whole table for a join.
     const NAMES_INDEXES: bool = false;
 
+    /// The `shard` of the `history_totals` rows a transaction adds to (an SQL expression):
+    /// writers that commit at once add to different rows of one slot and code, instead of
+    /// waiting for each other's row lock until the other commits. `0` where one writer commits
+    /// at a time.
+    const TOTALS_SHARD: &'static str = "0";
+
     fn migrator() -> &'static Migrator;
 
     /// What a database error code of this backend means.
@@ -157,6 +163,7 @@ pub(crate) trait SqlDatabase:
     + Reads<(i64, i64, i64)>
     + Reads<(i64, i64, i64, i64)>
     + Reads<(String, i64, DateTime<Utc>, DateTime<Utc>, i64)>
+    + Reads<(String, i64, Option<DateTime<Utc>>)>
     + Reads<(String, Vec<u8>)>
     + Reads<(DateTime<Utc>,)>
     + Reads<(NaiveDate, i64)>

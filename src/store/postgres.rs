@@ -216,7 +216,7 @@ impl PgWrites {
             Writes::<PostgresDialect>::apply_in(&mut tx, &self.rules, msisdn, key, decide).await;
         let result = match result {
             Ok((committed, values)) => {
-                match Writes::<PostgresDialect>::add_values(&mut tx, &values).await {
+                match Writes::<PostgresDialect>::add_values(&mut tx, values).await {
                     Ok(()) => Ok(committed),
                     Err(e) => Err(MutateFailure::Sql(e)),
                 }
@@ -271,7 +271,7 @@ impl PgWrites {
                 Err(failed) => return Err(failed),
             }
         }
-        Writes::<PostgresDialect>::add_values(&mut tx, &values).await?;
+        Writes::<PostgresDialect>::add_values(&mut tx, values).await?;
         tx.commit().await?;
         Ok(results)
     }
@@ -336,6 +336,8 @@ impl Dialect for PostgresDialect {
     /// Two batches at once overlap one batch's round trips and commit with the other's work
     /// (measured in BENCHMARKS.md).
     const SWEEP_WORKERS: usize = 2;
+    /// Each connection's own (its server process id), folded into 64 rows.
+    const TOTALS_SHARD: &'static str = "pg_backend_pid() % 64";
 
     fn migrator() -> &'static Migrator {
         &MIGRATIONS

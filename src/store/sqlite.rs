@@ -235,7 +235,7 @@ async fn commit_group(
             };
             results.push(result);
         }
-        Writes::<SqliteDialect>::add_values(&mut tx, &values).await?;
+        Writes::<SqliteDialect>::add_values(&mut tx, values).await?;
         tx.commit().await
     }
     .await;

@@ -352,6 +352,73 @@ impl Db {
         rows.unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
+    /// Checks the quarter-hour totals of migration 0009, written with the history rows, against
+    /// the history rows themselves, counted with the migration's own definitions: every row
+    /// that moves an MSISDN or recharges it is in `history_totals` once; every stay in GRACE
+    /// entered from VALID that ended is in `grace_ends` once, under its entry's quarter hour and
+    /// by how it ended; every open one is marked in `generation_values`. `what` names the
+    /// test's writes in the messages; at least one row must count.
+    pub async fn assert_totals_match_history(&self, what: &str) {
+        let slot = |at: &str| match self {
+            Db::Sqlite(_) => format!("CAST(strftime('%s', {at}) AS INTEGER) / 900 * 900"),
+            Db::Postgres(_) => {
+                format!("CAST(floor(extract(epoch FROM {at}) / 900) AS BIGINT) * 900")
+            }
+        };
+        let recount: Vec<(i64, i64, i64, i64)> = self
+            .rows(&format!(
+                "SELECT {}, CAST(COALESCE(channel, 0) * 100000 + kind * 10000 \
+                 + CASE WHEN generation > 1 THEN 1000 ELSE 0 END \
+                 + CASE WHEN amount > 0 THEN 100 ELSE 0 END \
+                 + COALESCE(from_state, 0) * 10 + COALESCE(to_state, 0) AS BIGINT), \
+                 COUNT(*), CAST(SUM(amount) AS BIGINT) FROM account_history \
+                 WHERE kind = 1 OR kind = 4 OR from_state <> to_state GROUP BY 1, 2 ORDER BY 1, 2",
+                slot("at")
+            ))
+            .await;
+        let totals: Vec<(i64, i64, i64, i64)> = self
+            .rows(
+                "SELECT slot, code, CAST(SUM(row_count) AS BIGINT), \
+                 CAST(SUM(amount_total) AS BIGINT) FROM history_totals \
+                 GROUP BY slot, code HAVING SUM(row_count) <> 0 ORDER BY slot, code",
+            )
+            .await;
+        assert!(!recount.is_empty(), "{what}: no history row counts");
+        assert_eq!(
+            totals, recount,
+            "{what}: history_totals against the history rows"
+        );
+        // Each VALID -> GRACE row and the kind of the next row of its generation leaving GRACE.
+        let stays = "SELECT h.at AS at, (SELECT r.kind FROM account_history r \
+             WHERE r.msisdn = h.msisdn AND r.generation = h.generation AND r.id > h.id \
+             AND r.from_state = 3 ORDER BY r.id LIMIT 1) AS exit_kind FROM account_history h \
+             WHERE h.kind = 7 AND h.from_state = 2 AND h.to_state = 3";
+        let ended: Vec<(i64, i64, i64)> = self
+            .rows(&format!(
+                "SELECT {}, CAST(CASE WHEN s.exit_kind = 4 THEN 1 ELSE 2 END AS BIGINT), \
+                 COUNT(*) FROM ({stays}) s WHERE s.exit_kind IS NOT NULL \
+                 GROUP BY 1, 2 ORDER BY 1, 2",
+                slot("s.at")
+            ))
+            .await;
+        let ends: Vec<(i64, i64, i64)> = self
+            .rows(
+                "SELECT slot, CAST(ended AS BIGINT), CAST(SUM(stays) AS BIGINT) FROM grace_ends \
+                 GROUP BY slot, ended HAVING SUM(stays) <> 0 ORDER BY slot, ended",
+            )
+            .await;
+        assert_eq!(ends, ended, "{what}: grace_ends against the history rows");
+        let open = self
+            .scalar(&format!(
+                "SELECT COUNT(*) FROM ({stays}) s WHERE s.exit_kind IS NULL"
+            ))
+            .await;
+        let marked = self
+            .scalar("SELECT COUNT(*) FROM generation_values WHERE grace_entered_at IS NOT NULL")
+            .await;
+        assert_eq!(marked, open, "{what}: the open stays in GRACE marked");
+    }
+
     pub async fn outbox(&self) -> Vec<OutboxRow> {
         let sql = "SELECT sequence, event_type, msisdn, account_id, generation, from_state, \
                    to_state, reason, effective_at FROM outbox ORDER BY sequence";

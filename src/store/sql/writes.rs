@@ -33,6 +33,16 @@ const ADD_GENERATION_VALUES: &str = " ON CONFLICT (msisdn, generation) DO UPDATE
       OR excluded.last_recharge_at > generation_values.last_recharge_at \
       THEN excluded.last_recharge_at ELSE generation_values.last_recharge_at END";
 
+/// Adds history rows' counts and amounts to their slots' rows of `history_totals` (multi-row,
+/// the `VALUES` rows before this tail, at most one per key).
+const ADD_HISTORY_TOTALS: &str = " ON CONFLICT (slot, code, shard) DO UPDATE SET \
+    row_count = history_totals.row_count + excluded.row_count, \
+    amount_total = history_totals.amount_total + excluded.amount_total";
+
+/// Adds stays in GRACE ended to their entries' slots of `grace_ends` (multi-row, as above).
+const ADD_GRACE_ENDS: &str = " ON CONFLICT (slot, ended, shard) DO UPDATE SET \
+    stays = grace_ends.stays + excluded.stays";
+
 /// The generic writes of dialect `D` (a namespace: the bounds are stated once for all of them).
 pub(crate) struct Writes<D>(PhantomData<D>);
 
@@ -195,7 +205,7 @@ impl<D: Dialect> Writes<D> {
         Self::insert_history(&mut *conn, &swept.history).await?;
         let mut values = ValueDeltas::default();
         values.add(&swept.history);
-        Self::add_values(&mut *conn, &values).await?;
+        Self::add_values(&mut *conn, values).await?;
         Self::insert_events(&mut *conn, &swept.events).await
     }
 
@@ -232,11 +242,37 @@ impl<D: Dialect> Writes<D> {
         Ok(())
     }
 
-    /// Adds `values` to `generation_values`, as multi-row upserts (none when empty).
+    /// Adds `values` to `generation_values`, `history_totals` and `grace_ends`, as multi-row
+    /// statements (none when empty), in that order in every transaction (and each in key order),
+    /// so that two writers never wait for each other's rows crosswise. The stays in GRACE that
+    /// `values` ends but began before it are read first (their marks in `generation_values`).
     pub(crate) async fn add_values(
         conn: &mut Conn<D>,
-        values: &ValueDeltas,
+        mut values: ValueDeltas,
     ) -> Result<(), sqlx::Error> {
+        let open: Vec<(&str, u32)> = values.stays_to_resolve().collect();
+        let mut marks = Vec::new();
+        for chunk in open.chunks(ROWS_PER_STATEMENT) {
+            let mut read = ValuesRows::<D>::new("WITH v (msisdn, generation) AS (");
+            for (msisdn, generation) in chunk {
+                read.row().param(*msisdn).param(i64::from(*generation));
+            }
+            let (sql, args) = read.finish(
+                ") SELECT g.msisdn, g.generation, g.grace_entered_at FROM generation_values g \
+                 JOIN v ON g.msisdn = v.msisdn AND g.generation = v.generation",
+            )?;
+            let found: Vec<(String, i64, Option<DateTime<Utc>>)> = D::Db::read_all(
+                sqlx::query_with(&sql, args)
+                    .fetch_all(D::Db::on(&mut *conn))
+                    .await?,
+            )?;
+            marks.extend(
+                found
+                    .into_iter()
+                    .map(|(msisdn, generation, at)| (msisdn, generation as u32, at)),
+            );
+        }
+        values.resolve_stays(&marks);
         let rows: Vec<_> = values.iter().collect();
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             let mut upsert = ValuesRows::<D>::new(
@@ -254,10 +290,70 @@ impl<D: Dialect> Writes<D> {
                     .param(delta.last_recharge_at);
             }
             let (sql, args) = upsert.finish(ADD_GENERATION_VALUES)?;
-            sqlx::query_with(&sql, args)
-                .execute(D::Db::on(&mut *conn))
-                .await?;
+            Self::run(conn, &sql, args).await?;
         }
+        let marks: Vec<_> = values.grace_marks().collect();
+        for chunk in marks.chunks(ROWS_PER_STATEMENT) {
+            let mut update =
+                ValuesRows::<D>::new("WITH v (msisdn, generation, grace_entered_at) AS (");
+            for (msisdn, generation, mark) in chunk {
+                update
+                    .row()
+                    .param(*msisdn)
+                    .param(i64::from(*generation))
+                    .param(*mark);
+            }
+            let (sql, args) = update.finish(
+                ") UPDATE generation_values SET grace_entered_at = v.grace_entered_at FROM v \
+                 WHERE generation_values.msisdn = v.msisdn \
+                 AND generation_values.generation = v.generation",
+            )?;
+            Self::run(conn, &sql, args).await?;
+        }
+        let totals: Vec<_> = values.totals().collect();
+        for chunk in totals.chunks(ROWS_PER_STATEMENT) {
+            let mut upsert = ValuesRows::<D>::new(
+                "INSERT INTO history_totals (slot, code, shard, row_count, amount_total) ",
+            );
+            for (slot, code, rows, amount) in chunk {
+                upsert
+                    .row()
+                    .param(*slot)
+                    .param(*code)
+                    .expression(D::TOTALS_SHARD)
+                    .param(*rows)
+                    .param(*amount);
+            }
+            let (sql, args) = upsert.finish(ADD_HISTORY_TOTALS)?;
+            Self::run(conn, &sql, args).await?;
+        }
+        let ends: Vec<_> = values.grace_ends().collect();
+        for chunk in ends.chunks(ROWS_PER_STATEMENT) {
+            let mut upsert =
+                ValuesRows::<D>::new("INSERT INTO grace_ends (slot, ended, shard, stays) ");
+            for (slot, end, stays) in chunk {
+                upsert
+                    .row()
+                    .param(*slot)
+                    .param(*end)
+                    .expression(D::TOTALS_SHARD)
+                    .param(*stays);
+            }
+            let (sql, args) = upsert.finish(ADD_GRACE_ENDS)?;
+            Self::run(conn, &sql, args).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs one statement built by [`ValuesRows`].
+    async fn run<'q>(
+        conn: &mut Conn<D>,
+        sql: &'q str,
+        args: Args<'q, D>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query_with(sql, args)
+            .execute(D::Db::on(&mut *conn))
+            .await?;
         Ok(())
     }
 
@@ -392,6 +488,16 @@ impl<'q, D: Dialect> ValuesRows<'q, D> {
         }
         // Writing to a `String` cannot fail.
         let _ = self.args.format_placeholder(&mut self.sql);
+        self
+    }
+
+    /// A value written as SQL (a constant expression of the dialect's), not bound.
+    fn expression(&mut self, sql: &str) -> &mut Self {
+        if !self.first {
+            self.sql.push_str(", ");
+        }
+        self.first = false;
+        self.sql.push_str(sql);
         self
     }
 
