@@ -107,9 +107,9 @@ struct Args {
     #[arg(long, default_value_t = Config::default().group_commit_wait_us)]
     group_commit_wait_us: u64,
     /// `group_commit_writers` of the server under test (PostgreSQL; below --clients, the
-    /// server's pool size).
-    #[arg(long, default_value_t = Config::default().group_commit_writers)]
-    group_commit_writers: usize,
+    /// server's pool size; default: the server's choice, 4 at 16 clients or more).
+    #[arg(long)]
+    group_commit_writers: Option<usize>,
     /// Overload: the server's `grpc.max_concurrent_requests`.
     #[arg(long, default_value_t = 32)]
     overload_limit: u32,
@@ -893,7 +893,7 @@ async fn run_rpc(args: &Args) -> serde_json::Map<String, serde_json::Value> {
         if *section == "recharge" {
             row["group_commit_max"] = args.group_commit_max.into();
             row["group_commit_wait_us"] = args.group_commit_wait_us.into();
-            row["group_commit_writers"] = args.group_commit_writers.into();
+            row["group_commit_writers"] = server_config(args, "").group_commit_writers().into();
         }
         if *section == "authorize" {
             row["authorize_cache_ms"] = args.authorize_cache_ms.into();

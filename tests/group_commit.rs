@@ -38,7 +38,7 @@ const ROUNDS: u32 = 8;
 /// A server on `db` with `writers` PostgreSQL group commit writers (SQLite has its one).
 async fn start(db: Arc<TestDb>, writers: usize) -> TestServer {
     let mut config = test_config(ClockMode::Manual);
-    config.group_commit_writers = writers;
+    config.group_commit_writers = Some(writers);
     TestServer::start_with(db, config).await
 }
 

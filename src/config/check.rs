@@ -179,11 +179,13 @@ impl Config {
                 self.db_pool_size
             )));
         }
-        if self.group_commit_writers >= self.db_pool_size as usize {
+        if let Some(writers) = self.group_commit_writers
+            && writers >= self.db_pool_size as usize
+        {
             return Err(ConfigError(format!(
-                "group_commit_writers ({}) must be below db_pool_size ({}): each writer holds a \
-                 connection while it commits, and reads need the others",
-                self.group_commit_writers, self.db_pool_size
+                "group_commit_writers ({writers}) must be below db_pool_size ({}): each writer \
+                 holds a connection while it commits, and reads need the others",
+                self.db_pool_size
             )));
         }
         if !(1..=600_000).contains(&self.db_acquire_timeout_ms) {
@@ -355,6 +357,25 @@ mod tests {
     fn problems_of(toml_text: &str) -> Vec<String> {
         let config: Config = toml::from_str(toml_text).unwrap();
         config.problems().into_iter().map(|e| e.0).collect()
+    }
+
+    #[test]
+    fn group_commit_writers_default_to_a_quarter_of_the_pool_and_a_set_value_is_checked() {
+        let writers = |toml_text: &str| toml::from_str::<Config>(toml_text).unwrap();
+        assert_eq!(writers("").group_commit_writers(), 4);
+        assert_eq!(writers("db_pool_size = 64").group_commit_writers(), 4);
+        assert_eq!(writers("db_pool_size = 8").group_commit_writers(), 2);
+        assert_eq!(writers("db_pool_size = 3").group_commit_writers(), 0);
+        assert!(problems_of("db_pool_size = 3").is_empty());
+        assert_eq!(
+            writers("group_commit_writers = 0").group_commit_writers(),
+            0
+        );
+        let problems = problems_of("db_pool_size = 4\ngroup_commit_writers = 4\n");
+        assert!(
+            problems[0].starts_with("group_commit_writers (4)"),
+            "{problems:?}"
+        );
     }
 
     #[test]

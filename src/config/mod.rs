@@ -127,9 +127,9 @@ pub struct Config {
     pub group_commit_max: usize,
     /// Group commit: how long a writer waits for more mutations (µs; 0: none).
     pub group_commit_wait_us: u64,
-    /// PostgreSQL group commit: writer tasks (0: every mutation in its own transaction).
-    /// SQLite always has one.
-    pub group_commit_writers: usize,
+    /// PostgreSQL group commit: writer tasks (0: every mutation in its own transaction; unset:
+    /// [`Config::group_commit_writers`] chooses). SQLite always has one.
+    pub group_commit_writers: Option<usize>,
     /// Allow non-loopback `listen` and `http_addr` addresses although no tokens are configured
     /// (`[auth]`).
     pub insecure: bool,
@@ -169,7 +169,7 @@ impl Default for Config {
             authorize_cache_ms: 60_000,
             group_commit_max: crate::store::GroupCommit::default().max,
             group_commit_wait_us: 0,
-            group_commit_writers: crate::store::GroupCommit::default().writers,
+            group_commit_writers: None,
             insecure: false,
             ignored_env: Vec::new(),
             lifecycle: LifecycleConfig::default(),
@@ -212,7 +212,19 @@ pub fn config_file(overrides: &Overrides, env: &[(String, String)]) -> Option<Pa
 #[error("configuration: {0}")]
 pub struct ConfigError(pub String);
 
+/// The most group commit writers [`Config::group_commit_writers`] chooses by itself.
+const AUTO_GROUP_COMMIT_WRITERS: usize = 4;
+
 impl Config {
+    /// The PostgreSQL group commit writers to run: `group_commit_writers` if set, else a quarter
+    /// of `db_pool_size`, at most 4 (4 with the default pool of 16; none with a pool under 4,
+    /// where every mutation commits alone). Each writer holds a pool connection while it
+    /// commits; the rest serve reads and mutations of the other paths.
+    pub fn group_commit_writers(&self) -> usize {
+        self.group_commit_writers
+            .unwrap_or_else(|| (self.db_pool_size as usize / 4).min(AUTO_GROUP_COMMIT_WRITERS))
+    }
+
     /// `db_acquire_timeout_ms` as a duration.
     pub fn db_acquire_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.db_acquire_timeout_ms)

@@ -272,7 +272,7 @@ async fn serve_listeners_cutting_drain(
     let group = store::GroupCommit {
         max: config.group_commit_max,
         wait: Duration::from_micros(config.group_commit_wait_us),
-        writers: config.group_commit_writers,
+        writers: config.group_commit_writers(),
     };
     let (store, primary) = store::connect_following_primary(
         &config.database_url,

@@ -457,7 +457,7 @@ pub fn test_config(clock: ClockMode) -> Config {
         .ok()
         .and_then(|w| w.parse().ok())
     {
-        config.group_commit_writers = writers;
+        config.group_commit_writers = Some(writers);
     }
     config
 }
@@ -467,7 +467,7 @@ pub fn test_config(clock: ClockMode) -> Config {
 /// whatever the machine's speed.
 pub fn one_writer_waiting_for(at_once: usize) -> Config {
     let mut config = test_config(ClockMode::Manual);
-    config.group_commit_writers = 1;
+    config.group_commit_writers = Some(1);
     config.group_commit_max = at_once;
     config.group_commit_wait_us = 10_000_000;
     config
