@@ -438,6 +438,10 @@ mod tests {
         config.write_summary(&mut summary).unwrap();
         let summary = String::from_utf8(summary).unwrap();
         assert!(summary.contains("postgresql db:5433/ocs"), "{summary}");
+        assert!(
+            summary.contains("(pool 16, group commit writers 4)"),
+            "{summary}"
+        );
         assert!(!summary.contains("hunter2"), "{summary}");
         let config: Config = toml::from_str(
             "database_url = \"postgres://u:hunter2@db1:5433,db2/ocs?target_session_attrs=primary\"\n",

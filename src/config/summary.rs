@@ -14,9 +14,15 @@ impl Config {
     /// What `config check` prints for a valid configuration: no secrets, no passwords.
     pub(super) fn write_summary(&self, out: &mut impl Write) -> std::io::Result<()> {
         writeln!(out, "configuration OK")?;
+        // SQLite has its one writer whatever `group_commit_writers` says.
+        let writers = if self.database_url.starts_with("postgres") {
+            format!(", group commit writers {}", self.group_commit_writers())
+        } else {
+            String::new()
+        };
         writeln!(
             out,
-            "database: {} (pool {})",
+            "database: {} (pool {}{writers})",
             database_summary(&self.database_url),
             self.db_pool_size
         )?;
