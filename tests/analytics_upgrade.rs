@@ -1,6 +1,6 @@
 //! The analytics' migrations on a database that already holds history (the upgrade of a
-//! running installation), on SQLite and PostgreSQL: what 0008 and 0009 fill in from the rows
-//! written before them, checked against figures worked out by hand.
+//! running installation), on SQLite and PostgreSQL: what 0008, 0009 and 0010 fill in from the
+//! rows written before them, checked against figures worked out by hand.
 
 // This suite opens stores, not servers: `both_backends!` is not used.
 #[allow(unused_macros)]
@@ -14,17 +14,18 @@ use common::{Backend, TestDb};
 use ocs_lifecycle::lifecycle::Rules;
 
 both_databases! {
-    upgrade_sqlite, upgrade_postgres: migrations_0008_and_0009_fill_in_a_database_with_data,
+    upgrade_sqlite, upgrade_postgres: migrations_0008_to_0010_fill_in_a_database_with_data,
 }
 
 const A: &str = "8613800000001";
 const B: &str = "8613800000002";
 
-/// Migrations 0008 and 0009 on a database with history: every RECHARGE row takes its request's
-/// channel (none without a key), every activated or recharged generation its
+/// Migrations 0008, 0009 and 0010 on a database with history: every RECHARGE row takes its
+/// request's channel (none without a key), every activated or recharged generation its
 /// `generation_values` row, every row that moves an MSISDN or recharges it its quarter hour's
-/// `history_totals` row; the dashboard's recharge count reads the totals afterwards.
-async fn migrations_0008_and_0009_fill_in_a_database_with_data(db: Arc<TestDb>) {
+/// `history_totals` row, every generation its first lock and unlock marks; the dashboard's
+/// recharge count reads the totals afterwards.
+async fn migrations_0008_to_0010_fill_in_a_database_with_data(db: Arc<TestDb>) {
     let postgres = db.backend == Backend::Postgres;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(if postgres {
         "migrations/postgres"
@@ -92,7 +93,8 @@ async fn migrations_0008_and_0009_fill_in_a_database_with_data(db: Arc<TestDb>) 
     store.migrate().await.expect("0008 on a database with data");
     let channel = |id: &str| {
         format!(
-            "SELECT CAST(COALESCE(channel, 0) AS BIGINT) FROM account_history WHERE request_id = '{id}'"
+            "SELECT CAST(COALESCE(channel, 0) AS BIGINT) FROM account_history \
+             WHERE request_id = '{id}'"
         )
     };
     assert_eq!(raw.scalar(&channel("r1")).await, 4);
@@ -153,7 +155,16 @@ async fn migrations_0008_and_0009_fill_in_a_database_with_data(db: Arc<TestDb>) 
         .await,
         1
     );
-    raw.assert_totals_match_history("0009 on rows written before it")
+    // 0010: A's unlock (u1, LOCKED to VALID) marks it; no row locked or recycled either.
+    let marks = |msisdn: &str| {
+        format!(
+            "SELECT CAST(unlocked * 10 + CASE WHEN first_out_at IS NULL THEN 0 ELSE 1 END \
+             AS BIGINT) FROM generation_values WHERE msisdn = '{msisdn}' AND generation = 1"
+        )
+    };
+    assert_eq!(raw.scalar(&marks(A)).await, 10);
+    assert_eq!(raw.scalar(&marks(B)).await, 0);
+    raw.assert_totals_match_history("0009 and 0010 on rows written before them")
         .await;
     // January 2030 in whole days (the totals), and from one second past midnight (the rows).
     for (from, until) in [

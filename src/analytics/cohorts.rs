@@ -124,12 +124,15 @@ fn percentile_of(histogram: &[(i64, i64)], p: u32) -> i64 {
 
 /// The figures of each of `months` (first days) at `now`, from the account generations
 /// activated per local day (`activations`), their lifetime recharge totals per cohort
-/// (`values`) and the lock histories of those of them that were ever locked or recycled.
+/// (`values`), and which of them were LOCKED or RECYCLED at the end of each age's day: counted
+/// per activation day and age (`inactive`, `AGES` order; generations never taken out of LOCKED
+/// again, which stay out from their first lock on) or decided from their lock histories
+/// (`locks`; the others). A generation must be in one of the two, not both.
 pub fn cohort_figures(
     months: &[NaiveDate],
     activations: &[(NaiveDate, i64)],
     values: &[CohortValue],
-    locks: &[LockHistory],
+    (inactive, locks): (&[(NaiveDate, [i64; 4])], &[LockHistory]),
     now: DateTime<Utc>,
     rules: &Rules,
 ) -> Vec<CohortFigures> {
@@ -156,7 +159,8 @@ pub fn cohort_figures(
             let locked = locks_of.get(month).map(Vec::as_slice).unwrap_or_default();
             let retention = AGES
                 .iter()
-                .map(|&age_days| {
+                .enumerate()
+                .map(|(age, &age_days)| {
                     let reached = days
                         .iter()
                         .filter(|(day, _)| age_end(*day, age_days).is_some())
@@ -167,7 +171,14 @@ pub fn cohort_figures(
                         .filter(|l| {
                             age_end(l.activated_on, age_days).is_some_and(|end| l.inactive_at(end))
                         })
-                        .count() as i64;
+                        .count() as i64
+                        + inactive
+                            .iter()
+                            .filter(|(day, _)| {
+                                month_start(*day) == *month && age_end(*day, age_days).is_some()
+                            })
+                            .map(|(_, counts)| counts[age])
+                            .sum::<i64>();
                     AgeRetention {
                         age_days,
                         reached,

@@ -269,7 +269,7 @@ fn cohort_retention_counts_only_accounts_that_reached_the_age() {
     // (day 30 = 2025-03-02, ended at 00:00 of 03-03) too; nobody reached 90 days.
     let now = midnight(day(2025, 3, 3));
     let months = [day(2024, 12, 1), jan];
-    let figures = cohort_figures(&months, &activations, &values, &locks, now, &rules);
+    let figures = cohort_figures(&months, &activations, &values, (&[], &locks), now, &rules);
     assert_eq!(figures[0].accounts, 0);
     let jan_figures = &figures[1];
     assert_eq!(jan_figures.accounts, 2);
@@ -297,7 +297,7 @@ fn cohort_retention_counts_only_accounts_that_reached_the_age() {
         &months[1..],
         &activations,
         &values,
-        &locks,
+        (&[], &locks),
         midnight(day(2026, 2, 1)),
         &rules,
     );
@@ -306,6 +306,19 @@ fn cohort_retention_counts_only_accounts_that_reached_the_age() {
     // Day 180 of a is 2025-07-09: LOCKED, not active; b left LOCKED before, still VALID.
     assert_eq!((r[2].reached, r[2].active), (2, 1));
     assert_eq!((r[3].reached, r[3].active, r[3].share()), (2, 1, 0.5));
+
+    // a was never unlocked: counted per activation day instead (LOCKED at the end of its days
+    // 180 and 365, not of 30 and 90), the same figures.
+    let counted = [(day(2025, 1, 10), [0, 0, 1, 1])];
+    let by_counts = cohort_figures(
+        &months[1..],
+        &activations,
+        &values,
+        (&counted, &locks[1..]),
+        midnight(day(2026, 2, 1)),
+        &rules,
+    );
+    assert_eq!(by_counts, later);
 }
 
 /// One history row for the value tests: `kind` with `amount` on `msisdn`'s generation 1.
@@ -366,6 +379,7 @@ fn value_deltas_add_activations_and_recharges_per_generation() {
                     recharge_total: 1500,
                     recharge_count: 2,
                     last_recharge_at: Some(at(12)),
+                    ..ValueDelta::default()
                 }
             ),
             (

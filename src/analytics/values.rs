@@ -61,6 +61,10 @@ pub struct ValueDelta {
     pub recharge_total: i64,
     pub recharge_count: i64,
     pub last_recharge_at: Option<DateTime<Utc>>,
+    /// The earliest row to LOCKED or RECYCLED among the rows (the stored one, if earlier, wins).
+    pub first_out_at: Option<DateTime<Utc>>,
+    /// A row took the generation out of LOCKED to VALID or GRACE (an unlock).
+    pub unlocked: bool,
 }
 
 /// The `grace_ends.ended` of a stay: 1 won back (the row that left GRACE was a RECHARGE), 2
@@ -115,16 +119,26 @@ pub struct ValueDeltas {
 }
 
 impl ValueDelta {
-    /// What one history row adds: an activation its instant, a recharge its amount and instant;
-    /// `None` for a row that adds nothing.
+    /// What one history row adds: an activation its instant, a recharge its amount and instant,
+    /// a row to LOCKED or RECYCLED its instant, an unlock the mark; `None` for a row that adds
+    /// nothing. (A generation leaving UNACTIVATED, never activated, adds nothing.)
     fn of(entry: &HistoryRecord) -> Option<Self> {
+        use AccountState::{Locked, Recycled, Unactivated};
         let activated = entry.kind == HistoryKind::Activated;
         let recharge = is_recharge(entry.kind, entry.amount);
-        (activated || recharge).then(|| Self {
+        let was_activated = entry.from_state.is_some_and(|s| s != Unactivated);
+        let out = was_activated && matches!(entry.to_state, Some(Locked | Recycled));
+        let unlocked = entry.from_state == Some(Locked)
+            && entry
+                .to_state
+                .is_some_and(|s| !matches!(s, Locked | Recycled));
+        (activated || recharge || out || unlocked).then(|| Self {
             activated_at: activated.then_some(entry.at),
             recharge_total: if recharge { entry.amount } else { 0 },
             recharge_count: i64::from(recharge),
             last_recharge_at: recharge.then_some(entry.at),
+            first_out_at: out.then_some(entry.at),
+            unlocked,
         })
     }
 
@@ -137,6 +151,11 @@ impl ValueDelta {
         self.recharge_total += other.recharge_total;
         self.recharge_count += other.recharge_count;
         self.last_recharge_at = self.last_recharge_at.max(other.last_recharge_at);
+        self.first_out_at = match (self.first_out_at, other.first_out_at) {
+            (Some(ours), Some(theirs)) => Some(ours.min(theirs)),
+            (ours, theirs) => ours.or(theirs),
+        };
+        self.unlocked |= other.unlocked;
     }
 }
 

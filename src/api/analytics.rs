@@ -14,7 +14,7 @@ use crate::analytics::{
 use crate::lifecycle::{AccountState, ErrorReason};
 use crate::proto;
 use crate::proto::lifecycle_analytics_server::LifecycleAnalytics;
-use crate::store::{ChurnQuery, reports};
+use crate::store::{ChurnQuery, CohortDay, reports};
 
 /// Days of a per-day composition, periods of a flows report, at most.
 pub const MAX_PERIODS: usize = 1000;
@@ -320,12 +320,24 @@ impl LifecycleAnalytics for AnalyticsApi {
         let mut month_bounds: Vec<DateTime<Utc>> =
             months.iter().map(|m| rules.start_of_day(m.first)).collect();
         month_bounds.push(until);
-        // Three independent reads, each on its own read connection, at once.
-        let (activations, values, locks) = tokio::try_join!(
+        // Per activation day, the end of the day each age is reached.
+        let cohort_days: Vec<CohortDay> = days
+            .iter()
+            .map(|day| CohortDay {
+                start: rules.start_of_day(*day),
+                end: rules.end_of_day(*day),
+                ages: analytics::AGES.map(|age| rules.end_of_day(*day + Days::new(u64::from(age)))),
+            })
+            .collect();
+        // Four independent reads, each on its own read connection, at once.
+        let (activations, values, outs, locks) = tokio::try_join!(
             store.activations(&bounds),
             store.cohort_values(&month_bounds),
+            store.cohort_outs(&cohort_days),
             store.cohort_locks(start, until)
         )?;
+        let outs: Vec<(NaiveDate, [i64; 4])> =
+            outs.into_iter().map(|(i, n)| (days[i], n)).collect();
         let activations: Vec<(NaiveDate, i64)> =
             activations.into_iter().map(|(i, n)| (days[i], n)).collect();
         let values: Vec<CohortValue> = values
@@ -343,30 +355,31 @@ impl LifecycleAnalytics for AnalyticsApi {
             })
             .collect();
         let firsts: Vec<NaiveDate> = months.iter().map(|m| m.first).collect();
-        let cohorts = analytics::cohort_figures(&firsts, &activations, &values, &locks, now, rules)
-            .into_iter()
-            .map(|c| proto::Cohort {
-                month: c.month.format("%Y-%m").to_string(),
-                accounts: c.accounts,
-                retention: c
-                    .retention
-                    .iter()
-                    .map(|a| proto::AgeRetention {
-                        age_days: a.age_days,
-                        reached: a.reached,
-                        active: a.active,
-                        share: a.share(),
-                    })
-                    .collect(),
-                recharge_total: c.recharge_total,
-                recharge_count: c.recharge_count,
-                arpu: c.arpu(),
-                recharges_per_account: c.recharges_per_account(),
-                ltv_p50: c.ltv_p50,
-                ltv_p90: c.ltv_p90,
-                ltv_p99: c.ltv_p99,
-            })
-            .collect();
+        let cohorts =
+            analytics::cohort_figures(&firsts, &activations, &values, (&outs, &locks), now, rules)
+                .into_iter()
+                .map(|c| proto::Cohort {
+                    month: c.month.format("%Y-%m").to_string(),
+                    accounts: c.accounts,
+                    retention: c
+                        .retention
+                        .iter()
+                        .map(|a| proto::AgeRetention {
+                            age_days: a.age_days,
+                            reached: a.reached,
+                            active: a.active,
+                            share: a.share(),
+                        })
+                        .collect(),
+                    recharge_total: c.recharge_total,
+                    recharge_count: c.recharge_count,
+                    arpu: c.arpu(),
+                    recharges_per_account: c.recharges_per_account(),
+                    ltv_p50: c.ltv_p50,
+                    ltv_p90: c.ltv_p90,
+                    ltv_p99: c.ltv_p99,
+                })
+                .collect();
         Ok(Response::new(proto::CohortsResponse {
             timezone: self.timezone(),
             cohorts,

@@ -50,6 +50,15 @@ pub struct ChurnCandidate {
     pub recharge_count: i64,
 }
 
+/// One activation day of a cohort report: its first instant, the next day's, and the end of
+/// the day each of `AGES` is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CohortDay {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub ages: [DateTime<Utc>; 4],
+}
+
 /// Instants that cut time into buckets (periods): bucket `i` holds the rows with
 /// `bounds[i] ≤ at < bounds[i + 1]`.
 pub type Bounds = [DateTime<Utc>];
@@ -85,9 +94,16 @@ pub trait AnalyticsStore: Send + Sync {
     async fn cohort_values(&self, bounds: &Bounds)
     -> Result<Vec<(usize, CohortValue)>, StoreError>;
 
-    /// The rows that lock or recycle an account generation activated in `from ≤ at < until`,
+    /// Per activation day of `days`, the account generations activated that day and never
+    /// taken out of LOCKED again (`generation_values.unlocked` 0) that first went to LOCKED or
+    /// RECYCLED before the end of each of its `ages` (`AGES` order): (index in `days`,
+    /// counts), days without any left out.
+    async fn cohort_outs(&self, days: &[CohortDay]) -> Result<Vec<(usize, [i64; 4])>, StoreError>;
+
+    /// The rows that lock or recycle an account generation activated in `from ≤ at < until`
+    /// that was taken out of LOCKED again at least once (the others: [`Self::cohort_outs`]),
     /// or take it out of LOCKED, in order: (activation instant, each row's instant and new
-    /// state), one entry per generation that has such rows.
+    /// state), one entry per such generation.
     async fn cohort_locks(
         &self,
         from: DateTime<Utc>,
@@ -402,18 +418,68 @@ impl<D: Dialect> AnalyticsStore for SqlStore<D> {
         Ok(values)
     }
 
+    async fn cohort_outs(&self, days: &[CohortDay]) -> Result<Vec<(usize, [i64; 4])>, StoreError> {
+        if days.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<String> = (0..days.len())
+            .map(|i| {
+                let p: Vec<String> = (1..=7).map(|k| format!("${}", 7 * i + k)).collect();
+                format!("({})", p.join(", "))
+            })
+            .collect();
+        let out_before = |a: &str| {
+            format!("CAST(SUM(CASE WHEN v.first_out_at < d.{a} THEN 1 ELSE 0 END) AS BIGINT)")
+        };
+        let sql = format!(
+            "WITH days (i, s, e, a1, a2, a3, a4) AS (VALUES {}) \
+             SELECT CAST(d.i AS BIGINT), {}, {}, {}, {} \
+             FROM days d CROSS JOIN generation_values v{} \
+             WHERE v.activated_at >= d.s AND v.activated_at < d.e AND v.unlocked = 0 \
+             AND v.first_out_at IS NOT NULL GROUP BY 1",
+            rows.join(", "),
+            out_before("a1"),
+            out_before("a2"),
+            out_before("a3"),
+            out_before("a4"),
+            indexed_by::<D>("generation_values_activated")
+        );
+        let mut query = sqlx::query(&sql);
+        for (i, day) in days.iter().enumerate() {
+            query = query.param(i as i64).param(day.start).param(day.end);
+            for age in day.ages {
+                query = query.param(age);
+            }
+        }
+        let found: Vec<(i64, i64, i64, i64, i64)> =
+            D::Db::read_all(query.fetch_all(D::Db::on_pool(self.reader())).await?)?;
+        found
+            .into_iter()
+            .map(|(i, a1, a2, a3, a4)| {
+                usize::try_from(i)
+                    .ok()
+                    .filter(|i| *i < days.len())
+                    .map(|i| (i, [a1, a2, a3, a4]))
+                    .ok_or_else(|| corrupt("cohort day", i))
+            })
+            .collect()
+    }
+
     async fn cohort_locks(
         &self,
         from: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<Vec<(DateTime<Utc>, Vec<LockRow>)>, StoreError> {
+        // The cohorts' unlocked generations first (the activation index holds the mark on
+        // SQLite), then each one's lock rows.
         let sql = format!(
             "SELECT h.msisdn, h.generation, v.activated_at, h.at, CAST(h.to_state AS BIGINT) \
-                   FROM account_history h{} CROSS JOIN generation_values v \
-                   WHERE v.msisdn = h.msisdn AND v.generation = h.generation \
+                   FROM generation_values v{} CROSS JOIN account_history h{} \
+                   WHERE v.activated_at >= $1 AND v.activated_at < $2 AND v.unlocked = 1 \
+                   AND h.msisdn = v.msisdn AND h.generation = v.generation \
                    AND (h.to_state IN (4, 5) OR h.from_state = 4) \
-                   AND v.activated_at >= $1 AND v.activated_at < $2 \
                    ORDER BY h.msisdn, h.generation, h.id",
+            indexed_by::<D>("generation_values_activated"),
             indexed_by::<D>("account_history_locks")
         );
         let rows: Vec<(String, i64, DateTime<Utc>, DateTime<Utc>, i64)> = D::Db::read_all(

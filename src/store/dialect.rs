@@ -162,6 +162,7 @@ pub(crate) trait SqlDatabase:
     + Reads<(i64, String, i64, i32)>
     + Reads<(i64, i64, i64)>
     + Reads<(i64, i64, i64, i64)>
+    + Reads<(i64, i64, i64, i64, i64)>
     + Reads<(String, i64, DateTime<Utc>, DateTime<Utc>, i64)>
     + Reads<(String, i64, Option<DateTime<Utc>>)>
     + Reads<(String, Vec<u8>)>

@@ -36,7 +36,7 @@ use crate::lifecycle::{Account, AccountState, DomainError, ErrorReason, Msisdn, 
 
 pub use crate::lifecycle::{EventType, HistoryRecord, OutboxEvent};
 pub use crate::lifecycle::{SWEEP_ACTOR, VALIDITY_EXPIRING_REASON};
-pub use analytics::{AnalyticsStore, ChurnCandidate, ChurnQuery};
+pub use analytics::{AnalyticsStore, ChurnCandidate, ChurnQuery, CohortDay};
 pub use deliveries::{AttemptOutcome, DeadLetter, PendingDelivery, Registered, WebhookDeliveries};
 pub use pg_changes::{
     CHANNEL as ACCOUNT_CHANGED_CHANNEL,

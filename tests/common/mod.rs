@@ -352,11 +352,12 @@ impl Db {
         rows.unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
-    /// Checks the quarter-hour totals of migration 0009, written with the history rows, against
-    /// the history rows themselves, counted with the migration's own definitions: every row
+    /// Checks the aggregates of migrations 0009 and 0010, written with the history rows, against
+    /// the history rows themselves, counted with the migrations' own definitions: every row
     /// that moves an MSISDN or recharges it is in `history_totals` once; every stay in GRACE
     /// entered from VALID that ended is in `grace_ends` once, under its entry's quarter hour and
-    /// by how it ended; every open one is marked in `generation_values`. `what` names the
+    /// by how it ended; every open one is marked in `generation_values`, and so are each
+    /// generation's first lock and unlock. `what` names the
     /// test's writes in the messages; at least one row must count.
     pub async fn assert_totals_match_history(&self, what: &str) {
         let slot = |at: &str| match self {
@@ -417,6 +418,27 @@ impl Db {
             .scalar("SELECT COUNT(*) FROM generation_values WHERE grace_entered_at IS NOT NULL")
             .await;
         assert_eq!(marked, open, "{what}: the open stays in GRACE marked");
+        // Each generation's first row to LOCKED or RECYCLED (not from UNACTIVATED) and whether
+        // a row took it out of LOCKED again, against `generation_values` (migration 0010).
+        let wrong = self
+            .scalar(
+                "SELECT COUNT(*) FROM generation_values v LEFT JOIN (\
+                   SELECT msisdn, generation, \
+                     MIN(CASE WHEN to_state IN (4, 5) THEN at END) AS first_out_at, \
+                     MAX(CASE WHEN from_state = 4 AND to_state NOT IN (4, 5) THEN 1 ELSE 0 END) \
+                       AS unlocked \
+                   FROM account_history WHERE (to_state IN (4, 5) OR from_state = 4) \
+                   AND from_state <> 1 GROUP BY msisdn, generation\
+                 ) o ON o.msisdn = v.msisdn AND o.generation = v.generation \
+                 WHERE NOT ((v.first_out_at = o.first_out_at \
+                   OR (v.first_out_at IS NULL AND o.first_out_at IS NULL)) \
+                   AND v.unlocked = COALESCE(o.unlocked, 0))",
+            )
+            .await;
+        assert_eq!(
+            wrong, 0,
+            "{what}: generations whose first_out_at or unlocked is wrong"
+        );
     }
 
     pub async fn outbox(&self) -> Vec<OutboxRow> {

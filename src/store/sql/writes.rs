@@ -31,7 +31,11 @@ const ADD_GENERATION_VALUES: &str = " ON CONFLICT (msisdn, generation) DO UPDATE
     recharge_count = generation_values.recharge_count + excluded.recharge_count, \
     last_recharge_at = CASE WHEN generation_values.last_recharge_at IS NULL \
       OR excluded.last_recharge_at > generation_values.last_recharge_at \
-      THEN excluded.last_recharge_at ELSE generation_values.last_recharge_at END";
+      THEN excluded.last_recharge_at ELSE generation_values.last_recharge_at END, \
+    first_out_at = CASE WHEN generation_values.first_out_at IS NULL \
+      OR excluded.first_out_at < generation_values.first_out_at \
+      THEN excluded.first_out_at ELSE generation_values.first_out_at END, \
+    unlocked = CASE WHEN excluded.unlocked = 1 THEN 1 ELSE generation_values.unlocked END";
 
 /// Adds history rows' counts and amounts to their slots' rows of `history_totals` (multi-row,
 /// the `VALUES` rows before this tail, at most one per key).
@@ -277,7 +281,7 @@ impl<D: Dialect> Writes<D> {
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             let mut upsert = ValuesRows::<D>::new(
                 "INSERT INTO generation_values (msisdn, generation, activated_at, \
-                 recharge_total, recharge_count, last_recharge_at) ",
+                 recharge_total, recharge_count, last_recharge_at, first_out_at, unlocked) ",
             );
             for (msisdn, generation, delta) in chunk {
                 upsert
@@ -287,7 +291,9 @@ impl<D: Dialect> Writes<D> {
                     .param(delta.activated_at)
                     .param(delta.recharge_total)
                     .param(delta.recharge_count)
-                    .param(delta.last_recharge_at);
+                    .param(delta.last_recharge_at)
+                    .param(delta.first_out_at)
+                    .param(i32::from(delta.unlocked));
             }
             let (sql, args) = upsert.finish(ADD_GENERATION_VALUES)?;
             Self::run(conn, &sql, args).await?;
