@@ -142,6 +142,40 @@ pub(super) fn whole_slots(bounds: &Bounds) -> bool {
     bounds.iter().all(|at| analytics::starts_slot(*at))
 }
 
+/// `history_totals` as the reads name it, and the columns they read.
+const TOTALS: (&str, &str) = ("history_totals t", "t.code, t.row_count, t.amount_total");
+
+/// A `history_totals` row (`t`) in bucket `b`.
+const SLOT_IN_BUCKET: &str = "t.slot >= b.s AND t.slot < b.e";
+
+/// A `generation_values` row (`v`) activated in bucket `b`, and the index that holds them.
+const ACTIVATED_IN_BUCKET: &str = "v.activated_at >= b.s AND v.activated_at < b.e";
+const ACTIVATED: Option<&str> = Some("generation_values_activated");
+
+/// `FROM buckets CROSS JOIN table WHERE in_range`: the rows of `table` (with its alias; the
+/// query reads `columns` of it) in each of the buckets, read as one index range per bucket; the caller adds `AND …`. SQLite keeps
+/// the join order of `CROSS JOIN` and is told the index. PostgreSQL gets each bucket's rows as
+/// a LATERAL subquery it may not flatten (`OFFSET 0`): joined plainly, it may compare every row
+/// of the table with every bucket (a year of days took seconds that way).
+fn in_buckets<D: Dialect>(
+    buckets: &str,
+    (table, columns): (&str, &str),
+    index: Option<&str>,
+    in_range: &str,
+) -> String {
+    if D::RANGES_PER_BUCKET {
+        // Only the columns read: an index that holds them is read alone.
+        let alias = table.rsplit(' ').next().unwrap_or(table);
+        format!(
+            "FROM {buckets} CROSS JOIN LATERAL \
+             (SELECT {columns} FROM {table} WHERE {in_range} OFFSET 0) {alias} WHERE TRUE"
+        )
+    } else {
+        let indexed = index.map(indexed_by::<D>).unwrap_or_default();
+        format!("FROM {buckets} CROSS JOIN {table}{indexed} WHERE {in_range}")
+    }
+}
+
 /// Decodes a stored state (0: none).
 fn state_of(code: i64) -> Result<Option<AccountState>, StoreError> {
     (code != 0).then(|| rows::state(code as i32)).transpose()
@@ -265,8 +299,8 @@ impl<D: Dialect> AnalyticsStore for SqlStore<D> {
             format!(
                 "SELECT CAST(b.i AS BIGINT), t.code % 100000, \
                    CAST(SUM(t.row_count) AS BIGINT), CAST(SUM(t.amount_total) AS BIGINT) \
-                   FROM buckets b CROSS JOIN history_totals t \
-                   WHERE t.slot >= b.s AND t.slot < b.e AND ({MOVE_CODE}) GROUP BY 1, 2"
+                   {} AND ({MOVE_CODE}) GROUP BY 1, 2",
+                in_buckets::<D>("buckets b", TOTALS, None, SLOT_IN_BUCKET)
             )
         } else {
             "SELECT CAST(b.i AS BIGINT), CAST(h.kind * 10000 \
@@ -307,8 +341,8 @@ impl<D: Dialect> AnalyticsStore for SqlStore<D> {
             format!(
                 "SELECT CAST(b.i AS BIGINT), t.code / 100000 * 100 + t.code % 100, \
                    CAST(SUM(t.row_count) AS BIGINT), CAST(SUM(t.amount_total) AS BIGINT) \
-                   FROM buckets b CROSS JOIN history_totals t \
-                   WHERE t.slot >= b.s AND t.slot < b.e AND {RECHARGE_CODE} GROUP BY 1, 2"
+                   {} AND {RECHARGE_CODE} GROUP BY 1, 2",
+                in_buckets::<D>("buckets b", TOTALS, None, SLOT_IN_BUCKET)
             )
         } else {
             "SELECT CAST(b.i AS BIGINT), CAST(COALESCE(h.channel, 0) * 100 \
@@ -344,12 +378,17 @@ impl<D: Dialect> AnalyticsStore for SqlStore<D> {
         // ended, by how (`grace_ends.ended`); the rest are still open.
         let sql = format!(
             "SELECT CAST(b.i AS BIGINT), CAST(0 AS BIGINT), CAST(SUM(t.row_count) AS BIGINT), \
-               CAST(0 AS BIGINT) FROM buckets b CROSS JOIN history_totals t \
-               WHERE t.slot >= b.s AND t.slot < b.e AND {GRACE_ENTRY_CODE} GROUP BY 1 \
+               CAST(0 AS BIGINT) {} AND {GRACE_ENTRY_CODE} GROUP BY 1 \
              UNION ALL \
              SELECT CAST(b.i AS BIGINT), CAST(g.ended AS BIGINT), CAST(SUM(g.stays) AS BIGINT), \
-               CAST(0 AS BIGINT) FROM buckets b CROSS JOIN grace_ends g \
-               WHERE g.slot >= b.s AND g.slot < b.e GROUP BY 1, 2"
+               CAST(0 AS BIGINT) {} GROUP BY 1, 2",
+            in_buckets::<D>("buckets b", TOTALS, None, SLOT_IN_BUCKET),
+            in_buckets::<D>(
+                "buckets b",
+                ("grace_ends g", "g.ended, g.stays"),
+                None,
+                "g.slot >= b.s AND g.slot < b.e"
+            )
         );
         let mut per_bucket: BTreeMap<usize, (i64, Vec<(GraceEnd, i64)>)> = BTreeMap::new();
         for (i, ended, count, _) in self.per_bucket(bounds, &sql, true).await? {
@@ -380,9 +419,13 @@ impl<D: Dialect> AnalyticsStore for SqlStore<D> {
     async fn activations(&self, bounds: &Bounds) -> Result<Vec<(usize, i64)>, StoreError> {
         let sql = format!(
             "SELECT CAST(b.i AS BIGINT), COUNT(*), CAST(0 AS BIGINT), CAST(0 AS BIGINT) \
-             FROM buckets b CROSS JOIN generation_values v{} \
-             WHERE v.activated_at >= b.s AND v.activated_at < b.e GROUP BY 1",
-            indexed_by::<D>("generation_values_activated")
+             {} GROUP BY 1",
+            in_buckets::<D>(
+                "buckets b",
+                ("generation_values v", "v.activated_at"),
+                ACTIVATED,
+                ACTIVATED_IN_BUCKET
+            )
         );
         let mut counts = Vec::new();
         for (i, count, _, _) in self.per_bucket(bounds, &sql, false).await? {
@@ -397,10 +440,13 @@ impl<D: Dialect> AnalyticsStore for SqlStore<D> {
     ) -> Result<Vec<(usize, CohortValue)>, StoreError> {
         let sql = format!(
             "SELECT CAST(b.i AS BIGINT), v.recharge_total, COUNT(*), \
-             CAST(SUM(v.recharge_count) AS BIGINT) \
-             FROM buckets b CROSS JOIN generation_values v{} \
-             WHERE v.activated_at >= b.s AND v.activated_at < b.e GROUP BY 1, 2",
-            indexed_by::<D>("generation_values_activated")
+             CAST(SUM(v.recharge_count) AS BIGINT) {} GROUP BY 1, 2",
+            in_buckets::<D>(
+                "buckets b",
+                ("generation_values v", "v.recharge_total, v.recharge_count"),
+                ACTIVATED,
+                ACTIVATED_IN_BUCKET
+            )
         );
         let mut values = Vec::new();
         for (i, total, generations, recharges) in self.per_bucket(bounds, &sql, false).await? {
@@ -434,15 +480,18 @@ impl<D: Dialect> AnalyticsStore for SqlStore<D> {
         let sql = format!(
             "WITH days (i, s, e, a1, a2, a3, a4) AS (VALUES {}) \
              SELECT CAST(d.i AS BIGINT), {}, {}, {}, {} \
-             FROM days d CROSS JOIN generation_values v{} \
-             WHERE v.activated_at >= d.s AND v.activated_at < d.e AND v.unlocked = 0 \
-             AND v.first_out_at IS NOT NULL GROUP BY 1",
+             {} AND v.unlocked = 0 AND v.first_out_at IS NOT NULL GROUP BY 1",
             rows.join(", "),
             out_before("a1"),
             out_before("a2"),
             out_before("a3"),
             out_before("a4"),
-            indexed_by::<D>("generation_values_activated")
+            in_buckets::<D>(
+                "days d",
+                ("generation_values v", "v.first_out_at, v.unlocked"),
+                ACTIVATED,
+                "v.activated_at >= d.s AND v.activated_at < d.e"
+            )
         );
         let mut query = sqlx::query(&sql);
         for (i, day) in days.iter().enumerate() {

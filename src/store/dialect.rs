@@ -58,6 +58,11 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
     /// may otherwise build an automatic index over the whole table for a join.
     const NAMES_INDEXES: bool = false;
 
+    /// Whether the reports' joins of periods to rows must read each period's rows as a
+    /// subquery of its own (`LATERAL … OFFSET 0`, PostgreSQL): the planner would otherwise
+    /// compare every row with every period. SQLite keeps `CROSS JOIN`'s order.
+    const RANGES_PER_BUCKET: bool = false;
+
     /// The `shard` of the `history_totals` rows a transaction adds to (an SQL expression):
     /// writers that commit at once add to different rows of one slot and code, instead of
     /// waiting for each other's row lock until the other commits. `0` where one writer commits

@@ -338,6 +338,7 @@ impl Dialect for PostgresDialect {
     const SWEEP_WORKERS: usize = 2;
     /// Each connection's own (its server process id), folded into 64 rows.
     const TOTALS_SHARD: &'static str = "pg_backend_pid() % 64";
+    const RANGES_PER_BUCKET: bool = true;
 
     fn migrator() -> &'static Migrator {
         &MIGRATIONS

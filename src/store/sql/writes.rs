@@ -181,31 +181,22 @@ impl<D: Dialect> Writes<D> {
             .iter()
             .map(|account| AccountRow::from_account(account, rules))
             .collect();
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut values = ValuesRows::<D>::new(
-                "WITH v (msisdn, state, recycled_at, updated_at, next_deadline, \
-                 expiring_notified_for) AS (",
-            );
-            for row in chunk {
-                values
-                    .row()
-                    .param(row.msisdn.as_str())
-                    .param(row.state)
-                    .param(row.recycled_at)
-                    .param(row.updated_at)
-                    .param(row.next_deadline)
-                    .param(row.expiring_notified_for);
-            }
-            let (sql, args) = values.finish(
-                ") UPDATE accounts SET state = v.state, recycled_at = v.recycled_at, \
-                 updated_at = v.updated_at, next_deadline = v.next_deadline, \
-                 expiring_notified_for = v.expiring_notified_for \
-                 FROM v WHERE accounts.msisdn = v.msisdn",
-            )?;
-            sqlx::query_with(&sql, args)
-                .execute(D::Db::on(&mut *conn))
-                .await?;
-        }
+        let head = "WITH v (msisdn, state, recycled_at, updated_at, next_deadline, \
+                    expiring_notified_for) AS (";
+        let tail = ") UPDATE accounts SET state = v.state, recycled_at = v.recycled_at, \
+                    updated_at = v.updated_at, next_deadline = v.next_deadline, \
+                    expiring_notified_for = v.expiring_notified_for \
+                    FROM v WHERE accounts.msisdn = v.msisdn";
+        Self::in_chunks(conn, head, tail, &rows, |values, row| {
+            values
+                .param(row.msisdn.as_str())
+                .param(row.state)
+                .param(row.recycled_at)
+                .param(row.updated_at)
+                .param(row.next_deadline)
+                .param(row.expiring_notified_for);
+        })
+        .await?;
         Self::insert_history(&mut *conn, &swept.history).await?;
         let mut values = ValueDeltas::default();
         values.add(&swept.history);
@@ -218,32 +209,23 @@ impl<D: Dialect> Writes<D> {
         conn: &mut Conn<D>,
         history: &[HistoryRecord],
     ) -> Result<(), sqlx::Error> {
-        for chunk in history.chunks(ROWS_PER_STATEMENT) {
-            let mut values = ValuesRows::<D>::new(
-                "INSERT INTO account_history (msisdn, account_id, generation, at, kind, \
-                 from_state, to_state, amount, actor, request_id, channel) ",
-            );
-            for entry in chunk {
-                values
-                    .row()
-                    .param(entry.msisdn.as_str())
-                    .param(entry.account_id.as_str())
-                    .param(i64::from(entry.generation))
-                    .param(entry.at)
-                    .param(entry.kind as i32)
-                    .param(entry.from_state.map(|s| s as i32))
-                    .param(entry.to_state.map(|s| s as i32))
-                    .param(entry.amount)
-                    .param(entry.actor.as_str())
-                    .param(entry.request_id.as_deref())
-                    .param(entry.channel.map(|c| c as i32));
-            }
-            let (sql, args) = values.finish("")?;
-            sqlx::query_with(&sql, args)
-                .execute(D::Db::on(&mut *conn))
-                .await?;
-        }
-        Ok(())
+        let head = "INSERT INTO account_history (msisdn, account_id, generation, at, kind, \
+                    from_state, to_state, amount, actor, request_id, channel) ";
+        Self::in_chunks(conn, head, "", history, |values, entry| {
+            values
+                .param(entry.msisdn.as_str())
+                .param(entry.account_id.as_str())
+                .param(i64::from(entry.generation))
+                .param(entry.at)
+                .param(entry.kind as i32)
+                .param(entry.from_state.map(|s| s as i32))
+                .param(entry.to_state.map(|s| s as i32))
+                .param(entry.amount)
+                .param(entry.actor.as_str())
+                .param(entry.request_id.as_deref())
+                .param(entry.channel.map(|c| c as i32));
+        })
+        .await
     }
 
     /// Adds `values` to `generation_values`, `history_totals` and `grace_ends`, as multi-row
@@ -278,74 +260,80 @@ impl<D: Dialect> Writes<D> {
         }
         values.resolve_stays(&marks);
         let rows: Vec<_> = values.iter().collect();
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut upsert = ValuesRows::<D>::new(
-                "INSERT INTO generation_values (msisdn, generation, activated_at, \
-                 recharge_total, recharge_count, last_recharge_at, first_out_at, unlocked) ",
-            );
-            for (msisdn, generation, delta) in chunk {
-                upsert
-                    .row()
-                    .param(*msisdn)
-                    .param(i64::from(*generation))
-                    .param(delta.activated_at)
-                    .param(delta.recharge_total)
-                    .param(delta.recharge_count)
-                    .param(delta.last_recharge_at)
-                    .param(delta.first_out_at)
-                    .param(i32::from(delta.unlocked));
-            }
-            let (sql, args) = upsert.finish(ADD_GENERATION_VALUES)?;
-            Self::run(conn, &sql, args).await?;
-        }
+        let head = "INSERT INTO generation_values (msisdn, generation, activated_at, \
+                    recharge_total, recharge_count, last_recharge_at, first_out_at, unlocked) ";
+        Self::in_chunks(conn, head, ADD_GENERATION_VALUES, &rows, |row, value| {
+            let (msisdn, generation, delta) = *value;
+            row.param(msisdn)
+                .param(i64::from(generation))
+                .param(delta.activated_at)
+                .param(delta.recharge_total)
+                .param(delta.recharge_count)
+                .param(delta.last_recharge_at)
+                .param(delta.first_out_at)
+                .param(i32::from(delta.unlocked));
+        })
+        .await?;
         let marks: Vec<_> = values.grace_marks().collect();
-        for chunk in marks.chunks(ROWS_PER_STATEMENT) {
-            let mut update =
-                ValuesRows::<D>::new("WITH v (msisdn, generation, grace_entered_at) AS (");
-            for (msisdn, generation, mark) in chunk {
-                update
-                    .row()
-                    .param(*msisdn)
+        let head = "WITH v (msisdn, generation, grace_entered_at) AS (";
+        let tail = ") UPDATE generation_values SET grace_entered_at = v.grace_entered_at FROM v \
+                    WHERE generation_values.msisdn = v.msisdn \
+                    AND generation_values.generation = v.generation";
+        Self::in_chunks(
+            conn,
+            head,
+            tail,
+            &marks,
+            |row, (msisdn, generation, mark)| {
+                row.param(*msisdn)
                     .param(i64::from(*generation))
                     .param(*mark);
-            }
-            let (sql, args) = update.finish(
-                ") UPDATE generation_values SET grace_entered_at = v.grace_entered_at FROM v \
-                 WHERE generation_values.msisdn = v.msisdn \
-                 AND generation_values.generation = v.generation",
-            )?;
-            Self::run(conn, &sql, args).await?;
-        }
+            },
+        )
+        .await?;
         let totals: Vec<_> = values.totals().collect();
-        for chunk in totals.chunks(ROWS_PER_STATEMENT) {
-            let mut upsert = ValuesRows::<D>::new(
-                "INSERT INTO history_totals (slot, code, shard, row_count, amount_total) ",
-            );
-            for (slot, code, rows, amount) in chunk {
-                upsert
-                    .row()
-                    .param(*slot)
-                    .param(*code)
-                    .expression(D::TOTALS_SHARD)
-                    .param(*rows)
-                    .param(*amount);
-            }
-            let (sql, args) = upsert.finish(ADD_HISTORY_TOTALS)?;
-            Self::run(conn, &sql, args).await?;
-        }
+        let head = "INSERT INTO history_totals (slot, code, shard, row_count, amount_total) ";
+        Self::in_chunks(conn, head, ADD_HISTORY_TOTALS, &totals, |row, total| {
+            let (slot, code, rows, amount) = *total;
+            row.param(slot)
+                .param(code)
+                .expression(D::TOTALS_SHARD)
+                .param(rows)
+                .param(amount);
+        })
+        .await?;
         let ends: Vec<_> = values.grace_ends().collect();
-        for chunk in ends.chunks(ROWS_PER_STATEMENT) {
-            let mut upsert =
-                ValuesRows::<D>::new("INSERT INTO grace_ends (slot, ended, shard, stays) ");
-            for (slot, end, stays) in chunk {
-                upsert
-                    .row()
-                    .param(*slot)
+        let head = "INSERT INTO grace_ends (slot, ended, shard, stays) ";
+        Self::in_chunks(
+            conn,
+            head,
+            ADD_GRACE_ENDS,
+            &ends,
+            |row, (slot, end, stays)| {
+                row.param(*slot)
                     .param(*end)
                     .expression(D::TOTALS_SHARD)
                     .param(*stays);
+            },
+        )
+        .await
+    }
+
+    /// Runs `head VALUES (…), (…)…tail` over `rows`, at most [`ROWS_PER_STATEMENT`] rows a
+    /// statement (none for no rows), each row's values written by `write`.
+    async fn in_chunks<T: Sync>(
+        conn: &mut Conn<D>,
+        head: &str,
+        tail: &str,
+        rows: &[T],
+        write: impl for<'q> Fn(&mut ValuesRows<'q, D>, &'q T) + Send,
+    ) -> Result<(), sqlx::Error> {
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut statement = ValuesRows::<D>::new(head);
+            for value in chunk {
+                write(statement.row(), value);
             }
-            let (sql, args) = upsert.finish(ADD_GRACE_ENDS)?;
+            let (sql, args) = statement.finish(tail)?;
             Self::run(conn, &sql, args).await?;
         }
         Ok(())
@@ -365,31 +353,22 @@ impl<D: Dialect> Writes<D> {
 
     /// Outbox events, as multi-row INSERTs in the given order (their sequence order).
     async fn insert_events(conn: &mut Conn<D>, events: &[OutboxEvent]) -> Result<(), sqlx::Error> {
-        for chunk in events.chunks(ROWS_PER_STATEMENT) {
-            let mut values = ValuesRows::<D>::new(
-                "INSERT INTO outbox (event_id, event_type, msisdn, account_id, \
-                 generation, from_state, to_state, reason, effective_at, emitted_at) ",
-            );
-            for event in chunk {
-                values
-                    .row()
-                    .param(event.event_id.as_str())
-                    .param(event.event_type as i32)
-                    .param(event.msisdn.as_str())
-                    .param(event.account_id.as_str())
-                    .param(i64::from(event.generation))
-                    .param(event.from_state as i32)
-                    .param(event.to_state as i32)
-                    .param(event.reason.as_str())
-                    .param(event.effective_at)
-                    .param(event.emitted_at);
-            }
-            let (sql, args) = values.finish("")?;
-            sqlx::query_with(&sql, args)
-                .execute(D::Db::on(&mut *conn))
-                .await?;
-        }
-        Ok(())
+        let head = "INSERT INTO outbox (event_id, event_type, msisdn, account_id, \
+                    generation, from_state, to_state, reason, effective_at, emitted_at) ";
+        Self::in_chunks(conn, head, "", events, |values, event| {
+            values
+                .param(event.event_id.as_str())
+                .param(event.event_type as i32)
+                .param(event.msisdn.as_str())
+                .param(event.account_id.as_str())
+                .param(i64::from(event.generation))
+                .param(event.from_state as i32)
+                .param(event.to_state as i32)
+                .param(event.reason.as_str())
+                .param(event.effective_at)
+                .param(event.emitted_at);
+        })
+        .await
     }
 
     fn bind_account<'q>(
