@@ -120,14 +120,19 @@ pub struct ValueDeltas {
 
 impl ValueDelta {
     /// What one history row adds: an activation its instant, a recharge its amount and instant,
-    /// a row to LOCKED or RECYCLED its instant, an unlock the mark; `None` for a row that adds
-    /// nothing. (A generation leaving UNACTIVATED, never activated, adds nothing.)
+    /// a first row to LOCKED or RECYCLED its instant, an unlock the mark; `None` for a row that
+    /// adds nothing (then the generation's row is not written at all).
     fn of(entry: &HistoryRecord) -> Option<Self> {
         use AccountState::{Locked, Recycled, Unactivated};
         let activated = entry.kind == HistoryKind::Activated;
         let recharge = is_recharge(entry.kind, entry.amount);
-        let was_activated = entry.from_state.is_some_and(|s| s != Unactivated);
-        let out = was_activated && matches!(entry.to_state, Some(Locked | Recycled));
+        // The first row out: to LOCKED, or to RECYCLED from anywhere but LOCKED (a generation
+        // recycled from LOCKED went out when it was locked) and UNACTIVATED (never activated).
+        let out = match (entry.from_state, entry.to_state) {
+            (Some(Unactivated | Locked), Some(Recycled)) => false,
+            (Some(_), Some(Locked | Recycled)) => true,
+            _ => false,
+        };
         let unlocked = entry.from_state == Some(Locked)
             && entry
                 .to_state
