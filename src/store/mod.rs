@@ -10,7 +10,9 @@
 //!
 //! One generic implementation (`sql::SqlStore`) serves both backends; what differs between
 //! them is declared by the `dialect::Dialect` trait and implemented in `sqlite.rs` (group
-//! commit through one writer task) and `postgres.rs` (one transaction per mutation, row locks).
+//! commit through one writer task; its WAL checkpoints in `sqlite_wal.rs`, off the writer) and
+//! `postgres.rs` (group commit through writer tasks or one transaction per mutation, row
+//! locks).
 //! `tests/store_conformance.rs` runs one suite of store-level tests on both.
 
 mod analytics;
@@ -25,6 +27,7 @@ pub mod reports;
 mod rows;
 mod sql;
 mod sqlite;
+mod sqlite_wal;
 mod sweeps;
 
 use std::sync::Arc;
