@@ -62,6 +62,7 @@ both_backends! {
     the_service_reports_serving_and_reflection_lists_it,
     the_report_commands_print_tables_json_and_csv,
     reports_answer_while_a_sweep_batch_holds_the_write_path,
+    sums_kept_beside_the_history_saturate_instead_of_failing_a_recharge,
 }
 
 const A: &str = "8613800000001";
@@ -1073,4 +1074,38 @@ async fn reports_answer_while_a_sweep_batch_holds_the_write_path(server: TestSer
     assert_eq!(cohorts.into_inner().cohorts[0].accounts, 2);
     batch.rollback().await.expect("rollback");
     server.stop().await;
+}
+
+/// The sums kept with every commit (`history_totals`, `generation_values`) stop at i64::MAX
+/// instead of failing the recharge that would take them past it: a second recharge of
+/// i64::MAX in one quarter hour was refused as STORAGE_ERROR once (bigint out of range on
+/// PostgreSQL, when it met the first one's totals row).
+async fn sums_kept_beside_the_history_saturate_instead_of_failing_a_recharge(server: TestServer) {
+    let (mut api, db) = Api::at_t0(&server).await;
+    // More recharges than the server has connections: on PostgreSQL (a totals row per
+    // connection) two of them add to one row whatever connections they take.
+    for msisdn in [A, B, C, D, E, F] {
+        api.active(msisdn).await;
+        assert_eq!(api.recharge(msisdn, i64::MAX).await.balance_after, i64::MAX);
+    }
+    // One generation's recharges past i64::MAX in all.
+    api.charge(A, i64::MAX).await;
+    assert_eq!(api.recharge(A, i64::MAX).await.balance_after, i64::MAX);
+    let most = |column: &str, table: &str| format!("SELECT MAX({column}) FROM {table}");
+    assert_eq!(
+        db.scalar(&most("amount_total", "history_totals")).await,
+        i64::MAX
+    );
+    assert_eq!(
+        db.scalar(&most("recharge_total", "generation_values"))
+            .await,
+        i64::MAX
+    );
+    assert_eq!(
+        db.scalar("SELECT CAST(SUM(row_count) AS BIGINT) FROM history_totals WHERE code % 100000 / 10000 = 4")
+            .await,
+        7,
+        "every recharge counted"
+    );
+    db.close().await;
 }

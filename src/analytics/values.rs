@@ -153,7 +153,7 @@ impl ValueDelta {
             (Some(ours), Some(theirs)) => Some(ours.min(theirs)),
             (ours, theirs) => ours.or(theirs),
         };
-        self.recharge_total += other.recharge_total;
+        self.recharge_total = self.recharge_total.saturating_add(other.recharge_total);
         self.recharge_count += other.recharge_count;
         self.last_recharge_at = self.last_recharge_at.max(other.last_recharge_at);
         self.first_out_at = match (self.first_out_at, other.first_out_at) {
@@ -249,7 +249,7 @@ impl ValueDeltas {
     fn add_total(&mut self, key: (i64, i64), (rows, amount): (i64, i64)) {
         let total = self.totals.entry(key).or_default();
         total.0 += rows;
-        total.1 += amount;
+        total.1 = total.1.saturating_add(amount);
     }
 
     /// Adds everything `other` holds (a mutation whose savepoint was released joins its group).

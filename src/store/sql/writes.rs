@@ -24,10 +24,14 @@ use crate::store::{
 
 /// Adds what history rows add to their generations' rows of `generation_values`: the first
 /// activation instant, the recharges' sum and number, the latest recharge. Multi-row: the
-/// `VALUES` rows come before this tail, at most one per (msisdn, generation).
+/// `VALUES` rows come before this tail, at most one per (msisdn, generation). Amounts are never
+/// negative; their sums stop at the largest BIGINT rather than fail the write (a recharge must
+/// not be refused for the sake of a report).
 const ADD_GENERATION_VALUES: &str = " ON CONFLICT (msisdn, generation) DO UPDATE SET \
     activated_at = COALESCE(generation_values.activated_at, excluded.activated_at), \
-    recharge_total = generation_values.recharge_total + excluded.recharge_total, \
+    recharge_total = CASE WHEN generation_values.recharge_total > 9223372036854775807 - \
+        excluded.recharge_total THEN 9223372036854775807 \
+        ELSE generation_values.recharge_total + excluded.recharge_total END, \
     recharge_count = generation_values.recharge_count + excluded.recharge_count, \
     last_recharge_at = CASE WHEN generation_values.last_recharge_at IS NULL \
       OR excluded.last_recharge_at > generation_values.last_recharge_at \
@@ -38,10 +42,12 @@ const ADD_GENERATION_VALUES: &str = " ON CONFLICT (msisdn, generation) DO UPDATE
     unlocked = CASE WHEN excluded.unlocked = 1 THEN 1 ELSE generation_values.unlocked END";
 
 /// Adds history rows' counts and amounts to their slots' rows of `history_totals` (multi-row,
-/// the `VALUES` rows before this tail, at most one per key).
+/// the `VALUES` rows before this tail, at most one per key; the amounts saturate, as above).
 const ADD_HISTORY_TOTALS: &str = " ON CONFLICT (slot, code, shard) DO UPDATE SET \
     row_count = history_totals.row_count + excluded.row_count, \
-    amount_total = history_totals.amount_total + excluded.amount_total";
+    amount_total = CASE WHEN history_totals.amount_total > 9223372036854775807 - \
+        excluded.amount_total THEN 9223372036854775807 \
+        ELSE history_totals.amount_total + excluded.amount_total END";
 
 /// Adds stays in GRACE ended to their entries' slots of `grace_ends` (multi-row, as above).
 const ADD_GRACE_ENDS: &str = " ON CONFLICT (slot, ended, shard) DO UPDATE SET \
