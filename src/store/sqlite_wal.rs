@@ -190,7 +190,11 @@ mod tests {
             fill(store.writer(), rows).await;
         }
         let wal = size(&dir.path().join("wal.db-wal"));
-        let bound = (u64::from(super::WRITER_CHECKPOINT_PAGES) + 2 * rows) * 4096;
+        // Past the threshold the WAL restarts after the writer's next checkpoint that is not
+        // skipped (it is when the task holds the checkpoint lock at that moment): up to a few
+        // transactions late (~18.9 MB seen). Without the writer's own threshold it reached
+        // 42 MB of the 48.
+        let bound = 2 * u64::from(super::WRITER_CHECKPOINT_PAGES) * 4096;
         assert!(
             wal < bound,
             "the WAL file reached {wal} bytes for {} bytes written (bound {bound})",
