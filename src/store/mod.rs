@@ -6,7 +6,7 @@
 //! writes what that function returns — account, history rows, outbox events and the idempotency
 //! record — in one transaction, or nothing. The sweep (`crate::sweep`) drives its own batches
 //! over narrow operations ([`SweepBatch`]: claim the due accounts, write what it decided).
-//! The lifecycle analytics read through [`AnalyticsStore`] (`analytics.rs`), read pool only.
+//! The lifecycle analytics read through [`AnalyticsStore`] (`analytics/`), read pool only.
 //!
 //! One generic implementation (`sql::SqlStore`) serves both backends; what differs between
 //! them is declared by the `dialect::Dialect` trait and implemented in `sqlite.rs` (group

@@ -1,6 +1,6 @@
-//! The read queries behind the lifecycle analytics ([`AnalyticsStore`], issue 18): the facts the
-//! reports count, read from the history, the accounts and the generation values. What they
-//! count for is `crate::analytics`' (pure); the definitions are docs/analytics.md.
+//! The read queries behind the lifecycle analytics ([`AnalyticsStore`], issue 18), on both
+//! backends: the facts the reports count, read from the history, the accounts and the
+//! generation values.
 //!
 //! Every query runs on the read pool (on SQLite the reader connections, never the one writer;
 //! on PostgreSQL a plain read): a report never holds a lock a mutation waits for. Each one
@@ -19,101 +19,13 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 
-use super::dialect::{Dialect, Executes, Param, Reads};
-use super::rows::{self, EFFECTIVE_STATE_SQL};
-use super::sql::SqlStore;
-use super::{AccountStore, StoreError};
+use super::{AnalyticsStore, Bounds, ChurnCandidate, ChurnQuery, CohortDay};
 use crate::analytics::{self, CohortValue, GraceEnd, GraceEntry, LockRow, Recharge, RowGroup};
-use crate::lifecycle::{Account, AccountState, HistoryKind, RechargeChannel};
-
-/// What a churn warning list asks for (docs/analytics.md, "Churn warnings").
-#[derive(Clone, Debug)]
-pub struct ChurnQuery {
-    /// VALID or GRACE.
-    pub stage: AccountState,
-    pub today: NaiveDate,
-    /// The last day the stage may end on (`valid_until`, or `grace_until` for GRACE).
-    pub ends_by: NaiveDate,
-    /// No recharge at or after this instant; `None`: no condition.
-    pub no_recharge_since: Option<DateTime<Utc>>,
-    /// Keyset of the previous page's last entry: (recharge value, MSISDN).
-    pub after: Option<(i64, String)>,
-    pub limit: u32,
-}
-
-/// One account of a churn warning list.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChurnCandidate {
-    pub account: Account,
-    /// The current generation's recharges: their sum (fen) and count.
-    pub recharge_total: i64,
-    pub recharge_count: i64,
-}
-
-/// One activation day of a cohort report: its first instant, the next day's, and the end of
-/// the day each of `AGES` is reached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CohortDay {
-    pub start: DateTime<Utc>,
-    pub end: DateTime<Utc>,
-    pub ages: [DateTime<Utc>; 4],
-}
-
-/// Instants that cut time into buckets (periods): bucket `i` holds the rows with
-/// `bounds[i] ≤ at < bounds[i + 1]`.
-pub type Bounds = [DateTime<Utc>];
-
-#[async_trait]
-pub trait AnalyticsStore: Send + Sync {
-    /// The accounts (the current generation of every MSISDN) per stored state and effective
-    /// state on local date `today`: (stored, effective, count); pairs without accounts are left
-    /// out.
-    async fn composition_on(
-        &self,
-        today: NaiveDate,
-    ) -> Result<Vec<(AccountState, AccountState, i64)>, StoreError>;
-
-    /// The rows that move an MSISDN (PROVISIONED rows, and rows whose states differ) per
-    /// bucket of `bounds`: (bucket, the rows of one kind, generation, states and pricing with
-    /// `at` the bucket's start).
-    async fn moves(&self, bounds: &Bounds) -> Result<Vec<(usize, RowGroup)>, StoreError>;
-
-    /// The RECHARGE rows per bucket of `bounds`, channel and states.
-    async fn recharges(&self, bounds: &Bounds) -> Result<Vec<(usize, Recharge)>, StoreError>;
-
-    /// The VALID → GRACE rows per bucket of `bounds`, by how that stay in GRACE ended (the
-    /// next row of the account generation that leaves GRACE, up to now).
-    async fn grace_entries(&self, bounds: &Bounds) -> Result<Vec<(usize, GraceEntry)>, StoreError>;
-
-    /// The account generations activated per bucket of `bounds`.
-    async fn activations(&self, bounds: &Bounds) -> Result<Vec<(usize, i64)>, StoreError>;
-
-    /// The account generations activated per bucket of `bounds`, grouped by their lifetime
-    /// recharge total: (bucket, value), `month` the bucket's start in UTC (the caller knows the
-    /// month it stands for).
-    async fn cohort_values(&self, bounds: &Bounds)
-    -> Result<Vec<(usize, CohortValue)>, StoreError>;
-
-    /// Per activation day of `days`, the account generations activated that day and never
-    /// taken out of LOCKED again (`generation_values.unlocked` 0) that first went to LOCKED or
-    /// RECYCLED before the end of each of its `ages` (`AGES` order): (index in `days`,
-    /// counts), days without any left out.
-    async fn cohort_outs(&self, days: &[CohortDay]) -> Result<Vec<(usize, [i64; 4])>, StoreError>;
-
-    /// The rows that lock or recycle an account generation activated in `from ≤ at < until`
-    /// that was taken out of LOCKED again at least once (the others: [`Self::cohort_outs`]),
-    /// or take it out of LOCKED, in order: (activation instant, each row's instant and new
-    /// state), one entry per such generation.
-    async fn cohort_locks(
-        &self,
-        from: DateTime<Utc>,
-        until: DateTime<Utc>,
-    ) -> Result<Vec<(DateTime<Utc>, Vec<LockRow>)>, StoreError>;
-
-    /// One page of a churn warning list, the highest recharge value first, ties by MSISDN.
-    async fn churn_candidates(&self, query: &ChurnQuery)
-    -> Result<Vec<ChurnCandidate>, StoreError>;
-}
+use crate::lifecycle::{AccountState, HistoryKind, RechargeChannel};
+use crate::store::dialect::{Dialect, Executes, Param, Reads};
+use crate::store::rows::{self, EFFECTIVE_STATE_SQL};
+use crate::store::sql::SqlStore;
+use crate::store::{AccountStore, StoreError};
 
 /// `WITH buckets (i, s, e) AS (VALUES …)` for `n` buckets, its parameters numbered from 1.
 fn buckets_cte(n: usize) -> String {
@@ -133,12 +45,12 @@ const MOVE_CODE: &str = "t.code % 100000 / 10000 = 1 OR (t.code % 100 / 10 <> 0 
 const GRACE_ENTRY_CODE: &str = "t.code % 100000 IN (70023, 71023)";
 
 /// The `history_totals` codes (`t.code`) of RECHARGE rows.
-pub(super) const RECHARGE_CODE: &str = "t.code % 100000 / 10000 = 4";
+pub(in crate::store) const RECHARGE_CODE: &str = "t.code % 100000 / 10000 = 4";
 
 /// Whether a read bounded by `bounds` can sum the quarter-hour totals: every bound starts a
 /// slot (local midnights do in every zone in use; a zone's old local mean time may not, and
 /// then the history rows themselves are read, without an index).
-pub(super) fn whole_slots(bounds: &Bounds) -> bool {
+pub(in crate::store) fn whole_slots(bounds: &Bounds) -> bool {
     bounds.iter().all(|at| analytics::starts_slot(*at))
 }
 
