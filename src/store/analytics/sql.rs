@@ -54,19 +54,34 @@ pub(in crate::store) fn whole_slots(bounds: &Bounds) -> bool {
     bounds.iter().all(|at| analytics::starts_slot(*at))
 }
 
-/// `history_totals` as the reads name it, and the columns they read.
-const TOTALS: (&str, &str) = ("history_totals t", "t.code, t.row_count, t.amount_total");
-
-/// A `history_totals` row (`t`) in bucket `b`.
-const SLOT_IN_BUCKET: &str = "t.slot >= b.s AND t.slot < b.e";
-
-/// A `generation_values` row (`v`) activated in bucket `b`, and the index that holds them.
-const ACTIVATED_IN_BUCKET: &str = "v.activated_at >= b.s AND v.activated_at < b.e";
+/// `generation_values` rows' index by activation instant.
 const ACTIVATED: Option<&str> = Some("generation_values_activated");
 
+/// `FROM … WHERE …` for the `history_totals` rows (`t`: code, row count, amount total) of
+/// each bucket `b`; the caller adds `AND …`.
+fn totals_in_buckets<D: Dialect>() -> String {
+    in_buckets::<D>(
+        "buckets b",
+        ("history_totals t", "t.code, t.row_count, t.amount_total"),
+        None,
+        "t.slot >= b.s AND t.slot < b.e",
+    )
+}
+
+/// `FROM … WHERE …` for the `generation_values` rows (`v`, reading `columns`) activated in
+/// each bucket `b`; the caller adds `AND …`.
+fn activated_in_buckets<D: Dialect>(columns: &str) -> String {
+    in_buckets::<D>(
+        "buckets b",
+        ("generation_values v", columns),
+        ACTIVATED,
+        "v.activated_at >= b.s AND v.activated_at < b.e",
+    )
+}
+
 /// `FROM buckets CROSS JOIN table WHERE in_range`: the rows of `table` (with its alias; the
-/// query reads `columns` of it) in each of the buckets, read as one index range per bucket; the caller adds `AND …`. SQLite keeps
-/// the join order of `CROSS JOIN` and is told the index. PostgreSQL gets each bucket's rows as
+/// query reads `columns` of it) in each of the buckets, read as one index range per bucket;
+/// the caller adds `AND …`. SQLite keeps the join order of `CROSS JOIN` and is told the index. PostgreSQL gets each bucket's rows as
 /// a LATERAL subquery it may not flatten (`OFFSET 0`): joined plainly, it may compare every row
 /// of the table with every bucket (a year of days took seconds that way).
 fn in_buckets<D: Dialect>(
@@ -212,7 +227,7 @@ impl<D: Dialect> AnalyticsStore for SqlStore<D> {
                 "SELECT CAST(b.i AS BIGINT), t.code % 100000, \
                    CAST(SUM(t.row_count) AS BIGINT), CAST(SUM(t.amount_total) AS BIGINT) \
                    {} AND ({MOVE_CODE}) GROUP BY 1, 2",
-                in_buckets::<D>("buckets b", TOTALS, None, SLOT_IN_BUCKET)
+                totals_in_buckets::<D>()
             )
         } else {
             "SELECT CAST(b.i AS BIGINT), CAST(h.kind * 10000 \
@@ -254,7 +269,7 @@ impl<D: Dialect> AnalyticsStore for SqlStore<D> {
                 "SELECT CAST(b.i AS BIGINT), t.code / 100000 * 100 + t.code % 100, \
                    CAST(SUM(t.row_count) AS BIGINT), CAST(SUM(t.amount_total) AS BIGINT) \
                    {} AND {RECHARGE_CODE} GROUP BY 1, 2",
-                in_buckets::<D>("buckets b", TOTALS, None, SLOT_IN_BUCKET)
+                totals_in_buckets::<D>()
             )
         } else {
             "SELECT CAST(b.i AS BIGINT), CAST(COALESCE(h.channel, 0) * 100 \
@@ -294,7 +309,7 @@ impl<D: Dialect> AnalyticsStore for SqlStore<D> {
              UNION ALL \
              SELECT CAST(b.i AS BIGINT), CAST(g.ended AS BIGINT), CAST(SUM(g.stays) AS BIGINT), \
                CAST(0 AS BIGINT) {} GROUP BY 1, 2",
-            in_buckets::<D>("buckets b", TOTALS, None, SLOT_IN_BUCKET),
+            totals_in_buckets::<D>(),
             in_buckets::<D>(
                 "buckets b",
                 ("grace_ends g", "g.ended, g.stays"),
@@ -332,12 +347,7 @@ impl<D: Dialect> AnalyticsStore for SqlStore<D> {
         let sql = format!(
             "SELECT CAST(b.i AS BIGINT), COUNT(*), CAST(0 AS BIGINT), CAST(0 AS BIGINT) \
              {} GROUP BY 1",
-            in_buckets::<D>(
-                "buckets b",
-                ("generation_values v", "v.activated_at"),
-                ACTIVATED,
-                ACTIVATED_IN_BUCKET
-            )
+            activated_in_buckets::<D>("v.activated_at")
         );
         let mut counts = Vec::new();
         for (i, count, _, _) in self.per_bucket(bounds, &sql, false).await? {
@@ -353,12 +363,7 @@ impl<D: Dialect> AnalyticsStore for SqlStore<D> {
         let sql = format!(
             "SELECT CAST(b.i AS BIGINT), v.recharge_total, COUNT(*), \
              CAST(SUM(v.recharge_count) AS BIGINT) {} GROUP BY 1, 2",
-            in_buckets::<D>(
-                "buckets b",
-                ("generation_values v", "v.recharge_total, v.recharge_count"),
-                ACTIVATED,
-                ACTIVATED_IN_BUCKET
-            )
+            activated_in_buckets::<D>("v.recharge_total, v.recharge_count")
         );
         let mut values = Vec::new();
         for (i, total, generations, recharges) in self.per_bucket(bounds, &sql, false).await? {
