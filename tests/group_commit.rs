@@ -8,6 +8,10 @@
 //! - A mutation that fails in the database (a trigger refuses its history row) fails alone: the
 //!   others of its group are applied, each once, and the failing one leaves nothing behind.
 //!
+//! - One group holding several recharges of one account, the same request sent several times,
+//!   and a refused request: each mutation sees the ones before it in the group, the request is
+//!   applied once and replayed to the others with the same answer, the refusal writes nothing.
+//!
 //! (Killing the server while large groups are in flight: tests/faults_crash.rs.)
 
 #[allow(unused_macros)]
@@ -27,6 +31,9 @@ both_databases! {
 }
 both_databases! {
     sqlite_failing, postgres_failing: a_mutation_failing_in_the_database_fails_alone,
+}
+both_databases! {
+    sqlite_own_writes, postgres_own_writes: a_group_sees_its_own_writes,
 }
 tests_on_backend!(postgres_alone, Postgres, crate::common::on_database: recharges_one_transaction_each);
 
@@ -266,14 +273,120 @@ async fn a_mutation_failing_in_the_database_fails_alone(db: Arc<TestDb>) {
     );
     db.assert_totals_match_history("groups with a failing mutation")
         .await;
-    // PostgreSQL rolled each round's group back and ran it again one by one; SQLite's
-    // savepoints rolled the failing mutation back alone.
+    // The group's statements failed together; each backend rolled the group back and ran it
+    // again mutation by mutation (PostgreSQL one transaction each, SQLite under savepoints).
     let splits = server.metric("ocs_group_commit_splits_total").await;
     println!("{groups} groups, {splits} split");
-    if postgres {
-        assert!(splits >= 1.0, "no group was split");
-    } else {
-        assert_eq!(splits, 0.0);
+    assert!(splits >= 1.0, "no group was split");
+    server.stop().await;
+}
+
+/// Requests of the one group in `a_group_sees_its_own_writes`.
+const IN_ONE_GROUP: usize = 12;
+
+async fn a_group_sees_its_own_writes(db: Arc<TestDb>) {
+    let setup = start(db.clone(), 0).await;
+    let mut api = Api::of(&setup);
+    on(&setup, &mut api, "2030-01-10").await;
+    let msisdn = number(0);
+    activated(&mut api, &msisdn, 30).await;
+    setup.stop().await;
+    // One writer that waits until all the requests are queued: they are one group.
+    let server = TestServer::start_with(db, common::one_writer_waiting_for(IN_ONE_GROUP)).await;
+    server.set_time("2030-01-10T04:00:00Z").await;
+    let groups_before = server.metric("ocs_group_commits_total").await;
+    let splits_before = server.metric("ocs_group_commit_splits_total").await;
+    let recharge = |amount: i64, request_id: &str| RechargeRequest {
+        msisdn: msisdn.clone(),
+        amount,
+        channel: RechargeChannel::Online as i32,
+        validity_days: 0,
+        request_id: request_id.into(),
+    };
+    // 0..4: distinct recharges of one account; 4..11: one request sent 7 times; 11: an unknown
+    // number, refused by the store inside the group.
+    let requests: Vec<_> = (0..IN_ONE_GROUP)
+        .map(|i| {
+            let mut client = server.accounts();
+            let request = match i {
+                0..4 => recharge(100 * (i as i64 + 1), &format!("own-{i}")),
+                4..11 => recharge(5000, "own-repeated"),
+                _ => RechargeRequest {
+                    msisdn: "8613999999999".into(),
+                    ..recharge(100, "own-refused")
+                },
+            };
+            tokio::spawn(async move { (i, client.recharge(request).await) })
+        })
+        .collect();
+    let (mut repeated, mut applied) = (Vec::new(), Vec::new());
+    for request in requests {
+        match request.await.expect("caller") {
+            (11, answer) => assert!(answer.is_err(), "an unknown number: {answer:?}"),
+            (i, answer) => {
+                let answer = answer.expect("recharge").into_inner();
+                if i >= 4 {
+                    repeated.push(answer.clone());
+                }
+                if !answer.replayed {
+                    applied.push(answer);
+                }
+            }
+        }
     }
+    assert_eq!(
+        server.metric("ocs_group_commits_total").await - groups_before,
+        1.0,
+        "the requests were committed as one group"
+    );
+    assert_eq!(
+        server.metric("ocs_group_commit_splits_total").await - splits_before,
+        0.0,
+        "the group's own statements applied it (it was not split)"
+    );
+    assert_eq!(
+        repeated.iter().filter(|a| !a.replayed).count(),
+        1,
+        "the repeated request is applied once: {repeated:?}"
+    );
+    let first = repeated.iter().find(|a| !a.replayed).expect("applied");
+    for again in &repeated {
+        assert_eq!(
+            again.account, first.account,
+            "every replay answers the same"
+        );
+        assert_eq!(again.balance_after, first.balance_after);
+    }
+    let db = server.db().await;
+    let expected = 100 + 200 + 300 + 400 + 5000;
+    assert_eq!(
+        db.account(&msisdn).await.expect("account").balance,
+        expected
+    );
+    assert_eq!(
+        db.scalar(&format!(
+            "SELECT COUNT(*) FROM account_history WHERE msisdn = '{msisdn}' AND kind = {}",
+            HistoryKind::Recharge as i32
+        ))
+        .await,
+        5,
+        "one history row per applied recharge"
+    );
+    // Each recharge saw the balance the ones before it in the group left: the balances before
+    // and after chain up to the stored one.
+    applied.sort_by_key(|a| a.balance_before);
+    assert_eq!(applied.len(), 5);
+    for pair in applied.windows(2) {
+        assert_eq!(pair[0].balance_after, pair[1].balance_before, "{applied:?}");
+    }
+    assert_eq!(applied[4].balance_after, expected);
+    assert_eq!(
+        db.scalar("SELECT COUNT(*) FROM idempotency_keys WHERE request_id LIKE 'own-%'")
+            .await,
+        5,
+        "a key per applied request, none for the refused one"
+    );
+    db.assert_totals_match_history("one group with its own writes")
+        .await;
     server.stop().await;
 }

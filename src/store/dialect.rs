@@ -171,6 +171,7 @@ pub(crate) trait SqlDatabase:
     + Reads<(String, i64, DateTime<Utc>, DateTime<Utc>, i64)>
     + Reads<(String, i64, Option<DateTime<Utc>>)>
     + Reads<(String, Vec<u8>)>
+    + Reads<(String, String, Vec<u8>)>
     + Reads<(DateTime<Utc>,)>
     + Reads<(NaiveDate, i64)>
 {

@@ -27,7 +27,6 @@ use super::group::{CommitGroup, GroupCounters, Job, Writers};
 use super::pg_failover::{FollowedPrimary, PgTargets, PrimaryWatch};
 use super::sql::{SqlStore, Writes};
 use super::{Committed, Decide, GroupCommit, MutateFailure, RequestKey, StoreError};
-use crate::analytics::ValueDeltas;
 use crate::lifecycle::{Msisdn, Rules};
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -250,27 +249,9 @@ impl PgWrites {
         group: &[Job],
     ) -> Result<Vec<Result<Committed, MutateFailure>>, MutateFailure> {
         let mut tx = self.begin().await?;
-        let mut results = Vec::with_capacity(group.len());
-        let mut values = ValueDeltas::default();
-        for job in group {
-            let applied = Writes::<PostgresDialect>::apply_in(
-                &mut tx,
-                &self.rules,
-                &job.msisdn,
-                job.key(),
-                &job.decide,
-            )
-            .await;
-            match applied {
-                Ok((committed, added)) => {
-                    values.merge(added);
-                    results.push(Ok(committed));
-                }
-                Err(refused @ MutateFailure::Store(_)) => results.push(Err(refused)),
-                // Dropping the transaction rolls it back.
-                Err(failed) => return Err(failed),
-            }
-        }
+        // On an error, dropping the transaction rolls it back.
+        let (results, values) =
+            Writes::<PostgresDialect>::apply_group(&mut tx, &self.rules, group).await?;
         Writes::<PostgresDialect>::add_values(&mut tx, values).await?;
         tx.commit().await?;
         Ok(results)

@@ -5,9 +5,12 @@
 //! an fsync. So every mutation goes to one writer task that owns the write connection and
 //! commits the mutations waiting at that moment together (group commit, `super::group`; up to
 //! `group_commit_max`, optionally waiting `group_commit_wait_us` for more, see
-//! [`GroupCommit`]): one `BEGIN IMMEDIATE` transaction, each mutation inside its own savepoint,
-//! so a refused or failed one is rolled back alone. Replies are sent only after the COMMIT, so
-//! nobody is told "applied" before it is durable. Reads use a separate read-only pool. The WAL
+//! [`GroupCommit`]): one `BEGIN IMMEDIATE` transaction in which the group's keys and accounts
+//! are read and its writes made with a few statements for the whole group
+//! (`Writes::apply_group`; a refused mutation writes nothing). When one of those statements
+//! fails, the group is rolled back and applied again, each mutation inside its own savepoint,
+//! so the failing one is rolled back alone. Replies are sent only after the COMMIT, so nobody
+//! is told "applied" before it is durable. Reads use a separate read-only pool. The WAL
 //! is copied into the database file by a task of its own (`sqlite_wal`), not by the writer.
 
 use std::str::FromStr;
@@ -92,11 +95,12 @@ impl SqlStore<SqliteDialect> {
             .connect_with(options.clone().read_only(true))
             .await
             .map_err(|e| open_error(&options, e))?;
+        let counters = Arc::new(GroupCounters::default());
         let committer = Arc::new(SqliteGroups {
             pool: writer.clone(),
             rules: rules.clone(),
+            counters: counters.clone(),
         });
-        let counters = Arc::new(GroupCounters::default());
         Ok(SqlStore::new(
             SqliteDialect {
                 writer: Writers::start(1, group, committer, counters.clone()),
@@ -211,17 +215,57 @@ impl Dialect for SqliteDialect {
 struct SqliteGroups {
     pool: SqlitePool,
     rules: Arc<Rules>,
+    counters: Arc<GroupCounters>,
 }
 
 #[async_trait]
 impl CommitGroup for SqliteGroups {
+    /// The group's statements written together (`Writes::apply_group`); when one of them fails,
+    /// the group again, each mutation under its own savepoint, so that the one the database
+    /// refuses fails alone.
     async fn commit_group(&self, group: &[Job]) -> Vec<Result<Committed, MutateFailure>> {
-        commit_group(&self.pool, &self.rules, group).await
+        match together(&self.pool, &self.rules, group).await {
+            Ok(results) => results,
+            Err(err) => {
+                tracing::debug!(mutations = group.len(), error = %err, "a group failed; its mutations run under savepoints");
+                self.counters.count_split();
+                one_by_one(&self.pool, &self.rules, group).await
+            }
+        }
     }
 }
 
-/// Applies `group` in one transaction; one result per job, in order.
-async fn commit_group(
+/// Applies `group` in one transaction with a few statements for all of it; `Err` (nothing
+/// committed) at the first database error.
+async fn together(
+    pool: &SqlitePool,
+    rules: &Rules,
+    group: &[Job],
+) -> Result<Vec<Result<Committed, MutateFailure>>, sqlx::Error> {
+    let mut tx: Transaction<'static, Sqlite> = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let written = async {
+        let (results, values) = Writes::<SqliteDialect>::apply_group(&mut tx, rules, group).await?;
+        Writes::<SqliteDialect>::add_values(&mut tx, values).await?;
+        Ok::<_, sqlx::Error>(results)
+    }
+    .await;
+    match written {
+        Ok(results) => {
+            tx.commit().await?;
+            Ok(results)
+        }
+        Err(err) => {
+            if let Err(e) = tx.rollback().await {
+                tracing::debug!(error = %e, "rollback after a failed group failed");
+            }
+            Err(err)
+        }
+    }
+}
+
+/// Applies `group` in one transaction, each mutation under its own savepoint; one result per
+/// job, in order.
+async fn one_by_one(
     pool: &SqlitePool,
     rules: &Rules,
     group: &[Job],

@@ -9,6 +9,7 @@
 //!
 //! [`WebhookDeliveries`]: super::WebhookDeliveries
 
+mod grouped;
 mod writes;
 
 use std::sync::Arc;

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::error::BoxDynError;
-use sqlx::query::Query;
 use sqlx::{Arguments, Transaction};
 
 use super::ROWS_PER_STATEMENT;
@@ -18,7 +17,7 @@ use crate::store::dialect::{Args, Binds, Conn, Db, Dialect, Executes, Param, Rea
 use crate::store::rows::{ACCOUNT_COLUMNS, AccountRow};
 use crate::store::sweeps::{SweepBatch, SweptBatch};
 use crate::store::{
-    Committed, Decide, HistoryRecord, MutateFailure, OutboxEvent, RequestKey, StoreError,
+    Committed, Decide, HistoryRecord, MutateFailure, Mutation, OutboxEvent, RequestKey, StoreError,
     request_id_reused,
 };
 
@@ -97,19 +96,7 @@ impl<D: Dialect> Writes<D> {
             .map(AccountRow::into_account)
             .transpose()
             .map_err(MutateFailure::Store)?;
-        // A panic in the pure decision must not take the (shared) writer down with it.
-        let decided =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decide(current.as_ref())));
-        let mutation = match decided {
-            Ok(Ok(m)) => m,
-            Ok(Err(refused)) => return Err(MutateFailure::Store(refused.into())),
-            Err(_) => {
-                tracing::error!(%msisdn, "the lifecycle decision panicked; nothing written");
-                return Err(MutateFailure::Store(StoreError::Internal(
-                    "the lifecycle decision failed".into(),
-                )));
-            }
-        };
+        let mutation = decide_guarded(msisdn, decide, current.as_ref())?;
         let insert = format!(
             "({ACCOUNT_COLUMNS}) VALUES \
              ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
@@ -211,7 +198,7 @@ impl<D: Dialect> Writes<D> {
     }
 
     /// History rows, as multi-row INSERTs.
-    async fn insert_history(
+    pub(super) async fn insert_history(
         conn: &mut Conn<D>,
         history: &[HistoryRecord],
     ) -> Result<(), sqlx::Error> {
@@ -327,7 +314,7 @@ impl<D: Dialect> Writes<D> {
 
     /// Runs `head VALUES (…), (…)…tail` over `rows`, at most [`ROWS_PER_STATEMENT`] rows a
     /// statement (none for no rows), each row's values written by `write`.
-    async fn in_chunks<T: Sync>(
+    pub(super) async fn in_chunks<T: Sync>(
         conn: &mut Conn<D>,
         head: &str,
         tail: &str,
@@ -358,7 +345,10 @@ impl<D: Dialect> Writes<D> {
     }
 
     /// Outbox events, as multi-row INSERTs in the given order (their sequence order).
-    async fn insert_events(conn: &mut Conn<D>, events: &[OutboxEvent]) -> Result<(), sqlx::Error> {
+    pub(super) async fn insert_events(
+        conn: &mut Conn<D>,
+        events: &[OutboxEvent],
+    ) -> Result<(), sqlx::Error> {
         let head = "INSERT INTO outbox (event_id, event_type, msisdn, account_id, \
                     generation, from_state, to_state, reason, effective_at, emitted_at) ";
         Self::in_chunks(conn, head, "", events, |values, event| {
@@ -377,10 +367,9 @@ impl<D: Dialect> Writes<D> {
         .await
     }
 
-    fn bind_account<'q>(
-        query: Query<'q, Db<D>, Args<'q, D>>,
-        row: &'q AccountRow,
-    ) -> Query<'q, Db<D>, Args<'q, D>> {
+    /// Binds the account columns in [`ACCOUNT_COLUMNS`] order, to a query or to a row of a
+    /// multi-row statement.
+    pub(super) fn bind_account<'q, P: Param<'q, Db<D>>>(query: P, row: &'q AccountRow) -> P {
         query
             .param(row.msisdn.as_str())
             .param(row.account_id.as_str())
@@ -400,6 +389,27 @@ impl<D: Dialect> Writes<D> {
             .param(row.updated_at)
             .param(row.next_deadline)
             .param(row.expiring_notified_for)
+    }
+}
+
+/// Runs the pure decision on `current`. A refusal is the mutation's own answer; a panic in the
+/// decision must not take the (shared) writer down with it, so it becomes an internal error of
+/// this mutation alone.
+pub(super) fn decide_guarded(
+    msisdn: &Msisdn,
+    decide: &Decide,
+    current: Option<&Account>,
+) -> Result<Mutation, MutateFailure> {
+    let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decide(current)));
+    match decided {
+        Ok(Ok(mutation)) => Ok(mutation),
+        Ok(Err(refused)) => Err(MutateFailure::Store(refused.into())),
+        Err(_) => {
+            tracing::error!(%msisdn, "the lifecycle decision panicked; nothing written");
+            Err(MutateFailure::Store(StoreError::Internal(
+                "the lifecycle decision failed".into(),
+            )))
+        }
     }
 }
 
@@ -437,7 +447,7 @@ impl<D: Dialect> SweepBatch for SqlSweepBatch<D> {
 /// `sqlx::QueryBuilder::push_values` writes them (the backend's own placeholders). The builder
 /// itself does not serve generic code: it owns the arguments, and dropping it after the query
 /// borrowed it does not type-check for an unknown backend.
-struct ValuesRows<'q, D: Dialect> {
+pub(super) struct ValuesRows<'q, D: Dialect> {
     sql: String,
     args: Args<'q, D>,
     /// The first value that failed to encode, if any: the statement is not run.
@@ -448,7 +458,7 @@ struct ValuesRows<'q, D: Dialect> {
 }
 
 impl<'q, D: Dialect> ValuesRows<'q, D> {
-    fn new(head: &str) -> Self {
+    pub(super) fn new(head: &str) -> Self {
         Self {
             sql: format!("{head}VALUES "),
             args: Args::<D>::default(),
@@ -459,14 +469,14 @@ impl<'q, D: Dialect> ValuesRows<'q, D> {
     }
 
     /// Starts the next row.
-    fn row(&mut self) -> &mut Self {
+    pub(super) fn row(&mut self) -> &mut Self {
         self.sql.push_str(if self.open { "), (" } else { "(" });
         self.open = true;
         self.first = true;
         self
     }
 
-    fn param<V>(&mut self, value: V) -> &mut Self
+    pub(super) fn param<V>(&mut self, value: V) -> &mut Self
     where
         D::Db: Binds<'q, V>,
     {
@@ -493,12 +503,23 @@ impl<'q, D: Dialect> ValuesRows<'q, D> {
     }
 
     /// The statement (the rows, then `tail`) and its arguments.
-    fn finish(mut self, tail: &str) -> Result<(String, Args<'q, D>), sqlx::Error> {
+    pub(super) fn finish(mut self, tail: &str) -> Result<(String, Args<'q, D>), sqlx::Error> {
         if self.open {
             self.sql.push(')');
         }
         self.sql.push_str(tail);
         self.encoded.map_err(sqlx::Error::Encode)?;
         Ok((self.sql, self.args))
+    }
+}
+
+/// A row of a multi-row statement takes parameters as a query does (see
+/// [`Writes::bind_account`]).
+impl<'q, D: Dialect> Param<'q, Db<D>> for &mut ValuesRows<'q, D> {
+    fn param<T>(self, value: T) -> Self
+    where
+        Db<D>: Binds<'q, T>,
+    {
+        ValuesRows::param(self, value)
     }
 }

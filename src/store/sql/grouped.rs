@@ -1,0 +1,229 @@
+//! A group of mutations applied with a few statements for the whole group, instead of a few for
+//! each mutation: the writer tasks of group commit (`store::group`) go this way first.
+//!
+//! The stored idempotency keys of the group's request_ids and the rows of its MSISDNs are read
+//! (and on PostgreSQL locked, in MSISDN order) with one statement each; the pure decisions then
+//! run in the group's order against those rows as each earlier mutation of the group left them
+//! (two recharges of one account in one group see each other, a request_id sent twice is
+//! replayed); last, the accounts as the group leaves them, the archived generations, the
+//! history rows, the outbox events and the new idempotency keys are written as multi-row
+//! statements, in the group's order. A refusal writes nothing, as one mutation alone. The
+//! first database error ends the attempt with nothing of the group kept: the caller rolls the
+//! transaction back and applies the group one mutation at a time ([`Writes::apply_in`]), so a
+//! mutation the database refuses fails alone.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use chrono::{DateTime, Utc};
+
+use super::ROWS_PER_STATEMENT;
+use super::writes::{ValuesRows, Writes, decide_guarded};
+use crate::analytics::ValueDeltas;
+use crate::lifecycle::Account;
+use crate::store::dialect::{Conn, Dialect, Executes, Reads};
+use crate::store::group::Job;
+use crate::store::rows::{ACCOUNT_COLUMNS, AccountRow};
+use crate::store::{
+    Committed, HistoryRecord, MutateFailure, OutboxEvent, StoreError, request_id_reused,
+};
+
+/// `ON CONFLICT (msisdn) DO UPDATE SET` every other account column to the new row's value.
+static UPSERT_ACCOUNT: LazyLock<String> = LazyLock::new(|| {
+    let columns: Vec<String> = ACCOUNT_COLUMNS
+        .split(',')
+        .map(str::trim)
+        .filter(|column| *column != "msisdn")
+        .map(|column| format!("{column} = excluded.{column}"))
+        .collect();
+    format!(" ON CONFLICT (msisdn) DO UPDATE SET {}", columns.join(", "))
+});
+
+/// An idempotency key the group writes.
+struct NewKey<'g> {
+    request_id: &'g str,
+    fingerprint: &'g str,
+    response: Vec<u8>,
+    now: DateTime<Utc>,
+}
+
+/// What the group's applied mutations write, in the group's order.
+#[derive(Default)]
+struct GroupWrites<'g> {
+    archived: Vec<AccountRow>,
+    /// MSISDNs whose row the group changed, each once, in the order first changed.
+    changed: Vec<&'g str>,
+    history: Vec<HistoryRecord>,
+    events: Vec<OutboxEvent>,
+    keys: Vec<NewKey<'g>>,
+    values: ValueDeltas,
+}
+
+impl<D: Dialect> Writes<D> {
+    /// Applies `group` inside the caller's open transaction, without committing: one result
+    /// per job, in order (`Applied` ones must be committed, with the `ValueDeltas` written by
+    /// [`Self::add_values`] before the COMMIT). `Err` at the first database error, with
+    /// writes the caller must roll back.
+    pub(crate) async fn apply_group(
+        conn: &mut Conn<D>,
+        rules: &crate::lifecycle::Rules,
+        group: &[Job],
+    ) -> Result<(Vec<Result<Committed, MutateFailure>>, ValueDeltas), sqlx::Error> {
+        let mut keys = Self::stored_keys(conn, group).await?;
+        let mut accounts = Self::group_accounts(conn, group).await?;
+        let mut writes = GroupWrites::default();
+        let mut results = Vec::with_capacity(group.len());
+        for job in group {
+            let key = job.key();
+            if let Some((fingerprint, response)) = keys.get(key.request_id) {
+                results.push(if fingerprint == key.fingerprint {
+                    Ok(Committed::Replayed(response.clone()))
+                } else {
+                    Err(MutateFailure::Store(request_id_reused(key.request_id)))
+                });
+                continue;
+            }
+            let msisdn = job.msisdn.as_str();
+            let current = match accounts.get(msisdn) {
+                Some(Err(stored)) => {
+                    results.push(Err(MutateFailure::Store(stored.clone())));
+                    continue;
+                }
+                Some(Ok(account)) => Some(account),
+                None => None,
+            };
+            let mutation = match decide_guarded(&job.msisdn, &job.decide, current) {
+                Ok(mutation) => mutation,
+                Err(refused) => {
+                    results.push(Err(refused));
+                    continue;
+                }
+            };
+            if let Some(retired) = &mutation.archive {
+                writes
+                    .archived
+                    .push(AccountRow::from_account(retired, rules));
+            }
+            if !writes.changed.contains(&msisdn) {
+                writes.changed.push(msisdn);
+            }
+            accounts.insert(msisdn.to_owned(), Ok(mutation.account));
+            writes.values.add(&mutation.history);
+            writes.history.extend(mutation.history);
+            writes.events.extend(mutation.events);
+            keys.insert(
+                key.request_id.to_owned(),
+                (key.fingerprint.to_owned(), mutation.response.clone()),
+            );
+            writes.keys.push(NewKey {
+                request_id: key.request_id,
+                fingerprint: key.fingerprint,
+                response: mutation.response.clone(),
+                now: key.now,
+            });
+            results.push(Ok(Committed::Applied(mutation.response)));
+        }
+        let changed: Vec<AccountRow> = writes
+            .changed
+            .iter()
+            .filter_map(|msisdn| match accounts.get(*msisdn) {
+                Some(Ok(account)) => Some(AccountRow::from_account(account, rules)),
+                _ => None,
+            })
+            .collect();
+        Self::write_group(conn, &writes, &changed).await?;
+        Ok((results, writes.values))
+    }
+
+    /// The stored (fingerprint, response) of the group's request_ids that have one.
+    async fn stored_keys(
+        conn: &mut Conn<D>,
+        group: &[Job],
+    ) -> Result<HashMap<String, (String, Vec<u8>)>, sqlx::Error> {
+        let mut keys = HashMap::new();
+        for chunk in group.chunks(ROWS_PER_STATEMENT) {
+            let mut read = ValuesRows::<D>::new(
+                "SELECT request_id, fingerprint, response FROM idempotency_keys \
+                 WHERE request_id IN (",
+            );
+            for job in chunk {
+                read.row().param(job.key().request_id);
+            }
+            let (sql, args) = read.finish(")")?;
+            let found: Vec<(String, String, Vec<u8>)> = D::Db::read_all(
+                sqlx::query_with(&sql, args)
+                    .fetch_all(D::Db::on(&mut *conn))
+                    .await?,
+            )?;
+            keys.extend(
+                found
+                    .into_iter()
+                    .map(|(request_id, fingerprint, response)| {
+                        (request_id, (fingerprint, response))
+                    }),
+            );
+        }
+        Ok(keys)
+    }
+
+    /// The stored rows of the group's MSISDNs that have one, read with the dialect's row lock
+    /// taken in MSISDN order (two writers never wait for each other crosswise). A row that
+    /// does not decode is kept as its error: the mutations of that MSISDN fail with it.
+    async fn group_accounts(
+        conn: &mut Conn<D>,
+        group: &[Job],
+    ) -> Result<HashMap<String, Result<Account, StoreError>>, sqlx::Error> {
+        let mut msisdns: Vec<&str> = group.iter().map(|job| job.msisdn.as_str()).collect();
+        msisdns.sort_unstable();
+        msisdns.dedup();
+        let mut accounts = HashMap::with_capacity(msisdns.len());
+        let tail = format!(") ORDER BY msisdn{}", D::LOCK_ROW);
+        for chunk in msisdns.chunks(ROWS_PER_STATEMENT) {
+            let mut read = ValuesRows::<D>::new(&format!(
+                "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE msisdn IN ("
+            ));
+            for msisdn in chunk {
+                read.row().param(*msisdn);
+            }
+            let (sql, args) = read.finish(&tail)?;
+            let rows: Vec<AccountRow> = D::Db::read_all(
+                sqlx::query_with(&sql, args)
+                    .fetch_all(D::Db::on(&mut *conn))
+                    .await?,
+            )?;
+            accounts.extend(
+                rows.into_iter()
+                    .map(|row| (row.msisdn.clone(), row.into_account())),
+            );
+        }
+        Ok(accounts)
+    }
+
+    /// Writes what the group's applied mutations changed, as multi-row statements.
+    async fn write_group(
+        conn: &mut Conn<D>,
+        writes: &GroupWrites<'_>,
+        changed: &[AccountRow],
+    ) -> Result<(), sqlx::Error> {
+        let head = format!("INSERT INTO account_archive ({ACCOUNT_COLUMNS}) ");
+        Self::in_chunks(conn, &head, "", &writes.archived, |row, archived| {
+            Self::bind_account(row, archived);
+        })
+        .await?;
+        let head = format!("INSERT INTO accounts ({ACCOUNT_COLUMNS}) ");
+        Self::in_chunks(conn, &head, &UPSERT_ACCOUNT, changed, |row, account| {
+            Self::bind_account(row, account);
+        })
+        .await?;
+        Self::insert_history(&mut *conn, &writes.history).await?;
+        Self::insert_events(&mut *conn, &writes.events).await?;
+        let head = "INSERT INTO idempotency_keys (request_id, fingerprint, response, created_at) ";
+        Self::in_chunks(conn, head, "", &writes.keys, |row, key| {
+            row.param(key.request_id)
+                .param(key.fingerprint)
+                .param(key.response.as_slice())
+                .param(key.now);
+        })
+        .await
+    }
+}
