@@ -69,6 +69,15 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
     /// at a time.
     const TOTALS_SHARD: &'static str = "0";
 
+    /// Writes statements (their parameters numbered across all of them, in this order) as one
+    /// query string, so that they cost one call: SQLite runs several statements of one string
+    /// in turn; PostgreSQL binds parameters to one statement only, so it is given the first
+    /// ones as data-modifying `WITH` queries of the last (run together, on one snapshot: none
+    /// of them may read what another writes).
+    fn join_statements(statements: Vec<String>) -> String {
+        statements.join(";\n")
+    }
+
     fn migrator() -> &'static Migrator;
 
     /// What a database error code of this backend means.

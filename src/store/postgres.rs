@@ -319,6 +319,21 @@ impl Dialect for PostgresDialect {
     const SWEEP_WORKERS: usize = 2;
     /// Each connection's own (its server process id), folded into 64 rows.
     const TOTALS_SHARD: &'static str = "pg_backend_pid() % 64";
+
+    fn join_statements(mut statements: Vec<String>) -> String {
+        let Some(last) = statements.pop() else {
+            return String::new();
+        };
+        if statements.is_empty() {
+            return last;
+        }
+        let with: Vec<String> = statements
+            .iter()
+            .enumerate()
+            .map(|(i, statement)| format!("w{i} AS ({statement})"))
+            .collect();
+        format!("WITH {} {last}", with.join(", "))
+    }
     const RANGES_PER_BUCKET: bool = true;
 
     fn migrator() -> &'static Migrator {

@@ -7,10 +7,11 @@
 //! (two recharges of one account in one group see each other, a request_id sent twice is
 //! replayed); last, the accounts as the group leaves them, the archived generations, the
 //! history rows, the outbox events and the new idempotency keys are written as multi-row
-//! statements, in the group's order. A refusal writes nothing, as one mutation alone. The
-//! first database error ends the attempt with nothing of the group kept: the caller rolls the
-//! transaction back and applies the group one mutation at a time ([`Writes::apply_in`]), so a
-//! mutation the database refuses fails alone.
+//! statements, in the group's order, sent together as one call (`Dialect::join_statements`). A
+//! refusal writes nothing, as one mutation alone. The first database error ends the attempt
+//! with nothing of the group kept: the caller rolls the transaction back and applies the group
+//! one mutation at a time ([`Writes::apply_in`]), so a mutation the database refuses fails
+//! alone.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -18,10 +19,10 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Utc};
 
 use super::ROWS_PER_STATEMENT;
-use super::writes::{ValuesRows, Writes, decide_guarded};
+use super::writes::{EVENTS_INSERT, HISTORY_INSERT, ValuesRows, Writes, decide_guarded};
 use crate::analytics::ValueDeltas;
 use crate::lifecycle::Account;
-use crate::store::dialect::{Conn, Dialect, Executes, Reads};
+use crate::store::dialect::{Args, Conn, Dialect};
 use crate::store::group::Job;
 use crate::store::rows::{ACCOUNT_COLUMNS, AccountRow};
 use crate::store::{
@@ -140,30 +141,20 @@ impl<D: Dialect> Writes<D> {
         conn: &mut Conn<D>,
         group: &[Job],
     ) -> Result<HashMap<String, (String, Vec<u8>)>, sqlx::Error> {
-        let mut keys = HashMap::new();
-        for chunk in group.chunks(ROWS_PER_STATEMENT) {
-            let mut read = ValuesRows::<D>::new(
-                "SELECT request_id, fingerprint, response FROM idempotency_keys \
-                 WHERE request_id IN (",
-            );
-            for job in chunk {
-                read.row().param(job.key().request_id);
-            }
-            let (sql, args) = read.finish(")")?;
-            let found: Vec<(String, String, Vec<u8>)> = D::Db::read_all(
-                sqlx::query_with(&sql, args)
-                    .fetch_all(D::Db::on(&mut *conn))
-                    .await?,
-            )?;
-            keys.extend(
-                found
-                    .into_iter()
-                    .map(|(request_id, fingerprint, response)| {
-                        (request_id, (fingerprint, response))
-                    }),
-            );
-        }
-        Ok(keys)
+        let found: Vec<(String, String, Vec<u8>)> = Self::read_in_chunks(
+            conn,
+            "SELECT request_id, fingerprint, response FROM idempotency_keys WHERE request_id IN (",
+            ")",
+            group,
+            |row, job| {
+                row.param(job.key().request_id);
+            },
+        )
+        .await?;
+        Ok(found
+            .into_iter()
+            .map(|(request_id, fingerprint, response)| (request_id, (fingerprint, response)))
+            .collect())
     }
 
     /// The stored rows of the group's MSISDNs that have one, read with the dialect's row lock
@@ -176,54 +167,108 @@ impl<D: Dialect> Writes<D> {
         let mut msisdns: Vec<&str> = group.iter().map(|job| job.msisdn.as_str()).collect();
         msisdns.sort_unstable();
         msisdns.dedup();
-        let mut accounts = HashMap::with_capacity(msisdns.len());
+        let head = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE msisdn IN (");
         let tail = format!(") ORDER BY msisdn{}", D::LOCK_ROW);
-        for chunk in msisdns.chunks(ROWS_PER_STATEMENT) {
-            let mut read = ValuesRows::<D>::new(&format!(
-                "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE msisdn IN ("
-            ));
-            for msisdn in chunk {
-                read.row().param(*msisdn);
-            }
-            let (sql, args) = read.finish(&tail)?;
-            let rows: Vec<AccountRow> = D::Db::read_all(
-                sqlx::query_with(&sql, args)
-                    .fetch_all(D::Db::on(&mut *conn))
-                    .await?,
-            )?;
-            accounts.extend(
-                rows.into_iter()
-                    .map(|row| (row.msisdn.clone(), row.into_account())),
-            );
-        }
-        Ok(accounts)
+        let rows: Vec<AccountRow> =
+            Self::read_in_chunks(conn, &head, &tail, &msisdns, |row, msisdn| {
+                row.param(*msisdn);
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (row.msisdn.clone(), row.into_account()))
+            .collect())
     }
 
-    /// Writes what the group's applied mutations changed, as multi-row statements.
+    /// Writes what the group's applied mutations changed, as multi-row statements joined into
+    /// as few calls as the parameters allow (one for a group of the default size): each call
+    /// to the database is a round trip (PostgreSQL) or a hand-off to the connection's thread
+    /// (SQLite), which cost more than the statements' own work.
     async fn write_group(
         conn: &mut Conn<D>,
         writes: &GroupWrites<'_>,
         changed: &[AccountRow],
     ) -> Result<(), sqlx::Error> {
+        let mut calls = Calls::<D>::default();
         let head = format!("INSERT INTO account_archive ({ACCOUNT_COLUMNS}) ");
-        Self::in_chunks(conn, &head, "", &writes.archived, |row, archived| {
+        calls.statement(&head, "", &writes.archived, |row, archived| {
             Self::bind_account(row, archived);
-        })
-        .await?;
+        })?;
         let head = format!("INSERT INTO accounts ({ACCOUNT_COLUMNS}) ");
-        Self::in_chunks(conn, &head, &UPSERT_ACCOUNT, changed, |row, account| {
+        calls.statement(&head, &UPSERT_ACCOUNT, changed, |row, account| {
             Self::bind_account(row, account);
-        })
-        .await?;
-        Self::insert_history(&mut *conn, &writes.history).await?;
-        Self::insert_events(&mut *conn, &writes.events).await?;
+        })?;
+        calls.statement(HISTORY_INSERT, "", &writes.history, Self::history_row)?;
+        calls.statement(EVENTS_INSERT, "", &writes.events, Self::event_row)?;
         let head = "INSERT INTO idempotency_keys (request_id, fingerprint, response, created_at) ";
-        Self::in_chunks(conn, head, "", &writes.keys, |row, key| {
+        calls.statement(head, "", &writes.keys, |row, key| {
             row.param(key.request_id)
                 .param(key.fingerprint)
                 .param(key.response.as_slice())
                 .param(key.now);
-        })
-        .await
+        })?;
+        let (statements, args): (Vec<String>, Vec<_>) = calls.finish()?.into_iter().unzip();
+        for (sql, args) in statements.iter().zip(args) {
+            Self::run(conn, sql, args).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Parameters of one call at most: PostgreSQL takes 65 535 in one statement.
+const PARAMS_PER_CALL: usize = 30_000;
+
+/// Multi-row statements gathered into calls of up to [`PARAMS_PER_CALL`] parameters.
+struct Calls<'q, D: Dialect> {
+    /// The call being written and the tail of its last statement.
+    open: Option<(ValuesRows<'q, D>, &'q str)>,
+    ready: Vec<(String, Args<'q, D>)>,
+}
+
+impl<D: Dialect> Default for Calls<'_, D> {
+    fn default() -> Self {
+        Self {
+            open: None,
+            ready: Vec::new(),
+        }
+    }
+}
+
+impl<'q, D: Dialect> Calls<'q, D> {
+    /// `head VALUES (…), (…)…tail` over `rows` (none for no rows), at most
+    /// [`ROWS_PER_STATEMENT`] rows a statement, each row's values written by `write`.
+    fn statement<T>(
+        &mut self,
+        head: &str,
+        tail: &'q str,
+        rows: &'q [T],
+        write: impl Fn(&mut ValuesRows<'q, D>, &'q T),
+    ) -> Result<(), sqlx::Error> {
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut statement = match self.open.take() {
+                Some((mut call, previous_tail)) => {
+                    call.then(previous_tail, head);
+                    call
+                }
+                None => ValuesRows::new(head),
+            };
+            for value in chunk {
+                write(statement.row(), value);
+            }
+            if statement.params() >= PARAMS_PER_CALL {
+                self.ready.push(statement.finish(tail)?);
+            } else {
+                self.open = Some((statement, tail));
+            }
+        }
+        Ok(())
+    }
+
+    /// The calls, in order.
+    fn finish(mut self) -> Result<Vec<(String, Args<'q, D>)>, sqlx::Error> {
+        if let Some((call, tail)) = self.open.take() {
+            self.ready.push(call.finish(tail)?);
+        }
+        Ok(self.ready)
     }
 }

@@ -52,6 +52,14 @@ const ADD_HISTORY_TOTALS: &str = " ON CONFLICT (slot, code, shard) DO UPDATE SET
 const ADD_GRACE_ENDS: &str = " ON CONFLICT (slot, ended, shard) DO UPDATE SET \
     stays = grace_ends.stays + excluded.stays";
 
+/// The head of a multi-row INSERT of history rows ([`Writes::history_row`]).
+pub(super) const HISTORY_INSERT: &str = "INSERT INTO account_history (msisdn, account_id, \
+    generation, at, kind, from_state, to_state, amount, actor, request_id, channel) ";
+
+/// The head of a multi-row INSERT of outbox events ([`Writes::event_row`]).
+pub(super) const EVENTS_INSERT: &str = "INSERT INTO outbox (event_id, event_type, msisdn, \
+    account_id, generation, from_state, to_state, reason, effective_at, emitted_at) ";
+
 /// The generic writes of dialect `D` (a namespace: the bounds are stated once for all of them).
 pub(crate) struct Writes<D>(PhantomData<D>);
 
@@ -123,8 +131,15 @@ impl<D: Dialect> Writes<D> {
         Self::bind_account(sqlx::query(&sql), &row)
             .execute(D::Db::on(&mut *conn))
             .await?;
-        Self::insert_history(&mut *conn, &mutation.history).await?;
-        Self::insert_events(&mut *conn, &mutation.events).await?;
+        Self::in_chunks(
+            conn,
+            HISTORY_INSERT,
+            "",
+            &mutation.history,
+            Self::history_row,
+        )
+        .await?;
+        Self::in_chunks(conn, EVENTS_INSERT, "", &mutation.events, Self::event_row).await?;
         sqlx::query(
             "INSERT INTO idempotency_keys (request_id, fingerprint, response, created_at) \
              VALUES ($1, $2, $3, $4)",
@@ -190,35 +205,27 @@ impl<D: Dialect> Writes<D> {
                 .param(row.expiring_notified_for);
         })
         .await?;
-        Self::insert_history(&mut *conn, &swept.history).await?;
+        Self::in_chunks(conn, HISTORY_INSERT, "", &swept.history, Self::history_row).await?;
         let mut values = ValueDeltas::default();
         values.add(&swept.history);
         Self::add_values(&mut *conn, values).await?;
-        Self::insert_events(&mut *conn, &swept.events).await
+        Self::in_chunks(conn, EVENTS_INSERT, "", &swept.events, Self::event_row).await
     }
 
-    /// History rows, as multi-row INSERTs.
-    pub(super) async fn insert_history(
-        conn: &mut Conn<D>,
-        history: &[HistoryRecord],
-    ) -> Result<(), sqlx::Error> {
-        let head = "INSERT INTO account_history (msisdn, account_id, generation, at, kind, \
-                    from_state, to_state, amount, actor, request_id, channel) ";
-        Self::in_chunks(conn, head, "", history, |values, entry| {
-            values
-                .param(entry.msisdn.as_str())
-                .param(entry.account_id.as_str())
-                .param(i64::from(entry.generation))
-                .param(entry.at)
-                .param(entry.kind as i32)
-                .param(entry.from_state.map(|s| s as i32))
-                .param(entry.to_state.map(|s| s as i32))
-                .param(entry.amount)
-                .param(entry.actor.as_str())
-                .param(entry.request_id.as_deref())
-                .param(entry.channel.map(|c| c as i32));
-        })
-        .await
+    /// A history row of [`HISTORY_INSERT`].
+    pub(super) fn history_row<'q>(values: &mut ValuesRows<'q, D>, entry: &'q HistoryRecord) {
+        values
+            .param(entry.msisdn.as_str())
+            .param(entry.account_id.as_str())
+            .param(i64::from(entry.generation))
+            .param(entry.at)
+            .param(entry.kind as i32)
+            .param(entry.from_state.map(|s| s as i32))
+            .param(entry.to_state.map(|s| s as i32))
+            .param(entry.amount)
+            .param(entry.actor.as_str())
+            .param(entry.request_id.as_deref())
+            .param(entry.channel.map(|c| c as i32));
     }
 
     /// Adds `values` to `generation_values`, `history_totals` and `grace_ends`, as multi-row
@@ -230,27 +237,21 @@ impl<D: Dialect> Writes<D> {
         mut values: ValueDeltas,
     ) -> Result<(), sqlx::Error> {
         let open: Vec<(&str, u32)> = values.stays_to_resolve().collect();
-        let mut marks = Vec::new();
-        for chunk in open.chunks(ROWS_PER_STATEMENT) {
-            let mut read = ValuesRows::<D>::new("WITH v (msisdn, generation) AS (");
-            for (msisdn, generation) in chunk {
-                read.row().param(*msisdn).param(i64::from(*generation));
-            }
-            let (sql, args) = read.finish(
-                ") SELECT g.msisdn, g.generation, g.grace_entered_at FROM generation_values g \
-                 JOIN v ON g.msisdn = v.msisdn AND g.generation = v.generation",
-            )?;
-            let found: Vec<(String, i64, Option<DateTime<Utc>>)> = D::Db::read_all(
-                sqlx::query_with(&sql, args)
-                    .fetch_all(D::Db::on(&mut *conn))
-                    .await?,
-            )?;
-            marks.extend(
-                found
-                    .into_iter()
-                    .map(|(msisdn, generation, at)| (msisdn, generation as u32, at)),
-            );
-        }
+        let found: Vec<(String, i64, Option<DateTime<Utc>>)> = Self::read_in_chunks(
+            conn,
+            "WITH v (msisdn, generation) AS (",
+            ") SELECT g.msisdn, g.generation, g.grace_entered_at FROM generation_values g \
+             JOIN v ON g.msisdn = v.msisdn AND g.generation = v.generation",
+            &open,
+            |row, (msisdn, generation)| {
+                row.param(*msisdn).param(i64::from(*generation));
+            },
+        )
+        .await?;
+        let marks: Vec<_> = found
+            .into_iter()
+            .map(|(msisdn, generation, at)| (msisdn, generation as u32, at))
+            .collect();
         values.resolve_stays(&marks);
         let rows: Vec<_> = values.iter().collect();
         let head = "INSERT INTO generation_values (msisdn, generation, activated_at, \
@@ -332,8 +333,36 @@ impl<D: Dialect> Writes<D> {
         Ok(())
     }
 
+    /// Runs `head VALUES (…), (…)…tail` over `rows` as [`Self::in_chunks`] does, and reads the
+    /// rows the statements return.
+    pub(super) async fn read_in_chunks<T: Send, R: Sync>(
+        conn: &mut Conn<D>,
+        head: &str,
+        tail: &str,
+        rows: &[R],
+        write: impl for<'q> Fn(&mut ValuesRows<'q, D>, &'q R) + Send,
+    ) -> Result<Vec<T>, sqlx::Error>
+    where
+        Db<D>: Reads<T>,
+    {
+        let mut found = Vec::new();
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut statement = ValuesRows::<D>::new(head);
+            for value in chunk {
+                write(statement.row(), value);
+            }
+            let (sql, args) = statement.finish(tail)?;
+            found.extend(D::Db::read_all(
+                sqlx::query_with(&sql, args)
+                    .fetch_all(D::Db::on(&mut *conn))
+                    .await?,
+            )?);
+        }
+        Ok(found)
+    }
+
     /// Runs one statement built by [`ValuesRows`].
-    async fn run<'q>(
+    pub(super) async fn run<'q>(
         conn: &mut Conn<D>,
         sql: &'q str,
         args: Args<'q, D>,
@@ -344,27 +373,19 @@ impl<D: Dialect> Writes<D> {
         Ok(())
     }
 
-    /// Outbox events, as multi-row INSERTs in the given order (their sequence order).
-    pub(super) async fn insert_events(
-        conn: &mut Conn<D>,
-        events: &[OutboxEvent],
-    ) -> Result<(), sqlx::Error> {
-        let head = "INSERT INTO outbox (event_id, event_type, msisdn, account_id, \
-                    generation, from_state, to_state, reason, effective_at, emitted_at) ";
-        Self::in_chunks(conn, head, "", events, |values, event| {
-            values
-                .param(event.event_id.as_str())
-                .param(event.event_type as i32)
-                .param(event.msisdn.as_str())
-                .param(event.account_id.as_str())
-                .param(i64::from(event.generation))
-                .param(event.from_state as i32)
-                .param(event.to_state as i32)
-                .param(event.reason.as_str())
-                .param(event.effective_at)
-                .param(event.emitted_at);
-        })
-        .await
+    /// An event row of [`EVENTS_INSERT`]; in the given order, their sequence order.
+    pub(super) fn event_row<'q>(values: &mut ValuesRows<'q, D>, event: &'q OutboxEvent) {
+        values
+            .param(event.event_id.as_str())
+            .param(event.event_type as i32)
+            .param(event.msisdn.as_str())
+            .param(event.account_id.as_str())
+            .param(i64::from(event.generation))
+            .param(event.from_state as i32)
+            .param(event.to_state as i32)
+            .param(event.reason.as_str())
+            .param(event.effective_at)
+            .param(event.emitted_at);
     }
 
     /// Binds the account columns in [`ACCOUNT_COLUMNS`] order, to a query or to a row of a
@@ -448,6 +469,8 @@ impl<D: Dialect> SweepBatch for SqlSweepBatch<D> {
 /// itself does not serve generic code: it owns the arguments, and dropping it after the query
 /// borrowed it does not type-check for an unknown backend.
 pub(super) struct ValuesRows<'q, D: Dialect> {
+    /// The statements ended by [`Self::then`], before the one being written.
+    done: Vec<String>,
     sql: String,
     args: Args<'q, D>,
     /// The first value that failed to encode, if any: the statement is not run.
@@ -460,6 +483,7 @@ pub(super) struct ValuesRows<'q, D: Dialect> {
 impl<'q, D: Dialect> ValuesRows<'q, D> {
     pub(super) fn new(head: &str) -> Self {
         Self {
+            done: Vec::new(),
             sql: format!("{head}VALUES "),
             args: Args::<D>::default(),
             encoded: Ok(()),
@@ -502,14 +526,41 @@ impl<'q, D: Dialect> ValuesRows<'q, D> {
         self
     }
 
-    /// The statement (the rows, then `tail`) and its arguments.
-    pub(super) fn finish(mut self, tail: &str) -> Result<(String, Args<'q, D>), sqlx::Error> {
+    /// Ends the statement being written (its rows, then `tail`) and starts another, `head
+    /// VALUES …`, whose parameters follow its; [`Self::finish`] gives all of them as one query
+    /// ([`Dialect::join_statements`]).
+    pub(super) fn then(&mut self, tail: &str, head: &str) {
+        self.close(tail);
+        let next = format!("{head}VALUES ");
+        self.done.push(std::mem::replace(&mut self.sql, next));
+        self.open = false;
+        self.first = true;
+    }
+
+    /// Parameters bound so far.
+    pub(super) fn params(&self) -> usize {
+        self.args.len()
+    }
+
+    fn close(&mut self, tail: &str) {
         if self.open {
             self.sql.push(')');
         }
         self.sql.push_str(tail);
+    }
+
+    /// The statement (the rows, then `tail`), after those ended by [`Self::then`], and the
+    /// arguments.
+    pub(super) fn finish(mut self, tail: &str) -> Result<(String, Args<'q, D>), sqlx::Error> {
+        self.close(tail);
         self.encoded.map_err(sqlx::Error::Encode)?;
-        Ok((self.sql, self.args))
+        let sql = if self.done.is_empty() {
+            self.sql
+        } else {
+            self.done.push(self.sql);
+            D::join_statements(self.done)
+        };
+        Ok((sql, self.args))
     }
 }
 
