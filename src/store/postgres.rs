@@ -319,6 +319,7 @@ impl Dialect for PostgresDialect {
     const SWEEP_WORKERS: usize = 2;
     /// Each connection's own (its server process id), folded into 64 rows.
     const TOTALS_SHARD: &'static str = "pg_backend_pid() % 64";
+    const RANGES_PER_BUCKET: bool = true;
 
     fn join_statements(mut statements: Vec<String>) -> String {
         let Some(last) = statements.pop() else {
@@ -334,7 +335,6 @@ impl Dialect for PostgresDialect {
             .collect();
         format!("WITH {} {last}", with.join(", "))
     }
-    const RANGES_PER_BUCKET: bool = true;
 
     fn migrator() -> &'static Migrator {
         &MIGRATIONS

@@ -13,7 +13,7 @@
 //! one mutation at a time ([`Writes::apply_in`]), so a mutation the database refuses fails
 //! alone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use super::ROWS_PER_STATEMENT;
 use super::writes::{EVENTS_INSERT, HISTORY_INSERT, ValuesRows, Writes, decide_guarded};
 use crate::analytics::ValueDeltas;
-use crate::lifecycle::Account;
+use crate::lifecycle::{Account, Rules};
 use crate::store::dialect::{Args, Conn, Dialect};
 use crate::store::group::Job;
 use crate::store::rows::{ACCOUNT_COLUMNS, AccountRow};
@@ -52,8 +52,6 @@ struct NewKey<'g> {
 #[derive(Default)]
 struct GroupWrites<'g> {
     archived: Vec<AccountRow>,
-    /// MSISDNs whose row the group changed, each once, in the order first changed.
-    changed: Vec<&'g str>,
     history: Vec<HistoryRecord>,
     events: Vec<OutboxEvent>,
     keys: Vec<NewKey<'g>>,
@@ -67,7 +65,7 @@ impl<D: Dialect> Writes<D> {
     /// writes the caller must roll back.
     pub(crate) async fn apply_group(
         conn: &mut Conn<D>,
-        rules: &crate::lifecycle::Rules,
+        rules: &Rules,
         group: &[Job],
     ) -> Result<(Vec<Result<Committed, MutateFailure>>, ValueDeltas), sqlx::Error> {
         let mut keys = Self::stored_keys(conn, group).await?;
@@ -105,9 +103,6 @@ impl<D: Dialect> Writes<D> {
                     .archived
                     .push(AccountRow::from_account(retired, rules));
             }
-            if !writes.changed.contains(&msisdn) {
-                writes.changed.push(msisdn);
-            }
             accounts.insert(msisdn.to_owned(), Ok(mutation.account));
             writes.values.add(&mutation.history);
             writes.history.extend(mutation.history);
@@ -124,10 +119,16 @@ impl<D: Dialect> Writes<D> {
             });
             results.push(Ok(Committed::Applied(mutation.response)));
         }
-        let changed: Vec<AccountRow> = writes
-            .changed
+        // The rows as the group leaves them: each MSISDN an applied mutation changed, once, in
+        // the order first changed.
+        let mut seen = HashSet::new();
+        let changed: Vec<AccountRow> = group
             .iter()
-            .filter_map(|msisdn| match accounts.get(*msisdn) {
+            .zip(&results)
+            .filter(|(_, result)| matches!(result, Ok(Committed::Applied(_))))
+            .map(|(job, _)| job.msisdn.as_str())
+            .filter(|msisdn| seen.insert(*msisdn))
+            .filter_map(|msisdn| match accounts.get(msisdn) {
                 Some(Ok(account)) => Some(AccountRow::from_account(account, rules)),
                 _ => None,
             })
