@@ -360,11 +360,25 @@ mod tests {
     }
 
     #[test]
-    fn group_commit_writers_default_to_a_quarter_of_the_pool_and_a_set_value_is_checked() {
+    fn group_commit_writers_default_to_a_quarter_of_the_pool_and_half_the_cores_and_a_set_value_is_checked()
+     {
         let writers = |toml_text: &str| toml::from_str::<Config>(toml_text).unwrap();
-        assert_eq!(writers("").group_commit_writers(), 4);
-        assert_eq!(writers("db_pool_size = 64").group_commit_writers(), 4);
-        assert_eq!(writers("db_pool_size = 8").group_commit_writers(), 2);
+        let auto = crate::config::auto_group_commit_writers;
+        // (pool, cores) → writers: a quarter of the pool, at most 4, at most half the cores.
+        for (pool, cores, expected) in [
+            (16, 8, 4),
+            (64, 32, 4),
+            (8, 8, 2),
+            (16, 2, 1),
+            (16, 1, 1),
+            (16, 6, 3),
+            (3, 8, 0),
+            (4, 1, 1),
+        ] {
+            assert_eq!(auto(pool, cores), expected, "pool {pool}, {cores} cores");
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(writers("").group_commit_writers(), auto(16, cores));
         assert_eq!(writers("db_pool_size = 3").group_commit_writers(), 0);
         assert!(problems_of("db_pool_size = 3").is_empty());
         assert_eq!(
@@ -438,8 +452,9 @@ mod tests {
         config.write_summary(&mut summary).unwrap();
         let summary = String::from_utf8(summary).unwrap();
         assert!(summary.contains("postgresql db:5433/ocs"), "{summary}");
+        let writers = config.group_commit_writers();
         assert!(
-            summary.contains("(pool 16, group commit writers 4)"),
+            summary.contains(&format!("(pool 16, group commit writers {writers})")),
             "{summary}"
         );
         assert!(!summary.contains("hunter2"), "{summary}");

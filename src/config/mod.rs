@@ -215,14 +215,29 @@ pub struct ConfigError(pub String);
 /// The most group commit writers [`Config::group_commit_writers`] chooses by itself.
 const AUTO_GROUP_COMMIT_WRITERS: usize = 4;
 
+/// The group commit writers chosen for a pool of `pool_size` on a machine of `cores`: a
+/// quarter of the pool, at most 4 and at most half the cores (at least one where the pool has
+/// four connections or more; none under four). On two cores shared with PostgreSQL one writer,
+/// whose groups are the largest, measured best on three machines ("Group commit" sections of
+/// BENCHMARKS.md): 1.1-1.3 × the per-transaction SQL against 0.8-1.0 × with four.
+pub(crate) fn auto_group_commit_writers(pool_size: u32, cores: usize) -> usize {
+    let by_pool = pool_size as usize / 4;
+    by_pool
+        .min(AUTO_GROUP_COMMIT_WRITERS)
+        .min((cores / 2).max(1))
+}
+
 impl Config {
-    /// The PostgreSQL group commit writers to run: `group_commit_writers` if set, else a quarter
-    /// of `db_pool_size`, at most 4 (4 with the default pool of 16; none with a pool under 4,
-    /// where every mutation commits alone). Each writer holds a pool connection while it
-    /// commits; the rest serve reads and mutations of the other paths.
+    /// The PostgreSQL group commit writers to run: `group_commit_writers` if set, else
+    /// [`auto_group_commit_writers`] of `db_pool_size` and this machine's cores (4 with the
+    /// default pool of 16 on eight cores or more, 1 on two; none with a pool under 4, where
+    /// every mutation commits alone). Each writer holds a pool connection while it commits;
+    /// the rest serve reads and mutations of the other paths.
     pub fn group_commit_writers(&self) -> usize {
-        self.group_commit_writers
-            .unwrap_or_else(|| (self.db_pool_size as usize / 4).min(AUTO_GROUP_COMMIT_WRITERS))
+        self.group_commit_writers.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            auto_group_commit_writers(self.db_pool_size, cores)
+        })
     }
 
     /// `db_acquire_timeout_ms` as a duration.
