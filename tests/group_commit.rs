@@ -12,6 +12,9 @@
 //!   and a refused request: each mutation sees the ones before it in the group, the request is
 //!   applied once and replayed to the others with the same answer, the refusal writes nothing.
 //!
+//! - Two servers on one PostgreSQL database provision the same new number at the same moment,
+//!   both having read that it has no row: one provisioning is applied, the other refused.
+//!
 //! (Killing the server while large groups are in flight: tests/faults_crash.rs.)
 
 #[allow(unused_macros)]
@@ -24,7 +27,9 @@ use common::api::{Api, activated, on};
 use common::{Backend, TestDb, TestServer, test_config};
 use ocs_lifecycle::config::ClockMode;
 use ocs_lifecycle::lifecycle::HistoryKind;
-use ocs_lifecycle::proto::{RechargeChannel, RechargeRequest};
+use ocs_lifecycle::proto::{ProvisionAccountRequest, RechargeChannel, RechargeRequest};
+use sqlx::Connection;
+use tonic::Code;
 
 both_databases! {
     sqlite, postgres_groups: recharges_at_once_apply_once_and_sum_exactly,
@@ -36,6 +41,11 @@ both_databases! {
     sqlite_own_writes, postgres_own_writes: a_group_sees_its_own_writes,
 }
 tests_on_backend!(postgres_alone, Postgres, crate::common::on_database: recharges_one_transaction_each);
+tests_on_backend!(
+    postgres_instances,
+    Postgres,
+    crate::common::on_database: one_new_number_provisioned_through_two_servers_at_once_is_provisioned_once
+);
 
 /// The accounts the callers recharge.
 const ACCOUNTS: usize = 6;
@@ -389,4 +399,132 @@ async fn a_group_sees_its_own_writes(db: Arc<TestDb>) {
     db.assert_totals_match_history("one group with its own writes")
         .await;
     server.stop().await;
+}
+
+/// Two servers on one PostgreSQL database, one group commit writer each, provision the same
+/// new number at once, each in a group with the provisioning of a number of its own (a group of
+/// one runs alone, with its own statements). A row that does not exist cannot be locked, so
+/// both groups read that the number is free; the test holds their writes (a lock on the
+/// history table, which both groups' write statements wait for) until both have read and
+/// decided, then lets them go. One provisioning of the number is applied; the other group fails
+/// on the primary key, its mutations run again one by one, and that provisioning finds the
+/// number taken and is refused with ALREADY_EXISTS, as if the two had come one after the other.
+/// The account, its history and its events are those of one provisioning.
+async fn one_new_number_provisioned_through_two_servers_at_once_is_provisioned_once(
+    db: Arc<TestDb>,
+) {
+    let servers = [
+        TestServer::start_with(db.clone(), common::one_writer_waiting_for(2)).await,
+        TestServer::start_with(db.clone(), common::one_writer_waiting_for(2)).await,
+    ];
+    for server in &servers {
+        server.set_time("2030-01-10T04:00:00Z").await;
+    }
+    let provision = |msisdn: &str, request_id: String| ProvisionAccountRequest {
+        msisdn: msisdn.into(),
+        preset_balance: 0,
+        sold: true,
+        initial_validity_days: 0,
+        request_id,
+    };
+    // What one provisioning writes, for comparison (a group of two on the first server).
+    let alone = [number(41), number(42)];
+    let calls: Vec<_> = alone
+        .iter()
+        .map(|msisdn| {
+            let mut client = servers[0].accounts();
+            let request = provision(msisdn, format!("alone-{msisdn}"));
+            tokio::spawn(async move { client.provision_account(request).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.expect("caller").expect("provisioned");
+    }
+    let mut holder = sqlx::PgConnection::connect(&db.url)
+        .await
+        .expect("a connection of the test's own");
+    sqlx::raw_sql("BEGIN; LOCK TABLE account_history IN SHARE MODE")
+        .execute(&mut holder)
+        .await
+        .expect("lock the history table");
+    let msisdn = number(40);
+    let calls: Vec<_> = servers
+        .iter()
+        .enumerate()
+        .flat_map(|(i, server)| {
+            let own = number(43 + i);
+            [
+                provision(&msisdn, format!("at-once-{i}")),
+                provision(&own, format!("own-{i}")),
+            ]
+            .map(|request| {
+                let mut client = server.accounts();
+                tokio::spawn(async move { client.provision_account(request).await })
+            })
+        })
+        .collect();
+    let direct = db.open().await;
+    let waiting = "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+                   AND wait_event_type = 'Lock'";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while direct.scalar(waiting).await < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "both servers' groups never waited for the lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    sqlx::raw_sql("COMMIT")
+        .execute(&mut holder)
+        .await
+        .expect("release the lock");
+    let mut answers = Vec::new();
+    for call in calls {
+        answers.push(call.await.expect("caller"));
+    }
+    // In order: server 0's shared and own, server 1's shared and own.
+    assert!(answers[1].is_ok() && answers[3].is_ok(), "{answers:?}");
+    let shared = [&answers[0], &answers[2]];
+    let applied = shared.iter().filter(|answer| answer.is_ok()).count();
+    assert_eq!(
+        applied, 1,
+        "one provisioning of the number applied: {answers:?}"
+    );
+    let refused = shared
+        .iter()
+        .find_map(|answer| answer.as_ref().err())
+        .expect("one refused");
+    assert_eq!(refused.code(), Code::AlreadyExists, "{refused:?}");
+    let mut splits = 0.0;
+    for server in &servers {
+        splits += server.metric("ocs_group_commit_splits_total").await;
+    }
+    assert_eq!(
+        splits, 1.0,
+        "the losing group failed whole and ran one by one"
+    );
+    let rows_of = |table: &str, number: &str| {
+        format!("SELECT COUNT(*) FROM {table} WHERE msisdn = '{number}'")
+    };
+    for table in ["account_history", "outbox", "accounts"] {
+        assert_eq!(
+            direct.scalar(&rows_of(table, &msisdn)).await,
+            direct.scalar(&rows_of(table, &alone[0])).await,
+            "{table}: the rows of one provisioning"
+        );
+    }
+    assert_eq!(
+        direct
+            .scalar("SELECT COUNT(*) FROM idempotency_keys WHERE request_id LIKE 'at-once-%'")
+            .await,
+        1,
+        "the refused request keeps no key"
+    );
+    direct
+        .assert_totals_match_history("two servers, one number")
+        .await;
+    direct.close().await;
+    for server in servers {
+        server.stop().await;
+    }
 }

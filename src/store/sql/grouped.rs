@@ -5,9 +5,11 @@
 //! (and on PostgreSQL locked, in MSISDN order) with one statement each; the pure decisions then
 //! run in the group's order against those rows as each earlier mutation of the group left them
 //! (two recharges of one account in one group see each other, a request_id sent twice is
-//! replayed); last, the accounts as the group leaves them, the archived generations, the
-//! history rows, the outbox events and the new idempotency keys are written as multi-row
-//! statements, in the group's order, sent together as one call (`Dialect::join_statements`). A
+//! replayed); last, the accounts as the group leaves them (the rows read are updated, the new
+//! ones inserted: a number another server creates at the same time fails the group on the
+//! primary key rather than being overwritten), the archived generations, the history rows, the
+//! outbox events and the new idempotency keys are written as multi-row statements, in the
+//! group's order, sent together as one call (`Dialect::join_statements`). A
 //! refusal writes nothing, as one mutation alone. The first database error ends the attempt
 //! with nothing of the group kept: the caller rolls the transaction back and applies the group
 //! one mutation at a time ([`Writes::apply_in`]), so a mutation the database refuses fails
@@ -70,6 +72,11 @@ impl<D: Dialect> Writes<D> {
     ) -> Result<(Vec<Result<Committed, MutateFailure>>, ValueDeltas), sqlx::Error> {
         let mut keys = Self::stored_keys(conn, group).await?;
         let mut accounts = Self::group_accounts(conn, group).await?;
+        // The MSISDNs that have a row: those rows are locked (PostgreSQL) and are updated; a
+        // row the group creates is inserted, so that another server creating it at the same
+        // time (a row that does not exist cannot be locked) makes one of the two fail on the
+        // primary key instead of overwriting the other's.
+        let stored: HashSet<String> = accounts.keys().cloned().collect();
         let mut writes = GroupWrites::default();
         let mut results = Vec::with_capacity(group.len());
         for job in group {
@@ -122,7 +129,7 @@ impl<D: Dialect> Writes<D> {
         // The rows as the group leaves them: each MSISDN an applied mutation changed, once, in
         // the order first changed.
         let mut seen = HashSet::new();
-        let changed: Vec<AccountRow> = group
+        let (updated, created): (Vec<AccountRow>, Vec<AccountRow>) = group
             .iter()
             .zip(&results)
             .filter(|(_, result)| matches!(result, Ok(Committed::Applied(_))))
@@ -132,8 +139,8 @@ impl<D: Dialect> Writes<D> {
                 Some(Ok(account)) => Some(AccountRow::from_account(account, rules)),
                 _ => None,
             })
-            .collect();
-        Self::write_group(conn, &writes, &changed).await?;
+            .partition(|row| stored.contains(&row.msisdn));
+        Self::write_group(conn, &writes, &updated, &created).await?;
         Ok((results, writes.values))
     }
 
@@ -188,7 +195,8 @@ impl<D: Dialect> Writes<D> {
     async fn write_group(
         conn: &mut Conn<D>,
         writes: &GroupWrites<'_>,
-        changed: &[AccountRow],
+        updated: &[AccountRow],
+        created: &[AccountRow],
     ) -> Result<(), sqlx::Error> {
         let mut calls = Calls::<D>::default();
         let head = format!("INSERT INTO account_archive ({ACCOUNT_COLUMNS}) ");
@@ -196,7 +204,11 @@ impl<D: Dialect> Writes<D> {
             Self::bind_account(row, archived);
         })?;
         let head = format!("INSERT INTO accounts ({ACCOUNT_COLUMNS}) ");
-        calls.statement(&head, &UPSERT_ACCOUNT, changed, |row, account| {
+        // The rows read (and locked) at the start: always the update branch.
+        calls.statement(&head, &UPSERT_ACCOUNT, updated, |row, account| {
+            Self::bind_account(row, account);
+        })?;
+        calls.statement(&head, "", created, |row, account| {
             Self::bind_account(row, account);
         })?;
         calls.statement(HISTORY_INSERT, "", &writes.history, Self::history_row)?;
