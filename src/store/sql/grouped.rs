@@ -1,5 +1,6 @@
 //! A group of mutations applied with a few statements for the whole group, instead of a few for
-//! each mutation: the writer tasks of group commit (`store::group`) go this way first.
+//! each mutation: the writer tasks of group commit (`store::group`) go this way first, and a
+//! mutation applied alone ([`Writes::apply_in`]) is a group of one, with the same statements.
 //!
 //! The stored idempotency keys of the group's request_ids and the rows of its MSISDNs are read
 //! (and on PostgreSQL locked, in MSISDN order) with one statement each; the pure decisions then
@@ -23,12 +24,13 @@ use chrono::{DateTime, Utc};
 use super::ROWS_PER_STATEMENT;
 use super::writes::{EVENTS_INSERT, HISTORY_INSERT, ValuesRows, Writes, decide_guarded};
 use crate::analytics::ValueDeltas;
-use crate::lifecycle::{Account, Rules};
+use crate::lifecycle::{Account, Msisdn, Rules};
 use crate::store::dialect::{Args, Conn, Dialect};
 use crate::store::group::Job;
 use crate::store::rows::{ACCOUNT_COLUMNS, AccountRow};
 use crate::store::{
-    Committed, HistoryRecord, MutateFailure, OutboxEvent, StoreError, request_id_reused,
+    Committed, Decide, HistoryRecord, MutateFailure, OutboxEvent, RequestKey, StoreError,
+    request_id_reused,
 };
 
 /// `ON CONFLICT (msisdn) DO UPDATE SET` every other account column to the new row's value.
@@ -41,6 +43,46 @@ static UPSERT_ACCOUNT: LazyLock<String> = LazyLock::new(|| {
         .collect();
     format!(" ON CONFLICT (msisdn) DO UPDATE SET {}", columns.join(", "))
 });
+
+/// One mutation of a group: its MSISDN, its idempotency key and its decision.
+pub(crate) trait Pending: Sync {
+    fn msisdn(&self) -> &Msisdn;
+    fn key(&self) -> RequestKey<'_>;
+    fn decide(&self) -> &Decide;
+}
+
+/// A mutation queued for group commit.
+impl Pending for Job {
+    fn msisdn(&self) -> &Msisdn {
+        &self.msisdn
+    }
+    fn key(&self) -> RequestKey<'_> {
+        Job::key(self)
+    }
+    fn decide(&self) -> &Decide {
+        &self.decide
+    }
+}
+
+/// A mutation given by reference: one outside group commit, or one run alone after its group
+/// failed ([`Writes::apply_in`]).
+pub(crate) struct One<'a> {
+    pub(crate) msisdn: &'a Msisdn,
+    pub(crate) key: RequestKey<'a>,
+    pub(crate) decide: &'a Decide,
+}
+
+impl Pending for One<'_> {
+    fn msisdn(&self) -> &Msisdn {
+        self.msisdn
+    }
+    fn key(&self) -> RequestKey<'_> {
+        self.key
+    }
+    fn decide(&self) -> &Decide {
+        self.decide
+    }
+}
 
 /// An idempotency key the group writes.
 struct NewKey<'g> {
@@ -65,10 +107,10 @@ impl<D: Dialect> Writes<D> {
     /// per job, in order (`Applied` ones must be committed, with the `ValueDeltas` written by
     /// [`Self::add_values`] before the COMMIT). `Err` at the first database error, with
     /// writes the caller must roll back.
-    pub(crate) async fn apply_group(
+    pub(crate) async fn apply_group<P: Pending>(
         conn: &mut Conn<D>,
         rules: &Rules,
-        group: &[Job],
+        group: &[P],
     ) -> Result<(Vec<Result<Committed, MutateFailure>>, ValueDeltas), sqlx::Error> {
         let mut keys = Self::stored_keys(conn, group).await?;
         let mut accounts = Self::group_accounts(conn, group).await?;
@@ -89,7 +131,7 @@ impl<D: Dialect> Writes<D> {
                 });
                 continue;
             }
-            let msisdn = job.msisdn.as_str();
+            let msisdn = job.msisdn().as_str();
             let current = match accounts.get(msisdn) {
                 Some(Err(stored)) => {
                     results.push(Err(MutateFailure::Store(stored.clone())));
@@ -98,7 +140,7 @@ impl<D: Dialect> Writes<D> {
                 Some(Ok(account)) => Some(account),
                 None => None,
             };
-            let mutation = match decide_guarded(&job.msisdn, &job.decide, current) {
+            let mutation = match decide_guarded(job.msisdn(), job.decide(), current) {
                 Ok(mutation) => mutation,
                 Err(refused) => {
                     results.push(Err(refused));
@@ -133,7 +175,7 @@ impl<D: Dialect> Writes<D> {
             .iter()
             .zip(&results)
             .filter(|(_, result)| matches!(result, Ok(Committed::Applied(_))))
-            .map(|(job, _)| job.msisdn.as_str())
+            .map(|(job, _)| job.msisdn().as_str())
             .filter(|msisdn| seen.insert(*msisdn))
             .filter_map(|msisdn| match accounts.get(msisdn) {
                 Some(Ok(account)) => Some(AccountRow::from_account(account, rules)),
@@ -145,9 +187,9 @@ impl<D: Dialect> Writes<D> {
     }
 
     /// The stored (fingerprint, response) of the group's request_ids that have one.
-    async fn stored_keys(
+    async fn stored_keys<P: Pending>(
         conn: &mut Conn<D>,
-        group: &[Job],
+        group: &[P],
     ) -> Result<HashMap<String, (String, Vec<u8>)>, sqlx::Error> {
         let found: Vec<(String, String, Vec<u8>)> = Self::read_in_chunks(
             conn,
@@ -168,11 +210,11 @@ impl<D: Dialect> Writes<D> {
     /// The stored rows of the group's MSISDNs that have one, read with the dialect's row lock
     /// taken in MSISDN order (two writers never wait for each other crosswise). A row that
     /// does not decode is kept as its error: the mutations of that MSISDN fail with it.
-    async fn group_accounts(
+    async fn group_accounts<P: Pending>(
         conn: &mut Conn<D>,
-        group: &[Job],
+        group: &[P],
     ) -> Result<HashMap<String, Result<Account, StoreError>>, sqlx::Error> {
-        let mut msisdns: Vec<&str> = group.iter().map(|job| job.msisdn.as_str()).collect();
+        let mut msisdns: Vec<&str> = group.iter().map(|job| job.msisdn().as_str()).collect();
         msisdns.sort_unstable();
         msisdns.dedup();
         let head = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE msisdn IN (");

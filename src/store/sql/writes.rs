@@ -11,6 +11,7 @@ use sqlx::error::BoxDynError;
 use sqlx::{Arguments, Transaction};
 
 use super::ROWS_PER_STATEMENT;
+use super::grouped::One;
 use crate::analytics::ValueDeltas;
 use crate::lifecycle::{Account, Msisdn, Rules};
 use crate::store::dialect::{Args, Binds, Conn, Db, Dialect, Executes, Param, Reads};
@@ -18,7 +19,6 @@ use crate::store::rows::{ACCOUNT_COLUMNS, AccountRow};
 use crate::store::sweeps::{SweepBatch, SweptBatch};
 use crate::store::{
     Committed, Decide, HistoryRecord, MutateFailure, Mutation, OutboxEvent, RequestKey, StoreError,
-    request_id_reused,
 };
 
 /// Adds what history rows add to their generations' rows of `generation_values`: the first
@@ -64,10 +64,11 @@ pub(super) const EVENTS_INSERT: &str = "INSERT INTO outbox (event_id, event_type
 pub(crate) struct Writes<D>(PhantomData<D>);
 
 impl<D: Dialect> Writes<D> {
-    /// Carries out one mutation inside the caller's open transaction, without committing.
-    /// `Applied` means writes were made and must be committed, with `values` (what its history
-    /// adds to `generation_values`, which the caller writes with [`Self::add_values`] before
-    /// the COMMIT); `Replayed` and refusals wrote nothing; an SQL error may leave partial writes
+    /// Carries out one mutation inside the caller's open transaction, without committing: a
+    /// group of one ([`Self::apply_group`]), with the same statements. `Applied` means writes
+    /// were made and must be committed, with `values` (what its history adds to
+    /// `generation_values`, which the caller writes with [`Self::add_values`] before the
+    /// COMMIT); `Replayed` and refusals wrote nothing; an SQL error may leave partial writes
     /// that the caller rolls back.
     pub(crate) async fn apply_in(
         conn: &mut Conn<D>,
@@ -76,83 +77,15 @@ impl<D: Dialect> Writes<D> {
         key: RequestKey<'_>,
         decide: &Decide,
     ) -> Result<(Committed, ValueDeltas), MutateFailure> {
-        let stored: Option<(String, Vec<u8>)> = D::Db::read_optional(
-            sqlx::query("SELECT fingerprint, response FROM idempotency_keys WHERE request_id = $1")
-                .param(key.request_id)
-                .fetch_optional(D::Db::on(&mut *conn))
-                .await?,
-        )?;
-        if let Some((fingerprint, response)) = stored {
-            return if fingerprint == key.fingerprint {
-                Ok((Committed::Replayed(response), ValueDeltas::default()))
-            } else {
-                Err(MutateFailure::Store(request_id_reused(key.request_id)))
-            };
-        }
-        let sql = format!(
-            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE msisdn = $1{}",
-            D::LOCK_ROW
-        );
-        let current: Option<AccountRow> = D::Db::read_optional(
-            sqlx::query(&sql)
-                .param(msisdn.as_str())
-                .fetch_optional(D::Db::on(&mut *conn))
-                .await?,
-        )?;
-        let existed = current.is_some();
-        let current = current
-            .map(AccountRow::into_account)
-            .transpose()
-            .map_err(MutateFailure::Store)?;
-        let mutation = decide_guarded(msisdn, decide, current.as_ref())?;
-        let insert = format!(
-            "({ACCOUNT_COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
-        );
-        if let Some(retired) = &mutation.archive {
-            let row = AccountRow::from_account(retired, rules);
-            let sql = format!("INSERT INTO account_archive {insert}");
-            Self::bind_account(sqlx::query(&sql), &row)
-                .execute(D::Db::on(&mut *conn))
-                .await?;
-        }
-        let row = AccountRow::from_account(&mutation.account, rules);
-        let sql = if existed {
-            "UPDATE accounts SET account_id = $2, generation = $3, state = $4, \
-             balance = $5, preset_balance = $6, sold = $7, initial_validity_days = $8, \
-             provisioned_at = $9, activated_at = $10, valid_until = $11, \
-             grace_until = $12, lock_until = $13, card_expiry = $14, recycled_at = $15, \
-             updated_at = $16, next_deadline = $17, expiring_notified_for = $18 \
-             WHERE msisdn = $1"
-                .to_owned()
-        } else {
-            format!("INSERT INTO accounts {insert}")
+        let one = One {
+            msisdn,
+            key,
+            decide,
         };
-        Self::bind_account(sqlx::query(&sql), &row)
-            .execute(D::Db::on(&mut *conn))
-            .await?;
-        Self::in_chunks(
-            conn,
-            HISTORY_INSERT,
-            "",
-            &mutation.history,
-            Self::history_row,
-        )
-        .await?;
-        Self::in_chunks(conn, EVENTS_INSERT, "", &mutation.events, Self::event_row).await?;
-        sqlx::query(
-            "INSERT INTO idempotency_keys (request_id, fingerprint, response, created_at) \
-             VALUES ($1, $2, $3, $4)",
-        )
-        .param(key.request_id)
-        .param(key.fingerprint)
-        .param(mutation.response.as_slice())
-        .param(key.now)
-        .execute(D::Db::on(&mut *conn))
-        .await?;
-        let mut values = ValueDeltas::default();
-        values.add(&mutation.history);
-        Ok((Committed::Applied(mutation.response), values))
+        let (mut results, values) =
+            Self::apply_group(conn, rules, std::slice::from_ref(&one)).await?;
+        let committed = results.pop().expect("one result per mutation")?;
+        Ok((committed, values))
     }
 
     /// Locks and reads up to `limit` due accounts with the dialect's claim.
