@@ -213,15 +213,6 @@ impl PgWrites {
         let mut tx = self.begin().await?;
         let result =
             Writes::<PostgresDialect>::apply_in(&mut tx, &self.rules, msisdn, key, decide).await;
-        let result = match result {
-            Ok((committed, values)) => {
-                match Writes::<PostgresDialect>::add_values(&mut tx, values).await {
-                    Ok(()) => Ok(committed),
-                    Err(e) => Err(MutateFailure::Sql(e)),
-                }
-            }
-            Err(e) => Err(e),
-        };
         match &result {
             Ok(Committed::Applied(_)) => {
                 let committed = tx.commit().await;
@@ -250,9 +241,7 @@ impl PgWrites {
     ) -> Result<Vec<Result<Committed, MutateFailure>>, MutateFailure> {
         let mut tx = self.begin().await?;
         // On an error, dropping the transaction rolls it back.
-        let (results, values) =
-            Writes::<PostgresDialect>::apply_group(&mut tx, &self.rules, group).await?;
-        Writes::<PostgresDialect>::add_values(&mut tx, values).await?;
+        let results = Writes::<PostgresDialect>::apply_group(&mut tx, &self.rules, group).await?;
         tx.commit().await?;
         Ok(results)
     }

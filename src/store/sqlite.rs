@@ -29,7 +29,6 @@ use super::sqlite_wal::{Checkpointer, WRITER_CHECKPOINT_PAGES};
 use super::{
     Committed, Decide, GroupCommit, MutateFailure, RequestKey, SqlFailure, StoreError, classify,
 };
-use crate::analytics::ValueDeltas;
 use crate::lifecycle::{Msisdn, Rules};
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -243,12 +242,7 @@ async fn together(
     group: &[Job],
 ) -> Result<Vec<Result<Committed, MutateFailure>>, sqlx::Error> {
     let mut tx: Transaction<'static, Sqlite> = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let written = async {
-        let (results, values) = Writes::<SqliteDialect>::apply_group(&mut tx, rules, group).await?;
-        Writes::<SqliteDialect>::add_values(&mut tx, values).await?;
-        Ok::<_, sqlx::Error>(results)
-    }
-    .await;
+    let written = Writes::<SqliteDialect>::apply_group(&mut tx, rules, group).await;
     match written {
         Ok(results) => {
             tx.commit().await?;
@@ -273,28 +267,18 @@ async fn one_by_one(
     let mut results = Vec::with_capacity(group.len());
     let outcome: Result<(), sqlx::Error> = async {
         let mut tx: Transaction<'static, Sqlite> = pool.begin_with("BEGIN IMMEDIATE").await?;
-        // What the group's history adds to `generation_values`: one upsert for the group.
-        let mut values = ValueDeltas::default();
         for job in group {
             let mut savepoint = tx.begin().await?;
             let conn = savepoint.acquire().await?;
             let result =
                 Writes::<SqliteDialect>::apply_in(conn, rules, &job.msisdn, job.key(), &job.decide)
                     .await;
-            let result = match result {
-                Ok((committed @ Committed::Applied(_), added)) => {
-                    savepoint.commit().await?;
-                    values.merge(added);
-                    Ok(committed)
-                }
-                other => {
-                    savepoint.rollback().await?;
-                    other.map(|(committed, _)| committed)
-                }
-            };
+            match result {
+                Ok(Committed::Applied(_)) => savepoint.commit().await?,
+                _ => savepoint.rollback().await?,
+            }
             results.push(result);
         }
-        Writes::<SqliteDialect>::add_values(&mut tx, values).await?;
         tx.commit().await
     }
     .await;

@@ -21,11 +21,10 @@ use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 
-use super::ROWS_PER_STATEMENT;
-use super::writes::{EVENTS_INSERT, HISTORY_INSERT, ValuesRows, Writes, decide_guarded};
+use super::writes::{Calls, EVENTS_INSERT, HISTORY_INSERT, ValueRows, Writes, decide_guarded};
 use crate::analytics::ValueDeltas;
 use crate::lifecycle::{Account, Msisdn, Rules};
-use crate::store::dialect::{Args, Conn, Dialect};
+use crate::store::dialect::{Conn, Dialect};
 use crate::store::group::Job;
 use crate::store::rows::{ACCOUNT_COLUMNS, AccountRow};
 use crate::store::{
@@ -104,14 +103,14 @@ struct GroupWrites<'g> {
 
 impl<D: Dialect> Writes<D> {
     /// Applies `group` inside the caller's open transaction, without committing: one result
-    /// per job, in order (`Applied` ones must be committed, with the `ValueDeltas` written by
-    /// [`Self::add_values`] before the COMMIT). `Err` at the first database error, with
-    /// writes the caller must roll back.
+    /// per job, in order (`Applied` ones must be committed); what their history adds to
+    /// `generation_values`, `history_totals` and `grace_ends` is written with their rows.
+    /// `Err` at the first database error, with writes the caller must roll back.
     pub(crate) async fn apply_group<P: Pending>(
         conn: &mut Conn<D>,
         rules: &Rules,
         group: &[P],
-    ) -> Result<(Vec<Result<Committed, MutateFailure>>, ValueDeltas), sqlx::Error> {
+    ) -> Result<Vec<Result<Committed, MutateFailure>>, sqlx::Error> {
         let mut keys = Self::stored_keys(conn, group).await?;
         let mut accounts = Self::group_accounts(conn, group).await?;
         // The MSISDNs that have a row: those rows are locked (PostgreSQL) and are updated; a
@@ -182,8 +181,10 @@ impl<D: Dialect> Writes<D> {
                 _ => None,
             })
             .partition(|row| stored.contains(&row.msisdn));
+        Self::resolve_stays(conn, &mut writes.values).await?;
         Self::write_group(conn, &writes, &updated, &created).await?;
-        Ok((results, writes.values))
+        Self::mark_grace(conn, &writes.values).await?;
+        Ok(results)
     }
 
     /// The stored (fingerprint, response) of the group's request_ids that have one.
@@ -230,8 +231,9 @@ impl<D: Dialect> Writes<D> {
             .collect())
     }
 
-    /// Writes what the group's applied mutations changed, as multi-row statements joined into
-    /// as few calls as the parameters allow (one for a group of the default size): each call
+    /// Writes what the group's applied mutations changed and the values their history adds,
+    /// as multi-row statements joined into as few calls as the parameters allow (one for a
+    /// group of the default size): each call
     /// to the database is a round trip (PostgreSQL) or a hand-off to the connection's thread
     /// (SQLite), which cost more than the statements' own work.
     async fn write_group(
@@ -240,6 +242,7 @@ impl<D: Dialect> Writes<D> {
         updated: &[AccountRow],
         created: &[AccountRow],
     ) -> Result<(), sqlx::Error> {
+        let values = ValueRows::of(&writes.values);
         let mut calls = Calls::<D>::default();
         let head = format!("INSERT INTO account_archive ({ACCOUNT_COLUMNS}) ");
         calls.statement(&head, "", &writes.archived, |row, archived| {
@@ -262,68 +265,8 @@ impl<D: Dialect> Writes<D> {
                 .param(key.response.as_slice())
                 .param(key.now);
         })?;
+        Self::value_statements(&mut calls, &values)?;
         let (statements, args): (Vec<String>, Vec<_>) = calls.finish()?.into_iter().unzip();
-        for (sql, args) in statements.iter().zip(args) {
-            Self::run(conn, sql, args).await?;
-        }
-        Ok(())
-    }
-}
-
-/// Parameters of one call at most: PostgreSQL takes 65 535 in one statement.
-const PARAMS_PER_CALL: usize = 30_000;
-
-/// Multi-row statements gathered into calls of up to [`PARAMS_PER_CALL`] parameters.
-struct Calls<'q, D: Dialect> {
-    /// The call being written and the tail of its last statement.
-    open: Option<(ValuesRows<'q, D>, &'q str)>,
-    ready: Vec<(String, Args<'q, D>)>,
-}
-
-impl<D: Dialect> Default for Calls<'_, D> {
-    fn default() -> Self {
-        Self {
-            open: None,
-            ready: Vec::new(),
-        }
-    }
-}
-
-impl<'q, D: Dialect> Calls<'q, D> {
-    /// `head VALUES (…), (…)…tail` over `rows` (none for no rows), at most
-    /// [`ROWS_PER_STATEMENT`] rows a statement, each row's values written by `write`.
-    fn statement<T>(
-        &mut self,
-        head: &str,
-        tail: &'q str,
-        rows: &'q [T],
-        write: impl Fn(&mut ValuesRows<'q, D>, &'q T),
-    ) -> Result<(), sqlx::Error> {
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut statement = match self.open.take() {
-                Some((mut call, previous_tail)) => {
-                    call.then(previous_tail, head);
-                    call
-                }
-                None => ValuesRows::new(head),
-            };
-            for value in chunk {
-                write(statement.row(), value);
-            }
-            if statement.params() >= PARAMS_PER_CALL {
-                self.ready.push(statement.finish(tail)?);
-            } else {
-                self.open = Some((statement, tail));
-            }
-        }
-        Ok(())
-    }
-
-    /// The calls, in order.
-    fn finish(mut self) -> Result<Vec<(String, Args<'q, D>)>, sqlx::Error> {
-        if let Some((call, tail)) = self.open.take() {
-            self.ready.push(call.finish(tail)?);
-        }
-        Ok(self.ready)
+        Self::run_calls(conn, &statements, args).await
     }
 }

@@ -12,7 +12,7 @@ use sqlx::{Arguments, Transaction};
 
 use super::ROWS_PER_STATEMENT;
 use super::grouped::One;
-use crate::analytics::ValueDeltas;
+use crate::analytics::{ValueDelta, ValueDeltas};
 use crate::lifecycle::{Account, Msisdn, Rules};
 use crate::store::dialect::{Args, Binds, Conn, Db, Dialect, Executes, Param, Reads};
 use crate::store::rows::{ACCOUNT_COLUMNS, AccountRow};
@@ -66,9 +66,8 @@ pub(crate) struct Writes<D>(PhantomData<D>);
 impl<D: Dialect> Writes<D> {
     /// Carries out one mutation inside the caller's open transaction, without committing: a
     /// group of one ([`Self::apply_group`]), with the same statements. `Applied` means writes
-    /// were made and must be committed, with `values` (what its history adds to
-    /// `generation_values`, which the caller writes with [`Self::add_values`] before the
-    /// COMMIT); `Replayed` and refusals wrote nothing; an SQL error may leave partial writes
+    /// were made (its rows and what its history adds to the values and totals) and must be
+    /// committed; `Replayed` and refusals wrote nothing; an SQL error may leave partial writes
     /// that the caller rolls back.
     pub(crate) async fn apply_in(
         conn: &mut Conn<D>,
@@ -76,16 +75,14 @@ impl<D: Dialect> Writes<D> {
         msisdn: &Msisdn,
         key: RequestKey<'_>,
         decide: &Decide,
-    ) -> Result<(Committed, ValueDeltas), MutateFailure> {
+    ) -> Result<Committed, MutateFailure> {
         let one = One {
             msisdn,
             key,
             decide,
         };
-        let (mut results, values) =
-            Self::apply_group(conn, rules, std::slice::from_ref(&one)).await?;
-        let committed = results.pop().expect("one result per mutation")?;
-        Ok((committed, values))
+        let mut results = Self::apply_group(conn, rules, std::slice::from_ref(&one)).await?;
+        results.pop().expect("one result per mutation")
     }
 
     /// Locks and reads up to `limit` due accounts with the dialect's claim.
@@ -161,13 +158,27 @@ impl<D: Dialect> Writes<D> {
             .param(entry.channel.map(|c| c as i32));
     }
 
-    /// Adds `values` to `generation_values`, `history_totals` and `grace_ends`, as multi-row
-    /// statements (none when empty), in that order in every transaction (and each in key order),
-    /// so that two writers never wait for each other's rows crosswise. The stays in GRACE that
-    /// `values` ends but began before it are read first (their marks in `generation_values`).
+    /// Adds `values` to `generation_values`, `history_totals` and `grace_ends` (the sweep's
+    /// batches; a mutation's group writes them with its other rows): the stays it ends read
+    /// first ([`Self::resolve_stays`]), the three upserts as one call, then the GRACE marks.
     pub(crate) async fn add_values(
         conn: &mut Conn<D>,
         mut values: ValueDeltas,
+    ) -> Result<(), sqlx::Error> {
+        Self::resolve_stays(conn, &mut values).await?;
+        let rows = ValueRows::of(&values);
+        let mut calls = Calls::<D>::default();
+        Self::value_statements(&mut calls, &rows)?;
+        let (statements, args): (Vec<String>, Vec<_>) = calls.finish()?.into_iter().unzip();
+        Self::run_calls(conn, &statements, args).await?;
+        Self::mark_grace(conn, &values).await
+    }
+
+    /// Reads the marks in `generation_values` of the stays in GRACE that `values` ends but
+    /// that began before it.
+    pub(super) async fn resolve_stays(
+        conn: &mut Conn<D>,
+        values: &mut ValueDeltas,
     ) -> Result<(), sqlx::Error> {
         let open: Vec<(&str, u32)> = values.stays_to_resolve().collect();
         let found: Vec<(String, i64, Option<DateTime<Utc>>)> = Self::read_in_chunks(
@@ -186,21 +197,64 @@ impl<D: Dialect> Writes<D> {
             .map(|(msisdn, generation, at)| (msisdn, generation as u32, at))
             .collect();
         values.resolve_stays(&marks);
-        let rows: Vec<_> = values.iter().collect();
+        Ok(())
+    }
+
+    /// The upserts of `rows` into `generation_values`, `history_totals` and `grace_ends` (none
+    /// for no rows), in that order in every transaction (and each in key order), so that two
+    /// writers never wait for each other's rows crosswise.
+    pub(super) fn value_statements<'q>(
+        calls: &mut Calls<'q, D>,
+        rows: &'q ValueRows<'_>,
+    ) -> Result<(), sqlx::Error> {
         let head = "INSERT INTO generation_values (msisdn, generation, activated_at, \
                     recharge_total, recharge_count, last_recharge_at, first_out_at, unlocked) ";
-        Self::in_chunks(conn, head, ADD_GENERATION_VALUES, &rows, |row, value| {
-            let (msisdn, generation, delta) = *value;
-            row.param(msisdn)
-                .param(i64::from(generation))
-                .param(delta.activated_at)
-                .param(delta.recharge_total)
-                .param(delta.recharge_count)
-                .param(delta.last_recharge_at)
-                .param(delta.first_out_at)
-                .param(i32::from(delta.unlocked));
-        })
-        .await?;
+        calls.statement(
+            head,
+            ADD_GENERATION_VALUES,
+            &rows.generations,
+            |row, value| {
+                let (msisdn, generation, delta) = *value;
+                row.param(msisdn)
+                    .param(i64::from(generation))
+                    .param(delta.activated_at)
+                    .param(delta.recharge_total)
+                    .param(delta.recharge_count)
+                    .param(delta.last_recharge_at)
+                    .param(delta.first_out_at)
+                    .param(i32::from(delta.unlocked));
+            },
+        )?;
+        let head = "INSERT INTO history_totals (slot, code, shard, row_count, amount_total) ";
+        calls.statement(head, ADD_HISTORY_TOTALS, &rows.totals, |row, total| {
+            let (slot, code, rows, amount) = *total;
+            row.param(slot)
+                .param(code)
+                .expression(D::TOTALS_SHARD)
+                .param(rows)
+                .param(amount);
+        })?;
+        let head = "INSERT INTO grace_ends (slot, ended, shard, stays) ";
+        calls.statement(
+            head,
+            ADD_GRACE_ENDS,
+            &rows.ends,
+            |row, (slot, end, stays)| {
+                row.param(*slot)
+                    .param(*end)
+                    .expression(D::TOTALS_SHARD)
+                    .param(*stays);
+            },
+        )
+    }
+
+    /// Sets the marks of the stays in GRACE `values` leaves open, once its `generation_values`
+    /// rows exist (a statement of its own: on PostgreSQL one statement may not change a row
+    /// twice).
+    pub(super) async fn mark_grace(
+        conn: &mut Conn<D>,
+        values: &ValueDeltas,
+    ) -> Result<(), sqlx::Error> {
         let marks: Vec<_> = values.grace_marks().collect();
         let head = "WITH v (msisdn, generation, grace_entered_at) AS (";
         let tail = ") UPDATE generation_values SET grace_entered_at = v.grace_entered_at FROM v \
@@ -217,33 +271,20 @@ impl<D: Dialect> Writes<D> {
                     .param(*mark);
             },
         )
-        .await?;
-        let totals: Vec<_> = values.totals().collect();
-        let head = "INSERT INTO history_totals (slot, code, shard, row_count, amount_total) ";
-        Self::in_chunks(conn, head, ADD_HISTORY_TOTALS, &totals, |row, total| {
-            let (slot, code, rows, amount) = *total;
-            row.param(slot)
-                .param(code)
-                .expression(D::TOTALS_SHARD)
-                .param(rows)
-                .param(amount);
-        })
-        .await?;
-        let ends: Vec<_> = values.grace_ends().collect();
-        let head = "INSERT INTO grace_ends (slot, ended, shard, stays) ";
-        Self::in_chunks(
-            conn,
-            head,
-            ADD_GRACE_ENDS,
-            &ends,
-            |row, (slot, end, stays)| {
-                row.param(*slot)
-                    .param(*end)
-                    .expression(D::TOTALS_SHARD)
-                    .param(*stays);
-            },
-        )
         .await
+    }
+
+    /// Runs the calls of a finished [`Calls`] in order: `statements` and `args` unzipped from
+    /// [`Calls::finish`] (the statements must outlive the arguments' borrow).
+    pub(super) async fn run_calls<'q>(
+        conn: &mut Conn<D>,
+        statements: &'q [String],
+        args: Vec<Args<'q, D>>,
+    ) -> Result<(), sqlx::Error> {
+        for (sql, args) in statements.iter().zip(args) {
+            Self::run(conn, sql, args).await?;
+        }
+        Ok(())
     }
 
     /// Runs `head VALUES (…), (…)…tail` over `rows`, at most [`ROWS_PER_STATEMENT`] rows a
@@ -397,6 +438,24 @@ impl<D: Dialect> SweepBatch for SqlSweepBatch<D> {
     }
 }
 
+/// The rows a [`ValueDeltas`] adds to `generation_values`, `history_totals` and `grace_ends`
+/// ([`Writes::value_statements`]), gathered once its stays are resolved.
+pub(super) struct ValueRows<'v> {
+    generations: Vec<(&'v str, u32, &'v ValueDelta)>,
+    totals: Vec<(i64, i64, i64, i64)>,
+    ends: Vec<(i64, i64, i64)>,
+}
+
+impl<'v> ValueRows<'v> {
+    pub(super) fn of(values: &'v ValueDeltas) -> Self {
+        Self {
+            generations: values.iter().collect(),
+            totals: values.totals().collect(),
+            ends: values.grace_ends().collect(),
+        }
+    }
+}
+
 /// The `VALUES` rows of a multi-row statement and their arguments, written as
 /// `sqlx::QueryBuilder::push_values` writes them (the backend's own placeholders). The builder
 /// itself does not serve generic code: it owns the arguments, and dropping it after the query
@@ -505,5 +564,63 @@ impl<'q, D: Dialect> Param<'q, Db<D>> for &mut ValuesRows<'q, D> {
         Db<D>: Binds<'q, T>,
     {
         ValuesRows::param(self, value)
+    }
+}
+
+/// Parameters of one call at most: PostgreSQL takes 65 535 in one statement.
+const PARAMS_PER_CALL: usize = 30_000;
+
+/// Multi-row statements gathered into calls of up to [`PARAMS_PER_CALL`] parameters.
+pub(super) struct Calls<'q, D: Dialect> {
+    /// The call being written and the tail of its last statement.
+    open: Option<(ValuesRows<'q, D>, &'q str)>,
+    ready: Vec<(String, Args<'q, D>)>,
+}
+
+impl<D: Dialect> Default for Calls<'_, D> {
+    fn default() -> Self {
+        Self {
+            open: None,
+            ready: Vec::new(),
+        }
+    }
+}
+
+impl<'q, D: Dialect> Calls<'q, D> {
+    /// `head VALUES (…), (…)…tail` over `rows` (none for no rows), at most
+    /// [`ROWS_PER_STATEMENT`] rows a statement, each row's values written by `write`.
+    pub(super) fn statement<T>(
+        &mut self,
+        head: &str,
+        tail: &'q str,
+        rows: &'q [T],
+        write: impl Fn(&mut ValuesRows<'q, D>, &'q T),
+    ) -> Result<(), sqlx::Error> {
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut statement = match self.open.take() {
+                Some((mut call, previous_tail)) => {
+                    call.then(previous_tail, head);
+                    call
+                }
+                None => ValuesRows::new(head),
+            };
+            for value in chunk {
+                write(statement.row(), value);
+            }
+            if statement.params() >= PARAMS_PER_CALL {
+                self.ready.push(statement.finish(tail)?);
+            } else {
+                self.open = Some((statement, tail));
+            }
+        }
+        Ok(())
+    }
+
+    /// The calls, in order.
+    pub(super) fn finish(mut self) -> Result<Vec<(String, Args<'q, D>)>, sqlx::Error> {
+        if let Some((call, tail)) = self.open.take() {
+            self.ready.push(call.finish(tail)?);
+        }
+        Ok(self.ready)
     }
 }
