@@ -117,7 +117,7 @@ impl<D: Dialect> Writes<D> {
         // row the group creates is inserted, so that another server creating it at the same
         // time (a row that does not exist cannot be locked) makes one of the two fail on the
         // primary key instead of overwriting the other's.
-        let stored: HashSet<String> = accounts.keys().cloned().collect();
+        let had_rows: HashSet<String> = accounts.keys().cloned().collect();
         let mut writes = GroupWrites::default();
         let mut results = Vec::with_capacity(group.len());
         for job in group {
@@ -180,7 +180,7 @@ impl<D: Dialect> Writes<D> {
                 Some(Ok(account)) => Some(AccountRow::from_account(account, rules)),
                 _ => None,
             })
-            .partition(|row| stored.contains(&row.msisdn));
+            .partition(|row| had_rows.contains(&row.msisdn));
         Self::resolve_stays(conn, &mut writes.values).await?;
         Self::write_group(conn, &writes, &updated, &created).await?;
         Self::mark_grace(conn, &writes.values).await?;
