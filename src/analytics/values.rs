@@ -252,7 +252,8 @@ impl ValueDeltas {
         total.1 = total.1.saturating_add(amount);
     }
 
-    /// Adds everything `other` holds (a mutation whose savepoint was released joins its group).
+    /// Adds everything `other` holds, `other`'s rows coming after ours. (The store no longer
+    /// merges deltas: each group and each savepoint writes its own.)
     pub fn merge(&mut self, other: ValueDeltas) {
         for (key, theirs) in other.rows {
             self.rows.entry(key).or_default().absorb(&theirs);

@@ -21,7 +21,9 @@ use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 
-use super::writes::{Calls, EVENTS_INSERT, HISTORY_INSERT, ValueRows, Writes, decide_guarded};
+use super::multi_row::Calls;
+use super::value_writes::ValueRows;
+use super::writes::{EVENTS_INSERT, HISTORY_INSERT, Writes, decide_guarded};
 use crate::analytics::ValueDeltas;
 use crate::lifecycle::{Account, Msisdn, Rules};
 use crate::store::dialect::{Conn, Dialect};
@@ -266,7 +268,7 @@ impl<D: Dialect> Writes<D> {
                 .param(key.now);
         })?;
         Self::value_statements(&mut calls, &values)?;
-        let (statements, args): (Vec<String>, Vec<_>) = calls.finish()?.into_iter().unzip();
+        let (statements, args) = calls.finish()?;
         Self::run_calls(conn, &statements, args).await
     }
 }

@@ -10,6 +10,8 @@
 //! [`WebhookDeliveries`]: super::WebhookDeliveries
 
 mod grouped;
+mod multi_row;
+mod value_writes;
 mod writes;
 
 use std::sync::Arc;
