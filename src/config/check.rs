@@ -360,8 +360,7 @@ mod tests {
     }
 
     #[test]
-    fn group_commit_writers_default_to_a_quarter_of_the_pool_and_half_the_cores_and_a_set_value_is_checked()
-     {
+    fn group_commit_writers_default_by_pool_and_cores_and_a_set_value_is_checked() {
         let writers = |toml_text: &str| toml::from_str::<Config>(toml_text).unwrap();
         let auto = crate::config::auto_group_commit_writers;
         // (pool, cores) → writers: a quarter of the pool, at most 4, at most half the cores.
