@@ -831,6 +831,16 @@ async fn due_accounts_page_through_the_due_accounts_and_write_nothing(db: Arc<Te
         .await
         .expect("page");
     assert!(last.accounts.is_empty());
+    // The sweep's order: the due MSISDNs sorted, then claimed among those still due.
+    let listed = store.due_msisdns(as_of, "", 10).await.expect("due");
+    assert_eq!(listed, msisdns(&[1, 2, 0].map(|i| due[i].clone())));
+    let after = store.due_msisdns(as_of, &listed[0], 1).await.expect("due");
+    assert_eq!(after, listed[1..2]);
+    let mut batch = store.begin_sweep_batch().await.expect("begin");
+    let asked = msisdns(&[due[0].clone(), active(4, day("2030-12-31"))]);
+    let claimed = batch.claim_listed(as_of, &asked).await.expect("claim");
+    assert_eq!(claimed, due[..1], "the due one only");
+    batch.rollback().await.expect("rollback");
     for account in &due {
         assert_eq!(
             store.get(&account.msisdn).await.expect("get").as_ref(),

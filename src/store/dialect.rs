@@ -54,6 +54,10 @@ pub(crate) trait Dialect: Send + Sync + Sized + 'static {
     /// Sweep batches claimed and written at once by one sweep (1 or 2).
     const SWEEP_WORKERS: usize;
 
+    /// Whether the sweep takes the due accounts in MSISDN order
+    /// ([`crate::store::AccountStore::sweep_in_msisdn_order`]).
+    const SWEEP_IN_MSISDN_ORDER: bool = false;
+
     /// Whether a query names the partial index it must read (`INDEXED BY`): SQLite's planner
     /// may otherwise build an automatic index over the whole table for a join.
     const NAMES_INDEXES: bool = false;
@@ -179,11 +183,21 @@ pub(crate) trait SqlDatabase:
     + Reads<(i64, i64, i64, i64, i64)>
     + Reads<(String, i64, DateTime<Utc>, DateTime<Utc>, i64)>
     + Reads<(String, i64, Option<DateTime<Utc>>)>
+    + Reads<(String,)>
     + Reads<(String, Vec<u8>)>
     + Reads<(String, String, Vec<u8>)>
     + Reads<(DateTime<Utc>,)>
     + Reads<(NaiveDate, i64)>
 {
+}
+
+/// `INDEXED BY index` where the dialect names indexes, nothing elsewhere.
+pub(crate) fn indexed_by<D: Dialect>(index: &str) -> String {
+    if D::NAMES_INDEXES {
+        format!(" INDEXED BY {index}")
+    } else {
+        String::new()
+    }
 }
 
 /// Runs queries on a pool and on a connection (sqlx's executor impls, whose bound is about

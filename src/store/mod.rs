@@ -209,9 +209,24 @@ pub trait AccountStore: WebhookDeliveries + AnalyticsStore + Send + Sync + 'stat
     /// Sweep batches one sweep may claim and write at once (the backend's concurrency).
     fn sweep_workers(&self) -> usize;
 
+    /// Whether the sweep takes the due accounts in MSISDN order ([`Self::due_msisdns`], then
+    /// [`SweepBatch::claim_listed`]) rather than in deadline order ([`SweepBatch::claim_due`]).
+    fn sweep_in_msisdn_order(&self) -> bool;
+
     /// Opens one sweep batch (spec section 6): a transaction on the write path in which the
     /// sweep claims due accounts and writes what it decided for them, committed as one.
     async fn begin_sweep_batch(&self) -> Result<Box<dyn SweepBatch>, StoreError>;
+
+    /// Up to `limit` MSISDNs of accounts due by `as_of`, in MSISDN order, after `after` (`""`:
+    /// from the first), read without locks or a transaction: the sweep writes its batches in
+    /// this order, so that the accounts one batch writes sit together in the table and its
+    /// indexes ([`SweepBatch::claim_listed`]).
+    async fn due_msisdns(
+        &self,
+        as_of: DateTime<Utc>,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError>;
 
     /// Up to `limit` accounts due by `as_of` after `after` (in `next_deadline`, MSISDN order),
     /// read without locks or a transaction: the pages of a forecast.

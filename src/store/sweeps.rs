@@ -35,6 +35,15 @@ pub trait SweepBatch: Send {
         limit: u32,
     ) -> Result<Vec<Account>, StoreError>;
 
+    /// Locks and reads those of the accounts of `msisdns` (in MSISDN order, from
+    /// [`super::AccountStore::due_msisdns`]) that are still due by `as_of`, in MSISDN order,
+    /// leaving out those another transaction holds as [`Self::claim_due`] does.
+    async fn claim_listed(
+        &mut self,
+        as_of: DateTime<Utc>,
+        msisdns: &[String],
+    ) -> Result<Vec<Account>, StoreError>;
+
     /// Writes the swept accounts (state, `recycled_at`, `updated_at`, `next_deadline`, the
     /// expiry notice), their history rows and their outbox events.
     async fn write_batch(&mut self, swept: &SweptBatch) -> Result<(), StoreError>;

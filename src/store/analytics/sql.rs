@@ -22,7 +22,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use super::{AnalyticsStore, Bounds, ChurnCandidate, ChurnQuery, CohortDay};
 use crate::analytics::{self, CohortValue, GraceEnd, GraceEntry, LockRow, Recharge, RowGroup};
 use crate::lifecycle::{AccountState, HistoryKind, RechargeChannel};
-use crate::store::dialect::{Dialect, Executes, Param, Reads};
+use crate::store::dialect::{Dialect, Executes, Param, Reads, indexed_by};
 use crate::store::rows::{self, EFFECTIVE_STATE_SQL};
 use crate::store::sql::SqlStore;
 use crate::store::{AccountStore, StoreError};
@@ -110,15 +110,6 @@ fn state_of(code: i64) -> Result<Option<AccountState>, StoreError> {
 
 fn corrupt(what: &str, code: i64) -> StoreError {
     StoreError::Internal(format!("{what} {code} is not valid"))
-}
-
-/// `INDEXED BY index` where the dialect names indexes, nothing elsewhere.
-fn indexed_by<D: Dialect>(index: &str) -> String {
-    if D::NAMES_INDEXES {
-        format!(" INDEXED BY {index}")
-    } else {
-        String::new()
-    }
 }
 
 impl<D: Dialect> SqlStore<D> {

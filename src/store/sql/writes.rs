@@ -76,6 +76,27 @@ impl<D: Dialect> Writes<D> {
         rows.into_iter().map(AccountRow::into_account).collect()
     }
 
+    /// Locks and reads those of `msisdns` that are due by `as_of`, with the dialect's claim.
+    async fn claim_listed(
+        conn: &mut Conn<D>,
+        as_of: DateTime<Utc>,
+        msisdns: &[String],
+    ) -> Result<Vec<Account>, StoreError> {
+        let head = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE msisdn IN (");
+        // The instant is a number written into the text: the list's rows take the parameters.
+        let tail = format!(
+            ") AND next_deadline IS NOT NULL AND next_deadline <= {} ORDER BY msisdn{}",
+            as_of.timestamp(),
+            D::CLAIM_DUE
+        );
+        let rows: Vec<AccountRow> =
+            Self::read_in_chunks(conn, &head, &tail, msisdns, |row, msisdn| {
+                row.param(msisdn.as_str());
+            })
+            .await?;
+        rows.into_iter().map(AccountRow::into_account).collect()
+    }
+
     /// Writes back what a sweep changes (state, recycled_at, updated_at, next_deadline, the
     /// expiry notice) for a whole batch in one statement per chunk, then its history and events.
     async fn write_swept(
@@ -276,6 +297,14 @@ impl<D: Dialect> SweepBatch for SqlSweepBatch<D> {
         limit: u32,
     ) -> Result<Vec<Account>, StoreError> {
         Writes::<D>::claim_due(&mut self.tx, as_of, limit).await
+    }
+
+    async fn claim_listed(
+        &mut self,
+        as_of: DateTime<Utc>,
+        msisdns: &[String],
+    ) -> Result<Vec<Account>, StoreError> {
+        Writes::<D>::claim_listed(&mut self.tx, as_of, msisdns).await
     }
 
     async fn write_batch(&mut self, swept: &SweptBatch) -> Result<(), StoreError> {
