@@ -19,6 +19,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{Executor, Pool};
+use tokio_stream::StreamExt;
 
 use super::deliveries::{DeadRow, JOINED_OUTBOX_COLUMNS, type_list};
 use super::dialect::{Dialect, Executes, Param, Reads, indexed_by};
@@ -255,15 +256,18 @@ impl<D: Dialect> AccountStore for SqlStore<D> {
              AS due ORDER BY msisdn LIMIT $3",
             indexed_by::<D>("accounts_next_deadline")
         );
-        let rows: Vec<(String,)> = D::Db::read_all(
-            sqlx::query(&sql)
-                .param(as_of.timestamp())
-                .param(after)
-                .param(i64::from(limit))
-                .fetch_all(self.read())
-                .await?,
-        )?;
-        Ok(rows.into_iter().map(|(msisdn,)| msisdn).collect())
+        // Streamed: only the MSISDNs are held, not tens of thousands of rows at once.
+        let mut rows = sqlx::query(&sql)
+            .param(as_of.timestamp())
+            .param(after)
+            .param(i64::from(limit))
+            .fetch(self.read());
+        let mut msisdns = Vec::new();
+        while let Some(row) = rows.next().await {
+            let (msisdn,): (String,) = D::Db::read(&row?)?;
+            msisdns.push(msisdn);
+        }
+        Ok(msisdns)
     }
 
     async fn due_accounts(
