@@ -164,7 +164,7 @@ impl Dialect for SqliteDialect {
     /// One batch at a time: the database has one writer.
     const SWEEP_WORKERS: usize = 1;
     /// One batch writes a table page once for all its due accounts (measured in
-    /// BENCHMARKS.md: +12–30 % sweep rate against deadline order).
+    /// BENCHMARKS.md: +15 % sweep rate on average against deadline order).
     const SWEEP_IN_MSISDN_ORDER: bool = true;
     const NAMES_INDEXES: bool = true;
 
