@@ -27,7 +27,7 @@ use crate::store::{
 };
 
 /// The due MSISDNs read at once (at least a batch): the batches are cut from them in MSISDN
-/// order. Each read sorts every due MSISDN after the last one read; a read holds ~2 MiB.
+/// order. Each read sorts every due MSISDN after the last one read; a read holds ~3 MiB.
 const DUE_KEYS_PER_READ: u32 = 50_000;
 
 /// A long sweep reports its progress this often.
@@ -47,104 +47,22 @@ pub(super) async fn sweep(
 ) -> Result<SweepReport, StoreError> {
     let run_id = store.start_sweep_run(request.as_of, request.now).await?;
     let started = Instant::now();
-    let progress = Mutex::new((SweepCounts::default(), started));
-    // Set when a batch fails: the other workers finish the batch they hold (it commits and is
-    // counted) and start no new one.
-    let failed = AtomicBool::new(false);
-    // Records a committed batch of `claimed` accounts.
-    let committed = |claimed: usize, batch: &SweepCounts| {
-        let mut progress = progress.lock().unwrap_or_else(|e| e.into_inner());
-        let (counts, last_report) = &mut *progress;
-        counts.add(batch);
-        tracing::debug!(
-            run_id,
-            claimed,
-            examined = counts.examined,
-            "sweep batch committed"
-        );
-        if last_report.elapsed() >= PROGRESS_EVERY {
-            *last_report = Instant::now();
-            let rate = counts.examined as f64 / started.elapsed().as_secs_f64();
-            tracing::info!(
-                run_id,
-                examined = counts.examined,
-                accounts_per_s = rate as u64,
-                "sweep in progress"
-            );
-        }
-    };
-    // Batches of the due accounts in MSISDN order, by `store.sweep_workers()` at once.
-    let listed = || {
-        let (committed, failed) = (&committed, &failed);
-        async move {
-            let mut after = String::new();
-            loop {
-                let keys = store
-                    .due_msisdns(
-                        request.as_of,
-                        &after,
-                        DUE_KEYS_PER_READ.max(request.batch_size),
-                    )
-                    .await?;
-                let Some(last) = keys.last() else {
-                    return Ok::<(), StoreError>(());
-                };
-                after = last.clone();
-                let chunks: Vec<&[String]> = keys.chunks(request.batch_size as usize).collect();
-                let next = AtomicUsize::new(0);
-                let worker = || async {
-                    while let Some(chunk) = chunks.get(next.fetch_add(1, Ordering::AcqRel)) {
-                        if failed.load(Ordering::Acquire) {
-                            return Ok(());
-                        }
-                        let (claimed, batch) = sweep_batch(store, request, Some(chunk))
-                            .await
-                            .inspect_err(|_| failed.store(true, Ordering::Release))?;
-                        committed(claimed, &batch);
-                    }
-                    Ok::<(), StoreError>(())
-                };
-                if store.sweep_workers() > 1 {
-                    let (first, second) = tokio::join!(worker(), worker());
-                    first.and(second)?;
-                } else {
-                    worker().await?;
-                }
-                if keys.len() < DUE_KEYS_PER_READ.max(request.batch_size) as usize {
-                    return Ok(());
-                }
-            }
-        }
-    };
-    // Claims and writes batches in deadline order until a batch comes back short.
-    let drain = || {
-        let (committed, failed) = (&committed, &failed);
-        async move {
-            loop {
-                if failed.load(Ordering::Acquire) {
-                    return Ok(());
-                }
-                let (claimed, batch) = sweep_batch(store, request, None)
-                    .await
-                    .inspect_err(|_| failed.store(true, Ordering::Release))?;
-                committed(claimed, &batch);
-                if claimed < request.batch_size as usize {
-                    return Ok::<(), StoreError>(());
-                }
-            }
-        }
+    let run = Run {
+        store,
+        request,
+        run_id,
+        started,
+        progress: Mutex::new((SweepCounts::default(), started)),
+        failed: AtomicBool::new(false),
     };
     let outcome: Result<(), StoreError> = async {
         // First the rows nobody holds: in MSISDN order where the store asks for it, else by
         // two batches at once where it allows that (one batch's database work and commit
         // overlap the other's reading and deciding).
         if store.sweep_in_msisdn_order() {
-            listed().await?;
-        } else if store.sweep_workers() > 1 {
-            let (first, second) = tokio::join!(drain(), drain());
-            first.and(second)?;
+            run.listed().await?;
         } else {
-            drain().await?;
+            run.by_workers(|| run.drain()).await?;
         }
         // Then the rows left out because a request or another sweep held them: usually done
         // by then (the holder advanced them, and they are no longer due), else claimed once
@@ -160,12 +78,16 @@ pub(super) async fn sweep(
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(100));
-            drain().await?;
+            run.drain().await?;
         }
         Ok(())
     }
     .await;
-    let counts = progress.into_inner().unwrap_or_else(|e| e.into_inner()).0;
+    let counts = run
+        .progress
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .0;
     let (status, error) = match &outcome {
         Ok(()) => (SweepRunStatus::Succeeded, None),
         Err(e) => (SweepRunStatus::Failed, Some(e.to_string())),
@@ -203,6 +125,108 @@ pub(super) async fn sweep(
                 run_id: Some(run_id),
             })
         }
+    }
+}
+
+/// One real sweep's batches and what they have done so far.
+struct Run<'a> {
+    store: &'a dyn AccountStore,
+    request: &'a SweepRequest,
+    run_id: i64,
+    started: Instant,
+    /// The counts of the committed batches, and when progress was last reported.
+    progress: Mutex<(SweepCounts, Instant)>,
+    /// Set when a batch fails: the other workers finish the batch they hold (it commits and is
+    /// counted) and start no new one.
+    failed: AtomicBool,
+}
+
+impl Run<'_> {
+    /// Runs `work` once, or twice at once where the store allows two batches at once (one
+    /// batch's database work and commit overlap the other's reading and deciding).
+    async fn by_workers<F>(&self, work: impl Fn() -> F) -> Result<(), StoreError>
+    where
+        F: Future<Output = Result<(), StoreError>>,
+    {
+        if self.store.sweep_workers() > 1 {
+            let (first, second) = tokio::join!(work(), work());
+            first.and(second)
+        } else {
+            work().await
+        }
+    }
+
+    /// Batches in deadline order until one comes back short.
+    async fn drain(&self) -> Result<(), StoreError> {
+        while let Some(claimed) = self.batch(None).await? {
+            if claimed < self.request.batch_size as usize {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Batches cut in order from the due MSISDNs, read [`DUE_KEYS_PER_READ`] at a time.
+    async fn listed(&self) -> Result<(), StoreError> {
+        let per_read = DUE_KEYS_PER_READ.max(self.request.batch_size);
+        let mut after = String::new();
+        loop {
+            let keys = self
+                .store
+                .due_msisdns(self.request.as_of, &after, per_read)
+                .await?;
+            let Some(last) = keys.last() else {
+                return Ok(());
+            };
+            after = last.clone();
+            let chunks: Vec<&[String]> = keys.chunks(self.request.batch_size as usize).collect();
+            let next = AtomicUsize::new(0);
+            self.by_workers(|| async {
+                while let Some(chunk) = chunks.get(next.fetch_add(1, Ordering::AcqRel)) {
+                    if self.batch(Some(chunk)).await?.is_none() {
+                        break;
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+            if keys.len() < per_read as usize {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One batch ([`sweep_batch`]) of the due accounts among `listed`, else of the earliest
+    /// deadlines, committed and counted; returns how many it claimed, or `None` without
+    /// running it once another batch failed.
+    async fn batch(&self, listed: Option<&[String]>) -> Result<Option<usize>, StoreError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let (claimed, batch) = sweep_batch(self.store, self.request, listed)
+            .await
+            .inspect_err(|_| self.failed.store(true, Ordering::Release))?;
+        let mut progress = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        let (counts, last_report) = &mut *progress;
+        counts.add(&batch);
+        let run_id = self.run_id;
+        tracing::debug!(
+            run_id,
+            claimed,
+            examined = counts.examined,
+            "sweep batch committed"
+        );
+        if last_report.elapsed() >= PROGRESS_EVERY {
+            *last_report = Instant::now();
+            let rate = counts.examined as f64 / self.started.elapsed().as_secs_f64();
+            tracing::info!(
+                run_id,
+                examined = counts.examined,
+                accounts_per_s = rate as u64,
+                "sweep in progress"
+            );
+        }
+        Ok(Some(claimed))
     }
 }
 
