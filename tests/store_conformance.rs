@@ -16,7 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use chrono::{DateTime, Days, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
+use common::store_fixtures::*;
 use common::{Db, TestDb, rid};
 use ocs_lifecycle::lifecycle::{
     Account, AccountState, Amount, Command, DomainError, Effects, ErrorReason, HistoryKind, Msisdn,
@@ -51,169 +52,7 @@ both_databases! { sqlite, postgres:
     the_effective_state_and_the_recycle_day_in_sql_agree_with_the_core,
 }
 
-// --- Helpers -------------------------------------------------------------------------------
-
-async fn open(db: &TestDb) -> Arc<dyn AccountStore> {
-    let rules = Arc::new(Rules::default());
-    let store = store::connect(&db.url, 2, store::DEFAULT_ACQUIRE_TIMEOUT, rules)
-        .await
-        .expect("connect");
-    store.migrate().await.expect("migrate");
-    store
-}
-
-fn at(rfc3339: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(rfc3339)
-        .expect("RFC 3339")
-        .with_timezone(&Utc)
-}
-
-fn day(iso: &str) -> NaiveDate {
-    iso.parse().expect("ISO date")
-}
-
-fn plus(date: NaiveDate, days: u64) -> NaiveDate {
-    date.checked_add_days(Days::new(days)).expect("date")
-}
-
-/// 2030-03-01 10:00 in Shanghai.
-fn t0() -> DateTime<Utc> {
-    at("2030-03-01T02:00:00Z")
-}
-
-fn msisdn(n: u32) -> Msisdn {
-    Msisdn::parse(&format!("86138{n:08}")).expect("msisdn")
-}
-
-/// An activated account, VALID through `valid_until`, then GRACE and LOCKED by the default
-/// rules' periods; its VALIDITY_EXPIRING notice is already sent.
-fn active(n: u32, valid_until: NaiveDate) -> Account {
-    let rules = Rules::default();
-    let grace_until = plus(valid_until, rules.grace_days.into());
-    Account {
-        msisdn: msisdn(n),
-        account_id: format!("acc-{n}"),
-        generation: 1,
-        state: AccountState::Valid,
-        balance: 1000,
-        preset_balance: 0,
-        sold: true,
-        initial_validity_days: 180,
-        provisioned_at: t0(),
-        activated_at: Some(t0()),
-        valid_until: Some(valid_until),
-        grace_until: Some(grace_until),
-        lock_until: Some(plus(grace_until, rules.lock_days.into())),
-        card_expiry: None,
-        recycled_at: None,
-        updated_at: t0(),
-        expiring_notified_for: Some(valid_until),
-    }
-}
-
-/// A sold card never activated, recycled after `card_expiry`.
-fn unactivated(n: u32, card_expiry: NaiveDate) -> Account {
-    Account {
-        state: AccountState::Unactivated,
-        activated_at: None,
-        valid_until: None,
-        grace_until: None,
-        lock_until: None,
-        card_expiry: Some(card_expiry),
-        expiring_notified_for: None,
-        ..active(n, card_expiry)
-    }
-}
-
-fn recycled(n: u32) -> Account {
-    Account {
-        state: AccountState::Recycled,
-        recycled_at: Some(t0()),
-        ..active(n, day("2029-01-01"))
-    }
-}
-
-fn history(account: &Account, kind: HistoryKind, at: DateTime<Utc>, amount: i64) -> HistoryRecord {
-    HistoryRecord {
-        id: 0,
-        msisdn: account.msisdn.clone(),
-        account_id: account.account_id.clone(),
-        generation: account.generation,
-        at,
-        kind,
-        from_state: None,
-        to_state: None,
-        amount,
-        actor: "billing".into(),
-        request_id: Some(rid()),
-        channel: None,
-    }
-}
-
-fn event(account: &Account, emitted_at: DateTime<Utc>) -> OutboxEvent {
-    OutboxEvent {
-        sequence: 0,
-        event_id: uuid::Uuid::now_v7().to_string(),
-        event_type: EventType::StateChanged,
-        msisdn: account.msisdn.clone(),
-        account_id: account.account_id.clone(),
-        generation: account.generation,
-        from_state: AccountState::Valid,
-        to_state: AccountState::Grace,
-        reason: TransitionReason::ValidityExpired.as_str().into(),
-        effective_at: emitted_at,
-        emitted_at,
-    }
-}
-
-/// A decision that writes `mutation` whatever the current account is.
-fn writes(mutation: Mutation) -> Decide {
-    Arc::new(move |_| Ok(mutation.clone()))
-}
-
-fn only(account: Account) -> Mutation {
-    Mutation {
-        archive: None,
-        account,
-        history: Vec::new(),
-        events: Vec::new(),
-        response: b"ok".to_vec(),
-    }
-}
-
-fn key<'a>(request_id: &'a str, fingerprint: &'a str) -> RequestKey<'a> {
-    RequestKey {
-        request_id,
-        fingerprint,
-        now: t0(),
-    }
-}
-
-/// Commits `mutation` under a fresh request_id.
-async fn put(store: &dyn AccountStore, mutation: Mutation) -> Committed {
-    let request_id = rid();
-    let msisdn = mutation.account.msisdn.clone();
-    store
-        .mutate(&msisdn, key(&request_id, "put"), writes(mutation))
-        .await
-        .expect("mutate")
-}
-
-async fn put_all(store: &dyn AccountStore, accounts: impl IntoIterator<Item = Account>) {
-    for account in accounts {
-        put(store, only(account)).await;
-    }
-}
-
-fn msisdns(accounts: &[Account]) -> Vec<String> {
-    accounts.iter().map(|a| a.msisdn.to_string()).collect()
-}
-
-/// The row without the id the store assigned.
-fn unnumbered(mut record: HistoryRecord) -> HistoryRecord {
-    record.id = 0;
-    record
-}
+// --- Helpers: tests/common/store_fixtures.rs -------------------------------------------
 
 // --- Mutations -----------------------------------------------------------------------------
 
@@ -833,11 +672,14 @@ async fn due_accounts_page_through_the_due_accounts_and_write_nothing(db: Arc<Te
     assert!(last.accounts.is_empty());
     // The sweep's order: the due MSISDNs sorted, then claimed among those still due.
     let listed = store.due_msisdns(as_of, "", 10).await.expect("due");
-    assert_eq!(listed, msisdns(&[1, 2, 0].map(|i| due[i].clone())));
-    let after = store.due_msisdns(as_of, &listed[0], 1).await.expect("due");
-    assert_eq!(after, listed[1..2]);
+    let sorted = msisdns(&[1, 2, 0].map(|i| due[i].clone()));
+    assert_eq!(listed.slice(0..listed.len()), sorted);
+    assert_eq!(listed.last(), Some(sorted[2].as_str()));
+    let after = store.due_msisdns(as_of, &sorted[0], 1).await.expect("due");
+    assert_eq!(after.slice(0..after.len()), sorted[1..2]);
     let mut batch = store.begin_sweep_batch().await.expect("begin");
     let asked = msisdns(&[due[0].clone(), active(4, day("2030-12-31"))]);
+    let asked: Vec<&str> = asked.iter().map(String::as_str).collect();
     let claimed = batch.claim_listed(as_of, &asked).await.expect("claim");
     assert_eq!(claimed, due[..1], "the due one only");
     batch.rollback().await.expect("rollback");

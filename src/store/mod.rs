@@ -50,7 +50,8 @@ use postgres::{PostgresDialect, PostgresStore};
 pub use records::new_event_id;
 use sqlite::{SqliteDialect, SqliteStore};
 pub use sweeps::{
-    DueCursor, DuePage, RunCounts, RunEnd, SweepBatch, SweepRun, SweepRunStatus, SweptBatch,
+    DueCursor, DuePage, MsisdnList, RunCounts, RunEnd, SweepBatch, SweepRun, SweepRunStatus,
+    SweptBatch,
 };
 
 /// Everything one accepted request writes, together.
@@ -226,7 +227,7 @@ pub trait AccountStore: WebhookDeliveries + AnalyticsStore + Send + Sync + 'stat
         as_of: DateTime<Utc>,
         after: &str,
         limit: u32,
-    ) -> Result<Vec<String>, StoreError>;
+    ) -> Result<MsisdnList, StoreError>;
 
     /// Up to `limit` accounts due by `as_of` after `after` (in `next_deadline`, MSISDN order),
     /// read without locks or a transaction: the pages of a forecast.

@@ -27,7 +27,7 @@ use crate::store::{
 };
 
 /// The due MSISDNs read at once (at least a batch): the batches are cut from them in MSISDN
-/// order. Each read sorts every due MSISDN after the last one read; a read holds ~3 MiB.
+/// order. Each read sorts every due MSISDN after the last one read; a read holds ~1 MiB.
 const DUE_KEYS_PER_READ: u32 = 50_000;
 
 /// A long sweep reports its progress this often.
@@ -178,12 +178,17 @@ impl Run<'_> {
             let Some(last) = keys.last() else {
                 return Ok(());
             };
-            after = last.clone();
-            let chunks: Vec<&[String]> = keys.chunks(self.request.batch_size as usize).collect();
+            after = last.to_owned();
+            let size = self.request.batch_size as usize;
             let next = AtomicUsize::new(0);
             self.by_workers(|| async {
-                while let Some(chunk) = chunks.get(next.fetch_add(1, Ordering::AcqRel)) {
-                    if self.batch(Some(chunk)).await?.is_none() {
+                loop {
+                    let start = next.fetch_add(size, Ordering::AcqRel);
+                    if start >= keys.len() {
+                        break;
+                    }
+                    let chunk = keys.slice(start..(start + size).min(keys.len()));
+                    if self.batch(Some(&chunk)).await?.is_none() {
                         break;
                     }
                 }
@@ -199,7 +204,7 @@ impl Run<'_> {
     /// One batch ([`sweep_batch`]) of the due accounts among `listed`, else of the earliest
     /// deadlines, committed and counted; returns how many it claimed, or `None` without
     /// running it once another batch failed.
-    async fn batch(&self, listed: Option<&[String]>) -> Result<Option<usize>, StoreError> {
+    async fn batch(&self, listed: Option<&[&str]>) -> Result<Option<usize>, StoreError> {
         if self.failed.load(Ordering::Acquire) {
             return Ok(None);
         }
@@ -242,7 +247,7 @@ async fn any_due(store: &dyn AccountStore, request: &SweepRequest) -> Result<boo
 async fn sweep_batch(
     store: &dyn AccountStore,
     request: &SweepRequest,
-    listed: Option<&[String]>,
+    listed: Option<&[&str]>,
 ) -> Result<(usize, SweepCounts), StoreError> {
     let mut attempt = 0;
     loop {
@@ -263,7 +268,7 @@ async fn sweep_batch(
 async fn try_sweep_batch(
     store: &dyn AccountStore,
     request: &SweepRequest,
-    listed: Option<&[String]>,
+    listed: Option<&[&str]>,
 ) -> Result<(usize, SweepCounts), StoreError> {
     let mut batch = store.begin_sweep_batch().await?;
     let accounts = match listed {

@@ -40,6 +40,7 @@ pub mod pg_auto_failover;
 pub mod pg_cluster;
 pub mod process;
 pub mod shutdown;
+pub mod store_fixtures;
 
 pub use process::free_port;
 

@@ -25,7 +25,7 @@ use super::deliveries::{DeadRow, JOINED_OUTBOX_COLUMNS, type_list};
 use super::dialect::{Dialect, Executes, Param, Reads, indexed_by};
 use super::rows::{self, ACCOUNT_COLUMNS, AccountRow, HistoryRow, OutboxRow, SweepRunRow};
 use super::sweeps::{
-    DueCursor, DuePage, RunEnd, SWEPT_REASONS, SweepBatch, SweepRun, SweepRunStatus,
+    DueCursor, DuePage, MsisdnList, RunEnd, SWEPT_REASONS, SweepBatch, SweepRun, SweepRunStatus,
     transition_column,
 };
 use super::{
@@ -245,7 +245,7 @@ impl<D: Dialect> AccountStore for SqlStore<D> {
         as_of: DateTime<Utc>,
         after: &str,
         limit: u32,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<MsisdnList, StoreError> {
         // The due rows are found in the deadline index, then sorted: a sweep with nothing due
         // stays instant. SQLite is held to the index by its name; PostgreSQL by a subquery it
         // may not flatten (else it may walk the whole table in MSISDN order for a few rows).
@@ -262,10 +262,10 @@ impl<D: Dialect> AccountStore for SqlStore<D> {
             .param(after)
             .param(i64::from(limit))
             .fetch(self.read());
-        let mut msisdns = Vec::new();
+        let mut msisdns = MsisdnList::default();
         while let Some(row) = rows.next().await {
             let (msisdn,): (String,) = D::Db::read(&row?)?;
-            msisdns.push(msisdn);
+            msisdns.push(&msisdn);
         }
         Ok(msisdns)
     }

@@ -80,7 +80,7 @@ impl<D: Dialect> Writes<D> {
     async fn claim_listed(
         conn: &mut Conn<D>,
         as_of: DateTime<Utc>,
-        msisdns: &[String],
+        msisdns: &[&str],
     ) -> Result<Vec<Account>, StoreError> {
         let head = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE msisdn IN (");
         // The instant is a number written into the text: the list's rows take the parameters.
@@ -91,7 +91,7 @@ impl<D: Dialect> Writes<D> {
         );
         let rows: Vec<AccountRow> =
             Self::read_in_chunks(conn, &head, &tail, msisdns, |row, msisdn| {
-                row.param(msisdn.as_str());
+                row.param(*msisdn);
             })
             .await?;
         rows.into_iter().map(AccountRow::into_account).collect()
@@ -302,7 +302,7 @@ impl<D: Dialect> SweepBatch for SqlSweepBatch<D> {
     async fn claim_listed(
         &mut self,
         as_of: DateTime<Utc>,
-        msisdns: &[String],
+        msisdns: &[&str],
     ) -> Result<Vec<Account>, StoreError> {
         Writes::<D>::claim_listed(&mut self.tx, as_of, msisdns).await
     }
