@@ -18,6 +18,8 @@ pub struct SweepFigures {
     pub due: u64,
     pub generate_s: f64,
     pub baseline_s: f64,
+    /// [`raw_same_rows`]'s seconds.
+    pub same_rows_s: f64,
     pub sweep_s: f64,
     pub transitions: u64,
     pub zero_due_ms: f64,
@@ -148,41 +150,132 @@ pub async fn generate_from(
     accounts / 10
 }
 
-/// The baseline: one bulk UPDATE of the due rows' state and deadline, committed.
+/// The due rows' new state and deadline, as [`raw_bulk_update`] and [`raw_same_rows`] write them.
+const BULK_UPDATE: &str = "UPDATE accounts SET \
+    state = CASE state WHEN 2 THEN 3 WHEN 3 THEN 4 ELSE 5 END, \
+    next_deadline = CASE state WHEN 2 THEN next_deadline + 7776000 WHEN 3 THEN next_deadline + 2592000 ELSE NULL END \
+    WHERE next_deadline <= $1";
+
+/// The baseline: one bulk UPDATE of the due rows' state and deadline, committed. Returns the
+/// seconds it took and the rows it updated.
 pub async fn raw_bulk_update(url: &str, as_of: DateTime<Utc>) -> (f64, u64) {
-    let sql = "UPDATE accounts SET \
-        state = CASE state WHEN 2 THEN 3 WHEN 3 THEN 4 ELSE 5 END, \
-        next_deadline = CASE state WHEN 2 THEN next_deadline + 7776000 WHEN 3 THEN next_deadline + 2592000 ELSE NULL END \
-        WHERE next_deadline <= $1";
-    let started = Instant::now();
-    let updated = if url.starts_with("postgres") {
+    let (seconds, rows) = raw_transaction(url, as_of, &[BULK_UPDATE]).await;
+    (seconds, rows[0])
+}
+
+/// The second baseline: the rows a sweep of the data set writes besides the accounts — a
+/// STATE_CHANGED history row per due account, a STATE_CHANGED event and, for a recycled one, a
+/// NUMBER_RECYCLED event — inserted by two `INSERT … SELECT`, then the bulk UPDATE, in one
+/// transaction. Not written: the sweep's per-day totals (`history_totals`, `grace_ends`) and
+/// per-generation values (`generation_values`). Returns the seconds it took and the history
+/// rows and events it wrote.
+pub async fn raw_same_rows(url: &str, as_of: DateTime<Utc>) -> (f64, u64, u64) {
+    // States: 1 UNACTIVATED, 2 VALID, 3 GRACE, 4 LOCKED, 5 RECYCLED; the kind of history row
+    // (7) and the event types (1 NUMBER_RECYCLED, 2 STATE_CHANGED) as the store writes them.
+    let next = "CASE state WHEN 2 THEN 3 WHEN 3 THEN 4 ELSE 5 END";
+    let history = format!(
+        "INSERT INTO account_history (msisdn, account_id, generation, at, kind, from_state, \
+           to_state, amount, actor, request_id, channel) \
+         SELECT msisdn, account_id, generation, updated_at, 7, state, {next}, 0, 'sweep', NULL, NULL \
+         FROM accounts WHERE next_deadline <= $1"
+    );
+    let events = format!(
+        "INSERT INTO outbox (event_id, event_type, msisdn, account_id, generation, from_state, \
+           to_state, reason, effective_at, emitted_at) \
+         SELECT 'raw-' || t.event_type || '-' || msisdn, t.event_type, msisdn, account_id, \
+           generation, state, {next}, \
+           CASE state WHEN 2 THEN 'VALIDITY_EXPIRED' WHEN 3 THEN 'GRACE_EXPIRED' \
+             WHEN 4 THEN 'LOCK_EXPIRED' ELSE 'UNACTIVATED_EXPIRED' END, updated_at, updated_at \
+         FROM accounts JOIN (SELECT 2 AS event_type UNION ALL SELECT 1) AS t \
+           ON t.event_type = 2 OR accounts.state IN (1, 4) \
+         WHERE next_deadline <= $1"
+    );
+    let (seconds, rows) = raw_transaction(url, as_of, &[&history, &events, BULK_UPDATE]).await;
+    (seconds, rows[0], rows[1])
+}
+
+/// Runs `statements` (each binding `as_of` as `$1`) in one transaction on a connection of its
+/// own, committed as the service commits (SQLite: WAL, `synchronous = FULL`); returns the
+/// seconds from connecting to the end of COMMIT and each statement's rows affected.
+async fn raw_transaction(url: &str, as_of: DateTime<Utc>, statements: &[&str]) -> (f64, Vec<u64>) {
+    let mut rows = Vec::new();
+    if url.starts_with("postgres") {
+        let started = Instant::now();
         let pool = sqlx::PgPool::connect(url).await.expect("pg");
         let mut tx = pool.begin().await.expect("begin");
-        let r = sqlx::query(sql)
-            .bind(as_of.timestamp())
-            .execute(&mut *tx)
-            .await
-            .expect("update");
+        for sql in statements {
+            let done = sqlx::query(sql).bind(as_of.timestamp()).execute(&mut *tx);
+            rows.push(done.await.expect(sql).rows_affected());
+        }
         tx.commit().await.expect("commit");
-        r.rows_affected()
+        (started.elapsed().as_secs_f64(), rows)
     } else {
         let options: sqlx::sqlite::SqliteConnectOptions = url.parse().expect("url");
         let options = options
             .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
             .synchronous(sqlx::sqlite::SqliteSynchronous::Full);
+        let started = Instant::now();
         let pool = sqlx::SqlitePool::connect_with(options)
             .await
             .expect("sqlite");
         let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.expect("begin");
-        let r = sqlx::query(sql)
-            .bind(as_of.timestamp())
-            .execute(&mut *tx)
-            .await
-            .expect("update");
+        for sql in statements {
+            let done = sqlx::query(sql).bind(as_of.timestamp()).execute(&mut *tx);
+            rows.push(done.await.expect(sql).rows_affected());
+        }
         tx.commit().await.expect("commit");
-        r.rows_affected()
-    };
-    (started.elapsed().as_secs_f64(), updated)
+        (started.elapsed().as_secs_f64(), rows)
+    }
+}
+
+/// Writes out what earlier phases left in the log before a timed phase starts, so that no
+/// phase pays for another's checkpoint: PostgreSQL `CHECKPOINT` (the whole cluster: generating
+/// three copies of the data set writes ~1 GB of WAL, and a checkpoint it triggers would land
+/// in whichever phase runs then), SQLite `wal_checkpoint(TRUNCATE)` of the database.
+pub async fn settle(url: &str) {
+    if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(url).await.expect("pg");
+        sqlx::query("CHECKPOINT")
+            .execute(&pool)
+            .await
+            .expect("checkpoint");
+    } else {
+        let pool = sqlx::SqlitePool::connect(url).await.expect("sqlite");
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&pool)
+            .await
+            .expect("checkpoint");
+    }
+}
+
+/// The sweep's history rows and events in the database at `url`: `(history, events)`.
+pub async fn sweep_rows(url: &str) -> (u64, u64) {
+    let history = "SELECT COUNT(*) FROM account_history WHERE actor = 'sweep'";
+    let events = "SELECT COUNT(*) FROM outbox WHERE event_type IN (1, 2)";
+    let count = |row: (i64,)| row.0 as u64;
+    if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(url).await.expect("pg");
+        let h = sqlx::query_as(history)
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        let e = sqlx::query_as(events)
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        (count(h), count(e))
+    } else {
+        let pool = sqlx::SqlitePool::connect(url).await.expect("sqlite");
+        let h = sqlx::query_as(history)
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        let e = sqlx::query_as(events)
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        (count(h), count(e))
+    }
 }
 
 /// The `field` (`VmRSS:`, `VmHWM:`) of process `pid`'s status, in KiB; 0 if unreadable.

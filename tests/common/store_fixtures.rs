@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
-use ocs_lifecycle::lifecycle::{AccountState, Account, HistoryKind, Msisdn, Rules, TransitionReason};
+use ocs_lifecycle::lifecycle::{
+    Account, AccountState, HistoryKind, Msisdn, Rules, TransitionReason,
+};
 use ocs_lifecycle::store::{
     self, AccountStore, Committed, Decide, EventType, HistoryRecord, Mutation, OutboxEvent,
     RequestKey,
@@ -92,7 +94,12 @@ pub fn recycled(n: u32) -> Account {
     }
 }
 
-pub fn history(account: &Account, kind: HistoryKind, at: DateTime<Utc>, amount: i64) -> HistoryRecord {
+pub fn history(
+    account: &Account,
+    kind: HistoryKind,
+    at: DateTime<Utc>,
+    amount: i64,
+) -> HistoryRecord {
     HistoryRecord {
         id: 0,
         msisdn: account.msisdn.clone(),
@@ -173,4 +180,3 @@ pub fn unnumbered(mut record: HistoryRecord) -> HistoryRecord {
     record.id = 0;
     record
 }
-

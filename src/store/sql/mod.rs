@@ -256,12 +256,16 @@ impl<D: Dialect> AccountStore for SqlStore<D> {
              AS due ORDER BY msisdn LIMIT $3",
             indexed_by::<D>("accounts_next_deadline")
         );
-        // Streamed: only the MSISDNs are held, not tens of thousands of rows at once.
+        // Streamed: only the MSISDNs are held, not tens of thousands of rows at once. Read on
+        // the write path (on PostgreSQL the same pool as reads): on SQLite the one write
+        // connection's page cache is full already, where a read connection would fill its own
+        // (2 MiB; the pool hands out a different connection each time) with the index pages
+        // read, which raised the server's peak RSS of a 100k sweep by ~5 MiB (BENCHMARKS.md).
         let mut rows = sqlx::query(&sql)
             .param(as_of.timestamp())
             .param(after)
             .param(i64::from(limit))
-            .fetch(self.read());
+            .fetch(self.write());
         let mut msisdns = MsisdnList::default();
         while let Some(row) = rows.next().await {
             let (msisdn,): (String,) = D::Db::read(&row?)?;
