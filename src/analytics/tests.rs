@@ -358,12 +358,11 @@ fn value_deltas_add_activations_and_recharges_per_generation() {
         value_row(b, 1, HistoryKind::Unlock, 0, at(13)),
         value_row(b, 1, HistoryKind::Unlock, 3000, at(14)),
     ]);
-    let mut second = ValueDeltas::default();
-    second.add(&[
+    // Added after: as a commit group adds each mutation's rows in turn.
+    first.add(&[
         value_row(a, 1, HistoryKind::Recharge, 500, at(11)),
         value_row(a, 2, HistoryKind::Activated, 0, at(20)),
     ]);
-    first.merge(second);
     let rows: Vec<_> = first
         .iter()
         .map(|(m, g, d)| (m.to_owned(), g, *d))
@@ -481,12 +480,11 @@ fn value_deltas_end_stays_in_grace_where_they_began() {
         // b and c leave a GRACE entered before these rows: the stored marks decide.
         locked(b, jan(4)),
         won(c, jan(4)),
-        // d enters; the next rows (merged below) win it back.
+        // d enters; the next rows (added below) win it back.
         entry(d, jan(5)),
     ]);
-    let mut second = ValueDeltas::default();
-    second.add(&[won(d, jan(6)), locked(a, jan(7))]);
-    first.merge(second);
+    // Added after: as a commit group adds each mutation's rows in turn.
+    first.add(&[won(d, jan(6)), locked(a, jan(7))]);
     assert_eq!(
         first.stays_to_resolve().collect::<Vec<_>>(),
         vec![(b, 1), (c, 1)]

@@ -252,34 +252,6 @@ impl ValueDeltas {
         total.1 = total.1.saturating_add(amount);
     }
 
-    /// Adds everything `other` holds, `other`'s rows coming after ours. (The store no longer
-    /// merges deltas: each group and each savepoint writes its own.)
-    pub fn merge(&mut self, other: ValueDeltas) {
-        for (key, theirs) in other.rows {
-            self.rows.entry(key).or_default().absorb(&theirs);
-        }
-        for (key, total) in other.totals {
-            self.add_total(key, total);
-        }
-        for ((slot, end), stays) in other.grace_ends {
-            *self.grace_ends.entry((slot, end)).or_default() += stays;
-        }
-        // `other`'s rows came after ours: its first exit ends the stay ours left open.
-        for (key, theirs) in other.grace {
-            let ours = self.grace.get(&key).copied().unwrap_or_default();
-            let mut merged = ours;
-            if let Some(exit) = theirs.first_exit {
-                match ours.mark {
-                    Some(Some(entered)) => self.end_stay(entered, grace_end(exit)),
-                    Some(None) => {}
-                    None => merged.first_exit = Some(exit),
-                }
-            }
-            merged.mark = theirs.mark.or(ours.mark);
-            self.grace.insert(key, merged);
-        }
-    }
-
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
             && self.totals.is_empty()
