@@ -209,3 +209,27 @@ pub struct RunEnd {
     pub counts: RunCounts,
     pub error: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::MsisdnList;
+
+    #[test]
+    fn an_msisdn_list_gives_back_what_was_pushed_in_order_and_by_range() {
+        let mut list = MsisdnList::default();
+        assert!(list.is_empty());
+        assert_eq!(list.last(), None);
+        assert_eq!(list.slice(0..0), Vec::<&str>::new());
+        for msisdn in ["8613800000001", "861380000002", "86138000000003"] {
+            list.push(msisdn);
+        }
+        assert_eq!(list.len(), 3);
+        assert_eq!(
+            list.slice(0..3),
+            ["8613800000001", "861380000002", "86138000000003"]
+        );
+        assert_eq!(list.slice(1..2), ["861380000002"]);
+        assert_eq!(list.slice(2..3), ["86138000000003"]);
+        assert_eq!(list.last(), Some("86138000000003"));
+    }
+}
