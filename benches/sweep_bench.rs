@@ -13,6 +13,30 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use ocs_lifecycle::lifecycle::Rules;
 
+/// Runs `$body` with `$pool` a pool on the database `$url` names: PostgreSQL, or SQLite in WAL
+/// with `synchronous = FULL` as the service opens it. One body serves both (sqlx's pool types
+/// differ by backend); `$begin` is bound to the statement that opens a write transaction there.
+macro_rules! on_pool {
+    ($url:expr, |$pool:ident, $begin:ident| $body:expr) => {
+        if $url.starts_with("postgres") {
+            let $pool = sqlx::PgPool::connect($url).await.expect("pg");
+            let $begin = "BEGIN";
+            $body
+        } else {
+            let options: sqlx::sqlite::SqliteConnectOptions = $url.parse().expect("url");
+            let options = options
+                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sqlx::sqlite::SqliteSynchronous::Full);
+            let $pool = sqlx::SqlitePool::connect_with(options)
+                .await
+                .expect("sqlite");
+            // The one writer's lock at once, as the service's write transactions take it.
+            let $begin = "BEGIN IMMEDIATE";
+            $body
+        }
+    };
+}
+
 pub struct SweepFigures {
     pub accounts: u64,
     pub due: u64,
@@ -126,27 +150,18 @@ pub async fn generate_from(
             q
         }};
     }
-    if is_postgres {
-        let pool = sqlx::PgPool::connect(url).await.expect("pg");
-        bind_all!(sqlx::query(&sql))
-            .execute(&pool)
-            .await
-            .expect("generate");
-        sqlx::query("ANALYZE accounts")
-            .execute(&pool)
-            .await
-            .expect("analyze");
+    let analyze = if is_postgres {
+        "ANALYZE accounts"
     } else {
-        let pool = sqlx::SqlitePool::connect(url).await.expect("sqlite");
+        "ANALYZE"
+    };
+    on_pool!(url, |pool, _begin| {
         bind_all!(sqlx::query(&sql))
             .execute(&pool)
             .await
             .expect("generate");
-        sqlx::query("ANALYZE")
-            .execute(&pool)
-            .await
-            .expect("analyze");
-    }
+        sqlx::query(analyze).execute(&pool).await.expect("analyze");
+    });
     accounts / 10
 }
 
@@ -198,84 +213,46 @@ pub async fn raw_same_rows(url: &str, as_of: DateTime<Utc>) -> (f64, u64, u64) {
 /// own, committed as the service commits (SQLite: WAL, `synchronous = FULL`); returns the
 /// seconds from connecting to the end of COMMIT and each statement's rows affected.
 async fn raw_transaction(url: &str, as_of: DateTime<Utc>, statements: &[&str]) -> (f64, Vec<u64>) {
+    let started = Instant::now();
     let mut rows = Vec::new();
-    if url.starts_with("postgres") {
-        let started = Instant::now();
-        let pool = sqlx::PgPool::connect(url).await.expect("pg");
-        let mut tx = pool.begin().await.expect("begin");
+    on_pool!(url, |pool, begin| {
+        let mut tx = pool.begin_with(begin).await.expect("begin");
         for sql in statements {
             let done = sqlx::query(sql).bind(as_of.timestamp()).execute(&mut *tx);
             rows.push(done.await.expect(sql).rows_affected());
         }
         tx.commit().await.expect("commit");
-        (started.elapsed().as_secs_f64(), rows)
-    } else {
-        let options: sqlx::sqlite::SqliteConnectOptions = url.parse().expect("url");
-        let options = options
-            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-            .synchronous(sqlx::sqlite::SqliteSynchronous::Full);
-        let started = Instant::now();
-        let pool = sqlx::SqlitePool::connect_with(options)
-            .await
-            .expect("sqlite");
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.expect("begin");
-        for sql in statements {
-            let done = sqlx::query(sql).bind(as_of.timestamp()).execute(&mut *tx);
-            rows.push(done.await.expect(sql).rows_affected());
-        }
-        tx.commit().await.expect("commit");
-        (started.elapsed().as_secs_f64(), rows)
-    }
+    });
+    (started.elapsed().as_secs_f64(), rows)
 }
 
 /// Writes out what earlier phases left in the log before a timed phase starts, so that no
 /// phase pays for another's checkpoint: PostgreSQL `CHECKPOINT` (the whole cluster: generating
-/// three copies of the data set writes ~1 GB of WAL, and a checkpoint it triggers would land
-/// in whichever phase runs then), SQLite `wal_checkpoint(TRUNCATE)` of the database.
+/// two copies of the data set writes hundreds of MB of WAL, and a checkpoint it triggers would
+/// land in whichever phase runs then), SQLite `wal_checkpoint(TRUNCATE)` of the database.
 pub async fn settle(url: &str) {
-    if url.starts_with("postgres") {
-        let pool = sqlx::PgPool::connect(url).await.expect("pg");
-        sqlx::query("CHECKPOINT")
-            .execute(&pool)
-            .await
-            .expect("checkpoint");
+    let sql = if url.starts_with("postgres") {
+        "CHECKPOINT"
     } else {
-        let pool = sqlx::SqlitePool::connect(url).await.expect("sqlite");
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&pool)
-            .await
-            .expect("checkpoint");
-    }
+        "PRAGMA wal_checkpoint(TRUNCATE)"
+    };
+    on_pool!(url, |pool, _begin| {
+        sqlx::query(sql).execute(&pool).await.expect("checkpoint");
+    });
 }
 
 /// The sweep's history rows and events in the database at `url`: `(history, events)`.
 pub async fn sweep_rows(url: &str) -> (u64, u64) {
     let history = "SELECT COUNT(*) FROM account_history WHERE actor = 'sweep'";
     let events = "SELECT COUNT(*) FROM outbox WHERE event_type IN (1, 2)";
-    let count = |row: (i64,)| row.0 as u64;
-    if url.starts_with("postgres") {
-        let pool = sqlx::PgPool::connect(url).await.expect("pg");
-        let h = sqlx::query_as(history)
-            .fetch_one(&pool)
-            .await
-            .expect("count");
-        let e = sqlx::query_as(events)
-            .fetch_one(&pool)
-            .await
-            .expect("count");
-        (count(h), count(e))
-    } else {
-        let pool = sqlx::SqlitePool::connect(url).await.expect("sqlite");
-        let h = sqlx::query_as(history)
-            .fetch_one(&pool)
-            .await
-            .expect("count");
-        let e = sqlx::query_as(events)
-            .fetch_one(&pool)
-            .await
-            .expect("count");
-        (count(h), count(e))
-    }
+    on_pool!(url, |pool, _begin| {
+        let mut counts = [0; 2];
+        for (count, sql) in counts.iter_mut().zip([history, events]) {
+            let (n,): (i64,) = sqlx::query_as(sql).fetch_one(&pool).await.expect("count");
+            *count = n as u64;
+        }
+        (counts[0], counts[1])
+    })
 }
 
 /// The `field` (`VmRSS:`, `VmHWM:`) of process `pid`'s status, in KiB; 0 if unreadable.
